@@ -1,0 +1,68 @@
+import type { IdKey } from '../protocol/ids.js';
+import type { Engine, EngineEvents } from './types.js';
+
+/**
+ * The embedded engine for one instance. It keeps the Redis engine's semantics — a publication
+ * reaches the hub only through a subscription, in the order published — so nothing above the
+ * engine behaves differently when REDIS_HOST is set.
+ */
+export class MemoryEngine implements Engine {
+  readonly kind = 'memory' as const;
+  private events: EngineEvents | null = null;
+  private readonly subscribed = new Set<IdKey>();
+  /** chat → user → connections */
+  private readonly presence = new Map<IdKey, Map<IdKey, Set<string>>>();
+
+  async start(events: EngineEvents): Promise<void> {
+    this.events = events;
+    events.readyChange(true);
+  }
+
+  isReady(): boolean {
+    return this.events !== null;
+  }
+
+  async subscribe(chat: IdKey): Promise<void> {
+    this.subscribed.add(chat);
+  }
+
+  async unsubscribe(chat: IdKey): Promise<void> {
+    this.subscribed.delete(chat);
+  }
+
+  async publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
+    // Delivered synchronously: publish order is delivery order.
+    if (this.events !== null && this.subscribed.has(chat)) this.events.deliver(chat, frame, exceptConn);
+  }
+
+  async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
+    let users = this.presence.get(chat);
+    if (users === undefined) this.presence.set(chat, (users = new Map()));
+    let conns = users.get(user);
+    const first = conns === undefined;
+    if (conns === undefined) users.set(user, (conns = new Set()));
+    conns.add(conn);
+    return first;
+  }
+
+  async leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
+    const users = this.presence.get(chat);
+    const conns = users?.get(user);
+    if (users === undefined || conns === undefined || !conns.delete(conn)) return false;
+    if (conns.size > 0) return false;
+    users.delete(user);
+    if (users.size === 0) this.presence.delete(chat);
+    return true;
+  }
+
+  async online(chat: IdKey): Promise<IdKey[]> {
+    return [...(this.presence.get(chat)?.keys() ?? [])];
+  }
+
+  async close(): Promise<void> {
+    this.subscribed.clear();
+    this.presence.clear();
+    this.events?.readyChange(false);
+    this.events = null;
+  }
+}

@@ -1,0 +1,60 @@
+import type { IdKey } from '../protocol/ids.js';
+
+/**
+ * The scale-out seam. A gateway instance talks to other instances only through an Engine;
+ * the memory and Redis engines are peers and the hub cannot tell them apart.
+ *
+ * Contract (both engines; tests/engine runs one suite against each):
+ * - Delivery: a publication on a chat reaches `EngineEvents.deliver` on every instance that
+ *   has an active subscription to that chat, including the publishing instance, and only
+ *   through the subscription: there is no local short-cut, so all instances see one order.
+ * - Order: publications on one chat are delivered to every instance in one and the same
+ *   order (the order the engine accepted them in).
+ * - Subscribe resolves only once publications made after it will be delivered, so the hub
+ *   may tell a client "registered" right after it. Subscribe/unsubscribe of one chat take
+ *   effect in call order.
+ * - The frame bytes are delivered unchanged; `exceptConn` travels with them so the hub can
+ *   skip the sending connection without re-encoding anything.
+ * - Presence is kept per (chat, user, connection). `join` returns true when this was the
+ *   user's first live connection to the chat anywhere, `leave` when it was the last. The
+ *   check-and-update is atomic, so exactly one instance sees each transition.
+ * - Operations fail fast (reject) while the engine is not ready; they never queue unbounded.
+ */
+export interface Broker {
+  subscribe(chat: IdKey): Promise<void>;
+  unsubscribe(chat: IdKey): Promise<void>;
+  publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void>;
+}
+
+export interface PresenceManager {
+  join(chat: IdKey, user: IdKey, conn: string): Promise<boolean>;
+  leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean>;
+  /** Distinct users with a live connection to the chat, on any instance. */
+  online(chat: IdKey): Promise<IdKey[]>;
+}
+
+export interface EngineEvents {
+  deliver(chat: IdKey, frame: Buffer, exceptConn: string | null): void;
+  /**
+   * Users whose last presence entry in a chat expired without a `leave` (their instance
+   * died). Raised on exactly one instance per transition; the hub publishes `offline`.
+   */
+  presenceExpired(chat: IdKey, users: IdKey[]): void;
+  readyChange(ready: boolean): void;
+}
+
+export interface Engine extends Broker, PresenceManager {
+  readonly kind: 'memory' | 'redis';
+  start(events: EngineEvents): Promise<void>;
+  isReady(): boolean;
+  /** Removes this instance's presence and subscriptions, then disconnects. */
+  close(): Promise<void>;
+}
+
+/** Raised by engine calls while the engine is unreachable. */
+export class EngineUnavailableError extends Error {
+  constructor(message = 'engine unavailable') {
+    super(message);
+    this.name = 'EngineUnavailableError';
+  }
+}

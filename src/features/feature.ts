@@ -1,0 +1,21 @@
+import type { Static, TSchema } from '@sinclair/typebox';
+import type { Session } from '../session/session.js';
+
+/** What a handled request ended as, for the ops metric. */
+export type Outcome = 'ok' | 'duplicate' | 'dropped';
+
+/**
+ * One client → gateway frame type: its schema (validated once at the edge) and its handler.
+ * A new frame type is one file exporting a Feature plus one line in features/index.ts.
+ */
+export interface Feature<S extends TSchema = TSchema> {
+  readonly type: string;
+  readonly schema: S;
+  /** Charged to the connection's token bucket (RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST). */
+  readonly rateLimited: boolean;
+  handle(session: Session, frame: Static<S>): Outcome | Promise<Outcome>;
+}
+
+export function defineFeature<S extends TSchema>(feature: Feature<S>): Feature<S> {
+  return feature;
+}

@@ -1,0 +1,59 @@
+import { Type } from '@sinclair/typebox';
+import { isRfc3339 } from '../protocol/codec.js';
+import { RequestError } from '../protocol/errors.js';
+import { IdSchema, MessageIdSchema, idKey, wireId } from '../protocol/ids.js';
+import * as out from '../protocol/outbound.js';
+import { defineFeature } from './feature.js';
+import { Ciphertext, Envelopes, MessageType, OptionalChatId } from './schemas.js';
+
+/**
+ * message: save through the main API, then broadcast the saved data to the chat and ack the
+ * sender. A 409 means an earlier send was saved: ack `duplicate:true`, broadcast nothing.
+ */
+export const message = defineFeature({
+  type: 'message',
+  rateLimited: true,
+  schema: Type.Object({
+    type: Type.Literal('message'),
+    chat_id: OptionalChatId,
+    data: Type.Object({
+      id: MessageIdSchema,
+      ciphertext: Ciphertext,
+      nonce: Type.Optional(Type.String()),
+      envelopes: Type.Optional(Envelopes),
+      message_type: Type.Optional(MessageType),
+      created_at: Type.Optional(Type.String({ maxLength: 64 })),
+      sender_id: Type.Optional(IdSchema),
+      chat_id: OptionalChatId,
+    }),
+  }),
+  async handle(session, frame) {
+    const chat = session.targetChat(frame);
+    const reg = session.registration(chat);
+    const { data } = frame;
+    if (data.sender_id !== undefined && idKey(data.sender_id) !== reg.user) {
+      throw new RequestError('forbidden', 'sender_id is not the registered user');
+    }
+    if (data.created_at !== undefined && !isRfc3339(data.created_at)) {
+      throw new RequestError('bad_request', 'data.created_at: must be an RFC 3339 timestamp');
+    }
+    session.requireAccepting();
+    // Unknown fields pass through untouched; the gateway sets chat and sender and fills defaults.
+    const saved = {
+      ...data,
+      chat_id: wireId(chat),
+      sender_id: wireId(reg.user),
+      envelopes: data.envelopes ?? {},
+      message_type: data.message_type ?? 'text',
+      created_at: data.created_at ?? new Date().toISOString(),
+    };
+    return session.enqueue(chat, async () => {
+      session.requireEngine();
+      const { hub, api } = session.ctx;
+      const { duplicate } = await api.save(reg.token, saved);
+      if (!duplicate) await hub.publishQuietly(chat, out.broadcast('message', chat, saved), session.id);
+      session.send(out.ack('message', data.id, chat, duplicate));
+      return duplicate ? ('duplicate' as const) : ('ok' as const);
+    });
+  },
+});

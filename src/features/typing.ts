@@ -1,0 +1,27 @@
+import { Type } from '@sinclair/typebox';
+import * as out from '../protocol/outbound.js';
+import { defineFeature } from './feature.js';
+import { OptionalChatId } from './schemas.js';
+
+const TYPING_INTERVAL_MS = 1000;
+
+/** typing: never saved; at most one per connection per chat per second is forwarded. */
+export const typing = defineFeature({
+  type: 'typing',
+  rateLimited: true,
+  schema: Type.Object({
+    type: Type.Literal('typing'),
+    chat_id: OptionalChatId,
+    data: Type.Optional(Type.Object({ chat_id: OptionalChatId })),
+  }),
+  async handle(session, frame) {
+    const chat = session.targetChat(frame);
+    const reg = session.registration(chat);
+    const now = Date.now();
+    if (now - reg.lastTypingAt < TYPING_INTERVAL_MS) return 'dropped' as const;
+    session.requireAccepting();
+    reg.lastTypingAt = now;
+    await session.ctx.hub.publish(chat, out.typing(chat, reg.user), session.id);
+    return 'ok' as const;
+  },
+});

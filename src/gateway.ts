@@ -1,0 +1,175 @@
+import { randomBytes } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { Config } from './config/index.js';
+import { createEngine, type Engine } from './engine/index.js';
+import { createFeatureTable } from './features/index.js';
+import { Hub } from './hub/hub.js';
+import { createLogger, type Logger } from './log.js';
+import { createMetrics, type Metrics } from './metrics/index.js';
+import { CLOSE } from './protocol/errors.js';
+import { createRequestHandler, refuseUpgrade } from './server/http.js';
+import type { GatewayContext } from './session/context.js';
+import { Session } from './session/session.js';
+import { createMainApi } from './upstream/client.js';
+
+export interface Gateway {
+  readonly port: number;
+  readonly url: string;
+  readonly metrics: Metrics;
+  readonly engine: Engine;
+  /** SPEC §5 steps 1–4; resolves when everything is closed. Idempotent. */
+  shutdown(): Promise<void>;
+}
+
+export interface GatewayOptions {
+  log?: Logger;
+  engine?: Engine;
+}
+
+/** Composition root of one gateway instance: config → engine → hub → server. */
+export async function startGateway(config: Config, options: GatewayOptions = {}): Promise<Gateway> {
+  const log = options.log ?? createLogger(config.logLevel);
+  const metrics = createMetrics();
+  const engine = options.engine ?? (await createEngine(config, log));
+  const hub = new Hub(engine, metrics, log);
+  const api = createMainApi(config, log, metrics);
+  const instanceId = randomBytes(6).toString('hex');
+  const sessions = new Set<Session>();
+  let draining = false;
+  let connSeq = 0;
+
+  // In-flight work (requests, presence cleanup) that shutdown lets finish.
+  let inflight = 0;
+  let idleWaiters: Array<() => void> = [];
+  const track = <T>(work: Promise<T>): Promise<T> => {
+    inflight++;
+    const done = () => {
+      if (--inflight === 0) {
+        const waiters = idleWaiters;
+        idleWaiters = [];
+        for (const w of waiters) w();
+      }
+    };
+    work.then(done, done);
+    return work;
+  };
+  const idle = () => (inflight === 0 ? Promise.resolve() : new Promise<void>((r) => idleWaiters.push(r)));
+
+  const ctx: GatewayContext = {
+    config,
+    log,
+    metrics,
+    api,
+    engine,
+    hub,
+    features: createFeatureTable(),
+    isDraining: () => draining,
+    track,
+  };
+
+  await engine.start(
+    hub.engineEvents((ready) => {
+      metrics.engineReady.set(ready ? 1 : 0);
+      log.info({ engine: engine.kind, ready }, ready ? 'engine ready' : 'engine unavailable');
+    }),
+  );
+
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: config.maxMessageBytes,
+    perMessageDeflate: false,
+    clientTracking: false,
+  });
+
+  const isReady = () => !draining && engine.isReady();
+  const server: Server = createServer(
+    createRequestHandler({
+      isReady,
+      describe: () => ({ engine: engine.kind, engine_ready: engine.isReady(), draining }),
+      metrics: metrics.registry,
+    }),
+  );
+  server.keepAliveTimeout = 5_000;
+
+  server.on('upgrade', (req, socket, head) => {
+    socket.on('error', () => socket.destroy());
+    const path = (req.url ?? '/').split('?', 1)[0];
+    if (path !== '/ws') return refuseUpgrade(socket, 404, 'Not Found');
+    if (draining) return refuseUpgrade(socket, 503, 'Service Unavailable');
+    if (config.allowedOrigins !== null && !config.allowedOrigins.includes(req.headers.origin ?? '')) {
+      log.info({ origin: req.headers.origin }, 'upgrade refused: origin not allowed');
+      return refuseUpgrade(socket, 403, 'Forbidden');
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => accept(ws));
+  });
+
+  function accept(ws: WebSocket): void {
+    const session = new Session(`${instanceId}.${(++connSeq).toString(36)}`, ws, ctx);
+    sessions.add(session);
+    metrics.connections.inc();
+    ws.on('message', (data, isBinary) => session.onFrame(data as Buffer, isBinary));
+    ws.on('pong', () => session.onPong());
+    ws.on('error', (err: Error & { code?: string }) => {
+      // ws has already closed the socket with the right code (1009 for oversized frames).
+      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') metrics.closes.inc({ code: String(CLOSE.tooLarge) });
+      log.debug({ conn: session.id, code: err.code }, 'websocket error');
+    });
+    ws.on('close', () => {
+      sessions.delete(session);
+      metrics.connections.dec();
+      session.onClosed();
+    });
+  }
+
+  const heartbeat = setInterval(() => {
+    for (const s of sessions) s.heartbeat();
+  }, config.pingIntervalMs);
+  heartbeat.unref();
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.appPort, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  log.info({ port, engine: engine.kind, instance: instanceId }, 'gateway listening');
+  if (engine.kind === 'memory') {
+    log.info('embedded in-memory engine: one instance only; set REDIS_HOST=redis://host:6379 to run several instances');
+  }
+
+  let shuttingDown: Promise<void> | null = null;
+  async function drainAndClose(): Promise<void> {
+    draining = true;
+    const deadline = Date.now() + config.shutdownTimeoutMs;
+    const until = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, Math.min(ms, deadline - Date.now()))));
+    log.info({ connections: sessions.size, inflight }, 'draining');
+    await Promise.race([idle(), until(Infinity)]);
+    for (const s of [...sessions]) s.close(CLOSE.goingAway, 'server shutting down');
+    // Presence leaves run as tracked work; give them and the close handshakes a moment.
+    await Promise.race([idle(), until(1000)]);
+    await until(sessions.size === 0 ? 0 : 250);
+    for (const s of [...sessions]) s.terminate();
+    clearInterval(heartbeat);
+    await engine.close().catch((err: Error) => log.warn({ err: err.message }, 'engine close failed'));
+    await api.close().catch(() => undefined);
+    wss.close();
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+    log.info('shutdown complete');
+  }
+
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    metrics,
+    engine,
+    shutdown() {
+      shuttingDown ??= drainAndClose();
+      return shuttingDown;
+    },
+  };
+}

@@ -1,0 +1,127 @@
+import type { Engine, EngineEvents } from '../engine/types.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/index.js';
+import type { IdKey } from '../protocol/ids.js';
+import * as out from '../protocol/outbound.js';
+import { Registry, type Member } from './registry.js';
+
+interface Subscription {
+  refs: number;
+  ready: Promise<void>;
+}
+
+/**
+ * Joins the local registry to the engine: one engine subscription per chat with local members,
+ * presence transitions turned into broadcasts, and every delivery written from the engine's
+ * callback — the only way a broadcast reaches a client.
+ */
+export class Hub {
+  readonly registry = new Registry<Member>();
+  private readonly subscriptions = new Map<IdKey, Subscription>();
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {}
+
+  /** The callbacks the engine drives. */
+  engineEvents(onReadyChange: (ready: boolean) => void): EngineEvents {
+    return {
+      deliver: (chat, frame, exceptConn) => {
+        const n = this.registry.deliver(chat, frame, exceptConn);
+        if (n > 0) this.metrics.deliveries.inc(n);
+      },
+      presenceExpired: (chat, users) => {
+        for (const user of users) void this.publishQuietly(chat, out.presence(chat, user, 'offline'), null);
+      },
+      readyChange: onReadyChange,
+    };
+  }
+
+  /**
+   * Subscribes (if this is the chat's first local registration) and records presence.
+   * Returns the chat's online users and whether `user` just came online. The caller attaches
+   * the member with `attach` in the same tick it tells the client "registered".
+   */
+  async join(chat: IdKey, user: IdKey, connId: string): Promise<{ online: IdKey[]; cameOnline: boolean }> {
+    await this.acquire(chat);
+    try {
+      const cameOnline = await this.engine.join(chat, user, connId);
+      const online = await this.engine.online(chat);
+      return { online, cameOnline };
+    } catch (err) {
+      this.release(chat);
+      throw err;
+    }
+  }
+
+  attach(chat: IdKey, member: Member): void {
+    this.registry.add(chat, member);
+    this.metrics.registrations.set(this.registry.registrations);
+  }
+
+  /** Undoes `join` + `attach`; publishes `offline` when this was the user's last connection. */
+  async leave(chat: IdKey, user: IdKey, member: Member): Promise<void> {
+    this.registry.remove(chat, member);
+    this.metrics.registrations.set(this.registry.registrations);
+    this.release(chat);
+    try {
+      if (await this.engine.leave(chat, user, member.id)) {
+        await this.publish(chat, out.presence(chat, user, 'offline'), null);
+      }
+    } catch (err) {
+      // The presence entry expires by itself (Redis TTL) and the sweep announces it then.
+      this.log.warn({ chat, err: (err as Error).message }, 'presence leave failed');
+    }
+  }
+
+  async publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
+    const started = performance.now();
+    let outcome = 'ok';
+    try {
+      await this.engine.publish(chat, frame, exceptConn);
+    } catch (err) {
+      outcome = 'error';
+      throw err;
+    } finally {
+      this.metrics.enginePublishLatency.observe({ outcome }, (performance.now() - started) / 1000);
+    }
+  }
+
+  /** For broadcasts whose failure only deserves a log line (presence, typing after the fact). */
+  async publishQuietly(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
+    try {
+      await this.publish(chat, frame, exceptConn);
+    } catch (err) {
+      this.log.warn({ chat, err: (err as Error).message }, 'publish failed');
+    }
+  }
+
+  private async acquire(chat: IdKey): Promise<void> {
+    let sub = this.subscriptions.get(chat);
+    if (sub === undefined) {
+      const created: Subscription = { refs: 0, ready: this.engine.subscribe(chat) };
+      created.ready.catch(() => {
+        if (this.subscriptions.get(chat) === created) this.subscriptions.delete(chat);
+      });
+      this.subscriptions.set(chat, (sub = created));
+    }
+    sub.refs++;
+    try {
+      await sub.ready;
+    } catch (err) {
+      sub.refs--;
+      throw err;
+    }
+  }
+
+  private release(chat: IdKey): void {
+    const sub = this.subscriptions.get(chat);
+    if (sub === undefined || --sub.refs > 0) return;
+    this.subscriptions.delete(chat);
+    this.engine.unsubscribe(chat).catch((err: Error) => {
+      this.log.warn({ chat, err: err.message }, 'unsubscribe failed');
+    });
+  }
+}

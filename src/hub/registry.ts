@@ -1,0 +1,69 @@
+import type { IdKey } from '../protocol/ids.js';
+
+/** What the registry needs of a connection: an id and a way to hand it bytes. */
+export interface Member {
+  readonly id: string;
+  /** Queues an already-encoded text frame. Never throws. */
+  send(frame: Buffer): void;
+}
+
+/**
+ * Local chat → connections map. Plain data, no I/O: every lookup is O(1) and the delivery loop
+ * is a walk over one Set.
+ */
+export class Registry<M extends Member = Member> {
+  private readonly chats = new Map<IdKey, Set<M>>();
+  private count = 0;
+
+  /** Returns true when `member` is the chat's first local member (subscribe needed). */
+  add(chat: IdKey, member: M): boolean {
+    let members = this.chats.get(chat);
+    const first = members === undefined;
+    if (members === undefined) this.chats.set(chat, (members = new Set()));
+    if (!members.has(member)) {
+      members.add(member);
+      this.count++;
+    }
+    return first;
+  }
+
+  /** Returns true when the chat has no local member left (unsubscribe due). */
+  remove(chat: IdKey, member: M): boolean {
+    const members = this.chats.get(chat);
+    if (members === undefined || !members.delete(member)) return false;
+    this.count--;
+    if (members.size > 0) return false;
+    this.chats.delete(chat);
+    return true;
+  }
+
+  has(chat: IdKey): boolean {
+    return this.chats.has(chat);
+  }
+
+  members(chat: IdKey): ReadonlySet<M> | undefined {
+    return this.chats.get(chat);
+  }
+
+  chatKeys(): IterableIterator<IdKey> {
+    return this.chats.keys();
+  }
+
+  /** Total (connection, chat) registrations. */
+  get registrations(): number {
+    return this.count;
+  }
+
+  /** Writes the same bytes to every local member except `exceptId`; returns how many got it. */
+  deliver(chat: IdKey, frame: Buffer, exceptId: string | null): number {
+    const members = this.chats.get(chat);
+    if (members === undefined) return 0;
+    let n = 0;
+    for (const member of members) {
+      if (member.id === exceptId) continue;
+      member.send(frame);
+      n++;
+    }
+    return n;
+  }
+}

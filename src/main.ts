@@ -1,0 +1,44 @@
+import { ConfigError, loadConfig, readEnv, type Config } from './config/index.js';
+import { startGateway } from './gateway.js';
+import { createLogger } from './log.js';
+
+/** Process entry: config (exit 2 on a bad value), gateway, signals (SPEC §5). */
+let config: Config;
+try {
+  config = loadConfig(readEnv());
+} catch (err) {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`message-service: invalid configuration: ${err.message}\n`);
+    process.exit(2);
+  }
+  throw err;
+}
+
+const log = createLogger(config.logLevel);
+process.on('unhandledRejection', (reason) => {
+  log.error({ err: reason instanceof Error ? reason.stack : String(reason) }, 'unhandled rejection');
+});
+
+const gateway = await startGateway(config, { log }).catch((err: Error) => {
+  log.fatal({ err: err.message }, 'start-up failed');
+  process.exit(1);
+});
+
+let signalled = false;
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.on(signal, () => {
+    if (signalled) {
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    signalled = true;
+    log.info({ signal }, 'shutting down');
+    gateway.shutdown().then(
+      () => process.exit(0),
+      (err: Error) => {
+        log.error({ err: err.message }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  });
+}

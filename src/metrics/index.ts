@@ -1,0 +1,68 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * The Prometheus series (SPEC §4). One registry per gateway, so several gateways in one
+ * process (tests, benchmarks) never share counters.
+ */
+export function createMetrics() {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'message_service_' });
+  const registers = [registry];
+  const latencyBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+  return {
+    registry,
+    connections: new Gauge({
+      name: 'message_service_connections',
+      help: 'Open WebSocket connections',
+      registers,
+    }),
+    registrations: new Gauge({
+      name: 'message_service_registrations',
+      help: 'Active (connection, chat) registrations',
+      registers,
+    }),
+    ops: new Counter({
+      name: 'message_service_ops_total',
+      help: 'Client requests by frame type and result (ok, duplicate, or the error code)',
+      labelNames: ['type', 'result'] as const,
+      registers,
+    }),
+    upstreamLatency: new Histogram({
+      name: 'message_service_upstream_request_duration_seconds',
+      help: 'Latency of calls to the main API by call and outcome',
+      labelNames: ['op', 'outcome'] as const,
+      buckets: latencyBuckets,
+      registers,
+    }),
+    deliveries: new Counter({
+      name: 'message_service_deliveries_total',
+      help: 'Frames written to client connections from chat broadcasts',
+      registers,
+    }),
+    enginePublishLatency: new Histogram({
+      name: 'message_service_engine_publish_duration_seconds',
+      help: 'Latency of publishing a broadcast to the engine',
+      labelNames: ['outcome'] as const,
+      buckets: latencyBuckets,
+      registers,
+    }),
+    slowConsumerCloses: new Counter({
+      name: 'message_service_slow_consumer_closes_total',
+      help: 'Connections closed 1013 because their unsent backlog passed MAX_BUFFERED_BYTES',
+      registers,
+    }),
+    closes: new Counter({
+      name: 'message_service_connection_closes_total',
+      help: 'Connections closed by the gateway, by close code',
+      labelNames: ['code'] as const,
+      registers,
+    }),
+    engineReady: new Gauge({
+      name: 'message_service_engine_ready',
+      help: '1 while the engine is connected',
+      registers,
+    }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

@@ -1,0 +1,44 @@
+/**
+ * The one catalogue of error codes and close codes (SPEC §3). Clients branch on `code` and
+ * `retryable`; both are stable API.
+ */
+export const ERROR_CODES = {
+  bad_request: { retryable: false },
+  unsupported_type: { retryable: false },
+  unauthorized: { retryable: false },
+  forbidden: { retryable: false },
+  not_registered: { retryable: false },
+  not_found: { retryable: false },
+  too_large: { retryable: false },
+  rate_limited: { retryable: true },
+  upstream_unavailable: { retryable: true },
+  internal: { retryable: false },
+} as const satisfies Record<string, { retryable: boolean }>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export const CLOSE = {
+  /** Server shutting down: reconnect (to another instance). */
+  goingAway: 1001,
+  /** Policy: flooding while rate limited. (Origin refusals are HTTP 403 before the upgrade.) */
+  policy: 1008,
+  /** A frame larger than MAX_MESSAGE_BYTES. */
+  tooLarge: 1009,
+  /** Unexpected server fault. */
+  internal: 1011,
+  /** Slow consumer: unsent backlog passed MAX_BUFFERED_BYTES. */
+  tryAgainLater: 1013,
+  /** No successful register within REGISTER_TIMEOUT_MS. */
+  registerTimeout: 4408,
+} as const;
+
+/** A request that is refused with one `error` frame; the connection stays open. */
+export class RequestError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'RequestError';
+  }
+}

@@ -1,0 +1,51 @@
+import { ERROR_CODES, type ErrorCode } from './errors.js';
+import { wireId, type IdKey, type WireId } from './ids.js';
+import { encode } from './codec.js';
+
+/** Builders for every gateway → client frame (SPEC §3). Each returns the encoded bytes. */
+
+export function registered(chat: IdKey, user: IdKey, online: readonly IdKey[]): Buffer {
+  return encode({ type: 'registered', chat_id: wireId(chat), user_id: wireId(user), online: online.map(wireId) });
+}
+
+export function unregistered(chat: IdKey): Buffer {
+  return encode({ type: 'unregistered', chat_id: wireId(chat) });
+}
+
+export type AckOp = 'message' | 'edit_message' | 'delete_message';
+
+export function ack(op: AckOp, id: string, chat: IdKey, duplicate: boolean): Buffer {
+  return encode({ type: 'ack', op, id, chat_id: wireId(chat), duplicate });
+}
+
+/** A broadcast of message, edit_message or delete_message with its data. */
+export function broadcast(type: AckOp, chat: IdKey, data: object): Buffer {
+  return encode({ type, chat_id: wireId(chat), data });
+}
+
+export function presence(chat: IdKey, user: IdKey, status: 'online' | 'offline'): Buffer {
+  return encode({ type: 'presence', chat_id: wireId(chat), user_id: wireId(user), status });
+}
+
+export function typing(chat: IdKey, user: IdKey): Buffer {
+  return encode({ type: 'typing', chat_id: wireId(chat), user_id: wireId(user) });
+}
+
+export const PONG: Buffer = encode({ type: 'pong' });
+
+export interface ErrorContext {
+  op?: string | undefined;
+  id?: string | undefined;
+  chat?: IdKey | undefined;
+}
+
+export function error(code: ErrorCode, message: string, ctx: ErrorContext = {}): Buffer {
+  const frame: Record<string, unknown> = { type: 'error', code, message };
+  if (ctx.op !== undefined) frame.op = ctx.op;
+  if (ctx.id !== undefined) frame.id = ctx.id;
+  if (ctx.chat !== undefined) frame.chat_id = wireId(ctx.chat);
+  frame.retryable = ERROR_CODES[code].retryable;
+  return encode(frame);
+}
+
+export type { WireId };

@@ -1,0 +1,21 @@
+import type { Config } from '../config/index.js';
+import type { Engine } from '../engine/types.js';
+import type { Hub } from '../hub/hub.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/index.js';
+import type { MainApi } from '../upstream/client.js';
+import type { FeatureTable } from '../features/index.js';
+
+/** What a session needs of the running gateway. */
+export interface GatewayContext {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly api: MainApi;
+  readonly engine: Engine;
+  readonly hub: Hub;
+  readonly features: FeatureTable;
+  isDraining(): boolean;
+  /** Counts work that graceful shutdown must let finish. */
+  track<T>(work: Promise<T>): Promise<T>;
+}

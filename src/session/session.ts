@@ -1,0 +1,234 @@
+import type { WebSocket } from 'ws';
+import { EngineUnavailableError } from '../engine/types.js';
+import type { Member } from '../hub/registry.js';
+import { parseFrame, type RawFrame } from '../protocol/codec.js';
+import { CLOSE, RequestError } from '../protocol/errors.js';
+import { idKey, parseId, type IdKey, type WireId } from '../protocol/ids.js';
+import * as out from '../protocol/outbound.js';
+import type { Outcome } from '../features/feature.js';
+import type { GatewayContext } from './context.js';
+import { TokenBucket } from './token-bucket.js';
+
+export interface Registration {
+  readonly chat: IdKey;
+  readonly user: IdKey;
+  /** The token the main API admitted this chat with; sent as the bearer of this chat's calls. */
+  token: string;
+  lastTypingAt: number;
+}
+
+/** A request that names its target chat at the top level or inside `data`. */
+export interface ChatTargeted {
+  chat_id?: WireId | undefined;
+  data?: { chat_id?: WireId | undefined } | undefined;
+}
+
+const TEXT = { binary: false } as const;
+const resolved = Promise.resolve();
+
+/**
+ * One WebSocket connection's life: decode at the edge, rate limit, dispatch to a feature,
+ * keep each chat's operations in the order sent, answer with exactly one frame per request.
+ */
+export class Session implements Member {
+  user: IdKey | null = null;
+  readonly chats = new Map<IdKey, Registration>();
+  /** Chats with a register in flight; they count toward MAX_CHATS_PER_CONNECTION. */
+  readonly pendingChats = new Set<IdKey>();
+  /** Set by the liveness sweep; cleared when a pong arrives. */
+  awaitingPong = false;
+  closed = false;
+
+  private readonly chains = new Map<IdKey, Promise<unknown>>();
+  private readonly bucket: TokenBucket;
+  private rejectedInARow = 0;
+  private registerTimer: NodeJS.Timeout | null;
+
+  constructor(
+    readonly id: string,
+    private readonly ws: WebSocket,
+    readonly ctx: GatewayContext,
+  ) {
+    const { config } = ctx;
+    this.bucket = new TokenBucket(config.rateLimitPerSec, config.rateLimitBurst);
+    this.registerTimer = setTimeout(() => {
+      if (this.chats.size === 0) this.close(CLOSE.registerTimeout, 'register timeout');
+    }, config.registerTimeoutMs);
+    this.registerTimer.unref();
+  }
+
+  /** Queues an encoded text frame; closes the connection 1013 instead of letting it hoard memory. */
+  send(frame: Buffer): void {
+    if (this.closed || this.ws.readyState !== 1) return;
+    if (this.ws.bufferedAmount + frame.length > this.ctx.config.maxBufferedBytes) {
+      this.ctx.metrics.slowConsumerCloses.inc();
+      this.ctx.log.info({ conn: this.id, buffered: this.ws.bufferedAmount }, 'slow consumer closed');
+      this.close(CLOSE.tryAgainLater, 'slow consumer', true);
+      return;
+    }
+    this.ws.send(frame, TEXT);
+  }
+
+  onFrame(data: Buffer, isBinary: boolean): void {
+    if (this.closed) return;
+    let raw: RawFrame | undefined;
+    let type = 'invalid';
+    try {
+      if (isBinary) throw new RequestError('bad_request', 'binary frames are not supported; send JSON text frames');
+      raw = parseFrame(data.toString('utf8'));
+      const entry = this.ctx.features.get(raw.type);
+      if (entry === undefined) throw new RequestError('unsupported_type', 'unknown frame type');
+      type = raw.type;
+      if (entry.feature.rateLimited) this.charge();
+      const result = entry.feature.handle(this, entry.validator.decode(raw));
+      if (result instanceof Promise) {
+        const frame = raw;
+        void this.ctx.track(result.then((outcome) => this.count(type, outcome), (err: unknown) => this.reject(err, type, frame)));
+      } else {
+        this.count(type, result);
+      }
+    } catch (err) {
+      // Frames that cannot be attributed to a type cost a token too, so garbage floods are bounded.
+      if (type === 'invalid' && !(err instanceof RequestError && err.code === 'rate_limited')) {
+        try {
+          this.charge();
+        } catch (limited) {
+          err = limited;
+        }
+      }
+      this.reject(err, type, raw);
+    }
+  }
+
+  /** Takes a token or throws `rate_limited`; persistent flooding closes the connection 1008. */
+  private charge(): void {
+    if (this.bucket.take()) {
+      this.rejectedInARow = 0;
+      return;
+    }
+    if (++this.rejectedInARow > 10 * this.ctx.config.rateLimitBurst) {
+      this.close(CLOSE.policy, 'rate limit exceeded');
+    }
+    throw new RequestError('rate_limited', 'too many requests; slow down');
+  }
+
+  private count(type: string, outcome: Outcome): void {
+    this.ctx.metrics.ops.inc({ type, result: outcome });
+  }
+
+  private reject(err: unknown, type: string, raw: RawFrame | undefined): void {
+    let error: RequestError;
+    if (err instanceof RequestError) error = err;
+    else if (err instanceof EngineUnavailableError) error = new RequestError('upstream_unavailable', 'engine unavailable; retry shortly');
+    else {
+      this.ctx.log.error({ conn: this.id, type, err: (err as Error)?.stack ?? String(err) }, 'request failed');
+      error = new RequestError('internal', 'internal error');
+    }
+    this.ctx.metrics.ops.inc({ type, result: error.code });
+    this.send(out.error(error.code, error.message, this.errorContext(type, raw)));
+  }
+
+  /** Echoes what identifies the request: its type, the message id and the chat when known. */
+  private errorContext(type: string, raw: RawFrame | undefined): out.ErrorContext {
+    if (raw === undefined) return {};
+    const data = typeof raw.data === 'object' && raw.data !== null ? (raw.data as Record<string, unknown>) : undefined;
+    const id = typeof data?.id === 'string' && /^[A-Za-z0-9_-]{1,64}$/.test(data.id) ? data.id : undefined;
+    const chat = parseId(raw.chat_id) ?? parseId(data?.chat_id) ?? (this.chats.size === 1 ? this.chats.keys().next().value : undefined);
+    return { op: type === 'invalid' ? undefined : type, id, chat: chat ?? undefined };
+  }
+
+  /** The chat a request targets (SPEC §3): explicit, or the connection's only chat. */
+  targetChat(frame: ChatTargeted): IdKey {
+    const top = frame.chat_id;
+    const inData = frame.data?.chat_id;
+    if (top !== undefined && inData !== undefined && idKey(top) !== idKey(inData)) {
+      throw new RequestError('bad_request', 'chat_id and data.chat_id disagree');
+    }
+    const explicit = top ?? inData;
+    if (explicit !== undefined) return idKey(explicit);
+    if (this.chats.size === 1) return this.chats.keys().next().value as IdKey;
+    if (this.chats.size === 0) throw new RequestError('not_registered', 'register to a chat first');
+    throw new RequestError('bad_request', 'chat_id is required when the connection is registered to several chats');
+  }
+
+  registration(chat: IdKey): Registration {
+    const reg = this.chats.get(chat);
+    if (reg === undefined) throw new RequestError('not_registered', 'not registered to this chat');
+    return reg;
+  }
+
+  /** Refuses new work that needs the main API or the engine while draining or disconnected. */
+  requireAccepting(): void {
+    if (this.ctx.isDraining()) throw new RequestError('upstream_unavailable', 'gateway is shutting down; reconnect');
+    if (!this.ctx.engine.isReady()) throw new RequestError('upstream_unavailable', 'engine unavailable; retry shortly');
+  }
+
+  requireEngine(): void {
+    if (!this.ctx.engine.isReady()) throw new RequestError('upstream_unavailable', 'engine unavailable; retry shortly');
+  }
+
+  /** Runs `task` after every earlier operation of this connection in `chat` has finished. */
+  enqueue<T>(chat: IdKey, task: () => Promise<T>): Promise<T> {
+    const previous = this.chains.get(chat) ?? resolved;
+    const next = previous.then(task);
+    const settled = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.chains.set(chat, settled);
+    void settled.then(() => {
+      if (this.chains.get(chat) === settled) this.chains.delete(chat);
+    });
+    return next;
+  }
+
+  registeredOnce(): void {
+    if (this.registerTimer !== null) {
+      clearTimeout(this.registerTimer);
+      this.registerTimer = null;
+    }
+  }
+
+  onPong(): void {
+    this.awaitingPong = false;
+  }
+
+  /** Liveness sweep: a peer that did not answer the previous ping is dropped. */
+  heartbeat(): void {
+    if (this.closed) return;
+    if (this.awaitingPong) {
+      this.ctx.log.info({ conn: this.id }, 'no pong; connection dropped');
+      this.terminate();
+      return;
+    }
+    this.awaitingPong = true;
+    this.ws.ping();
+  }
+
+  /**
+   * Closes with `code`. `terminate` drops the socket at once (slow consumers: the backlog is
+   * freed now rather than after the peer reads it).
+   */
+  close(code: number, reason: string, terminate = false): void {
+    if (this.closed) return;
+    this.ctx.metrics.closes.inc({ code: String(code) });
+    this.ws.close(code, reason);
+    if (terminate) this.ws.terminate();
+    this.onClosed();
+  }
+
+  terminate(): void {
+    this.ws.terminate();
+    this.onClosed();
+  }
+
+  /** Idempotent cleanup when the socket is gone (by either side). */
+  onClosed(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.registeredOnce();
+    const regs = [...this.chats.values()];
+    this.chats.clear();
+    for (const reg of regs) void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, this));
+  }
+}

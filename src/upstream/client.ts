@@ -1,0 +1,139 @@
+import { randomUUID } from 'node:crypto';
+import { Pool } from 'undici';
+import type { Config } from '../config/index.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/index.js';
+import { RequestError } from '../protocol/errors.js';
+import { parseId, wireId, type IdKey } from '../protocol/ids.js';
+import { errorCodeForStatus } from './status.js';
+import { VerifyCache } from './verify-cache.js';
+
+export type UpstreamOp = 'verify' | 'save' | 'edit' | 'delete';
+
+/** The only code that talks to the main API (SPEC §2). Every failure is a `RequestError`. */
+export interface MainApi {
+  /** The verified user of `token` in `chat`. */
+  verify(token: string, chat: IdKey): Promise<IdKey>;
+  /** `duplicate` when the main API answered 409: already saved by an earlier send. */
+  save(token: string, message: object): Promise<{ duplicate: boolean }>;
+  edit(token: string, chat: IdKey, messageId: string, body: object): Promise<void>;
+  remove(token: string, chat: IdKey, messageId: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+interface Answer {
+  status: number;
+  body: string;
+}
+
+export function createMainApi(config: Config, log: Logger, metrics: Metrics): MainApi {
+  const pool = new Pool(config.authHost, {
+    connections: config.upstreamConnections,
+    pipelining: 1,
+    keepAliveTimeout: 30_000,
+    headersTimeout: config.upstreamTimeoutMs,
+    bodyTimeout: config.upstreamTimeoutMs,
+    connectTimeout: config.upstreamTimeoutMs,
+  });
+  const cache = new VerifyCache(config.authCacheTtlMs);
+
+  async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object): Promise<Answer> {
+    const requestId = randomUUID();
+    const started = performance.now();
+    let outcome = 'error';
+    try {
+      const res = await pool.request({
+        method,
+        path,
+        headers: {
+          authorization: `Bearer ${token}`,
+          'x-request-id': requestId,
+          accept: 'application/json',
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        },
+        body: body === undefined ? null : JSON.stringify(body),
+        signal: AbortSignal.timeout(config.upstreamTimeoutMs),
+      });
+      const text = await res.body.text();
+      outcome = String(res.statusCode);
+      if (res.statusCode >= 500) {
+        log.warn({ op, status: res.statusCode, requestId }, 'main API error');
+      }
+      return { status: res.statusCode, body: text };
+    } catch (err) {
+      outcome = isTimeout(err) ? 'timeout' : 'unreachable';
+      log.warn({ op, requestId, outcome, err: (err as Error).message }, 'main API unreachable');
+      throw new RequestError('upstream_unavailable', outcome === 'timeout' ? 'main API timed out' : 'main API unreachable');
+    } finally {
+      metrics.upstreamLatency.observe({ op, outcome }, (performance.now() - started) / 1000);
+    }
+  }
+
+  function fail(op: UpstreamOp, status: number): never {
+    throw new RequestError(errorCodeForStatus(status), `main API refused ${op} (${status})`);
+  }
+
+  const ok = (status: number) => status >= 200 && status < 300;
+
+  function messagePath(chat: IdKey, messageId: string): string {
+    return config.messagePath
+      .replace('{chat_id}', encodeURIComponent(chat))
+      .replace('{message_id}', encodeURIComponent(messageId));
+  }
+
+  return {
+    async verify(token, chat) {
+      const cached = cache.get(token, chat);
+      if (cached !== undefined) return cached;
+      const { status, body } = await call('verify', 'POST', config.authVerifyPath, token, { token, chat_id: wireId(chat) });
+      if (!ok(status)) fail('verify', status);
+      const user = userIdFromVerify(body);
+      if (user === null) {
+        log.error({ op: 'verify', status }, 'main API verify answer has no usable user id');
+        throw new RequestError('internal', 'main API answered verify without a usable user id');
+      }
+      cache.set(token, chat, user);
+      return user;
+    },
+    async save(token, message) {
+      const { status } = await call('save', 'POST', config.messageSavePath, token, message);
+      if (status === 409) return { duplicate: true };
+      if (!ok(status)) fail('save', status);
+      return { duplicate: false };
+    },
+    async edit(token, chat, messageId, body) {
+      const { status } = await call('edit', 'PATCH', messagePath(chat, messageId), token, body);
+      if (!ok(status)) fail('edit', status);
+    },
+    async remove(token, chat, messageId) {
+      const { status } = await call('delete', 'DELETE', messagePath(chat, messageId), token);
+      if (!ok(status)) fail('delete', status);
+    },
+    async close() {
+      await pool.close();
+    },
+  };
+}
+
+function isTimeout(err: unknown): boolean {
+  const e = err as { name?: string; code?: string };
+  return e.name === 'TimeoutError' || e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_BODY_TIMEOUT' || e.code === 'UND_ERR_CONNECT_TIMEOUT';
+}
+
+/** `user_id`, else `id`, `sub`, or `user.id` (SPEC §2). */
+export function userIdFromVerify(body: string): IdKey | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch {
+    return null;
+  }
+  if (typeof value !== 'object' || value === null) return null;
+  const v = value as Record<string, unknown>;
+  const user = v.user;
+  const nested = typeof user === 'object' && user !== null ? (user as Record<string, unknown>).id : undefined;
+  for (const candidate of [v.user_id, v.id, v.sub, nested]) {
+    if (candidate !== undefined && candidate !== null) return parseId(candidate);
+  }
+  return null;
+}

@@ -1,0 +1,65 @@
+import type { IdKey } from '../protocol/ids.js';
+
+/**
+ * Successful verifies of (token, chat), reused for AUTH_CACHE_TTL_MS and never past the JWT's
+ * `exp`. Bounded: past `maxEntries` the oldest entry goes (Map keeps insertion order).
+ */
+export class VerifyCache {
+  private readonly entries = new Map<string, { user: IdKey; expiresAt: number }>();
+
+  constructor(
+    private readonly ttlMs: number,
+    private readonly maxEntries = 100_000,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  get(token: string, chat: IdKey): IdKey | undefined {
+    const key = cacheKey(token, chat);
+    const entry = this.entries.get(key);
+    if (entry === undefined) return undefined;
+    if (entry.expiresAt <= this.now()) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    return entry.user;
+  }
+
+  set(token: string, chat: IdKey, user: IdKey): void {
+    if (this.ttlMs <= 0) return;
+    let expiresAt = this.now() + this.ttlMs;
+    const exp = jwtExpiryMs(token);
+    if (exp !== null) expiresAt = Math.min(expiresAt, exp);
+    if (expiresAt <= this.now()) return;
+    const key = cacheKey(token, chat);
+    this.entries.delete(key);
+    this.entries.set(key, { user, expiresAt });
+    if (this.entries.size > this.maxEntries) {
+      const oldest = this.entries.keys().next().value;
+      if (oldest !== undefined) this.entries.delete(oldest);
+    }
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
+function cacheKey(token: string, chat: IdKey): string {
+  return `${chat}\u0000${token}`;
+}
+
+/** The `exp` of a JWT in ms, or null when the token is not a JWT with a numeric `exp`. */
+export function jwtExpiryMs(token: string): number | null {
+  const parts = token.split('.');
+  if (parts.length !== 3 || parts[1] === undefined) return null;
+  try {
+    const payload: unknown = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+    if (typeof payload === 'object' && payload !== null && 'exp' in payload) {
+      const exp = (payload as { exp: unknown }).exp;
+      if (typeof exp === 'number' && Number.isFinite(exp)) return exp * 1000;
+    }
+  } catch {
+    // Not a JWT: the TTL alone bounds the cache entry.
+  }
+  return null;
+}

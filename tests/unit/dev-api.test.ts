@@ -1,0 +1,392 @@
+/**
+ * Tests of the development main API (dev-api/app.ts) over real HTTP on an ephemeral port.
+ * Run: node --import tsx --test tests/unit/dev-api.test.ts
+ */
+import { after, before, beforeEach, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startDevApi, type DevApi } from '../../dev-api/app.js';
+
+let api: DevApi;
+
+before(async () => {
+  api = await startDevApi({ port: 0 });
+});
+
+after(async () => {
+  await api.close();
+});
+
+beforeEach(() => {
+  api.reset();
+});
+
+interface CallOptions {
+  method?: string;
+  token?: string;
+  body?: unknown;
+  rawBody?: string;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+interface CallResult {
+  status: number;
+  text: string;
+  json: unknown;
+}
+
+/** One HTTP call to the dev API, answering with status and (best-effort parsed) body. */
+async function call(path: string, opts: CallOptions = {}): Promise<CallResult> {
+  const headers: Record<string, string> = { 'content-type': 'application/json', ...opts.headers };
+  if (opts.token !== undefined) headers.authorization = `Bearer ${opts.token}`;
+  const body = opts.rawBody ?? (opts.body === undefined ? undefined : JSON.stringify(opts.body));
+  const res = await fetch(`${api.url}${path}`, {
+    method: opts.method ?? 'POST',
+    headers,
+    body,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  });
+  const text = await res.text();
+  let json: unknown;
+  try {
+    json = text === '' ? undefined : JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, text, json };
+}
+
+function verify(token: string, chatId: string | number): Promise<CallResult> {
+  return call('/auth/verify', { token, body: { token, chat_id: chatId } });
+}
+
+function save(token: string, message: Record<string, unknown>): Promise<CallResult> {
+  return call('/chat/massage', { token, body: message });
+}
+
+function messagePath(chatId: string | number, messageId: string): string {
+  return `/chat/${encodeURIComponent(String(chatId))}/messages/${encodeURIComponent(messageId)}`;
+}
+
+function message(id: string, chatId: string | number, senderId: string | number): Record<string, unknown> {
+  return { id, chat_id: chatId, sender_id: senderId, message_type: 'text', ciphertext: 'c1', nonce: 'n1', envelopes: {} };
+}
+
+describe('verify', () => {
+  test('a valid token answers 200 with a numeric user_id and the chat as given', async () => {
+    const token = await api.mintToken(42);
+    const res = await verify(token, 7);
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.json, { user_id: 42, chat_id: 7 });
+  });
+
+  test('a non-numeric subject stays a string', async () => {
+    const token = await api.mintToken('alice');
+    const res = await verify(token, 'room-1');
+    assert.deepEqual(res.json, { user_id: 'alice', chat_id: 'room-1' });
+  });
+
+  test('the Authorization header is used when the body has no token', async () => {
+    const token = await api.mintToken(5);
+    const res = await call('/auth/verify', { token, body: { chat_id: 1 } });
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.json, { user_id: 5, chat_id: 1 });
+  });
+
+  test('a malformed or foreign-signed token is 401', async () => {
+    assert.equal((await verify('not-a-jwt', 1)).status, 401);
+    const other = await startDevApi({ secret: 'another-secret' });
+    try {
+      const foreign = await other.mintToken(1);
+      assert.equal((await verify(foreign, 1)).status, 401);
+    } finally {
+      await other.close();
+    }
+  });
+
+  test('an expired token is 401', async () => {
+    const token = await api.mintToken(1, { expired: true });
+    const res = await verify(token, 1);
+    assert.equal(res.status, 401);
+    assert.deepEqual(res.json, { error: 'token expired' });
+  });
+
+  test('a restricted chat is 403 for non-members and 200 for members', async () => {
+    api.setMembers(9, [1, '2']);
+    assert.equal((await verify(await api.mintToken(3), 9)).status, 403);
+    assert.equal((await verify(await api.mintToken(2), 9)).status, 200);
+    assert.equal((await verify(await api.mintToken(3), 10)).status, 200, 'other chats stay open');
+    api.setMembers(9, null);
+    assert.equal((await verify(await api.mintToken(3), 9)).status, 200, 'null reopens the chat');
+  });
+});
+
+describe('save', () => {
+  test('201 with the stored message, then 409 duplicate on resend', async () => {
+    const token = await api.mintToken(1);
+    const first = await save(token, { ...message('m1', 5, 1), extra: 'kept' });
+    assert.equal(first.status, 201);
+    const stored = first.json as Record<string, unknown>;
+    assert.equal(stored.id, 'm1');
+    assert.equal(stored.extra, 'kept', 'unknown fields pass through');
+    assert.equal(typeof stored.saved_at, 'string');
+    assert.equal(api.messages.get('m1')?.ciphertext, 'c1');
+
+    const again = await save(token, message('m1', 5, 1));
+    assert.equal(again.status, 409);
+    assert.deepEqual(again.json, { error: 'duplicate' });
+  });
+
+  test('a sender_id other than the token user is 403 and nothing is stored', async () => {
+    const token = await api.mintToken(1);
+    const res = await save(token, message('m2', 5, 2));
+    assert.equal(res.status, 403);
+    assert.equal(api.messages.size, 0);
+  });
+
+  test('sender_id compares as a string', async () => {
+    const token = await api.mintToken(1);
+    assert.equal((await save(token, message('m3', 5, '1'))).status, 201);
+  });
+
+  test('missing token is 401, malformed message is 422, non-member is 403', async () => {
+    assert.equal((await call('/chat/massage', { body: message('m4', 5, 1) })).status, 401);
+    const token = await api.mintToken(1);
+    assert.equal((await save(token, { chat_id: 5, sender_id: 1, ciphertext: 'c' })).status, 422);
+    assert.equal((await save(token, { id: 'm4', chat_id: 5, sender_id: 1, ciphertext: 3 })).status, 422);
+    assert.equal((await save(token, { id: 'm4', sender_id: 1, ciphertext: 'c' })).status, 422);
+    api.setMembers(5, [2]);
+    assert.equal((await save(token, message('m4', 5, 1))).status, 403);
+  });
+});
+
+describe('edit and delete', () => {
+  test('the sender edits; 200 with the updated message', async () => {
+    const token = await api.mintToken(1);
+    await save(token, message('m1', 5, 1));
+    const res = await call(messagePath(5, 'm1'), {
+      method: 'PATCH',
+      token,
+      body: { ciphertext: 'c2', nonce: 'n2', envelopes: { a: 1 }, edited_at: '2024-01-01T12:00:00Z' },
+    });
+    assert.equal(res.status, 200);
+    const updated = res.json as Record<string, unknown>;
+    assert.equal(updated.ciphertext, 'c2');
+    assert.equal(updated.edited_at, '2024-01-01T12:00:00Z');
+    assert.equal(updated.message_type, 'text', 'message_type is kept when not sent');
+    assert.deepEqual(api.messages.get('m1')?.envelopes, { a: 1 });
+  });
+
+  test('edit by a non-sender is 403', async () => {
+    await save(await api.mintToken(1), message('m1', 5, 1));
+    const res = await call(messagePath(5, 'm1'), { method: 'PATCH', token: await api.mintToken(2), body: { ciphertext: 'x' } });
+    assert.equal(res.status, 403);
+    assert.equal(api.messages.get('m1')?.ciphertext, 'c1');
+  });
+
+  test('edit of an unknown message, or of a message in another chat, is 404', async () => {
+    const token = await api.mintToken(1);
+    assert.equal((await call(messagePath(5, 'nope'), { method: 'PATCH', token, body: { ciphertext: 'x' } })).status, 404);
+    await save(token, message('m1', 5, 1));
+    assert.equal((await call(messagePath(6, 'm1'), { method: 'PATCH', token, body: { ciphertext: 'x' } })).status, 404);
+  });
+
+  test('edit without ciphertext is 422; bad token is 401', async () => {
+    const token = await api.mintToken(1);
+    await save(token, message('m1', 5, 1));
+    assert.equal((await call(messagePath(5, 'm1'), { method: 'PATCH', token, body: { nonce: 'n' } })).status, 422);
+    assert.equal((await call(messagePath(5, 'm1'), { method: 'PATCH', token: 'bad', body: { ciphertext: 'x' } })).status, 401);
+  });
+
+  test('URL-encoded path parameters are decoded', async () => {
+    const token = await api.mintToken(1);
+    await save(token, message('m-1_x', 'a:b', 1));
+    const path = messagePath('a:b', 'm-1_x');
+    assert.ok(path.includes('a%3Ab'), 'the colon really travels encoded');
+    const edited = await call(path, { method: 'PATCH', token, body: { ciphertext: 'c2' } });
+    assert.equal(edited.status, 200);
+    const deleted = await call(path, { method: 'DELETE', token });
+    assert.equal(deleted.status, 200);
+    assert.deepEqual(deleted.json, { id: 'm-1_x', deleted: true });
+  });
+
+  test('delete by the sender, then a second delete is 404', async () => {
+    const token = await api.mintToken(1);
+    await save(token, message('m1', 5, 1));
+    const other = await call(messagePath(5, 'm1'), { method: 'DELETE', token: await api.mintToken(2) });
+    assert.equal(other.status, 403, 'only the sender may delete');
+    const first = await call(messagePath(5, 'm1'), { method: 'DELETE', token });
+    assert.equal(first.status, 200);
+    assert.equal(api.messages.has('m1'), false);
+    const second = await call(messagePath(5, 'm1'), { method: 'DELETE', token });
+    assert.equal(second.status, 404);
+  });
+});
+
+describe('faults', () => {
+  test('delayMs delays, then the request is processed normally', async () => {
+    api.addFault({ op: 'verify', delayMs: 150 });
+    const started = Date.now();
+    const res = await verify(await api.mintToken(1), 1);
+    assert.equal(res.status, 200);
+    assert.ok(Date.now() - started >= 100, 'the answer was delayed');
+  });
+
+  test('status answers that status with a default error body', async () => {
+    api.addFault({ op: 'save', status: 503 });
+    const res = await save(await api.mintToken(1), message('m1', 5, 1));
+    assert.equal(res.status, 503);
+    assert.deepEqual(res.json, { error: 'Service Unavailable' });
+    assert.equal(api.messages.size, 0, 'a faulted save stores nothing');
+  });
+
+  test('status with a body answers that body', async () => {
+    api.addFault({ status: 429, body: { error: 'slow down' } });
+    const res = await verify(await api.mintToken(1), 1);
+    assert.equal(res.status, 429);
+    assert.deepEqual(res.json, { error: 'slow down' });
+  });
+
+  test('body alone answers 200 with it (a main API that lies)', async () => {
+    api.addFault({ op: 'verify', body: { user_id: { x: 1 } } });
+    const res = await verify(await api.mintToken(1), 1);
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.json, { user_id: { x: 1 } });
+  });
+
+  test('a string body is sent verbatim (malformed JSON)', async () => {
+    api.addFault({ op: 'verify', body: '{"user_id":' });
+    const res = await verify(await api.mintToken(1), 1);
+    assert.equal(res.status, 200);
+    assert.equal(res.text, '{"user_id":');
+  });
+
+  test('hang never answers; the client gives up', async () => {
+    api.addFault({ op: 'verify', hang: true });
+    const token = await api.mintToken(1);
+    await assert.rejects(
+      call('/auth/verify', { token, body: { token, chat_id: 1 }, signal: AbortSignal.timeout(200) }),
+      (err: Error) => err.name === 'TimeoutError',
+    );
+    assert.equal(api.requests.length, 1, 'the hanging request was still recorded');
+  });
+
+  test('times counts down and the fault is then removed', async () => {
+    api.addFault({ op: 'verify', status: 500, times: 2 });
+    const token = await api.mintToken(1);
+    assert.equal((await verify(token, 1)).status, 500);
+    assert.equal((await verify(token, 1)).status, 500);
+    assert.equal((await verify(token, 1)).status, 200);
+  });
+
+  test('faults match by op, first match wins, and clearFaults removes them', async () => {
+    api.addFault({ op: 'save', status: 502 });
+    api.addFault({ op: 'any', status: 504, times: 1 });
+    api.addFault({ op: 'verify', status: 500 });
+    const token = await api.mintToken(1);
+    assert.equal((await verify(token, 1)).status, 504, '"any" is earlier in the list');
+    assert.equal((await verify(token, 1)).status, 500);
+    assert.equal((await save(token, message('m1', 5, 1))).status, 502);
+    api.clearFaults();
+    assert.equal((await verify(token, 1)).status, 200);
+  });
+
+  test('the caller\'s fault object is not mutated and bad faults are rejected', () => {
+    const fault = { status: 500, times: 1 };
+    api.addFault(fault);
+    assert.equal(fault.times, 1);
+    assert.throws(() => api.addFault({ status: 99 }), TypeError);
+    assert.throws(() => api.addFault({ delay: 10 } as unknown as { delayMs: number }), /unknown fault field/);
+  });
+
+  test('faults can be set over HTTP', async () => {
+    const set = await call('/__faults', { body: { op: 'delete', status: 500, times: 1 } });
+    assert.equal(set.status, 201);
+    assert.equal((await call('/__faults', { body: { op: 'nope' } })).status, 422);
+    const token = await api.mintToken(1);
+    assert.equal((await call(messagePath(1, 'x'), { method: 'DELETE', token })).status, 500);
+    assert.equal((await call(messagePath(1, 'x'), { method: 'DELETE', token })).status, 404);
+    await call('/__faults', { body: { status: 500 } });
+    assert.equal((await call('/__faults', { method: 'DELETE' })).status, 200);
+    assert.equal((await verify(token, 1)).status, 200);
+  });
+});
+
+describe('recording and control', () => {
+  test('requests are recorded in order with lower-cased headers', async () => {
+    const token = await api.mintToken(1);
+    await call('/auth/verify', { token, body: { token, chat_id: 1 }, headers: { 'X-Request-Id': 'req-1' } });
+    await call('/chat/massage', { token, body: message('m1', 1, 1), headers: { 'X-Request-Id': 'req-2' } });
+    await call(messagePath(1, 'm1'), { method: 'DELETE', token, headers: { 'X-Request-Id': 'req-3' } });
+    await api.waitForRequests(3);
+    assert.deepEqual(api.requests.map((r) => r.op), ['verify', 'save', 'delete']);
+    const [first] = api.requests;
+    assert.ok(first);
+    assert.equal(first.method, 'POST');
+    assert.equal(first.path, '/auth/verify');
+    assert.equal(first.headers['x-request-id'], 'req-1');
+    assert.equal(first.headers.authorization, `Bearer ${token}`);
+    assert.match(first.headers['content-type'] ?? '', /application\/json/);
+    assert.deepEqual(first.body, { token, chat_id: 1 });
+    assert.equal(api.requests[2]?.headers['x-request-id'], 'req-3');
+  });
+
+  test('control endpoints are not recorded; unknown paths are recorded as other and 404', async () => {
+    assert.equal((await call('/healthz', { method: 'GET' })).status, 200);
+    assert.equal((await call('/dev/token', { body: { user_id: 1 } })).status, 200);
+    assert.equal(api.requests.length, 0);
+    assert.equal((await call('/unknown', { method: 'GET' })).status, 404);
+    assert.equal(api.requests[0]?.op, 'other');
+  });
+
+  test('waitForRequests resolves on arrival and rejects on timeout', async () => {
+    const waiting = api.waitForRequests(1, 1000);
+    await verify(await api.mintToken(1), 1);
+    await waiting;
+    await assert.rejects(api.waitForRequests(5, 50), /wanted 5/);
+  });
+
+  test('/dev/token mints a token the API accepts', async () => {
+    const res = await call('/dev/token', { body: { user_id: 77, expires_in: 60 } });
+    const { token } = res.json as { token: string };
+    assert.deepEqual((await verify(token, 1)).json, { user_id: 77, chat_id: 1 });
+    assert.equal((await call('/dev/token', { body: {} })).status, 422);
+  });
+
+  test('memberships can be set over HTTP', async () => {
+    const put = await call(`/__chats/${encodeURIComponent('a:b')}/members`, { method: 'PUT', body: { user_ids: [2] } });
+    assert.equal(put.status, 200);
+    assert.equal((await verify(await api.mintToken(1), 'a:b')).status, 403);
+    await call(`/__chats/${encodeURIComponent('a:b')}/members`, { method: 'PUT', body: { user_ids: null } });
+    assert.equal((await verify(await api.mintToken(1), 'a:b')).status, 200);
+  });
+
+  test('invalid JSON is 400 and a body over 1 MiB is 413', async () => {
+    assert.equal((await call('/auth/verify', { rawBody: '{nope' })).status, 400);
+    const big = JSON.stringify({ token: 'x', chat_id: 1, pad: 'a'.repeat(1024 * 1024) });
+    assert.equal((await call('/auth/verify', { rawBody: big })).status, 413);
+    assert.equal((await call('/healthz', { method: 'GET' })).status, 200, 'the server is still fine');
+  });
+});
+
+describe('close', () => {
+  test('close() returns promptly while a request hangs', async () => {
+    const own = await startDevApi();
+    own.addFault({ hang: true });
+    const token = await own.mintToken(1);
+    const hanging = fetch(`${own.url}/auth/verify`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+      body: JSON.stringify({ token, chat_id: 1 }),
+    }).then(
+      () => 'answered',
+      () => 'failed',
+    );
+    await own.waitForRequests(1);
+    const started = Date.now();
+    await own.close();
+    assert.ok(Date.now() - started < 1000, 'close did not wait for the hanging request');
+    assert.equal(await hanging, 'failed', 'the hanging socket was destroyed');
+    await own.close(); // idempotent
+  });
+});
