@@ -1,0 +1,51 @@
+/**
+ * Presence in Redis, per chat (all keys share the `{chat}` hash tag, so one slot in a Cluster):
+ *   ms:presence:{chat}          ZSET user → latest expiry of any of the user's connections
+ *   ms:presence:{chat}:u:<user> ZSET connection → expiry
+ * Every check-and-update is one script, so exactly one instance sees each online/offline
+ * transition. Expired entries are left for `sweep`, which reports the users it took offline.
+ */
+
+/** KEYS: chat zset, user zset. ARGV: now, conn, expiresAt, user, keyTtlMs. Returns 1 if the user came online. */
+export const JOIN = `
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local live = redis.call('ZCARD', KEYS[2])
+local existed = redis.call('ZSCORE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if existed or live > 0 then return 0 end
+return 1
+`;
+
+/** KEYS: chat zset, user zset. ARGV: now, conn, user. Returns 1 if that was the user's last live connection. */
+export const LEAVE = `
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return 0 end
+if redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf') > 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[3])
+return 1
+`;
+
+/**
+ * KEYS: chat zset. ARGV: now, user-key prefix. Removes expired connections; returns the users
+ * left with none (their instance died without a leave).
+ */
+export const SWEEP = `
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local gone = {}
+for _, user in ipairs(stale) do
+  local ukey = ARGV[2] .. user
+  redis.call('ZREMRANGEBYSCORE', ukey, '-inf', ARGV[1])
+  local top = redis.call('ZRANGE', ukey, -1, -1, 'WITHSCORES')
+  if #top == 0 then
+    redis.call('ZREM', KEYS[1], user)
+    redis.call('DEL', ukey)
+    table.insert(gone, user)
+  else
+    redis.call('ZADD', KEYS[1], top[2], user)
+  end
+end
+return gone
+`;
