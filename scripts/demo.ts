@@ -1,0 +1,105 @@
+/**
+ * `npm run demo`: the development main API and one gateway in this process, plus a short guide.
+ *
+ *   DEV_API_PORT  dev API port                    (default 8000)
+ *   APP_PORT      gateway port                    (default 3000)
+ *   LOG_LEVEL     gateway log level               (default warn here, so the guide stays readable)
+ *   any other gateway variable (SPEC §1) is honoured, except AUTH_HOST, which points at the dev API.
+ */
+import { startDevApi, type DevApi } from '../dev-api/app.js';
+import { ConfigError, loadConfig, readEnv, type Config } from '../src/config/index.js';
+import { startGateway, type Gateway } from '../src/gateway.js';
+import { createLogger } from '../src/log.js';
+
+function fail(message: string, code = 1): never {
+  process.stderr.write(`demo: ${message}\n`);
+  process.exit(code);
+}
+
+function portTaken(err: unknown): boolean {
+  return (err as { code?: string }).code === 'EADDRINUSE';
+}
+
+const env = readEnv();
+
+const rawApiPort = env.DEV_API_PORT ?? '8000';
+const apiPort = Number(rawApiPort);
+if (!/^[0-9]+$/.test(rawApiPort) || apiPort > 65535) fail(`DEV_API_PORT must be an integer 0-65535, got "${rawApiPort}"`, 2);
+
+let config: Config;
+try {
+  // Validate before starting anything; AUTH_HOST is fixed below once the dev API's port is known.
+  config = loadConfig({ LOG_LEVEL: 'warn', ...env, AUTH_HOST: `http://127.0.0.1:${apiPort}` });
+} catch (err) {
+  if (err instanceof ConfigError) fail(`invalid configuration: ${err.message}`, 2);
+  throw err;
+}
+if (env.AUTH_HOST) process.stderr.write(`demo: ignoring AUTH_HOST=${env.AUTH_HOST}; the demo gateway uses its own dev API\n`);
+
+const log = createLogger(config.logLevel);
+const verbose = ['info', 'debug', 'trace'].includes(config.logLevel);
+
+let api: DevApi;
+try {
+  api = await startDevApi({
+    port: apiPort,
+    ...(env.DEV_API_SECRET ? { secret: env.DEV_API_SECRET } : {}),
+    ...(verbose ? { log: (line: object) => log.info({ dev_api: line }, 'dev-api request') } : {}),
+  });
+} catch (err) {
+  if (portTaken(err)) fail(`port ${apiPort} (dev API) is taken — is another demo or dev-api running? Try DEV_API_PORT=8100 npm run demo`);
+  fail(`cannot start the dev API: ${String(err)}`);
+}
+
+let gateway: Gateway;
+try {
+  gateway = await startGateway({ ...config, authHost: api.url }, { log });
+} catch (err) {
+  await api.close();
+  if (portTaken(err)) fail(`port ${config.appPort} (gateway) is taken — is another gateway or demo running? Try APP_PORT=3001 npm run demo`);
+  fail(`cannot start the gateway: ${(err as Error).message}`);
+}
+
+const http = `http://localhost:${gateway.port}`;
+const ws = `ws://localhost:${gateway.port}/ws`;
+const apiUrl = `http://localhost:${api.port}`;
+const flags = [gateway.port === 3000 ? '' : ` --url ${ws}`, api.port === 8000 ? '' : ` --api ${apiUrl}`].join('');
+
+process.stdout.write(`
+message-service demo is running (engine: ${gateway.engine.kind})
+
+  gateway   ${ws}
+  dev API   ${apiUrl}   (stands in for the main API: tokens, saved messages, in memory)
+  health    ${http}/healthz
+  ready     ${http}/readyz
+  metrics   ${http}/metrics
+
+Chat as two users: open two more terminals in this directory and run
+  npm run client -- --user 1 --chat 1${flags}
+  npm run client -- --user 2 --chat 1${flags}
+Type a line and press Enter to send it; /help lists the commands (/edit, /delete, /typing, /join, /quit ...).
+
+Mint a token yourself (user 1, one hour) for your own client:
+  curl -s -X POST ${apiUrl}/dev/token -H 'content-type: application/json' -d '{"user_id":1}'
+then send {"type":"register","token":"<token>","chat_id":1} over ${ws}.
+
+Gateway logs follow at LOG_LEVEL=${config.logLevel} (LOG_LEVEL=info npm run demo for more). Ctrl-C stops.
+
+`);
+
+let stopping = false;
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    if (stopping) process.exit(1); // a second signal: out now
+    stopping = true;
+    process.stderr.write(`demo: ${signal}, shutting down\n`);
+    // The gateway first: its in-flight requests still need the dev API.
+    gateway
+      .shutdown()
+      .then(() => api.close())
+      .then(
+        () => process.exit(0),
+        (err: Error) => fail(`shutdown failed: ${err.message}`),
+      );
+  });
+}

@@ -1,0 +1,127 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startDevApi, type DevApi } from '../../dev-api/app.js';
+import { TestClient } from '../support/client.js';
+import { GatewayProcess } from '../support/process.js';
+
+describe('configuration errors exit 2 with one line naming the variable', () => {
+  const bad: Array<[Record<string, string>, string]> = [
+    [{ APP_PORT: 'abc' }, 'APP_PORT'],
+    [{ APP_PORT: '70000' }, 'APP_PORT'],
+    [{ AUTH_HOST: 'ftp://x' }, 'AUTH_HOST'],
+    [{ REDIS_HOST: 'http://x:1' }, 'REDIS_HOST'],
+    [{ REDIS_CLUSTER: 'maybe' }, 'REDIS_CLUSTER'],
+    [{ RATE_LIMIT_BURST: '0' }, 'RATE_LIMIT_BURST'],
+    [{ MESSAGE_PATH: '/chat/{chat_id}' }, 'MESSAGE_PATH'],
+    [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
+    [{ ALLOWED_ORIGINS: 'not an origin' }, 'ALLOWED_ORIGINS'],
+    [{ UPSTREAM_TIMEOUT_MS: '-5' }, 'UPSTREAM_TIMEOUT_MS'],
+  ];
+  for (const [env, variable] of bad) {
+    it(`${JSON.stringify(env)}`, async () => {
+      const gw = GatewayProcess.spawn(env);
+      const { code } = await gw.exited;
+      assert.equal(code, 2);
+      const lines = gw.output.trim().split('\n');
+      assert.equal(lines.length, 1, gw.output);
+      assert.match(lines[0]!, new RegExp(`\\b${variable}\\b`));
+    });
+  }
+
+  it('.env is read from the working directory and real env wins over it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ms-env-'));
+    writeFileSync(join(dir, '.env'), 'APP_PORT=0\nRATE_LIMIT_PER_SEC=nope\n');
+    const fromFile = GatewayProcess.spawn({}, dir);
+    assert.equal((await fromFile.exited).code, 2);
+    assert.match(fromFile.output, /RATE_LIMIT_PER_SEC/);
+    const overridden = GatewayProcess.spawn({ RATE_LIMIT_PER_SEC: '7' }, dir);
+    await overridden.listening();
+    overridden.kill('SIGTERM');
+    assert.equal((await overridden.exited).code, 0);
+  });
+});
+
+describe('graceful shutdown and logs (real process, real signals)', () => {
+  let api: DevApi;
+  before(async () => {
+    api = await startDevApi({ port: 0 });
+  });
+  after(() => api.close());
+
+  it('SIGTERM with a save in flight: the message is acked and broadcast, clients get 1001, exit 0', async () => {
+    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, SHUTDOWN_TIMEOUT_MS: '5000' });
+    await gw.listening();
+    const a = await TestClient.connect(gw.wsUrl);
+    const b = await TestClient.connect(gw.wsUrl);
+    await a.register(await api.mintToken(1), 77);
+    await b.register(await api.mintToken(2), 77);
+    api.addFault({ op: 'save', delayMs: 700, times: 1 });
+    const before = api.requests.length;
+    a.send({ type: 'message', data: { id: 'inflight-1', ciphertext: 'x' } });
+    await api.waitForRequests(before + 1);
+    gw.kill('SIGTERM');
+    // Readiness flips and new upgrades are refused while draining.
+    await new Promise((r) => setTimeout(r, 150));
+    const ready = await fetch(`${gw.httpUrl}/readyz`);
+    assert.equal(ready.status, 503);
+    await assert.rejects(TestClient.connect(gw.wsUrl), (err: { status?: number }) => err.status === 503);
+    const ack = await a.next({ type: 'ack', id: 'inflight-1' }, 5000);
+    assert.equal(ack.duplicate, false);
+    await b.next({ type: 'message' }, 5000);
+    assert.equal((await a.closed).code, 1001);
+    assert.equal((await b.closed).code, 1001);
+    assert.equal((await gw.exited).code, 0);
+  });
+
+  it('a second signal exits at once with 1', async () => {
+    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, SHUTDOWN_TIMEOUT_MS: '10000' });
+    await gw.listening();
+    const a = await TestClient.connect(gw.wsUrl);
+    await a.register(await api.mintToken(1), 78);
+    api.addFault({ op: 'save', hang: true, times: 1 });
+    const before = api.requests.length;
+    a.send({ type: 'message', data: { id: 'stuck', ciphertext: 'x' } });
+    await api.waitForRequests(before + 1);
+    gw.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 200));
+    gw.kill('SIGINT');
+    assert.equal((await gw.exited).code, 1);
+    api.clearFaults();
+  });
+
+  it('no token ever appears in the logs, even at trace level and on failures', async () => {
+    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, LOG_LEVEL: 'trace' });
+    await gw.listening();
+    const good = await api.mintToken(5);
+    const expired = await api.mintToken(6, { expired: true });
+    const c = await TestClient.connect(gw.wsUrl);
+    await c.register(good, 79);
+    await c.request({ type: 'register', token: expired, chat_id: 80 }, { type: 'error' });
+    await c.request({ type: 'register', token: 'plain-secret-token-value', chat_id: 81 }, { type: 'error' });
+    api.addFault({ op: 'save', status: 500, times: 1 });
+    await c.request({ type: 'message', data: { id: 'log-1', ciphertext: 'x' } }, { type: 'error' });
+    api.addFault({ op: 'verify', body: {}, times: 1 });
+    await c.request({ type: 'register', token: good, chat_id: 82 }, { type: 'error' });
+    c.sendRaw(`{"type":"register","token":"${good}"`); // malformed frame carrying a token
+    await c.request({ type: 'ping' }, { type: 'pong' });
+    c.close();
+    gw.kill('SIGTERM');
+    await gw.exited;
+    assert.ok(gw.output.length > 0);
+    for (const secret of [good, expired, 'plain-secret-token-value', good.split('.')[2]!]) {
+      assert.ok(!gw.output.includes(secret), 'a token leaked into the logs');
+    }
+    for (const line of gw.output.trim().split('\n')) assert.doesNotThrow(() => JSON.parse(line), `not JSON: ${line}`);
+  });
+
+  it('start-up log names the embedded engine and how to scale out', async () => {
+    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url });
+    await gw.listening();
+    assert.match(gw.output, /in-memory engine[^\n]*REDIS_HOST/);
+    gw.kill('SIGINT');
+    assert.equal((await gw.exited).code, 0);
+  });
+});

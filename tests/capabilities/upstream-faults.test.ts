@@ -1,0 +1,150 @@
+import assert from 'node:assert/strict';
+import { describe, it, beforeEach } from 'node:test';
+import { expectNone } from '../support/client.js';
+import { ENGINE_MODES, Harness, uniqueChat, useHarness } from '../support/harness.js';
+
+for (const mode of ENGINE_MODES) {
+  describe(`main API faults [${mode}]`, () => {
+    const h = useHarness(mode, { UPSTREAM_TIMEOUT_MS: '400', AUTH_CACHE_TTL_MS: '0' });
+    beforeEach(() => h.api.clearFaults());
+
+    const cases: Array<[string, Parameters<Harness['api']['addFault']>[0], string, boolean]> = [
+      ['5xx', { op: 'save', status: 503 }, 'upstream_unavailable', true],
+      ['timeout (hang)', { op: 'save', hang: true }, 'upstream_unavailable', true],
+      ['403', { op: 'save', status: 403 }, 'forbidden', false],
+      ['401', { op: 'save', status: 401 }, 'unauthorized', false],
+      ['422', { op: 'save', status: 422 }, 'bad_request', false],
+      ['413', { op: 'save', status: 413 }, 'too_large', false],
+      ['429', { op: 'save', status: 429 }, 'rate_limited', true],
+    ];
+    for (const [name, fault, code, retryable] of cases) {
+      it(`save ${name} → error ${code}, nothing broadcast`, async () => {
+        const chat = uniqueChat();
+        const a = await h.member(1, chat);
+        const b = await h.member(2, chat);
+        h.api.addFault(fault);
+        const id = `f-${chat}`;
+        const err = await a.request({ type: 'message', data: { id, ciphertext: 'x' } }, { type: 'error' });
+        assert.deepEqual(err, { type: 'error', code, message: err.message, op: 'message', id, chat_id: chat, retryable });
+        await expectNone(b, { type: 'message' }, 200);
+        assert.equal(a.all({ type: 'ack' }).length, 0);
+        // The connection stays usable and a retry after the fault succeeds.
+        h.api.clearFaults();
+        const ack = await a.request({ type: 'message', data: { id, ciphertext: 'x' } }, { type: 'ack' });
+        assert.equal(ack.duplicate, false);
+        await b.next({ type: 'message' });
+        a.close();
+        b.close();
+      });
+    }
+
+    it('409 on save: ack duplicate:true, no broadcast', async () => {
+      const chat = uniqueChat();
+      const a = await h.member(1, chat);
+      const b = await h.member(2, chat);
+      h.api.addFault({ op: 'save', status: 409 });
+      const ack = await a.request({ type: 'message', data: { id: `c-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      assert.equal(ack.duplicate, true);
+      await expectNone(b, { type: 'message' }, 200);
+      a.close();
+      b.close();
+    });
+
+    it('main API refused (nothing listening): upstream_unavailable, retryable', async () => {
+      const inst = await h.gateway({ AUTH_HOST: 'http://127.0.0.1:1' });
+      const c = await h.connect(h.instances.indexOf(inst));
+      const err = await c.request({ type: 'register', token: await h.token(1), chat_id: uniqueChat() }, { type: 'error' });
+      assert.equal(err.code, 'upstream_unavailable');
+      assert.equal(err.retryable, true);
+      assert.equal(err.op, 'register');
+      c.close();
+    });
+
+    it('verify 403 (not a member) → forbidden and no subscription to the chat', async () => {
+      const chat = uniqueChat();
+      h.api.setMembers(chat, [1]);
+      const a = await h.member(1, chat);
+      const c = await h.connect();
+      const err = await c.request({ type: 'register', token: await h.token(2), chat_id: chat }, { type: 'error' });
+      assert.deepEqual(err, { type: 'error', code: 'forbidden', message: err.message, op: 'register', chat_id: chat, retryable: false });
+      await a.request({ type: 'message', data: { id: `m-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      await expectNone(c, { type: 'message' }, 200);
+      const err2 = await c.request({ type: 'message', chat_id: chat, data: { id: 'z', ciphertext: 'x' } }, { type: 'error' });
+      assert.equal(err2.code, 'not_registered');
+      a.close();
+      c.close();
+    });
+
+    it('verify that lies (200 without a user id, or a bad one) → internal, not registered', async () => {
+      for (const body of [{}, { user_id: { x: 1 } }, { user_id: 'has space' }, 'not json']) {
+        h.api.clearFaults();
+        h.api.addFault({ op: 'verify', body });
+        const c = await h.connect();
+        const err = await c.request({ type: 'register', token: await h.token(1), chat_id: uniqueChat() }, { type: 'error' });
+        assert.equal(err.code, 'internal', JSON.stringify(body));
+        c.close();
+      }
+    });
+
+    it('verify accepts id, sub and user.id spellings', async () => {
+      for (const [body, expected] of [[{ id: 41 }, 41], [{ sub: 'u-42' }, 'u-42'], [{ user: { id: 43 } }, 43]] as const) {
+        h.api.clearFaults();
+        h.api.addFault({ op: 'verify', body, times: 1 });
+        const c = await h.connect();
+        const reg = await c.register(await h.token(1), uniqueChat());
+        assert.equal(reg.user_id, expected);
+        c.close();
+      }
+    });
+
+    it('a slow save does not block other connections', async () => {
+      const chat = uniqueChat();
+      const a = await h.member(1, chat);
+      const b = await h.member(2, chat);
+      h.api.addFault({ op: 'save', delayMs: 300, times: 1 });
+      const before = h.api.requests.length;
+      a.send({ type: 'message', data: { id: `slow-${chat}`, ciphertext: 'x' } });
+      await h.api.waitForRequests(before + 1); // the slow save is in flight
+      const ack = await b.request({ type: 'message', data: { id: `fast-${chat}`, ciphertext: 'y' } }, { type: 'ack' });
+      assert.equal(ack.id, `fast-${chat}`);
+      assert.equal(a.all({ type: 'ack' }).length, 0, 'fast ack arrived before the slow save finished');
+      await a.next({ type: 'ack', id: `slow-${chat}` });
+      a.close();
+      b.close();
+    });
+
+    it('operations of one connection are acked in the order sent even when upstream latency varies', async () => {
+      const chat = uniqueChat();
+      const a = await h.member(1, chat);
+      const b = await h.member(2, chat);
+      h.api.addFault({ op: 'save', delayMs: 150, times: 1 });
+      const ids = Array.from({ length: 6 }, (_, i) => `o${i}-${chat}`);
+      for (const id of ids) a.send({ type: 'message', data: { id, ciphertext: 'x' } });
+      await a.next({ type: 'ack', id: ids.at(-1) });
+      assert.deepEqual(a.all({ type: 'ack' }).map((f) => f.id), ids);
+      await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === ids.at(-1));
+      assert.deepEqual(b.all({ type: 'message' }).map((f) => (f.data as { id: string }).id), ids);
+      const saved = h.api.requests.filter((r) => r.op === 'save' && ids.includes((r.body as { id: string }).id)).map((r) => (r.body as { id: string }).id);
+      assert.deepEqual(saved, ids);
+      a.close();
+      b.close();
+    });
+
+    it('bearer token, X-Request-Id and URL-encoded path parameters on edit/delete', async () => {
+      const chat = `a:b.${uniqueChat()}`;
+      const a = await h.member(1, chat);
+      const id = 'm-1_x';
+      await a.request({ type: 'message', data: { id, ciphertext: 'x' } }, { type: 'ack' });
+      await a.request({ type: 'edit_message', data: { id, ciphertext: 'y' } }, { type: 'ack' });
+      await a.request({ type: 'delete_message', data: { id } }, { type: 'ack' });
+      const edit = h.api.requests.filter((r) => r.op === 'edit').at(-1)!;
+      const del = h.api.requests.filter((r) => r.op === 'delete').at(-1)!;
+      assert.equal(edit.path, `/chat/${encodeURIComponent(chat)}/messages/${id}`);
+      assert.equal(del.path, edit.path);
+      assert.ok(edit.path.includes('%3A'));
+      assert.match(String(del.headers.authorization), /^Bearer /);
+      assert.notEqual(edit.headers['x-request-id'], del.headers['x-request-id']);
+      a.close();
+    });
+  });
+}
