@@ -251,12 +251,11 @@ async function main(): Promise<void> {
     if (frame.type === 'pong') pending.delete('ping');
     if (frame.type === 'registered' && (typeof frame.chat_id === 'number' || typeof frame.chat_id === 'string')) {
       if (!chats.some((c) => String(c) === chat)) chats.push(frame.chat_id);
-      current = frame.chat_id;
     }
-    if (frame.type === 'unregistered') {
-      chats = chats.filter((c) => String(c) !== chat);
-      current = chats.at(-1) ?? current;
-    }
+    if (frame.type === 'unregistered') chats = chats.filter((c) => String(c) !== chat);
+    // Left the current chat, or failed to join it: fall back to the last chat joined.
+    const lost = frame.type === 'unregistered' || (frame.type === 'error' && frame.op === 'register');
+    if (lost && chat === String(current)) current = chats.at(-1) ?? current;
     if (registration) {
       if (frame.type === 'registered') registration.resolve();
       else if (frame.type === 'error') registration.reject(`register failed: ${describe(frame)}`);
@@ -335,7 +334,8 @@ async function main(): Promise<void> {
         return send({ type: 'ping' }, 'ping');
       case 'join':
         if (!arg) return out('usage: /join <chat>');
-        return send({ type: 'register', token, chat_id: toId(arg) }, `register:${toId(arg)}`);
+        current = toId(arg);
+        return send({ type: 'register', token, chat_id: current }, `register:${current}`);
       case 'leave':
         if (!arg) return out('usage: /leave <chat>');
         return send({ type: 'unregister', chat_id: toId(arg) }, `unregister:${toId(arg)}`);

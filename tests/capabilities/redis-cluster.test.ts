@@ -1,0 +1,91 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { after, before, describe, it } from 'node:test';
+import { startDevApi, type DevApi } from '../../dev-api/app.js';
+import { TestClient } from '../support/client.js';
+import { waitFor } from '../support/harness.js';
+import { GatewayProcess } from '../support/process.js';
+import { RedisServer } from '../support/redis.js';
+
+const run = promisify(execFile);
+const cli = async (port: number, ...args: string[]) => (await run('redis-cli', ['-p', String(port), ...args])).stdout.trim();
+
+describe('Redis Cluster: sharded pub/sub across three masters', () => {
+  let api: DevApi;
+  const nodes: RedisServer[] = [];
+  const gateways: GatewayProcess[] = [];
+
+  before(async () => {
+    api = await startDevApi({ port: 0 });
+    for (let i = 0; i < 3; i++) nodes.push(await RedisServer.start(['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000']));
+    await run('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes']);
+    await waitFor(async () => (await Promise.all(nodes.map((n) => cli(n.port, 'cluster', 'info')))).every((t) => t.includes('cluster_state:ok')), 15_000, 'cluster ok');
+    const seeds = nodes.map((n) => `redis://127.0.0.1:${n.port}`).join(',');
+    for (let i = 0; i < 2; i++) {
+      const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, REDIS_HOST: seeds, REDIS_CLUSTER: 'true', LOG_LEVEL: 'info', PRESENCE_TTL_MS: '3000' });
+      gateways.push(gw);
+      await gw.listening();
+      await waitFor(async () => (await fetch(`${gw.httpUrl}/readyz`)).status === 200, 10_000, `gateway ${i} ready`);
+    }
+  });
+  after(async () => {
+    await Promise.all(gateways.map((g) => g.stop()));
+    await api.close();
+    for (const n of nodes) await n.close();
+  });
+
+  it('two instances deliver across chats that hash to different shards', async () => {
+    const [g1, g2] = gateways as [GatewayProcess, GatewayProcess];
+    // Pick chats until they cover every master.
+    const owners = new Map<number, number>();
+    const chats: number[] = [];
+    for (let chat = 1; owners.size < 3 && chat < 200; chat++) {
+      const slot = Number(await cli(nodes[0]!.port, 'cluster', 'keyslot', `{${chat}}`));
+      const owner = await ownerOf(slot);
+      if (!owners.has(owner)) {
+        owners.set(owner, chat);
+        chats.push(chat);
+      }
+    }
+    assert.equal(chats.length, 3, 'chats on three different shards');
+    const tokenA = await api.mintToken(1);
+    const tokenB = await api.mintToken(2);
+    const a = await TestClient.connect(g1.wsUrl);
+    const b = await TestClient.connect(g2.wsUrl);
+    for (const chat of chats) {
+      await a.register(tokenA, chat);
+      const reg = await b.register(tokenB, chat);
+      assert.deepEqual([...(reg.online as number[])].sort(), [1, 2]);
+    }
+    for (const chat of chats) {
+      await a.request({ type: 'message', chat_id: chat, data: { id: `c-${chat}`, ciphertext: 'x' } }, { type: 'ack', chat_id: chat });
+      const got = await b.next({ type: 'message', chat_id: chat });
+      assert.equal((got.data as { id: string }).id, `c-${chat}`);
+      await b.request({ type: 'message', chat_id: chat, data: { id: `d-${chat}`, ciphertext: 'y' } }, { type: 'ack', chat_id: chat });
+      await a.next({ type: 'message', chat_id: chat });
+    }
+    // Each shard carries its own chat's channel: sharded pub/sub, not cluster-wide PUBLISH.
+    for (const [owner, chat] of owners) {
+      const channels = await cli(owner, 'pubsub', 'shardchannels');
+      assert.ok(channels.includes(`{${chat}}`), `shard ${owner} holds chat ${chat}'s channel: ${channels}`);
+    }
+    a.close();
+    b.close();
+    await b.closed;
+  });
+
+  /** The port of the master serving `slot`, read from CLUSTER NODES ("… ip:port@bus … master … 0-5460"). */
+  async function ownerOf(slot: number): Promise<number> {
+    for (const line of (await cli(nodes[0]!.port, 'cluster', 'nodes')).split('\n')) {
+      const fields = line.split(' ');
+      if (!fields[2]?.includes('master')) continue;
+      const port = Number(fields[1]!.split('@')[0]!.split(':')[1]);
+      for (const range of fields.slice(8)) {
+        const [start, end = start] = range.split('-').map(Number);
+        if (slot >= start! && slot <= end!) return port;
+      }
+    }
+    throw new Error(`no owner for slot ${slot}`);
+  }
+});

@@ -1,0 +1,194 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { startDevApi, type DevApi } from '../../dev-api/app.js';
+import { TestClient, expectNone, sleep } from '../support/client.js';
+import { waitFor } from '../support/harness.js';
+import { GatewayProcess } from '../support/process.js';
+import { RedisServer } from '../support/redis.js';
+
+const PRESENCE_TTL_MS = 1500;
+
+describe('several gateway processes on one Redis behave as one', () => {
+  let api: DevApi;
+  let redis: RedisServer;
+  const gateways: GatewayProcess[] = [];
+  let chatSeq = 500;
+
+  async function spawnGateway(): Promise<GatewayProcess> {
+    const gw = GatewayProcess.spawn({
+      APP_PORT: '0',
+      AUTH_HOST: api.url,
+      REDIS_HOST: `127.0.0.1:${redis.port}`, // bare host:port is read as redis://
+      PRESENCE_TTL_MS: String(PRESENCE_TTL_MS),
+      RATE_LIMIT_PER_SEC: '1000',
+      RATE_LIMIT_BURST: '1000',
+      LOG_LEVEL: 'info',
+    });
+    gateways.push(gw);
+    await gw.listening();
+    await waitFor(async () => (await fetch(`${gw.httpUrl}/readyz`)).status === 200, 5000, 'readyz');
+    return gw;
+  }
+
+  async function member(gw: GatewayProcess, user: number, chat: number): Promise<TestClient> {
+    const c = await TestClient.connect(gw.wsUrl);
+    await c.register(await api.mintToken(user), chat);
+    return c;
+  }
+
+  before(async () => {
+    api = await startDevApi({ port: 0 });
+    redis = await RedisServer.start();
+    await Promise.all([spawnGateway(), spawnGateway(), spawnGateway()]);
+  });
+  after(async () => {
+    await Promise.all(gateways.map((g) => g.stop()));
+    await api.close();
+    await redis.close();
+  });
+
+  it('message, edit, delete, typing and presence cross instances', async () => {
+    const chat = ++chatSeq;
+    const [g1, g2, g3] = gateways as [GatewayProcess, GatewayProcess, GatewayProcess];
+    const a = await member(g1, 1, chat);
+    const b = await member(g2, 2, chat);
+    await a.next({ type: 'presence', user_id: 2, status: 'online' });
+    const c = await member(g3, 3, chat);
+    assert.deepEqual([...((c.frames.at(-1)!.online as number[]) ?? [])].sort(), [1, 2, 3]);
+    await Promise.all([a, b].map((x) => x.next({ type: 'presence', user_id: 3, status: 'online' })));
+    await a.request({ type: 'message', data: { id: `x-${chat}`, ciphertext: 'hi' } }, { type: 'ack' });
+    await Promise.all([b, c].map((x) => x.next({ type: 'message', chat_id: chat })));
+    await a.request({ type: 'edit_message', data: { id: `x-${chat}`, ciphertext: 'hi2' } }, { type: 'ack' });
+    await Promise.all([b, c].map((x) => x.next({ type: 'edit_message', chat_id: chat })));
+    await a.request({ type: 'delete_message', data: { id: `x-${chat}` } }, { type: 'ack' });
+    await Promise.all([b, c].map((x) => x.next({ type: 'delete_message', chat_id: chat })));
+    b.send({ type: 'typing' });
+    await Promise.all([a, c].map((x) => x.next({ type: 'typing', user_id: 2 })));
+    c.close();
+    await Promise.all([a, b].map((x) => x.next({ type: 'presence', user_id: 3, status: 'offline' })));
+    a.close();
+    b.close();
+  });
+
+  it('two devices of one user on two instances: offline only after the last leaves', async () => {
+    const chat = ++chatSeq;
+    const [g1, g2, g3] = gateways as [GatewayProcess, GatewayProcess, GatewayProcess];
+    const watcher = await member(g3, 9, chat);
+    const d1 = await member(g1, 5, chat);
+    const d2 = await member(g2, 5, chat);
+    await watcher.next({ type: 'presence', user_id: 5, status: 'online' });
+    d1.close();
+    await expectNone(watcher, { type: 'presence', user_id: 5, status: 'offline' }, 400);
+    assert.equal(watcher.all({ type: 'presence', user_id: 5 }).length, 1);
+    d2.close();
+    await watcher.next({ type: 'presence', user_id: 5, status: 'offline' });
+    watcher.close();
+  });
+
+  it('3 senders on different instances × 6 receivers on all instances, 300 messages: one identical sequence', async () => {
+    const chat = ++chatSeq;
+    const receivers = await Promise.all([0, 1, 2, 3, 4, 5].map((i) => member(gateways[i % 3]!, 20 + i, chat)));
+    const senders = await Promise.all([0, 1, 2].map((i) => member(gateways[i]!, 10 + i, chat)));
+    api.addFault({ op: 'save', delayMs: 3, times: 30 });
+    const ids = senders.map((_, s) => Array.from({ length: 100 }, (_, i) => `s${s}-${i}`));
+    senders.forEach((c, s) => ids[s]!.forEach((id) => c.send({ type: 'message', data: { id: `${id}-${chat}`, ciphertext: 'x' } })));
+    const seq = (c: TestClient) => c.all({ type: 'message' }).map((f) => (f.data as { id: string }).id);
+    await Promise.all(receivers.map((r) => r.next(() => r.all({ type: 'message' }).length >= 300, 30_000)));
+    const first = seq(receivers[0]!);
+    assert.equal(first.length, 300);
+    for (const r of receivers) assert.deepEqual(seq(r), first);
+    for (let s = 0; s < 3; s++) {
+      assert.deepEqual(first.filter((id) => id.startsWith(`s${s}-`)), ids[s]!.map((id) => `${id}-${chat}`));
+    }
+    for (const c of [...senders, ...receivers]) c.close();
+  });
+
+  it('an instance killed with SIGKILL: the others announce offline within PRESENCE_TTL_MS + one refresh', async () => {
+    const chat = ++chatSeq;
+    const victim = await spawnGateway();
+    const watcher = await member(gateways[0]!, 30, chat);
+    await member(victim, 31, chat);
+    await watcher.next({ type: 'presence', user_id: 31, status: 'online' });
+    const killedAt = Date.now();
+    victim.kill('SIGKILL');
+    await victim.exited;
+    const bound = PRESENCE_TTL_MS + PRESENCE_TTL_MS / 3;
+    await watcher.next({ type: 'presence', user_id: 31, status: 'offline' }, bound + 2500);
+    const took = Date.now() - killedAt;
+    assert.ok(took >= PRESENCE_TTL_MS / 3, `offline came before any entry could expire (${took} ms)`);
+    const fresh = await member(gateways[1]!, 32, chat);
+    assert.deepEqual([...(fresh.frames.at(-1)!.online as number[])].sort(), [30, 32]);
+    watcher.close();
+    fresh.close();
+  });
+
+  it('graceful shutdown of one instance: the others see offline at once, not after the TTL', async () => {
+    const chat = ++chatSeq;
+    const leaving = await spawnGateway();
+    const watcher = await member(gateways[0]!, 40, chat);
+    const gone = await member(leaving, 41, chat);
+    await watcher.next({ type: 'presence', user_id: 41, status: 'online' });
+    const t0 = Date.now();
+    leaving.kill('SIGTERM');
+    await watcher.next({ type: 'presence', user_id: 41, status: 'offline' }, 3000);
+    assert.ok(Date.now() - t0 < PRESENCE_TTL_MS, 'offline waited for the TTL');
+    assert.equal((await gone.closed).code, 1001);
+    assert.equal((await leaving.exited).code, 0);
+    watcher.close();
+  });
+});
+
+describe('Redis outage: readiness, fast errors, recovery on the same connections', () => {
+  let api: DevApi;
+  let redis: RedisServer;
+  let gw: GatewayProcess;
+
+  before(async () => {
+    api = await startDevApi({ port: 0 });
+    redis = await RedisServer.start();
+    gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, REDIS_HOST: redis.url, LOG_LEVEL: 'info', PRESENCE_TTL_MS: '3000' });
+    await gw.listening();
+    await waitFor(async () => (await fetch(`${gw.httpUrl}/readyz`)).status === 200, 5000, 'readyz');
+  });
+  after(async () => {
+    await gw.stop();
+    await api.close();
+    await redis.close();
+  });
+
+  it('Redis stopped then restarted mid-conversation', async () => {
+    const chat = 900;
+    const a = await TestClient.connect(gw.wsUrl);
+    const b = await TestClient.connect(gw.wsUrl);
+    await a.register(await api.mintToken(1), chat);
+    await b.register(await api.mintToken(2), chat);
+    await a.request({ type: 'message', data: { id: 'before', ciphertext: 'x' } }, { type: 'ack' });
+    await b.next({ type: 'message' });
+
+    await redis.stop();
+    await waitFor(async () => (await fetch(`${gw.httpUrl}/readyz`)).status === 503, 5000, 'readyz 503');
+    const savesBefore = api.requests.filter((r) => r.op === 'save').length;
+    const t0 = Date.now();
+    const err = await a.request({ type: 'message', data: { id: 'during', ciphertext: 'x' } }, { type: 'error' }, 3000);
+    assert.equal(err.code, 'upstream_unavailable');
+    assert.equal(err.retryable, true);
+    assert.ok(Date.now() - t0 < 2500, 'the error must come fast, not after a hang');
+    assert.equal(api.requests.filter((r) => r.op === 'save').length, savesBefore, 'nothing may be saved while Redis is down');
+    const err2 = await b.request({ type: 'register', token: await api.mintToken(2), chat_id: 901 }, { type: 'error' });
+    assert.equal(err2.code, 'upstream_unavailable');
+    assert.deepEqual(await a.request({ type: 'ping' }, { type: 'pong' }), { type: 'pong' });
+    assert.equal((await fetch(`${gw.httpUrl}/healthz`)).status, 200);
+
+    await redis.startProcess();
+    await waitFor(async () => (await fetch(`${gw.httpUrl}/readyz`)).status === 200, 10_000, 'readyz 200 again');
+    assert.ok(a.isOpen && b.isOpen, 'clients stay connected through the outage');
+    const ack = await a.request({ type: 'message', data: { id: 'during', ciphertext: 'x' } }, { type: 'ack' });
+    assert.equal(ack.duplicate, false);
+    await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === 'during', 3000);
+    // Presence was restored: a newcomer sees both users online.
+    const c = await TestClient.connect(gw.wsUrl);
+    const reg = await c.register(await api.mintToken(3), chat);
+    assert.deepEqual([...(reg.online as number[])].sort(), [1, 2, 3]);
+    for (const x of [a, b, c]) x.close();
+  });
+});
