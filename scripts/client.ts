@@ -207,8 +207,8 @@ async function main(): Promise<void> {
   let chats: Id[] = [];
   let current: Id = opts.chat;
   let quitting = false;
-  /** Requests still waiting for their ack / registered / unregistered / pong. */
-  const pending = new Set<string>();
+  /** Requests waiting for their ack / registered / unregistered / pong, keyed by id or op:chat. */
+  const pending = new Map<string, () => void>();
 
   const out = (line: string): void => {
     if (rl && interactive) {
@@ -221,10 +221,18 @@ async function main(): Promise<void> {
     }
   };
 
-  const send = (frame: Frame, key?: string): void => {
-    if (key !== undefined) pending.add(key);
-    ws.send(JSON.stringify(frame));
+  /** Sends a frame; with a key, the promise resolves when the gateway answers it. */
+  const send = (frame: Frame, key?: string): Promise<void> =>
+    new Promise((resolve) => {
+      if (key === undefined) resolve();
+      else pending.set(key, resolve);
+      ws.send(JSON.stringify(frame));
+    });
+  const answered = (key: string): void => {
+    pending.get(key)?.();
+    pending.delete(key);
   };
+  const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
   // Settles once the first registration is answered.
   let registration: { resolve: () => void; reject: (why: string) => void } | undefined;
@@ -245,10 +253,10 @@ async function main(): Promise<void> {
     }
     out(describe(frame));
     const chat = String(frame.chat_id);
-    if (frame.type === 'ack' || (frame.type === 'error' && frame.id !== undefined)) pending.delete(String(frame.id));
-    if (frame.type === 'registered' || (frame.type === 'error' && frame.op === 'register')) pending.delete(`register:${chat}`);
-    if (frame.type === 'unregistered' || (frame.type === 'error' && frame.op === 'unregister')) pending.delete(`unregister:${chat}`);
-    if (frame.type === 'pong') pending.delete('ping');
+    if (frame.type === 'ack' || (frame.type === 'error' && frame.id !== undefined)) answered(String(frame.id));
+    if (frame.type === 'registered' || (frame.type === 'error' && frame.op === 'register')) answered(`register:${chat}`);
+    if (frame.type === 'unregistered' || (frame.type === 'error' && frame.op === 'unregister')) answered(`unregister:${chat}`);
+    if (frame.type === 'pong') answered('ping');
     if (frame.type === 'registered' && (typeof frame.chat_id === 'number' || typeof frame.chat_id === 'string')) {
       if (!chats.some((c) => String(c) === chat)) chats.push(frame.chat_id);
     }
@@ -270,7 +278,7 @@ async function main(): Promise<void> {
     process.exit(1);
   });
 
-  send({ type: 'register', token, chat_id: opts.chat }, `register:${opts.chat}`);
+  void send({ type: 'register', token, chat_id: opts.chat }, `register:${opts.chat}`);
   const timer = setTimeout(() => registration?.reject(`no answer to register within ${REGISTER_TIMEOUT_MS} ms`), REGISTER_TIMEOUT_MS);
   await registered.catch((err: Error) => fail(err.message));
   clearTimeout(timer);
@@ -281,7 +289,7 @@ async function main(): Promise<void> {
     quitting = true;
     rl?.close();
     const deadline = Date.now() + GRACE_MS;
-    while (pending.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (pending.size > 0 && Date.now() < deadline) await sleep(50);
     if (pending.size > 0) process.stderr.write(`client: exiting with ${pending.size} request(s) unanswered\n`);
     ws.close(1000, 'bye');
     setTimeout(() => process.exit(0), 1000).unref();
@@ -289,7 +297,7 @@ async function main(): Promise<void> {
 
   const message = (text: string): void => {
     const id = randomUUID();
-    send(
+    void send(
       {
         type: 'message',
         chat_id: current,
@@ -306,39 +314,32 @@ async function main(): Promise<void> {
     );
   };
 
-  const command = (line: string): void => {
+  /** Runs one command line; only /join is awaited, so later lines go to the joined chat. */
+  const command = async (line: string): Promise<void> => {
     const [, name = '', rest = ''] = /^\/(\S*)\s*(.*)$/.exec(line) ?? [];
     const [arg = '', ...words] = rest.split(/\s+/);
+    const nonce = () => randomBytes(12).toString('base64');
     switch (name) {
-      case 'edit':
+      case 'edit': {
         if (!arg || words.length === 0) return out('usage: /edit <id> <text>');
-        return send(
-          {
-            type: 'edit_message',
-            chat_id: current,
-            data: {
-              id: arg,
-              ciphertext: Buffer.from(rest.slice(arg.length).trim()).toString('base64'),
-              nonce: randomBytes(12).toString('base64'),
-              envelopes: {},
-            },
-          },
-          arg,
-        );
+        const ciphertext = Buffer.from(rest.slice(arg.length).trim()).toString('base64');
+        const data = { id: arg, ciphertext, nonce: nonce(), envelopes: {} };
+        return void send({ type: 'edit_message', chat_id: current, data }, arg);
+      }
       case 'delete':
         if (!arg) return out('usage: /delete <id>');
-        return send({ type: 'delete_message', chat_id: current, data: { id: arg } }, arg);
+        return void send({ type: 'delete_message', chat_id: current, data: { id: arg } }, arg);
       case 'typing':
-        return send({ type: 'typing', chat_id: current });
+        return void send({ type: 'typing', chat_id: current });
       case 'ping':
-        return send({ type: 'ping' }, 'ping');
+        return void send({ type: 'ping' }, 'ping');
       case 'join':
         if (!arg) return out('usage: /join <chat>');
         current = toId(arg);
-        return send({ type: 'register', token, chat_id: current }, `register:${current}`);
+        return Promise.race([send({ type: 'register', token, chat_id: current }, `register:${current}`), sleep(REGISTER_TIMEOUT_MS)]);
       case 'leave':
         if (!arg) return out('usage: /leave <chat>');
-        return send({ type: 'unregister', chat_id: toId(arg) }, `unregister:${toId(arg)}`);
+        return void send({ type: 'unregister', chat_id: toId(arg) }, `unregister:${toId(arg)}`);
       case 'raw':
         try {
           JSON.parse(rest);
@@ -349,7 +350,7 @@ async function main(): Promise<void> {
       case 'help':
         return out(HELP.slice(HELP.indexOf('Commands:')));
       case 'quit':
-        return void quit();
+        return quit();
       default:
         return out(`unknown command /${name}; /help lists them`);
     }
@@ -357,19 +358,19 @@ async function main(): Promise<void> {
 
   // Created only now, so lines piped in early wait (buffered) until the chat is registered.
   rl = createInterface({ input: process.stdin, output: interactive ? process.stdout : undefined, terminal: interactive });
+  process.on('SIGINT', () => void quit());
+  process.on('SIGTERM', () => void quit());
   if (interactive) {
     rl.setPrompt('> ');
     out(`connected to ${opts.url}; type a message, /help for commands`);
   }
-  rl.on('line', (line) => {
-    if (quitting || ws.readyState !== WebSocket.OPEN) return;
-    if (line.startsWith('/')) command(line);
+  for await (const line of rl) {
+    if (quitting) break;
+    if (line.startsWith('/')) await command(line);
     else if (line.trim() !== '') message(line);
-    if (interactive) rl?.prompt();
-  });
-  rl.on('close', () => void quit());
-  process.on('SIGINT', () => void quit());
-  process.on('SIGTERM', () => void quit());
+    if (interactive && !quitting) rl.prompt();
+  }
+  await quit(); // end of input (or Ctrl-D / Ctrl-C on a terminal)
 }
 
 void main();

@@ -54,6 +54,14 @@ export class RedisEngine implements Engine {
     private readonly log: Logger,
   ) {}
 
+  /**
+   * Presence keys outlive their entries, so a sweeper still finds expired entries of a dead
+   * instance; a key nobody refreshes for twice the TTL (no live member anywhere) just vanishes.
+   */
+  private get keyTtlMs(): number {
+    return 2 * this.presenceTtlMs;
+  }
+
   async start(events: EngineEvents): Promise<void> {
     this.events = events;
     const options: RedisOptions = {
@@ -138,7 +146,7 @@ export class RedisEngine implements Engine {
     this.requireReady();
     const now = Date.now();
     try {
-      const first = await this.cmd.msJoin(presenceKey(chat), userPrefix(chat) + user, now, conn, now + this.presenceTtlMs, user, this.presenceTtlMs);
+      const first = await this.cmd.msJoin(presenceKey(chat), userPrefix(chat) + user, now, conn, now + this.presenceTtlMs, user, this.keyTtlMs);
       this.entries.set(`${chat}|${user}|${conn}`, { chat, user, conn });
       return first === 1;
     } catch (err) {
@@ -292,7 +300,7 @@ export class RedisEngine implements Engine {
     const now = Date.now();
     const expiresAt = now + this.presenceTtlMs;
     await Promise.all(
-      [...this.entries.values()].map((e) => this.cmd.msJoin(presenceKey(e.chat), userPrefix(e.chat) + e.user, now, e.conn, expiresAt, e.user, this.presenceTtlMs)),
+      [...this.entries.values()].map((e) => this.cmd.msJoin(presenceKey(e.chat), userPrefix(e.chat) + e.user, now, e.conn, expiresAt, e.user, this.keyTtlMs)),
     );
   }
 }
