@@ -194,6 +194,24 @@ function describe(f: Frame): string {
   }
 }
 
+/** What the gateway's answer to a request will carry: the message id, or op:chat. */
+function replyKey(f: Frame): string | undefined {
+  const data = isObject(f.data) ? f.data : {};
+  switch (f.type) {
+    case 'message':
+    case 'edit_message':
+    case 'delete_message':
+      return data.id === undefined ? undefined : String(data.id);
+    case 'register':
+    case 'unregister':
+      return `${f.type}:${String(f.chat_id)}`;
+    case 'ping':
+      return 'ping';
+    default:
+      return undefined;
+  }
+}
+
 // --- the session ---------------------------------------------------------------------------
 
 async function main(): Promise<void> {
@@ -221,12 +239,13 @@ async function main(): Promise<void> {
     }
   };
 
-  /** Sends a frame; with a key, the promise resolves when the gateway answers it. */
-  const send = (frame: Frame, key?: string): Promise<void> =>
+  /** Sends a frame (as `text` if given); resolves when the gateway answers it (at once if it never does). */
+  const send = (frame: Frame, text = JSON.stringify(frame)): Promise<void> =>
     new Promise((resolve) => {
+      const key = replyKey(frame);
       if (key === undefined) resolve();
       else pending.set(key, resolve);
-      ws.send(JSON.stringify(frame));
+      ws.send(text);
     });
   const answered = (key: string): void => {
     pending.get(key)?.();
@@ -278,7 +297,7 @@ async function main(): Promise<void> {
     process.exit(1);
   });
 
-  void send({ type: 'register', token, chat_id: opts.chat }, `register:${opts.chat}`);
+  void send({ type: 'register', token, chat_id: opts.chat });
   const timer = setTimeout(() => registration?.reject(`no answer to register within ${REGISTER_TIMEOUT_MS} ms`), REGISTER_TIMEOUT_MS);
   await registered.catch((err: Error) => fail(err.message));
   clearTimeout(timer);
@@ -296,25 +315,18 @@ async function main(): Promise<void> {
   };
 
   const message = (text: string): void => {
-    const id = randomUUID();
-    void send(
-      {
-        type: 'message',
-        chat_id: current,
-        data: {
-          id,
-          message_type: 'text',
-          ciphertext: Buffer.from(text).toString('base64'),
-          nonce: randomBytes(12).toString('base64'),
-          envelopes: {},
-          created_at: new Date().toISOString(),
-        },
-      },
-      id,
-    );
+    const data = {
+      id: randomUUID(),
+      message_type: 'text',
+      ciphertext: Buffer.from(text).toString('base64'), // NOT encryption: a dev tool
+      nonce: randomBytes(12).toString('base64'),
+      envelopes: {},
+      created_at: new Date().toISOString(),
+    };
+    void send({ type: 'message', chat_id: current, data });
   };
 
-  /** Runs one command line; only /join is awaited, so later lines go to the joined chat. */
+  /** Runs one command line; /join and /leave are awaited, so the next lines go to the right chat. */
   const command = async (line: string): Promise<void> => {
     const [, name = '', rest = ''] = /^\/(\S*)\s*(.*)$/.exec(line) ?? [];
     const [arg = '', ...words] = rest.split(/\s+/);
@@ -324,29 +336,31 @@ async function main(): Promise<void> {
         if (!arg || words.length === 0) return out('usage: /edit <id> <text>');
         const ciphertext = Buffer.from(rest.slice(arg.length).trim()).toString('base64');
         const data = { id: arg, ciphertext, nonce: nonce(), envelopes: {} };
-        return void send({ type: 'edit_message', chat_id: current, data }, arg);
+        return void send({ type: 'edit_message', chat_id: current, data });
       }
       case 'delete':
         if (!arg) return out('usage: /delete <id>');
-        return void send({ type: 'delete_message', chat_id: current, data: { id: arg } }, arg);
+        return void send({ type: 'delete_message', chat_id: current, data: { id: arg } });
       case 'typing':
         return void send({ type: 'typing', chat_id: current });
       case 'ping':
-        return void send({ type: 'ping' }, 'ping');
+        return void send({ type: 'ping' });
       case 'join':
         if (!arg) return out('usage: /join <chat>');
         current = toId(arg);
-        return Promise.race([send({ type: 'register', token, chat_id: current }, `register:${current}`), sleep(REGISTER_TIMEOUT_MS)]);
+        return Promise.race([send({ type: 'register', token, chat_id: current }), sleep(REGISTER_TIMEOUT_MS)]);
       case 'leave':
         if (!arg) return out('usage: /leave <chat>');
-        return void send({ type: 'unregister', chat_id: toId(arg) }, `unregister:${toId(arg)}`);
-      case 'raw':
+        return Promise.race([send({ type: 'unregister', chat_id: toId(arg) }), sleep(REGISTER_TIMEOUT_MS)]);
+      case 'raw': {
+        let frame: unknown = null;
         try {
-          JSON.parse(rest);
+          frame = JSON.parse(rest);
         } catch {
           out('note: not valid JSON; sent anyway');
         }
-        return ws.send(rest);
+        return void send(isObject(frame) ? frame : {}, rest);
+      }
       case 'help':
         return out(HELP.slice(HELP.indexOf('Commands:')));
       case 'quit':
