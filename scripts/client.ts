@@ -253,11 +253,7 @@ async function main(): Promise<void> {
   };
   const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-  // Settles once the first registration is answered.
-  let registration: { resolve: () => void; reject: (why: string) => void } | undefined;
-  const registered = new Promise<void>((resolve, reject) => {
-    registration = { resolve, reject: (why) => reject(new Error(why)) };
-  });
+  let lastError = '';
 
   ws.on('message', (raw, isBinary) => {
     let frame: unknown;
@@ -271,6 +267,7 @@ async function main(): Promise<void> {
       return;
     }
     out(describe(frame));
+    if (frame.type === 'error') lastError = describe(frame);
     const chat = String(frame.chat_id);
     if (frame.type === 'ack' || (frame.type === 'error' && frame.id !== undefined)) answered(String(frame.id));
     if (frame.type === 'registered' || (frame.type === 'error' && frame.op === 'register')) answered(`register:${chat}`);
@@ -283,25 +280,18 @@ async function main(): Promise<void> {
     // Left the current chat, or failed to join it: fall back to the last chat joined.
     const lost = frame.type === 'unregistered' || (frame.type === 'error' && frame.op === 'register');
     if (lost && chat === String(current)) current = chats.at(-1) ?? current;
-    if (registration) {
-      if (frame.type === 'registered') registration.resolve();
-      else if (frame.type === 'error') registration.reject(`register failed: ${describe(frame)}`);
-    }
   });
   ws.on('error', (err) => process.stderr.write(`client: websocket error: ${err.message}\n`));
   ws.on('close', (code, reason) => {
     const why = `connection closed by the gateway (${code}${reason.length ? ` ${reason.toString()}` : ''})`;
-    registration?.reject(why);
     if (quitting) process.exit(0);
     process.stderr.write(`client: ${why}\n`);
     process.exit(1);
   });
 
-  void send({ type: 'register', token, chat_id: opts.chat });
-  const timer = setTimeout(() => registration?.reject(`no answer to register within ${REGISTER_TIMEOUT_MS} ms`), REGISTER_TIMEOUT_MS);
-  await registered.catch((err: Error) => fail(err.message));
-  clearTimeout(timer);
-  registration = undefined;
+  // The first registration decides the exit code: 1 if refused, unanswered, or the socket closes.
+  await Promise.race([send({ type: 'register', token, chat_id: opts.chat }), sleep(REGISTER_TIMEOUT_MS)]);
+  if (chats.length === 0) fail(lastError ? `register failed: ${lastError}` : `no answer to register within ${REGISTER_TIMEOUT_MS} ms`);
 
   const quit = async (): Promise<void> => {
     if (quitting) return;

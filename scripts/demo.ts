@@ -83,7 +83,7 @@ Mint a token yourself (user 1, one hour) for your own client:
   curl -s -X POST ${apiUrl}/dev/token -H 'content-type: application/json' -d '{"user_id":1}'
 then send {"type":"register","token":"<token>","chat_id":1} over ${ws}.
 
-Gateway logs follow at LOG_LEVEL=${config.logLevel} (LOG_LEVEL=info npm run demo for more). Ctrl-C stops.
+Gateway logs follow at LOG_LEVEL=${config.logLevel}${verbose ? '' : ' (LOG_LEVEL=info npm run demo for more)'}. Ctrl-C stops.
 
 `);
 
