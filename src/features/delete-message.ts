@@ -19,6 +19,7 @@ export const deleteMessage = defineFeature({
     const { id } = frame.data;
     session.requireAccepting();
     return session.enqueue(chat, async () => {
+      session.requireStillRegistered(reg);
       session.requireEngine();
       const { hub, api } = session.ctx;
       await api.remove(reg.token, chat, id);

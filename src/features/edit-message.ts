@@ -38,6 +38,7 @@ export const editMessage = defineFeature({
       edited_at: new Date().toISOString(),
     };
     return session.enqueue(chat, async () => {
+      session.requireStillRegistered(reg);
       session.requireEngine();
       const { hub, api } = session.ctx;
       await api.edit(reg.token, chat, data.id, edit);

@@ -48,6 +48,7 @@ export const message = defineFeature({
       created_at: data.created_at ?? new Date().toISOString(),
     };
     return session.enqueue(chat, async () => {
+      session.requireStillRegistered(reg);
       session.requireEngine();
       const { hub, api } = session.ctx;
       const { duplicate } = await api.save(reg.token, saved);

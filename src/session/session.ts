@@ -157,6 +157,14 @@ export class Session implements Member {
     return reg;
   }
 
+  /**
+   * Re-checked when a queued operation runs: an `unregister` queued before it (or a closed
+   * connection) means the operation no longer has a chat to act in.
+   */
+  requireStillRegistered(reg: Registration): void {
+    if (this.chats.get(reg.chat) !== reg) throw new RequestError('not_registered', 'not registered to this chat');
+  }
+
   /** Refuses new work that needs the main API or the engine while draining or disconnected. */
   requireAccepting(): void {
     if (this.ctx.isDraining()) throw new RequestError('upstream_unavailable', 'gateway is shutting down; reconnect');

@@ -179,6 +179,24 @@ for (const mode of ENGINE_MODES) {
       b.close();
     });
 
+    it('a message queued behind an unregister is refused not_registered, not saved or broadcast', async () => {
+      const chat = uniqueChat();
+      const a = await h.member(1, chat);
+      const b = await h.member(2, chat);
+      h.api.addFault({ op: 'save', delayMs: 200, times: 1 });
+      a.send({ type: 'message', chat_id: chat, data: { id: `q1-${chat}`, ciphertext: 'x' } });
+      a.send({ type: 'unregister', chat_id: chat });
+      const err = await a.request({ type: 'message', chat_id: chat, data: { id: `q2-${chat}`, ciphertext: 'x' } }, { type: 'error' });
+      assert.equal(err.code, 'not_registered');
+      assert.equal(err.id, `q2-${chat}`);
+      assert.deepEqual(a.all({ type: 'ack' }).map((f) => f.id), [`q1-${chat}`]);
+      assert.equal(a.all({ type: 'unregistered' }).length, 1);
+      await expectNone(b, (f) => f.type === 'message' && (f.data as { id: string }).id === `q2-${chat}`, 200);
+      assert.ok(!h.api.messages.has(`q2-${chat}`));
+      a.close();
+      b.close();
+    });
+
     it('ping is answered by pong', async () => {
       const a = await h.connect();
       assert.deepEqual(await a.request({ type: 'ping' }, { type: 'pong' }), { type: 'pong' });
