@@ -1,9 +1,8 @@
 import { Type } from '@sinclair/typebox';
-import { RequestError } from '../protocol/errors.js';
-import { IdSchema, MessageIdSchema, idKey, wireId } from '../protocol/ids.js';
+import { wireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import { defineFeature } from './feature.js';
-import { Ciphertext, Envelopes, MessageType, OptionalChatId } from './schemas.js';
+import { EncryptedContent, OptionalChatId, authorRegistration } from './schemas.js';
 
 /** edit_message: the main API decides who may edit; on success the new ciphertext is broadcast. */
 export const editMessage = defineFeature({
@@ -12,23 +11,12 @@ export const editMessage = defineFeature({
   schema: Type.Object({
     type: Type.Literal('edit_message'),
     chat_id: OptionalChatId,
-    data: Type.Object({
-      id: MessageIdSchema,
-      ciphertext: Ciphertext,
-      nonce: Type.Optional(Type.String()),
-      envelopes: Type.Optional(Envelopes),
-      message_type: Type.Optional(MessageType),
-      sender_id: Type.Optional(IdSchema),
-      chat_id: OptionalChatId,
-    }),
+    data: Type.Object(EncryptedContent),
   }),
   async handle(session, frame) {
-    const chat = session.targetChat(frame);
-    const reg = session.registration(chat);
+    const reg = authorRegistration(session, frame);
+    const { chat } = reg;
     const { data } = frame;
-    if (data.sender_id !== undefined && idKey(data.sender_id) !== reg.user) {
-      throw new RequestError('forbidden', 'sender_id is not the registered user');
-    }
     session.requireAccepting();
     const edit = {
       ciphertext: data.ciphertext,

@@ -1,10 +1,10 @@
 import { Type } from '@sinclair/typebox';
 import { isRfc3339 } from '../protocol/codec.js';
 import { RequestError } from '../protocol/errors.js';
-import { IdSchema, MessageIdSchema, idKey, wireId } from '../protocol/ids.js';
+import { wireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import { defineFeature } from './feature.js';
-import { Ciphertext, Envelopes, MessageType, OptionalChatId } from './schemas.js';
+import { EncryptedContent, OptionalChatId, authorRegistration } from './schemas.js';
 
 /**
  * message: save through the main API, then broadcast the saved data to the chat and ack the
@@ -16,24 +16,12 @@ export const message = defineFeature({
   schema: Type.Object({
     type: Type.Literal('message'),
     chat_id: OptionalChatId,
-    data: Type.Object({
-      id: MessageIdSchema,
-      ciphertext: Ciphertext,
-      nonce: Type.Optional(Type.String()),
-      envelopes: Type.Optional(Envelopes),
-      message_type: Type.Optional(MessageType),
-      created_at: Type.Optional(Type.String({ maxLength: 64 })),
-      sender_id: Type.Optional(IdSchema),
-      chat_id: OptionalChatId,
-    }),
+    data: Type.Object({ ...EncryptedContent, created_at: Type.Optional(Type.String({ maxLength: 64 })) }),
   }),
   async handle(session, frame) {
-    const chat = session.targetChat(frame);
-    const reg = session.registration(chat);
+    const reg = authorRegistration(session, frame);
+    const { chat } = reg;
     const { data } = frame;
-    if (data.sender_id !== undefined && idKey(data.sender_id) !== reg.user) {
-      throw new RequestError('forbidden', 'sender_id is not the registered user');
-    }
     if (data.created_at !== undefined && !isRfc3339(data.created_at)) {
       throw new RequestError('bad_request', 'data.created_at: must be an RFC 3339 timestamp');
     }
