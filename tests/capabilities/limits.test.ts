@@ -345,6 +345,32 @@ for (const mode of ENGINE_MODES) {
     });
   });
 
+  describe(`chat limit under load [${mode}]`, () => {
+    const h = useHarness(mode, { MAX_CHATS_PER_CONNECTION: '2' });
+
+    it('registering MAX_CHATS_PER_CONNECTION chats back to back is never refused, even with many connections at once', async () => {
+      // A chat whose register has answered `registered` must count once toward the limit, also
+      // while the gateway is still announcing the user's presence in it.
+      const token = await h.token(1);
+      const refusals: Frame[] = [];
+      const clients = await Promise.all(
+        Array.from({ length: 150 }, async () => {
+          const c = await open(h.instances[0]!);
+          for (const chat of [uniqueChat(), uniqueChat()]) {
+            const answer = await c.request({ type: 'register', token, chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error', 10_000);
+            if (answer.type !== 'registered') refusals.push(answer);
+          }
+          return c;
+        }),
+      );
+      assert.deepEqual(refusals.slice(0, 3), [], `${refusals.length} of 300 registrations refused`);
+      // And the limit still holds for every one of them.
+      const c = clients[0]!;
+      await rejected(c, { type: 'register', token, chat_id: uniqueChat() }, { code: 'bad_request', op: 'register', retryable: false });
+      for (const client of clients) client.close();
+    });
+  });
+
   describe(`error codes from the wire [${mode}]`, () => {
     const h = useHarness(mode, { RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000', UPSTREAM_TIMEOUT_MS: '2000', MAX_MESSAGE_BYTES: '8192' });
     const gw = () => h.instances[0]!;
