@@ -8,6 +8,7 @@ import { OptionalChatId } from './schemas.js';
 export const deleteMessage = defineFeature({
   type: 'delete_message',
   rateLimited: true,
+  impliedChat: true,
   schema: Type.Object({
     type: Type.Literal('delete_message'),
     chat_id: OptionalChatId,

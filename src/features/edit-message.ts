@@ -8,6 +8,7 @@ import { EncryptedContent, OptionalChatId, authorRegistration } from './schemas.
 export const editMessage = defineFeature({
   type: 'edit_message',
   rateLimited: true,
+  impliedChat: true,
   schema: Type.Object({
     type: Type.Literal('edit_message'),
     chat_id: OptionalChatId,

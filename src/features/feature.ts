@@ -13,6 +13,8 @@ export interface Feature<S extends TSchema = TSchema> {
   readonly schema: S;
   /** Charged to the connection's token bucket (RATE_LIMIT_PER_SEC / RATE_LIMIT_BURST). */
   readonly rateLimited: boolean;
+  /** The request may omit `chat_id` and then acts in the connection's only chat. */
+  readonly impliedChat: boolean;
   handle(session: Session, frame: Static<S>): Outcome | Promise<Outcome>;
 }
 

@@ -13,6 +13,7 @@ import { EncryptedContent, OptionalChatId, authorRegistration } from './schemas.
 export const message = defineFeature({
   type: 'message',
   rateLimited: true,
+  impliedChat: true,
   schema: Type.Object({
     type: Type.Literal('message'),
     chat_id: OptionalChatId,

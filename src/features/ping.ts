@@ -6,6 +6,7 @@ import { defineFeature } from './feature.js';
 export const ping = defineFeature({
   type: 'ping',
   rateLimited: false,
+  impliedChat: false,
   schema: Type.Object({ type: Type.Literal('ping') }),
   handle(session) {
     session.send(out.PONG);

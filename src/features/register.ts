@@ -12,9 +12,11 @@ import { defineFeature } from './feature.js';
 export const register = defineFeature({
   type: 'register',
   rateLimited: false,
+  impliedChat: false,
   schema: Type.Object({
     type: Type.Literal('register'),
-    token: Type.String({ minLength: 1, maxLength: 8192 }),
+    // Printable ASCII without spaces: the token travels in an Authorization header.
+    token: Type.String({ minLength: 1, maxLength: 8192, pattern: '^[\\x21-\\x7E]+$' }),
     chat_id: IdSchema,
   }),
   async handle(session, frame) {
@@ -39,7 +41,10 @@ async function registerChat(session: Session, chat: string, token: string): Prom
   const { api, hub, engine } = session.ctx;
   session.requireEngine();
   const user = await api.verify(token, chat);
-  if (session.user !== null && session.user !== user) {
+  // Bind the connection to its user in the same tick as the check, so two registers in flight
+  // for different chats can never leave one connection acting as two users.
+  if (session.user === null) session.user = user;
+  else if (session.user !== user) {
     throw new RequestError('forbidden', 'every registration of a connection must be the same user');
   }
   const existing = session.chats.get(chat);
@@ -54,8 +59,8 @@ async function registerChat(session: Session, chat: string, token: string): Prom
     await hub.leave(chat, user, session);
     return;
   }
-  session.user = user;
   session.chats.set(chat, { chat, user, token, lastTypingAt: 0 });
+  session.pendingChats.delete(chat);
   session.registeredOnce();
   // Same tick as `registered`: from here on every delivery of the chat reaches this connection.
   hub.attach(chat, session);

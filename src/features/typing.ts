@@ -9,6 +9,7 @@ const TYPING_INTERVAL_MS = 1000;
 export const typing = defineFeature({
   type: 'typing',
   rateLimited: true,
+  impliedChat: true,
   schema: Type.Object({
     type: Type.Literal('typing'),
     chat_id: OptionalChatId,

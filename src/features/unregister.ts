@@ -8,6 +8,7 @@ import { defineFeature } from './feature.js';
 export const unregister = defineFeature({
   type: 'unregister',
   rateLimited: false,
+  impliedChat: false,
   schema: Type.Object({ type: Type.Literal('unregister'), chat_id: IdSchema }),
   async handle(session, frame) {
     const chat = idKey(frame.chat_id);

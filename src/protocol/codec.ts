@@ -23,7 +23,25 @@ export function parseFrame(text: string): RawFrame {
   if (typeof type !== 'string') {
     throw new RequestError('bad_request', 'frame has no string "type"');
   }
+  if (nestedDeeperThan(value, MAX_DEPTH)) {
+    throw new RequestError('bad_request', `frame is nested deeper than ${MAX_DEPTH} levels`);
+  }
   return value as RawFrame;
+}
+
+/**
+ * Pass-through fields are re-encoded for the main API; a value nested thousands deep parses
+ * but overflows the stack when stringified, so depth is bounded at the edge.
+ */
+export const MAX_DEPTH = 32;
+
+function nestedDeeperThan(value: unknown, limit: number): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  if (limit === 0) return true;
+  for (const child of Array.isArray(value) ? value : Object.values(value)) {
+    if (nestedDeeperThan(child, limit - 1)) return true;
+  }
+  return false;
 }
 
 export interface Validator<T extends TSchema> {

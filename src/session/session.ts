@@ -3,9 +3,9 @@ import { EngineUnavailableError } from '../engine/types.js';
 import type { Member } from '../hub/registry.js';
 import { parseFrame, type RawFrame } from '../protocol/codec.js';
 import { CLOSE, RequestError } from '../protocol/errors.js';
-import { idKey, parseId, type IdKey, type WireId } from '../protocol/ids.js';
+import { MESSAGE_ID_PATTERN, idKey, parseId, type IdKey, type WireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
-import type { Outcome } from '../features/feature.js';
+import type { Feature, Outcome } from '../features/feature.js';
 import type { GatewayContext } from './context.js';
 import { TokenBucket } from './token-bucket.js';
 
@@ -24,6 +24,7 @@ export interface ChatTargeted {
 }
 
 const TEXT = { binary: false } as const;
+const MESSAGE_ID_RE = new RegExp(MESSAGE_ID_PATTERN);
 const resolved = Promise.resolve();
 
 /**
@@ -42,6 +43,7 @@ export class Session implements Member {
   private readonly chains = new Map<IdKey, Promise<unknown>>();
   private readonly bucket: TokenBucket;
   private rejectedInARow = 0;
+  private lastRejectedAt = -Infinity;
   private registerTimer: NodeJS.Timeout | null;
 
   constructor(
@@ -72,40 +74,47 @@ export class Session implements Member {
   onFrame(data: Buffer, isBinary: boolean): void {
     if (this.closed) return;
     let raw: RawFrame | undefined;
-    let type = 'invalid';
+    let feature: Feature | undefined;
     try {
       if (isBinary) throw new RequestError('bad_request', 'binary frames are not supported; send JSON text frames');
       raw = parseFrame(data.toString('utf8'));
       const entry = this.ctx.features.get(raw.type);
       if (entry === undefined) throw new RequestError('unsupported_type', 'unknown frame type');
-      type = raw.type;
-      if (entry.feature.rateLimited) this.charge();
-      const result = entry.feature.handle(this, entry.validator.decode(raw));
+      feature = entry.feature;
+      if (feature.rateLimited) this.charge();
+      const result = feature.handle(this, entry.validator.decode(raw));
       if (result instanceof Promise) {
-        const frame = raw;
-        void this.ctx.track(result.then((outcome) => this.count(type, outcome), (err: unknown) => this.reject(err, type, frame)));
+        const [type, frame] = [feature.type, raw];
+        void this.ctx.track(result.then((outcome) => this.count(type, outcome), (err: unknown) => this.reject(err, entry.feature, frame)));
       } else {
-        this.count(type, result);
+        this.count(feature.type, result);
       }
     } catch (err) {
       // Frames that cannot be attributed to a type cost a token too, so garbage floods are bounded.
-      if (type === 'invalid' && !(err instanceof RequestError && err.code === 'rate_limited')) {
+      if (feature === undefined) {
         try {
           this.charge();
         } catch (limited) {
           err = limited;
         }
       }
-      this.reject(err, type, raw);
+      this.reject(err, feature, raw);
     }
   }
 
-  /** Takes a token or throws `rate_limited`; persistent flooding closes the connection 1008. */
+  /**
+   * Takes a token or throws `rate_limited`. A connection that keeps sending while limited is
+   * closed 1008 after 10 × RATE_LIMIT_BURST rejections "in a row": the count survives the odd
+   * request let through by the refill and resets only after a second without a rejection, so a
+   * steady flood is cut off while a client that backs off is not.
+   */
   private charge(): void {
+    const now = performance.now();
     if (this.bucket.take()) {
-      this.rejectedInARow = 0;
+      if (now - this.lastRejectedAt > 1000) this.rejectedInARow = 0;
       return;
     }
+    this.lastRejectedAt = now;
     if (++this.rejectedInARow > 10 * this.ctx.config.rateLimitBurst) {
       this.close(CLOSE.policy, 'rate limit exceeded');
     }
@@ -116,25 +125,32 @@ export class Session implements Member {
     this.ctx.metrics.ops.inc({ type, result: outcome });
   }
 
-  private reject(err: unknown, type: string, raw: RawFrame | undefined): void {
+  private reject(err: unknown, feature: Feature | undefined, raw: RawFrame | undefined): void {
     let error: RequestError;
     if (err instanceof RequestError) error = err;
     else if (err instanceof EngineUnavailableError) error = new RequestError('upstream_unavailable', 'engine unavailable; retry shortly');
     else {
-      this.ctx.log.error({ conn: this.id, type, err: (err as Error)?.stack ?? String(err) }, 'request failed');
+      this.ctx.log.error({ conn: this.id, type: feature?.type, err: (err as Error)?.stack ?? String(err) }, 'request failed');
       error = new RequestError('internal', 'internal error');
     }
-    this.ctx.metrics.ops.inc({ type, result: error.code });
-    this.send(out.error(error.code, error.message, this.errorContext(type, raw)));
+    // Metric labels stay a closed set: unknown types count as "invalid".
+    this.ctx.metrics.ops.inc({ type: feature?.type ?? 'invalid', result: error.code });
+    this.send(out.error(error.code, error.message, this.errorContext(feature, raw)));
   }
 
-  /** Echoes what identifies the request: its type, the message id and the chat when known. */
-  private errorContext(type: string, raw: RawFrame | undefined): out.ErrorContext {
+  /**
+   * Echoes what identifies the request: its type, the message id, and the chat it named — or,
+   * for requests that may omit `chat_id`, the connection's only chat.
+   */
+  private errorContext(feature: Feature | undefined, raw: RawFrame | undefined): out.ErrorContext {
     if (raw === undefined) return {};
     const data = typeof raw.data === 'object' && raw.data !== null ? (raw.data as Record<string, unknown>) : undefined;
-    const id = typeof data?.id === 'string' && /^[A-Za-z0-9_-]{1,64}$/.test(data.id) ? data.id : undefined;
-    const chat = parseId(raw.chat_id) ?? parseId(data?.chat_id) ?? (this.chats.size === 1 ? this.chats.keys().next().value : undefined);
-    return { op: type === 'invalid' ? undefined : type, id, chat: chat ?? undefined };
+    const id = typeof data?.id === 'string' && MESSAGE_ID_RE.test(data.id) ? data.id : undefined;
+    let chat = parseId(raw.chat_id) ?? parseId(data?.chat_id) ?? undefined;
+    const named = raw.chat_id !== undefined || data?.chat_id !== undefined;
+    if (chat === undefined && !named && feature?.impliedChat && this.chats.size === 1) chat = this.chats.keys().next().value;
+    const op = feature?.type ?? (raw.type.length <= 64 ? raw.type : undefined);
+    return { op, id, chat };
   }
 
   /** The chat a request targets (SPEC §3): explicit, or the connection's only chat. */
