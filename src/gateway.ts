@@ -145,7 +145,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   async function drainAndClose(): Promise<void> {
     draining = true;
     const deadline = Date.now() + config.shutdownTimeoutMs;
-    const until = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, Math.min(ms, deadline - Date.now()))));
+    // Unref'd: a deadline that is no longer awaited must not keep the process alive.
+    const until = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, Math.min(ms, deadline - Date.now()))).unref());
     log.info({ connections: sessions.size, inflight }, 'draining');
     await Promise.race([idle(), until(Infinity)]);
     for (const s of [...sessions]) s.close(CLOSE.goingAway, 'server shutting down');

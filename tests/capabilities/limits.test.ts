@@ -51,12 +51,14 @@ async function rejected(c: TestClient, frame: object | Raw, expected: Record<str
   return err;
 }
 
+const BAD_CHAT_IDS: unknown[] = [0, -1, 1.5, 2 ** 53, 'a b', '', 'x'.repeat(65), 'a/b', true, null, [1], { id: 1 }];
+
 const messageIds = (c: TestClient): string[] => c.all({ type: 'message' }).map((f) => (f.data as { id: string }).id);
 
 for (const mode of ENGINE_MODES) {
   describe(`limits [${mode}]`, () => {
     // Instance 0: tight limits. Other behaviours get their own gateway via h.gateway(env).
-    const h = useHarness(mode, { MAX_MESSAGE_BYTES: '4096', RATE_LIMIT_PER_SEC: '5', RATE_LIMIT_BURST: '5', MAX_CHATS_PER_CONNECTION: '2' });
+    const h = useHarness(mode, { MAX_MESSAGE_BYTES: '4096', RATE_LIMIT_PER_SEC: '5', RATE_LIMIT_BURST: '5', MAX_CHATS_PER_CONNECTION: '2', SHUTDOWN_TIMEOUT_MS: '1000' });
     const base = () => h.instances[0]!;
 
     it('a frame of exactly MAX_MESSAGE_BYTES is accepted; one byte more closes 1009; another connection is unaffected', async () => {
@@ -156,7 +158,8 @@ for (const mode of ENGINE_MODES) {
       const { code } = await within(flooder.closed, 5000, 'flooder closed');
       assert.equal(code, 1008);
       const limited = flooder.frames.slice(from).filter((f) => f.type === 'error' && f.code === 'rate_limited');
-      assert.ok(limited.length >= 50 && limited.length <= 51, `rate_limited answers before the close: ${limited.length}`);
+      // 10 × burst rejections are answered; the next one closes (a refill during a stall may reset the streak once).
+      assert.ok(limited.length >= 50 && limited.length <= 100, `rate_limited answers before the close: ${limited.length}`);
       assert.ok(limited.every((f) => f.retryable === true));
       // Nothing over the limit was saved: at most the burst (plus a refill) of the first ids.
       await sleep(300);
@@ -221,29 +224,29 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('register timeout: a connection that never registers is closed 4408; a registered one stays open', async () => {
-      const inst = await h.gateway({ REGISTER_TIMEOUT_MS: '400' });
+      const inst = await h.gateway({ REGISTER_TIMEOUT_MS: '500' });
       const token = await h.token(1);
       const started = Date.now();
-      const idle = await open(inst);
-      const failed = await open(inst);
       const registered = await open(inst);
       await registered.register(token, uniqueChat());
+      const idle = await open(inst);
+      const failed = await open(inst);
       // A failed register does not count as registering.
       const err = await failed.request({ type: 'register', token: 'not-a-token', chat_id: uniqueChat() }, { type: 'error' });
       assert.equal(err.code, 'unauthorized');
 
       const { code } = await within(idle.closed, 5000, 'idle connection closed');
       assert.equal(code, 4408);
-      assert.ok(Date.now() - started >= 300, 'closed before REGISTER_TIMEOUT_MS');
+      assert.ok(Date.now() - started >= 400, 'closed before REGISTER_TIMEOUT_MS');
       assert.equal((await within(failed.closed, 5000, 'failed-register connection closed')).code, 4408);
 
-      await sleep(Math.max(0, started + 1000 - Date.now()));
+      await sleep(Math.max(0, started + 1200 - Date.now()));
       await alive(registered);
       registered.close();
     });
 
     it('ping/pong liveness: a peer that does not answer WebSocket pings is dropped; a normal one stays', async () => {
-      const inst = await h.gateway({ PING_INTERVAL_MS: '400' });
+      const inst = await h.gateway({ PING_INTERVAL_MS: '500' });
       const silent = await join(h, inst, 1, uniqueChat(), { autoPong: false });
       const normal = await join(h, inst, 2, uniqueChat());
       let pings = 0;
@@ -256,7 +259,7 @@ for (const mode of ENGINE_MODES) {
       assert.ok(pings >= 1, 'the gateway sent WebSocket pings');
       assert.ok(elapsed < 6000, `dropped after ${elapsed} ms`);
 
-      await sleep(Math.max(0, started + 2000 - Date.now()));
+      await sleep(Math.max(0, started + 2500 - Date.now()));
       assert.ok(normalPings >= 2, `normal client saw ${normalPings} pings`);
       await alive(normal);
       normal.close();
@@ -346,33 +349,39 @@ for (const mode of ENGINE_MODES) {
   });
 
   describe(`chat limit under load [${mode}]`, () => {
-    const h = useHarness(mode, { MAX_CHATS_PER_CONNECTION: '2' });
+    const h = useHarness(mode, { MAX_CHATS_PER_CONNECTION: '2', SHUTDOWN_TIMEOUT_MS: '1000' });
 
     it('registering MAX_CHATS_PER_CONNECTION chats back to back is never refused, even with many connections at once', async () => {
       // A chat whose register has answered `registered` must count once toward the limit, also
       // while the gateway is still announcing the user's presence in it.
       const token = await h.token(1);
       const refusals: Frame[] = [];
-      const clients = await Promise.all(
-        Array.from({ length: 150 }, async () => {
-          const c = await open(h.instances[0]!);
-          for (const chat of [uniqueChat(), uniqueChat()]) {
-            const answer = await c.request({ type: 'register', token, chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error', 10_000);
-            if (answer.type !== 'registered') refusals.push(answer);
-          }
-          return c;
-        }),
-      );
-      assert.deepEqual(refusals.slice(0, 3), [], `${refusals.length} of 300 registrations refused`);
-      // And the limit still holds for every one of them.
-      const c = clients[0]!;
-      await rejected(c, { type: 'register', token, chat_id: uniqueChat() }, { code: 'bad_request', op: 'register', retryable: false });
-      for (const client of clients) client.close();
+      for (let round = 0; round < 3; round++) {
+        const full: TestClient[] = [];
+        const clients = await Promise.all(
+          Array.from({ length: 150 }, async () => {
+            const c = await open(h.instances[0]!);
+            let registered = 0;
+            for (const chat of [uniqueChat(), uniqueChat()]) {
+              const answer = await c.request({ type: 'register', token, chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error', 10_000);
+              if (answer.type === 'registered') registered++;
+              else refusals.push(answer);
+            }
+            if (registered === 2) full.push(c);
+            return c;
+          }),
+        );
+        // The limit itself still holds for a connection that has its two chats.
+        if (full[0] !== undefined) await rejected(full[0], { type: 'register', token, chat_id: uniqueChat() }, { code: 'bad_request', op: 'register', retryable: false });
+        for (const client of clients) client.close();
+        await Promise.all(clients.map((c) => c.closed));
+      }
+      assert.deepEqual(refusals.slice(0, 3), [], `${refusals.length} of 900 registrations refused`);
     });
   });
 
   describe(`error codes from the wire [${mode}]`, () => {
-    const h = useHarness(mode, { RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000', UPSTREAM_TIMEOUT_MS: '2000', MAX_MESSAGE_BYTES: '8192' });
+    const h = useHarness(mode, { RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000', UPSTREAM_TIMEOUT_MS: '2000', MAX_MESSAGE_BYTES: '65536', SHUTDOWN_TIMEOUT_MS: '1000' });
     const gw = () => h.instances[0]!;
 
     /** A registered connection to a fresh chat, plus another member who would see broadcasts. */
@@ -441,21 +450,35 @@ for (const mode of ENGINE_MODES) {
       for (const id of ['has space', '', 'x'.repeat(65), 'a/b', 'a.b', 'é', '../x']) {
         await rejected(a, { type: 'message', data: { id, ciphertext: 'x' } }, { code: 'bad_request', op: 'message', id: undefined, chat_id: chat, ...no });
       }
-      const misattributed: Frame[] = [];
-      for (const chatId of [0, -1, 1.5, 2 ** 53, 'a b', '', 'x'.repeat(65), 'a/b', true, null, [1], { id: 1 }]) {
-        const err = await rejected(a, { type: 'register', token, chat_id: chatId }, { code: 'bad_request', op: 'register', ...no });
-        // The error must not name a chat the request did not target (the connection's existing chat):
-        // a client would take it as its registration to that chat having failed.
-        if (err.chat_id === chat) misattributed.push(err);
+      for (const chatId of BAD_CHAT_IDS) {
+        await rejected(a, { type: 'register', token, chat_id: chatId }, { code: 'bad_request', op: 'register', ...no });
         await rejected(a, { type: 'message', chat_id: chatId, data: { id: 'p1', ciphertext: 'x' } }, { code: 'bad_request', op: 'message', id: 'p1', ...no });
       }
       await rejected(a, { type: 'message', data: { id: 'p2', ciphertext: 'x', sender_id: 'no spaces allowed' } }, { code: 'bad_request', op: 'message', id: 'p2', ...no });
+      await rejected(a, { type: 'unregister', chat_id: 'a b' }, { code: 'bad_request', op: 'unregister', ...no });
+      assert.equal(a.all({ type: 'registered' }).length, 1);
+      // Still registered to its chat.
+      await a.request({ type: 'message', data: { id: `p3-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === `p3-${chat}`);
+      assert.deepEqual(messageIds(b), [`p3-${chat}`]);
+      a.close();
+      b.close();
+    });
+
+    it('a register/unregister error never names a chat the request did not target', async () => {
+      // The connection is registered to `chat`; a register for an invalid chat id must not come
+      // back as `error op:"register" chat_id:<chat>` — a client would take that as its
+      // registration to `chat` having failed.
+      const { chat, a, b } = await pair();
+      const token = await h.token(1);
+      const misattributed: Frame[] = [];
+      for (const chatId of BAD_CHAT_IDS) {
+        const err = await rejected(a, { type: 'register', token, chat_id: chatId }, { code: 'bad_request', op: 'register', ...no });
+        if (err.chat_id === chat) misattributed.push(err);
+      }
       const un = await rejected(a, { type: 'unregister', chat_id: 'a b' }, { code: 'bad_request', op: 'unregister', ...no });
       if (un.chat_id === chat) misattributed.push(un);
-      assert.equal(a.all({ type: 'registered' }).length, 1);
-      await alive(a);
-      await expectNone(b, { type: 'message' }, 100);
-      assert.deepEqual(misattributed, [], 'register/unregister errors that name a chat the request did not target');
+      assert.deepEqual(misattributed, [], 'errors naming the connection’s other chat');
       a.close();
       b.close();
     });
@@ -474,6 +497,41 @@ for (const mode of ENGINE_MODES) {
       await rejected(a, { raw: Buffer.from([0, 1, 2, 255]), binary: true }, { code: 'bad_request', op: undefined, ...no });
       assert.equal(h.api.requests.filter((r) => r.op === 'save' && /^c[1-6]$/.test((r.body as { id?: string }).id ?? '')).length, 0);
       await expectNone(b, { type: 'message' }, 100);
+      a.close();
+      b.close();
+    });
+
+    it('bad input that the gateway cannot forward is the client’s error, not upstream_unavailable', async () => {
+      // Found by tests/capabilities/fuzz.test.ts. The main API is healthy throughout, so a
+      // retryable upstream_unavailable would send a client into retrying a request that can
+      // never succeed (SPEC §6: bad input gets a clear error; §2: upstream_unavailable is for
+      // 5xx / timeout / refused).
+      const { chat, a, b } = await pair();
+      const clientFault = (f: Frame) => (f.code === 'bad_request' || f.code === 'too_large' || f.code === 'unauthorized') && f.retryable === false;
+      const problems: string[] = [];
+      // Pass-through fields nested deeper than the gateway can re-encode for the main API.
+      const deep = '['.repeat(20_000) + ']'.repeat(20_000);
+      for (const [name, raw] of [
+        ['message data.extra', `{"type":"message","data":{"id":"deep1","ciphertext":"x","extra":${deep}}}`],
+        ['message data.envelopes', `{"type":"message","data":{"id":"deep2","ciphertext":"x","envelopes":{"k":${deep}}}}`],
+        ['edit_message data.envelopes', `{"type":"edit_message","data":{"id":"deep3","ciphertext":"x","envelopes":{"k":${deep}}}}`],
+      ] as const) {
+        const from = a.frames.length;
+        a.sendRaw(raw);
+        const err = await a.next({ type: 'error' }, 3000, from);
+        if (!clientFault(err)) problems.push(`${name}: ${JSON.stringify(err)}`);
+        await alive(a);
+      }
+      // Tokens that cannot travel in an Authorization header.
+      for (const token of ['abc\ndef', 'abc\u0000def', 'tok\u007f', '😀']) {
+        const chat2 = uniqueChat();
+        const err = await a.request({ type: 'register', token, chat_id: chat2 }, { type: 'error', chat_id: chat2 });
+        if (!clientFault(err) || err.op !== 'register') problems.push(`register token ${JSON.stringify(token)}: ${JSON.stringify(err)}`);
+        await alive(a);
+      }
+      await expectNone(b, { type: 'message' }, 100);
+      assert.equal(h.api.requests.filter((r) => r.op === 'save' && chat === (r.body as { chat_id?: number })?.chat_id).length, 0);
+      assert.deepEqual(problems, []);
       a.close();
       b.close();
     });
