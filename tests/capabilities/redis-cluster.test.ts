@@ -9,6 +9,7 @@ import { GatewayProcess } from '../support/process.js';
 import { RedisServer } from '../support/redis.js';
 
 const run = promisify(execFile);
+const PRESENCE_TTL_MS = 1500;
 const cli = async (port: number, ...args: string[]) => (await run('redis-cli', ['-p', String(port), ...args])).stdout.trim();
 
 describe('Redis Cluster: sharded pub/sub across three masters', () => {
@@ -21,14 +22,17 @@ describe('Redis Cluster: sharded pub/sub across three masters', () => {
     for (let i = 0; i < 3; i++) nodes.push(await RedisServer.start(['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000']));
     await run('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes']);
     await waitFor(async () => (await Promise.all(nodes.map((n) => cli(n.port, 'cluster', 'info')))).every((t) => t.includes('cluster_state:ok')), 15_000, 'cluster ok');
-    const seeds = nodes.map((n) => `redis://127.0.0.1:${n.port}`).join(',');
-    for (let i = 0; i < 2; i++) {
-      const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, REDIS_HOST: seeds, REDIS_CLUSTER: 'true', LOG_LEVEL: 'info', PRESENCE_TTL_MS: '3000' });
-      gateways.push(gw);
-      await gw.listening();
-      await waitFor(async () => (await fetch(`${gw.httpUrl}/readyz`)).status === 200, 10_000, `gateway ${i} ready`);
-    }
+    for (let i = 0; i < 2; i++) await spawnGateway();
   });
+
+  async function spawnGateway(): Promise<GatewayProcess> {
+    const seeds = nodes.map((n) => `redis://127.0.0.1:${n.port}`).join(',');
+    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, REDIS_HOST: seeds, REDIS_CLUSTER: 'true', LOG_LEVEL: 'info', PRESENCE_TTL_MS: String(PRESENCE_TTL_MS) });
+    gateways.push(gw);
+    await gw.listening();
+    await waitFor(async () => (await fetch(`${gw.httpUrl}/readyz`)).status === 200, 10_000, 'gateway ready');
+    return gw;
+  }
   after(async () => {
     await Promise.all(gateways.map((g) => g.stop()));
     await api.close();
@@ -73,6 +77,20 @@ describe('Redis Cluster: sharded pub/sub across three masters', () => {
     a.close();
     b.close();
     await b.closed;
+  });
+
+  it('presence scripts run on the shards: a SIGKILLed instance is announced offline', async () => {
+    const chat = 4242;
+    const victim = await spawnGateway();
+    const watcher = await TestClient.connect(gateways[0]!.wsUrl);
+    await watcher.register(await api.mintToken(7), chat);
+    const doomed = await TestClient.connect(victim.wsUrl);
+    await doomed.register(await api.mintToken(8), chat);
+    await watcher.next({ type: 'presence', user_id: 8, status: 'online' });
+    victim.kill('SIGKILL');
+    await watcher.next({ type: 'presence', user_id: 8, status: 'offline' }, PRESENCE_TTL_MS * 2 + 2500);
+    assert.doesNotMatch(gateways[0]!.output, /presence maintenance failed/);
+    watcher.close();
   });
 
   /** The port of the master serving `slot`, read from CLUSTER NODES ("… ip:port@bus … master … 0-5460"). */
