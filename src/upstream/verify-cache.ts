@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { IdKey } from '../protocol/ids.js';
 
 /**
@@ -44,8 +45,9 @@ export class VerifyCache {
   }
 }
 
+/** A digest, not the token: entries stay small whatever the token length, and no token sits in the map. */
 function cacheKey(token: string, chat: IdKey): string {
-  return `${chat}\u0000${token}`;
+  return `${chat}\u0000${createHash('sha256').update(token).digest('base64url')}`;
 }
 
 /** The `exp` of a JWT in ms, or null when the token is not a JWT with a numeric `exp`. */
