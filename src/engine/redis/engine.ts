@@ -17,6 +17,12 @@ type PresenceCommands = {
 };
 type Commands = (Redis | Cluster) & PresenceCommands;
 
+interface PresenceEntry {
+  chat: IdKey;
+  user: IdKey;
+  conn: string;
+}
+const entryKey = (e: PresenceEntry) => `${e.chat}|${e.user}|${e.conn}`;
 const channelOf = (chat: IdKey) => `${CHANNEL_PREFIX}${chat}}`;
 const presenceKey = (chat: IdKey) => `ms:presence:{${chat}}`;
 const userPrefix = (chat: IdKey) => `ms:presence:{${chat}}:u:`;
@@ -44,7 +50,7 @@ export class RedisEngine implements Engine {
   /** Chats this instance wants subscribed (the truth used to resubscribe after an outage). */
   private readonly subscribed = new Set<IdKey>();
   /** This instance's presence entries, refreshed every PRESENCE_TTL_MS / 3. */
-  private readonly entries = new Map<string, { chat: IdKey; user: IdKey; conn: string }>();
+  private readonly entries = new Map<string, PresenceEntry>();
   private pending: Array<{ op: 'subscribe' | 'unsubscribe'; chat: IdKey; done: (err?: Error) => void }> = [];
   private flushScheduled = false;
 
@@ -113,64 +119,40 @@ export class RedisEngine implements Engine {
   }
 
   async subscribe(chat: IdKey): Promise<void> {
-    this.requireReady();
     this.subscribed.add(chat);
     try {
-      await this.enqueue('subscribe', chat);
+      await this.whenReady(() => this.enqueue('subscribe', chat));
     } catch (err) {
       this.subscribed.delete(chat);
-      throw unavailable(err);
+      throw err;
     }
   }
 
   async unsubscribe(chat: IdKey): Promise<void> {
     this.subscribed.delete(chat);
     if (!this.ready) return; // after an outage it is simply not resubscribed
-    await this.enqueue('unsubscribe', chat).catch((err: unknown) => {
-      throw unavailable(err);
-    });
+    await this.whenReady(() => this.enqueue('unsubscribe', chat));
   }
 
   async publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
-    this.requireReady();
     const payload = Buffer.concat([Buffer.from(`${exceptConn ?? ''}\n`, 'latin1'), frame]);
-    try {
-      if (this.config.cluster) await this.cmd.spublish(channelOf(chat), payload);
-      else await this.cmd.publish(channelOf(chat), payload);
-    } catch (err) {
-      throw unavailable(err);
-    }
+    await this.whenReady(() => (this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload)));
   }
 
   async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
-    this.requireReady();
-    const now = Date.now();
-    try {
-      const first = await this.cmd.msJoin(presenceKey(chat), userPrefix(chat) + user, now, conn, now + this.presenceTtlMs, user, this.keyTtlMs);
-      this.entries.set(`${chat}|${user}|${conn}`, { chat, user, conn });
-      return first === 1;
-    } catch (err) {
-      throw unavailable(err);
-    }
+    const entry = { chat, user, conn };
+    const first = await this.whenReady(() => this.writeEntry(entry, Date.now()));
+    this.entries.set(entryKey(entry), entry);
+    return first === 1;
   }
 
   async leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
-    this.entries.delete(`${chat}|${user}|${conn}`);
-    this.requireReady();
-    try {
-      return (await this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user)) === 1;
-    } catch (err) {
-      throw unavailable(err);
-    }
+    this.entries.delete(entryKey({ chat, user, conn }));
+    return (await this.whenReady(() => this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user))) === 1;
   }
 
   async online(chat: IdKey): Promise<IdKey[]> {
-    this.requireReady();
-    try {
-      return await this.cmd.zrangebyscore(presenceKey(chat), Date.now(), '+inf');
-    } catch (err) {
-      throw unavailable(err);
-    }
+    return this.whenReady(() => this.cmd.zrangebyscore(presenceKey(chat), Date.now(), '+inf'));
   }
 
   async close(): Promise<void> {
@@ -181,9 +163,7 @@ export class RedisEngine implements Engine {
       await Promise.allSettled([...this.entries.values()].map((e) => this.leave(e.chat, e.user, e.conn)));
       const chats = [...this.subscribed];
       this.subscribed.clear();
-      if (chats.length > 0) {
-        await Promise.allSettled(this.config.cluster ? chats.map((c) => this.cmd.sunsubscribe(channelOf(c))) : [this.sub?.unsubscribe(...chats.map(channelOf))]);
-      }
+      await this.sendSubscription('unsubscribe', chats.map(channelOf)).catch(() => undefined);
     }
     this.setReady(false);
     await Promise.allSettled([this.cmd.quit(), this.sub?.quit()]);
@@ -221,9 +201,7 @@ export class RedisEngine implements Engine {
   private async recover(): Promise<void> {
     if (this.closing || !this.connectionsUp()) return;
     try {
-      const chats = [...this.subscribed];
-      if (chats.length > 0 && this.sub !== null) await this.sub.subscribe(...chats.map(channelOf));
-      else if (chats.length > 0) await Promise.all(chats.map((c) => this.cmd.ssubscribe(channelOf(c))));
+      await this.sendSubscription('subscribe', [...this.subscribed].map(channelOf));
       await this.refreshPresence();
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'redis recovery failed; retrying on next reconnect');
@@ -242,8 +220,26 @@ export class RedisEngine implements Engine {
     this.events?.readyChange(ready);
   }
 
-  private requireReady(): void {
+  /** Fails fast while Redis is unreachable; every Redis error surfaces as EngineUnavailableError. */
+  private async whenReady<T>(command: () => Promise<T>): Promise<T> {
     if (!this.ready) throw new EngineUnavailableError('redis unavailable');
+    try {
+      return await command();
+    } catch (err) {
+      throw err instanceof EngineUnavailableError ? err : new EngineUnavailableError(`redis: ${(err as Error).message}`);
+    }
+  }
+
+  /** The one place that picks plain (one command, many channels) or sharded (one per channel) pub/sub. */
+  private sendSubscription(op: 'subscribe' | 'unsubscribe', channels: string[]): Promise<unknown> {
+    if (channels.length === 0) return Promise.resolve();
+    if (this.sub !== null) return op === 'subscribe' ? this.sub.subscribe(...channels) : this.sub.unsubscribe(...channels);
+    return Promise.all(channels.map((ch) => (op === 'subscribe' ? this.cmd.ssubscribe(ch) : this.cmd.sunsubscribe(ch))));
+  }
+
+  /** Adds or refreshes one presence entry; 1 when its user just came online. */
+  private writeEntry(e: PresenceEntry, now: number): Promise<number> {
+    return this.cmd.msJoin(presenceKey(e.chat), userPrefix(e.chat) + e.user, now, e.conn, now + this.presenceTtlMs, e.user, this.keyTtlMs);
   }
 
   /** Batches subscribe/unsubscribe issued in one tick into as few commands as possible, in order. */
@@ -267,11 +263,7 @@ export class RedisEngine implements Engine {
       let j = i;
       while (j < batch.length && batch[j]!.op === op) j++;
       const group = batch.slice(i, j);
-      const channels = group.map((p) => channelOf(p.chat));
-      let sent: Promise<unknown>;
-      if (this.sub !== null) sent = op === 'subscribe' ? this.sub.subscribe(...channels) : this.sub.unsubscribe(...channels);
-      else sent = Promise.all(channels.map((ch) => (op === 'subscribe' ? this.cmd.ssubscribe(ch) : this.cmd.sunsubscribe(ch))));
-      sent.then(
+      this.sendSubscription(op, group.map((p) => channelOf(p.chat))).then(
         () => group.forEach((p) => p.done()),
         (err: Error) => group.forEach((p) => p.done(err)),
       );
@@ -298,13 +290,6 @@ export class RedisEngine implements Engine {
 
   private async refreshPresence(): Promise<void> {
     const now = Date.now();
-    const expiresAt = now + this.presenceTtlMs;
-    await Promise.all(
-      [...this.entries.values()].map((e) => this.cmd.msJoin(presenceKey(e.chat), userPrefix(e.chat) + e.user, now, e.conn, expiresAt, e.user, this.keyTtlMs)),
-    );
+    await Promise.all([...this.entries.values()].map((e) => this.writeEntry(e, now)));
   }
-}
-
-function unavailable(err: unknown): EngineUnavailableError {
-  return err instanceof EngineUnavailableError ? err : new EngineUnavailableError(`redis: ${(err as Error).message}`);
 }
