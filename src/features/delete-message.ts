@@ -18,10 +18,7 @@ export const deleteMessage = defineFeature({
     const chat = session.targetChat(frame);
     const reg = session.registration(chat);
     const { id } = frame.data;
-    session.requireAccepting();
-    return session.enqueue(chat, async () => {
-      session.requireStillRegistered(reg);
-      session.requireEngine();
+    return session.enqueueWrite(reg, async () => {
       const { hub, api } = session.ctx;
       await api.remove(reg.token, chat, id);
       await hub.publishQuietly(chat, out.broadcast('delete_message', chat, { id, deleted_by: wireId(reg.user) }), session.id);

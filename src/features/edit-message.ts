@@ -18,7 +18,6 @@ export const editMessage = defineFeature({
     const reg = authorRegistration(session, frame);
     const { chat } = reg;
     const { data } = frame;
-    session.requireAccepting();
     const edit = {
       ciphertext: data.ciphertext,
       nonce: data.nonce,
@@ -26,9 +25,7 @@ export const editMessage = defineFeature({
       message_type: data.message_type,
       edited_at: new Date().toISOString(),
     };
-    return session.enqueue(chat, async () => {
-      session.requireStillRegistered(reg);
-      session.requireEngine();
+    return session.enqueueWrite(reg, async () => {
       const { hub, api } = session.ctx;
       await api.edit(reg.token, chat, data.id, edit);
       const broadcast = { id: data.id, ...edit, sender_id: wireId(reg.user) };

@@ -26,7 +26,6 @@ export const message = defineFeature({
     if (data.created_at !== undefined && !isRfc3339(data.created_at)) {
       throw new RequestError('bad_request', 'data.created_at: must be an RFC 3339 timestamp');
     }
-    session.requireAccepting();
     // Unknown fields pass through untouched; the gateway sets chat and sender and fills defaults.
     const saved = {
       ...data,
@@ -36,9 +35,7 @@ export const message = defineFeature({
       message_type: data.message_type ?? 'text',
       created_at: data.created_at ?? new Date().toISOString(),
     };
-    return session.enqueue(chat, async () => {
-      session.requireStillRegistered(reg);
-      session.requireEngine();
+    return session.enqueueWrite(reg, async () => {
       const { hub, api } = session.ctx;
       const { duplicate } = await api.save(reg.token, saved);
       if (!duplicate) await hub.publishQuietly(chat, out.broadcast('message', chat, saved), session.id);

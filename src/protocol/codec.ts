@@ -38,8 +38,9 @@ export const MAX_DEPTH = 32;
 function nestedDeeperThan(value: unknown, limit: number): boolean {
   if (typeof value !== 'object' || value === null) return false;
   if (limit === 0) return true;
-  for (const child of Array.isArray(value) ? value : Object.values(value)) {
-    if (nestedDeeperThan(child, limit - 1)) return true;
+  // for…in walks arrays and objects alike without allocating a values array per level.
+  for (const key in value) {
+    if (nestedDeeperThan((value as Record<string, unknown>)[key], limit - 1)) return true;
   }
   return false;
 }

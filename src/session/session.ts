@@ -173,22 +173,28 @@ export class Session implements Member {
     return reg;
   }
 
-  /**
-   * Re-checked when a queued operation runs: an `unregister` queued before it (or a closed
-   * connection) means the operation no longer has a chat to act in.
-   */
-  requireStillRegistered(reg: Registration): void {
-    if (this.chats.get(reg.chat) !== reg) throw new RequestError('not_registered', 'not registered to this chat');
-  }
-
   /** Refuses new work that needs the main API or the engine while draining or disconnected. */
   requireAccepting(): void {
     if (this.ctx.isDraining()) throw new RequestError('upstream_unavailable', 'gateway is shutting down; reconnect');
-    if (!this.ctx.engine.isReady()) throw new RequestError('upstream_unavailable', 'engine unavailable; retry shortly');
+    this.requireEngine();
   }
 
   requireEngine(): void {
     if (!this.ctx.engine.isReady()) throw new RequestError('upstream_unavailable', 'engine unavailable; retry shortly');
+  }
+
+  /**
+   * Queues a write (message, edit, delete) in `reg`'s chat. Checked when received (draining,
+   * engine) and again when it runs: an `unregister` queued before it, a closed connection or an
+   * engine that went away in the meantime refuse it before anything is saved.
+   */
+  enqueueWrite<T>(reg: Registration, task: () => Promise<T>): Promise<T> {
+    this.requireAccepting();
+    return this.enqueue(reg.chat, () => {
+      if (this.chats.get(reg.chat) !== reg) throw new RequestError('not_registered', 'not registered to this chat');
+      this.requireEngine();
+      return task();
+    });
   }
 
   /** Runs `task` after every earlier operation of this connection in `chat` has finished. */
