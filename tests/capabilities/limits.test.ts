@@ -31,6 +31,16 @@ async function alive(c: TestClient, timeoutMs = 3000): Promise<void> {
   assert.deepEqual(pong, { type: 'pong' });
 }
 
+/** `member` is alive, and a newcomer's message in the same chat reaches it; closes both. */
+async function chatStillWorks(member: TestClient, newcomer: () => Promise<TestClient>, id: string): Promise<void> {
+  await alive(member);
+  const third = await newcomer();
+  await third.request({ type: 'message', data: { id, ciphertext: 'x' } }, { type: 'ack' });
+  await member.next((f) => f.type === 'message' && (f.data as { id: string }).id === id);
+  member.close();
+  third.close();
+}
+
 type Raw = { raw: string | Buffer; binary?: boolean };
 
 /**
@@ -84,12 +94,7 @@ for (const mode of ENGINE_MODES) {
       assert.equal(h.api.requests.filter((r) => r.op === 'save' && (r.body as { id?: string }).id === `big-${chat}`).length, 0);
 
       // Another connection of the same chat keeps working.
-      await alive(b);
-      const c = await join(h, base(), 3, chat);
-      await c.request({ type: 'message', data: { id: `after-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
-      await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === `after-${chat}`);
-      b.close();
-      c.close();
+      await chatStillWorks(b, () => join(h, base(), 3, chat), `after-${chat}`);
     });
 
     it('token bucket: the burst passes, the next message and typing get rate_limited (retryable); later it passes again', async () => {
@@ -168,12 +173,7 @@ for (const mode of ENGINE_MODES) {
       const allowed = new Set(Array.from({ length: 7 }, (_, i) => `fl${i}-${chat}`));
       assert.ok(saved.every((r) => allowed.has((r.body as { id: string }).id)), 'a rate-limited message was saved');
 
-      await alive(other);
-      const third = await join(h, base(), 3, chat);
-      await third.request({ type: 'message', data: { id: `ok-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
-      await other.next((f) => f.type === 'message' && (f.data as { id: string }).id === `ok-${chat}`);
-      other.close();
-      third.close();
+      await chatStillWorks(other, () => join(h, base(), 3, chat), `ok-${chat}`);
     });
 
     it('a flood from one connection does not delay another connection’s pong or message delivery', async () => {

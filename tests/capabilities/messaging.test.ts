@@ -54,9 +54,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('resend of a saved id: ack duplicate:true and no second broadcast', async () => {
-      const chat = uniqueChat();
-      const a = await h.member(1, chat);
-      const b = await h.member(2, chat);
+      const { chat, a, b } = await h.pair();
       const msg = { type: 'message', data: { id: `dup-${chat}`, ciphertext: 'x' } };
       await a.request(msg, { type: 'ack' });
       await b.next({ type: 'message' });
@@ -69,9 +67,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('edit and delete: saved upstream, acked, broadcast with sender and deleted_by', async () => {
-      const chat = uniqueChat();
-      const a = await h.member(1, chat);
-      const b = await h.member(2, chat);
+      const { chat, a, b } = await h.pair();
       const id = `e-${chat}`;
       await a.request({ type: 'message', data: { id, ciphertext: 'v1' } }, { type: 'ack' });
       const ack = await a.request({ type: 'edit_message', data: { id, ciphertext: 'v2', nonce: 'n2', envelopes: { a: 1 } } }, { type: 'ack' });
@@ -93,9 +89,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('edit and delete by another user are refused by the main API: forbidden, nothing broadcast', async () => {
-      const chat = uniqueChat();
-      const a = await h.member(1, chat);
-      const b = await h.member(2, chat);
+      const { chat, a, b } = await h.pair();
       const id = `f-${chat}`;
       await a.request({ type: 'message', data: { id, ciphertext: 'v1' } }, { type: 'ack' });
       const from = a.frames.length;
@@ -130,9 +124,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('typing is forwarded to others at most once a second per connection', async () => {
-      const chat = uniqueChat();
-      const a = await h.member(1, chat);
-      const b = await h.member(2, chat);
+      const { chat, a, b } = await h.pair();
       for (let i = 0; i < 5; i++) a.send({ type: 'typing', chat_id: chat });
       await b.next({ type: 'typing', chat_id: chat, user_id: 1 });
       await expectNone(b, (f) => f.type === 'typing' && b.all({ type: 'typing' }).length > 1, 300);
@@ -163,9 +155,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('unregister stops delivery; unregister of an unknown chat is not_registered', async () => {
-      const chat = uniqueChat();
-      const a = await h.member(1, chat);
-      const b = await h.member(2, chat);
+      const { chat, a, b } = await h.pair();
       const un = await b.request({ type: 'unregister', chat_id: chat }, { type: 'unregistered' });
       assert.deepEqual(un, { type: 'unregistered', chat_id: chat });
       const from = b.frames.length;
@@ -180,9 +170,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('a message queued behind an unregister is refused not_registered, not saved or broadcast', async () => {
-      const chat = uniqueChat();
-      const a = await h.member(1, chat);
-      const b = await h.member(2, chat);
+      const { chat, a, b } = await h.pair();
       h.api.addFault({ op: 'save', delayMs: 200, times: 1 });
       a.send({ type: 'message', chat_id: chat, data: { id: `q1-${chat}`, ciphertext: 'x' } });
       a.send({ type: 'unregister', chat_id: chat });

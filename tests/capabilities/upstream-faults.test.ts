@@ -19,9 +19,7 @@ for (const mode of ENGINE_MODES) {
     ];
     for (const [name, fault, code, retryable] of cases) {
       it(`save ${name} → error ${code}, nothing broadcast`, async () => {
-        const chat = uniqueChat();
-        const a = await h.member(1, chat);
-        const b = await h.member(2, chat);
+        const { chat, a, b } = await h.pair();
         h.api.addFault(fault);
         const id = `f-${chat}`;
         const err = await a.request({ type: 'message', data: { id, ciphertext: 'x' } }, { type: 'error' });
@@ -39,9 +37,7 @@ for (const mode of ENGINE_MODES) {
     }
 
     it('409 on save: ack duplicate:true, no broadcast', async () => {
-      const chat = uniqueChat();
-      const a = await h.member(1, chat);
-      const b = await h.member(2, chat);
+      const { chat, a, b } = await h.pair();
       h.api.addFault({ op: 'save', status: 409 });
       const ack = await a.request({ type: 'message', data: { id: `c-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
       assert.equal(ack.duplicate, true);
@@ -98,9 +94,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('a slow save does not block other connections', async () => {
-      const chat = uniqueChat();
-      const a = await h.member(1, chat);
-      const b = await h.member(2, chat);
+      const { chat, a, b } = await h.pair();
       h.api.addFault({ op: 'save', delayMs: 300, times: 1 });
       const before = h.api.requests.length;
       a.send({ type: 'message', data: { id: `slow-${chat}`, ciphertext: 'x' } });
@@ -114,9 +108,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('operations of one connection are acked in the order sent even when upstream latency varies', async () => {
-      const chat = uniqueChat();
-      const a = await h.member(1, chat);
-      const b = await h.member(2, chat);
+      const { chat, a, b } = await h.pair();
       h.api.addFault({ op: 'save', delayMs: 150, times: 1 });
       const ids = Array.from({ length: 6 }, (_, i) => `o${i}-${chat}`);
       for (const id of ids) a.send({ type: 'message', data: { id, ciphertext: 'x' } });

@@ -83,6 +83,12 @@ export class Harness {
     return client;
   }
 
+  /** Users 1 and 2 registered to a fresh chat on instance `i`: the usual sender and receiver. */
+  async pair(i = 0): Promise<{ chat: number; a: TestClient; b: TestClient }> {
+    const chat = uniqueChat();
+    return { chat, a: await this.member(1, chat, i), b: await this.member(2, chat, i) };
+  }
+
   async close(): Promise<void> {
     for (const inst of this.instances.splice(0)) await inst.gateway.shutdown();
     await this.api?.close();
