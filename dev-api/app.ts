@@ -8,10 +8,14 @@
  *           401 bad/expired token · 403 not a member of the chat
  *   save    POST /chat/massage <message data>        → 2xx (201 here) with the stored message
  *           401 · 422 malformed · 403 sender is not the token's user / not a member
- *           409 the message id is already stored — the gateway acks the resend as a duplicate
- *           and does NOT broadcast it again, so 409 must only ever mean "already saved".
+ *           409 the message id was already saved (even if since deleted) — the gateway acks the
+ *           resend as a duplicate and does NOT broadcast it again, so 409 must only ever mean
+ *           "already saved".
  *   edit    PATCH  /chat/{chat_id}/messages/{id}     → 2xx · 401 · 403 not the sender · 404 · 422
  *   delete  DELETE /chat/{chat_id}/messages/{id}     → 2xx · 401 · 403 not the sender · 404
+ *
+ * Deleting a message keeps its id as a tombstone: a resend of a deleted id is 409 (never saved
+ * and broadcast again), and edit/delete of it are 404 like an unknown id.
  *
  * The gateway maps upstream statuses to client error codes: 400/422 bad_request,
  * 401 unauthorized, 403 forbidden, 404 not_found, 413 too_large, 429 rate_limited and
@@ -77,7 +81,10 @@ export interface DevApi {
   port: number;
   secret: string;
   requests: RecordedRequest[];
+  /** Live (not deleted) messages by id. */
   messages: Map<string, StoredMessage>;
+  /** Tombstones: ids of deleted messages. A save of one is 409; edit/delete of one is 404. */
+  deleted: Set<string>;
   mintToken(userId: string | number, opts?: { expiresInSec?: number; expired?: boolean }): Promise<string>;
   setMembers(chatId: string | number, userIds: Array<string | number> | null): void;
   addFault(f: Fault): void;
@@ -335,6 +342,12 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
 
   const requests: RecordedRequest[] = [];
   const messages = new Map<string, StoredMessage>();
+  /**
+   * Ids of deleted messages, kept for as long as messages are (until reset(); neither is
+   * bounded — this is a dev server). Without them a resend of a deleted id would be saved and
+   * broadcast again.
+   */
+  const deleted = new Set<string>();
   const members = new Map<string, Set<string>>();
   let faults: Fault[] = [];
   const waiters = new Set<Waiter>();
@@ -393,6 +406,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     requests.length = 0; // in place: tests may hold a reference to the array
     faults = [];
     messages.clear();
+    deleted.clear();
     members.clear();
   }
 
@@ -456,7 +470,8 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     if (String(body.sender_id) !== auth.sub) return error(403, 'sender_id is not the token user');
     if (!isMember(body.chat_id, auth.sub)) return error(403, 'not a member of this chat');
     // 409 means exactly "already saved": the gateway then acks the resend without broadcasting.
-    if (messages.has(body.id)) return error(409, 'duplicate');
+    // A deleted id was saved once too, so a late resend of it must not resurrect the message.
+    if (messages.has(body.id) || deleted.has(body.id)) return error(409, 'duplicate');
     const stored: StoredMessage = {
       ...body,
       id: body.id,
@@ -481,6 +496,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     }
     const auth = await authenticate(bearerToken(req));
     if (!auth.ok) return auth;
+    // A deleted message (tombstone) is not in `messages`, so edit/delete of it are 404 too.
     const message = messages.get(messageId);
     // A message in another chat is reported as missing: the caller must not learn it exists.
     if (!message || String(message.chat_id) !== chatId) {
@@ -511,6 +527,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     const check = await authorizeChange(req, route);
     if (!check.ok) return check.reply;
     messages.delete(check.message.id);
+    deleted.add(check.message.id); // tombstone: the id stays taken for save (409)
     return { status: 200, body: { id: check.message.id, deleted: true } };
   }
 
@@ -668,6 +685,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     secret,
     requests,
     messages,
+    deleted,
     mintToken,
     setMembers,
     addFault,

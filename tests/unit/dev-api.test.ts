@@ -221,6 +221,47 @@ describe('edit and delete', () => {
     const second = await call(messagePath(5, 'm1'), { method: 'DELETE', token });
     assert.equal(second.status, 404);
   });
+
+  test('a resend of a deleted id is 409 duplicate and does not resurrect the message', async () => {
+    const token = await api.mintToken(1);
+    assert.equal((await save(token, message('m1', 5, 1))).status, 201);
+    assert.equal((await call(messagePath(5, 'm1'), { method: 'DELETE', token })).status, 200);
+    assert.ok(api.deleted.has('m1'), 'the deleted id is kept as a tombstone');
+
+    const again = await save(token, { ...message('m1', 5, 1), ciphertext: 'resent' });
+    assert.equal(again.status, 409, 'a deleted id was already saved: the gateway must not broadcast it again');
+    assert.deepEqual(again.json, { error: 'duplicate' });
+    assert.equal(api.messages.has('m1'), false, 'the message stays deleted');
+    const listed = (await call('/__messages', { method: 'GET' })).json as unknown[];
+    assert.deepEqual(listed, []);
+
+    // Still gone for edit and delete (on the old code the resend had brought it back: 200).
+    const edit = await call(messagePath(5, 'm1'), { method: 'PATCH', token, body: { ciphertext: 'x' } });
+    assert.equal(edit.status, 404);
+    assert.equal((await call(messagePath(5, 'm1'), { method: 'DELETE', token })).status, 404);
+    // Ids are unique across chats, so the tombstone holds in every chat.
+    assert.equal((await save(token, message('m1', 6, 1))).status, 409);
+    assert.equal(api.messages.size, 0);
+  });
+
+  test('edit of a deleted message is 404 and changes nothing', async () => {
+    const token = await api.mintToken(1);
+    await save(token, message('m1', 5, 1));
+    assert.equal((await call(messagePath(5, 'm1'), { method: 'DELETE', token })).status, 200);
+    const edit = await call(messagePath(5, 'm1'), { method: 'PATCH', token, body: { ciphertext: 'x' } });
+    assert.equal(edit.status, 404);
+    assert.deepEqual(edit.json, { error: 'message not found' });
+    assert.equal(api.messages.has('m1'), false);
+  });
+
+  test('reset() forgets tombstones: the id can be saved again', async () => {
+    const token = await api.mintToken(1);
+    await save(token, message('m1', 5, 1));
+    await call(messagePath(5, 'm1'), { method: 'DELETE', token });
+    api.reset();
+    assert.equal(api.deleted.size, 0);
+    assert.equal((await save(token, message('m1', 5, 1))).status, 201);
+  });
 });
 
 describe('faults', () => {
