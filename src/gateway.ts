@@ -98,7 +98,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     const path = (req.url ?? '/').split('?', 1)[0];
     if (path !== '/ws') return refuseUpgrade(socket, 404, 'Not Found');
     if (draining) return refuseUpgrade(socket, 503, 'Service Unavailable');
-    if (config.allowedOrigins !== null && !config.allowedOrigins.includes(req.headers.origin ?? '')) {
+    // Only browsers send Origin (and a non-browser could send any value), so the check guards
+    // browsers against foreign pages; native apps and the CLI client send none and are let in.
+    const origin = req.headers.origin;
+    if (config.allowedOrigins !== null && origin !== undefined && !config.allowedOrigins.includes(origin)) {
       log.info({ origin: req.headers.origin }, 'upgrade refused: origin not allowed');
       return refuseUpgrade(socket, 403, 'Forbidden');
     }
@@ -142,21 +145,30 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   }
 
   let shuttingDown: Promise<void> | null = null;
+  /**
+   * SPEC §5. Requests received before the signal get until SHUTDOWN_TIMEOUT_MS to finish with
+   * their acks; then clients are closed 1001 and work still queued on them is dropped. A main-API
+   * call still running at the deadline is given up to UPSTREAM_TIMEOUT_MS more (its own
+   * timeout): if it saves, the message is broadcast (the engine closes last), just not acked.
+   * So the drain takes at most SHUTDOWN_TIMEOUT_MS + UPSTREAM_TIMEOUT_MS + about 1.5 s.
+   */
   async function drainAndClose(): Promise<void> {
     draining = true;
-    const deadline = Date.now() + config.shutdownTimeoutMs;
-    // Unref'd: a deadline that is no longer awaited must not keep the process alive.
-    const until = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, Math.min(ms, deadline - Date.now()))).unref());
+    // Unref'd: a bound that is no longer awaited must not keep the process alive.
+    const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, Math.max(0, ms)).unref());
+    const idleWithin = (ms: number) => Promise.race([idle(), sleep(ms)]);
     log.info({ connections: sessions.size, inflight }, 'draining');
-    await Promise.race([idle(), until(Infinity)]);
+    await idleWithin(config.shutdownTimeoutMs);
     for (const s of [...sessions]) s.close(CLOSE.goingAway, 'server shutting down');
-    // Presence leaves run as tracked work; give them and the close handshakes a moment.
-    await Promise.race([idle(), until(1000)]);
-    await until(sessions.size === 0 ? 0 : 250);
+    // Saves at the main API finish and publish; presence leaves run as tracked work too.
+    await idleWithin(config.upstreamTimeoutMs + 1000);
+    await sleep(sessions.size === 0 ? 0 : 250);
     for (const s of [...sessions]) s.terminate();
     clearInterval(heartbeat);
-    await engine.close().catch((err: Error) => log.warn({ err: err.message }, 'engine close failed'));
+    await idleWithin(500);
     await api.close().catch(() => undefined);
+    // Last: everything above may still publish or leave presence through it.
+    await engine.close().catch((err: Error) => log.warn({ err: err.message }, 'engine close failed'));
     wss.close();
     server.closeAllConnections();
     await new Promise<void>((r) => server.close(() => r()));

@@ -8,6 +8,10 @@ import type { IdKey } from '../protocol/ids.js';
  * - Delivery: a publication on a chat reaches `EngineEvents.deliver` on every instance that
  *   has an active subscription to that chat, including the publishing instance, and only
  *   through the subscription: there is no local short-cut, so all instances see one order.
+ * - `publish` resolves only once the publishing instance has itself delivered the publication
+ *   (when it is subscribed to the chat), or after a bounded wait when the subscription is lost.
+ *   So work that is done — an acked message — is also delivered to this instance's receivers,
+ *   and a graceful drain that waits for its in-flight work loses nothing.
  * - Order: publications on one chat are delivered to every instance in one and the same
  *   order (the order the engine accepted them in).
  * - Subscribe resolves only once publications made after it will be delivered, so the hub
@@ -40,6 +44,12 @@ export interface EngineEvents {
    * died). Raised on exactly one instance per transition; the hub publishes `offline`.
    */
   presenceExpired(chat: IdKey, users: IdKey[]): void;
+  /**
+   * Users whose presence entry this instance had to re-create (it expired during a stall, or
+   * Redis lost it) while their connection stayed live: others may have been told `offline`,
+   * so the hub publishes `online` again. Raised on exactly one instance per transition.
+   */
+  presenceRestored(chat: IdKey, users: IdKey[]): void;
   readyChange(ready: boolean): void;
 }
 

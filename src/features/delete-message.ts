@@ -7,7 +7,6 @@ import { OptionalChatId } from './schemas.js';
 /** delete_message: the main API decides who may delete; on success `deleted_by` is broadcast. */
 export const deleteMessage = defineFeature({
   type: 'delete_message',
-  rateLimited: true,
   impliedChat: true,
   schema: Type.Object({
     type: Type.Literal('delete_message'),
@@ -20,7 +19,7 @@ export const deleteMessage = defineFeature({
     const { id } = frame.data;
     return session.enqueueWrite(reg, async () => {
       const { hub, api } = session.ctx;
-      await api.remove(reg.token, chat, id);
+      await session.upstream(() => api.remove(reg.token, chat, id));
       await hub.publishQuietly(chat, out.broadcast('delete_message', chat, { id, deleted_by: wireId(reg.user) }), session.id);
       session.send(out.ack('delete_message', id, chat, false));
       return 'ok' as const;

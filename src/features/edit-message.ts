@@ -7,7 +7,6 @@ import { EncryptedContent, OptionalChatId, authorRegistration } from './schemas.
 /** edit_message: the main API decides who may edit; on success the new ciphertext is broadcast. */
 export const editMessage = defineFeature({
   type: 'edit_message',
-  rateLimited: true,
   impliedChat: true,
   schema: Type.Object({
     type: Type.Literal('edit_message'),
@@ -27,7 +26,7 @@ export const editMessage = defineFeature({
     };
     return session.enqueueWrite(reg, async () => {
       const { hub, api } = session.ctx;
-      await api.edit(reg.token, chat, data.id, edit);
+      await session.upstream(() => api.edit(reg.token, chat, data.id, edit));
       const broadcast = { id: data.id, ...edit, sender_id: wireId(reg.user) };
       await hub.publishQuietly(chat, out.broadcast('edit_message', chat, broadcast), session.id);
       session.send(out.ack('edit_message', data.id, chat, false));

@@ -12,7 +12,6 @@ import { EncryptedContent, OptionalChatId, authorRegistration } from './schemas.
  */
 export const message = defineFeature({
   type: 'message',
-  rateLimited: true,
   impliedChat: true,
   schema: Type.Object({
     type: Type.Literal('message'),
@@ -37,7 +36,7 @@ export const message = defineFeature({
     };
     return session.enqueueWrite(reg, async () => {
       const { hub, api } = session.ctx;
-      const { duplicate } = await api.save(reg.token, saved);
+      const { duplicate } = await session.upstream(() => api.save(reg.token, chat, saved));
       if (!duplicate) await hub.publishQuietly(chat, out.broadcast('message', chat, saved), session.id);
       session.send(out.ack('message', data.id, chat, duplicate));
       return duplicate ? ('duplicate' as const) : ('ok' as const);

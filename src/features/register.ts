@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox';
-import { RequestError } from '../protocol/errors.js';
-import { IdSchema, idKey } from '../protocol/ids.js';
+import { CancelledError, RequestError, isAuthRefusal } from '../protocol/errors.js';
+import { IdSchema, idKey, type IdKey } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import type { Session } from '../session/session.js';
 import { defineFeature } from './feature.js';
@@ -11,7 +11,6 @@ import { defineFeature } from './feature.js';
  */
 export const register = defineFeature({
   type: 'register',
-  rateLimited: false,
   impliedChat: false,
   schema: Type.Object({
     type: Type.Literal('register'),
@@ -22,9 +21,12 @@ export const register = defineFeature({
   async handle(session, frame) {
     const chat = idKey(frame.chat_id);
     session.requireAccepting();
+    // One register per (connection, chat) at a time: a flood of them cannot queue main-API calls.
+    if (session.pendingChats.has(chat)) {
+      throw new RequestError('rate_limited', 'a register for this chat is already in progress; wait for its answer');
+    }
     const { maxChatsPerConnection } = session.ctx.config;
-    const known = session.chats.has(chat) || session.pendingChats.has(chat);
-    if (!known && session.chats.size + session.pendingChats.size >= maxChatsPerConnection) {
+    if (!session.chats.has(chat) && chatsHeld(session) >= maxChatsPerConnection) {
       throw new RequestError('bad_request', `a connection may register to at most ${maxChatsPerConnection} chats`);
     }
     session.pendingChats.add(chat);
@@ -37,16 +39,36 @@ export const register = defineFeature({
   },
 });
 
-async function registerChat(session: Session, chat: string, token: string): Promise<void> {
-  const { api, hub, engine } = session.ctx;
+/** Chats registered or being registered, each counted once. */
+function chatsHeld(session: Session): number {
+  let n = session.chats.size;
+  for (const chat of session.pendingChats) if (!session.chats.has(chat)) n++;
+  return n;
+}
+
+async function registerChat(session: Session, chat: IdKey, token: string): Promise<void> {
+  const { hub, engine } = session.ctx;
   session.requireEngine();
-  const user = await api.verify(token, chat);
+  let user: IdKey;
+  try {
+    user = await session.verify(token, chat);
+  } catch (err) {
+    if (isAuthRefusal(err)) {
+      // The main API no longer admits this connection to the chat: a registration it holds ends too.
+      const existing = session.chats.get(chat);
+      if (existing !== undefined) session.endRegistration(existing, err.code);
+      session.noteAuthResult(true);
+    }
+    throw err;
+  }
   // Bind the connection to its user in the same tick as the check, so two registers in flight
   // for different chats can never leave one connection acting as two users.
   if (session.user === null) session.user = user;
   else if (session.user !== user) {
+    session.noteAuthResult(true);
     throw new RequestError('forbidden', 'every registration of a connection must be the same user');
   }
+  session.noteAuthResult(false);
   const existing = session.chats.get(chat);
   if (existing !== undefined) {
     // Idempotent: same subscription and presence; a fresh token replaces the old one.
@@ -54,10 +76,12 @@ async function registerChat(session: Session, chat: string, token: string): Prom
     session.send(out.registered(chat, user, await engine.online(chat)));
     return;
   }
+  if (session.closed) throw new CancelledError();
   const { online, cameOnline } = await hub.join(chat, user, session.id);
   if (session.closed) {
-    await hub.leave(chat, user, session);
-    return;
+    // Closed while joining: take the presence back; nobody was told `online`, so no `offline` either.
+    await hub.undoJoin(chat, user, session.id, cameOnline);
+    throw new CancelledError();
   }
   session.chats.set(chat, { chat, user, token, lastTypingAt: 0 });
   session.pendingChats.delete(chat);

@@ -8,7 +8,6 @@ const TYPING_INTERVAL_MS = 1000;
 /** typing: never saved; at most one per connection per chat per second is forwarded. */
 export const typing = defineFeature({
   type: 'typing',
-  rateLimited: true,
   impliedChat: true,
   schema: Type.Object({
     type: Type.Literal('typing'),

@@ -7,7 +7,6 @@ import { defineFeature } from './feature.js';
 /** unregister: leave one chat; `offline` goes out if this was the user's last connection. */
 export const unregister = defineFeature({
   type: 'unregister',
-  rateLimited: false,
   impliedChat: false,
   schema: Type.Object({ type: Type.Literal('unregister'), chat_id: IdSchema }),
   async handle(session, frame) {
@@ -17,9 +16,7 @@ export const unregister = defineFeature({
     }
     // Queued behind the chat's earlier operations, so a register in flight finishes first.
     await session.enqueue(chat, async () => {
-      const reg = session.registration(chat);
-      session.chats.delete(chat);
-      await session.ctx.hub.leave(chat, reg.user, session);
+      await session.removeRegistration(session.registration(chat));
       session.send(out.unregistered(chat));
     });
     return 'ok' as const;

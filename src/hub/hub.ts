@@ -35,6 +35,9 @@ export class Hub {
       presenceExpired: (chat, users) => {
         for (const user of users) void this.publishQuietly(chat, out.presence(chat, user, 'offline'), null);
       },
+      presenceRestored: (chat, users) => {
+        for (const user of users) void this.publishQuietly(chat, out.presence(chat, user, 'online'), null);
+      },
       readyChange: onReadyChange,
     };
   }
@@ -46,13 +49,32 @@ export class Hub {
    */
   async join(chat: IdKey, user: IdKey, connId: string): Promise<{ online: IdKey[]; cameOnline: boolean }> {
     await this.acquire(chat);
+    let cameOnline: boolean | null = null;
     try {
-      const cameOnline = await this.engine.join(chat, user, connId);
+      cameOnline = await this.engine.join(chat, user, connId);
       const online = await this.engine.online(chat);
       return { online, cameOnline };
     } catch (err) {
-      this.release(chat);
+      // Every failure after the presence join undoes it: no ghost refreshed for the process's life.
+      if (cameOnline === null) this.release(chat);
+      else await this.undoJoin(chat, user, connId, cameOnline);
       throw err;
+    }
+  }
+
+  /**
+   * Undoes a `join` whose member was never attached. `offline` is published only if others
+   * could have seen the user online: when the join itself announced nothing (`cameOnline`),
+   * there is nothing to take back.
+   */
+  async undoJoin(chat: IdKey, user: IdKey, connId: string, cameOnline: boolean): Promise<void> {
+    this.release(chat);
+    try {
+      if ((await this.engine.leave(chat, user, connId)) && !cameOnline) {
+        await this.publish(chat, out.presence(chat, user, 'offline'), null);
+      }
+    } catch (err) {
+      this.log.warn({ chat, err: (err as Error).message }, 'presence undo failed');
     }
   }
 

@@ -28,9 +28,30 @@ export const CLOSE = {
   internal: 1011,
   /** Slow consumer: unsent backlog passed MAX_BUFFERED_BYTES. */
   tryAgainLater: 1013,
-  /** No successful register within REGISTER_TIMEOUT_MS. */
+  /** Five registers in a row refused by the main API (unauthorized or forbidden): get a new token first. */
+  authFailures: 4401,
+  /** No chat registered for REGISTER_TIMEOUT_MS: never registered, or unregistered from everything. */
   registerTimeout: 4408,
 } as const;
+
+/** Consecutive `unauthorized`/`forbidden` register answers after which a connection is closed 4401. */
+export const MAX_AUTH_FAILURES_IN_A_ROW = 5;
+
+/**
+ * The connection that asked for this work has gone: queued work is dropped before it reaches the
+ * main API or the engine, and nothing is answered (there is nobody to answer).
+ */
+export class CancelledError extends Error {
+  constructor(message = 'connection closed') {
+    super(message);
+    this.name = 'CancelledError';
+  }
+}
+
+/** The main API refused the credentials of a registration (401) or its membership (403). */
+export function isAuthRefusal(err: unknown): err is RequestError & { code: 'unauthorized' | 'forbidden' } {
+  return err instanceof RequestError && (err.code === 'unauthorized' || err.code === 'forbidden');
+}
 
 /** A request that is refused with one `error` frame; the connection stays open. */
 export class RequestError extends Error {

@@ -1,12 +1,13 @@
 import { Type, type Static } from '@sinclair/typebox';
 
 /**
- * Ids on the wire: a JSON integer ≥ 1 or a string of 1–64 `[A-Za-z0-9_.:-]`.
+ * Ids on the wire: a JSON integer ≥ 1 or a string of 1–64 `[A-Za-z0-9_.:-]`, not made only of
+ * dots (`.` and `..` would become dot-segments in a main-API URL path).
  * Inside the gateway a chat or user is keyed by `String(id)`; on the way out a key that is a
  * canonical positive safe integer is written as a JSON number, anything else as a string, so
  * `123` and `"123"` name the same chat and every receiver sees one spelling.
  */
-export const ID_PATTERN = '^[A-Za-z0-9_.:-]{1,64}$';
+export const ID_PATTERN = '^(?!\\.+$)[A-Za-z0-9_.:-]{1,64}$';
 export const MESSAGE_ID_PATTERN = '^[A-Za-z0-9_-]{1,64}$';
 
 export const IdSchema = Type.Union([

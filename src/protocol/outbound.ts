@@ -8,8 +8,15 @@ export function registered(chat: IdKey, user: IdKey, online: readonly IdKey[]): 
   return encode({ type: 'registered', chat_id: wireId(chat), user_id: wireId(user), online: online.map(wireId) });
 }
 
-export function unregistered(chat: IdKey): Buffer {
-  return encode({ type: 'unregistered', chat_id: wireId(chat) });
+/**
+ * Why the gateway ended a registration the client did not unregister: the main API answered
+ * 401 (`unauthorized`) or 403 (`forbidden`) for it. An `unregistered` answering the client's
+ * own `unregister` has no reason.
+ */
+export type UnregisterReason = 'unauthorized' | 'forbidden';
+
+export function unregistered(chat: IdKey, reason?: UnregisterReason): Buffer {
+  return encode(reason === undefined ? { type: 'unregistered', chat_id: wireId(chat) } : { type: 'unregistered', chat_id: wireId(chat), reason });
 }
 
 export type AckOp = 'message' | 'edit_message' | 'delete_message';

@@ -2,11 +2,12 @@ import type { WebSocket } from 'ws';
 import { EngineUnavailableError } from '../engine/types.js';
 import type { Member } from '../hub/registry.js';
 import { parseFrame, type RawFrame } from '../protocol/codec.js';
-import { CLOSE, RequestError } from '../protocol/errors.js';
+import { CLOSE, CancelledError, MAX_AUTH_FAILURES_IN_A_ROW, RequestError, isAuthRefusal } from '../protocol/errors.js';
 import { MESSAGE_ID_PATTERN, idKey, parseId, type IdKey, type WireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import type { Feature, Outcome } from '../features/feature.js';
 import type { GatewayContext } from './context.js';
+import { Slots } from './slots.js';
 import { TokenBucket } from './token-bucket.js';
 
 export interface Registration {
@@ -30,11 +31,17 @@ const resolved = Promise.resolve();
 /**
  * One WebSocket connection's life: decode at the edge, rate limit, dispatch to a feature,
  * keep each chat's operations in the order sent, answer with exactly one frame per request.
+ *
+ * What one connection may cost is bounded: every frame takes a token from its bucket; at most
+ * one register per chat and MAX_PENDING_WRITES writes wait at a time; at most
+ * MAX_UPSTREAM_PER_CONNECTION main-API calls run at once; and when it closes, everything still
+ * queued is dropped (no main-API call, no presence change) and an in-flight verify is aborted.
+ * Writes already at the main API finish and are broadcast: they may have been saved.
  */
 export class Session implements Member {
   user: IdKey | null = null;
   readonly chats = new Map<IdKey, Registration>();
-  /** Chats with a register in flight; they count toward MAX_CHATS_PER_CONNECTION. */
+  /** Chats with a register queued or in flight (at most one each); they count toward MAX_CHATS_PER_CONNECTION. */
   readonly pendingChats = new Set<IdKey>();
   /** Set by the liveness sweep; cleared when a pong arrives. */
   awaitingPong = false;
@@ -42,9 +49,14 @@ export class Session implements Member {
 
   private readonly chains = new Map<IdKey, Promise<unknown>>();
   private readonly bucket: TokenBucket;
+  private readonly slots: Slots;
+  /** Aborts in-flight reads (verify) when the connection closes. */
+  private readonly closing = new AbortController();
   private rejectedInARow = 0;
   private lastRejectedAt = -Infinity;
-  private registerTimer: NodeJS.Timeout | null;
+  private authFailuresInARow = 0;
+  private pendingWrites = 0;
+  private registerTimer: NodeJS.Timeout | null = null;
 
   constructor(
     readonly id: string,
@@ -53,10 +65,13 @@ export class Session implements Member {
   ) {
     const { config } = ctx;
     this.bucket = new TokenBucket(config.rateLimitPerSec, config.rateLimitBurst);
-    this.registerTimer = setTimeout(() => {
-      if (this.chats.size === 0) this.close(CLOSE.registerTimeout, 'register timeout');
-    }, config.registerTimeoutMs);
-    this.registerTimer.unref();
+    this.slots = new Slots(config.maxUpstreamPerConnection);
+    this.armRegisterTimer();
+  }
+
+  /** Aborted when the connection closes. */
+  get signal(): AbortSignal {
+    return this.closing.signal;
   }
 
   /** Queues an encoded text frame; closes the connection 1013 instead of letting it hoard memory. */
@@ -71,17 +86,20 @@ export class Session implements Member {
     this.ws.send(frame, TEXT);
   }
 
+  /** Every frame — valid or not, of any type — costs one token before anything else is done. */
   onFrame(data: Buffer, isBinary: boolean): void {
     if (this.closed) return;
     let raw: RawFrame | undefined;
     let feature: Feature | undefined;
+    let charged = false;
     try {
       if (isBinary) throw new RequestError('bad_request', 'binary frames are not supported; send JSON text frames');
       raw = parseFrame(data.toString('utf8'));
       const entry = this.ctx.features.get(raw.type);
       if (entry === undefined) throw new RequestError('unsupported_type', 'unknown frame type');
       feature = entry.feature;
-      if (feature.rateLimited) this.charge();
+      charged = true;
+      this.charge();
       const result = feature.handle(this, entry.validator.decode(raw));
       if (result instanceof Promise) {
         const [type, frame] = [feature.type, raw];
@@ -90,8 +108,8 @@ export class Session implements Member {
         this.count(feature.type, result);
       }
     } catch (err) {
-      // Frames that cannot be attributed to a type cost a token too, so garbage floods are bounded.
-      if (feature === undefined) {
+      // A frame that failed before its charge (not JSON, unknown type, …) still costs its token.
+      if (!charged) {
         try {
           this.charge();
         } catch (limited) {
@@ -126,6 +144,10 @@ export class Session implements Member {
   }
 
   private reject(err: unknown, feature: Feature | undefined, raw: RawFrame | undefined): void {
+    if (err instanceof CancelledError) {
+      this.count(feature?.type ?? 'invalid', 'cancelled');
+      return;
+    }
     let error: RequestError;
     if (err instanceof RequestError) error = err;
     else if (err instanceof EngineUnavailableError) error = new RequestError('upstream_unavailable', 'engine unavailable; retry shortly');
@@ -136,6 +158,10 @@ export class Session implements Member {
     // Metric labels stay a closed set: unknown types count as "invalid".
     this.ctx.metrics.ops.inc({ type: feature?.type ?? 'invalid', result: error.code });
     this.send(out.error(error.code, error.message, this.errorContext(feature, raw)));
+    if (this.authFailuresInARow >= MAX_AUTH_FAILURES_IN_A_ROW) {
+      this.ctx.log.info({ conn: this.id }, 'too many refused registers; connection closed');
+      this.close(CLOSE.authFailures, 'too many refused registrations');
+    }
   }
 
   /**
@@ -185,22 +211,42 @@ export class Session implements Member {
 
   /**
    * Queues a write (message, edit, delete) in `reg`'s chat. Checked when received (draining,
-   * engine) and again when it runs: an `unregister` queued before it, a closed connection or an
-   * engine that went away in the meantime refuse it before anything is saved.
+   * engine, MAX_PENDING_WRITES) and again when it runs: an `unregister` queued before it, a
+   * closed connection or an engine that went away in the meantime refuse it before anything is
+   * saved. A 401 or 403 from the main API re-checks the registration (see `recheck`).
    */
   enqueueWrite<T>(reg: Registration, task: () => Promise<T>): Promise<T> {
     this.requireAccepting();
-    return this.enqueue(reg.chat, () => {
+    const max = this.ctx.config.maxPendingWrites;
+    if (this.pendingWrites >= max) {
+      throw new RequestError('rate_limited', `${max} writes are already waiting for the main API; wait for their acks`);
+    }
+    this.pendingWrites++;
+    const run = this.enqueue(reg.chat, async () => {
       if (this.chats.get(reg.chat) !== reg) throw new RequestError('not_registered', 'not registered to this chat');
       this.requireEngine();
-      return task();
+      try {
+        return await task();
+      } catch (err) {
+        if (isAuthRefusal(err)) await this.recheck(reg);
+        throw err;
+      }
     });
+    const done = () => void this.pendingWrites--;
+    run.then(done, done);
+    return run;
   }
 
-  /** Runs `task` after every earlier operation of this connection in `chat` has finished. */
+  /**
+   * Runs `task` after every earlier operation of this connection in `chat` has finished —
+   * unless the connection has closed by then: queued work dies with its connection.
+   */
   enqueue<T>(chat: IdKey, task: () => Promise<T>): Promise<T> {
     const previous = this.chains.get(chat) ?? resolved;
-    const next = previous.then(task);
+    const next = previous.then(() => {
+      if (this.closed) throw new CancelledError();
+      return task();
+    });
     const settled = next.then(
       () => undefined,
       () => undefined,
@@ -210,6 +256,66 @@ export class Session implements Member {
       if (this.chains.get(chat) === settled) this.chains.delete(chat);
     });
     return next;
+  }
+
+  /** A main-API call within this connection's share of the pool (MAX_UPSTREAM_PER_CONNECTION). */
+  upstream<T>(call: () => Promise<T>): Promise<T> {
+    return this.slots.run(() => {
+      if (this.closed) throw new CancelledError();
+      return call();
+    });
+  }
+
+  /** Verifies `token` for `chat` with the main API (or its cache), aborted if the connection closes. */
+  verify(token: string, chat: IdKey): Promise<IdKey> {
+    return this.upstream(() => this.ctx.api.verify(token, chat, this.signal));
+  }
+
+  /**
+   * After the main API refused a write with 401 or 403 (its cached verify is already dropped):
+   * asks the main API again whether the registration still holds, and ends it when it does not,
+   * so a user removed from a chat stops receiving it. A refusal of one operation by a member
+   * (editing someone else's message) keeps the registration. If the main API cannot be reached
+   * the registration is kept: the next refused write checks again.
+   */
+  private async recheck(reg: Registration): Promise<void> {
+    try {
+      const user = await this.verify(reg.token, reg.chat);
+      if (user !== reg.user) this.endRegistration(reg, 'forbidden');
+    } catch (err) {
+      if (isAuthRefusal(err)) this.endRegistration(reg, err.code);
+      else if (!(err instanceof CancelledError)) this.ctx.log.warn({ conn: this.id, chat: reg.chat, err: (err as Error).message }, 'registration re-check failed');
+    }
+  }
+
+  /** Counts registers the main API refused in a row; the fifth one's error is followed by close 4401. */
+  noteAuthResult(refused: boolean): void {
+    this.authFailuresInARow = refused ? this.authFailuresInARow + 1 : 0;
+  }
+
+  /** Leaves one chat (unregister, or the main API no longer admits it); `offline` if it was the user's last connection. */
+  async removeRegistration(reg: Registration): Promise<void> {
+    if (this.chats.get(reg.chat) !== reg) return;
+    this.chats.delete(reg.chat);
+    if (this.chats.size === 0) this.armRegisterTimer();
+    await this.ctx.hub.leave(reg.chat, reg.user, this);
+  }
+
+  /** Ends a registration the gateway has to take away, telling the client why. */
+  endRegistration(reg: Registration, reason: out.UnregisterReason): void {
+    if (this.chats.get(reg.chat) !== reg) return;
+    void this.ctx.track(this.removeRegistration(reg));
+    this.send(out.unregistered(reg.chat, reason));
+  }
+
+  /** Closes 4408 unless a chat is registered within REGISTER_TIMEOUT_MS. */
+  private armRegisterTimer(): void {
+    if (this.closed || this.registerTimer !== null) return;
+    this.registerTimer = setTimeout(() => {
+      this.registerTimer = null;
+      if (this.chats.size === 0) this.close(CLOSE.registerTimeout, 'register timeout');
+    }, this.ctx.config.registerTimeoutMs);
+    this.registerTimer.unref();
   }
 
   registeredOnce(): void {
@@ -252,11 +358,13 @@ export class Session implements Member {
     this.onClosed();
   }
 
-  /** Idempotent cleanup when the socket is gone (by either side). */
+  /** Idempotent cleanup when the socket is gone (by either side): queued work is dropped here. */
   onClosed(): void {
     if (this.closed) return;
     this.closed = true;
     this.registeredOnce();
+    this.closing.abort();
+    this.slots.cancel();
     const regs = [...this.chats.values()];
     this.chats.clear();
     for (const reg of regs) void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, this));

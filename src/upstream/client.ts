@@ -3,19 +3,23 @@ import { Pool } from 'undici';
 import type { Config } from '../config/index.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
-import { RequestError } from '../protocol/errors.js';
+import { CancelledError, RequestError } from '../protocol/errors.js';
 import { parseId, wireId, type IdKey } from '../protocol/ids.js';
 import { errorCodeForStatus } from './status.js';
 import { VerifyCache } from './verify-cache.js';
 
 export type UpstreamOp = 'verify' | 'save' | 'edit' | 'delete';
 
-/** The only code that talks to the main API (SPEC §2). Every failure is a `RequestError`. */
+/**
+ * The only code that talks to the main API (SPEC §2). Every failure is a `RequestError`, or a
+ * `CancelledError` when `signal` (the asking connection closing) aborted the call. A 401 or 403
+ * from any call for a chat also forgets the cached verify of (token, chat).
+ */
 export interface MainApi {
   /** The verified user of `token` in `chat`. */
-  verify(token: string, chat: IdKey): Promise<IdKey>;
+  verify(token: string, chat: IdKey, signal?: AbortSignal): Promise<IdKey>;
   /** `duplicate` when the main API answered 409: already saved by an earlier send. */
-  save(token: string, message: object): Promise<{ duplicate: boolean }>;
+  save(token: string, chat: IdKey, message: object): Promise<{ duplicate: boolean }>;
   edit(token: string, chat: IdKey, messageId: string, body: object): Promise<void>;
   remove(token: string, chat: IdKey, messageId: string): Promise<void>;
   close(): Promise<void>;
@@ -37,7 +41,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   });
   const cache = new VerifyCache(config.authCacheTtlMs);
 
-  async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object): Promise<Answer> {
+  async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object, cancel?: AbortSignal): Promise<Answer> {
     const requestId = randomUUID();
     const started = performance.now();
     let outcome = 'error';
@@ -52,7 +56,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
         },
         body: body === undefined ? null : JSON.stringify(body),
-        signal: AbortSignal.timeout(config.upstreamTimeoutMs),
+        signal: cancel === undefined ? AbortSignal.timeout(config.upstreamTimeoutMs) : AbortSignal.any([AbortSignal.timeout(config.upstreamTimeoutMs), cancel]),
       });
       const text = await res.body.text();
       outcome = String(res.statusCode);
@@ -61,6 +65,10 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       }
       return { status: res.statusCode, body: text };
     } catch (err) {
+      if (cancel?.aborted) {
+        outcome = 'cancelled';
+        throw new CancelledError();
+      }
       outcome = isTimeout(err) ? 'timeout' : 'unreachable';
       log.warn({ op, requestId, outcome, err: (err as Error).message }, 'main API unreachable');
       throw new RequestError('upstream_unavailable', outcome === 'timeout' ? 'main API timed out' : 'main API unreachable');
@@ -69,7 +77,9 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     }
   }
 
-  function fail(op: UpstreamOp, status: number): never {
+  /** Throws the client's error for a refusal; a 401/403 also forgets the cached verify of (token, chat). */
+  function fail(op: UpstreamOp, status: number, token: string, chat: IdKey): never {
+    if (status === 401 || status === 403) cache.delete(token, chat);
     throw new RequestError(errorCodeForStatus(status), `main API refused ${op} (${status})`);
   }
 
@@ -82,11 +92,11 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   }
 
   return {
-    async verify(token, chat) {
+    async verify(token, chat, signal) {
       const cached = cache.get(token, chat);
       if (cached !== undefined) return cached;
-      const { status, body } = await call('verify', 'POST', config.authVerifyPath, token, { token, chat_id: wireId(chat) });
-      if (!ok(status)) fail('verify', status);
+      const { status, body } = await call('verify', 'POST', config.authVerifyPath, token, { token, chat_id: wireId(chat) }, signal);
+      if (!ok(status)) fail('verify', status, token, chat);
       const user = userIdFromVerify(body);
       if (user === null) {
         log.error({ op: 'verify', status }, 'main API verify answer has no usable user id');
@@ -95,19 +105,19 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       cache.set(token, chat, user);
       return user;
     },
-    async save(token, message) {
+    async save(token, chat, message) {
       const { status } = await call('save', 'POST', config.messageSavePath, token, message);
       if (status === 409) return { duplicate: true };
-      if (!ok(status)) fail('save', status);
+      if (!ok(status)) fail('save', status, token, chat);
       return { duplicate: false };
     },
     async edit(token, chat, messageId, body) {
       const { status } = await call('edit', 'PATCH', messagePath(chat, messageId), token, body);
-      if (!ok(status)) fail('edit', status);
+      if (!ok(status)) fail('edit', status, token, chat);
     },
     async remove(token, chat, messageId) {
       const { status } = await call('delete', 'DELETE', messagePath(chat, messageId), token);
-      if (!ok(status)) fail('delete', status);
+      if (!ok(status)) fail('delete', status, token, chat);
     },
     async close() {
       await pool.close();

@@ -40,6 +40,11 @@ export class VerifyCache {
     }
   }
 
+  /** Forgets (token, chat): the main API refused it since, so the next verify must ask again. */
+  delete(token: string, chat: IdKey): void {
+    this.entries.delete(cacheKey(token, chat));
+  }
+
   get size(): number {
     return this.entries.size;
   }

@@ -7,7 +7,7 @@ const messageIds = (c: TestClient) => c.all({ type: 'message' }).map((f) => (f.d
 
 for (const mode of ENGINE_MODES) {
   describe(`per-chat order [${mode}]`, () => {
-    const h = useHarness(mode, { RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000' });
+    const h = useHarness(mode, { RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000', MAX_PENDING_WRITES: '1000' });
 
     it('3 concurrent senders, 5 receivers: every receiver sees the same sequence; each sender its own order', async () => {
       const chat = uniqueChat();

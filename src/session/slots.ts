@@ -1,0 +1,30 @@
+import { CancelledError } from '../protocol/errors.js';
+
+/**
+ * A connection's share of the main-API pool: at most `size` calls run at once, the rest wait
+ * in order. When the connection closes, `cancel` drops every waiter before it costs a call.
+ */
+export class Slots {
+  private free: number;
+  private waiters: Array<{ resolve: () => void; reject: (err: Error) => void }> = [];
+
+  constructor(size: number) {
+    this.free = size;
+  }
+
+  async run<T>(work: () => Promise<T>): Promise<T> {
+    if (this.free > 0) this.free--;
+    else await new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    try {
+      return await work();
+    } finally {
+      const next = this.waiters.shift();
+      if (next !== undefined) next.resolve();
+      else this.free++;
+    }
+  }
+
+  cancel(): void {
+    for (const waiter of this.waiters.splice(0)) waiter.reject(new CancelledError());
+  }
+}

@@ -1,0 +1,324 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { TestClient, expectNone, sleep, type Frame } from '../support/client.js';
+import { ENGINE_MODES, metric, uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
+
+/**
+ * What one connection may cost, and what it may not do after it is gone: every frame is
+ * charged, registers and writes are bounded per connection, queued work dies with the socket,
+ * and the main API's 401/403 end a registration.
+ */
+
+const verifiesFor = (h: Harness, chats: Set<number>) =>
+  h.api.requests.filter((r) => r.op === 'verify' && chats.has(Number((r.body as { chat_id?: unknown }).chat_id))).length;
+const savesOf = (h: Harness, prefix: string) => h.api.requests.filter((r) => r.op === 'save' && String((r.body as { id?: string }).id).startsWith(prefix)).length;
+const presenceIn = (c: TestClient, from = 0) => c.frames.slice(from).filter((f) => f.type === 'presence');
+const errorsOf = (c: TestClient, code: string, from = 0) => c.frames.slice(from).filter((f) => f.type === 'error' && f.code === code);
+
+for (const mode of ENGINE_MODES) {
+  describe(`hardening: one connection costs a bounded amount [${mode}]`, () => {
+    const h = useHarness(mode, { RATE_LIMIT_PER_SEC: '20', RATE_LIMIT_BURST: '50', MAX_CHATS_PER_CONNECTION: '100', AUTH_CACHE_TTL_MS: '0' });
+    const gw = () => h.instances[0]!;
+    const connect = () => TestClient.connect(gw().wsUrl);
+
+    it('every frame costs a token: ping, register, unregister and garbage are answered rate_limited past the burst', async () => {
+      const inst = await h.gateway({ RATE_LIMIT_PER_SEC: '100' });
+      const c = await TestClient.connect(inst.wsUrl);
+      const kinds = [{ type: 'ping' }, { type: 'unregister', chat_id: 5 }, { type: 'nope' }, { type: 'register', token: 'junk', chat_id: uniqueChat() }];
+      for (const frame of kinds) {
+        const from = c.frames.length;
+        for (let i = 0; i < 60; i++) c.send(frame);
+        await waitFor(() => errorsOf(c, 'rate_limited', from).length >= 1, 3000, `rate_limited for ${frame.type}`);
+        await sleep(1100); // refill the bucket (and end the row of rejections)
+      }
+      // Garbage that is not even JSON is charged as well.
+      const from = c.frames.length;
+      for (let i = 0; i < 60; i++) c.sendRaw('{nope');
+      await waitFor(() => errorsOf(c, 'rate_limited', from).length >= 1, 3000, 'rate_limited for invalid JSON').catch((e: Error) => {
+        throw new Error(`${e.message}: open=${c.isOpen} ${JSON.stringify(c.frames.slice(-3))}`);
+      });
+      c.close();
+    });
+
+    it('a junk-register flood: the connection is closed 1008, the main API sees a bounded number of verifies, and nothing after the close', async () => {
+      h.api.addFault({ op: 'verify', delayMs: 300 });
+      try {
+        const watcherChat = uniqueChat();
+        const watcher = await h.member(2, watcherChat);
+        const c = await connect();
+        const chats = new Set<number>([watcherChat]);
+        const before = verifiesFor(h, chats);
+        for (let i = 0; i < 3000; i++) {
+          const chat = i % 2 === 0 ? watcherChat : uniqueChat();
+          chats.add(chat);
+          c.send({ type: 'register', token: `junk-${i}`, chat_id: chat });
+        }
+        // Closed for flooding (1008), or for five refused verifies in a row (4401) if those came first.
+        assert.ok([1008, 4401].includes((await c.closed).code));
+        await sleep(1500);
+        const calls = verifiesFor(h, chats) - before;
+        assert.ok(calls <= 4, `${calls} verify calls reached the main API (MAX_UPSTREAM_PER_CONNECTION is 4)`);
+        await sleep(1000);
+        assert.equal(verifiesFor(h, chats) - before, calls, 'no verify after the connection closed');
+        assert.equal(presenceIn(watcher).length, 0);
+        watcher.close();
+      } finally {
+        h.api.clearFaults();
+      }
+    });
+
+    it('at most one register in flight per (connection, chat): the others are answered rate_limited and cost no verify', async () => {
+      h.api.addFault({ op: 'verify', delayMs: 400 });
+      try {
+        const chat = uniqueChat();
+        const token = await h.token(1);
+        const c = await connect();
+        for (let i = 0; i < 10; i++) c.send({ type: 'register', token, chat_id: chat });
+        await c.next({ type: 'registered', chat_id: chat });
+        await sleep(100);
+        assert.equal(c.all({ type: 'registered' }).length, 1);
+        const limited = c.all({ type: 'error', op: 'register' });
+        assert.equal(limited.length, 9);
+        assert.ok(limited.every((f) => f.code === 'rate_limited' && f.retryable === true && f.chat_id === chat));
+        assert.equal(verifiesFor(h, new Set([chat])), 1);
+        c.close();
+      } finally {
+        h.api.clearFaults();
+      }
+    });
+
+    it('main-API calls in flight per connection are capped (MAX_UPSTREAM_PER_CONNECTION=4); the rest wait their turn', async () => {
+      h.api.addFault({ op: 'verify', delayMs: 1500 });
+      try {
+        const token = await h.token(1);
+        const chats = Array.from({ length: 10 }, () => uniqueChat());
+        const c = await connect();
+        for (const chat of chats) c.send({ type: 'register', token, chat_id: chat });
+        await sleep(700);
+        assert.equal(verifiesFor(h, new Set(chats)), 4, 'verifies at the main API while the first four are in flight');
+        await waitFor(() => c.all({ type: 'registered' }).length === 10, 10_000, 'all ten registered');
+        assert.equal(verifiesFor(h, new Set(chats)), 10);
+        c.close();
+      } finally {
+        h.api.clearFaults();
+      }
+    });
+
+    it('work queued when the socket closes is dropped: no verify, no save, no presence after the close', async () => {
+      const chat = uniqueChat();
+      const watcher = await h.member(2, chat);
+      const token = await h.token(1);
+      // Registers queued behind a slow verify.
+      h.api.addFault({ op: 'verify', delayMs: 500 });
+      let chats: number[] = [];
+      const before = verifiesFor(h, new Set([chat]));
+      try {
+        chats = Array.from({ length: 20 }, () => uniqueChat());
+        const c = await connect();
+        c.send({ type: 'register', token, chat_id: chat });
+        for (const other of chats) c.send({ type: 'register', token, chat_id: other });
+        await waitFor(() => verifiesFor(h, new Set([chat, ...chats])) - before >= 1, 3000, 'first verify');
+        c.close();
+        await c.closed;
+        await sleep(1500);
+        assert.ok(verifiesFor(h, new Set([chat, ...chats])) - before <= 4, 'queued registers reached the main API after the close');
+        assert.deepEqual(presenceIn(watcher), [], 'presence changed after the close');
+      } finally {
+        h.api.clearFaults();
+      }
+      // Writes queued behind a slow save: the one at the main API finishes and is broadcast, the rest are dropped.
+      const writer = await h.member(1, chat);
+      const from = watcher.frames.length;
+      h.api.addFault({ op: 'save', delayMs: 500 });
+      try {
+        for (let i = 0; i < 10; i++) writer.send({ type: 'message', data: { id: `q${i}-${chat}`, ciphertext: 'x' } });
+        await waitFor(() => savesOf(h, `q0-${chat}`) === 1, 3000, 'first save at the main API');
+        writer.close();
+        await writer.closed;
+        await watcher.next((f) => f.type === 'message' && (f.data as { id: string }).id === `q0-${chat}`);
+        await sleep(1200);
+        assert.equal(savesOf(h, `q`) - savesOf(h, `q0-`), 0, 'a queued save reached the main API after the close');
+        assert.deepEqual(watcher.frames.slice(from).filter((f) => f.type === 'message').map((f) => (f.data as { id: string }).id), [`q0-${chat}`]);
+      } finally {
+        h.api.clearFaults();
+      }
+      watcher.close();
+    });
+
+    it('register/unregister churn reaches other members only as far as the bucket allows', async () => {
+      const chat = uniqueChat();
+      const watcher = await h.member(2, chat);
+      const token = await h.token(1);
+      const c = await connect();
+      const from = watcher.frames.length;
+      for (let i = 0; i < 500; i++) {
+        c.send({ type: 'register', token, chat_id: chat });
+        c.send({ type: 'unregister', chat_id: chat });
+      }
+      const { code } = await c.closed;
+      assert.equal(code, 1008);
+      await sleep(1500);
+      // 50 frames in the burst: at most 25 register/unregister pairs, two presence frames each.
+      const seen = presenceIn(watcher, from).length;
+      assert.ok(seen <= 50, `${seen} presence frames`);
+      const frames = presenceIn(watcher, from);
+      if (frames.length > 0) assert.equal(frames.at(-1)!.status, 'offline', 'the last word is offline');
+      watcher.close();
+    });
+  });
+
+  describe(`hardening: registrations and writes [${mode}]`, () => {
+    const h = useHarness(mode, { RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000', MAX_CHATS_PER_CONNECTION: '2', MAX_PENDING_WRITES: '4', AUTH_CACHE_TTL_MS: '60000' });
+    const gw = () => h.instances[0]!;
+    const connect = () => TestClient.connect(gw().wsUrl);
+
+    it('pending and duplicate registers count toward MAX_CHATS_PER_CONNECTION', async () => {
+      h.api.addFault({ op: 'verify', delayMs: 300 });
+      try {
+        const [c1, c2, c3] = [uniqueChat(), uniqueChat(), uniqueChat()];
+        const token = await h.token(1);
+        const c = await connect();
+        for (const chat of [c1, c1, c2, c3]) c.send({ type: 'register', token, chat_id: chat });
+        await waitFor(() => c.all({ type: 'registered' }).length === 2, 5000, 'two registered');
+        await sleep(400);
+        assert.deepEqual(c.all({ type: 'registered' }).map((f) => f.chat_id).sort(), [c1, c2].sort());
+        const refused = c.all({ type: 'error', op: 'register' });
+        assert.deepEqual(refused.map((f) => [f.chat_id, f.code]).sort(), [[c1, 'rate_limited'], [c3, 'bad_request']].sort());
+        c.close();
+      } finally {
+        h.api.clearFaults();
+      }
+    });
+
+    it('five refused registers in a row close the connection 4401; a success resets the count', async () => {
+      const token = await h.token(1);
+      const steady = await connect();
+      for (let i = 0; i < 4; i++) await steady.request({ type: 'register', token: `bad-${i}`, chat_id: uniqueChat() }, { type: 'error' });
+      await steady.register(token, uniqueChat());
+      for (let i = 0; i < 4; i++) await steady.request({ type: 'register', token: `bad-${i}`, chat_id: uniqueChat() }, { type: 'error' });
+      assert.ok(steady.isOpen);
+      const before = await metric(gw(), 'message_service_connection_closes_total', { code: '4401' });
+      const bad = await connect();
+      const chats = Array.from({ length: 6 }, () => uniqueChat());
+      for (const chat of chats.slice(0, 5)) await bad.request({ type: 'register', token: 'not-a-token', chat_id: chat }, { type: 'error' });
+      const { code } = await bad.closed;
+      assert.equal(code, 4401);
+      assert.equal(verifiesFor(h, new Set(chats)), 5);
+      assert.equal(await metric(gw(), 'message_service_connection_closes_total', { code: '4401' }), before + 1);
+      steady.close();
+    });
+
+    it('queued writes are capped per connection (MAX_PENDING_WRITES=4): the rest get rate_limited at once, retryable', async () => {
+      const { chat, a, b } = await h.pair();
+      h.api.addFault({ op: 'save', delayMs: 400, times: 4 });
+      try {
+        const ids = Array.from({ length: 10 }, (_, i) => `pw${i}-${chat}`);
+        for (const id of ids) a.send({ type: 'message', data: { id, ciphertext: 'x'.repeat(1000) } });
+        await waitFor(() => a.all({ type: 'error' }).length === 6, 1000, 'six rate_limited answers');
+        assert.deepEqual(a.all({ type: 'error' }).map((f) => [f.id, f.code, f.retryable]), ids.slice(4).map((id) => [id, 'rate_limited', true]));
+        await waitFor(() => a.all({ type: 'ack' }).length === 4, 5000, 'four acks');
+        assert.deepEqual(a.all({ type: 'ack' }).map((f) => f.id), ids.slice(0, 4));
+        await b.next(() => b.all({ type: 'message' }).length === 4);
+        // Room again: a retry goes through.
+        await a.request({ type: 'message', data: { id: ids[9], ciphertext: 'x' } }, { type: 'ack', id: ids[9] });
+      } finally {
+        h.api.clearFaults();
+      }
+      a.close();
+      b.close();
+    });
+
+    it('a connection left with no chat is closed 4408 after REGISTER_TIMEOUT_MS, like one that never registered', async () => {
+      const inst = await h.gateway({ REGISTER_TIMEOUT_MS: '400' });
+      const token = await h.token(1);
+      const left = await TestClient.connect(inst.wsUrl);
+      const stays = await TestClient.connect(inst.wsUrl);
+      const chat = uniqueChat();
+      await left.register(token, chat);
+      await stays.register(token, chat);
+      await sleep(600);
+      await left.request({ type: 'unregister', chat_id: chat }, { type: 'unregistered' });
+      const started = Date.now();
+      assert.equal((await left.closed).code, 4408);
+      assert.ok(Date.now() - started >= 300, 'closed before REGISTER_TIMEOUT_MS');
+      await sleep(300);
+      assert.deepEqual(await stays.request({ type: 'ping' }, { type: 'pong' }), { type: 'pong' });
+      stays.close();
+    });
+
+    it('chat ids made only of dots are refused bad_request; dots inside an id are fine and path segments are encoded', async () => {
+      const token = await h.token(1);
+      const c = await connect();
+      for (const id of ['.', '..', '...']) {
+        const err = await c.request({ type: 'register', token, chat_id: id }, { type: 'error' });
+        assert.equal(err.code, 'bad_request', id);
+      }
+      assert.equal(h.api.requests.filter((r) => ['.', '..', '...'].includes(String((r.body as { chat_id?: unknown })?.chat_id))).length, 0);
+      const chat = `a.b:${uniqueChat()}`;
+      await c.register(token, chat);
+      await c.request({ type: 'message', data: { id: 'dot1', ciphertext: 'x' } }, { type: 'ack' });
+      await c.request({ type: 'delete_message', data: { id: 'dot1' } }, { type: 'ack' });
+      const del = h.api.requests.find((r) => r.op === 'delete' && r.path.endsWith('/dot1'));
+      assert.equal(del?.path, `/chat/${encodeURIComponent(chat)}/messages/dot1`);
+      c.close();
+    });
+
+    it('a user removed from a chat: the refused write ends the registration (unregistered, reason forbidden), delivery stops, re-register asks the main API', async () => {
+      const chat = uniqueChat();
+      const token1 = await h.token(1);
+      const a = await TestClient.connect(gw().wsUrl);
+      await a.register(token1, chat);
+      const b = await h.member(2, chat);
+      h.api.setMembers(chat, [2]);
+      try {
+        const err = await a.request({ type: 'message', data: { id: `rm-${chat}`, ciphertext: 'x' } }, { type: 'error' });
+        assert.equal(err.code, 'forbidden');
+        const ended = await a.next({ type: 'unregistered', chat_id: chat });
+        assert.deepEqual(ended, { type: 'unregistered', chat_id: chat, reason: 'forbidden' });
+        await b.next({ type: 'presence', user_id: 1, status: 'offline' });
+        const from = a.frames.length;
+        await b.request({ type: 'message', data: { id: `after-${chat}`, ciphertext: 'secret' } }, { type: 'ack' });
+        await expectNone(a, (f: Frame) => f.type === 'message', 300, from);
+        // The cached verify was dropped: a re-register asks the main API, which says no.
+        const verifies = verifiesFor(h, new Set([chat]));
+        const again = await a.request({ type: 'register', token: token1, chat_id: chat }, { type: 'error' });
+        assert.equal(again.code, 'forbidden');
+        assert.equal(verifiesFor(h, new Set([chat])), verifies + 1);
+      } finally {
+        h.api.setMembers(chat, null);
+      }
+      a.close();
+      b.close();
+    });
+
+    it('a member refused one operation (editing another user’s message) keeps the registration', async () => {
+      const { chat, a, b } = await h.pair();
+      await b.request({ type: 'message', data: { id: `theirs-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      const err = await a.request({ type: 'edit_message', data: { id: `theirs-${chat}`, ciphertext: 'y' } }, { type: 'error' });
+      assert.equal(err.code, 'forbidden');
+      await expectNone(a, { type: 'unregistered' }, 300);
+      await b.request({ type: 'message', data: { id: `still-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      await a.next((f) => f.type === 'message' && (f.data as { id: string }).id === `still-${chat}`);
+      a.close();
+      b.close();
+    });
+
+    it('a 401 on re-register (token refresh refused) ends the registration it held', async () => {
+      const { chat, a, b } = await h.pair();
+      const err = await a.request({ type: 'register', token: 'not-a-token', chat_id: chat }, { type: 'error' });
+      assert.equal(err.code, 'unauthorized');
+      assert.deepEqual(await a.next({ type: 'unregistered' }), { type: 'unregistered', chat_id: chat, reason: 'unauthorized' });
+      await b.next({ type: 'presence', user_id: 1, status: 'offline' });
+      a.close();
+      b.close();
+    });
+
+    it('ALLOWED_ORIGINS: an upgrade without Origin (native apps, CLI) is allowed; a foreign Origin is not', async () => {
+      const inst = await h.gateway({ ALLOWED_ORIGINS: 'https://chat.example.com' });
+      const native = await TestClient.connect(inst.wsUrl);
+      assert.deepEqual(await native.request({ type: 'ping' }, { type: 'pong' }), { type: 'pong' });
+      native.close();
+      await assert.rejects(TestClient.connect(inst.wsUrl, { origin: 'https://evil.example.com' }), (e: { status?: number }) => e.status === 403);
+    });
+  });
+}
