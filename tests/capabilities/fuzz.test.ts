@@ -165,7 +165,8 @@ function describeSent(w: Wire): Sent {
   if (w.kind === 'bytes') return { text: `<${w.data.length} bytes, ${w.binary ? 'binary' : 'text'}: ${JSON.stringify(w.data.toString('latin1').slice(0, 120))}>` };
   const text = w.data.slice(0, 160);
   try {
-    const v = JSON.parse(w.data) as Record<string, unknown>;
+    // Parse what goes over the wire: UTF-8 encoding turns lone surrogates into U+FFFD.
+    const v = JSON.parse(Buffer.from(w.data, 'utf8').toString('utf8')) as Record<string, unknown>;
     if (typeof v !== 'object' || v === null) return { text };
     const data = typeof v.data === 'object' && v.data !== null ? (v.data as Record<string, unknown>) : {};
     return {
