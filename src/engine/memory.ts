@@ -31,7 +31,8 @@ export class MemoryEngine implements Engine {
   }
 
   async publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
-    // Delivered synchronously: publish order is delivery order.
+    // Delivered synchronously: publish order is delivery order, and publish resolves only after
+    // this instance delivered it (the Engine contract), as the Redis engine waits for its echo.
     if (this.events !== null && this.subscribed.has(chat)) this.events.deliver(chat, frame, exceptConn);
   }
 

@@ -20,7 +20,8 @@ import type { IdKey } from '../protocol/ids.js';
  * - The frame bytes are delivered unchanged; `exceptConn` travels with them so the hub can
  *   skip the sending connection without re-encoding anything.
  * - Presence is kept per (chat, user, connection). `join` returns true when this was the
- *   user's first live connection to the chat anywhere, `leave` when it was the last. The
+ *   user's first live connection to the chat anywhere, `leave` when it was the last (also when
+ *   the store lost the entry meanwhile; a second `leave` of one connection is false). The
  *   check-and-update is atomic, so exactly one instance sees each transition.
  * - Operations fail fast (reject) while the engine is not ready; they never queue unbounded.
  */

@@ -8,7 +8,7 @@ import { useHarness, waitFor } from '../support/harness.js';
 const run = promisify(execFile);
 
 describe('Redis engine connections and subscriptions', () => {
-  const h = useHarness('redis', { MAX_CHATS_PER_CONNECTION: '100', AUTH_CACHE_TTL_MS: '60000' });
+  const h = useHarness('redis', { MAX_CHATS_PER_CONNECTION: '100', AUTH_CACHE_TTL_MS: '60000', RATE_LIMIT_BURST: '200', UPSTREAM_TIMEOUT_MS: '20000' });
   const cli = async (...args: string[]) => (await run('redis-cli', ['-p', String(h.redis!.port), ...args])).stdout.trim();
   const stat = async (command: string) => Number(/calls=(\d+)/.exec((await cli('info', 'commandstats')).split('\n').find((l) => l.startsWith(`cmdstat_${command}:`)) ?? '')?.[1] ?? 0);
 

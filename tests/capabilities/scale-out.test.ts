@@ -22,6 +22,7 @@ describe('several gateway processes on one Redis behave as one', () => {
       PRESENCE_TTL_MS: String(PRESENCE_TTL_MS),
       RATE_LIMIT_PER_SEC: '1000',
       RATE_LIMIT_BURST: '1000',
+      MAX_PENDING_WRITES: '1000',
       LOG_LEVEL: 'info',
     });
     gateways.push(gw);

@@ -1,27 +1,46 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
 import { loadConfig } from '../../src/config/index.js';
 import { createEngine } from '../../src/engine/index.js';
-import type { Engine, EngineEvents } from '../../src/engine/types.js';
+import { EngineUnavailableError, type Engine, type EngineEvents } from '../../src/engine/types.js';
 import { createLogger } from '../../src/log.js';
 import { waitFor } from '../support/harness.js';
 import { RedisServer } from '../support/redis.js';
 
+const run = promisify(execFile);
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
 interface Recorder extends EngineEvents {
   got: Array<{ chat: string; frame: string; except: string | null }>;
   expired: Array<{ chat: string; users: string[] }>;
+  restored: Array<{ chat: string; users: string[] }>;
+  onReadyChange?: (ready: boolean) => void;
 }
 
 function recorder(): Recorder {
   const r: Recorder = {
     got: [],
     expired: [],
+    restored: [],
     deliver: (chat, frame, except) => r.got.push({ chat, frame: frame.toString(), except }),
     presenceExpired: (chat, users) => r.expired.push({ chat, users }),
-    readyChange: () => undefined,
+    presenceRestored: (chat, users) => r.restored.push({ chat, users }),
+    readyChange: (ready) => r.onReadyChange?.(ready),
   };
   return r;
 }
+
+/** The Redis engine's internals, to stall or crash one engine object without a second process. */
+interface RedisInternals {
+  timer: NodeJS.Timeout | null;
+  entries: Map<string, unknown>;
+  maintainPresence(): Promise<void>;
+  cmd: { client(sub: 'ID'): Promise<number> };
+  sub: { unsubscribe(channel: string): Promise<unknown>; disconnect(reconnect: boolean): void };
+}
+const internals = (e: Engine) => e as unknown as RedisInternals;
 
 /**
  * The engine contract (src/engine/types.ts), run against every engine. Two engines of one kind
@@ -42,6 +61,9 @@ for (const kind of ['memory', 'redis'] as const) {
       engines.push(e);
       return e;
     }
+
+    const cli = async (...args: string[]) => (await run('redis-cli', ['-p', String(redis!.port), ...args])).stdout.trim();
+    const numsub = async (chat: string) => Number((await cli('pubsub', 'numsub', `ms:chat:{${chat}}`)).split('\n')[1]);
 
     before(async () => {
       if (kind === 'redis') redis = await RedisServer.start();
@@ -80,7 +102,47 @@ for (const kind of ['memory', 'redis'] as const) {
       assert.deepEqual(await e.online('p1'), ['u2']);
     });
 
+    it('publish resolves only once this instance delivered it itself; at once without a subscription', async () => {
+      const r = recorder();
+      const e = await engine(r);
+      await e.subscribe('pub');
+      for (let i = 0; i < 30; i++) {
+        await e.publish('pub', Buffer.from(`s${i}`), null);
+        assert.equal(r.got.length, i + 1, `publication ${i} was not delivered when publish resolved`);
+      }
+      await Promise.all(Array.from({ length: 100 }, (_, i) => e.publish('pub', Buffer.from(`b${i}`), i % 2 ? 'conn-y' : null)));
+      assert.equal(r.got.length, 130);
+      assert.deepEqual(r.got.slice(30).map((g) => g.except), Array.from({ length: 100 }, (_, i) => (i % 2 ? 'conn-y' : null)));
+      const t0 = Date.now();
+      await e.publish('not-subscribed', Buffer.from('x'), null);
+      await e.unsubscribe('pub');
+      await e.publish('pub', Buffer.from('after unsubscribe'), null);
+      assert.ok(Date.now() - t0 < 500, `publish without a subscription took ${Date.now() - t0} ms`);
+      assert.equal(r.got.length, 130);
+    });
+
     if (kind === 'redis') {
+      it('publish waits at most the command timeout for its own delivery, and not at all once the connection is lost', async () => {
+        const r = recorder();
+        const e = await engine(r);
+        await Promise.all([e.subscribe('lost1'), e.subscribe('lost2')]);
+        // Redis drops the subscriptions behind the engine's back: our publications never come back.
+        await internals(e).sub.unsubscribe('ms:chat:{lost1}');
+        await internals(e).sub.unsubscribe('ms:chat:{lost2}');
+        let t0 = Date.now();
+        await e.publish('lost1', Buffer.from('x'), null);
+        const took = Date.now() - t0;
+        assert.ok(took >= 1500 && took < 3000, `bounded wait took ${took} ms`);
+        t0 = Date.now();
+        const waiting = e.publish('lost2', Buffer.from('y'), null);
+        await sleep(100);
+        internals(e).sub.disconnect(true);
+        await waiting;
+        assert.ok(Date.now() - t0 < 1000, `publish waited ${Date.now() - t0} ms after the connection was lost`);
+        assert.equal(r.got.length, 0);
+        await waitFor(() => e.isReady(), 5000, 'engine ready again');
+      });
+
       it('two instances: one order for everyone, shared presence', async () => {
         const r1 = recorder();
         const r2 = recorder();
@@ -111,6 +173,128 @@ for (const kind of ['memory', 'redis'] as const) {
         assert.deepEqual(reports, [{ chat: 'z', users: ['ghost'] }]);
         assert.deepEqual(await w1!.online('z'), []);
       });
+
+      it('a user swept offline while its instance stalled is re-created by the refresh and announced online once', async () => {
+        const rs = recorder();
+        const rw = recorder();
+        const stalled = await engine(rs, '900');
+        const sweeper = await engine(rw, '900');
+        await Promise.all([stalled.subscribe('st'), sweeper.subscribe('st'), stalled.subscribe('st-alone')]);
+        assert.equal(await stalled.join('st', 'u', 's-1'), true);
+        // Expires too, but nobody else sweeps this chat: no offline was told, so no online is due.
+        assert.equal(await stalled.join('st-alone', 'v', 's-2'), true);
+        clearInterval(internals(stalled).timer!); // the stall: no refresh, no sweep
+        await waitFor(() => rw.expired.length > 0, 4000, 'the sweeper reports the stalled user');
+        assert.deepEqual(rw.expired, [{ chat: 'st', users: ['u'] }]);
+        assert.deepEqual(await sweeper.online('st'), []);
+        // The stall ends: the next maintenance round runs.
+        await internals(stalled).maintainPresence();
+        assert.deepEqual(rs.restored, [{ chat: 'st', users: ['u'] }]);
+        assert.deepEqual(await sweeper.online('st'), ['u']);
+        assert.deepEqual(await stalled.online('st-alone'), ['v']);
+        await internals(stalled).maintainPresence();
+        await sleep(700); // a few sweeps of the other instance
+        assert.deepEqual(rs.restored, [{ chat: 'st', users: ['u'] }], 'announced once');
+        assert.equal(rw.expired.length, 1);
+        assert.deepEqual([...rs.expired, ...rw.restored], []);
+        assert.equal(await stalled.leave('st', 'u', 's-1'), true);
+      });
+
+      it('presence lost by Redis (FLUSHALL): the refresh re-creates and announces it; a leave still announces offline', async () => {
+        const r = recorder();
+        const e = await engine(r, '900');
+        await e.subscribe('fl');
+        assert.equal(await e.join('fl', 'u1', 'f-1'), true);
+        assert.equal(await e.join('fl', 'u1', 'f-2'), false);
+        assert.equal(await e.join('fl', 'u2', 'f-3'), true);
+        await cli('flushall');
+        assert.deepEqual(await e.online('fl'), []);
+        await waitFor(async () => (await e.online('fl')).length === 2, 2000, 'presence re-created');
+        assert.deepEqual((await e.online('fl')).sort(), ['u1', 'u2']);
+        assert.deepEqual(r.restored.map((x) => ({ chat: x.chat, users: x.users.sort() })), [{ chat: 'fl', users: ['u1', 'u2'] }]);
+
+        // Lost and left before any refresh (a TTL so long that none runs here).
+        const slow = await engine(recorder(), '60000');
+        assert.equal(await slow.join('fl2', 'w', 'g-1'), true);
+        assert.equal(await slow.join('fl2', 'w', 'g-2'), false);
+        await cli('flushall');
+        assert.equal(await slow.leave('fl2', 'w', 'g-1'), true, 'nothing live is left for the user: offline');
+        assert.equal(await slow.leave('fl2', 'w', 'g-1'), false, 'a second leave of the same connection is a no-op');
+        assert.equal(await slow.leave('fl2', 'w', 'g-2'), true, 'g-2 was lost too: nobody else will announce it');
+        assert.equal(await slow.leave('fl2', 'w', 'g-2'), false);
+        assert.deepEqual(await slow.online('fl2'), []);
+      });
+
+      it('a subscribe that timed out on a stalled Redis is undone when Redis catches up; a later subscribe is kept', async () => {
+        const r = recorder();
+        const e = await engine(r);
+        await cli('client', 'pause', '3000', 'ALL');
+        const failed = await Promise.allSettled([e.subscribe('slow1'), e.subscribe('slow2')]);
+        assert.ok(failed.every((f) => f.status === 'rejected' && f.reason instanceof EngineUnavailableError));
+        // Wanted again while Redis still sleeps: its SUBSCRIBE follows the undo and must win.
+        const again = e.subscribe('slow1');
+        await again;
+        assert.equal(await numsub('slow2'), 0, 'the timed-out subscription of slow2 stayed');
+        assert.equal(await numsub('slow1'), 1);
+        await e.publish('slow1', Buffer.from('still here'), null);
+        assert.deepEqual(r.got.map((g) => g.frame), ['still here']);
+        await sleep(300);
+        assert.equal(await numsub('slow2'), 0);
+        await e.unsubscribe('slow1');
+        assert.equal(await numsub('slow1'), 0);
+      });
+
+      it('unsubscribe while the command connection is down still releases the channel on the subscriber connection', async () => {
+        const r = recorder();
+        const e = await engine(r);
+        await e.subscribe('nr');
+        assert.equal(await numsub('nr'), 1);
+        let during: Promise<void> | null = null;
+        r.onReadyChange = (ready) => {
+          if (!ready) during ??= e.unsubscribe('nr');
+        };
+        await cli('client', 'kill', 'id', String(await internals(e).cmd.client('ID')));
+        await waitFor(() => during !== null, 3000, 'engine not ready');
+        await during;
+        await waitFor(() => e.isReady(), 5000, 'engine ready again');
+        assert.equal(await numsub('nr'), 0);
+      });
     }
   });
 }
+
+describe('engine [redis cluster]', () => {
+  let node: RedisServer;
+  const engines: Engine[] = [];
+  before(async () => {
+    node = await RedisServer.start(['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-announce-ip', '127.0.0.1']);
+    await run('redis-cli', ['-p', String(node.port), 'cluster', 'addslotsrange', '0', '16383']);
+    await waitFor(async () => (await run('redis-cli', ['-p', String(node.port), 'cluster', 'info'])).stdout.includes('cluster_state:ok'), 10_000, 'cluster ok');
+  });
+  after(async () => {
+    for (const e of engines) await e.close();
+    await node.close();
+  });
+
+  it('sharded (un)subscribe issued in the same tick as other commands of the shard stays on the sharded subscriber', async () => {
+    const r = recorder();
+    const config = loadConfig({ PRESENCE_TTL_MS: '60000', REDIS_HOST: node.url, REDIS_CLUSTER: 'true' });
+    const e = await createEngine(config, createLogger('silent'));
+    engines.push(e);
+    await e.start(r);
+    await waitFor(() => e.isReady(), 5000, 'engine ready');
+    // One tick: SSUBSCRIBE and SPUBLISH for one chat (one shard), then its presence script.
+    const subscribed = e.subscribe('t1');
+    const published = e.publish('t1', Buffer.from('first'), null);
+    await Promise.all([subscribed, published]);
+    assert.equal(await e.join('t1', 'u', 'c'), true);
+    await e.publish('t1', Buffer.from('second'), null);
+    await waitFor(() => r.got.length >= 1, 2000, 'delivery');
+    assert.equal(r.got.at(-1)!.frame, 'second');
+    // One tick: SUNSUBSCRIBE and the presence leave.
+    const unsubscribed = e.unsubscribe('t1');
+    assert.equal(await e.leave('t1', 'u', 'c'), true);
+    await unsubscribed;
+    assert.equal((await run('redis-cli', ['-p', String(node.port), 'pubsub', 'shardnumsub', 'ms:chat:{t1}'])).stdout.trim(), 'ms:chat:{t1}\n0');
+  });
+});

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { RedisConfig } from '../../config/index.js';
 import { redactUrl } from '../../config/index.js';
@@ -9,10 +10,11 @@ import { JOIN, LEAVE, SWEEP } from './scripts.js';
 const CHANNEL_PREFIX = 'ms:chat:{';
 const COMMAND_TIMEOUT_MS = 2000;
 const NEWLINE = 0x0a;
+const SPACE = 0x20;
 
 type PresenceCommands = {
   msJoin(chatKey: string, userKey: string, now: number, conn: string, expiresAt: number, user: string, keyTtl: number): Promise<number>;
-  msLeave(chatKey: string, userKey: string, now: number, conn: string, user: string): Promise<number>;
+  msLeave(chatKey: string, userKey: string, now: number, conn: string, user: string, held: number): Promise<number>;
   msSweep(chatKey: string, now: number, userPrefix: string): Promise<string[]>;
 };
 type Commands = (Redis | Cluster) & PresenceCommands;
@@ -26,6 +28,8 @@ const entryKey = (e: PresenceEntry) => `${e.chat}|${e.user}|${e.conn}`;
 const channelOf = (chat: IdKey) => `${CHANNEL_PREFIX}${chat}}`;
 const presenceKey = (chat: IdKey) => `ms:presence:{${chat}}`;
 const userPrefix = (chat: IdKey) => `ms:presence:{${chat}}:u:`;
+const unavailable = (err: unknown) =>
+  err instanceof EngineUnavailableError ? err : new EngineUnavailableError(`redis: ${(err as Error).message}`);
 
 /**
  * The Redis engine: many instances behave as one. One command connection and one subscriber
@@ -36,6 +40,9 @@ const userPrefix = (chat: IdKey) => `ms:presence:{${chat}}:u:`;
  *
  * Standalone Redis uses PUBLISH/SUBSCRIBE; REDIS_CLUSTER=true uses SPUBLISH/SSUBSCRIBE (Redis ≥ 7)
  * with the chat as hash tag, so a chat's channel and presence keys live on one shard.
+ *
+ * A payload is `<publication id>[ <exceptConn>]\n<frame>`. The id (this instance's random prefix
+ * plus a counter) lets `publish` wait until its own subscription has delivered the frame.
  */
 export class RedisEngine implements Engine {
   readonly kind = 'redis' as const;
@@ -47,10 +54,21 @@ export class RedisEngine implements Engine {
   private everReady = false;
   private closing = false;
   private timer: NodeJS.Timeout | null = null;
-  /** Chats this instance wants subscribed (the truth used to resubscribe after an outage). */
-  private readonly subscribed = new Set<IdKey>();
+  /**
+   * Chats this instance wants subscribed (the truth used to resubscribe after an outage), each
+   * with the number of the subscribe call that wanted it, so a failed call can tell whether a
+   * later subscribe/unsubscribe call has decided about the chat since.
+   */
+  private readonly subscribed = new Map<IdKey, number>();
+  private subscribeCalls = 0;
+  /** Our publications not yet delivered back to us, by id. */
+  private readonly unechoed = new Map<string, { chat: IdKey; done: () => void }>();
+  private readonly origin = randomBytes(9).toString('base64url');
+  private publications = 0;
   /** This instance's presence entries, refreshed every PRESENCE_TTL_MS / 3. */
   private readonly entries = new Map<string, PresenceEntry>();
+  /** Entries a refresh re-created (see refreshPresence) whose `online` is not announced yet. */
+  private restored: PresenceEntry[] = [];
   private pending: Array<{ op: 'subscribe' | 'unsubscribe'; chat: IdKey; done: (err?: Error) => void }> = [];
   private flushScheduled = false;
 
@@ -86,6 +104,10 @@ export class RedisEngine implements Engine {
           shardedSubscribers: true,
           enableOfflineQueue: false,
           enableAutoPipelining: true,
+          // ioredis exempts SUBSCRIBE but not SSUBSCRIBE from auto-pipelining. Pipelined with another
+          // command of the shard in one tick, it would go to that command's connection (or the
+          // command to the sharded subscriber): a command connection stuck in subscriber mode.
+          autoPipeliningIgnoredCommands: ['ssubscribe', 'sunsubscribe'],
           clusterRetryStrategy: (times) => Math.min(100 * times, 2000),
           redisOptions: {
             username: first.username ? decodeURIComponent(first.username) : undefined,
@@ -119,24 +141,51 @@ export class RedisEngine implements Engine {
   }
 
   async subscribe(chat: IdKey): Promise<void> {
-    this.subscribed.add(chat);
+    if (!this.ready) throw new EngineUnavailableError('redis unavailable');
+    const call = ++this.subscribeCalls;
+    this.subscribed.set(chat, call);
     try {
-      await this.whenReady(() => this.enqueue('subscribe', chat));
+      await this.enqueue('subscribe', chat);
     } catch (err) {
-      this.subscribed.delete(chat);
-      throw err;
+      if (this.subscribed.get(chat) === call) {
+        this.subscribed.delete(chat);
+        // A timed-out SUBSCRIBE still runs once a slow Redis catches up, and would then stay
+        // forever. This UNSUBSCRIBE goes on the same connection, so it runs after it, and before
+        // any later subscribe of the chat (those are enqueued after it).
+        this.enqueue('unsubscribe', chat).catch(() => undefined);
+      }
+      throw unavailable(err);
     }
   }
 
   async unsubscribe(chat: IdKey): Promise<void> {
     this.subscribed.delete(chat);
-    if (!this.ready) return; // after an outage it is simply not resubscribed
-    await this.whenReady(() => this.enqueue('unsubscribe', chat));
+    try {
+      // Sent even while not ready: the subscriber connection may be up while the command one is
+      // not, and a channel left subscribed there would stay. If it is down, the subscription went
+      // with it, and recovery resubscribes only the chats still wanted.
+      await this.enqueue('unsubscribe', chat);
+    } catch (err) {
+      // Not ready: see above. Ready: a timed-out UNSUBSCRIBE still runs, in order, later.
+      if (this.ready) throw unavailable(err);
+    } finally {
+      // Publications after the UNSUBSCRIBE will not come back: don't wait for them.
+      for (const [id, u] of this.unechoed) if (!this.subscribed.has(u.chat)) this.settle(id);
+    }
   }
 
+  /** Resolves once this instance delivered the publication itself (see Engine), at most after COMMAND_TIMEOUT_MS. */
   async publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
-    const payload = Buffer.concat([Buffer.from(`${exceptConn ?? ''}\n`, 'latin1'), frame]);
-    await this.whenReady(() => (this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload)));
+    const id = this.origin + (++this.publications).toString(36);
+    const payload = Buffer.concat([Buffer.from(exceptConn === null ? `${id}\n` : `${id} ${exceptConn}\n`, 'latin1'), frame]);
+    const echoed = this.ready && this.subscribed.has(chat) ? this.awaitEcho(id, chat) : undefined;
+    try {
+      await this.whenReady(() => (this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload)));
+    } catch (err) {
+      this.settle(id);
+      throw err;
+    }
+    await echoed;
   }
 
   async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
@@ -147,8 +196,8 @@ export class RedisEngine implements Engine {
   }
 
   async leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
-    this.entries.delete(entryKey({ chat, user, conn }));
-    return (await this.whenReady(() => this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user))) === 1;
+    const held = this.entries.delete(entryKey({ chat, user, conn })) ? 1 : 0;
+    return (await this.whenReady(() => this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, held))) === 1;
   }
 
   async online(chat: IdKey): Promise<IdKey[]> {
@@ -161,7 +210,7 @@ export class RedisEngine implements Engine {
     if (this.ready) {
       // Entries whose leave did not run (or failed): remove them so nobody waits for the TTL.
       await Promise.allSettled([...this.entries.values()].map((e) => this.leave(e.chat, e.user, e.conn)));
-      const chats = [...this.subscribed];
+      const chats = [...this.subscribed.keys()];
       this.subscribed.clear();
       await this.sendSubscription('unsubscribe', chats.map(channelOf)).catch(() => undefined);
     }
@@ -178,8 +227,25 @@ export class RedisEngine implements Engine {
     const chat = name.slice(CHANNEL_PREFIX.length, -1);
     const nl = message.indexOf(NEWLINE);
     if (nl < 0) return;
-    const exceptConn = nl === 0 ? null : message.toString('latin1', 0, nl);
+    const sp = message.subarray(0, nl).indexOf(SPACE);
+    const exceptConn = sp < 0 ? null : message.toString('latin1', sp + 1, nl);
     this.events.deliver(chat, message.subarray(nl + 1), exceptConn);
+    if (this.unechoed.size > 0) this.settle(message.toString('latin1', 0, sp < 0 ? nl : sp));
+  }
+
+  /** Waits for our own delivery of publication `id`; COMMAND_TIMEOUT_MS bounds it if that never comes. */
+  private awaitEcho(id: string, chat: IdKey): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.settle(id), COMMAND_TIMEOUT_MS);
+      this.unechoed.set(id, { chat, done: () => (clearTimeout(timer), resolve()) });
+    });
+  }
+
+  private settle(id: string): void {
+    const u = this.unechoed.get(id);
+    if (u === undefined) return;
+    this.unechoed.delete(id);
+    u.done();
   }
 
   /** Tracks connection state; after an outage, resubscribe and restore presence before ready. */
@@ -201,7 +267,7 @@ export class RedisEngine implements Engine {
   private async recover(): Promise<void> {
     if (this.closing || !this.connectionsUp()) return;
     try {
-      await this.sendSubscription('subscribe', [...this.subscribed].map(channelOf));
+      await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
       await this.refreshPresence();
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'redis recovery failed; retrying on next reconnect');
@@ -211,12 +277,15 @@ export class RedisEngine implements Engine {
       if (this.everReady) this.log.info({ chats: this.subscribed.size, presence: this.entries.size }, 'redis back: subscriptions and presence restored');
       this.everReady = true;
       this.setReady(true);
+      this.announceRestored(); // only now: the hub publishes `online`, which needs a ready engine
     }
   }
 
   private setReady(ready: boolean): void {
     if (this.ready === ready) return;
     this.ready = ready;
+    // A lost connection may have taken our publications or subscriptions with it: stop waiting.
+    if (!ready) for (const id of [...this.unechoed.keys()]) this.settle(id);
     this.events?.readyChange(ready);
   }
 
@@ -226,7 +295,7 @@ export class RedisEngine implements Engine {
     try {
       return await command();
     } catch (err) {
-      throw err instanceof EngineUnavailableError ? err : new EngineUnavailableError(`redis: ${(err as Error).message}`);
+      throw unavailable(err);
     }
   }
 
@@ -275,10 +344,10 @@ export class RedisEngine implements Engine {
   private async maintainPresence(): Promise<void> {
     if (!this.ready) return;
     try {
-      await this.refreshPresence();
+      await this.refreshPresence().finally(() => this.announceRestored());
       const now = Date.now();
       await Promise.all(
-        [...this.subscribed].map(async (chat) => {
+        [...this.subscribed.keys()].map(async (chat) => {
           const gone = await this.cmd.msSweep(presenceKey(chat), now, userPrefix(chat));
           if (gone.length > 0) this.events?.presenceExpired(chat, gone);
         }),
@@ -288,8 +357,31 @@ export class RedisEngine implements Engine {
     }
   }
 
+  /**
+   * Re-writes this instance's entries. Those it had to re-create after their user went offline
+   * for everyone (swept after a stall, or lost by Redis) while still connected are kept for
+   * `announceRestored`, also when another write of the round fails: their entries exist again,
+   * so no later refresh would report them.
+   */
   private async refreshPresence(): Promise<void> {
     const now = Date.now();
-    await Promise.all([...this.entries.values()].map((e) => this.writeEntry(e, now)));
+    await Promise.all(
+      [...this.entries.values()].map(async (e) => {
+        if ((await this.writeEntry(e, now)) === 1) this.restored.push(e);
+      }),
+    );
+  }
+
+  private announceRestored(): void {
+    if (!this.ready || this.restored.length === 0) return;
+    const byChat = new Map<IdKey, IdKey[]>();
+    for (const e of this.restored.splice(0)) {
+      // Left meanwhile: its leave ran after the refresh in Redis and announces offline itself.
+      if (this.entries.get(entryKey(e)) !== e) continue;
+      const users = byChat.get(e.chat);
+      if (users === undefined) byChat.set(e.chat, [e.user]);
+      else users.push(e.user);
+    }
+    for (const [chat, users] of byChat) this.events?.presenceRestored(chat, users);
   }
 }

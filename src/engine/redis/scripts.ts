@@ -6,11 +6,17 @@
  * transition. Expired entries are left for `sweep`, which reports the users it took offline.
  */
 
-/** KEYS: chat zset, user zset. ARGV: now, conn, expiresAt, user, keyTtlMs. Returns 1 if the user came online. */
+/**
+ * KEYS: chat zset, user zset. ARGV: now, conn, expiresAt, user, keyTtlMs. Returns 1 if the user
+ * came online. Also the refresh: it re-creates an entry that was swept (others were told offline)
+ * or lost (FLUSHALL, eviction) and then returns 1 too, so the caller announces online again.
+ * `existed` is read before expired entries are dropped: an entry that expired but is still
+ * there was never swept, so nobody was told offline and its refresh is no transition.
+ */
 export const JOIN = `
+local existed = redis.call('ZSCORE', KEYS[2], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 local live = redis.call('ZCARD', KEYS[2])
-local existed = redis.call('ZSCORE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
@@ -19,9 +25,13 @@ if existed or live > 0 then return 0 end
 return 1
 `;
 
-/** KEYS: chat zset, user zset. ARGV: now, conn, user. Returns 1 if that was the user's last live connection. */
+/**
+ * KEYS: chat zset, user zset. ARGV: now, conn, user, held. Returns 1 if that was the user's last
+ * live connection. `held` = 1 when the caller still held the entry: if Redis has no entry then, it
+ * was lost (FLUSHALL, eviction), not left twice, and the user may still need its offline.
+ */
 export const LEAVE = `
-if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return 0 end
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 and ARGV[4] ~= '1' then return 0 end
 if redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf') > 0 then return 0 end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[3])
