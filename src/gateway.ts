@@ -13,6 +13,7 @@ import { createRequestHandler, refuseUpgrade } from './server/http.js';
 import type { GatewayContext } from './session/context.js';
 import { Session } from './session/session.js';
 import { createMainApi } from './upstream/client.js';
+import { FairScheduler } from './upstream/scheduler.js';
 
 export interface Gateway {
   readonly port: number;
@@ -33,7 +34,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   const log = options.log ?? createLogger(config.logLevel);
   const metrics = createMetrics();
   const engine = options.engine ?? (await createEngine(config, log));
-  const hub = new Hub(engine, metrics, log);
+  const hub = new Hub(engine, metrics, log, config.publishRetryMs);
   const api = createMainApi(config, log, metrics);
   const instanceId = randomBytes(6).toString('hex');
   const sessions = new Set<Session>();
@@ -62,6 +63,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     log,
     metrics,
     api,
+    upstreamScheduler: new FairScheduler(config.upstreamConnections),
     engine,
     hub,
     features: createFeatureTable(),

@@ -28,6 +28,12 @@ export interface Config {
   allowedOrigins: string[] | null;
   shutdownTimeoutMs: number;
   presenceTtlMs: number;
+  /** Broadcasts kept per chat for recovery (`register` with `since`); 0: no history. */
+  historySize: number;
+  /** Older history entries are not replayed. */
+  historyTtlMs: number;
+  /** How long the broadcast of a saved operation is retried while the engine fails. */
+  publishRetryMs: number;
   logLevel: string;
 }
 
@@ -152,6 +158,9 @@ export function loadConfig(env: Env = readEnv()): Config {
     allowedOrigins,
     shutdownTimeoutMs: ms('SHUTDOWN_TIMEOUT_MS', 10000, 0),
     presenceTtlMs: ms('PRESENCE_TTL_MS', 60000, 300),
+    historySize: int('HISTORY_SIZE', 100, 0, 10_000),
+    historyTtlMs: ms('HISTORY_TTL_MS', 300000, 1000),
+    publishRetryMs: ms('PUBLISH_RETRY_MS', 10000, 0),
     logLevel,
   };
 }

@@ -7,7 +7,8 @@ export type { Engine } from './types.js';
 
 /** REDIS_HOST unset: the embedded engine; set: Redis (loaded only then). */
 export async function createEngine(config: Config, log: Logger): Promise<Engine> {
-  if (config.redis === null) return new MemoryEngine();
+  const history = { size: config.historySize, ttlMs: config.historyTtlMs };
+  if (config.redis === null) return new MemoryEngine(history);
   const { RedisEngine } = await import('./redis/engine.js');
-  return new RedisEngine(config.redis, config.presenceTtlMs, log);
+  return new RedisEngine(config.redis, config.presenceTtlMs, log, history);
 }

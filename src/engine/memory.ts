@@ -1,4 +1,6 @@
 import type { IdKey } from '../protocol/ids.js';
+import { MemoryStreams } from './memory-stream.js';
+import type { HistoryLimits, Recovery, StreamPosition } from './stream.js';
 import type { Engine, EngineEvents } from './types.js';
 
 /**
@@ -12,6 +14,14 @@ export class MemoryEngine implements Engine {
   private readonly subscribed = new Set<IdKey>();
   /** chat → user → connections */
   private readonly presence = new Map<IdKey, Map<IdKey, Set<string>>>();
+  private readonly streams: MemoryStreams;
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(history: HistoryLimits = { size: 100, ttlMs: 300_000 }) {
+    this.streams = new MemoryStreams(history);
+    this.sweeper = setInterval(() => this.streams.sweep(), Math.max(1000, history.ttlMs / 2));
+    this.sweeper.unref();
+  }
 
   async start(events: EngineEvents): Promise<void> {
     this.events = events;
@@ -34,6 +44,21 @@ export class MemoryEngine implements Engine {
     // Delivered synchronously: publish order is delivery order, and publish resolves only after
     // this instance delivered it (the Engine contract), as the Redis engine waits for its echo.
     if (this.events !== null && this.subscribed.has(chat)) this.events.deliver(chat, frame, exceptConn);
+  }
+
+  async append(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<StreamPosition> {
+    if (this.events === null) throw new Error('memory engine closed');
+    const { position, numbered } = this.streams.append(chat, frame);
+    if (this.subscribed.has(chat)) this.events.deliver(chat, numbered, exceptConn);
+    return position;
+  }
+
+  async position(chat: IdKey): Promise<StreamPosition> {
+    return this.streams.position(chat);
+  }
+
+  async recover(chat: IdKey, since: StreamPosition, maxBytes: number): Promise<Recovery> {
+    return this.streams.recover(chat, since, maxBytes);
   }
 
   async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
@@ -61,6 +86,7 @@ export class MemoryEngine implements Engine {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.sweeper);
     this.subscribed.clear();
     this.presence.clear();
     this.events?.readyChange(false);

@@ -1,4 +1,5 @@
 import type { IdKey } from '../protocol/ids.js';
+import type { ChatStream } from './stream.js';
 
 /**
  * The scale-out seam. A gateway instance talks to other instances only through an Engine;
@@ -54,7 +55,13 @@ export interface EngineEvents {
   readyChange(ready: boolean): void;
 }
 
-export interface Engine extends Broker, PresenceManager {
+/**
+ * Stream contract (src/engine/stream.ts): `append` numbers a broadcast and stores it with the
+ * publish, atomically, so seq order is the delivery order on every instance; the numbered bytes
+ * delivered live are the bytes `recover` replays; a lost sequence (flushed, expired) restarts
+ * in a new epoch, never silently at a gap.
+ */
+export interface Engine extends Broker, PresenceManager, ChatStream {
   readonly kind: 'memory' | 'redis';
   start(events: EngineEvents): Promise<void>;
   isReady(): boolean;

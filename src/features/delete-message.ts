@@ -20,8 +20,8 @@ export const deleteMessage = defineFeature({
     return session.enqueueWrite(reg, async () => {
       const { hub, api } = session.ctx;
       await session.upstream(() => api.remove(reg.token, chat, id));
-      await hub.publishQuietly(chat, out.broadcast('delete_message', chat, { id, deleted_by: wireId(reg.user) }), session.id);
-      session.send(out.ack('delete_message', id, chat, false));
+      const position = await hub.append(chat, out.broadcast('delete_message', chat, { id, deleted_by: wireId(reg.user) }), session.id);
+      session.send(out.ack('delete_message', id, chat, false, position));
       return 'ok' as const;
     });
   },

@@ -37,8 +37,8 @@ export const message = defineFeature({
     return session.enqueueWrite(reg, async () => {
       const { hub, api } = session.ctx;
       const { duplicate } = await session.upstream(() => api.save(reg.token, chat, saved));
-      if (!duplicate) await hub.publishQuietly(chat, out.broadcast('message', chat, saved), session.id);
-      session.send(out.ack('message', data.id, chat, duplicate));
+      const position = duplicate ? null : await hub.append(chat, out.broadcast('message', chat, saved), session.id);
+      session.send(out.ack('message', data.id, chat, duplicate, position));
       return duplicate ? ('duplicate' as const) : ('ok' as const);
     });
   },

@@ -1,13 +1,16 @@
 import { Type } from '@sinclair/typebox';
 import { CancelledError, RequestError, isAuthRefusal } from '../protocol/errors.js';
+import type { StreamPosition } from '../engine/stream.js';
 import { IdSchema, idKey, type IdKey } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
+import { Registration } from '../session/registration.js';
 import type { Session } from '../session/session.js';
 import { defineFeature } from './feature.js';
 
 /**
  * register: verify the token for the chat with the main API, subscribe, record presence,
- * answer `registered` once broadcasts will reach this connection, announce `online`.
+ * replay what the client missed since its position (if it gave one and history has it), answer
+ * `registered` once broadcasts will reach this connection, announce `online`.
  */
 export const register = defineFeature({
   type: 'register',
@@ -17,6 +20,13 @@ export const register = defineFeature({
     // Printable ASCII without spaces: the token travels in an Authorization header.
     token: Type.String({ minLength: 1, maxLength: 8192, pattern: '^[\\x21-\\x7E]+$' }),
     chat_id: IdSchema,
+    /** Resume after this position: the broadcasts after it are replayed before `registered`. */
+    since: Type.Optional(
+      Type.Object({
+        seq: Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER }),
+        epoch: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' }),
+      }),
+    ),
   }),
   async handle(session, frame) {
     const chat = idKey(frame.chat_id);
@@ -31,13 +41,15 @@ export const register = defineFeature({
     }
     session.pendingChats.add(chat);
     try {
-      await session.enqueue(chat, () => registerChat(session, chat, frame.token));
+      await session.enqueue(chat, () => registerChat(session, chat, frame.token, frame.since));
     } finally {
       session.pendingChats.delete(chat);
     }
     return 'ok' as const;
   },
 });
+
+const NOTHING_COVERED: StreamPosition = { seq: -1, epoch: '' };
 
 /** Chats registered or being registered, each counted once. */
 function chatsHeld(session: Session): number {
@@ -46,7 +58,7 @@ function chatsHeld(session: Session): number {
   return n;
 }
 
-async function registerChat(session: Session, chat: IdKey, token: string): Promise<void> {
+async function registerChat(session: Session, chat: IdKey, token: string, since: StreamPosition | undefined): Promise<void> {
   const { hub, engine } = session.ctx;
   session.requireEngine();
   let user: IdKey;
@@ -73,7 +85,12 @@ async function registerChat(session: Session, chat: IdKey, token: string): Promi
   if (existing !== undefined) {
     // Idempotent: same subscription and presence; a fresh token replaces the old one.
     existing.token = token;
-    session.send(out.registered(chat, user, await engine.online(chat)));
+    existing.hold();
+    try {
+      await catchUp(session, existing, await engine.online(chat), since);
+    } finally {
+      existing.goLive(NOTHING_COVERED); // no-op when caught up; else live again, nothing held back
+    }
     return;
   }
   if (session.closed) throw new CancelledError();
@@ -83,11 +100,45 @@ async function registerChat(session: Session, chat: IdKey, token: string): Promi
     await hub.undoJoin(chat, user, session.id, cameOnline);
     throw new CancelledError();
   }
-  session.chats.set(chat, { chat, user, token, lastTypingAt: 0 });
+  // Attached holding: deliveries from here on wait until the replay and `registered` are sent.
+  const reg = new Registration(session, chat, user, token);
+  session.chats.set(chat, reg);
   session.pendingChats.delete(chat);
   session.registeredOnce();
-  // Same tick as `registered`: from here on every delivery of the chat reaches this connection.
-  hub.attach(chat, session);
-  session.send(out.registered(chat, user, online));
+  hub.attach(chat, reg);
+  try {
+    await catchUp(session, reg, online, since);
+  } catch (err) {
+    await session.removeRegistration(reg);
+    throw err;
+  }
   if (cameOnline) await hub.publishQuietly(chat, out.presence(chat, user, 'online'), session.id);
+}
+
+/**
+ * Reads the chat's position — or, with `since`, everything after it that history still has —
+ * then sends the replay, `registered`, and the deliveries held meanwhile minus those the replay
+ * or the position already covers. A replay may use at most half of MAX_BUFFERED_BYTES, so
+ * catching up can never make the connection a slow consumer; a larger one is `too_far_behind`.
+ */
+async function catchUp(session: Session, reg: Registration, online: readonly IdKey[], since: StreamPosition | undefined): Promise<void> {
+  const { engine } = session.ctx;
+  let position: StreamPosition;
+  let recovery: Parameters<typeof out.registered>[4];
+  if (since === undefined) {
+    position = await engine.position(reg.chat);
+  } else {
+    const result = await engine.recover(reg.chat, since, Math.floor(session.maxBufferedBytes / 2));
+    position = result.position;
+    if (result.recovered) {
+      for (const frame of result.frames) session.send(frame);
+      recovery = { recovered: true };
+    } else {
+      recovery = { recovered: false, reason: result.reason };
+    }
+    session.ctx.metrics.recoveries.inc({ outcome: result.recovered ? 'recovered' : result.reason });
+  }
+  if (session.chats.get(reg.chat) !== reg) return;
+  session.send(out.registered(reg.chat, reg.user, online, position, recovery));
+  reg.goLive(position);
 }

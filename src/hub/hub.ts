@@ -1,9 +1,12 @@
+import type { StreamPosition } from '../engine/stream.js';
 import type { Engine, EngineEvents } from '../engine/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
 import type { IdKey } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import { Registry, type Member } from './registry.js';
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 interface Subscription {
   refs: number;
@@ -23,6 +26,8 @@ export class Hub {
     private readonly engine: Engine,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    /** PUBLISH_RETRY_MS: how long a saved operation's broadcast is retried while the engine fails. */
+    private readonly publishRetryMs = 10_000,
   ) {}
 
   /** The callbacks the engine drives. */
@@ -108,6 +113,35 @@ export class Hub {
       throw err;
     } finally {
       this.metrics.enginePublishLatency.observe({ outcome }, (performance.now() - started) / 1000);
+    }
+  }
+
+  /**
+   * Broadcasts an operation the main API has saved, as the chat stream's next entry. The save
+   * cannot be undone, so a failing engine is retried with backoff (100 ms doubling to 2 s) for
+   * `publishRetryMs`; then the broadcast is dropped, counted in publish_dropped_total and logged,
+   * and null is returned (receivers recover it from the main API: their next position shows the gap).
+   * A retry after a lost reply may broadcast twice, under two positions (clients drop a message
+   * id they already have).
+   */
+  async append(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<StreamPosition | null> {
+    const giveUpAt = Date.now() + this.publishRetryMs;
+    for (let wait = 100; ; wait = Math.min(2 * wait, 2000)) {
+      const started = performance.now();
+      try {
+        const position = await this.engine.append(chat, frame, exceptConn);
+        this.metrics.enginePublishLatency.observe({ outcome: 'ok' }, (performance.now() - started) / 1000);
+        return position;
+      } catch (err) {
+        this.metrics.enginePublishLatency.observe({ outcome: 'error' }, (performance.now() - started) / 1000);
+        if (Date.now() + wait > giveUpAt) {
+          this.metrics.publishDropped.inc();
+          this.log.error({ chat, err: (err as Error).message }, 'saved operation never broadcast: engine kept failing');
+          return null;
+        }
+        this.metrics.publishRetries.inc();
+        await sleep(wait);
+      }
     }
   }
 

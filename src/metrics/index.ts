@@ -57,6 +57,22 @@ export function createMetrics() {
       labelNames: ['code'] as const,
       registers,
     }),
+    recoveries: new Counter({
+      name: 'message_service_recoveries_total',
+      help: 'Registers with a position to resume from, by outcome (recovered, epoch_changed, too_far_behind, no_history)',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
+    publishRetries: new Counter({
+      name: 'message_service_publish_retries_total',
+      help: 'Publishes of saved operations retried because the engine failed',
+      registers,
+    }),
+    publishDropped: new Counter({
+      name: 'message_service_publish_dropped_total',
+      help: 'Saved operations never broadcast: the engine kept failing for PUBLISH_RETRY_MS',
+      registers,
+    }),
     engineReady: new Gauge({
       name: 'message_service_engine_ready',
       help: '1 while the engine is connected',

@@ -1,11 +1,22 @@
+import type { RecoveryFailure, StreamPosition } from '../engine/stream.js';
 import { ERROR_CODES, type ErrorCode } from './errors.js';
 import { wireId, type IdKey, type WireId } from './ids.js';
 import { encode } from './codec.js';
 
 /** Builders for every gateway → client frame (SPEC §3). Each returns the encoded bytes. */
 
-export function registered(chat: IdKey, user: IdKey, online: readonly IdKey[]): Buffer {
-  return encode({ type: 'registered', chat_id: wireId(chat), user_id: wireId(user), online: online.map(wireId) });
+/**
+ * `seq`/`epoch`: the chat's position when the registration went live (every later broadcast on
+ * this connection is after it). `recovery`: only when the client asked to resume (`since`).
+ */
+export function registered(
+  chat: IdKey,
+  user: IdKey,
+  online: readonly IdKey[],
+  position: StreamPosition,
+  recovery?: { recovered: true } | { recovered: false; reason: RecoveryFailure },
+): Buffer {
+  return encode({ type: 'registered', chat_id: wireId(chat), user_id: wireId(user), online: online.map(wireId), seq: position.seq, epoch: position.epoch, ...recovery });
 }
 
 /**
@@ -21,8 +32,10 @@ export function unregistered(chat: IdKey, reason?: UnregisterReason): Buffer {
 
 export type AckOp = 'message' | 'edit_message' | 'delete_message';
 
-export function ack(op: AckOp, id: string, chat: IdKey, duplicate: boolean): Buffer {
-  return encode({ type: 'ack', op, id, chat_id: wireId(chat), duplicate });
+/** `position`: where the broadcast of this operation went in the chat's stream (none for a duplicate). */
+export function ack(op: AckOp, id: string, chat: IdKey, duplicate: boolean, position: StreamPosition | null = null): Buffer {
+  const frame = { type: 'ack', op, id, chat_id: wireId(chat), duplicate };
+  return encode(position === null ? frame : { ...frame, seq: position.seq, epoch: position.epoch });
 }
 
 /** A broadcast of message, edit_message or delete_message with its data. */

@@ -4,6 +4,7 @@ import type { Hub } from '../hub/hub.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
 import type { MainApi } from '../upstream/client.js';
+import type { FairScheduler } from '../upstream/scheduler.js';
 import type { FeatureTable } from '../features/index.js';
 
 /** What a session needs of the running gateway. */
@@ -12,6 +13,8 @@ export interface GatewayContext {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly api: MainApi;
+  /** Shares the main-API pool between users. */
+  readonly upstreamScheduler: FairScheduler;
   readonly engine: Engine;
   readonly hub: Hub;
   readonly features: FeatureTable;

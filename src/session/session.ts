@@ -1,22 +1,16 @@
 import type { WebSocket } from 'ws';
 import { EngineUnavailableError } from '../engine/types.js';
-import type { Member } from '../hub/registry.js';
 import { parseFrame, type RawFrame } from '../protocol/codec.js';
 import { CLOSE, CancelledError, MAX_AUTH_FAILURES_IN_A_ROW, RequestError, isAuthRefusal } from '../protocol/errors.js';
 import { MESSAGE_ID_PATTERN, idKey, parseId, type IdKey, type WireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import type { Feature, Outcome } from '../features/feature.js';
 import type { GatewayContext } from './context.js';
+import { Registration, type Connection } from './registration.js';
 import { Slots } from './slots.js';
 import { TokenBucket } from './token-bucket.js';
 
-export interface Registration {
-  readonly chat: IdKey;
-  readonly user: IdKey;
-  /** The token the main API admitted this chat with; sent as the bearer of this chat's calls. */
-  token: string;
-  lastTypingAt: number;
-}
+export { Registration };
 
 /** A request that names its target chat at the top level or inside `data`. */
 export interface ChatTargeted {
@@ -27,6 +21,8 @@ export interface ChatTargeted {
 const TEXT = { binary: false } as const;
 const MESSAGE_ID_RE = new RegExp(MESSAGE_ID_PATTERN);
 const resolved = Promise.resolve();
+/** How long a socket the gateway closed may take to flush its close frame before it is dropped. */
+const CLOSE_GRACE_MS = 1000;
 
 /**
  * One WebSocket connection's life: decode at the edge, rate limit, dispatch to a feature,
@@ -38,7 +34,7 @@ const resolved = Promise.resolve();
  * queued is dropped (no main-API call, no presence change) and an in-flight verify is aborted.
  * Writes already at the main API finish and are broadcast: they may have been saved.
  */
-export class Session implements Member {
+export class Session implements Connection {
   user: IdKey | null = null;
   readonly chats = new Map<IdKey, Registration>();
   /** Chats with a register queued or in flight (at most one each); they count toward MAX_CHATS_PER_CONNECTION. */
@@ -74,15 +70,21 @@ export class Session implements Member {
     return this.closing.signal;
   }
 
+  get maxBufferedBytes(): number {
+    return this.ctx.config.maxBufferedBytes;
+  }
+
+  /** A slow consumer: closed 1013 and dropped at once, so its backlog is freed now. */
+  overflow(): void {
+    this.ctx.metrics.slowConsumerCloses.inc();
+    this.ctx.log.info({ conn: this.id, buffered: this.ws.bufferedAmount }, 'slow consumer closed');
+    this.close(CLOSE.tryAgainLater, 'slow consumer', true);
+  }
+
   /** Queues an encoded text frame; closes the connection 1013 instead of letting it hoard memory. */
   send(frame: Buffer): void {
     if (this.closed || this.ws.readyState !== 1) return;
-    if (this.ws.bufferedAmount + frame.length > this.ctx.config.maxBufferedBytes) {
-      this.ctx.metrics.slowConsumerCloses.inc();
-      this.ctx.log.info({ conn: this.id, buffered: this.ws.bufferedAmount }, 'slow consumer closed');
-      this.close(CLOSE.tryAgainLater, 'slow consumer', true);
-      return;
-    }
+    if (this.ws.bufferedAmount + frame.length > this.ctx.config.maxBufferedBytes) return this.overflow();
     this.ws.send(frame, TEXT);
   }
 
@@ -258,12 +260,19 @@ export class Session implements Member {
     return next;
   }
 
-  /** A main-API call within this connection's share of the pool (MAX_UPSTREAM_PER_CONNECTION). */
+  /**
+   * A main-API call within this connection's share (MAX_UPSTREAM_PER_CONNECTION) and its user's
+   * fair turn in the pool. Checked again when it starts: a connection closed (or about to be,
+   * after five refused registers) makes no more calls.
+   */
   upstream<T>(call: () => Promise<T>): Promise<T> {
-    return this.slots.run(() => {
-      if (this.closed) throw new CancelledError();
-      return call();
-    });
+    const party = this.user ?? `conn:${this.id}`;
+    return this.slots.run(() =>
+      this.ctx.upstreamScheduler.run(party, () => {
+        if (this.closed || this.closing.signal.aborted) throw new CancelledError();
+        return call();
+      }),
+    );
   }
 
   /** Verifies `token` for `chat` with the main API (or its cache), aborted if the connection closes. */
@@ -288,9 +297,16 @@ export class Session implements Member {
     }
   }
 
-  /** Counts registers the main API refused in a row; the fifth one's error is followed by close 4401. */
+  /**
+   * Counts registers the main API refused in a row. At the fifth, every other main-API call of
+   * the connection is stopped at once; its error is then followed by close 4401 (see `reject`).
+   */
   noteAuthResult(refused: boolean): void {
     this.authFailuresInARow = refused ? this.authFailuresInARow + 1 : 0;
+    if (this.authFailuresInARow >= MAX_AUTH_FAILURES_IN_A_ROW) {
+      this.closing.abort();
+      this.slots.cancel();
+    }
   }
 
   /** Leaves one chat (unregister, or the main API no longer admits it); `offline` if it was the user's last connection. */
@@ -298,7 +314,7 @@ export class Session implements Member {
     if (this.chats.get(reg.chat) !== reg) return;
     this.chats.delete(reg.chat);
     if (this.chats.size === 0) this.armRegisterTimer();
-    await this.ctx.hub.leave(reg.chat, reg.user, this);
+    await this.ctx.hub.leave(reg.chat, reg.user, reg);
   }
 
   /** Ends a registration the gateway has to take away, telling the client why. */
@@ -350,6 +366,13 @@ export class Session implements Member {
     this.ctx.metrics.closes.inc({ code: String(code) });
     this.ws.close(code, reason);
     if (terminate) this.ws.terminate();
+    else {
+      // Nothing the peer sends after our close is read (a flooder that ignores the close frame
+      // would otherwise be parsed until ws's 30 s close timeout); the socket goes after a grace
+      // period that lets the close frame out.
+      this.ws.pause();
+      setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS).unref();
+    }
     this.onClosed();
   }
 
@@ -367,6 +390,6 @@ export class Session implements Member {
     this.slots.cancel();
     const regs = [...this.chats.values()];
     this.chats.clear();
-    for (const reg of regs) void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, this));
+    for (const reg of regs) void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, reg));
   }
 }

@@ -10,7 +10,9 @@ for (const mode of ENGINE_MODES) {
     it('register answers registered with the online list including self', async () => {
       const chat = uniqueChat();
       const a = await h.member(1, chat);
-      assert.deepEqual(a.frames.at(-1), { type: 'registered', chat_id: chat, user_id: 1, online: [1] });
+      const first = a.frames.at(-1)!;
+      assert.equal(typeof first.epoch, 'string');
+      assert.deepEqual(first, { type: 'registered', chat_id: chat, user_id: 1, online: [1], seq: 0, epoch: first.epoch });
       const b = await h.connect();
       const reg = await b.register(await h.token(2), chat);
       assert.deepEqual([...(reg.online as number[])].sort(), [1, 2]);
@@ -26,9 +28,10 @@ for (const mode of ENGINE_MODES) {
       const from = a.frames.length;
       const data = { id: `m-${chat}`, message_type: 'text', ciphertext: 'Y2lwaGVy', nonce: 'bm9uY2U', envelopes: { '2': 'k' }, created_at: '2024-01-01T12:00:00Z', extra: { kept: true } };
       const ack = await a.request({ type: 'message', data }, { type: 'ack' });
-      assert.deepEqual(ack, { type: 'ack', op: 'message', id: data.id, chat_id: chat, duplicate: false });
+      const epoch = (b.all({ type: 'registered' })[0]!).epoch;
+      assert.deepEqual(ack, { type: 'ack', op: 'message', id: data.id, chat_id: chat, duplicate: false, seq: 1, epoch });
       const got = await b.next({ type: 'message' });
-      assert.deepEqual(got, { type: 'message', chat_id: chat, data: { ...data, chat_id: chat, sender_id: 1 } });
+      assert.deepEqual(got, { seq: 1, epoch, type: 'message', chat_id: chat, data: { ...data, chat_id: chat, sender_id: 1 } });
       await a2.next({ type: 'message' });
       const saved = h.api.requests.filter((r) => r.op === 'save').at(-1);
       assert.deepEqual(saved?.body, { ...data, chat_id: chat, sender_id: 1 });
@@ -71,7 +74,8 @@ for (const mode of ENGINE_MODES) {
       const id = `e-${chat}`;
       await a.request({ type: 'message', data: { id, ciphertext: 'v1' } }, { type: 'ack' });
       const ack = await a.request({ type: 'edit_message', data: { id, ciphertext: 'v2', nonce: 'n2', envelopes: { a: 1 } } }, { type: 'ack' });
-      assert.deepEqual(ack, { type: 'ack', op: 'edit_message', id, chat_id: chat, duplicate: false });
+      const { epoch } = b.all({ type: 'registered' })[0]!;
+      assert.deepEqual(ack, { type: 'ack', op: 'edit_message', id, chat_id: chat, duplicate: false, seq: 2, epoch });
       const edit = await b.next({ type: 'edit_message' });
       const ed = edit.data as Record<string, unknown>;
       assert.equal(edit.chat_id, chat);
@@ -83,7 +87,7 @@ for (const mode of ENGINE_MODES) {
       const dack = await a.request({ type: 'delete_message', data: { id } }, { type: 'ack' });
       assert.equal(dack.op, 'delete_message');
       const del = await b.next({ type: 'delete_message' });
-      assert.deepEqual(del, { type: 'delete_message', chat_id: chat, data: { id, deleted_by: 1 } });
+      assert.deepEqual(del, { seq: 3, epoch, type: 'delete_message', chat_id: chat, data: { id, deleted_by: 1 } });
       a.close();
       b.close();
     });

@@ -5,7 +5,9 @@ import { redactUrl } from '../../config/index.js';
 import type { Logger } from '../../log.js';
 import type { IdKey } from '../../protocol/ids.js';
 import { EngineUnavailableError, type Engine, type EngineEvents } from '../types.js';
+import { newEpoch, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
 import { JOIN, LEAVE, SWEEP } from './scripts.js';
+import { APPEND, RECOVER } from './stream-scripts.js';
 
 const CHANNEL_PREFIX = 'ms:chat:{';
 const COMMAND_TIMEOUT_MS = 2000;
@@ -16,6 +18,8 @@ type PresenceCommands = {
   msJoin(chatKey: string, userKey: string, now: number, conn: string, expiresAt: number, user: string, keyTtl: number): Promise<number>;
   msLeave(chatKey: string, userKey: string, now: number, conn: string, user: string, held: number): Promise<number>;
   msSweep(chatKey: string, now: number, userPrefix: string): Promise<string[]>;
+  msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string]>;
+  msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
 };
 type Commands = (Redis | Cluster) & PresenceCommands;
 
@@ -28,6 +32,10 @@ const entryKey = (e: PresenceEntry) => `${e.chat}|${e.user}|${e.conn}`;
 const channelOf = (chat: IdKey) => `${CHANNEL_PREFIX}${chat}}`;
 const presenceKey = (chat: IdKey) => `ms:presence:{${chat}}`;
 const userPrefix = (chat: IdKey) => `ms:presence:{${chat}}:u:`;
+const streamKey = (chat: IdKey) => `ms:stream:{${chat}}`;
+const historyKey = (chat: IdKey) => `ms:history:{${chat}}`;
+/** A chat's sequence is kept this long after its last use; then its next broadcast starts a new epoch. */
+const STREAM_TTL_MS = 7 * 24 * 3600 * 1000;
 const unavailable = (err: unknown) =>
   err instanceof EngineUnavailableError ? err : new EngineUnavailableError(`redis: ${(err as Error).message}`);
 
@@ -76,6 +84,7 @@ export class RedisEngine implements Engine {
     private readonly config: RedisConfig,
     private readonly presenceTtlMs: number,
     private readonly log: Logger,
+    private readonly history: HistoryLimits = { size: 100, ttlMs: 300_000 },
   ) {}
 
   /**
@@ -130,6 +139,8 @@ export class RedisEngine implements Engine {
     this.cmd.defineCommand('msJoin', { numberOfKeys: 2, lua: JOIN });
     this.cmd.defineCommand('msLeave', { numberOfKeys: 2, lua: LEAVE });
     this.cmd.defineCommand('msSweep', { numberOfKeys: 1, lua: SWEEP });
+    this.cmd.defineCommand('msAppend', { numberOfKeys: 2, lua: APPEND });
+    this.cmd.defineCommand('msRecover', { numberOfKeys: 2, lua: RECOVER });
     this.log.info({ redis: this.config.urls.map(redactUrl), cluster: this.config.cluster }, 'redis engine connecting');
     const period = Math.max(100, Math.floor(this.presenceTtlMs / 3));
     this.timer = setInterval(() => void this.maintainPresence(), period);
@@ -177,15 +188,58 @@ export class RedisEngine implements Engine {
   /** Resolves once this instance delivered the publication itself (see Engine), at most after COMMAND_TIMEOUT_MS. */
   async publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
     const id = this.origin + (++this.publications).toString(36);
-    const payload = Buffer.concat([Buffer.from(exceptConn === null ? `${id}\n` : `${id} ${exceptConn}\n`, 'latin1'), frame]);
-    const echoed = this.ready && this.subscribed.has(chat) ? this.awaitEcho(id, chat) : undefined;
+    await this.echoed(chat, exceptConn, (header) => {
+      const payload = Buffer.concat([header, frame]);
+      return this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload);
+    });
+  }
+
+  /** One script numbers, stores and publishes (stream-scripts.ts); resolves after our own delivery, like `publish`. */
+  async append(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<StreamPosition> {
+    const { size, ttlMs } = this.history;
+    const [seq, epoch] = await this.echoed(chat, exceptConn, (header) =>
+      this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS),
+    );
+    return { seq, epoch };
+  }
+
+  async position(chat: IdKey): Promise<StreamPosition> {
+    return (await this.readStream(chat, -1, '', 0)).position;
+  }
+
+  async recover(chat: IdKey, since: StreamPosition, maxBytes: number): Promise<Recovery> {
+    return this.readStream(chat, since.seq, since.epoch, maxBytes);
+  }
+
+  private async readStream(chat: IdKey, sinceSeq: number, sinceEpoch: string, maxBytes: number): Promise<Recovery> {
+    const reply = await this.whenReady(() =>
+      this.cmd.msRecoverBuffer(streamKey(chat), historyKey(chat), newEpoch(), sinceSeq, sinceEpoch, Date.now() - this.history.ttlMs, maxBytes, this.history.size, STREAM_TTL_MS),
+    );
+    const [seq, epoch, outcome, ...frames] = reply;
+    const position = { seq, epoch: epoch.toString('latin1') };
+    const result = outcome.toString('latin1');
+    if (result === 'ok' || result === 'position') return { recovered: true, position, frames };
+    return { recovered: false, position, reason: result as RecoveryFailure };
+  }
+
+  /**
+   * Runs `send` with the payload header `<publication id>[ <exceptConn>]\n` and resolves once
+   * this instance delivered the publication itself (when subscribed; see Engine), at most after
+   * COMMAND_TIMEOUT_MS.
+   */
+  private async echoed<T>(chat: IdKey, exceptConn: string | null, send: (header: Buffer) => Promise<T>): Promise<T> {
+    const id = this.origin + (++this.publications).toString(36);
+    const header = Buffer.from(exceptConn === null ? `${id}\n` : `${id} ${exceptConn}\n`, 'latin1');
+    const echo = this.ready && this.subscribed.has(chat) ? this.awaitEcho(id, chat) : undefined;
+    let result: T;
     try {
-      await this.whenReady(() => (this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload)));
+      result = await this.whenReady(() => send(header));
     } catch (err) {
       this.settle(id);
       throw err;
     }
-    await echoed;
+    await echo;
+    return result;
   }
 
   async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
@@ -251,7 +305,7 @@ export class RedisEngine implements Engine {
   /** Tracks connection state; after an outage, resubscribe and restore presence before ready. */
   private watch(conn: Redis | Cluster, role: string): void {
     conn.on('error', (err: Error) => this.log.debug({ role, err: err.message }, 'redis error'));
-    conn.on('ready', () => void this.recover());
+    conn.on('ready', () => void this.restoreAfterOutage());
     for (const event of ['close', 'end', 'reconnecting']) {
       conn.on(event, () => {
         if (this.ready) this.log.warn({ role, event }, 'redis connection lost');
@@ -264,7 +318,7 @@ export class RedisEngine implements Engine {
     return this.cmd.status === 'ready' && (this.sub === null || this.sub.status === 'ready');
   }
 
-  private async recover(): Promise<void> {
+  private async restoreAfterOutage(): Promise<void> {
     if (this.closing || !this.connectionsUp()) return;
     try {
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));

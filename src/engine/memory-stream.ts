@@ -1,0 +1,108 @@
+import type { IdKey } from '../protocol/ids.js';
+import { newEpoch, numberFrame, type HistoryLimits, type Recovery, type StreamPosition } from './stream.js';
+
+interface Entry {
+  readonly seq: number;
+  readonly at: number;
+  readonly frame: Buffer;
+}
+
+interface ChatState {
+  epoch: string;
+  seq: number;
+  /** Ring buffer of the last `limits.size` entries; `head` is the oldest. */
+  entries: Entry[];
+  head: number;
+  touchedAt: number;
+}
+
+/**
+ * The memory engine's chat streams: a counter, an epoch and a ring buffer per chat. Nothing
+ * survives the process, so a restart starts every chat in a new epoch.
+ */
+export class MemoryStreams {
+  private readonly chats = new Map<IdKey, ChatState>();
+
+  constructor(
+    private readonly limits: HistoryLimits,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Numbers and stores one broadcast; returns the numbered bytes and their position. */
+  append(chat: IdKey, frame: Buffer): { position: StreamPosition; numbered: Buffer } {
+    const state = this.state(chat);
+    const position = { seq: ++state.seq, epoch: state.epoch };
+    const numbered = numberFrame(frame, position);
+    const { size } = this.limits;
+    if (size > 0) {
+      const entry = { seq: position.seq, at: this.now(), frame: numbered };
+      if (state.entries.length < size) state.entries.push(entry);
+      else {
+        state.entries[state.head] = entry;
+        state.head = (state.head + 1) % size;
+      }
+    }
+    return { position, numbered };
+  }
+
+  position(chat: IdKey): StreamPosition {
+    const { seq, epoch } = this.state(chat);
+    return { seq, epoch };
+  }
+
+  recover(chat: IdKey, since: StreamPosition, maxBytes: number): Recovery {
+    const state = this.state(chat);
+    const position = { seq: state.seq, epoch: state.epoch };
+    if (since.epoch !== state.epoch || since.seq > state.seq) return { recovered: false, position, reason: 'epoch_changed' };
+    if (since.seq === state.seq) return { recovered: true, position, frames: [] };
+    if (this.limits.size === 0) return { recovered: false, position, reason: 'no_history' };
+    const missing = state.seq - since.seq;
+    const count = state.entries.length;
+    if (missing > count) return { recovered: false, position, reason: 'too_far_behind' };
+    const frames: Buffer[] = [];
+    const oldestAllowed = this.now() - this.limits.ttlMs;
+    let bytes = 0;
+    for (let i = count - missing; i < count; i++) {
+      const entry = state.entries[(state.head + i) % count]!;
+      bytes += entry.frame.length;
+      if (entry.at < oldestAllowed || bytes > maxBytes) return { recovered: false, position, reason: 'too_far_behind' };
+      frames.push(entry.frame);
+    }
+    return { recovered: true, position, frames };
+  }
+
+  /**
+   * Frees what can no longer be replayed: entries past the TTL, and whole chats untouched for
+   * longer (their next broadcast starts a new epoch, which a client resuming there would have
+   * met as `too_far_behind` anyway). Keeps memory bounded by active chats.
+   */
+  sweep(): void {
+    const oldestAllowed = this.now() - this.limits.ttlMs;
+    for (const [chat, state] of this.chats) {
+      if (state.touchedAt < oldestAllowed) {
+        this.chats.delete(chat);
+        continue;
+      }
+      const live = this.ordered(state).filter((e) => e.at >= oldestAllowed);
+      if (live.length < state.entries.length) {
+        state.entries = live;
+        state.head = 0;
+      }
+    }
+  }
+
+  get chatCount(): number {
+    return this.chats.size;
+  }
+
+  private ordered(state: ChatState): Entry[] {
+    return [...state.entries.slice(state.head), ...state.entries.slice(0, state.head)];
+  }
+
+  private state(chat: IdKey): ChatState {
+    let state = this.chats.get(chat);
+    if (state === undefined) this.chats.set(chat, (state = { epoch: newEpoch(), seq: 0, entries: [], head: 0, touchedAt: 0 }));
+    state.touchedAt = this.now();
+    return state;
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * The chat stream in Redis, per chat (both keys share the `{chat}` hash tag, so one Cluster slot,
+ * the same as the chat's channel):
+ *   ms:stream:{chat}   HASH  epoch, seq — lost together, so a lost stream always gets a new epoch
+ *   ms:history:{chat}  STREAM entry id 0-<seq>, fields t (ms) and f (the numbered frame)
+ * Numbering, storing and publishing are one script, so seq order is the channel's order.
+ */
+
+/** Shared head: the chat's epoch, created (with an empty history) when the stream is missing. */
+const EPOCH = `
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  redis.call('DEL', KEYS[2])
+end
+`;
+
+/**
+ * KEYS: stream hash, history. ARGV: newEpoch, frame (a JSON object without seq/epoch), publish
+ * prefix (bytes put before the frame in the pub/sub message), channel, publish command
+ * (PUBLISH or SPUBLISH), now ms, history size, history ttl ms, stream ttl ms.
+ * Returns {seq, epoch}.
+ */
+export const APPEND = `${EPOCH}
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[9])
+local frame = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[2], 2)
+if tonumber(ARGV[7]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, 't', ARGV[6], 'f', frame)
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+end
+redis.call(ARGV[5], ARGV[4], ARGV[3] .. frame)
+return {seq, epoch}
+`;
+
+/**
+ * KEYS: stream hash, history. ARGV: newEpoch, since seq (-1: position only), since epoch,
+ * oldest replayable ms, max bytes, history size, stream ttl ms.
+ * Returns {seq, epoch, outcome, frames...}; outcome is position, ok, epoch_changed,
+ * too_far_behind or no_history.
+ */
+export const RECOVER = `${EPOCH}
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+local since = tonumber(ARGV[2])
+if since < 0 then return {seq, epoch, 'position'} end
+if epoch ~= ARGV[3] or since > seq then return {seq, epoch, 'epoch_changed'} end
+if since == seq then return {seq, epoch, 'ok'} end
+if tonumber(ARGV[6]) == 0 then return {seq, epoch, 'no_history'} end
+local entries = redis.call('XRANGE', KEYS[2], '0-' .. (since + 1), '+')
+if #entries ~= seq - since then return {seq, epoch, 'too_far_behind'} end
+local out = {seq, epoch, 'ok'}
+local oldest = tonumber(ARGV[4])
+local budget = tonumber(ARGV[5])
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  if tonumber(fields[2]) < oldest then return {seq, epoch, 'too_far_behind'} end
+  budget = budget - #fields[4]
+  if budget < 0 then return {seq, epoch, 'too_far_behind'} end
+  out[#out + 1] = fields[4]
+end
+return out
+`;

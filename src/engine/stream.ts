@@ -1,0 +1,68 @@
+import { randomBytes } from 'node:crypto';
+import type { IdKey } from '../protocol/ids.js';
+
+/**
+ * The chat stream: every message, edit and delete broadcast of a chat gets a `seq` (1, 2, 3 …
+ * without gaps) within an `epoch` (a name for one unbroken run of that numbering). The engine
+ * assigns both atomically with storing the broadcast in the chat's history, so `seq` order is the
+ * one order every instance delivers in, and a client can resume from a position it has seen.
+ */
+export interface StreamPosition {
+  readonly seq: number;
+  readonly epoch: string;
+}
+
+export type RecoveryFailure = 'epoch_changed' | 'too_far_behind' | 'no_history';
+
+export type Recovery =
+  | { readonly recovered: true; readonly position: StreamPosition; readonly frames: readonly Buffer[] }
+  | { readonly recovered: false; readonly position: StreamPosition; readonly reason: RecoveryFailure };
+
+export interface HistoryLimits {
+  /** Broadcasts kept per chat; 0 keeps none (positions are still numbered). */
+  readonly size: number;
+  /** Entries older than this are not replayed. */
+  readonly ttlMs: number;
+}
+
+export interface ChatStream {
+  /**
+   * Numbers `frame` (a JSON object without `seq`/`epoch`) as the chat's next broadcast, stores
+   * the numbered bytes in history and publishes them — one atomic step. Resolves with the
+   * position it got (once delivered on this instance, like `publish`).
+   */
+  append(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<StreamPosition>;
+  /** The chat's current position; a chat without one gets a new epoch at seq 0. */
+  position(chat: IdKey): Promise<StreamPosition>;
+  /**
+   * Every broadcast after `since`, if all of them are still in history under `since.epoch`, are
+   * younger than the history TTL and together fit in `maxBytes`; else the reason why not.
+   */
+  recover(chat: IdKey, since: StreamPosition, maxBytes: number): Promise<Recovery>;
+}
+
+/** A new epoch name: random, so a lost stream can never be mistaken for the old one. */
+export function newEpoch(): string {
+  return randomBytes(9).toString('base64url');
+}
+
+const SEQ_PREFIX = Buffer.from('{"seq":');
+
+/** `{"seq":N,"epoch":"E",` + the frame after its opening brace: the numbered bytes, built once. */
+export function numberFrame(frame: Buffer, position: StreamPosition): Buffer {
+  return Buffer.concat([Buffer.from(`{"seq":${position.seq},"epoch":"${position.epoch}",`), frame.subarray(1)]);
+}
+
+/**
+ * Reads the position back from numbered bytes without parsing the JSON (only the prefix that
+ * `numberFrame` and the Redis script write); null for frames outside the stream (presence, typing).
+ */
+export function positionOf(frame: Buffer): StreamPosition | null {
+  if (frame.length < SEQ_PREFIX.length || frame.compare(SEQ_PREFIX, 0, SEQ_PREFIX.length, 0, SEQ_PREFIX.length) !== 0) return null;
+  const comma = frame.indexOf(0x2c, SEQ_PREFIX.length); // ,
+  const seq = Number(frame.toString('latin1', SEQ_PREFIX.length, comma));
+  const start = comma + '"epoch":"'.length + 1;
+  const end = frame.indexOf(0x22, start); // "
+  if (comma < 0 || end < 0 || !Number.isSafeInteger(seq)) return null;
+  return { seq, epoch: frame.toString('latin1', start, end) };
+}

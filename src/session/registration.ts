@@ -1,0 +1,64 @@
+import { positionOf, type StreamPosition } from '../engine/stream.js';
+import type { Member } from '../hub/registry.js';
+import type { IdKey } from '../protocol/ids.js';
+
+/** What a registration needs of its connection. */
+export interface Connection {
+  readonly id: string;
+  send(frame: Buffer): void;
+  /** Closes the connection as a slow consumer (its held backlog grew past the limit). */
+  overflow(): void;
+  readonly maxBufferedBytes: number;
+}
+
+/**
+ * One (connection, chat) registration: the member the hub delivers the chat to. While it
+ * catches up — between attaching to the chat and answering `registered`, when a replay may be
+ * sent — live deliveries are held, then sent after the replay minus what the replay already
+ * covered, so the client sees the chat's broadcasts in order, each once.
+ */
+export class Registration implements Member {
+  lastTypingAt = 0;
+  private held: Buffer[] | null = [];
+  private heldBytes = 0;
+
+  constructor(
+    private readonly connection: Connection,
+    readonly chat: IdKey,
+    readonly user: IdKey,
+    /** The token the main API admitted this chat with; sent as the bearer of this chat's calls. */
+    public token: string,
+  ) {}
+
+  get id(): string {
+    return this.connection.id;
+  }
+
+  send(frame: Buffer): void {
+    if (this.held === null) return this.connection.send(frame);
+    this.heldBytes += frame.length;
+    if (this.heldBytes > this.connection.maxBufferedBytes) {
+      this.held = [];
+      this.heldBytes = 0;
+      return this.connection.overflow();
+    }
+    this.held.push(frame);
+  }
+
+  /** Holds live deliveries until `goLive` (a re-register with `since` catches up again). */
+  hold(): void {
+    this.held ??= [];
+  }
+
+  /** Sends what was held, skipping stream broadcasts at or before `covered`, and goes live. */
+  goLive(covered: StreamPosition): void {
+    const held = this.held ?? [];
+    this.held = null;
+    this.heldBytes = 0;
+    for (const frame of held) {
+      const at = positionOf(frame);
+      if (at !== null && at.epoch === covered.epoch && at.seq <= covered.seq) continue;
+      this.connection.send(frame);
+    }
+  }
+}
