@@ -21,6 +21,8 @@ export interface ChatTargeted {
 const TEXT = { binary: false } as const;
 const MESSAGE_ID_RE = new RegExp(MESSAGE_ID_PATTERN);
 const resolved = Promise.resolve();
+/** How long a connection over its rate limit is not read. */
+const THROTTLE_MS = 1000;
 /** How long a socket the gateway closed may take to flush its close frame before it is dropped. */
 const CLOSE_GRACE_MS = 1000;
 
@@ -49,6 +51,8 @@ export class Session implements Connection {
   /** Aborts in-flight reads (verify) when the connection closes. */
   private readonly closing = new AbortController();
   private rejectedInARow = 0;
+  /** performance.now() until which the socket is not read (over the limit); 0 when reading. */
+  private pausedUntil = 0;
   private lastRejectedAt = -Infinity;
   private authFailuresInARow = 0;
   private pendingWrites = 0;
@@ -88,9 +92,19 @@ export class Session implements Connection {
     this.ws.send(frame, TEXT);
   }
 
-  /** Every frame — valid or not, of any type — costs one token before anything else is done. */
+  /**
+   * Every frame — valid or not, of any type — costs one token. Frames that arrive while the
+   * connection is paused for being over its limit were read before the pause took effect: they
+   * are dropped unparsed and unanswered (they count as rejections), so a flood costs the gateway
+   * no JSON work at all.
+   */
   onFrame(data: Buffer, isBinary: boolean): void {
     if (this.closed) return;
+    if (this.pausedUntil > 0) {
+      this.ctx.metrics.ops.inc({ type: 'invalid', result: 'rate_limited' });
+      this.noteRejection(performance.now());
+      return;
+    }
     let raw: RawFrame | undefined;
     let feature: Feature | undefined;
     let charged = false;
@@ -123,10 +137,9 @@ export class Session implements Connection {
   }
 
   /**
-   * Takes a token or throws `rate_limited`. A connection that keeps sending while limited is
-   * closed 1008 after 10 × RATE_LIMIT_BURST rejections "in a row": the count survives the odd
-   * request let through by the refill and resets only after a second without a rejection, so a
-   * steady flood is cut off while a client that backs off is not.
+   * Takes a token or throws `rate_limited`. Over the limit, the gateway also stops reading the
+   * connection for THROTTLE_MS (TCP backpressure: the client's further frames wait in its own
+   * buffers instead of costing the gateway CPU).
    */
   private charge(): void {
     const now = performance.now();
@@ -134,11 +147,27 @@ export class Session implements Connection {
       if (now - this.lastRejectedAt > 1000) this.rejectedInARow = 0;
       return;
     }
-    this.lastRejectedAt = now;
-    if (++this.rejectedInARow > 10 * this.ctx.config.rateLimitBurst) {
-      this.close(CLOSE.policy, 'rate limit exceeded');
+    this.noteRejection(now);
+    if (!this.closed) {
+      this.pausedUntil = now + THROTTLE_MS;
+      this.ws.pause();
+      setTimeout(() => {
+        this.pausedUntil = 0;
+        if (!this.closed) this.ws.resume();
+      }, THROTTLE_MS).unref();
     }
     throw new RequestError('rate_limited', 'too many requests; slow down');
+  }
+
+  /**
+   * A connection that keeps sending while limited is closed 1008 after 10 × RATE_LIMIT_BURST
+   * rejections "in a row": the count survives the odd request let through by the refill and
+   * resets only after a second without a rejection, so a steady flood is cut off while a client
+   * that backs off is not.
+   */
+  private noteRejection(now: number): void {
+    this.lastRejectedAt = now;
+    if (++this.rejectedInARow > 10 * this.ctx.config.rateLimitBurst) this.close(CLOSE.policy, 'rate limit exceeded');
   }
 
   private count(type: string, outcome: Outcome): void {

@@ -97,7 +97,7 @@ for (const mode of ENGINE_MODES) {
       await chatStillWorks(b, () => join(h, base(), 3, chat), `after-${chat}`);
     });
 
-    it('token bucket: the burst passes, the next message and typing get rate_limited (retryable); later it passes again', async () => {
+    it('token bucket: the burst passes, the next frame gets rate_limited (retryable), the rest read with it are dropped unanswered; later it passes again', async () => {
       const chat = uniqueChat();
       const a = await join(h, base(), 1, chat);
       const b = await join(h, base(), 2, chat);
@@ -113,15 +113,10 @@ for (const mode of ENGINE_MODES) {
         const ack = await a.next({ type: 'ack', id }, 3000, from);
         assert.equal(ack.duplicate, false);
       }
-      for (const id of ids.slice(5)) {
-        const err = await a.next({ type: 'error', id }, 3000, from);
-        assert.deepEqual(err, { type: 'error', code: 'rate_limited', message: err.message, op: 'message', id, chat_id: chat, retryable: true });
-      }
-      const typingErr = await a.next({ type: 'error', op: 'typing' }, 3000, from);
-      assert.equal(typingErr.code, 'rate_limited');
-      assert.equal(typingErr.retryable, true);
-      assert.equal(typingErr.chat_id, chat);
-      await sleep(300); // a ping costs a token like every frame
+      const err = await a.next({ type: 'error', id: ids[5] }, 3000, from);
+      assert.deepEqual(err, { type: 'error', code: 'rate_limited', message: err.message, op: 'message', id: ids[5], chat_id: chat, retryable: true });
+      // Over the limit the connection is not read for a second; what was read with it is dropped.
+      await sleep(1300);
       await alive(a);
       // Nothing over the limit was saved or broadcast.
       await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === ids[4]);
@@ -129,10 +124,9 @@ for (const mode of ENGINE_MODES) {
       assert.deepEqual(messageIds(b), ids.slice(0, 5));
       const saved = h.api.requests.filter((r) => r.op === 'save' && ids.includes((r.body as { id?: string }).id ?? '')).map((r) => (r.body as { id: string }).id);
       assert.deepEqual(saved, ids.slice(0, 5));
-      assert.equal(a.frames.slice(from).filter((f) => f.type === 'error' || f.type === 'ack').length, 8, 'one answer per request');
+      assert.equal(a.frames.slice(from).filter((f) => f.type === 'error' || f.type === 'ack').length, 6, 'the burst and the first rejection are answered');
 
-      // The bucket refills at RATE_LIMIT_PER_SEC: after a second the rejected one passes.
-      await sleep(1300);
+      // The bucket refills at RATE_LIMIT_PER_SEC: the rejected one passes now.
       const ack = await a.request({ type: 'message', data: { id: ids[5], ciphertext: 'x' } }, { type: 'ack', id: ids[5] });
       assert.equal(ack.duplicate, false);
       await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === ids[5]);
@@ -146,12 +140,13 @@ for (const mode of ENGINE_MODES) {
       await sleep(1100);
       const from = a.frames.length;
       for (let i = 0; i < 5 + 50; i++) a.send({ type: 'typing', chat_id: chat });
-      await waitFor(() => a.frames.length - from >= 50, 3000, 'rate_limited answers');
-      // A second without a rejection ends the row; then a ping (which costs a token) is answered.
-      await sleep(1100);
+      await waitFor(() => a.frames.length - from >= 1, 3000, 'rate_limited answer');
+      // A second without a rejection ends the row (and the pause); then a ping (which costs a token) is answered.
+      await sleep(1300);
       await alive(a);
       const limited = a.frames.slice(from).filter((f) => f.type === 'error' && f.code === 'rate_limited').length;
-      assert.ok(limited >= 45 && limited <= 50, `rate_limited answers: ${limited}`);
+      // The first rejection of each read is answered; frames read with it are dropped (a refill may let a second read in).
+      assert.ok(limited >= 1 && limited <= 3, `rate_limited answers: ${JSON.stringify(a.frames.slice(from))}`);
       assert.ok(a.isOpen);
       await a.request({ type: 'message', data: { id: `reset-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
       a.close();
@@ -166,8 +161,8 @@ for (const mode of ENGINE_MODES) {
       const { code } = await within(flooder.closed, 5000, 'flooder closed');
       assert.equal(code, 1008);
       const limited = flooder.frames.slice(from).filter((f) => f.type === 'error' && f.code === 'rate_limited');
-      // 10 × burst rejections are answered; the next one closes (a refill during a stall may reset the streak once).
-      assert.ok(limited.length >= 50 && limited.length <= 100, `rate_limited answers before the close: ${limited.length}`);
+      // The first rejection is answered; frames read with it are dropped unanswered but count, so the row passes 10 × burst.
+      assert.ok(limited.length >= 1 && limited.length <= 5, `rate_limited answers before the close: ${limited.length}`);
       assert.ok(limited.every((f) => f.retryable === true));
       // Nothing over the limit was saved: at most the burst (plus a refill) of the first ids.
       await sleep(300);
