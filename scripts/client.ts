@@ -1,11 +1,14 @@
 /**
- * A tiny interactive chat client for the gateway — a development tool (`npm run client`).
+ * A tiny interactive chat client for the gateway — a development tool (`npm run client`),
+ * built on the client SDK (packages/client): it reconnects, re-registers its chats, resends
+ * unacked messages and replays what it missed, like any app on the SDK would.
  * It does NOT encrypt: `ciphertext` is just base64 of the typed text. See HELP below.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { clearLine, createInterface, cursorTo, type Interface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { WebSocket } from 'ws';
+import { ClientError, createClient, type Ack, type Chat, type ChatId } from '../packages/client/src/index.js';
 
 const HELP = `Usage: npm run client -- --user <id> --chat <id> [options]
 
@@ -20,6 +23,7 @@ Options:
   --help         show this help
 
 Each line you type is sent as a message to the current chat (the last one joined).
+If the connection drops, the client reconnects and resends what was not acked yet.
 NOTE: this tool does not encrypt. Its "ciphertext" is plain base64 of the text, and it
 decodes base64 for display. Real clients encrypt end to end; the gateway never decrypts.
 
@@ -125,17 +129,6 @@ async function mintToken(api: string, user: Id): Promise<string> {
   return body.token;
 }
 
-function connect(url: string): Promise<WebSocket> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url);
-    ws.once('open', () => {
-      ws.off('error', reject);
-      resolve(ws);
-    });
-    ws.once('error', reject);
-  });
-}
-
 // --- display -------------------------------------------------------------------------------
 
 /** An id or other scalar for display; control characters escaped so a line stays one line. */
@@ -194,22 +187,11 @@ function describe(f: Frame): string {
   }
 }
 
-/** What the gateway's answer to a request will carry: the message id, or op:chat. */
-function replyKey(f: Frame): string | undefined {
-  const data = isObject(f.data) ? f.data : {};
-  switch (f.type) {
-    case 'message':
-    case 'edit_message':
-    case 'delete_message':
-      return data.id === undefined ? undefined : String(data.id);
-    case 'register':
-    case 'unregister':
-      return `${f.type}:${String(f.chat_id)}`;
-    case 'ping':
-      return 'ping';
-    default:
-      return undefined;
-  }
+/** An SDK error as the gateway's `error` frame would read. */
+function describeError(chat: ChatId | undefined, err: unknown): string {
+  if (!(err instanceof ClientError)) return `error: ${show(String(err))}`;
+  const { op, id, chatId = chat } = err.details;
+  return describe({ type: 'error', code: err.code, message: err.message, op, id, chat_id: chatId, retryable: err.retryable });
 }
 
 // --- the session ---------------------------------------------------------------------------
@@ -217,16 +199,16 @@ function replyKey(f: Frame): string | undefined {
 async function main(): Promise<void> {
   const opts = parseOptions(process.argv.slice(2));
   const token = opts.token ?? (await mintToken(opts.api, opts.user ?? usage('--user is required without --token')));
-  const ws = await connect(opts.url).catch((err: Error) => fail(`cannot connect to ${opts.url}: ${err.message}`));
+  const client = createClient({ url: opts.url, token, WebSocket });
 
   const interactive = Boolean(process.stdin.isTTY && process.stdout.isTTY);
   let rl: Interface | undefined;
   /** Registered chats; messages go to the last one joined. */
-  let chats: Id[] = [];
-  let current: Id = opts.chat;
+  const chats = new Map<string, Chat>();
+  let current: Chat | undefined;
   let quitting = false;
-  /** Requests waiting for their ack / registered / unregistered / pong, keyed by id or op:chat. */
-  const pending = new Map<string, () => void>();
+  /** Requests still waiting for their answer. */
+  const pending = new Set<Promise<unknown>>();
 
   const out = (line: string): void => {
     if (rl && interactive) {
@@ -238,60 +220,87 @@ async function main(): Promise<void> {
       process.stdout.write(`${line}\n`);
     }
   };
-
-  /** Sends a frame (as `text` if given); resolves when the gateway answers it (at once if it never does). */
-  const send = (frame: Frame, text = JSON.stringify(frame)): Promise<void> =>
-    new Promise((resolve) => {
-      const key = replyKey(frame);
-      if (key === undefined) resolve();
-      else pending.set(key, resolve);
-      ws.send(text);
-    });
-  const answered = (key: string): void => {
-    pending.get(key)?.();
-    pending.delete(key);
-  };
   const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+  const track = <T>(request: Promise<T>): Promise<T | undefined> => {
+    const settled = request.then(
+      (value) => value,
+      () => undefined,
+    );
+    pending.add(settled);
+    void settled.then(() => pending.delete(settled));
+    return settled;
+  };
 
-  let lastError = '';
+  client.on('registered', (e) => out(describe({ type: 'registered', chat_id: e.chatId, user_id: e.userId, online: e.online })));
+  client.on('message', (e) => out(describe({ type: 'message', chat_id: e.chatId, data: e.message })));
+  client.on('edit', (e) => out(describe({ type: 'edit_message', chat_id: e.chatId, data: e.edit })));
+  client.on('delete', (e) => out(describe({ type: 'delete_message', chat_id: e.chatId, data: { id: e.id, deleted_by: e.deletedBy } })));
+  client.on('presence', (e) => out(describe({ type: 'presence', chat_id: e.chatId, user_id: e.userId, status: e.status })));
+  client.on('typing', (e) => out(describe({ type: 'typing', chat_id: e.chatId, user_id: e.userId })));
+  client.on('gap', (e) => out(`[chat ${show(e.chatId)}] missed broadcasts after ${e.from.seq} up to ${e.to.seq} (${show(e.reason)}); they are in the main API's history`));
+  // A chat the gateway took away (a refused join is reported by /join itself).
+  client.on('unregistered', (e) => {
+    if (!chats.has(String(e.chatId))) return;
+    out(`[chat ${show(e.chatId)}] unregistered (${show(e.error.code)})`);
+    forget(e.chatId);
+  });
+  // Answers the SDK has no use for, e.g. to frames sent with /raw.
+  client.on('unhandled', (frame) => out(isObject(frame) ? describe(frame) : show(frame)));
 
-  ws.on('message', (raw, isBinary) => {
-    let frame: unknown;
-    try {
-      frame = isBinary ? null : JSON.parse(raw.toString());
-    } catch {
-      frame = null;
-    }
-    if (!isObject(frame)) {
-      out(`unparseable frame: ${show(raw.toString())}`);
+  let registeredOnce = false;
+  /** Why the connection is down, for the first registration's error message. */
+  let connectProblem: ((why: string) => void) | undefined;
+  client.on('state', (e) => {
+    if (e.state !== 'disconnected' || quitting) return;
+    const why = `${e.code ?? ''}${e.reason ? ` ${e.reason}` : ''}`.trim() || 'closed';
+    if (!registeredOnce) {
+      // Not when the SDK closed an idle connection after the chat was refused: join reports that.
+      if (e.retryInMs != null || e.error) connectProblem?.(why);
       return;
     }
-    out(describe(frame));
-    if (frame.type === 'error') lastError = describe(frame);
-    const chat = String(frame.chat_id);
-    if (frame.type === 'ack' || (frame.type === 'error' && frame.id !== undefined)) answered(String(frame.id));
-    if (frame.type === 'registered' || (frame.type === 'error' && frame.op === 'register')) answered(`register:${chat}`);
-    if (frame.type === 'unregistered' || (frame.type === 'error' && frame.op === 'unregister')) answered(`unregister:${chat}`);
-    if (frame.type === 'pong') answered('ping');
-    if (frame.type === 'registered' && (typeof frame.chat_id === 'number' || typeof frame.chat_id === 'string')) {
-      if (!chats.some((c) => String(c) === chat)) chats.push(frame.chat_id);
+    if (e.error) {
+      process.stderr.write(`client: connection closed by the gateway (${why}): ${e.error.message}\n`);
+      process.exit(1);
     }
-    if (frame.type === 'unregistered') chats = chats.filter((c) => String(c) !== chat);
-    // Left the current chat, or failed to join it: fall back to the last chat joined.
-    const lost = frame.type === 'unregistered' || (frame.type === 'error' && frame.op === 'register');
-    if (lost && chat === String(current)) current = chats.at(-1) ?? current;
-  });
-  ws.on('error', (err) => process.stderr.write(`client: websocket error: ${err.message}\n`));
-  ws.on('close', (code, reason) => {
-    const why = `connection closed by the gateway (${code}${reason.length ? ` ${reason.toString()}` : ''})`;
-    if (quitting) process.exit(0);
-    process.stderr.write(`client: ${why}\n`);
-    process.exit(1);
+    if (e.retryInMs == null) out('no chat left: /join <chat> or /quit');
+    else process.stderr.write(`client: connection lost (${why}); reconnecting in ${e.retryInMs} ms\n`);
   });
 
-  // The first registration decides the exit code: 1 if refused, unanswered, or the socket closes.
-  await Promise.race([send({ type: 'register', token, chat_id: opts.chat }), sleep(REGISTER_TIMEOUT_MS)]);
-  if (chats.length === 0) fail(lastError ? `register failed: ${lastError}` : `no answer to register within ${REGISTER_TIMEOUT_MS} ms`);
+  const forget = (id: ChatId): void => {
+    chats.delete(String(id));
+    // Left the current chat, or failed to join it: fall back to the last chat joined.
+    if (current !== undefined && String(current.id) === String(id)) current = [...chats.values()].at(-1) ?? current;
+  };
+
+  /** Registers a chat (it becomes current); null once registered, else what went wrong. */
+  const join = async (id: ChatId): Promise<string | null> => {
+    let chat: Chat;
+    try {
+      chat = client.chat(id);
+    } catch (err) {
+      return describeError(id, err);
+    }
+    current = chat;
+    const problem = await Promise.race([
+      chat.ready().then(
+        () => null,
+        (err: unknown) => describeError(id, err),
+      ),
+      sleep(REGISTER_TIMEOUT_MS).then(() => `no answer to register within ${REGISTER_TIMEOUT_MS} ms`),
+    ]);
+    if (problem === null) chats.set(String(id), chat);
+    else forget(id);
+    return problem;
+  };
+
+  // The first registration decides the exit code: 1 if refused, unanswered, or the gateway cannot be reached.
+  const unreachable = new Promise<string>((resolve) => (connectProblem = (why) => resolve(`cannot connect to ${opts.url}: ${why}`)));
+  const problem = await Promise.race([join(opts.chat).then((p) => p && `register failed: ${p}`), unreachable]);
+  if (problem !== null) {
+    client.close();
+    fail(problem);
+  }
+  registeredOnce = true;
 
   const quit = async (): Promise<void> => {
     if (quitting) return;
@@ -300,57 +309,67 @@ async function main(): Promise<void> {
     const deadline = Date.now() + GRACE_MS;
     while (pending.size > 0 && Date.now() < deadline) await sleep(50);
     if (pending.size > 0) process.stderr.write(`client: exiting with ${pending.size} request(s) unanswered\n`);
-    ws.close(1000, 'bye');
-    setTimeout(() => process.exit(0), 1000).unref();
+    client.close();
+    setTimeout(() => process.exit(0), 100).unref();
   };
+
+  /** Sends a write and prints its answer as the gateway's `ack` or `error` would read. */
+  const write = (chat: Chat, request: Promise<Ack>): void => {
+    void track(
+      request.then(
+        (ack) => out(describe({ type: 'ack', op: ack.op, id: ack.id, chat_id: ack.chatId, duplicate: ack.duplicate })),
+        (err: unknown) => out(describeError(chat.id, err)),
+      ),
+    );
+  };
+  const nonce = () => randomBytes(12).toString('base64');
+  const content = (text: string) => ({ ciphertext: Buffer.from(text).toString('base64'), nonce: nonce(), envelopes: {} }); // NOT encryption: a dev tool
 
   const message = (text: string): void => {
-    const data = {
-      id: randomUUID(),
-      message_type: 'text',
-      ciphertext: Buffer.from(text).toString('base64'), // NOT encryption: a dev tool
-      nonce: randomBytes(12).toString('base64'),
-      envelopes: {},
-      created_at: new Date().toISOString(),
-    };
-    void send({ type: 'message', chat_id: current, data });
+    if (current === undefined) return out('no chat: /join <chat> first');
+    write(current, current.send({ ...content(text), message_type: 'text', created_at: new Date().toISOString() }));
   };
 
-  /** Runs one command line; /join and /leave are awaited, so the next lines go to the right chat. */
+  /** Runs one command line; /join is awaited, so the next lines go to the right chat. */
   const command = async (line: string): Promise<void> => {
     const [, name = '', rest = ''] = /^\/(\S*)\s*(.*)$/.exec(line) ?? [];
     const [arg = '', ...words] = rest.split(/\s+/);
-    const nonce = () => randomBytes(12).toString('base64');
     switch (name) {
-      case 'edit': {
+      case 'edit':
         if (!arg || words.length === 0) return out('usage: /edit <id> <text>');
-        const ciphertext = Buffer.from(rest.slice(arg.length).trim()).toString('base64');
-        const data = { id: arg, ciphertext, nonce: nonce(), envelopes: {} };
-        return void send({ type: 'edit_message', chat_id: current, data });
-      }
+        if (current) write(current, current.edit(arg, content(rest.slice(arg.length).trim())));
+        return;
       case 'delete':
         if (!arg) return out('usage: /delete <id>');
-        return void send({ type: 'delete_message', chat_id: current, data: { id: arg } });
+        if (current) write(current, current.delete(arg));
+        return;
       case 'typing':
-        return void send({ type: 'typing', chat_id: current });
+        return current?.typing();
       case 'ping':
-        return void send({ type: 'ping' });
-      case 'join':
+        void track(client.ping().then(() => out('pong'), (err: unknown) => out(describeError(undefined, err))));
+        return;
+      case 'join': {
         if (!arg) return out('usage: /join <chat>');
-        current = toId(arg);
-        return Promise.race([send({ type: 'register', token, chat_id: current }), sleep(REGISTER_TIMEOUT_MS)]);
-      case 'leave':
+        const problem = await join(toId(arg));
+        if (problem !== null) out(problem);
+        return;
+      }
+      case 'leave': {
         if (!arg) return out('usage: /leave <chat>');
-        return Promise.race([send({ type: 'unregister', chat_id: toId(arg) }), sleep(REGISTER_TIMEOUT_MS)]);
-      case 'raw': {
-        let frame: unknown = null;
+        const chat = chats.get(String(toId(arg)));
+        if (chat === undefined) return out(describe({ type: 'error', code: 'not_registered', message: 'not registered to this chat', op: 'unregister', chat_id: toId(arg) }));
+        chat.leave();
+        forget(chat.id);
+        return out(describe({ type: 'unregistered', chat_id: chat.id }));
+      }
+      case 'raw':
         try {
-          frame = JSON.parse(rest);
+          JSON.parse(rest);
         } catch {
           out('note: not valid JSON; sent anyway');
         }
-        return void send(isObject(frame) ? frame : {}, rest);
-      }
+        if (!client.sendRaw(rest)) out('not connected; not sent');
+        return;
       case 'help':
         return out(HELP.slice(HELP.indexOf('Commands:')));
       case 'quit':

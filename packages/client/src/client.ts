@@ -1,0 +1,943 @@
+import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from './backoff.js';
+import { Chat, type ChatHost } from './chat.js';
+import { Emitter } from './emitter.js';
+import { ClientError, type ClientErrorCode } from './errors.js';
+import { MemoryStorage, Outbox, type OutboxStorage, type Pending } from './outbox.js';
+import { Stream, type Delivery } from './stream.js';
+import type {
+  Ack,
+  ChatEvents,
+  ChatId,
+  ClientEvents,
+  ConnectionState,
+  Frame,
+  Position,
+  RegisteredEvent,
+  StateEvent,
+  UserId,
+  WebSocketConstructor,
+  WebSocketLike,
+  WriteOp,
+} from './types.js';
+
+/** A token, or a function the SDK calls for one (again after the gateway said `unauthorized`). */
+export type TokenSource = string | (() => string | Promise<string>);
+
+export interface ClientOptions {
+  /** The gateway's WebSocket URL, e.g. `wss://chat.example.com/ws`. */
+  url: string;
+  token: TokenSource;
+  /** Required where there is no global `WebSocket` (Node 20: `import { WebSocket } from 'ws'`). */
+  WebSocket?: WebSocketConstructor;
+  /** Where unacked writes are kept (default: memory). */
+  storage?: OutboxStorage;
+  /** Reconnect delays: full jitter in [0, min(maxDelayMs, minDelayMs·2^n)]; default 250 ms → 30 s. */
+  reconnect?: Partial<BackoffOptions> & {
+    /** A connection open this long resets the backoff (default 10 s). */
+    stableAfterMs?: number;
+  };
+  /** Give up on a connection attempt that has not opened after this (default 10 s). */
+  connectTimeoutMs?: number;
+  /** Send a `ping` after this long without any frame from the gateway (default 15 s). */
+  pingIdleMs?: number;
+  /** …and drop the connection if nothing arrives within this after the ping (default 10 s). */
+  pongTimeoutMs?: number;
+  /**
+   * Client-side pacing of every frame, below the gateway's bucket (20/s, burst 50), so that
+   * re-registering many chats after a reconnect is not refused (default 18/s, burst 40).
+   */
+  rateLimit?: { perSec: number; burst: number };
+  /** Writes in flight at once on a connection, below the gateway's 16 (default 8). */
+  maxInFlight?: number;
+  /** Writes larger than this are refused `too_large` without sending (the gateway's MAX_MESSAGE_BYTES, default 65536). */
+  maxFrameBytes?: number;
+  /** Refused tokens / failing token provider calls in a row before giving up (default 3). */
+  maxAuthFailures?: number;
+  /** Edits of a message not seen yet are held this long, at most `max` per chat (default 10 s, 1000). */
+  hold?: { ms?: number; max?: number };
+  /** Tells the SDK the app already has a message (e.g. from history), so its edits are not held. */
+  isKnownMessage?: (chatId: ChatId, messageId: string) => boolean;
+}
+
+export interface ChatOptions {
+  /** Resume after this position (persisted from `chat.position`): what was missed is replayed or reported as a gap. */
+  since?: Position;
+}
+
+type Timer = ReturnType<typeof setTimeout>;
+
+/** One chat's state inside the client. */
+interface ChatState {
+  chat: Chat;
+  key: string;
+  stream: Stream;
+  status: 'idle' | 'registering' | 'registered' | 'gone';
+  /** `leave()` was called: no more events; unregistered once its queued writes are answered. */
+  leaving: boolean;
+  /** The pending register carried `since`. */
+  askedSince: boolean;
+  registerAttempts: number;
+  retryTimer: Timer | null;
+  lastTypingAt: number;
+  online: Map<string, UserId>;
+  waiters: Array<{ resolve(e: RegisteredEvent): void; reject(e: ClientError): void }>;
+  lastRegistered: RegisteredEvent | null;
+}
+
+const MESSAGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const TYPING_INTERVAL_MS = 1000;
+const RETRYABLE = new Set(['rate_limited', 'upstream_unavailable']);
+const WRITE_OPS = new Set<string>(['message', 'edit_message', 'delete_message']);
+const utf8 = new TextEncoder();
+
+export function createClient(options: ClientOptions): Client {
+  return new Client(options);
+}
+
+/**
+ * A connection to the gateway that survives disconnects: it reconnects with backoff,
+ * re-registers every chat from its last position, resends unacked writes with the same ids,
+ * and hands the app each broadcast once, in order.
+ */
+export class Client extends Emitter<ClientEvents> {
+  private readonly WS: WebSocketConstructor;
+  private readonly backoff: BackoffOptions;
+  private readonly cfg: Required<Pick<ClientOptions, 'connectTimeoutMs' | 'pingIdleMs' | 'pongTimeoutMs' | 'rateLimit' | 'maxInFlight' | 'maxFrameBytes' | 'maxAuthFailures'>> & {
+    stableAfterMs: number;
+  };
+  private readonly chats = new Map<string, ChatState>();
+  private readonly outbox: Outbox;
+  private readonly host: ChatHost;
+
+  private ws: WebSocketLike | null = null;
+  private current: ConnectionState = 'disconnected';
+  /** Set once the client is closed or gave up: nothing happens after it. */
+  private ended: ClientError | null = null;
+  private reconnectAttempt = 0;
+  private reconnectTimer: Timer | null = null;
+  private openedAt = 0;
+  private lastSocketError = '';
+
+  private token: string | null;
+  private tokenRequest: Promise<string> | null = null;
+  private tokenStale = false;
+  /** The last token counted as refused (so N chats refusing one token count once). */
+  private refusedToken: string | null = null;
+  /** The kind of the latest refused register since the last successful one. */
+  private lastRefusal: 'unauthorized' | 'forbidden' | null = null;
+  private authFailures = 0;
+
+  private lastFrameAt = 0;
+  private idleTimer: Timer | null = null;
+  private pongTimer: Timer | null = null;
+  private readonly pongWaiters: Array<(answered: boolean) => void> = [];
+
+  private tokens = 0;
+  private refilledAt = 0;
+  private readonly sendQueue: string[] = [];
+  private paceTimer: Timer | null = null;
+  private holdTimer: Timer | null = null;
+  /** Stored entries come first: nothing is sent before they are loaded. */
+  private outboxLoaded = false;
+
+  constructor(private readonly options: ClientOptions) {
+    super();
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (WS === undefined) throw new TypeError('no WebSocket implementation: pass { WebSocket } (on Node 20: import { WebSocket } from "ws")');
+    this.WS = WS;
+    this.backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
+    this.cfg = {
+      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+      pingIdleMs: options.pingIdleMs ?? 15_000,
+      pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
+      rateLimit: options.rateLimit ?? { perSec: 18, burst: 40 },
+      maxInFlight: options.maxInFlight ?? 8,
+      maxFrameBytes: options.maxFrameBytes ?? 65_536,
+      maxAuthFailures: options.maxAuthFailures ?? 3,
+      stableAfterMs: options.reconnect?.stableAfterMs ?? 10_000,
+    };
+    this.token = typeof options.token === 'string' ? options.token : null;
+    this.outbox = new Outbox(options.storage ?? new MemoryStorage(), (err) => this.storageFailed(err));
+    this.host = this.chatHost();
+    void this.outbox.loaded.then(() => {
+      this.outboxLoaded = true;
+      this.pump();
+    });
+  }
+
+  get state(): ConnectionState {
+    return this.current;
+  }
+
+  /** The chat's handle; registers it (connecting if needed) unless it is already open. */
+  chat(id: ChatId, options: ChatOptions = {}): Chat {
+    if (this.ended) throw this.ended;
+    const key = String(id);
+    const existing = this.chats.get(key);
+    if (existing !== undefined && existing.status !== 'gone') {
+      existing.leaving = false; // opened again before its leave completed
+      return existing.chat;
+    }
+    const hold = this.options.hold ?? {};
+    const state: ChatState = {
+      chat: new Chat(this.host, id),
+      key,
+      stream: new Stream(id, options.since ?? null, {
+        holdMs: hold.ms ?? 10_000,
+        maxHeld: hold.max ?? 1000,
+        maxIds: 10_000,
+        maxUnfilled: 1000,
+        isKnown: this.options.isKnownMessage,
+      }),
+      status: 'idle',
+      leaving: false,
+      askedSince: false,
+      registerAttempts: 0,
+      retryTimer: null,
+      lastTypingAt: 0,
+      online: new Map(),
+      waiters: [],
+      lastRegistered: null,
+    };
+    this.chats.set(key, state);
+    if (this.isOpen()) this.register(state);
+    else this.connectSoon();
+    return state.chat;
+  }
+
+  /** Round trip of an application ping, in ms; rejects if the connection drops first. */
+  ping(): Promise<number> {
+    const started = Date.now();
+    return new Promise((resolve, reject) => {
+      if (!this.isOpen()) return reject(new ClientError('disconnected', 'not connected'));
+      this.pongWaiters.push((answered) => (answered ? resolve(Date.now() - started) : reject(new ClientError('disconnected', 'no pong: the ping was refused or the connection dropped'))));
+      this.transmit('{"type":"ping"}');
+    });
+  }
+
+  /**
+   * Sends a text frame verbatim (paced like every frame). A debugging aid: its answers reach
+   * the app as `unhandled` events unless they belong to something the SDK tracks.
+   */
+  sendRaw(text: string): boolean {
+    return this.transmit(text);
+  }
+
+  /** Closes the connection for good; every pending promise rejects with `closed`. */
+  close(): void {
+    this.giveUp(new ClientError('closed', 'the client was closed'));
+  }
+
+  // --- connection ------------------------------------------------------------------------------
+
+  private isOpen(): boolean {
+    return this.ws !== null && this.ws.readyState === 1 && this.current === 'connected';
+  }
+
+  /** A connection is kept only while some chat needs it. */
+  private wanted(): boolean {
+    for (const state of this.chats.values()) if (state.status !== 'gone') return true;
+    return false;
+  }
+
+  private connectSoon(): void {
+    if (this.ended || this.ws !== null || this.reconnectTimer !== null) return;
+    this.connect();
+  }
+
+  private setState(event: StateEvent): void {
+    this.current = event.state;
+    this.emit('state', event);
+  }
+
+  /**
+   * Opens a WebSocket. The token is fetched only once it is open (for the first register), so
+   * an offline device just keeps reconnecting instead of counting failed token fetches.
+   */
+  private connect(): void {
+    this.reconnectTimer = null;
+    if (this.ended || this.ws !== null || !this.wanted()) return;
+    this.setState({ state: 'connecting' });
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(this.options.url);
+    } catch (err) {
+      // A URL the runtime refuses will never work.
+      this.giveUp(new ClientError('disconnected', `cannot open ${this.options.url}: ${errorText(err)}`));
+      return;
+    }
+    this.ws = ws;
+    this.lastSocketError = '';
+    const connectTimer = setTimeout(() => this.abandon(ws, 'connect timeout'), this.cfg.connectTimeoutMs);
+    ws.onopen = () => {
+      clearTimeout(connectTimer);
+      if (this.ws === ws) this.onOpen();
+    };
+    ws.onmessage = (event: { data: unknown }) => {
+      if (this.ws === ws) this.onMessage(event.data);
+    };
+    ws.onerror = (event: { message?: unknown; error?: unknown }) => {
+      if (this.ws === ws) this.lastSocketError = errorText(event.error ?? event.message ?? 'WebSocket error');
+    };
+    ws.onclose = (event: { code: number; reason: string }) => {
+      clearTimeout(connectTimer);
+      if (this.ws === ws) this.onClose(event.code, event.reason || this.lastSocketError);
+    };
+  }
+
+  private onOpen(): void {
+    this.openedAt = Date.now();
+    this.lastFrameAt = this.openedAt;
+    this.tokens = this.cfg.rateLimit.burst; // a new connection has a full bucket at the gateway
+    this.refilledAt = this.openedAt;
+    this.setState({ state: 'connected' });
+    this.armIdle();
+    for (const state of this.chats.values()) {
+      if (state.status === 'gone') continue;
+      state.status = 'idle';
+      this.register(state);
+    }
+  }
+
+  /** Stops listening to `ws` (it may never report its close: a dead link) and treats it as closed. */
+  private abandon(ws: WebSocketLike, why: string): void {
+    if (this.ws !== ws) return;
+    detach(ws);
+    try {
+      ws.close(4000, why);
+    } catch {
+      // already closing
+    }
+    this.onClose(1006, why);
+  }
+
+  private onClose(code: number, reason: string): void {
+    const ws = this.ws;
+    if (ws !== null) detach(ws);
+    this.ws = null;
+    this.stopConnectionTimers();
+    if (this.openedAt !== 0 && Date.now() - this.openedAt >= this.cfg.stableAfterMs) this.reconnectAttempt = 0;
+    this.openedAt = 0;
+    for (const waiter of this.pongWaiters.splice(0)) waiter(false);
+    for (const state of this.chats.values()) {
+      if (state.status !== 'gone') state.status = 'idle';
+      clearTimer(state.retryTimer);
+      state.retryTimer = null;
+    }
+    const inFlight = this.outbox.all().filter((p) => p.inFlight);
+    for (const item of inFlight) {
+      item.inFlight = false;
+      item.maybeApplied = true; // it may have been saved; the resend is answered `duplicate`
+    }
+    if (code === 1009) {
+      // The gateway refused a frame as too large; the largest write in flight is the one.
+      const largest = inFlight.sort((a, b) => b.text.length - a.text.length)[0];
+      if (largest) this.fail(largest, new ClientError('too_large', 'the gateway closed the connection: frame too large (1009)', { op: largest.entry.op, id: largest.entry.data.id, closeCode: code }));
+    }
+    if (code === 1008) {
+      this.giveUp(new ClientError('disconnected', `the gateway closed the connection for flooding (1008${reason ? `: ${reason}` : ''})`, { closeCode: code }), code, reason);
+      return;
+    }
+    // 4401 also follows five `forbidden` registers: those chats are dropped already and the
+    // token is fine, so only refusals of the token itself make it a token problem.
+    if (code === 4401 && this.lastRefusal !== 'forbidden') {
+      this.tokenRefused(new ClientError('unauthorized', 'the gateway refused the token too often (4401): a new token is needed', { closeCode: code }), code);
+      if (this.ended) return;
+    }
+    if (!this.wanted()) {
+      this.setState({ state: 'disconnected', code, reason, retryInMs: null });
+      return;
+    }
+    this.scheduleReconnect(code, reason);
+  }
+
+  private scheduleReconnect(code: number, reason: string): void {
+    const delay = backoffDelay(this.reconnectAttempt++, this.backoff);
+    // Armed before the event, so a listener that calls close() cancels it.
+    this.reconnectTimer = setTimeout(() => this.connect(), delay);
+    this.setState({ state: 'disconnected', code, reason, retryInMs: delay });
+  }
+
+  /**
+   * The gateway refused the current token (a register or registration `unauthorized`, 4401).
+   * Final with a static token; with a provider the next register asks it for a new one. Each
+   * token counts once, however many chats it was refused for.
+   */
+  private tokenRefused(error: ClientError, code?: number): void {
+    if (typeof this.options.token === 'string') return this.giveUp(error, code);
+    this.tokenStale = true;
+    if (this.refusedToken === this.token) return;
+    this.refusedToken = this.token;
+    this.authFailed(error, code);
+  }
+
+  /** Refused tokens and failed provider calls in a row: past `maxAuthFailures` the client gives up. */
+  private authFailed(error: ClientError, code?: number): void {
+    if (++this.authFailures >= this.cfg.maxAuthFailures) this.giveUp(error, code);
+  }
+
+  /** The token to register with: the static one, or the provider's (asked again once refused). */
+  private freshToken(): Promise<string> {
+    if (this.token !== null && !this.tokenStale) return Promise.resolve(this.token);
+    const provider = this.options.token;
+    if (typeof provider === 'string') return Promise.resolve(provider);
+    this.tokenRequest ??= Promise.resolve()
+      .then(provider)
+      .then(
+        (token) => {
+          if (typeof token !== 'string' || token === '') throw new Error('not a non-empty string');
+          this.token = token;
+          this.tokenStale = false;
+          return token;
+        },
+      )
+      .catch((err: unknown) => {
+        this.authFailed(new ClientError('unauthorized', `the token provider failed: ${errorText(err)}`));
+        throw err;
+      })
+      .finally(() => (this.tokenRequest = null));
+    return this.tokenRequest;
+  }
+
+  /** Ends the client: no reconnect; every pending promise rejects with `error`. */
+  private giveUp(error: ClientError, code?: number, reason?: string): void {
+    if (this.ended) return;
+    this.ended = error;
+    const ws = this.ws;
+    this.ws = null;
+    if (ws !== null) {
+      detach(ws);
+      try {
+        ws.close(1000, error.code === 'closed' ? 'bye' : 'giving up');
+      } catch {
+        // already closing
+      }
+    }
+    this.stopConnectionTimers();
+    clearTimer(this.reconnectTimer);
+    clearTimer(this.holdTimer);
+    this.reconnectTimer = this.holdTimer = null;
+    for (const waiter of this.pongWaiters.splice(0)) waiter(false);
+    for (const state of this.chats.values()) {
+      clearTimer(state.retryTimer);
+      for (const w of state.waiters.splice(0)) w.reject(error);
+    }
+    // Unacked writes stay in the storage: a persistent outbox sends them from the next client.
+    for (const item of [...this.outbox.all()]) this.fail(item, error, false);
+    this.setState({ state: 'disconnected', retryInMs: null, error, ...(code === undefined ? {} : { code }), ...(reason ? { reason } : {}) });
+  }
+
+  private stopConnectionTimers(): void {
+    clearTimer(this.idleTimer);
+    clearTimer(this.pongTimer);
+    clearTimer(this.paceTimer);
+    this.idleTimer = this.pongTimer = this.paceTimer = null;
+    this.sendQueue.length = 0;
+  }
+
+  // --- liveness --------------------------------------------------------------------------------
+
+  /**
+   * After `pingIdleMs` without a frame the client pings; if nothing at all arrives within
+   * `pongTimeoutMs` the link is dead (runtimes hide WebSocket-level pings, and a dead TCP link
+   * can take minutes to report) and the client reconnects.
+   */
+  private armIdle(): void {
+    clearTimer(this.idleTimer);
+    const due = this.lastFrameAt + this.cfg.pingIdleMs - Date.now();
+    this.idleTimer = setTimeout(() => this.onIdle(), Math.max(due, 0));
+  }
+
+  private onIdle(): void {
+    this.idleTimer = null;
+    const ws = this.ws;
+    if (ws === null || !this.isOpen()) return;
+    if (Date.now() - this.lastFrameAt < this.cfg.pingIdleMs) return this.armIdle();
+    this.pongWaiters.push(() => undefined);
+    this.transmit('{"type":"ping"}');
+    this.pongTimer = setTimeout(() => this.abandon(ws, 'no answer to ping'), this.cfg.pongTimeoutMs);
+  }
+
+  // --- outgoing frames -------------------------------------------------------------------------
+
+  /**
+   * Sends a frame within the client's token bucket; queued (in order) when out of tokens, or
+   * dropped if `droppable` (typing). False when it was not sent or queued.
+   */
+  private transmit(text: string, droppable = false): boolean {
+    if (!this.isOpen()) return false;
+    this.refill();
+    if (this.sendQueue.length === 0 && this.tokens >= 1) {
+      this.tokens--;
+      this.rawSend(text);
+      return true;
+    }
+    if (droppable) return false;
+    this.sendQueue.push(text);
+    this.schedulePacing();
+    return true;
+  }
+
+  private refill(): void {
+    const now = Date.now();
+    const { perSec, burst } = this.cfg.rateLimit;
+    this.tokens = Math.min(burst, this.tokens + ((now - this.refilledAt) * perSec) / 1000);
+    this.refilledAt = now;
+  }
+
+  private schedulePacing(): void {
+    if (this.paceTimer !== null) return;
+    const wait = Math.max(1, Math.ceil(((1 - this.tokens) * 1000) / this.cfg.rateLimit.perSec));
+    this.paceTimer = setTimeout(() => {
+      this.paceTimer = null;
+      this.refill();
+      while (this.sendQueue.length > 0 && this.tokens >= 1) {
+        this.tokens--;
+        this.rawSend(this.sendQueue.shift()!);
+      }
+      if (this.sendQueue.length > 0) this.schedulePacing();
+    }, wait);
+  }
+
+  private rawSend(text: string): void {
+    try {
+      this.ws?.send(text);
+    } catch {
+      // The socket is closing; its close event resends what is still unacked.
+    }
+  }
+
+  // --- chats -----------------------------------------------------------------------------------
+
+  private register(state: ChatState): void {
+    if (!this.isOpen() || state.status !== 'idle' || state.retryTimer !== null) return;
+    if (this.token === null || this.tokenStale) {
+      // The first register, or the token was refused: ask the provider (one call for all chats).
+      this.freshToken().then(
+        () => this.register(state),
+        () => {
+          if (!this.ended && state.status === 'idle') this.retryRegister(state);
+        },
+      );
+      return;
+    }
+    state.status = 'registering';
+    const since = state.stream.position;
+    state.askedSince = since !== null;
+    this.transmit(JSON.stringify({ type: 'register', token: this.token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }));
+  }
+
+  /** Registers `state` again after a delay (its register was refused for now). */
+  private retryRegister(state: ChatState): void {
+    state.status = 'idle';
+    clearTimer(state.retryTimer);
+    state.retryTimer = setTimeout(() => {
+      state.retryTimer = null;
+      this.register(state);
+    }, backoffDelay(state.registerAttempts++, this.backoff));
+  }
+
+  private onRegistered(state: ChatState, frame: Frame): void {
+    state.status = 'registered';
+    state.registerAttempts = 0;
+    this.authFailures = 0;
+    this.refusedToken = null;
+    this.lastRefusal = null;
+    const position = isPosition(frame.seq, frame.epoch) ? { seq: frame.seq as number, epoch: frame.epoch as string } : null;
+    const recovered = typeof frame.recovered === 'boolean' ? frame.recovered : undefined;
+    const reason = typeof frame.reason === 'string' ? frame.reason : undefined;
+    this.deliver(state.stream.onRegistered(position, recovered, reason, state.askedSince));
+    state.online = new Map((Array.isArray(frame.online) ? (frame.online as UserId[]) : []).map((u) => [String(u), u]));
+    const event: RegisteredEvent = {
+      chatId: state.chat.id,
+      userId: frame.user_id as UserId,
+      online: [...state.online.values()],
+      ...(position === null ? {} : { position }),
+      ...(recovered === undefined ? {} : { recovered }),
+    };
+    state.lastRegistered = event;
+    for (const w of state.waiters.splice(0)) w.resolve(event);
+    if (!state.leaving) this.emit('registered', event);
+    this.pump();
+  }
+
+  /** A `register` answered with an error. */
+  private registerRefused(state: ChatState, error: ClientError): void {
+    if (state.status === 'gone' || this.ended) return;
+    if (error.code === 'unauthorized' || error.code === 'forbidden') this.lastRefusal = error.code;
+    if (RETRYABLE.has(error.code)) return this.retryRegister(state);
+    if (error.code === 'unauthorized' && typeof this.options.token !== 'string') {
+      this.tokenRefused(error);
+      if (!this.ended) this.retryRegister(state);
+      return;
+    }
+    this.drop(state, error);
+  }
+
+  /** The gateway ended a registration itself (`unregistered` with a reason). */
+  private onUnregistered(state: ChatState, reason: string): void {
+    state.status = 'idle';
+    const error = new ClientError(reason === 'unauthorized' ? 'unauthorized' : 'forbidden', `the gateway ended the registration (${reason})`, { chatId: state.chat.id });
+    if (reason === 'unauthorized' && typeof this.options.token !== 'string') {
+      this.tokenRefused(error);
+      if (!this.ended) this.register(state);
+      return;
+    }
+    this.drop(state, error);
+  }
+
+  /** A chat that cannot be (re)registered: its writes fail, and the app is told. */
+  private drop(state: ChatState, error: ClientError): void {
+    this.forget(state, error);
+    for (const item of [...this.outbox.all()]) if (String(item.entry.chatId) === state.key) this.fail(item, error);
+    this.emit('unregistered', { chatId: state.chat.id, error });
+    this.closeIfIdle();
+  }
+
+  private forget(state: ChatState, error: ClientError): void {
+    state.status = 'gone';
+    clearTimer(state.retryTimer);
+    state.retryTimer = null;
+    for (const w of state.waiters.splice(0)) w.reject(error);
+    if (this.chats.get(state.key) === state) this.chats.delete(state.key);
+  }
+
+  /**
+   * Stops the chat's events at once; writes already made are still sent and answered (as the
+   * gateway would do with writes queued before an `unregister`), then the chat is unregistered.
+   */
+  private leave(state: ChatState): void {
+    if (state.status === 'gone' || state.leaving) return;
+    state.leaving = true;
+    for (const w of state.waiters.splice(0)) w.reject(new ClientError('closed', 'left the chat', { chatId: state.chat.id }));
+    this.finishLeaving(state);
+  }
+
+  private finishLeaving(state: ChatState | undefined): void {
+    if (state === undefined || !state.leaving || this.outbox.all().some((p) => String(p.entry.chatId) === state.key)) return;
+    if (state.status === 'registered') this.transmit(JSON.stringify({ type: 'unregister', chat_id: state.chat.id }));
+    this.forget(state, new ClientError('closed', 'left the chat', { chatId: state.chat.id }));
+    this.closeIfIdle();
+  }
+
+  /** Without chats the gateway would close the connection (4408): close it first. */
+  private closeIfIdle(): void {
+    if (this.wanted() || this.ended) return;
+    const reconnecting = this.reconnectTimer !== null;
+    clearTimer(this.reconnectTimer);
+    this.reconnectTimer = null;
+    const ws = this.ws;
+    this.ws = null;
+    if (ws !== null) {
+      detach(ws);
+      try {
+        ws.close(1000, 'no chats');
+      } catch {
+        // already closing
+      }
+    }
+    this.stopConnectionTimers();
+    if (ws !== null || reconnecting) this.setState({ state: 'disconnected', code: 1000, reason: 'no chats', retryInMs: null });
+  }
+
+  private typing(state: ChatState): void {
+    const now = Date.now();
+    if (state.status !== 'registered' || state.leaving || now - state.lastTypingAt < TYPING_INTERVAL_MS) return;
+    if (this.transmit(JSON.stringify({ type: 'typing', chat_id: state.chat.id }), true)) state.lastTypingAt = now;
+  }
+
+  // --- writes ----------------------------------------------------------------------------------
+
+  private write(state: ChatState, op: WriteOp, data: { id: string } & Record<string, unknown>): Promise<Ack> {
+    const context = { op, id: data.id, chatId: state.chat.id };
+    if (this.ended) return Promise.reject(this.ended);
+    if (state.status === 'gone' || state.leaving) return Promise.reject(new ClientError('closed', 'the chat was left', context));
+    if (typeof data.id !== 'string' || !MESSAGE_ID.test(data.id)) return Promise.reject(new ClientError('bad_request', 'a message id is 1-64 characters [A-Za-z0-9_-]', context));
+    if (op !== 'delete_message' && (typeof data.ciphertext !== 'string' || data.ciphertext === '')) {
+      return Promise.reject(new ClientError('bad_request', 'ciphertext must be a non-empty string', context));
+    }
+    return new Promise<Ack>((resolve, reject) => {
+      const item = this.outbox.add(op, state.chat.id, data, { resolve, reject });
+      if (utf8.encode(item.text).length > this.cfg.maxFrameBytes) {
+        this.outbox.remove(item);
+        return reject(new ClientError('too_large', `the frame is larger than ${this.cfg.maxFrameBytes} bytes`, context));
+      }
+      if (op === 'message') state.stream.noteSending(data.id);
+      void this.outbox.store(item).then((stored) => {
+        if (stored) return this.pump();
+        this.fail(item, new ClientError('internal', 'the outbox storage failed', context));
+      });
+    });
+  }
+
+  /**
+   * Sends what may go now: per chat only its oldest unacked write (so a retry never lets a
+   * later write overtake it), once the chat is registered, at most `maxInFlight` at a time.
+   */
+  private pump(): void {
+    if (!this.isOpen() || !this.outboxLoaded) return;
+    let inFlight = this.outbox.all().filter((p) => p.inFlight).length;
+    const seen = new Set<string>();
+    for (const item of this.outbox.all()) {
+      const key = String(item.entry.chatId);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      if (item.inFlight || !item.stored || item.retryTimer !== null) continue;
+      if (this.chats.get(key)?.status !== 'registered') continue;
+      if (inFlight >= this.cfg.maxInFlight) return;
+      item.inFlight = true;
+      item.attempts++;
+      inFlight++;
+      this.transmit(item.text);
+    }
+  }
+
+  private onAck(frame: Frame): void {
+    const item = this.outbox.inFlight(String(frame.op), String(frame.id));
+    if (item === undefined) return this.emit('unhandled', frame);
+    const seq = typeof frame.seq === 'number' ? frame.seq : undefined;
+    const epoch = typeof frame.epoch === 'string' ? frame.epoch : undefined;
+    this.succeed(item, frame.duplicate === true, seq, epoch);
+  }
+
+  private succeed(item: Pending, duplicate: boolean, seq?: number, epoch?: string): void {
+    const { op, chatId, data } = item.entry;
+    this.outbox.remove(item);
+    const ack: Ack = { op, id: data.id, chatId, duplicate, ...(seq === undefined ? {} : { seq }), ...(epoch === undefined ? {} : { epoch }) };
+    const state = this.chats.get(String(chatId));
+    if (state !== undefined) {
+      const out: Delivery[] = [];
+      state.stream.noteAck(op, data.id, seq, epoch, out);
+      this.deliver(out);
+    }
+    item.settle?.resolve(ack);
+    this.emit('sent', { chatId, ack });
+    this.finishLeaving(state);
+    this.pump();
+  }
+
+  /** Settles an entry with an error; `removeStored` false keeps it in the storage. */
+  private fail(item: Pending, error: ClientError, removeStored = true): void {
+    if (removeStored) this.outbox.remove(item);
+    else this.outbox.forget(item);
+    item.settle?.reject(error);
+    this.emit('failed', { chatId: item.entry.chatId, op: item.entry.op, id: item.entry.data.id, error });
+    this.finishLeaving(this.chats.get(String(item.entry.chatId)));
+  }
+
+  private storageFailed(err: unknown): void {
+    this.emit('error', { error: err, during: 'outbox storage' });
+  }
+
+  private onWriteError(item: Pending, error: ClientError): void {
+    item.inFlight = false;
+    const state = this.chats.get(String(item.entry.chatId));
+    if (error.retryable) {
+      item.retryTimer = setTimeout(() => {
+        item.retryTimer = null;
+        this.pump();
+      }, backoffDelay(item.attempts - 1, this.backoff));
+      return;
+    }
+    // A delete resent after a lost ack finds its message gone: that is the delete having worked.
+    if (error.code === 'not_found' && item.entry.op === 'delete_message' && item.maybeApplied) return this.succeed(item, true);
+    // The registration is gone but is being restored (not_registered, or a token being renewed): keep it.
+    const restoring = state !== undefined && state.status !== 'gone' && state.status !== 'registered';
+    if (error.code === 'not_registered' && state?.status === 'registered') {
+      state.status = 'idle';
+      this.register(state);
+      return;
+    }
+    if (restoring && (error.code === 'not_registered' || error.code === 'unauthorized')) return;
+    this.fail(item, error);
+    this.pump();
+  }
+
+  private onError(frame: Frame): void {
+    const op = typeof frame.op === 'string' ? frame.op : '';
+    const code = String(frame.code) as ClientErrorCode;
+    const details = {
+      retryable: frame.retryable === true,
+      op,
+      ...(typeof frame.id === 'string' ? { id: frame.id } : {}),
+      ...(frame.chat_id === undefined ? {} : { chatId: frame.chat_id as ChatId }),
+    };
+    const error = new ClientError(code, typeof frame.message === 'string' ? frame.message : code, details);
+    if (op === 'register') {
+      const state = this.chats.get(String(frame.chat_id));
+      if (state?.status === 'registering') return this.registerRefused(state, error);
+    } else if (WRITE_OPS.has(op) && typeof frame.id === 'string') {
+      const item = this.outbox.inFlight(op, frame.id);
+      if (item) return this.onWriteError(item, error);
+    } else if (op === 'ping') {
+      // A refused ping gets no pong. (The error itself proves the link is alive.)
+      return this.pongWaiters.shift()?.(false);
+    } else if (op === 'typing') {
+      return; // typing is best effort
+    }
+    this.emit('unhandled', frame);
+  }
+
+  // --- incoming frames -------------------------------------------------------------------------
+
+  private onMessage(data: unknown): void {
+    this.lastFrameAt = Date.now();
+    if (this.pongTimer !== null) {
+      // Any frame proves the link is alive, not only the pong.
+      clearTimer(this.pongTimer);
+      this.pongTimer = null;
+      this.armIdle();
+    }
+    if (typeof data !== 'string') return;
+    let frame: Frame;
+    try {
+      frame = JSON.parse(data) as Frame;
+    } catch {
+      return;
+    }
+    if (typeof frame !== 'object' || frame === null || typeof frame.type !== 'string') return;
+    const state = frame.chat_id === undefined ? undefined : this.chats.get(String(frame.chat_id));
+    // A chat being left gets no more events, but its registration still answers.
+    const live = state !== undefined && state.status !== 'gone' && !state.leaving ? state : undefined;
+    switch (frame.type) {
+      case 'message':
+      case 'edit_message':
+      case 'delete_message':
+        if (live === undefined) break;
+        this.deliver(live.stream.onBroadcast(frame, Date.now()));
+        return;
+      case 'presence':
+        if (live === undefined) break;
+        if (frame.status === 'online') live.online.set(String(frame.user_id), frame.user_id as UserId);
+        else live.online.delete(String(frame.user_id));
+        this.emit('presence', { chatId: live.chat.id, userId: frame.user_id as UserId, status: frame.status === 'online' ? 'online' : 'offline' });
+        return;
+      case 'typing':
+        if (live === undefined) break;
+        this.emit('typing', { chatId: live.chat.id, userId: frame.user_id as UserId });
+        return;
+      case 'registered':
+        if (state?.status !== 'registering') break;
+        return this.onRegistered(state, frame);
+      case 'unregistered':
+        // Without a reason it answers our own `unregister`: the chat is already forgotten.
+        if (typeof frame.reason !== 'string') return;
+        if (state === undefined || state.status === 'gone') break;
+        return this.onUnregistered(state, frame.reason);
+      case 'ack':
+        return this.onAck(frame);
+      case 'error':
+        return this.onError(frame);
+      case 'pong': {
+        const waiter = this.pongWaiters.shift();
+        if (waiter === undefined) break;
+        return waiter(true);
+      }
+    }
+    this.emit('unhandled', frame);
+  }
+
+  private deliver(deliveries: Delivery[]): void {
+    for (const d of deliveries) {
+      switch (d.type) {
+        case 'message':
+          this.emit('message', d.event);
+          break;
+        case 'edit':
+          this.emit('edit', d.event);
+          break;
+        case 'delete':
+          this.emit('delete', d.event);
+          break;
+        case 'gap':
+          this.emit('gap', d.event);
+          break;
+      }
+    }
+    this.armHoldTimer();
+  }
+
+  /** Hands over held edits when their time is up. */
+  private armHoldTimer(): void {
+    if (this.ended) return;
+    let next = Infinity;
+    for (const state of this.chats.values()) next = Math.min(next, state.stream.nextExpiry() ?? Infinity);
+    clearTimer(this.holdTimer);
+    this.holdTimer = null;
+    if (next === Infinity) return;
+    this.holdTimer = setTimeout(
+      () => {
+        this.holdTimer = null;
+        const now = Date.now();
+        for (const state of this.chats.values()) this.deliver(state.stream.expire(now));
+        this.armHoldTimer();
+      },
+      Math.max(0, next - Date.now()),
+    );
+  }
+
+  // --- the handle's view -----------------------------------------------------------------------
+
+  private chatHost(): ChatHost {
+    const stateOf = (chat: Chat): ChatState | undefined => {
+      const state = this.chats.get(String(chat.id));
+      return state?.chat === chat ? state : undefined;
+    };
+    return {
+      write: (chat, op, data) => {
+        const state = stateOf(chat);
+        if (state !== undefined) return this.write(state, op, data);
+        return Promise.reject(this.ended ?? new ClientError('closed', 'the chat was left', { op, id: data.id, chatId: chat.id }));
+      },
+      typing: (chat) => {
+        const state = stateOf(chat);
+        if (state) this.typing(state);
+      },
+      leave: (chat) => {
+        const state = stateOf(chat);
+        if (state) this.leave(state);
+      },
+      ready: (chat) => {
+        const state = stateOf(chat);
+        if (this.ended) return Promise.reject(this.ended);
+        if (state === undefined) return Promise.reject(new ClientError('closed', 'the chat was left', { chatId: chat.id }));
+        if (state.status === 'registered' && state.lastRegistered) return Promise.resolve(state.lastRegistered);
+        return new Promise((resolve, reject) => state.waiters.push({ resolve, reject }));
+      },
+      position: (chat) => stateOf(chat)?.stream.position ?? null,
+      online: (chat) => [...(stateOf(chat)?.online.values() ?? [])],
+      listen: <K extends keyof ChatEvents>(chat: Chat, type: K, listener: (event: ChatEvents[K]) => void) =>
+        this.on(type, (event) => {
+          if (String((event as { chatId: ChatId }).chatId) === String(chat.id)) listener(event);
+        }),
+      newId,
+    };
+  }
+}
+
+function isPosition(seq: unknown, epoch: unknown): boolean {
+  return typeof seq === 'number' && Number.isSafeInteger(seq) && seq >= 0 && typeof epoch === 'string' && epoch !== '';
+}
+
+function detach(ws: WebSocketLike): void {
+  ws.onopen = ws.onmessage = ws.onclose = null;
+  // Some implementations (ws) throw on an 'error' event nobody listens to.
+  ws.onerror = () => undefined;
+}
+
+function clearTimer(timer: Timer | null): void {
+  if (timer !== null) clearTimeout(timer);
+}
+
+function errorText(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return typeof err === 'string' ? err : JSON.stringify(err) ?? String(err);
+}
+
+/** A message id: a UUID where the runtime offers one (randomUUID needs a secure context in browsers). */
+export function newId(): string {
+  const c = (globalThis as { crypto?: Crypto }).crypto;
+  if (c === undefined) throw new Error('no crypto.getRandomValues in this runtime: pass message ids yourself');
+  if (typeof c.randomUUID === 'function') return c.randomUUID();
+  return Array.from(c.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
+}

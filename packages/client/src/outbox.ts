@@ -1,0 +1,132 @@
+import type { ClientError } from './errors.js';
+import type { Ack, ChatId, WriteOp } from './types.js';
+
+/** One write waiting for its ack, as stored. Everything in it is plain JSON. */
+export interface OutboxEntry {
+  /** Unique per entry (an edit has its message's id, so `id` alone is not). */
+  key: string;
+  op: WriteOp;
+  chatId: ChatId;
+  /** The frame's `data`: `id` plus the content. Resent byte-for-byte with the same id. */
+  data: { id: string } & Record<string, unknown>;
+  /** Send order across restarts: entries are sent by ascending `order`. */
+  order: number;
+}
+
+/**
+ * Where unacked writes live. The default keeps them in memory; an app that must not lose a
+ * message to a reload or a crash stores them (IndexedDB, a file, SQLite…). Entries are written
+ * before their first send and removed once acked or refused for good.
+ */
+export interface OutboxStorage {
+  load(): OutboxEntry[] | Promise<OutboxEntry[]>;
+  put(entry: OutboxEntry): void | Promise<void>;
+  remove(key: string): void | Promise<void>;
+}
+
+export class MemoryStorage implements OutboxStorage {
+  private readonly entries = new Map<string, OutboxEntry>();
+  load(): OutboxEntry[] {
+    return [...this.entries.values()];
+  }
+  put(entry: OutboxEntry): void {
+    this.entries.set(entry.key, entry);
+  }
+  remove(key: string): void {
+    this.entries.delete(key);
+  }
+}
+
+/** An entry while this client works on it. */
+export interface Pending {
+  entry: OutboxEntry;
+  /** The frame as sent (kept so a resend is the same bytes and its size is known). */
+  text: string;
+  /** In the storage; an entry is sent only once it is. */
+  stored: boolean;
+  inFlight: boolean;
+  /** Was in flight when a connection dropped: it may have been applied without an ack. */
+  maybeApplied: boolean;
+  attempts: number;
+  retryTimer: ReturnType<typeof setTimeout> | null;
+  /** Absent for entries restored from storage: their outcome is only the sent/failed events. */
+  settle?: { resolve(ack: Ack): void; reject(err: ClientError): void };
+}
+
+/** The ordered list of pending writes, mirrored to the storage. */
+export class Outbox {
+  private readonly pending: Pending[] = [];
+  private nextOrder = Date.now() * 1000;
+  /** Resolves once the stored entries are in the list, ahead of anything sent since. */
+  readonly loaded: Promise<void>;
+
+  constructor(
+    private readonly storage: OutboxStorage,
+    private readonly onStorageError: (err: unknown) => void,
+  ) {
+    this.loaded = Promise.resolve()
+      .then(() => storage.load())
+      .then(
+        (entries) => {
+          const restored = [...entries].sort((a, b) => a.order - b.order).map((entry) => this.wrap(entry));
+          this.pending.unshift(...restored);
+          const last = restored.at(-1)?.entry.order ?? 0;
+          this.nextOrder = Math.max(this.nextOrder, last + 1);
+        },
+        (err: unknown) => onStorageError(err),
+      );
+  }
+
+  /**
+   * Lists a new entry at once (so send order is call order) and stores it; it is not sent
+   * before the storage has it (`stored`), and it holds back the later writes of its chat.
+   */
+  add(op: WriteOp, chatId: ChatId, data: OutboxEntry['data'], settle: Pending['settle']): Pending {
+    const entry: OutboxEntry = { key: `${op}:${data.id}:${this.nextOrder}`, op, chatId, data, order: this.nextOrder++ };
+    const item: Pending = { ...this.wrap(entry), stored: false, settle };
+    this.pending.push(item);
+    return item;
+  }
+
+  /** Writes the entry to the storage; false when the storage failed (the entry is then dropped). */
+  async store(item: Pending): Promise<boolean> {
+    try {
+      await this.storage.put(item.entry);
+      item.stored = true;
+      return true;
+    } catch (err) {
+      this.onStorageError(err);
+      return false;
+    }
+  }
+
+  /** Drops an entry that is done (acked or refused for good), from the storage too. */
+  remove(item: Pending): void {
+    this.forget(item);
+    Promise.resolve()
+      .then(() => this.storage.remove(item.entry.key))
+      .catch(this.onStorageError);
+  }
+
+  /** Stops working on an entry but leaves it in the storage (close(), leave()). */
+  forget(item: Pending): void {
+    const i = this.pending.indexOf(item);
+    if (i >= 0) this.pending.splice(i, 1);
+    if (item.retryTimer !== null) clearTimeout(item.retryTimer);
+    item.retryTimer = null;
+  }
+
+  /** All pending entries, oldest first. */
+  all(): readonly Pending[] {
+    return this.pending;
+  }
+
+  /** The entry in flight for this answer (`ack` or `error` with op and id). */
+  inFlight(op: string, id: string): Pending | undefined {
+    return this.pending.find((p) => p.inFlight && p.entry.op === op && p.entry.data.id === id);
+  }
+
+  private wrap(entry: OutboxEntry): Pending {
+    return { entry, stored: true, text: JSON.stringify({ type: entry.op, chat_id: entry.chatId, data: entry.data }), inFlight: false, maybeApplied: false, attempts: 0, retryTimer: null };
+  }
+}

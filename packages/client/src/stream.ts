@@ -1,0 +1,209 @@
+import type { ChatId, DeleteEvent, EditEvent, GapEvent, MessageEvent, Position, ReceivedEdit, ReceivedMessage } from './types.js';
+
+/** What the app is told, in order. */
+export type Delivery =
+  | { type: 'message'; event: MessageEvent }
+  | { type: 'edit'; event: EditEvent }
+  | { type: 'delete'; event: DeleteEvent }
+  | { type: 'gap'; event: GapEvent };
+
+export interface StreamOptions {
+  /** How long an edit for a message not seen yet is held before it is handed over anyway. */
+  holdMs: number;
+  /** Most edits held at once per chat; past it the oldest is handed over. */
+  maxHeld: number;
+  /** Message ids remembered per chat (delivered or deleted) for dedupe. */
+  maxIds: number;
+  /** Broadcasts received past a hole before the hole is reported as a gap. */
+  maxUnfilled: number;
+  /** The app's own answer to "do you have this message?" (e.g. loaded from history). */
+  isKnown?: ((chatId: ChatId, messageId: string) => boolean) | undefined;
+}
+
+interface Held {
+  events: EditEvent[];
+  since: number;
+}
+
+/**
+ * One chat's broadcast stream as the app sees it: each broadcast once, in order, never a
+ * deleted message, edits only after their message. Pure bookkeeping: no I/O, no timers.
+ *
+ * Position: the highest `seq` such that every broadcast up to it was delivered (or was this
+ * client's own acked write). Broadcasts above a hole are delivered and remembered in `above`;
+ * the hole is filled by a later replay, or reported as a gap when too much piles up past it.
+ */
+export class Stream {
+  private pos: Position | null;
+  private readonly above = new Set<number>();
+  private readonly ids = new Map<string, 'delivered' | 'deleted'>();
+  private readonly held = new Map<string, Held>();
+  private heldCount = 0;
+
+  constructor(
+    readonly chatId: ChatId,
+    since: Position | null,
+    private readonly opts: StreamOptions,
+  ) {
+    this.pos = since === null ? null : { ...since };
+  }
+
+  /** The last position the app has seen everything up to (what `since` asks to resume from). */
+  get position(): Position | null {
+    return this.pos === null ? null : { ...this.pos };
+  }
+
+  /** A `message`, `edit_message` or `delete_message` frame from the gateway. */
+  onBroadcast(frame: Record<string, unknown>, now: number): Delivery[] {
+    const out: Delivery[] = [];
+    const data = frame.data as Record<string, unknown> | undefined;
+    if (typeof data !== 'object' || data === null || typeof data.id !== 'string') return out;
+    const { seq, epoch } = frame;
+    const numbered = typeof seq === 'number' && typeof epoch === 'string';
+    if (numbered) {
+      if (this.pos === null) this.pos = { seq: seq - 1, epoch };
+      else if (epoch !== this.pos.epoch) {
+        // The stream restarted under a live connection (its history is gone): report, resume.
+        const to = { seq: seq - 1, epoch };
+        out.push(this.gap(this.pos, to, 'epoch_changed'));
+        this.reset(to);
+      }
+      if (!this.mark(seq, out)) return out;
+    }
+    const at = numbered ? { seq, epoch } : {};
+    const id = data.id;
+    switch (frame.type) {
+      case 'message': {
+        if (this.ids.has(id)) return out; // delivered before (a replay or a resend), or deleted
+        this.remember(id, 'delivered');
+        out.push({ type: 'message', event: { chatId: this.chatId, message: data as ReceivedMessage, ...at } });
+        for (const event of this.release(id)) out.push({ type: 'edit', event });
+        return out;
+      }
+      case 'edit_message': {
+        const state = this.ids.get(id);
+        if (state === 'deleted') return out;
+        const event: EditEvent = { chatId: this.chatId, edit: data as ReceivedEdit, ...at };
+        if (state === 'delivered' || this.opts.isKnown?.(this.chatId, id)) out.push({ type: 'edit', event });
+        else this.hold(id, event, now, out);
+        return out;
+      }
+      case 'delete_message': {
+        if (this.ids.get(id) === 'deleted') return out;
+        // A delete is never held: the tombstone keeps its message from ever being shown, and an
+        // app that has the message from history removes it at once.
+        this.remember(id, 'deleted');
+        this.release(id);
+        const deletedBy = data.deleted_by as DeleteEvent['deletedBy'];
+        out.push({ type: 'delete', event: { chatId: this.chatId, id, ...(deletedBy === undefined ? {} : { deletedBy }), ...at } });
+        return out;
+      }
+      default:
+        return out;
+    }
+  }
+
+  /**
+   * The gateway's `registered`: where the chat stands now, and whether what was missed since
+   * the position sent as `since` was replayed (the replayed frames came just before it).
+   */
+  onRegistered(now: Position | null, recovered: boolean | undefined, reason: string | undefined, askedSince: boolean): Delivery[] {
+    if (now === null) return []; // a gateway that does not number broadcasts
+    const out: Delivery[] = [];
+    const from = this.pos;
+    // Exactly at the top: nothing was missed, even if the gateway keeps no history to replay.
+    const caughtUp = from !== null && from.epoch === now.epoch && from.seq === now.seq;
+    if (askedSince && from !== null && recovered !== true && !caughtUp) out.push(this.gap(from, now, reason ?? 'no_history'));
+    this.reset(now);
+    return out;
+  }
+
+  /** Before sending message `id`: a replay of it (after a lost ack) is this client's own. */
+  noteSending(id: string): void {
+    if (!this.ids.has(id)) this.remember(id, 'delivered');
+  }
+
+  /** This client's write was acked: the sender never receives its own broadcast live. */
+  noteAck(op: string, id: string, seq: number | undefined, epoch: string | undefined, out: Delivery[]): void {
+    if (op === 'delete_message') {
+      this.remember(id, 'deleted');
+      this.release(id);
+    }
+    if (op === 'message') this.noteSending(id);
+    if (seq !== undefined && this.pos !== null && epoch === this.pos.epoch) this.mark(seq, out);
+  }
+
+  /** Hands over edits held longer than `holdMs` (their message may predate this client). */
+  expire(now: number): Delivery[] {
+    const out: Delivery[] = [];
+    for (const [id, held] of this.held) {
+      if (now - held.since < this.opts.holdMs) break; // insertion order = age order
+      for (const event of this.release(id)) out.push({ type: 'edit', event });
+    }
+    return out;
+  }
+
+  /** When the oldest held edit is due, or null when none is held. */
+  nextExpiry(): number | null {
+    for (const held of this.held.values()) return held.since + this.opts.holdMs;
+    return null;
+  }
+
+  /** Records `seq` as delivered; false if it already was. */
+  private mark(seq: number, out: Delivery[]): boolean {
+    const pos = this.pos!;
+    if (seq <= pos.seq || this.above.has(seq)) return false;
+    this.above.add(seq);
+    this.advance();
+    if (this.above.size > this.opts.maxUnfilled) {
+      // A hole no replay has filled while this much arrived after it: the gateway lost it.
+      const to = { seq: Math.min(...this.above) - 1, epoch: pos.epoch };
+      out.push(this.gap(this.pos!, to, 'missed'));
+      this.pos = to;
+      this.advance();
+    }
+    return true;
+  }
+
+  private advance(): void {
+    const pos = this.pos!;
+    let seq = pos.seq;
+    while (this.above.delete(seq + 1)) seq++;
+    if (seq !== pos.seq) this.pos = { seq, epoch: pos.epoch };
+  }
+
+  private reset(to: Position): void {
+    this.pos = { ...to };
+    this.above.clear();
+  }
+
+  private gap(from: Position, to: Position, reason: string): Delivery {
+    return { type: 'gap', event: { chatId: this.chatId, from: { ...from }, to: { ...to }, reason } };
+  }
+
+  private remember(id: string, state: 'delivered' | 'deleted'): void {
+    this.ids.delete(id); // re-insert: the map's order is the eviction order
+    this.ids.set(id, state);
+    if (this.ids.size > this.opts.maxIds) this.ids.delete(this.ids.keys().next().value!);
+  }
+
+  private hold(id: string, event: EditEvent, now: number, out: Delivery[]): void {
+    const held = this.held.get(id);
+    if (held) held.events.push(event);
+    else this.held.set(id, { events: [event], since: now });
+    this.heldCount++;
+    while (this.heldCount > this.opts.maxHeld) {
+      const oldest = this.held.keys().next().value!;
+      for (const e of this.release(oldest)) out.push({ type: 'edit', event: e });
+    }
+  }
+
+  /** Removes and returns the edits held for `id`. */
+  private release(id: string): EditEvent[] {
+    const held = this.held.get(id);
+    if (held === undefined) return [];
+    this.held.delete(id);
+    this.heldCount -= held.events.length;
+    return held.events;
+  }
+}

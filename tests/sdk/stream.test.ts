@@ -1,0 +1,104 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { Stream, type Delivery } from '../../packages/client/src/stream.js';
+import { backoffDelay } from '../../packages/client/src/index.js';
+
+/** The SDK's exactly-once / ordering bookkeeping on its own, frame by frame (no gateway). */
+const opts = { holdMs: 1000, maxHeld: 3, maxIds: 100, maxUnfilled: 5 };
+const E = 'k3j2';
+const msg = (seq: number, id: string, epoch = E) => ({ type: 'message', seq, epoch, chat_id: 1, data: { id, ciphertext: 'x', sender_id: 2 } });
+const edit = (seq: number, id: string) => ({ type: 'edit_message', seq, epoch: E, chat_id: 1, data: { id, ciphertext: 'y', sender_id: 2 } });
+const del = (seq: number, id: string) => ({ type: 'delete_message', seq, epoch: E, chat_id: 1, data: { id, deleted_by: 2 } });
+/** "message:m1", "edit:m1", "delete:m1", "gap:3-7:reason" */
+const show = (ds: Delivery[]) =>
+  ds.map((d) => (d.type === 'gap' ? `gap:${d.event.from.seq}-${d.event.to.seq}:${d.event.reason}` : `${d.type}:${d.type === 'message' ? d.event.message.id : d.type === 'edit' ? d.event.edit.id : d.event.id}`));
+
+function feed(stream: Stream, frames: object[], now = 0): string[] {
+  return frames.flatMap((f) => show(stream.onBroadcast(f as Record<string, unknown>, now)));
+}
+
+describe('SDK stream bookkeeping', () => {
+  it('drops broadcasts at or below what was delivered, and messages whose id was delivered', () => {
+    const s = new Stream(1, null, opts);
+    s.onRegistered({ seq: 4, epoch: E }, undefined, undefined, false);
+    assert.deepEqual(feed(s, [msg(4, 'old'), msg(5, 'a'), msg(5, 'a'), msg(6, 'b'), msg(7, 'a')]), ['message:a', 'message:b']);
+    assert.deepEqual(s.position, { seq: 7, epoch: E });
+  });
+
+  it("counts the client's own acked writes as seen, even when the ack comes after a later broadcast", () => {
+    const s = new Stream(1, null, opts);
+    s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);
+    s.noteSending('mine');
+    assert.deepEqual(feed(s, [msg(2, 'theirs')]), ['message:theirs']);
+    assert.deepEqual(s.position, { seq: 0, epoch: E }, 'seq 1 (our own, unacked) is a hole for now');
+    s.noteAck('message', 'mine', 1, E, []);
+    assert.deepEqual(s.position, { seq: 2, epoch: E });
+    // A replay after a reconnect includes our own message: not delivered to ourselves.
+    assert.deepEqual(feed(s, [msg(1, 'mine'), msg(2, 'theirs')]), []);
+  });
+
+  it('a replay fills a hole; the position then resumes from the top', () => {
+    const s = new Stream(1, { seq: 3, epoch: E }, opts);
+    assert.deepEqual(feed(s, [msg(5, 'e')]), ['message:e']);
+    assert.deepEqual(s.position, { seq: 3, epoch: E }, 'since asks from before the hole');
+    assert.deepEqual(feed(s, [msg(4, 'd'), msg(5, 'e')]), ['message:d']);
+    assert.deepEqual(s.onRegistered({ seq: 5, epoch: E }, true, undefined, true), []);
+    assert.deepEqual(s.position, { seq: 5, epoch: E });
+  });
+
+  it('recovered:false reports a gap from the last position to the new one, then goes on from there', () => {
+    const s = new Stream(1, { seq: 3, epoch: E }, opts);
+    assert.deepEqual(show(s.onRegistered({ seq: 9, epoch: 'new' }, false, 'epoch_changed', true)), ['gap:3-9:epoch_changed']);
+    assert.deepEqual(s.position, { seq: 9, epoch: 'new' });
+    assert.deepEqual(feed(s, [msg(10, 'x', 'new')]), ['message:x']);
+    // Nothing missed (already at the top): no gap even if the gateway could not replay.
+    assert.deepEqual(s.onRegistered({ seq: 10, epoch: 'new' }, false, 'no_history', true), []);
+    // A position ahead of the stream (it was reset under the same name) is not "caught up".
+    assert.deepEqual(show(s.onRegistered({ seq: 4, epoch: 'new' }, false, 'epoch_changed', true)), ['gap:10-4:epoch_changed']);
+  });
+
+  it('a new epoch mid-connection is a gap; a hole that never fills is reported after maxUnfilled', () => {
+    const s = new Stream(1, null, opts);
+    s.onRegistered({ seq: 2, epoch: E }, undefined, undefined, false);
+    assert.deepEqual(feed(s, [msg(1, 'n1', 'other')]), ['gap:2-0:epoch_changed', 'message:n1']);
+    const t = new Stream(1, null, opts);
+    t.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);
+    const out = feed(t, [2, 3, 4, 5, 6, 7].map((n) => msg(n, `m${n}`)));
+    assert.deepEqual(out, ['message:m2', 'message:m3', 'message:m4', 'message:m5', 'message:m6', 'gap:0-1:missed', 'message:m7']);
+    assert.deepEqual(t.position, { seq: 7, epoch: E });
+  });
+
+  it('holds edits for an unseen message and applies them after it; a delete is a tombstone', () => {
+    const s = new Stream(1, null, opts);
+    s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);
+    assert.deepEqual(feed(s, [edit(1, 'a'), edit(2, 'a')]), []);
+    assert.deepEqual(feed(s, [msg(3, 'a')]), ['message:a', 'edit:a', 'edit:a']);
+    assert.deepEqual(feed(s, [edit(4, 'b'), del(5, 'b'), msg(6, 'b'), edit(7, 'b')]), ['delete:b']);
+    assert.deepEqual(feed(s, [del(8, 'a'), del(9, 'a')]), ['delete:a'], 'a second delete of an id is dropped');
+  });
+
+  it('held edits are handed over after holdMs, or when more than maxHeld wait', () => {
+    const s = new Stream(1, null, opts);
+    s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);
+    assert.deepEqual(feed(s, [edit(1, 'a')], 0), []);
+    assert.equal(s.nextExpiry(), 1000);
+    assert.deepEqual(show(s.expire(999)), []);
+    assert.deepEqual(show(s.expire(1000)), ['edit:a']);
+    assert.deepEqual(feed(s, [edit(2, 'b'), edit(3, 'c'), edit(4, 'd'), edit(5, 'e')], 2000), ['edit:b']);
+  });
+
+  it('frames without seq (a gateway that does not number broadcasts) are deduped by message id only', () => {
+    const s = new Stream(1, null, opts);
+    const plain = (id: string) => ({ type: 'message', chat_id: 1, data: { id, ciphertext: 'x' } });
+    assert.deepEqual(feed(s, [plain('a'), plain('a'), plain('b')]), ['message:a', 'message:b']);
+    assert.equal(s.position, null);
+  });
+
+  it('backoff: full jitter within [0, min(max, min·2^n)]', () => {
+    const b = { minDelayMs: 250, maxDelayMs: 30_000 };
+    assert.equal(backoffDelay(0, b, () => 0.999), 249);
+    assert.equal(backoffDelay(3, b, () => 0.5), 1000);
+    assert.equal(backoffDelay(20, b, () => 0.999), 29_970);
+    assert.equal(backoffDelay(5, b, () => 0), 0);
+  });
+});
