@@ -1,6 +1,6 @@
 /**
  * Development main API — a small, real HTTP server implementing the four calls the gateway
- * makes (SPEC §2), plus fault knobs so the gateway's tests can exercise a misbehaving upstream.
+ * makes, plus fault knobs so the gateway's tests can exercise a misbehaving upstream.
  *
  * It is also the reference for how a *real* main API must answer the gateway:
  *

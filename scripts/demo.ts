@@ -4,7 +4,7 @@
  *   DEV_API_PORT  dev API port                    (default 8000)
  *   APP_PORT      gateway port                    (default 3000)
  *   LOG_LEVEL     gateway log level               (default warn here, so the guide stays readable)
- *   any other gateway variable (SPEC §1) is honoured, except AUTH_HOST, which points at the dev API.
+ *   any other gateway variable is honoured, except AUTH_HOST, which points at the dev API.
  */
 import { startDevApi, type DevApi } from '../dev-api/app.js';
 import { ConfigError, loadConfig, readEnv, type Config } from '../src/config/index.js';

@@ -20,7 +20,7 @@ export interface Gateway {
   readonly url: string;
   readonly metrics: Metrics;
   readonly engine: Engine;
-  /** SPEC §5 steps 1–4; resolves when everything is closed. Idempotent. */
+  /** The graceful drain (README: Operations); resolves when everything is closed. Idempotent. */
   shutdown(): Promise<void>;
 }
 
@@ -148,7 +148,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
   let shuttingDown: Promise<void> | null = null;
   /**
-   * SPEC §5. Requests received before the signal get until SHUTDOWN_TIMEOUT_MS to finish with
+   * Graceful drain. Requests received before the signal get until SHUTDOWN_TIMEOUT_MS to finish with
    * their acks; then clients are closed 1001 and work still queued on them is dropped. A main-API
    * call still running at the deadline is given up to UPSTREAM_TIMEOUT_MS more (its own
    * timeout): if it saves, the message is broadcast (the engine closes last), just not acked.

@@ -2,7 +2,7 @@ import { ConfigError, loadConfig, readEnv, type Config } from './config/index.js
 import { startGateway } from './gateway.js';
 import { createLogger } from './log.js';
 
-/** Process entry: config (exit 2 on a bad value), gateway, signals (SPEC §5). */
+/** Process entry: config (exit 2 on a bad value), gateway, signals. */
 let config: Config;
 try {
   config = loadConfig(readEnv());

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { parseEnv } from 'node:util';
 
-/** Every knob of the gateway (SPEC §1), validated once at start-up. */
+/** Every knob of the gateway, validated once at start-up. */
 export interface Config {
   appPort: number;
   authHost: string;

@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /**
- * The Prometheus series (SPEC §4). One registry per gateway, so several gateways in one
+ * The Prometheus series. One registry per gateway, so several gateways in one
  * process (tests, benchmarks) never share counters.
  */
 export function createMetrics() {

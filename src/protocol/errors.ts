@@ -1,5 +1,5 @@
 /**
- * The one catalogue of error codes and close codes (SPEC §3). Clients branch on `code` and
+ * The one catalogue of error codes and close codes. Clients branch on `code` and
  * `retryable`; both are stable API.
  */
 export const ERROR_CODES = {

@@ -3,7 +3,7 @@ import { ERROR_CODES, type ErrorCode } from './errors.js';
 import { wireId, type IdKey, type WireId } from './ids.js';
 import { encode } from './codec.js';
 
-/** Builders for every gateway → client frame (SPEC §3). Each returns the encoded bytes. */
+/** Builders for every gateway → client frame. Each returns the encoded bytes. */
 
 /**
  * `seq`/`epoch`: the chat's position when the registration went live (every later broadcast on

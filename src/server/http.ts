@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Registry } from 'prom-client';
 
-/** Plain HTTP endpoints (SPEC §4). */
+/** Plain HTTP endpoints. */
 export function createRequestHandler(opts: { isReady: () => boolean; describe: () => object; metrics: Registry }) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?', 1)[0];

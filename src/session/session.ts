@@ -210,7 +210,7 @@ export class Session implements Connection {
     return { op, id, chat };
   }
 
-  /** The chat a request targets (SPEC §3): explicit, or the connection's only chat. */
+  /** The chat a request targets: explicit, or the connection's only chat. */
   targetChat(frame: ChatTargeted): IdKey {
     const top = frame.chat_id;
     const inData = frame.data?.chat_id;

@@ -11,7 +11,7 @@ import { VerifyCache } from './verify-cache.js';
 export type UpstreamOp = 'verify' | 'save' | 'edit' | 'delete';
 
 /**
- * The only code that talks to the main API (SPEC §2). Every failure is a `RequestError`, or a
+ * The only code that talks to the main API. Every failure is a `RequestError`, or a
  * `CancelledError` when `signal` (the asking connection closing) aborted the call. A 401 or 403
  * from any call for a chat also forgets the cached verify of (token, chat).
  */
@@ -130,7 +130,7 @@ function isTimeout(err: unknown): boolean {
   return e.name === 'TimeoutError' || e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_BODY_TIMEOUT' || e.code === 'UND_ERR_CONNECT_TIMEOUT';
 }
 
-/** `user_id`, else `id`, `sub`, or `user.id` (SPEC §2). */
+/** `user_id`, else `id`, `sub`, or `user.id`. */
 export function userIdFromVerify(body: string): IdKey | null {
   let value: unknown;
   try {

@@ -1,6 +1,6 @@
 import type { ErrorCode } from '../protocol/errors.js';
 
-/** Main-API status → client error code (SPEC §2). */
+/** Main-API status → client error code. */
 export function errorCodeForStatus(status: number): ErrorCode {
   switch (status) {
     case 400:

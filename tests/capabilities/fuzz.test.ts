@@ -341,7 +341,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('no client frame made the gateway answer internal or upstream_unavailable (main API and engine healthy)', () => {
-      // SPEC §6: bad input gets a clear error; §2: upstream_unavailable means 5xx / timeout / refused.
+      // bad input gets a clear error; §2: upstream_unavailable means 5xx / timeout / refused.
       assert.ok(ran, 'the fuzz run above did not complete');
       assert.deepEqual(faults.slice(0, 5), [], `${faults.length} such answer(s)`);
     });

@@ -72,7 +72,7 @@ for (const mode of ENGINE_MODES) {
       assert.equal(res.status, 200);
     });
 
-    it('GET /metrics is Prometheus text with every series of SPEC §4', async () => {
+    it('GET /metrics is Prometheus text with every series the README lists', async () => {
       const res = await get(gw(), '/metrics');
       assert.equal(res.status, 200);
       assert.match(res.type, /^text\/plain/);

@@ -503,7 +503,7 @@ for (const mode of ENGINE_MODES) {
     it('bad input that the gateway cannot forward is the client’s error, not upstream_unavailable', async () => {
       // Found by tests/capabilities/fuzz.test.ts. The main API is healthy throughout, so a
       // retryable upstream_unavailable would send a client into retrying a request that can
-      // never succeed (SPEC §6: bad input gets a clear error; §2: upstream_unavailable is for
+      // never succeed (bad input gets a clear error; §2: upstream_unavailable is for
       // 5xx / timeout / refused).
       const { chat, a, b } = await pair();
       const clientFault = (f: Frame) => (f.code === 'bad_request' || f.code === 'too_large' || f.code === 'unauthorized') && f.retryable === false;

@@ -9,7 +9,7 @@ import { RedisServer } from './redis.js';
 
 export type EngineMode = 'memory' | 'redis';
 
-/** Engines every capability suite runs against (SPEC: one instance or many behave the same). */
+/** Engines every capability suite runs against (one instance or many behave the same). */
 export const ENGINE_MODES: readonly EngineMode[] = ['memory', 'redis'];
 
 let chatSeq = 0;

@@ -6,7 +6,7 @@ import { userIdFromVerify } from '../../src/upstream/client.js';
 
 const jwt = (payload: object) => `h.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.s`;
 
-describe('upstream status mapping (SPEC §2)', () => {
+describe('upstream status mapping', () => {
   it('maps every listed status', () => {
     const expected: Record<number, string> = { 400: 'bad_request', 422: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found', 413: 'too_large', 429: 'rate_limited', 500: 'upstream_unavailable', 502: 'upstream_unavailable', 503: 'upstream_unavailable', 504: 'upstream_unavailable' };
     for (const [status, code] of Object.entries(expected)) assert.equal(errorCodeForStatus(Number(status)), code, status);
