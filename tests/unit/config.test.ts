@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import { ConfigError, loadConfig, readEnv, redactUrl } from '../../src/config/index.js';
 
 describe('config', () => {
-  it('defaults match the README's configuration table', () => {
+  it('defaults match the configuration table in the README', () => {
     const c = loadConfig({});
     assert.deepEqual(
       {
