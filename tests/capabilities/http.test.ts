@@ -15,7 +15,7 @@ const SERIES = [
 ] as const;
 
 async function get(inst: Instance, path: string, init: RequestInit = {}): Promise<{ status: number; type: string; body: string }> {
-  const res = await fetch(`${inst.gateway.url}${path}`, init);
+  const res = await fetch(`${inst.gateway.url}${path}`, { signal: AbortSignal.timeout(10_000), ...init });
   return { status: res.status, type: res.headers.get('content-type') ?? '', body: await res.text() };
 }
 

@@ -33,7 +33,8 @@ export class TestClient {
 
   static connect(url: string, options: ClientOptions = {}): Promise<TestClient> {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, options);
+      // A bounded handshake: a gateway that never answers the upgrade fails the test instead of hanging it.
+      const ws = new WebSocket(url, { handshakeTimeout: 10_000, ...options });
       const client = new TestClient(ws);
       ws.once('open', () => resolve(client));
       ws.once('unexpected-response', (_req, res) => reject(Object.assign(new Error(`upgrade refused ${res.statusCode}`), { status: res.statusCode })));

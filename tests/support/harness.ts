@@ -117,7 +117,7 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs 
 
 /** Reads one series value from /metrics text. */
 export async function metric(inst: Instance, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const text = await (await fetch(`${inst.gateway.url}/metrics`)).text();
+  const text = await (await fetch(`${inst.gateway.url}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
   const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
   for (const line of text.split('\n')) {
     if (!line.startsWith(name)) continue;
