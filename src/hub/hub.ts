@@ -4,6 +4,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
 import type { IdKey } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
+import { outgoing } from './outgoing.js';
 import { Registry, type Member } from './registry.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -34,7 +35,9 @@ export class Hub {
   engineEvents(onReadyChange: (ready: boolean) => void): EngineEvents {
     return {
       deliver: (chat, frame, exceptConn) => {
-        const n = this.registry.deliver(chat, frame, exceptConn);
+        // Framed once here; every local receiver gets the same WebSocket frame bytes.
+        if (!this.registry.hasReceivers(chat, exceptConn)) return;
+        const n = this.registry.deliver(chat, outgoing(frame), exceptConn);
         if (n > 0) this.metrics.deliveries.inc(n);
       },
       presenceExpired: (chat, users) => {

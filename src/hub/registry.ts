@@ -1,10 +1,11 @@
 import type { IdKey } from '../protocol/ids.js';
+import type { Outgoing } from './outgoing.js';
 
-/** What the registry needs of a connection: an id and a way to hand it bytes. */
+/** What the registry needs of a registration: its connection's id and a way to hand it a broadcast. */
 export interface Member {
   readonly id: string;
-  /** Queues an already-encoded text frame. Never throws. */
-  send(frame: Buffer): void;
+  /** Queues an already-framed broadcast. Never throws. */
+  send(frame: Outgoing): void;
 }
 
 /**
@@ -41,6 +42,14 @@ export class Registry<M extends Member = Member> {
     return this.chats.has(chat);
   }
 
+  /** Whether `chat` has a local member other than `exceptId` (a broadcast worth framing). */
+  hasReceivers(chat: IdKey, exceptId: string | null): boolean {
+    const members = this.chats.get(chat);
+    if (members === undefined) return false;
+    for (const member of members) if (member.id !== exceptId) return true;
+    return false;
+  }
+
   members(chat: IdKey): ReadonlySet<M> | undefined {
     return this.chats.get(chat);
   }
@@ -55,7 +64,7 @@ export class Registry<M extends Member = Member> {
   }
 
   /** Writes the same bytes to every local member except `exceptId`; returns how many got it. */
-  deliver(chat: IdKey, frame: Buffer, exceptId: string | null): number {
+  deliver(chat: IdKey, frame: Outgoing, exceptId: string | null): number {
     const members = this.chats.get(chat);
     if (members === undefined) return 0;
     let n = 0;

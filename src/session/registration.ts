@@ -1,11 +1,13 @@
 import { positionOf, type StreamPosition } from '../engine/stream.js';
+import type { Outgoing } from '../hub/outgoing.js';
 import type { Member } from '../hub/registry.js';
 import type { IdKey } from '../protocol/ids.js';
 
 /** What a registration needs of its connection. */
 export interface Connection {
   readonly id: string;
-  send(frame: Buffer): void;
+  /** Writes a broadcast's ready-made WebSocket frame. */
+  sendFramed(frame: Outgoing): void;
   /** Closes the connection as a slow consumer (its held backlog grew past the limit). */
   overflow(): void;
   readonly maxBufferedBytes: number;
@@ -19,7 +21,7 @@ export interface Connection {
  */
 export class Registration implements Member {
   lastTypingAt = 0;
-  private held: Buffer[] | null = [];
+  private held: Outgoing[] | null = [];
   private heldBytes = 0;
 
   constructor(
@@ -34,9 +36,9 @@ export class Registration implements Member {
     return this.connection.id;
   }
 
-  send(frame: Buffer): void {
-    if (this.held === null) return this.connection.send(frame);
-    this.heldBytes += frame.length;
+  send(frame: Outgoing): void {
+    if (this.held === null) return this.connection.sendFramed(frame);
+    this.heldBytes += frame.wire.length;
     if (this.heldBytes > this.connection.maxBufferedBytes) {
       this.held = [];
       this.heldBytes = 0;
@@ -56,9 +58,9 @@ export class Registration implements Member {
     this.held = null;
     this.heldBytes = 0;
     for (const frame of held) {
-      const at = positionOf(frame);
+      const at = positionOf(frame.json);
       if (at !== null && at.epoch === covered.epoch && at.seq <= covered.seq) continue;
-      this.connection.send(frame);
+      this.connection.sendFramed(frame);
     }
   }
 }

@@ -5,6 +5,8 @@ import { CLOSE, CancelledError, MAX_AUTH_FAILURES_IN_A_ROW, RequestError, isAuth
 import { MESSAGE_ID_PATTERN, idKey, parseId, type IdKey, type WireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import type { Feature, Outcome } from '../features/feature.js';
+import type { Outgoing } from '../hub/outgoing.js';
+import type { Socket } from 'node:net';
 import type { GatewayContext } from './context.js';
 import { Registration, type Connection } from './registration.js';
 import { Slots } from './slots.js';
@@ -57,6 +59,8 @@ export class Session implements Connection {
   private authFailuresInARow = 0;
   private pendingWrites = 0;
   private registerTimer: NodeJS.Timeout | null = null;
+  /** The connection's TCP socket (`ws` keeps it as `_socket`), for writing pre-framed broadcasts. */
+  private readonly socket: Socket;
 
   constructor(
     readonly id: string,
@@ -66,6 +70,7 @@ export class Session implements Connection {
     const { config } = ctx;
     this.bucket = new TokenBucket(config.rateLimitPerSec, config.rateLimitBurst);
     this.slots = new Slots(config.maxUpstreamPerConnection);
+    this.socket = (ws as unknown as { _socket: Socket })._socket;
     this.armRegisterTimer();
   }
 
@@ -90,6 +95,17 @@ export class Session implements Connection {
     if (this.closed || this.ws.readyState !== 1) return;
     if (this.ws.bufferedAmount + frame.length > this.ctx.config.maxBufferedBytes) return this.overflow();
     this.ws.send(frame, TEXT);
+  }
+
+  /**
+   * Writes a broadcast's WebSocket frame, built once for all receivers, straight to the socket:
+   * no framing or allocation per receiver. Safe beside `ws`'s own writes because, without
+   * compression, `ws` writes each frame whole and at once, never interleaved.
+   */
+  sendFramed(frame: Outgoing): void {
+    if (this.closed || this.ws.readyState !== 1) return;
+    if (this.ws.bufferedAmount + frame.wire.length > this.ctx.config.maxBufferedBytes) return this.overflow();
+    this.socket.write(frame.wire);
   }
 
   /**

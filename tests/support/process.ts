@@ -18,8 +18,8 @@ export class GatewayProcess {
   }
 
   /** Spawns with exactly `env` (plus PATH/HOME) so the machine's own settings never leak in. */
-  static spawn(env: Record<string, string>, cwd = ROOT): GatewayProcess {
-    const proc = spawn(process.execPath, ['--import', TSX, `${ROOT}/src/main.ts`], {
+  static spawn(env: Record<string, string>, cwd = ROOT, nodeArgs: string[] = []): GatewayProcess {
+    const proc = spawn(process.execPath, [...nodeArgs, '--import', TSX, `${ROOT}/src/main.ts`], {
       cwd,
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
