@@ -56,7 +56,10 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
         },
         body: body === undefined ? null : JSON.stringify(body),
-        signal: cancel === undefined ? AbortSignal.timeout(config.upstreamTimeoutMs) : AbortSignal.any([AbortSignal.timeout(config.upstreamTimeoutMs), cancel]),
+        // UPSTREAM_TIMEOUT_MS is enforced by the pool (connect, headers and body timeouts; calls
+        // never wait for a pool connection: the fair scheduler runs at most that many). No
+        // per-call timer or AbortSignal on the hot path, only the connection's own when it may close.
+        signal: cancel ?? null,
       });
       const text = await res.body.text();
       outcome = String(res.statusCode);
