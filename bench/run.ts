@@ -1,135 +1,176 @@
 /**
- * npm run bench — what one delivery and one connection cost the gateway.
+ * npm run bench — the gateway side by side with what a team would use instead.
  *
- * The gateway runs as its own process (so its CPU and memory are its own, read from its
- * /metrics); the dev main API and the WebSocket clients run in this process. For each engine:
- *   - fan-out: one chat, R receivers, M messages from one sender → R×M deliveries;
- *     reports deliveries/s and gateway CPU µs per delivery;
- *   - connections: C connections each registered to a chat; reports gateway RSS and heap per
- *     connection.
- * Prints a table and writes bench/results/latest.json. Numbers from a shared 2-core machine
- * are indicative: compare runs on the same machine.
+ *   npm run bench                 every scenario, every system, 2 repeats (≈ 35–45 min)
+ *   npm run bench -- --quick      idle + fan-out, gateway (memory engine) and the ws floor (< 3 min)
+ *   options: --scenarios=idle,fanout,saturation,bigchat,manyconns,manychats,scale
+ *            --systems=ws,ws-preframed,socketio,ws-redis,socketio-redis,gateway,gateway-redis
+ *            --repeats=N (default 2)
+ *            --merge=FILE  start from that run's results (e.g. bench/results/full.json): the scenarios run now replace theirs
+ *            --out=NAME    write bench/results/NAME.json / .md (default: quick, full or custom)
+ *            --nice=N    run every benchmark process at niceness N (e.g. -5 on a shared machine; root for < 0)
+ *
+ * Systems (bench/lib/systems.ts, bench/peers/): hand-written `ws` rooms (the floor), the same
+ * with pre-framed broadcasts, Socket.IO 4, two `ws` instances over Redis pub/sub, two Socket.IO
+ * instances with @socket.io/redis-adapter, this gateway with its memory engine (one process)
+ * and with its Redis engine (two processes), the gateway against bench/peers/mini-api.ts.
+ * Servers and Redis are pinned to core 1, generators (bench/gen/worker.ts) and the main-API
+ * stand-in to core 0. Every cell starts its system fresh; cells are repeated and interleaved
+ * (repeat 1 of every system, then repeat 2), reported as min / median with the ratio of medians
+ * to the `ws` floor of the same run.
+ *
+ * Writes bench/results/<quick|full|custom>.json and .md (and latest.json / latest.md).
  */
-import { writeFileSync } from 'node:fs';
-import { startDevApi } from '../dev-api/app.js';
-import { TestClient } from '../tests/support/client.js';
-import { GatewayProcess } from '../tests/support/process.js';
-import { RedisServer } from '../tests/support/redis.js';
+import { execSync } from 'node:child_process';
+import { cpus } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { GeneratorPool } from './lib/generators.js';
+import { PAYLOAD_BYTES } from './lib/payload.js';
+import { HAS_TASKSET, loadAverage, GENERATOR_CORE, setNice } from './lib/procs.js';
+import { capacityPlan, console2, markdown, modelCheck, modelTable, table, type CellResult, type Results } from './lib/report.js';
+import { RUNNING, SYSTEMS, GATEWAY_ENV, type SystemKey } from './lib/systems.js';
+import { SCENARIOS, type Ctx } from './scenarios.js';
 
-const RECEIVERS = Number(process.env.BENCH_RECEIVERS ?? 500);
-const MESSAGES = Number(process.env.BENCH_MESSAGES ?? 200);
-const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 2000);
-const PAYLOAD = 'x'.repeat(Number(process.env.BENCH_PAYLOAD ?? 256));
+const args = process.argv.slice(2);
+const opt = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.split('=', 2)[1];
+const quick = args.includes('--quick');
+const scenarioKeys = (opt('scenarios') ?? (quick ? 'idle,fanout' : SCENARIOS.map((s) => s.key).join(','))).split(',');
+const systemKeys = (opt('systems') ?? (quick ? 'ws,gateway' : Object.keys(SYSTEMS).join(','))).split(',') as SystemKey[];
+const repeats = Number(opt('repeats') ?? 2);
+const nice = Number(opt('nice') ?? 0);
+setNice(nice);
+const mergeFrom = opt('merge');
+const mode0 = quick && !opt('scenarios') && !opt('systems') ? 'quick' : !opt('scenarios') && !opt('systems') ? 'full' : 'custom';
 
-async function scrape(gw: GatewayProcess): Promise<Record<string, number>> {
-  const text = await (await fetch(`${gw.httpUrl}/metrics`)).text();
-  const out: Record<string, number> = {};
-  for (const line of text.split('\n')) {
-    const m = /^(message_service_[a-z_]+)(?:\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
-    if (m) out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
-  }
-  return out;
-}
+const mode = opt('out') ?? mode0;
+for (const k of systemKeys) if (!(k in SYSTEMS)) throw new Error(`unknown system ${k}; known: ${Object.keys(SYSTEMS).join(', ')}`);
+for (const k of scenarioKeys) if (!SCENARIOS.some((s) => s.key === k)) throw new Error(`unknown scenario ${k}`);
 
-async function connectMany(gw: GatewayProcess, n: number, token: (i: number) => Promise<string>, chat: (i: number) => number): Promise<TestClient[]> {
-  const clients: TestClient[] = [];
-  for (let i = 0; i < n; i += 100) {
-    const batch = await Promise.all(
-      Array.from({ length: Math.min(100, n - i) }, async (_, k) => {
-        const c = await TestClient.connect(gw.wsUrl);
-        await c.register(await token(i + k), chat(i + k), 20_000);
-        return c;
-      }),
-    );
-    clients.push(...batch);
-  }
-  return clients;
-}
+// This process only orchestrates and samples /proc; it shares the generator core.
+if (HAS_TASKSET) execSync(`taskset -a -p -c ${GENERATOR_CORE} ${process.pid}`, { stdio: 'ignore' });
+if (nice !== 0) execSync(`renice -n ${nice} -p ${process.pid}`, { stdio: 'ignore' });
 
-/** Counts raw `message` frames without parsing them (the bench client must not be the bottleneck). */
-function untilMessages(client: TestClient, n: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let count = client.frames.filter((f) => f.type === 'message').length;
-    if (count >= n) return resolve();
-    const timer = setTimeout(() => reject(new Error(`receiver got ${count}/${n} messages; open=${client.isOpen}`)), 120_000);
-    client.ws.on('message', (data: Buffer) => {
-      if (data.includes('"type":"message"') && ++count >= n) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-  });
-}
-
-async function benchEngine(engine: 'memory' | 'redis') {
-  const api = await startDevApi({ port: 0 });
-  const redis = engine === 'redis' ? await RedisServer.start() : null;
-  const gw = GatewayProcess.spawn({
-    APP_PORT: '0',
-    AUTH_HOST: api.url,
-    LOG_LEVEL: 'info',
-    RATE_LIMIT_PER_SEC: '100000',
-    RATE_LIMIT_BURST: '100000',
-    MAX_CHATS_PER_CONNECTION: '100',
-    ...(redis ? { REDIS_HOST: redis.url } : {}),
-  });
+const sh = (cmd: string) => {
   try {
-    await gw.listening();
-    for (let i = 0; i < 100 && (await fetch(`${gw.httpUrl}/readyz`)).status !== 200; i++) await new Promise((r) => setTimeout(r, 50));
-    const tokens = new Map<number, string>();
-    const token = async (user: number) => tokens.get(user) ?? tokens.set(user, await api.mintToken(user)).get(user)!;
-
-    // Fan-out.
-    const chat = 1;
-    const receivers = await connectMany(gw, RECEIVERS, (i) => token(1000 + i), () => chat);
-    const sender = await TestClient.connect(gw.wsUrl);
-    await sender.register(await token(1), chat);
-    const before = await scrape(gw);
-    const t0 = performance.now();
-    for (let i = 0; i < MESSAGES; i++) sender.send({ type: 'message', data: { id: `b-${i}`, ciphertext: PAYLOAD } });
-    await Promise.all(receivers.map((r) => untilMessages(r, MESSAGES)));
-    const seconds = (performance.now() - t0) / 1000;
-    const after = await scrape(gw);
-    // Counted by the receivers themselves: the gateway's deliveries metric also counts presence.
-    const deliveries = RECEIVERS * MESSAGES;
-    const cpu = after.message_service_process_cpu_seconds_total! - before.message_service_process_cpu_seconds_total!;
-    for (const c of [...receivers, sender]) c.close();
-    await new Promise((r) => setTimeout(r, 500));
-
-    // Memory per connection.
-    if (global.gc) global.gc();
-    const idle = await scrape(gw);
-    const conns = await connectMany(gw, CONNECTIONS, (i) => token(5000 + i), (i) => 100 + (i % 50));
-    await new Promise((r) => setTimeout(r, 1000));
-    const loaded = await scrape(gw);
-    const rssPerConn = (loaded.message_service_process_resident_memory_bytes! - idle.message_service_process_resident_memory_bytes!) / CONNECTIONS;
-    const heapPerConn = (loaded.message_service_nodejs_heap_size_used_bytes! - idle.message_service_nodejs_heap_size_used_bytes!) / CONNECTIONS;
-    for (const c of conns) c.close();
-
-    return {
-      engine,
-      receivers: RECEIVERS,
-      messages: MESSAGES,
-      deliveries,
-      deliveries_per_sec: Math.round(deliveries / seconds),
-      cpu_us_per_delivery: Number(((cpu * 1e6) / deliveries).toFixed(2)),
-      connections: CONNECTIONS,
-      rss_kib_per_connection: Number((rssPerConn / 1024).toFixed(1)),
-      heap_kib_per_connection: Number((heapPerConn / 1024).toFixed(1)),
-    };
-  } finally {
-    await gw.stop();
-    await api.close();
-    await redis?.close();
+    return execSync(cmd, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return '';
   }
+};
+const started = Date.now();
+const machine = {
+  cpus: cpus().length,
+  cpu_model: cpus()[0]?.model ?? '?',
+  node: process.version,
+  redis: sh('redis-server --version'),
+  taskset: HAS_TASKSET,
+  nice,
+  load_average_start: loadAverage(),
+  git_head: sh('git rev-parse --short HEAD'),
+  /** The gateway is measured as it is in the work tree, uncommitted changes included. */
+  src_uncommitted: sh('git status --porcelain -- src') !== '',
+  src_diff_sha1: sh('git diff HEAD -- src | sha1sum').split(' ')[0] ?? '',
+};
+const log = (line: string) => console.log(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s] ${line}`);
+log(`bench ${mode}: scenarios ${scenarioKeys.join(',')}; systems ${systemKeys.join(',')}; ${repeats} repeat(s); payload ${PAYLOAD_BYTES} B; taskset ${HAS_TASKSET ? 'servers core 1, generators core 0' : 'missing: nothing pinned'}; load ${machine.load_average_start}`);
+
+const pool = new GeneratorPool();
+// Interrupted: stop what this run started (servers, Redis, generators), then exit.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    console.log(`\n${signal}: stopping the benchmark's processes`);
+    void Promise.allSettled([...RUNNING].map((s) => s.stop()))
+      .then(() => pool.stop())
+      .finally(() => process.exit(130));
+  });
+}
+const ctx: Ctx = { pool, log };
+const results: Results = {};
+if (mergeFrom !== undefined) {
+  const prior = JSON.parse(readFileSync(mergeFrom, 'utf8')) as { results: Results };
+  for (const [k, v] of Object.entries(prior.results)) if (!scenarioKeys.includes(k)) results[k] = v;
+}
+const labels: Record<string, string> = {};
+
+try {
+  for (const scenario of SCENARIOS.filter((s) => scenarioKeys.includes(s.key))) {
+    const variants = scenario.variants(systemKeys);
+    delete results[scenario.key];
+    if (variants.length === 0) continue;
+    log(`${scenario.title}`);
+    results[scenario.key] = {};
+    for (const v of variants) {
+      results[scenario.key]![v.key] = [];
+      labels[`${scenario.key}/${v.key}`] = v.label ?? SYSTEMS[v.key as SystemKey]?.label ?? v.key;
+    }
+    for (let rep = 0; rep < repeats; rep++) {
+      for (const v of variants) {
+        const t0 = Date.now();
+        const loadBefore = loadAverage();
+        let result: CellResult;
+        try {
+          const cell = await scenario.run(v, ctx);
+          result = { ok: true, cell, load_before: loadBefore, load_after: loadAverage(), seconds: (Date.now() - t0) / 1000 };
+          const shown = Object.entries(cell.metrics)
+            .filter(([, x]) => x !== null)
+            .slice(0, 8)
+            .map(([k, x]) => `${k}=${Number(x).toFixed(2)}`)
+            .join(' ');
+          log(`  ${scenario.key} #${rep + 1} ${v.key}: ${shown}`);
+        } catch (err) {
+          result = { ok: false, error: (err as Error).stack ?? String(err), load_before: loadBefore, load_after: loadAverage(), seconds: (Date.now() - t0) / 1000 };
+          log(`  ${scenario.key} #${rep + 1} ${v.key}: FAILED ${(err as Error).message.slice(0, 500)}`);
+          // A failed cell may leave connections open in the generators.
+          await Promise.all((await pool.take(1)).map((g) => g.close().catch(() => undefined)));
+        }
+        results[scenario.key]![v.key]!.push(result);
+      }
+    }
+  }
+} finally {
+  await pool.stop();
 }
 
-const results = [];
-for (const engine of ['memory', 'redis'] as const) results.push(await benchEngine(engine));
-console.table(results);
-writeFileSync(
-  new URL('./results/latest.json', import.meta.url),
-  `${JSON.stringify({ date: new Date().toISOString(), node: process.version, payload_bytes: PAYLOAD.length, results }, null, 2)}\n`,
-);
-console.log('written to bench/results/latest.json');
+const titles = Object.fromEntries(SCENARIOS.map((s) => [s.key, s.title]));
+for (const s of SCENARIOS) for (const v of s.variants(Object.keys(SYSTEMS) as SystemKey[])) labels[`${s.key}/${v.key}`] ??= v.label ?? SYSTEMS[v.key as SystemKey]?.label ?? v.key;
+const md: string[] = [];
+console.log('');
+for (const key of SCENARIOS.map((s) => s.key).filter((k) => k in results)) {
+  const rows = table(results, key, labels);
+  console.log(`${titles[key]}\n${console2(rows)}\n`);
+  md.push(`### ${titles[key]}\n\n${markdown(rows)}\n`);
+}
+const check = modelCheck(results);
+if (check) {
+  const rows = modelTable(check);
+  console.log(`capacity model check (predicted / measured)\n${console2(rows)}\nparameters: ${JSON.stringify(check.params)}\n`);
+  md.push(`### Capacity model check (predicted / measured)\n\n${markdown(rows)}\n\nParameters: \`${JSON.stringify(check.params)}\`\n`);
+}
+const plan = check ? capacityPlan(results, check) : null;
+if (plan) {
+  const lines = Object.entries(plan.outputs).map(([k, v]) => `${k}: ${Number(v.toPrecision(4))}`);
+  console.log(`capacity plan, 1 000 000 users in chats of 50, 1 message/user/minute (docs/capacity.md)\n${lines.join('\n')}\n`);
+  md.push(`### Capacity plan (docs/capacity.md)\n\nInputs: \`${JSON.stringify(plan.inputs)}\`\n\n${lines.map((l) => `- ${l}`).join('\n')}\n`);
+}
+const finished = { load_average_end: loadAverage(), minutes: (Date.now() - started) / 60_000 };
+const header = `Run ${new Date().toISOString()} (${mode}, ${repeats} repeat(s), ${finished.minutes.toFixed(1)} min): ${machine.cpus} × ${machine.cpu_model}, Node ${machine.node}, ${machine.redis.split(' ').slice(0, 3).join(' ')}, load average ${machine.load_average_start} → ${finished.load_average_end}; gateway at ${machine.git_head}${machine.src_uncommitted ? ` + uncommitted src changes (diff ${machine.src_diff_sha1.slice(0, 10)})` : ''}. Cells: min / median ×(median ÷ floor median).\n`;
+const json = {
+  date: new Date().toISOString(),
+  mode,
+  command: `npm run bench -- ${args.join(' ')}`.trim(),
+  machine: { ...machine, ...finished },
+  payload_bytes: PAYLOAD_BYTES,
+  gateway_env: GATEWAY_ENV,
+  repeats,
+  merged_from: mergeFrom ?? null,
+  results,
+  model: check,
+  capacity: plan,
+};
+const dir = new URL('./results/', import.meta.url);
+for (const name of [mode, 'latest']) {
+  writeFileSync(new URL(`${name}.json`, dir), `${JSON.stringify(json, null, 2)}\n`);
+  writeFileSync(new URL(`${name}.md`, dir), `${header}\n${md.join('\n')}`);
+}
+log(`written to bench/results/${mode}.json and .md (and latest.*)`);
 process.exit(0);

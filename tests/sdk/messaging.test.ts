@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ClientError, MemoryStorage, type OutboxEntry } from '../../packages/client/src/index.js';
+import { WebSocket } from 'ws';
+import { ClientError, createClient, MemoryStorage, type OutboxEntry } from '../../packages/client/src/index.js';
 import { sleep } from '../support/client.js';
 import { ENGINE_MODES, uniqueChat, useHarness } from '../support/harness.js';
 import { sdk, text } from './support.js';
@@ -178,6 +179,24 @@ for (const mode of ENGINE_MODES) {
       assert.deepEqual(stored.map((e) => e.data.id), [ids[1], ids[2], ids[0]], 'the storage finished out of order');
       await b.next('message', (e) => e.message.id === ids[2]);
       assert.deepEqual(b.messageIds(), ids);
+    });
+
+    it('a write made in the same tick as the client is sent once (not restored from the storage it was just put in)', async () => {
+      const chatId = uniqueChat();
+      const token = await h.token(1);
+      const id = `first-tick-${chatId}`;
+      const client = createClient({ url: h.instances[0]!.wsUrl, token, WebSocket });
+      try {
+        const sent: string[] = [];
+        client.on('sent', (e) => sent.push(e.ack.id));
+        const ack = await client.chat(chatId).send(text('at once'), { id });
+        assert.equal(ack.duplicate, false);
+        await sleep(100);
+        assert.equal(h.api.requests.filter((r) => r.op === 'save' && (r.body as { id: string }).id === id).length, 1, 'saved once');
+        assert.deepEqual(sent, [id]);
+      } finally {
+        client.close();
+      }
     });
 
     it('entries restored from the outbox storage are sent once their chat is open', async () => {

@@ -41,6 +41,25 @@ for (const mode of ENGINE_MODES) {
       assert.equal(a.all('registered').length, 2, 're-registered after the reconnect');
     });
 
+    it('a url list: a lost connection moves on to the next URL; a url function is asked for every attempt', async () => {
+      const chatId = uniqueChat();
+      const first = await proxy(h);
+      const second = await proxy(h);
+      const a = await sdk(h, 1, { ...fast, url: [first.url, second.url] });
+      const chatA = a.client.chat(chatId);
+      await chatA.ready();
+      assert.equal(first.open.length, 1);
+      first.refusing = true; // that address is gone for good
+      first.cut();
+      await waitFor(() => a.all('registered').length === 2, 5000, 're-registered through the second URL');
+      assert.equal(second.open.length, 1);
+      assert.equal((await chatA.send(text('via the second'))).duplicate, false);
+      const asked: number[] = [];
+      const b = await sdk(h, 2, { ...fast, url: (attempt) => (asked.push(attempt), attempt === 0 ? first.url : second.url) });
+      await b.client.chat(chatId).ready(); // the first attempt hit the refusing address
+      assert.deepEqual(asked.slice(0, 2), [0, 1]);
+    });
+
     it('writes made while disconnected wait in the outbox and go out in order after the reconnect', async () => {
       const chatId = uniqueChat();
       const p = await proxy(h);

@@ -57,6 +57,24 @@ describe('SDK stream bookkeeping', () => {
     assert.deepEqual(show(s.onRegistered({ seq: 4, epoch: 'new' }, false, 'epoch_changed', true)), ['gap:10-4:epoch_changed']);
   });
 
+  it('a second registered in the same epoch never moves the position back (an own ack overtook it)', () => {
+    const s = new Stream(1, null, opts);
+    s.onRegistered({ seq: 4, epoch: E }, undefined, undefined, false);
+    s.noteSending('mine');
+    s.noteAck('message', 'mine', 5, E, []);
+    assert.deepEqual(s.position, { seq: 5, epoch: E });
+    // The answer to a register sent twice says 4: seq 5 (our own) must stay seen.
+    assert.deepEqual(s.onRegistered({ seq: 4, epoch: E }, true, undefined, true), []);
+    assert.deepEqual(s.position, { seq: 5, epoch: E });
+    assert.deepEqual(feed(s, [msg(6, 'theirs')]), ['message:theirs']);
+    assert.deepEqual(s.position, { seq: 6, epoch: E });
+    // Ahead in the same epoch: everything up to it was replayed; what was seen above stays.
+    s.noteSending('later');
+    s.noteAck('message', 'later', 9, E, []);
+    assert.deepEqual(s.onRegistered({ seq: 8, epoch: E }, true, undefined, true), []);
+    assert.deepEqual(s.position, { seq: 9, epoch: E });
+  });
+
   it('a new epoch mid-connection is a gap; a hole that never fills is reported after maxUnfilled', () => {
     const s = new Stream(1, null, opts);
     s.onRegistered({ seq: 2, epoch: E }, undefined, undefined, false);

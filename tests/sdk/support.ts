@@ -42,7 +42,7 @@ after(() => {
 });
 
 /** A recorded SDK client for `user`, to `url` (default the harness's first instance). Closed after the suite. */
-export async function sdk(h: Harness, user: number | string, options: Partial<ClientOptions> & { url?: string } = {}): Promise<Recorded> {
+export async function sdk(h: Harness, user: number | string, options: Partial<ClientOptions> = {}): Promise<Recorded> {
   const client = createClient({ url: h.instances[0]!.wsUrl, token: await h.token(user), WebSocket, ...options });
   clients.push(client);
   return new Recorded(client);

@@ -23,9 +23,19 @@ import type {
 /** A token, or a function the SDK calls for one (again after the gateway said `unauthorized`). */
 export type TokenSource = string | (() => string | Promise<string>);
 
+/**
+ * Where to connect: one URL; several (each lost or failed connection moves on to the next, so a
+ * client whose instance died reconnects to another); or a function asked on every attempt.
+ */
+export type UrlSource = string | readonly string[] | ((attempt: number) => string);
+
 export interface ClientOptions {
-  /** The gateway's WebSocket URL, e.g. `wss://chat.example.com/ws`. */
-  url: string;
+  /**
+   * The gateway's WebSocket URL, e.g. `wss://chat.example.com/ws`; or a list of them (tried in
+   * turn: after a lost or failed connection the next one); or `(attempt) => url`, called for
+   * every connection attempt (`attempt` counts them from 0).
+   */
+  url: UrlSource;
   token: TokenSource;
   /** Required where there is no global `WebSocket` (Node 20: `import { WebSocket } from 'ws'`). */
   WebSocket?: WebSocketConstructor;
@@ -49,6 +59,12 @@ export interface ClientOptions {
   rateLimit?: { perSec: number; burst: number };
   /** Writes in flight at once on a connection, below the gateway's 16 (default 8). */
   maxInFlight?: number;
+  /**
+   * A request (write, register, ping, unregister) without an answer for this long is sent again
+   * with the same id (default 30 s). A safety net: the gateway answers every request it reads,
+   * and the frames it drops unread after a `rate_limited` are resent as soon as it reads again.
+   */
+  requestTimeoutMs?: number;
   /** Writes larger than this are refused `too_large` without sending (the gateway's MAX_MESSAGE_BYTES, default 65536). */
   maxFrameBytes?: number;
   /** Refused tokens / failing token provider calls in a row before giving up (default 3). */
@@ -82,10 +98,43 @@ interface ChatState {
   online: Map<string, UserId>;
   waiters: Array<{ resolve(e: RegisteredEvent): void; reject(e: ClientError): void }>;
   lastRegistered: RegisteredEvent | null;
+  /** Number of the last `typing` frame sent (to place a `rate_limited` answer to it). */
+  lastTypingNo: number;
+}
+
+/** What a request sent on the current connection needs to be matched with its answer or resent. */
+interface Track {
+  /** What answers it: `w:<op>:<id>` (writes), `r:<chat>` (register), `u:<chat>` (unregister), `p` (ping). */
+  key: string;
+  /** Sends it again (it was dropped unread, or its answer is overdue); a no-op once it no longer matters. */
+  resend(): void;
+  /** Pings: told whether a pong came. */
+  onAnswer?: (answered: boolean) => void;
+}
+
+/** A request sent on the current connection and not answered yet. */
+interface Outstanding extends Track {
+  /** Its number among the frames sent on this connection (1, 2, …). */
+  no: number;
+  sentAt: number;
+}
+
+interface Outgoing {
+  text: string;
+  track?: Track | undefined;
 }
 
 const MESSAGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const TYPING_INTERVAL_MS = 1000;
+/**
+ * Over its bucket the gateway answers one frame `rate_limited` and does not read the connection
+ * for 1 s, dropping unanswered what it had already read: the client sends nothing for this long.
+ */
+const RATE_LIMIT_PAUSE_MS = 1100;
+/** After a `rate_limited`, the pacing is halved; each quiet period of this length doubles it back. */
+const PACE_RECOVERY_MS = 10_000;
+/** Keys of settled writes remembered, so a late second answer (to a resend) is recognised. */
+const SETTLED_KEYS = 1000;
 const RETRYABLE = new Set(['rate_limited', 'upstream_unavailable']);
 const WRITE_OPS = new Set<string>(['message', 'edit_message', 'delete_message']);
 const utf8 = new TextEncoder();
@@ -102,7 +151,7 @@ export function createClient(options: ClientOptions): Client {
 export class Client extends Emitter<ClientEvents> {
   private readonly WS: WebSocketConstructor;
   private readonly backoff: BackoffOptions;
-  private readonly cfg: Required<Pick<ClientOptions, 'connectTimeoutMs' | 'pingIdleMs' | 'pongTimeoutMs' | 'rateLimit' | 'maxInFlight' | 'maxFrameBytes' | 'maxAuthFailures'>> & {
+  private readonly cfg: Required<Pick<ClientOptions, 'connectTimeoutMs' | 'pingIdleMs' | 'pongTimeoutMs' | 'rateLimit' | 'maxInFlight' | 'maxFrameBytes' | 'maxAuthFailures' | 'requestTimeoutMs'>> & {
     stableAfterMs: number;
   };
   private readonly chats = new Map<string, ChatState>();
@@ -130,11 +179,29 @@ export class Client extends Emitter<ClientEvents> {
   private lastFrameAt = 0;
   private idleTimer: Timer | null = null;
   private pongTimer: Timer | null = null;
-  private readonly pongWaiters: Array<(answered: boolean) => void> = [];
+  /** Connections opened so far (a write remembers the one it was sent on). */
+  private connectionNo = 0;
+  /** Connection attempts so far (the `url` function's argument; the index into a URL list). */
+  private attempts = 0;
+  /** Frames sent on the current connection. */
+  private framesSent = 0;
+  /** Requests sent on the current connection and not answered yet, in send order. */
+  private outstanding: Outstanding[] = [];
+  private requestTimer: Timer | null = null;
+  /** Writes settled lately (`op:id`): a second answer for one (to a resend) is expected, not unhandled. */
+  private readonly settledKeys = new Set<string>();
 
   private tokens = 0;
   private refilledAt = 0;
-  private readonly sendQueue: string[] = [];
+  /** The pacing in force: `rateLimit`, halved after each `rate_limited`, restored while quiet. */
+  private pace: { perSec: number; burst: number };
+  private paceChangedAt = 0;
+  /** Nothing is sent before this (the gateway is not reading: see RATE_LIMIT_PAUSE_MS). */
+  private pausedUntil = 0;
+  /** Requests sent after the frame numbered this may have been dropped unread; resent at resume. */
+  private suspectAfter = Infinity;
+  private resumeTimer: Timer | null = null;
+  private readonly sendQueue: Outgoing[] = [];
   private paceTimer: Timer | null = null;
   private holdTimer: Timer | null = null;
   /** Stored entries come first: nothing is sent before they are loaded. */
@@ -152,10 +219,12 @@ export class Client extends Emitter<ClientEvents> {
       pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
       rateLimit: options.rateLimit ?? { perSec: 18, burst: 40 },
       maxInFlight: options.maxInFlight ?? 8,
+      requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
       maxFrameBytes: options.maxFrameBytes ?? 65_536,
       maxAuthFailures: options.maxAuthFailures ?? 3,
       stableAfterMs: options.reconnect?.stableAfterMs ?? 10_000,
     };
+    this.pace = this.cfg.rateLimit;
     this.token = typeof options.token === 'string' ? options.token : null;
     this.outbox = new Outbox(options.storage ?? new MemoryStorage(), (err) => this.storageFailed(err));
     this.host = this.chatHost();
@@ -198,6 +267,7 @@ export class Client extends Emitter<ClientEvents> {
       online: new Map(),
       waiters: [],
       lastRegistered: null,
+      lastTypingNo: 0,
     };
     this.chats.set(key, state);
     if (this.isOpen()) this.register(state);
@@ -210,8 +280,7 @@ export class Client extends Emitter<ClientEvents> {
     const started = Date.now();
     return new Promise((resolve, reject) => {
       if (!this.isOpen()) return reject(new ClientError('disconnected', 'not connected'));
-      this.pongWaiters.push((answered) => (answered ? resolve(Date.now() - started) : reject(new ClientError('disconnected', 'no pong: the ping was refused or the connection dropped'))));
-      this.transmit('{"type":"ping"}');
+      this.sendPing((answered) => (answered ? resolve(Date.now() - started) : reject(new ClientError('disconnected', 'no pong: the ping was refused or the connection dropped'))));
     });
   }
 
@@ -259,11 +328,13 @@ export class Client extends Emitter<ClientEvents> {
     if (this.ended || this.ws !== null || !this.wanted()) return;
     this.setState({ state: 'connecting' });
     let ws: WebSocketLike;
+    let url = '';
     try {
-      ws = new this.WS(this.options.url);
+      url = this.nextUrl();
+      ws = new this.WS(url);
     } catch (err) {
       // A URL the runtime refuses will never work.
-      this.giveUp(new ClientError('disconnected', `cannot open ${this.options.url}: ${errorText(err)}`));
+      this.giveUp(new ClientError('disconnected', `cannot open ${url || 'the gateway URL'}: ${errorText(err)}`));
       return;
     }
     this.ws = ws;
@@ -285,10 +356,24 @@ export class Client extends Emitter<ClientEvents> {
     };
   }
 
+  /** The URL of this attempt: the string, the list's next entry, or the function's answer. */
+  private nextUrl(): string {
+    const source = this.options.url;
+    const attempt = this.attempts++;
+    if (typeof source === 'function') return source(attempt);
+    if (typeof source === 'string') return source;
+    if (source.length === 0) throw new TypeError('the url list is empty');
+    return source[attempt % source.length]!;
+  }
+
   private onOpen(): void {
     this.openedAt = Date.now();
     this.lastFrameAt = this.openedAt;
-    this.tokens = this.cfg.rateLimit.burst; // a new connection has a full bucket at the gateway
+    this.connectionNo++;
+    this.framesSent = 0;
+    this.pausedUntil = 0;
+    this.refill();
+    this.tokens = this.pace.burst; // a new connection has a full bucket at the gateway
     this.refilledAt = this.openedAt;
     this.setState({ state: 'connected' });
     this.armIdle();
@@ -318,7 +403,7 @@ export class Client extends Emitter<ClientEvents> {
     this.stopConnectionTimers();
     if (this.openedAt !== 0 && Date.now() - this.openedAt >= this.cfg.stableAfterMs) this.reconnectAttempt = 0;
     this.openedAt = 0;
-    for (const waiter of this.pongWaiters.splice(0)) waiter(false);
+    this.dropOutstanding();
     for (const state of this.chats.values()) {
       if (state.status !== 'gone') state.status = 'idle';
       clearTimer(state.retryTimer);
@@ -417,7 +502,7 @@ export class Client extends Emitter<ClientEvents> {
     clearTimer(this.reconnectTimer);
     clearTimer(this.holdTimer);
     this.reconnectTimer = this.holdTimer = null;
-    for (const waiter of this.pongWaiters.splice(0)) waiter(false);
+    this.dropOutstanding();
     for (const state of this.chats.values()) {
       clearTimer(state.retryTimer);
       for (const w of state.waiters.splice(0)) w.reject(error);
@@ -431,8 +516,16 @@ export class Client extends Emitter<ClientEvents> {
     clearTimer(this.idleTimer);
     clearTimer(this.pongTimer);
     clearTimer(this.paceTimer);
-    this.idleTimer = this.pongTimer = this.paceTimer = null;
+    clearTimer(this.resumeTimer);
+    clearTimer(this.requestTimer);
+    this.idleTimer = this.pongTimer = this.paceTimer = this.resumeTimer = this.requestTimer = null;
     this.sendQueue.length = 0;
+    this.suspectAfter = Infinity;
+  }
+
+  /** The connection is gone: nothing sent on it will be answered (pings are told so). */
+  private dropOutstanding(): void {
+    for (const o of this.outstanding.splice(0)) o.onAnswer?.(false);
   }
 
   // --- liveness --------------------------------------------------------------------------------
@@ -453,43 +546,56 @@ export class Client extends Emitter<ClientEvents> {
     const ws = this.ws;
     if (ws === null || !this.isOpen()) return;
     if (Date.now() - this.lastFrameAt < this.cfg.pingIdleMs) return this.armIdle();
-    this.pongWaiters.push(() => undefined);
-    this.transmit('{"type":"ping"}');
+    this.sendPing();
     this.pongTimer = setTimeout(() => this.abandon(ws, 'no answer to ping'), this.cfg.pongTimeoutMs);
   }
 
   // --- outgoing frames -------------------------------------------------------------------------
 
   /**
-   * Sends a frame within the client's token bucket; queued (in order) when out of tokens, or
-   * dropped if `droppable` (typing). False when it was not sent or queued.
+   * Sends a frame within the client's token bucket; queued (in order) when out of tokens or
+   * while the gateway is not reading, or dropped if `droppable` (typing). False when it was not
+   * sent or queued. A `track`ed frame is a request: matched with its answer, resent if dropped.
    */
-  private transmit(text: string, droppable = false): boolean {
+  private transmit(text: string, droppable = false, track?: Track): boolean {
     if (!this.isOpen()) return false;
     this.refill();
-    if (this.sendQueue.length === 0 && this.tokens >= 1) {
+    if (this.sendQueue.length === 0 && this.tokens >= 1 && Date.now() >= this.pausedUntil) {
       this.tokens--;
-      this.rawSend(text);
+      this.rawSend({ text, track });
       return true;
     }
     if (droppable) return false;
-    this.sendQueue.push(text);
+    this.sendQueue.push({ text, track });
     this.schedulePacing();
     return true;
   }
 
   private refill(): void {
     const now = Date.now();
-    const { perSec, burst } = this.cfg.rateLimit;
+    this.relaxPace(now);
+    const { perSec, burst } = this.pace;
     this.tokens = Math.min(burst, this.tokens + ((now - this.refilledAt) * perSec) / 1000);
     this.refilledAt = now;
   }
 
+  /** Doubles a reduced pacing back (up to `rateLimit`) for every quiet PACE_RECOVERY_MS. */
+  private relaxPace(now: number): void {
+    const full = this.cfg.rateLimit;
+    if (this.pace === full || now - this.paceChangedAt < PACE_RECOVERY_MS) return;
+    const perSec = Math.min(full.perSec, this.pace.perSec * 2);
+    const burst = Math.min(full.burst, this.pace.burst * 2);
+    this.pace = perSec === full.perSec && burst === full.burst ? full : { perSec, burst };
+    this.paceChangedAt = now;
+  }
+
   private schedulePacing(): void {
     if (this.paceTimer !== null) return;
-    const wait = Math.max(1, Math.ceil(((1 - this.tokens) * 1000) / this.cfg.rateLimit.perSec));
+    const paused = this.pausedUntil - Date.now();
+    const wait = Math.max(1, paused, Math.ceil(((1 - this.tokens) * 1000) / this.pace.perSec));
     this.paceTimer = setTimeout(() => {
       this.paceTimer = null;
+      if (Date.now() < this.pausedUntil) return this.schedulePacing();
       this.refill();
       while (this.sendQueue.length > 0 && this.tokens >= 1) {
         this.tokens--;
@@ -499,12 +605,76 @@ export class Client extends Emitter<ClientEvents> {
     }, wait);
   }
 
-  private rawSend(text: string): void {
+  private rawSend(frame: Outgoing): void {
+    const no = ++this.framesSent;
+    if (frame.track !== undefined) {
+      this.outstanding.push({ ...frame.track, no, sentAt: Date.now() });
+      this.armRequestTimer();
+    }
     try {
-      this.ws?.send(text);
+      this.ws?.send(frame.text);
     } catch {
       // The socket is closing; its close event resends what is still unacked.
     }
+  }
+
+  private sendPing(onAnswer: (answered: boolean) => void = () => undefined): void {
+    const track: Track = { key: 'p', onAnswer, resend: () => this.transmit('{"type":"ping"}', false, track) };
+    this.transmit('{"type":"ping"}', false, track);
+  }
+
+  /** The oldest request still waiting for an answer like `key`; removed: it is answered now. */
+  private answered(key: string): Outstanding | undefined {
+    const i = this.outstanding.findIndex((o) => o.key === key);
+    if (i < 0) return undefined;
+    return this.outstanding.splice(i, 1)[0];
+  }
+
+  /**
+   * The gateway answered a frame (number `no`; 0 if unknown) `rate_limited`. Over its bucket it
+   * then reads nothing for a second and drops, unanswered, what it had already read after that
+   * frame. So: send nothing until it reads again, slow down, and then resend every request sent
+   * after that frame that is still unanswered (same ids: resends are idempotent, and a second
+   * answer to one is recognised and ignored).
+   */
+  private rateLimited(no: number): void {
+    const now = Date.now();
+    this.pausedUntil = now + RATE_LIMIT_PAUSE_MS;
+    this.tokens = 0;
+    this.refilledAt = now;
+    this.pace = { perSec: Math.max(1, this.pace.perSec / 2), burst: Math.max(1, Math.floor(this.pace.burst / 2)) };
+    this.paceChangedAt = now;
+    this.suspectAfter = Math.min(this.suspectAfter, no);
+    clearTimer(this.resumeTimer);
+    this.resumeTimer = setTimeout(() => this.resume(), RATE_LIMIT_PAUSE_MS);
+  }
+
+  private resume(): void {
+    this.resumeTimer = null;
+    const after = this.suspectAfter;
+    this.suspectAfter = Infinity;
+    if (!this.isOpen()) return;
+    const suspects = this.outstanding.filter((o) => o.no > after);
+    this.outstanding = this.outstanding.filter((o) => o.no <= after);
+    for (const o of suspects) o.resend();
+    if (this.sendQueue.length > 0) this.schedulePacing();
+  }
+
+  /** Requests unanswered for `requestTimeoutMs` are sent again (a safety net; see the option). */
+  private armRequestTimer(): void {
+    if (this.requestTimer !== null) return;
+    const oldest = this.outstanding[0];
+    if (oldest === undefined) return;
+    const due = oldest.sentAt + this.cfg.requestTimeoutMs - Date.now();
+    this.requestTimer = setTimeout(() => {
+      this.requestTimer = null;
+      if (!this.isOpen()) return;
+      const limit = Date.now() - this.cfg.requestTimeoutMs;
+      const overdue = this.outstanding.filter((o) => o.sentAt <= limit);
+      this.outstanding = this.outstanding.filter((o) => o.sentAt > limit);
+      for (const o of overdue) o.resend();
+      this.armRequestTimer();
+    }, Math.max(0, due));
   }
 
   // --- chats -----------------------------------------------------------------------------------
@@ -524,7 +694,13 @@ export class Client extends Emitter<ClientEvents> {
     state.status = 'registering';
     const since = state.stream.position;
     state.askedSince = since !== null;
-    this.transmit(JSON.stringify({ type: 'register', token: this.token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }));
+    const resend = () => {
+      // Still waiting for this chat's answer: ask again (a register is idempotent).
+      if (this.chats.get(state.key) !== state || state.status !== 'registering') return;
+      state.status = 'idle';
+      this.register(state);
+    };
+    this.transmit(JSON.stringify({ type: 'register', token: this.token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }), false, { key: `r:${state.key}`, resend });
   }
 
   /** Registers `state` again after a delay (its register was refused for now). */
@@ -539,6 +715,8 @@ export class Client extends Emitter<ClientEvents> {
 
   private onRegistered(state: ChatState, frame: Frame): void {
     state.status = 'registered';
+    clearTimer(state.retryTimer);
+    state.retryTimer = null;
     state.registerAttempts = 0;
     this.authFailures = 0;
     this.refusedToken = null;
@@ -615,7 +793,15 @@ export class Client extends Emitter<ClientEvents> {
 
   private finishLeaving(state: ChatState | undefined): void {
     if (state === undefined || !state.leaving || this.outbox.all().some((p) => String(p.entry.chatId) === state.key)) return;
-    if (state.status === 'registered') this.transmit(JSON.stringify({ type: 'unregister', chat_id: state.chat.id }));
+    if (state.status === 'registered') {
+      const text = JSON.stringify({ type: 'unregister', chat_id: state.chat.id });
+      const track: Track = {
+        key: `u:${state.key}`,
+        // Not if the chat was opened again meanwhile (that registration must stay).
+        resend: () => void (this.chats.has(state.key) || this.transmit(text, false, track)),
+      };
+      this.transmit(text, false, track);
+    }
     this.forget(state, new ClientError('closed', 'left the chat', { chatId: state.chat.id }));
     this.closeIfIdle();
   }
@@ -643,7 +829,10 @@ export class Client extends Emitter<ClientEvents> {
   private typing(state: ChatState): void {
     const now = Date.now();
     if (state.status !== 'registered' || state.leaving || now - state.lastTypingAt < TYPING_INTERVAL_MS) return;
-    if (this.transmit(JSON.stringify({ type: 'typing', chat_id: state.chat.id }), true)) state.lastTypingAt = now;
+    if (this.transmit(JSON.stringify({ type: 'typing', chat_id: state.chat.id }), true)) {
+      state.lastTypingAt = now;
+      state.lastTypingNo = this.framesSent; // sent at once (droppable frames are never queued)
+    }
   }
 
   // --- writes ----------------------------------------------------------------------------------
@@ -688,13 +877,43 @@ export class Client extends Emitter<ClientEvents> {
       item.inFlight = true;
       item.attempts++;
       inFlight++;
-      this.transmit(item.text);
+      this.sendWrite(item);
     }
   }
 
+  private sendWrite(item: Pending): void {
+    item.sentOn = this.connectionNo;
+    const track: Track = {
+      key: writeKey(item.entry.op, item.entry.data.id),
+      // Only while this attempt is the one in flight: a settled or retrying write is not resent.
+      resend: () => void (item.inFlight && item.sentOn === this.connectionNo && this.outbox.all().includes(item) && this.transmit(item.text, false, track)),
+    };
+    this.transmit(item.text, false, track);
+  }
+
+  /**
+   * The write an answer (`op`, `id`) belongs to: the one in flight, else — for an ack — one sent
+   * on this connection that is waiting to be retried (an earlier send of it was answered late).
+   */
+  private sentWrite(op: string, id: string, inFlightOnly: boolean): Pending | undefined {
+    let fallback: Pending | undefined;
+    for (const p of this.outbox.all()) {
+      if (p.entry.op !== op || p.entry.data.id !== id || p.sentOn !== this.connectionNo) continue;
+      if (p.inFlight) return p;
+      fallback ??= p;
+    }
+    return inFlightOnly ? undefined : fallback;
+  }
+
   private onAck(frame: Frame): void {
-    const item = this.outbox.inFlight(String(frame.op), String(frame.id));
-    if (item === undefined) return this.emit('unhandled', frame);
+    const key = writeKey(String(frame.op), String(frame.id));
+    const request = this.answered(key);
+    const item = this.sentWrite(String(frame.op), String(frame.id), false);
+    if (item === undefined) {
+      // The second answer to a write sent twice (a resend after a drop or timeout) is expected.
+      if (request === undefined && !this.settledKeys.has(key)) this.emit('unhandled', frame);
+      return;
+    }
     const seq = typeof frame.seq === 'number' ? frame.seq : undefined;
     const epoch = typeof frame.epoch === 'string' ? frame.epoch : undefined;
     this.succeed(item, frame.duplicate === true, seq, epoch);
@@ -703,6 +922,7 @@ export class Client extends Emitter<ClientEvents> {
   private succeed(item: Pending, duplicate: boolean, seq?: number, epoch?: string): void {
     const { op, chatId, data } = item.entry;
     this.outbox.remove(item);
+    this.noteSettled(item);
     const ack: Ack = { op, id: data.id, chatId, duplicate, ...(seq === undefined ? {} : { seq }), ...(epoch === undefined ? {} : { epoch }) };
     const state = this.chats.get(String(chatId));
     if (state !== undefined) {
@@ -720,9 +940,17 @@ export class Client extends Emitter<ClientEvents> {
   private fail(item: Pending, error: ClientError, removeStored = true): void {
     if (removeStored) this.outbox.remove(item);
     else this.outbox.forget(item);
+    this.noteSettled(item);
     item.settle?.reject(error);
     this.emit('failed', { chatId: item.entry.chatId, op: item.entry.op, id: item.entry.data.id, error });
     this.finishLeaving(this.chats.get(String(item.entry.chatId)));
+  }
+
+  private noteSettled(item: Pending): void {
+    const key = writeKey(item.entry.op, item.entry.data.id);
+    this.settledKeys.delete(key);
+    this.settledKeys.add(key);
+    if (this.settledKeys.size > SETTLED_KEYS) this.settledKeys.delete(this.settledKeys.values().next().value!);
   }
 
   private storageFailed(err: unknown): void {
@@ -763,17 +991,34 @@ export class Client extends Emitter<ClientEvents> {
       ...(frame.chat_id === undefined ? {} : { chatId: frame.chat_id as ChatId }),
     };
     const error = new ClientError(code, typeof frame.message === 'string' ? frame.message : code, details);
+    const chatKey = String(frame.chat_id);
+    const key =
+      op === 'register' ? `r:${chatKey}`
+      : op === 'unregister' ? `u:${chatKey}`
+      : op === 'ping' ? 'p'
+      : WRITE_OPS.has(op) && typeof frame.id === 'string' ? writeKey(op, frame.id)
+      : null;
+    const request = key === null ? undefined : this.answered(key);
+    if (code === 'rate_limited') {
+      // Which frame was refused tells which later ones the gateway may have dropped unread;
+      // when it cannot be told (typing, a frame of sendRaw), every unanswered one is suspect.
+      const no = request?.no ?? (op === 'typing' ? (this.chats.get(chatKey)?.lastTypingNo ?? 0) : 0);
+      this.rateLimited(no);
+    }
     if (op === 'register') {
-      const state = this.chats.get(String(frame.chat_id));
+      const state = this.chats.get(chatKey);
       if (state?.status === 'registering') return this.registerRefused(state, error);
+      if (request !== undefined) return; // a second answer to a register sent twice
     } else if (WRITE_OPS.has(op) && typeof frame.id === 'string') {
-      const item = this.outbox.inFlight(op, frame.id);
+      const item = this.sentWrite(op, frame.id, true);
       if (item) return this.onWriteError(item, error);
+      // A late answer to an earlier send of a write that is retried, or settled, already.
+      if (request !== undefined || this.settledKeys.has(key!) || this.sentWrite(op, frame.id, false)) return;
     } else if (op === 'ping') {
       // A refused ping gets no pong. (The error itself proves the link is alive.)
-      return this.pongWaiters.shift()?.(false);
-    } else if (op === 'typing') {
-      return; // typing is best effort
+      return request?.onAnswer?.(false);
+    } else if (op === 'typing' || op === 'unregister') {
+      return; // typing is best effort; an unregistered chat is forgotten either way
     }
     this.emit('unhandled', frame);
   }
@@ -817,11 +1062,14 @@ export class Client extends Emitter<ClientEvents> {
         this.emit('typing', { chatId: live.chat.id, userId: frame.user_id as UserId });
         return;
       case 'registered':
-        if (state?.status !== 'registering') break;
+        this.answered(`r:${String(frame.chat_id)}`);
+        if (state === undefined || state.status === 'gone') break;
+        // Also a second answer to a register sent twice (after a drop or a timeout), or one
+        // that comes while a refused resend waits to be retried: as truthful as the first.
         return this.onRegistered(state, frame);
       case 'unregistered':
         // Without a reason it answers our own `unregister`: the chat is already forgotten.
-        if (typeof frame.reason !== 'string') return;
+        if (typeof frame.reason !== 'string') return void this.answered(`u:${String(frame.chat_id)}`);
         if (state === undefined || state.status === 'gone') break;
         return this.onUnregistered(state, frame.reason);
       case 'ack':
@@ -829,9 +1077,9 @@ export class Client extends Emitter<ClientEvents> {
       case 'error':
         return this.onError(frame);
       case 'pong': {
-        const waiter = this.pongWaiters.shift();
-        if (waiter === undefined) break;
-        return waiter(true);
+        const request = this.answered('p');
+        if (request === undefined) break;
+        return request.onAnswer?.(true);
       }
     }
     this.emit('unhandled', frame);
@@ -913,6 +1161,10 @@ export class Client extends Emitter<ClientEvents> {
       newId,
     };
   }
+}
+
+function writeKey(op: string, id: string): string {
+  return `w:${op}:${id}`;
 }
 
 function isPosition(seq: unknown, epoch: unknown): boolean {

@@ -1,4 +1,4 @@
-export { Client, createClient, newId, type ChatOptions, type ClientOptions, type TokenSource } from './client.js';
+export { Client, createClient, newId, type ChatOptions, type ClientOptions, type TokenSource, type UrlSource } from './client.js';
 export { Chat } from './chat.js';
 export { ClientError, type ClientErrorCode, type GatewayErrorCode } from './errors.js';
 export { MemoryStorage, type OutboxEntry, type OutboxStorage } from './outbox.js';

@@ -48,6 +48,8 @@ export interface Pending {
   /** Was in flight when a connection dropped: it may have been applied without an ack. */
   maybeApplied: boolean;
   attempts: number;
+  /** The connection (the client's count) it was last sent on; 0 before its first send. */
+  sentOn: number;
   retryTimer: ReturnType<typeof setTimeout> | null;
   /** Absent for entries restored from storage: their outcome is only the sent/failed events. */
   settle?: { resolve(ack: Ack): void; reject(err: ClientError): void };
@@ -68,7 +70,13 @@ export class Outbox {
       .then(() => storage.load())
       .then(
         (entries) => {
-          const restored = [...entries].sort((a, b) => a.order - b.order).map((entry) => this.wrap(entry));
+          // Writes made before the load finished are listed already (and may be in the storage
+          // by now, since their put can run before load): restoring them would send them twice.
+          const listed = new Set(this.pending.map((p) => p.entry.key));
+          const restored = entries
+            .filter((entry) => !listed.has(entry.key))
+            .sort((a, b) => a.order - b.order)
+            .map((entry) => this.wrap(entry));
           this.pending.unshift(...restored);
           const last = restored.at(-1)?.entry.order ?? 0;
           this.nextOrder = Math.max(this.nextOrder, last + 1);
@@ -121,12 +129,7 @@ export class Outbox {
     return this.pending;
   }
 
-  /** The entry in flight for this answer (`ack` or `error` with op and id). */
-  inFlight(op: string, id: string): Pending | undefined {
-    return this.pending.find((p) => p.inFlight && p.entry.op === op && p.entry.data.id === id);
-  }
-
   private wrap(entry: OutboxEntry): Pending {
-    return { entry, stored: true, text: JSON.stringify({ type: entry.op, chat_id: entry.chatId, data: entry.data }), inFlight: false, maybeApplied: false, attempts: 0, retryTimer: null };
+    return { entry, stored: true, text: JSON.stringify({ type: entry.op, chat_id: entry.chatId, data: entry.data }), inFlight: false, maybeApplied: false, attempts: 0, sentOn: 0, retryTimer: null };
   }
 }

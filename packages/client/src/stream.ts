@@ -113,8 +113,20 @@ export class Stream {
     const from = this.pos;
     // Exactly at the top: nothing was missed, even if the gateway keeps no history to replay.
     const caughtUp = from !== null && from.epoch === now.epoch && from.seq === now.seq;
-    if (askedSince && from !== null && recovered !== true && !caughtUp) out.push(this.gap(from, now, reason ?? 'no_history'));
-    this.reset(now);
+    const missed = askedSince && from !== null && recovered !== true && !caughtUp;
+    if (missed) out.push(this.gap(from, now, reason ?? 'no_history'));
+    if (missed || from === null || from.epoch !== now.epoch) {
+      this.reset(now);
+      return out;
+    }
+    // The same stream, nothing missed: everything up to `now` was delivered or replayed just
+    // before this answer, or is this client's own write. Never move back: an ack of our own
+    // write can overtake the answer to a register sent twice, and what it marked must stay.
+    if (now.seq > from.seq) {
+      this.pos = { ...now };
+      for (const seq of this.above) if (seq <= now.seq) this.above.delete(seq);
+      this.advance();
+    }
     return out;
   }
 

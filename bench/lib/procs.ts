@@ -1,0 +1,273 @@
+/**
+ * Processes of the benchmark: every server, Redis, the minimal main API and the load generators
+ * run as their own OS process, pinned with `taskset` (when the machine has it) so that the
+ * systems under test and the generator do not share a core. CPU comes from /proc/<pid>/stat
+ * (utime + stime), RSS from /proc/<pid>/status, the V8 heap from the process itself through the
+ * inspector (`--inspect=127.0.0.1:0`: a full GC, then `process.memoryUsage()`), so that servers
+ * which expose nothing are measured the same way as the gateway.
+ */
+import { spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { WebSocket } from 'ws';
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const TSX = import.meta.resolve('tsx');
+
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+export const HAS_TASKSET = spawnSync('taskset', ['-c', '0', 'true']).status === 0;
+/** Core 1 for the systems under test (servers, Redis), core 0 for generators and the main-API stand-in. */
+export const SERVER_CORE = '1';
+export const GENERATOR_CORE = '0';
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * `--nice=N` (bench/run.ts): every process of the benchmark runs at that niceness, so that
+ * other work on a shared machine disturbs it less (negative values need root). Default 0.
+ */
+let NICE = 0;
+export function setNice(n: number): void {
+  NICE = n;
+}
+
+/** `[nice -n N] taskset -c core cmd args…`, or just `cmd args…` where taskset is missing. Same pid either way (both exec). */
+function pinned(core: string, cmd: string, args: string[]): [string, string[]] {
+  const [c, a]: [string, string[]] = HAS_TASKSET ? ['taskset', ['-c', core, cmd, ...args]] : [cmd, args];
+  return NICE !== 0 ? ['nice', ['-n', String(NICE), c, ...a]] : [c, a];
+}
+
+export class Proc {
+  out = '';
+  err = '';
+  readonly exited: Promise<void>;
+  inspectorUrl: string | null = null;
+
+  constructor(
+    readonly name: string,
+    readonly child: ChildProcess,
+  ) {
+    child.stdout?.on('data', (d: Buffer) => {
+      this.out += d.toString();
+      if (this.out.length > 1_000_000) this.out = this.out.slice(-200_000);
+    });
+    child.stderr?.on('data', (d: Buffer) => {
+      this.err += d.toString();
+      const m = /Debugger listening on (ws:\/\/\S+)/.exec(this.err);
+      if (m && this.inspectorUrl === null) this.inspectorUrl = m[1]!;
+      if (this.err.length > 1_000_000) this.err = this.err.slice(-200_000);
+    });
+    this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  get alive(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Waits until stdout matches `re`; returns the match. */
+  async waitFor(re: RegExp, timeoutMs = 30_000): Promise<RegExpExecArray> {
+    const until = Date.now() + timeoutMs;
+    while (Date.now() < until) {
+      const m = re.exec(this.out);
+      if (m) return m;
+      if (!this.alive) break;
+      await sleep(20);
+    }
+    throw new Error(`${this.name} did not print ${re} (alive=${this.alive}):\n${this.out.slice(-2000)}\n${this.err.slice(-2000)}`);
+  }
+
+  async stop(): Promise<void> {
+    if (!this.alive) return;
+    this.child.kill('SIGKILL');
+    await this.exited;
+  }
+}
+
+/** A Node process running a TypeScript entry through tsx, pinned to `core`, with the inspector on a random port. */
+export function spawnNode(name: string, core: string, entry: string, env: Record<string, string>, opts: { inspect?: boolean; ipc?: boolean; nodeArgs?: string[] } = {}): Proc {
+  const nodeArgs = [...(opts.inspect ? ['--inspect=127.0.0.1:0'] : []), ...(opts.nodeArgs ?? []), '--import', TSX, entry];
+  const [cmd, args] = pinned(core, process.execPath, nodeArgs);
+  const stdio: StdioOptions = opts.ipc ? ['ignore', 'pipe', 'pipe', 'ipc'] : ['ignore', 'pipe', 'pipe'];
+  const child = spawn(cmd, args, { cwd: ROOT, env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env }, stdio });
+  return new Proc(name, child);
+}
+
+export async function waitInspector(p: Proc, timeoutMs = 10_000): Promise<string> {
+  const until = Date.now() + timeoutMs;
+  while (p.inspectorUrl === null && Date.now() < until) await sleep(20);
+  if (p.inspectorUrl === null) throw new Error(`${p.name}: no inspector URL`);
+  return p.inspectorUrl;
+}
+
+export interface CpuSample {
+  /** utime + stime, seconds. */
+  cpu: number;
+  at: number;
+}
+
+export function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // fields[0] is field 3 (state): utime is field 14, stime field 15.
+    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+
+export function rssBytes(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+export interface MemoryUsage {
+  rss: number;
+  heapUsed: number;
+  heapTotal: number;
+  external: number;
+  arrayBuffers: number;
+}
+
+/** Full GC in the target process (twice), then its process.memoryUsage(), over the inspector protocol. */
+export async function gcAndMemory(url: string): Promise<MemoryUsage> {
+  const ws = new WebSocket(url, { perMessageDeflate: false });
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve());
+    ws.once('error', reject);
+  });
+  let id = 0;
+  const pending = new Map<number, (v: unknown) => void>();
+  ws.on('message', (data: Buffer) => {
+    const msg = JSON.parse(data.toString()) as { id?: number; result?: unknown };
+    if (msg.id !== undefined) pending.get(msg.id)?.(msg.result);
+  });
+  const call = (method: string, params: object = {}) =>
+    new Promise<unknown>((resolve, reject) => {
+      const my = ++id;
+      const timer = setTimeout(() => reject(new Error(`inspector ${method} timed out`)), 60_000);
+      pending.set(my, (v) => (clearTimeout(timer), resolve(v)));
+      ws.send(JSON.stringify({ id: my, method, params }));
+    });
+  try {
+    await call('HeapProfiler.collectGarbage');
+    await call('HeapProfiler.collectGarbage');
+    const result = (await call('Runtime.evaluate', { expression: 'JSON.stringify(process.memoryUsage())', returnByValue: true })) as { result: { value: string } };
+    return JSON.parse(result.result.value) as MemoryUsage;
+  } finally {
+    ws.close();
+  }
+}
+
+/** A private redis-server, pinned beside the servers under test. */
+export class Redis {
+  private constructor(
+    readonly proc: Proc,
+    readonly port: number,
+    private readonly dir: string,
+  ) {}
+
+  static async start(core = SERVER_CORE): Promise<Redis> {
+    const port = await freePort();
+    const dir = mkdtempSync(join(tmpdir(), 'bench-redis-'));
+    const [cmd, args] = pinned(core, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--maxclients', '1000']);
+    const proc = new Proc('redis', spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+    await proc.waitFor(/Ready to accept connections/, 10_000);
+    return new Redis(proc, port, dir);
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  cli(...args: string[]): string {
+    return spawnSync('redis-cli', ['-p', String(this.port), ...args], { encoding: 'utf8' }).stdout;
+  }
+
+  /**
+   * INFO commandstats as {command: calls}, without the benchmark's own INFO calls. Commands run
+   * inside a Lua script are counted too (an EVALSHA and each command it runs).
+   */
+  commandStats(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const line of this.cli('INFO', 'commandstats').split('\n')) {
+      const m = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim());
+      if (m && m[1] !== 'info') out[m[1]!] = Number(m[2]);
+    }
+    return out;
+  }
+
+  usedMemory(): number {
+    const m = /used_memory:(\d+)/.exec(this.cli('INFO', 'memory'));
+    return m ? Number(m[1]) : 0;
+  }
+
+  async close(): Promise<void> {
+    await this.proc.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export function diffCounts(after: Record<string, number>, before: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(after)) {
+    const d = v - (before[k] ?? 0);
+    if (d > 0) out[k] = d;
+  }
+  return out;
+}
+
+/** Busy (non-idle, non-iowait) jiffies per core, from /proc/stat: what every process on the machine used. */
+export function coreTicks(): Array<{ busy: number; total: number }> {
+  try {
+    return readFileSync('/proc/stat', 'utf8')
+      .split('\n')
+      .filter((l) => /^cpu\d+ /.test(l))
+      .map((l) => {
+        const v = l.trim().split(/\s+/).slice(1).map(Number);
+        const total = v.reduce((s, x) => s + x, 0);
+        return { busy: total - (v[3] ?? 0) - (v[4] ?? 0), total };
+      });
+  } catch {
+    return [];
+  }
+}
+
+/** Percent busy of `core` between two coreTicks() samples (every process, ours and other tenants'). */
+export function coreBusyPct(before: Array<{ busy: number; total: number }>, after: Array<{ busy: number; total: number }>, core: string): number | null {
+  const i = Number(core);
+  const a = after[i];
+  const b = before[i];
+  if (!a || !b || a.total === b.total) return null;
+  return (100 * (a.busy - b.busy)) / (a.total - b.total);
+}
+
+export function loadAverage(): string {
+  try {
+    return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  } catch {
+    return '?';
+  }
+}

@@ -1,0 +1,308 @@
+/**
+ * Summaries (min and median of the repeats), ratios to the hand-written `ws` floor measured in
+ * the same run, the tables (console and Markdown), and the capacity model's fit and check.
+ */
+import type { Cell, Metrics } from '../scenarios.js';
+
+export interface CellResult {
+  ok: boolean;
+  error?: string;
+  cell?: Cell;
+  load_before: string;
+  load_after: string;
+  seconds: number;
+}
+
+export type Results = Record<string, Record<string, CellResult[]>>;
+
+export interface Summary {
+  min: number | null;
+  median: number | null;
+  n: number;
+}
+
+function median(xs: number[]): number | null {
+  if (xs.length === 0) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+export function summarize(cells: CellResult[], metric: string): Summary {
+  const xs = cells.flatMap((c) => {
+    const v = c.cell?.metrics[metric];
+    return typeof v === 'number' && Number.isFinite(v) ? [v] : [];
+  });
+  return { min: xs.length ? Math.min(...xs) : null, median: median(xs), n: xs.length };
+}
+
+/** The floor a metric is compared with: the hand-written ws server; for Redis figures, hand-written ws over Redis. */
+export function floorOf(metric: string): string {
+  return metric.startsWith('redis_') ? 'ws-redis' : 'ws';
+}
+
+type Column = [metric: string, label: string, digits: number];
+
+export const COLUMNS: Record<string, Column[]> = {
+  idle: [
+    ['connect_s', 'connect s', 2],
+    ['rss_kib_per_conn', 'RSS KiB/conn', 1],
+    ['heap_kib_per_conn', 'heap KiB/conn', 1],
+  ],
+  fanout: [
+    ['deliveries_per_s', 'deliveries/s', 0],
+    ['delivered_pct', 'delivered %', 1],
+    ['cpu_ms_per_1k', 'server CPU ms / 1k deliveries', 2],
+    ['p50_ms', 'p50 ms', 2],
+    ['p99_ms', 'p99 ms', 2],
+    ['redis_cpu_ms_per_1k', 'Redis CPU ms / 1k', 2],
+    ['redis_cmds_per_msg', 'Redis cmds / msg', 1],
+    ['api_cpu_ms_per_1k', 'main-API CPU ms / 1k', 2],
+    ['bytes_per_delivery', 'bytes / delivery', 0],
+    ['gen_cpu_pct', 'generator CPU %', 0],
+  ],
+  saturation: [
+    ['max_deliveries_per_s', 'max deliveries/s', 0],
+    ['max_msgs_per_s', 'messages/s', 0],
+    ['p99_at_max_ms', 'p99 ms at max', 1],
+    ['cpu_ms_per_1k_at_max', 'server CPU ms / 1k at max', 2],
+    ['server_core_pct_at_max', 'server core % at max', 0],
+    ['server_core_busy_pct_at_max', 'server core % incl. other tenants', 0],
+    ['generator_core_pct_at_max', 'generator core % at max', 0],
+  ],
+  bigchat: [
+    ['join_s', 'join s', 1],
+    ['join_cpu_s', 'join server CPU s', 1],
+    ['deliveries_per_s', 'deliveries/s', 0],
+    ['delivered_pct', 'delivered %', 1],
+    ['cpu_ms_per_1k', 'server CPU ms / 1k', 2],
+    ['p50_ms', 'p50 ms', 1],
+    ['p99_ms', 'p99 ms', 1],
+    ['redis_cpu_ms_per_1k', 'Redis CPU ms / 1k', 2],
+  ],
+  manyconns: [
+    ['connect_s', 'connect s', 1],
+    ['conns_per_s', 'connections/s', 0],
+    ['rss_kib_per_conn', 'RSS KiB/conn', 1],
+    ['heap_kib_per_conn', 'heap KiB/conn', 1],
+    ['rss_mib', 'RSS MiB', 0],
+    ['projected_100k_mib', '100k conns MiB', 0],
+  ],
+  manychats: [
+    ['register_s', 'register s', 2],
+    ['chats_per_s', 'chats/s', 0],
+    ['server_cpu_ms_per_chat', 'server CPU ms / chat', 3],
+    ['redis_cmds_per_chat', 'Redis cmds / chat', 1],
+    ['redis_cpu_ms', 'Redis CPU ms', 0],
+    ['redis_kib_per_chat', 'Redis KiB / chat', 2],
+    ['idle_redis_cmds_per_chat_min', 'idle: Redis cmds / chat / min', 2],
+    ['idle_redis_cpu_us_per_chat_min', 'idle: Redis CPU µs / chat / min', 1],
+    ['idle_server_cpu_us_per_chat_min', 'idle: server CPU µs / chat / min', 1],
+  ],
+  scale: [
+    ['instances', 'instances', 0],
+    ['msgs_per_s', 'messages/s', 0],
+    ['deliveries_per_s', 'deliveries/s', 0],
+    ['delivered_pct', 'delivered %', 1],
+    ['servers_cpu_s', 'gateways CPU s', 2],
+    ['idle_servers_cpu_per_s', 'idle gateways CPU s/s', 3],
+    ['redis_cpu_s', 'Redis CPU s', 2],
+    ['redis_cmds', 'Redis cmds', 0],
+    ['p99_ms', 'p99 ms', 1],
+    ['rss_mib_per_instance', 'RSS MiB / instance', 0],
+  ],
+};
+
+const fmt = (v: number | null, digits: number) => (v === null ? '—' : v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits }).replace(/,/g, ' '));
+
+/** "min / median ×ratio" (ratio of medians to the floor's; no ratio when there is no floor in this scenario). */
+export function cellText(results: Results, scenario: string, variant: string, [metric, , digits]: Column, withRatio: boolean): string {
+  const cells = results[scenario]?.[variant] ?? [];
+  const s = summarize(cells, metric);
+  if (s.n === 0) return cells.some((c) => !c.ok) ? 'failed' : '—';
+  const value = s.n === 1 ? fmt(s.median, digits) : `${fmt(s.min, digits)} / ${fmt(s.median, digits)}`;
+  if (!withRatio) return value;
+  const floor = summarize(results[scenario]?.[floorOf(metric)] ?? [], metric).median;
+  if (floor === null || floor === 0 || s.median === null) return value;
+  return `${value} ×${(s.median / floor).toFixed(2)}`;
+}
+
+export function table(results: Results, scenario: string, labels: Record<string, string>): string[][] {
+  const cols = COLUMNS[scenario] ?? [];
+  const rows: string[][] = [['system', ...cols.map((c) => c[1])]];
+  if (scenario === 'saturation') rows[0]!.push('limit');
+  for (const variant of Object.keys(results[scenario] ?? {})) {
+    const row = [labels[`${scenario}/${variant}`] ?? variant, ...cols.map((c) => cellText(results, scenario, variant, c, scenario !== 'scale'))];
+    if (scenario === 'saturation') {
+      row.push(
+        (results[scenario]![variant]!)
+          .map((c) => (c.ok ? String(c.cell?.info.limit ?? '?') : 'failed'))
+          .join(', '),
+      );
+    }
+    rows.push(row);
+  }
+  return rows;
+}
+
+export function markdown(rows: string[][]): string {
+  const [head, ...body] = rows;
+  return [`| ${head!.join(' | ')} |`, `|${head!.map(() => '---').join('|')}|`, ...body.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}
+
+export function console2(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ')).join('\n');
+}
+
+// --- capacity model -------------------------------------------------------------------------
+
+const med = (results: Results, scenario: string, variant: string, metric: string) => summarize(results[scenario]?.[variant] ?? [], metric).median;
+
+export interface ModelCheck {
+  params: Record<string, number>;
+  rows: Array<{ instances: number; chat_size: number; measured: Metrics; predicted: Metrics; fitted_on: boolean; relay: boolean }>;
+}
+
+/**
+ * Gateway CPU over a window of T seconds = i·N·T + p·M + r·(k−1)·M + d·D, with M messages, D
+ * deliveries, N instances, k instances a chat spans (with round-robin placement every chat
+ * spans every instance): i is what an idle instance with its connections burns per second
+ * (measured in each cell), p the cost of a message at its origin instance, d of one delivery —
+ * both fitted on the two single-instance rows (chats of 50 and of 10) — and r what one more
+ * instance in the chat spends on receiving the message from Redis, measured directly on the
+ * "relay" row: instance 1 holds one member of each chat and sends nothing, so its own CPU is
+ * i·T + r·M + d·(its deliveries). Redis CPU = j·T + (a + b·k)·M (j: Redis idle, measured;
+ * a + b from the single-instance rows, b from the relay row, k = 2 there). Redis commands per
+ * message likewise. Memory per instance = base + conns/N × RSS/conn from the idle scenario.
+ * The two- and three-instance rows (round-robin placement) are out-of-sample checks.
+ */
+export function modelCheck(results: Results): ModelCheck | null {
+  const s = 'scale';
+  const rowsKeys = ['gateway-redis ×1, chats of 10', 'gateway-redis ×1', 'gateway-redis ×2, relay', 'gateway-redis ×2', 'gateway-redis ×3'];
+  const get = (v: string, m: string) => med(results, s, v, m);
+  if (!rowsKeys.every((k) => get(k, 'servers_cpu_s') !== null)) return null;
+  const [c10, n1, relay] = rowsKeys as [string, string, string, string, string];
+  const M = (v: string) => get(v, 'sent')!;
+  const D = (v: string) => get(v, 'received')!;
+  const N = (v: string) => get(v, 'instances')!;
+  const T = (v: string) => get(v, 'wall_s')!;
+  // Load-driven CPU: measured minus the idle burn of the same cell.
+  const cpu = (v: string) => get(v, 'servers_cpu_s')! - get(v, 'idle_servers_cpu_per_s')! * T(v);
+  const rcpu = (v: string) => get(v, 'redis_cpu_s')! - get(v, 'idle_redis_cpu_per_s')! * T(v);
+  const det = M(n1) * D(c10) - M(c10) * D(n1);
+  const p = (cpu(n1) * D(c10) - cpu(c10) * D(n1)) / det;
+  const d = (M(n1) * cpu(c10) - M(c10) * cpu(n1)) / det;
+  // The relay instance delivers to its one member unless that member sent (never: it does not send).
+  const relayDeliveries = M(relay);
+  const relayCpu = get(relay, 'instance1_cpu_s')! - get(relay, 'idle_instance1_cpu_per_s')! * T(relay);
+  const r = (relayCpu - d * relayDeliveries) / M(relay);
+  const ab = (rcpu(n1) + rcpu(c10)) / (M(n1) + M(c10));
+  const b = rcpu(relay) / M(relay) - ab;
+  const a = ab - b;
+  const cmd1 = (get(n1, 'redis_cmds')! + get(c10, 'redis_cmds')!) / (M(n1) + M(c10));
+  const cmdE = get(relay, 'redis_cmds')! / M(relay) - cmd1;
+  const idleRss = med(results, 'idle', 'gateway-redis', 'rss_kib_per_conn');
+  const idleBase = med(results, 'idle', 'gateway-redis', 'base_rss_mib');
+  const params: Record<string, number> = {
+    p_ms_per_msg: 1000 * p,
+    d_ms_per_delivery: 1000 * d,
+    r_ms_per_msg_per_extra_instance: 1000 * r,
+    i_idle_cpu_per_instance: get(n1, 'idle_servers_cpu_per_s')!,
+    redis_a_ms_per_msg: 1000 * a,
+    redis_b_ms_per_msg_per_instance: 1000 * b,
+    redis_cmds_per_msg_1: cmd1,
+    redis_cmds_per_msg_per_extra_instance: cmdE,
+  };
+  if (idleRss !== null) params.rss_kib_per_conn = idleRss;
+  if (idleBase !== null) params.base_rss_mib = idleBase / 2; // the idle cell ran two instances
+  const rows = rowsKeys.map((v) => {
+    const k = N(v);
+    const m = M(v);
+    const predicted: Metrics = {
+      servers_cpu_s: get(v, 'idle_servers_cpu_per_s')! * T(v) + p * m + r * (k - 1) * m + d * D(v),
+      redis_cpu_s: get(v, 'idle_redis_cpu_per_s')! * T(v) + (a + b * k) * m,
+      redis_cmds: (cmd1 + cmdE * (k - 1)) * m,
+      rss_mib_per_instance: idleRss !== null && idleBase !== null ? idleBase / 2 + (1000 / k) * (idleRss / 1024) : null,
+    };
+    const measured: Metrics = { servers_cpu_s: get(v, 'servers_cpu_s'), redis_cpu_s: get(v, 'redis_cpu_s'), redis_cmds: get(v, 'redis_cmds'), rss_mib_per_instance: get(v, 'rss_mib_per_instance') };
+    return { instances: k, chat_size: get(v, 'chat_size')!, measured, predicted, fitted_on: v === c10 || v === n1 || v === relay, relay: v === relay };
+  });
+  return { params, rows };
+}
+
+export function modelTable(check: ModelCheck): string[][] {
+  const rows: string[][] = [['instances', 'chat size', 'gateways CPU s: predicted / measured', 'Redis CPU s', 'Redis cmds', 'RSS MiB / instance', 'role']];
+  const pm = (x: Metrics, y: Metrics, k: string, digits: number) => `${fmt(x[k] ?? null, digits)} / ${fmt(y[k] ?? null, digits)}`;
+  for (const r of check.rows) {
+    rows.push([`${r.instances}${r.relay ? ' (relay)' : ''}`, String(r.chat_size), pm(r.predicted, r.measured, 'servers_cpu_s', 2), pm(r.predicted, r.measured, 'redis_cpu_s', 2), pm(r.predicted, r.measured, 'redis_cmds', 0), pm(r.predicted, r.measured, 'rss_mib_per_instance', 0), r.fitted_on ? 'fit (CPU, Redis)' : 'check']);
+  }
+  return rows;
+}
+
+// --- capacity plan ----------------------------------------------------------------------------
+
+export interface CapacityPlan {
+  inputs: Record<string, number>;
+  outputs: Record<string, number>;
+}
+
+/**
+ * 1,000,000 connected users, each in one chat of 50, each sending 1 message a minute, on the
+ * gateway's Redis engine (docs/capacity.md explains every line). Placement is random (a load
+ * balancer without affinity), so a chat spans k(N) = N·(1 − (1 − 1/N)^S) instances.
+ */
+export function capacityPlan(results: Results, check: ModelCheck, opts = { users: 1_000_000, chatSize: 50, perUserPerMin: 1, connsPerInstance: 19_000, cpuTarget: 0.5, redisTarget: 0.5 }): CapacityPlan | null {
+  const P = check.params;
+  const bytes = med(results, 'fanout', 'gateway-redis', 'bytes_per_delivery') ?? med(results, 'fanout', 'gateway', 'bytes_per_delivery');
+  const rssConn = P.rss_kib_per_conn;
+  const base = P.base_rss_mib;
+  const refreshCpu = med(results, 'manychats', 'gateway-redis', 'idle_redis_cpu_us_per_chat_min');
+  const refreshCmds = med(results, 'manychats', 'gateway-redis', 'idle_redis_cmds_per_chat_min');
+  const refreshGw = med(results, 'manychats', 'gateway-redis', 'idle_server_cpu_us_per_chat_min');
+  const regRedisCpu = med(results, 'manychats', 'gateway-redis', 'redis_cpu_ms');
+  if (bytes === null || rssConn === undefined || base === undefined || refreshCpu === null || refreshCmds === null || refreshGw === null || regRedisCpu === null) return null;
+  const U = opts.users;
+  const S = opts.chatSize;
+  const M = (U * opts.perUserPerMin) / 60;
+  const D = M * (S - 1);
+  const R = U; // registrations: one chat per user
+  const p = P.p_ms_per_msg! / 1000;
+  const d = P.d_ms_per_delivery! / 1000;
+  const r = P.r_ms_per_msg_per_extra_instance! / 1000;
+  const k = (n: number) => n * (1 - (1 - 1 / n) ** S);
+  const cpuPerInstance = (n: number) => (M * p + M * (k(n) - 1) * r + D * d + (R * refreshGw) / 60 / 1e6) / n;
+  const nFd = Math.ceil(U / opts.connsPerInstance);
+  let n = nFd;
+  while (cpuPerInstance(n) > opts.cpuTarget && n < 100_000) n++;
+  const kN = k(n);
+  const redisCpu = M * (P.redis_a_ms_per_msg! / 1000 + (P.redis_b_ms_per_msg_per_instance! / 1000) * kN) + (R * refreshCpu) / 60 / 1e6;
+  const shards = Math.max(1, Math.ceil(redisCpu / opts.redisTarget));
+  const historyBytes = (U / S) * 100 * (bytes + 64); // HISTORY_SIZE entries per chat, ~64 B stream overhead each
+  const presenceBytes = R * (med(results, 'manychats', 'gateway-redis', 'redis_kib_per_chat') ?? 0) * 1024;
+  const wire = 4 + 66; // WebSocket header + Ethernet/IP/TCP headers, one segment per frame
+  return {
+    inputs: { users: U, chat_size: S, msgs_per_user_per_min: opts.perUserPerMin, conns_per_instance_cap: opts.connsPerInstance, cpu_target: opts.cpuTarget, redis_target: opts.redisTarget, p_ms: P.p_ms_per_msg!, d_ms: P.d_ms_per_delivery!, r_ms: P.r_ms_per_msg_per_extra_instance!, rss_kib_per_conn: rssConn, base_rss_mib: base, bytes_per_delivery: bytes, refresh_redis_cpu_us_per_chat_min: refreshCpu, refresh_redis_cmds_per_chat_min: refreshCmds, refresh_gateway_cpu_us_per_chat_min: refreshGw, redis_a_ms: P.redis_a_ms_per_msg!, redis_b_ms: P.redis_b_ms_per_msg_per_instance!, redis_cmds_per_msg: P.redis_cmds_per_msg_1! },
+    outputs: {
+      msgs_per_s: M,
+      deliveries_per_s: D,
+      instances_for_fds: nFd,
+      instances: n,
+      chat_spans_instances: kN,
+      cpu_per_instance: cpuPerInstance(n),
+      cores_total: cpuPerInstance(n) * n,
+      conns_per_instance: U / n,
+      rss_mib_per_instance: base + ((U / n) * rssConn) / 1024,
+      rss_gib_total: (n * base + (U * rssConn) / 1024) / 1024,
+      redis_cpu_cores: redisCpu,
+      redis_shards: shards,
+      redis_cmds_per_s: M * P.redis_cmds_per_msg_1! + (R * refreshCmds) / 60,
+      redis_pubsub_deliveries_per_s: M * kN,
+      redis_memory_gib: (historyBytes + presenceBytes) / 2 ** 30,
+      client_egress_gbit: (D * (bytes + wire) * 8) / 1e9,
+      client_ingress_gbit: (M * (bytes + 8 + wire) * 8) / 1e9,
+      redis_egress_gbit: (M * kN * (bytes + 80) * 8) / 1e9,
+      main_api_saves_per_s: M,
+    },
+  };
+}

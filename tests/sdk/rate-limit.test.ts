@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict';
+import type { AddressInfo } from 'node:net';
+import { after, describe, it } from 'node:test';
+import { WebSocket, WebSocketServer } from 'ws';
+import { createClient, type Client } from '../../packages/client/src/index.js';
+import { waitFor } from '../support/harness.js';
+
+type Frame = Record<string, unknown> & { type: string };
+
+interface Script {
+  /** This frame (1-based, per connection) is refused `rate_limited`; frames in the next second are dropped. */
+  limitAt?: number;
+  /** Frames dropped without any answer. */
+  silently?: (f: Frame) => boolean;
+}
+
+/**
+ * A scripted gateway, to pin down exactly what the SDK does when frames go unanswered. Like the
+ * real one over its bucket (src/session/session.ts, `onFrame`/`charge`), it answers frame
+ * number `limitAt` `rate_limited` and then drops, unanswered, every frame that arrives within
+ * the next second; `silently` drops chosen frames without any answer at all.
+ */
+class ScriptedGateway {
+  readonly received: Frame[] = [];
+  readonly dropped: Frame[] = [];
+  private readonly saved = new Set<string>();
+  private readonly seqs = new Map<string, number>();
+
+  private constructor(
+    private readonly server: WebSocketServer,
+    private readonly script: Script,
+  ) {
+    server.on('connection', (ws) => {
+      let n = 0;
+      let pausedUntil = 0;
+      ws.on('message', (data) => {
+        const f = JSON.parse(data.toString()) as Frame;
+        this.received.push(f);
+        n++;
+        if (Date.now() < pausedUntil || this.script.silently?.(f)) return void this.dropped.push(f);
+        const chat = f.chat_id as number;
+        const id = (f.data as { id?: string } | undefined)?.id;
+        if (n === this.script.limitAt) {
+          pausedUntil = Date.now() + 1000;
+          return ws.send(JSON.stringify({ type: 'error', code: 'rate_limited', message: 'too many requests; slow down', op: f.type, ...(id ? { id } : {}), chat_id: chat, retryable: true }));
+        }
+        if (f.type === 'register') return ws.send(JSON.stringify({ type: 'registered', chat_id: chat, user_id: 1, online: [1], seq: this.seqs.get(String(chat)) ?? 0, epoch: 'e1' }));
+        if (f.type === 'message') {
+          const duplicate = this.saved.has(id!);
+          this.saved.add(id!);
+          const seq = (this.seqs.get(String(chat)) ?? 0) + (duplicate ? 0 : 1);
+          this.seqs.set(String(chat), seq);
+          return ws.send(JSON.stringify({ type: 'ack', op: 'message', id, chat_id: chat, duplicate, ...(duplicate ? {} : { seq, epoch: 'e1' }) }));
+        }
+        if (f.type === 'ping') return ws.send('{"type":"pong"}');
+      });
+    });
+  }
+
+  static async start(script: Script): Promise<ScriptedGateway> {
+    const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+    await new Promise<void>((resolve) => server.once('listening', () => resolve()));
+    const g = new ScriptedGateway(server, script);
+    after(() => {
+      for (const ws of server.clients) ws.terminate();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    });
+    return g;
+  }
+
+  get url(): string {
+    return `ws://127.0.0.1:${(this.server.address() as AddressInfo).port}/ws`;
+  }
+
+  sent(type: string, id?: string): Frame[] {
+    return this.received.filter((f) => f.type === type && (id === undefined || (f.data as { id?: string } | undefined)?.id === id));
+  }
+}
+
+const clients: Client[] = [];
+after(() => clients.forEach((c) => c.close()));
+
+describe('SDK: requests the gateway never answers', () => {
+  it('after rate_limited, what was sent after the refused frame and dropped unread is resent with the same ids once the gateway reads again', async () => {
+    // Frame 2 (the second register) is refused; the third register and the first write, sent
+    // before the refusal arrives, are dropped unanswered.
+    const g = await ScriptedGateway.start({ limitAt: 2 });
+    const unhandled: unknown[] = [];
+    const client = createClient({ url: g.url, token: 't', WebSocket, reconnect: { minDelayMs: 50, maxDelayMs: 200 } });
+    clients.push(client);
+    client.on('unhandled', (f) => unhandled.push(f));
+    const chats = [1, 2, 3].map((id) => client.chat(id));
+    const ids = ['a1', 'b1', 'c1', 'a2', 'b2', 'c2'];
+    const acks = await Promise.all(ids.map((id, i) => chats[i % 3]!.send({ ciphertext: 'eA' }, { id })));
+    assert.deepEqual(acks.map((a) => a.id), ids, 'every write acked');
+    assert.ok(g.dropped.length >= 1, 'the scripted gateway dropped frames unread');
+    for (const f of g.dropped) {
+      const id = (f.data as { id?: string } | undefined)?.id;
+      const again = f.type === 'register' ? g.sent('register').filter((r) => r.chat_id === f.chat_id) : g.sent(f.type, id);
+      assert.ok(again.length >= 2, `${f.type} ${id ?? String(f.chat_id)} was sent again`);
+    }
+    const messages = g.sent('message');
+    assert.deepEqual([...new Set(messages.map((f) => (f.data as { id: string }).id))].sort(), [...ids].sort(), 'resends use the same ids');
+    assert.deepEqual(unhandled, [], 'no answer left unmatched');
+    assert.equal(client.state, 'connected');
+  });
+
+  it('a request left unanswered without any refusal is resent after requestTimeoutMs', async () => {
+    const g: ScriptedGateway = await ScriptedGateway.start({ silently: (f) => f.type === 'message' && g.sent('message').length === 1 });
+    const client = createClient({ url: g.url, token: 't', WebSocket, requestTimeoutMs: 400 });
+    clients.push(client);
+    const chat = client.chat(1);
+    const ack = await chat.send({ ciphertext: 'eA' }, { id: 'lost-once' });
+    assert.equal(ack.duplicate, false);
+    assert.equal(g.sent('message', 'lost-once').length, 2, 'sent twice: the first went unanswered');
+    await waitFor(() => client.state === 'connected');
+  });
+
+  it('a ping dropped unread is resent: ping() still resolves', async () => {
+    const g = await ScriptedGateway.start({ limitAt: 2 });
+    const client = createClient({ url: g.url, token: 't', WebSocket });
+    clients.push(client);
+    await client.chat(1).ready();
+    // Frame 2 is refused: the first ping; the second is sent before that answer and dropped.
+    const first = client.ping();
+    const second = client.ping();
+    await assert.rejects(first, { code: 'disconnected' }, 'a refused ping rejects');
+    assert.equal(typeof (await second), 'number', 'the dropped one was resent and answered');
+    assert.equal(g.sent('ping').length, 3);
+  });
+});
