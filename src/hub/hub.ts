@@ -123,7 +123,8 @@ export class Hub {
    * Broadcasts an operation the main API has saved, as the chat stream's next entry. The save
    * cannot be undone, so a failing engine is retried with backoff (100 ms doubling to 2 s) for
    * `publishRetryMs`; then the broadcast is dropped, counted in publish_dropped_total and logged,
-   * and null is returned (receivers recover it from the main API: their next position shows the gap).
+   * and null is returned. Known limit: the dropped broadcast takes no seq, so receivers see no hole;
+   * it exists only in the main API's history.
    * A retry after a lost reply may broadcast twice, under two positions (clients drop a message
    * id they already have).
    */
