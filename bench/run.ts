@@ -8,6 +8,7 @@
  *            --repeats=N (default 2)
  *            --merge=FILE  start from that run's results (e.g. bench/results/full.json): the scenarios run now replace theirs
  *            --out=NAME    write bench/results/NAME.json / .md (default: quick, full or custom)
+ *            --report      run nothing: recompute the tables, model and plan from --merge's file
  *            --nice=N    run every benchmark process at niceness N (e.g. -5 on a shared machine; root for < 0)
  *
  * Systems (bench/lib/systems.ts, bench/peers/): hand-written `ws` rooms (the floor), the same
@@ -34,7 +35,8 @@ import { SCENARIOS, type Ctx } from './scenarios.js';
 const args = process.argv.slice(2);
 const opt = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.split('=', 2)[1];
 const quick = args.includes('--quick');
-const scenarioKeys = (opt('scenarios') ?? (quick ? 'idle,fanout' : SCENARIOS.map((s) => s.key).join(','))).split(',');
+const reportOnly = args.includes('--report');
+const scenarioKeys = reportOnly ? [] : (opt('scenarios') ?? (quick ? 'idle,fanout' : SCENARIOS.map((s) => s.key).join(','))).split(',');
 const systemKeys = (opt('systems') ?? (quick ? 'ws,gateway' : Object.keys(SYSTEMS).join(','))).split(',') as SystemKey[];
 const repeats = Number(opt('repeats') ?? 2);
 const nice = Number(opt('nice') ?? 0);
@@ -86,8 +88,11 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 const ctx: Ctx = { pool, log };
 const results: Results = {};
+type Prior = { results: Results; machine: typeof machine & { load_average_end: string; minutes: number }; date: string; command: string; repeats: number };
+let prior: Prior | null = null;
+if (reportOnly && mergeFrom === undefined) throw new Error('--report needs --merge=FILE');
 if (mergeFrom !== undefined) {
-  const prior = JSON.parse(readFileSync(mergeFrom, 'utf8')) as { results: Results };
+  prior = JSON.parse(readFileSync(mergeFrom, 'utf8')) as Prior;
   for (const [k, v] of Object.entries(prior.results)) if (!scenarioKeys.includes(k)) results[k] = v;
 }
 const labels: Record<string, string> = {};
@@ -146,23 +151,34 @@ if (check) {
   console.log(`capacity model check (predicted / measured)\n${console2(rows)}\nparameters: ${JSON.stringify(check.params)}\n`);
   md.push(`### Capacity model check (predicted / measured)\n\n${markdown(rows)}\n\nParameters: \`${JSON.stringify(check.params)}\`\n`);
 }
+const mergedNote = (): string => {
+  const m = reportOnly ? (prior as { merged_run?: { date: string; command: string; machine: typeof machine & { load_average_end: string; minutes: number } } } | null)?.merged_run : prior && { date: prior.date, command: prior.command, machine: prior.machine };
+  if (!m) return '';
+  const ran = reportOnly ? (prior?.command ?? '') : `npm run bench -- ${args.join(' ')}`;
+  return `\nMerged: \`${ran}\` re-ran some scenarios on top of \`${m.command}\` (${m.date}, ${m.machine.minutes.toFixed(1)} min, load average ${m.machine.load_average_start} → ${m.machine.load_average_end}, gateway at ${m.machine.git_head}${m.machine.src_uncommitted ? ' + uncommitted src changes' : ''}), which gave the other tables.\n`;
+};
+const json0Date = () => (reportOnly && prior ? prior.date : new Date().toISOString());
 const plan = check ? capacityPlan(results, check) : null;
 if (plan) {
   const lines = Object.entries(plan.outputs).map(([k, v]) => `${k}: ${Number(v.toPrecision(4))}`);
   console.log(`capacity plan, 1 000 000 users in chats of 50, 1 message/user/minute (docs/capacity.md)\n${lines.join('\n')}\n`);
   md.push(`### Capacity plan (docs/capacity.md)\n\nInputs: \`${JSON.stringify(plan.inputs)}\`\n\n${lines.map((l) => `- ${l}`).join('\n')}\n`);
 }
-const finished = { load_average_end: loadAverage(), minutes: (Date.now() - started) / 60_000 };
-const header = `Run ${new Date().toISOString()} (${mode}, ${repeats} repeat(s), ${finished.minutes.toFixed(1)} min): ${machine.cpus} × ${machine.cpu_model}, Node ${machine.node}, ${machine.redis.split(' ').slice(0, 3).join(' ')}, load average ${machine.load_average_start} → ${finished.load_average_end}; gateway at ${machine.git_head}${machine.src_uncommitted ? ` + uncommitted src changes (diff ${machine.src_diff_sha1.slice(0, 10)})` : ''}. Cells: min / median ×(median ÷ floor median).\n`;
+const finished = reportOnly && prior ? { load_average_end: prior.machine.load_average_end, minutes: prior.machine.minutes } : { load_average_end: loadAverage(), minutes: (Date.now() - started) / 60_000 };
+if (reportOnly && prior) Object.assign(machine, prior.machine);
+const header = `Run ${json0Date()} (${mode}, ${reportOnly && prior ? prior.repeats : repeats} repeat(s), ${finished.minutes.toFixed(1)} min): ${machine.cpus} × ${machine.cpu_model}, Node ${machine.node}, ${machine.redis.split(' ').slice(0, 3).join(' ')}, load average ${machine.load_average_start} → ${finished.load_average_end}; gateway at ${machine.git_head}${machine.src_uncommitted ? ` + uncommitted src changes (diff ${machine.src_diff_sha1.slice(0, 10)})` : ''}. Cells: min / median ×(median ÷ floor median).\n${mergedNote()}`;
 const json = {
-  date: new Date().toISOString(),
+  date: reportOnly && prior ? prior.date : new Date().toISOString(),
   mode,
-  command: `npm run bench -- ${args.join(' ')}`.trim(),
+  command: reportOnly && prior ? prior.command : `npm run bench -- ${args.join(' ')}`.trim(),
+  ...(reportOnly ? { report_recomputed: new Date().toISOString() } : {}),
   machine: { ...machine, ...finished },
   payload_bytes: PAYLOAD_BYTES,
   gateway_env: GATEWAY_ENV,
-  repeats,
+  repeats: reportOnly && prior ? prior.repeats : repeats,
   merged_from: mergeFrom ?? null,
+  /** The run the merged scenarios came from (date, command, machine), when merging. */
+  merged_run: reportOnly ? ((prior as { merged_run?: unknown } | null)?.merged_run ?? null) : prior ? { date: prior.date, command: prior.command, machine: prior.machine } : null,
   results,
   model: check,
   capacity: plan,

@@ -135,9 +135,7 @@ export function table(results: Results, scenario: string, labels: Record<string,
     const row = [labels[`${scenario}/${variant}`] ?? variant, ...cols.map((c) => cellText(results, scenario, variant, c, scenario !== 'scale'))];
     if (scenario === 'saturation') {
       row.push(
-        (results[scenario]![variant]!)
-          .map((c) => (c.ok ? String(c.cell?.info.limit ?? '?') : 'failed'))
-          .join(', '),
+        [...new Set(results[scenario]![variant]!.map((c) => (c.ok ? String(c.cell?.info.limit ?? '?') : 'failed')))].join('; '),
       );
     }
     rows.push(row);
@@ -165,43 +163,49 @@ export interface ModelCheck {
 }
 
 /**
+ * The capacity model, checked against the `scale` rows (docs/capacity.md explains it).
+ *
  * Gateway CPU over a window of T seconds = i·N·T + p·M + r·(k−1)·M + d·D, with M messages, D
  * deliveries, N instances, k instances a chat spans (with round-robin placement every chat
  * spans every instance): i is what an idle instance with its connections burns per second
- * (measured in each cell), p the cost of a message at its origin instance, d of one delivery —
- * both fitted on the two single-instance rows (chats of 50 and of 10) — and r what one more
- * instance in the chat spends on receiving the message from Redis, measured directly on the
+ * (measured in each cell), p the cost of a message at its origin instance and d of one delivery
+ * — both fitted on the two single-instance rows (chats of 50 and of 10) — and r what one more
+ * instance in the chat spends to receive the message from Redis, measured directly on the
  * "relay" row: instance 1 holds one member of each chat and sends nothing, so its own CPU is
- * i·T + r·M + d·(its deliveries). Redis CPU = j·T + (a + b·k)·M (j: Redis idle, measured;
- * a + b from the single-instance rows, b from the relay row, k = 2 there). Redis commands per
- * message likewise. Memory per instance = base + conns/N × RSS/conn from the idle scenario.
- * The two- and three-instance rows (round-robin placement) are out-of-sample checks.
+ * i·T + r·M + d·M.
+ * Redis CPU = B + a·M + b·(k−1)·M and Redis commands = C + c·M + e·(k−1)·M: a, c and the
+ * background B, C of a window (presence refresh, sweeps) from the two single-instance rows
+ * (same window, different M), b and e from the relay row.
+ * Memory per instance = base + conns/N × RSS/conn, both from the idle scenario.
+ * The round-robin two- and three-instance rows are out-of-sample checks.
  */
 export function modelCheck(results: Results): ModelCheck | null {
   const s = 'scale';
   const rowsKeys = ['gateway-redis ×1, chats of 10', 'gateway-redis ×1', 'gateway-redis ×2, relay', 'gateway-redis ×2', 'gateway-redis ×3'];
   const get = (v: string, m: string) => med(results, s, v, m);
-  if (!rowsKeys.every((k) => get(k, 'servers_cpu_s') !== null)) return null;
+  if (!rowsKeys.every((k) => get(k, 'servers_cpu_s') !== null && get(k, 'instance1_cpu_s') !== undefined)) return null;
   const [c10, n1, relay] = rowsKeys as [string, string, string, string, string];
+  if (get(relay, 'instance1_cpu_s') === null) return null;
   const M = (v: string) => get(v, 'sent')!;
   const D = (v: string) => get(v, 'received')!;
   const N = (v: string) => get(v, 'instances')!;
   const T = (v: string) => get(v, 'wall_s')!;
   // Load-driven CPU: measured minus the idle burn of the same cell.
   const cpu = (v: string) => get(v, 'servers_cpu_s')! - get(v, 'idle_servers_cpu_per_s')! * T(v);
-  const rcpu = (v: string) => get(v, 'redis_cpu_s')! - get(v, 'idle_redis_cpu_per_s')! * T(v);
   const det = M(n1) * D(c10) - M(c10) * D(n1);
   const p = (cpu(n1) * D(c10) - cpu(c10) * D(n1)) / det;
   const d = (M(n1) * cpu(c10) - M(c10) * cpu(n1)) / det;
-  // The relay instance delivers to its one member unless that member sent (never: it does not send).
-  const relayDeliveries = M(relay);
   const relayCpu = get(relay, 'instance1_cpu_s')! - get(relay, 'idle_instance1_cpu_per_s')! * T(relay);
-  const r = (relayCpu - d * relayDeliveries) / M(relay);
-  const ab = (rcpu(n1) + rcpu(c10)) / (M(n1) + M(c10));
-  const b = rcpu(relay) / M(relay) - ab;
-  const a = ab - b;
-  const cmd1 = (get(n1, 'redis_cmds')! + get(c10, 'redis_cmds')!) / (M(n1) + M(c10));
-  const cmdE = get(relay, 'redis_cmds')! / M(relay) - cmd1;
+  const r = (relayCpu - d * M(relay)) / M(relay);
+  // Redis: per message and per window from the two single-instance rows, per extra instance from the relay row.
+  const line = (metric: string) => {
+    const per = (get(c10, metric)! - get(n1, metric)!) / (M(c10) - M(n1));
+    const background = get(n1, metric)! - per * M(n1);
+    const extra = (get(relay, metric)! - background - per * M(relay)) / M(relay);
+    return { per, background, extra };
+  };
+  const rc = line('redis_cpu_s');
+  const cm = line('redis_cmds');
   const idleRss = med(results, 'idle', 'gateway-redis', 'rss_kib_per_conn');
   const idleBase = med(results, 'idle', 'gateway-redis', 'base_rss_mib');
   const params: Record<string, number> = {
@@ -209,10 +213,12 @@ export function modelCheck(results: Results): ModelCheck | null {
     d_ms_per_delivery: 1000 * d,
     r_ms_per_msg_per_extra_instance: 1000 * r,
     i_idle_cpu_per_instance: get(n1, 'idle_servers_cpu_per_s')!,
-    redis_a_ms_per_msg: 1000 * a,
-    redis_b_ms_per_msg_per_instance: 1000 * b,
-    redis_cmds_per_msg_1: cmd1,
-    redis_cmds_per_msg_per_extra_instance: cmdE,
+    redis_a_ms_per_msg: 1000 * rc.per,
+    redis_b_ms_per_msg_per_extra_instance: 1000 * rc.extra,
+    redis_background_cpu_s_per_window: rc.background,
+    redis_cmds_per_msg: cm.per,
+    redis_cmds_per_msg_per_extra_instance: cm.extra,
+    redis_background_cmds_per_window: cm.background,
   };
   if (idleRss !== null) params.rss_kib_per_conn = idleRss;
   if (idleBase !== null) params.base_rss_mib = idleBase / 2; // the idle cell ran two instances
@@ -221,8 +227,8 @@ export function modelCheck(results: Results): ModelCheck | null {
     const m = M(v);
     const predicted: Metrics = {
       servers_cpu_s: get(v, 'idle_servers_cpu_per_s')! * T(v) + p * m + r * (k - 1) * m + d * D(v),
-      redis_cpu_s: get(v, 'idle_redis_cpu_per_s')! * T(v) + (a + b * k) * m,
-      redis_cmds: (cmd1 + cmdE * (k - 1)) * m,
+      redis_cpu_s: rc.background + (rc.per + rc.extra * (k - 1)) * m,
+      redis_cmds: cm.background + (cm.per + cm.extra * (k - 1)) * m,
       rss_mib_per_instance: idleRss !== null && idleBase !== null ? idleBase / 2 + (1000 / k) * (idleRss / 1024) : null,
     };
     const measured: Metrics = { servers_cpu_s: get(v, 'servers_cpu_s'), redis_cpu_s: get(v, 'redis_cpu_s'), redis_cmds: get(v, 'redis_cmds'), rss_mib_per_instance: get(v, 'rss_mib_per_instance') };
@@ -276,13 +282,17 @@ export function capacityPlan(results: Results, check: ModelCheck, opts = { users
   let n = nFd;
   while (cpuPerInstance(n) > opts.cpuTarget && n < 100_000) n++;
   const kN = k(n);
-  const redisCpu = M * (P.redis_a_ms_per_msg! / 1000 + (P.redis_b_ms_per_msg_per_instance! / 1000) * kN) + (R * refreshCpu) / 60 / 1e6;
+  // The same with chats placed on one instance each (k = 1): what affinity routing would buy.
+  const cpuAffinity = (m: number) => (M * p + D * d + (R * refreshGw) / 60 / 1e6) / m;
+  let nAffinity = nFd;
+  while (cpuAffinity(nAffinity) > opts.cpuTarget && nAffinity < 100_000) nAffinity++;
+  const redisCpu = M * (P.redis_a_ms_per_msg! / 1000 + (P.redis_b_ms_per_msg_per_extra_instance! / 1000) * (kN - 1)) + (R * refreshCpu) / 60 / 1e6;
   const shards = Math.max(1, Math.ceil(redisCpu / opts.redisTarget));
   const historyBytes = (U / S) * 100 * (bytes + 64); // HISTORY_SIZE entries per chat, ~64 B stream overhead each
   const presenceBytes = R * (med(results, 'manychats', 'gateway-redis', 'redis_kib_per_chat') ?? 0) * 1024;
   const wire = 4 + 66; // WebSocket header + Ethernet/IP/TCP headers, one segment per frame
   return {
-    inputs: { users: U, chat_size: S, msgs_per_user_per_min: opts.perUserPerMin, conns_per_instance_cap: opts.connsPerInstance, cpu_target: opts.cpuTarget, redis_target: opts.redisTarget, p_ms: P.p_ms_per_msg!, d_ms: P.d_ms_per_delivery!, r_ms: P.r_ms_per_msg_per_extra_instance!, rss_kib_per_conn: rssConn, base_rss_mib: base, bytes_per_delivery: bytes, refresh_redis_cpu_us_per_chat_min: refreshCpu, refresh_redis_cmds_per_chat_min: refreshCmds, refresh_gateway_cpu_us_per_chat_min: refreshGw, redis_a_ms: P.redis_a_ms_per_msg!, redis_b_ms: P.redis_b_ms_per_msg_per_instance!, redis_cmds_per_msg: P.redis_cmds_per_msg_1! },
+    inputs: { users: U, chat_size: S, msgs_per_user_per_min: opts.perUserPerMin, conns_per_instance_cap: opts.connsPerInstance, cpu_target: opts.cpuTarget, redis_target: opts.redisTarget, p_ms: P.p_ms_per_msg!, d_ms: P.d_ms_per_delivery!, r_ms: P.r_ms_per_msg_per_extra_instance!, rss_kib_per_conn: rssConn, base_rss_mib: base, bytes_per_delivery: bytes, refresh_redis_cpu_us_per_chat_min: refreshCpu, refresh_redis_cmds_per_chat_min: refreshCmds, refresh_gateway_cpu_us_per_chat_min: refreshGw, redis_a_ms: P.redis_a_ms_per_msg!, redis_b_ms: P.redis_b_ms_per_msg_per_extra_instance!, redis_cmds_per_msg: P.redis_cmds_per_msg! },
     outputs: {
       msgs_per_s: M,
       deliveries_per_s: D,
@@ -296,13 +306,19 @@ export function capacityPlan(results: Results, check: ModelCheck, opts = { users
       rss_gib_total: (n * base + (U * rssConn) / 1024) / 1024,
       redis_cpu_cores: redisCpu,
       redis_shards: shards,
-      redis_cmds_per_s: M * P.redis_cmds_per_msg_1! + (R * refreshCmds) / 60,
+      redis_cmds_per_s: M * P.redis_cmds_per_msg! + (R * refreshCmds) / 60,
       redis_pubsub_deliveries_per_s: M * kN,
       redis_memory_gib: (historyBytes + presenceBytes) / 2 ** 30,
       client_egress_gbit: (D * (bytes + wire) * 8) / 1e9,
       client_ingress_gbit: (M * (bytes + 8 + wire) * 8) / 1e9,
       redis_egress_gbit: (M * kN * (bytes + 80) * 8) / 1e9,
       main_api_saves_per_s: M,
+      cores_cross_instance_receive: M * (kN - 1) * r,
+      cores_deliveries: D * d,
+      cores_origin: M * p,
+      cores_presence_refresh: (R * refreshGw) / 60 / 1e6,
+      instances_with_chat_affinity: nAffinity,
+      redis_cpu_cores_with_chat_affinity: M * (P.redis_a_ms_per_msg! / 1000) + (R * refreshCpu) / 60 / 1e6,
     },
   };
 }
