@@ -1,7 +1,8 @@
 import { Type } from '@sinclair/typebox';
 import { RequestError } from '../protocol/errors.js';
 import { IdSchema, MessageIdSchema, idKey, type WireId } from '../protocol/ids.js';
-import type { ChatTargeted, Registration, Session } from '../session/session.js';
+import type { Registration } from '../session/registration.js';
+import type { ChatTargeted, Session } from '../session/session.js';
 
 /** Schema pieces shared by several frame types. */
 export const OptionalChatId = Type.Optional(IdSchema);

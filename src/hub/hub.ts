@@ -77,13 +77,7 @@ export class Hub {
    */
   async undoJoin(chat: IdKey, user: IdKey, connId: string, cameOnline: boolean): Promise<void> {
     this.release(chat);
-    try {
-      if ((await this.engine.leave(chat, user, connId)) && !cameOnline) {
-        await this.publish(chat, out.presence(chat, user, 'offline'), null);
-      }
-    } catch (err) {
-      this.log.warn({ chat, err: (err as Error).message }, 'presence undo failed');
-    }
+    await this.leavePresence(chat, user, connId, !cameOnline);
   }
 
   attach(chat: IdKey, member: Member): void {
@@ -96,8 +90,13 @@ export class Hub {
     this.registry.remove(chat, member);
     this.metrics.registrations.set(this.registry.registrations);
     this.release(chat);
+    await this.leavePresence(chat, user, member.id, true);
+  }
+
+  /** Removes one presence entry; publishes `offline` if it was the user's last and `announce`. */
+  private async leavePresence(chat: IdKey, user: IdKey, connId: string, announce: boolean): Promise<void> {
     try {
-      if (await this.engine.leave(chat, user, member.id)) {
+      if ((await this.engine.leave(chat, user, connId)) && announce) {
         await this.publish(chat, out.presence(chat, user, 'offline'), null);
       }
     } catch (err) {
@@ -106,11 +105,16 @@ export class Hub {
     }
   }
 
-  async publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
+  publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
+    return this.timed(() => this.engine.publish(chat, frame, exceptConn));
+  }
+
+  /** Runs one engine publish, observing its latency and outcome. */
+  private async timed<T>(publish: () => Promise<T>): Promise<T> {
     const started = performance.now();
     let outcome = 'ok';
     try {
-      await this.engine.publish(chat, frame, exceptConn);
+      return await publish();
     } catch (err) {
       outcome = 'error';
       throw err;
@@ -131,13 +135,9 @@ export class Hub {
   async append(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<StreamPosition | null> {
     const giveUpAt = Date.now() + this.publishRetryMs;
     for (let wait = 100; ; wait = Math.min(2 * wait, 2000)) {
-      const started = performance.now();
       try {
-        const position = await this.engine.append(chat, frame, exceptConn);
-        this.metrics.enginePublishLatency.observe({ outcome: 'ok' }, (performance.now() - started) / 1000);
-        return position;
+        return await this.timed(() => this.engine.append(chat, frame, exceptConn));
       } catch (err) {
-        this.metrics.enginePublishLatency.observe({ outcome: 'error' }, (performance.now() - started) / 1000);
         if (Date.now() + wait > giveUpAt) {
           this.metrics.publishDropped.inc();
           this.log.error({ chat, err: (err as Error).message }, 'saved operation never broadcast: engine kept failing');

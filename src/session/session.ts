@@ -8,11 +8,10 @@ import type { Feature, Outcome } from '../features/feature.js';
 import type { Outgoing } from '../hub/outgoing.js';
 import type { Socket } from 'node:net';
 import type { GatewayContext } from './context.js';
-import { Registration, type Connection } from './registration.js';
+import type { Connection, Registration } from './registration.js';
 import { Slots } from './slots.js';
 import { TokenBucket } from './token-bucket.js';
 
-export { Registration };
 
 /** A request that names its target chat at the top level or inside `data`. */
 export interface ChatTargeted {
@@ -53,8 +52,8 @@ export class Session implements Connection {
   /** Aborts in-flight reads (verify) when the connection closes. */
   private readonly closing = new AbortController();
   private rejectedInARow = 0;
-  /** performance.now() until which the socket is not read (over the limit); 0 when reading. */
-  private pausedUntil = 0;
+  /** Over the limit: the socket is not read for THROTTLE_MS. */
+  private paused = false;
   private lastRejectedAt = -Infinity;
   private authFailuresInARow = 0;
   private pendingWrites = 0;
@@ -92,9 +91,7 @@ export class Session implements Connection {
 
   /** Queues an encoded text frame; closes the connection 1013 instead of letting it hoard memory. */
   send(frame: Buffer): void {
-    if (this.closed || this.ws.readyState !== 1) return;
-    if (this.ws.bufferedAmount + frame.length > this.ctx.config.maxBufferedBytes) return this.overflow();
-    this.ws.send(frame, TEXT);
+    if (this.mayQueue(frame.length)) this.ws.send(frame, TEXT);
   }
 
   /**
@@ -103,9 +100,15 @@ export class Session implements Connection {
    * compression, `ws` writes each frame whole and at once, never interleaved.
    */
   sendFramed(frame: Outgoing): void {
-    if (this.closed || this.ws.readyState !== 1) return;
-    if (this.ws.bufferedAmount + frame.wire.length > this.ctx.config.maxBufferedBytes) return this.overflow();
-    this.socket.write(frame.wire);
+    if (this.mayQueue(frame.wire.length)) this.socket.write(frame.wire);
+  }
+
+  /** Open and with room for `bytes` more; past MAX_BUFFERED_BYTES the connection is closed 1013. */
+  private mayQueue(bytes: number): boolean {
+    if (this.closed || this.ws.readyState !== 1) return false;
+    if (this.ws.bufferedAmount + bytes <= this.ctx.config.maxBufferedBytes) return true;
+    this.overflow();
+    return false;
   }
 
   /**
@@ -116,7 +119,7 @@ export class Session implements Connection {
    */
   onFrame(data: Buffer, isBinary: boolean): void {
     if (this.closed) return;
-    if (this.pausedUntil > 0) {
+    if (this.paused) {
       this.ctx.metrics.ops.inc({ type: 'invalid', result: 'rate_limited' });
       this.noteRejection(performance.now());
       return;
@@ -165,10 +168,10 @@ export class Session implements Connection {
     }
     this.noteRejection(now);
     if (!this.closed) {
-      this.pausedUntil = now + THROTTLE_MS;
+      this.paused = true;
       this.ws.pause();
       setTimeout(() => {
-        this.pausedUntil = 0;
+        this.paused = false;
         if (!this.closed) this.ws.resume();
       }, THROTTLE_MS).unref();
     }
