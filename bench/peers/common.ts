@@ -1,6 +1,7 @@
 /** Shared by the comparison peers: an HTTP server on 127.0.0.1 that prints its port once listening. */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type WebSocket } from 'ws';
 
 export function httpServer(): Server {
   return createServer((_req, res) => res.writeHead(404).end());
@@ -14,3 +15,61 @@ export function listen(server: Server): void {
 
 /** The client → server frames of the hand-written room protocol. */
 export type RoomFrame = { type: 'join'; room: string | number; user: string | number } | { type: 'message'; room: string | number; data: unknown };
+
+/** How a room server variant joins a room and fans a message out; the rest is shared. */
+export interface RoomStrategy {
+  /** `first`: the room's first local member. Resolves when `joined` may be answered. */
+  join?(room: string, first: boolean): Promise<void> | void;
+  /** The last local member left. */
+  emptied?(room: string): void;
+  /** Fans the encoded broadcast out to the room (every member but `from`). */
+  broadcast(room: string, out: string, from: WebSocket, members: ReadonlySet<WebSocket>): void;
+}
+
+/**
+ * The hand-written room server: JSON over text frames, rooms of local sockets, no auth,
+ * persistence, presence, history or limits. Variants differ only in their RoomStrategy.
+ */
+export function roomServer(strategy: RoomStrategy): ReadonlyMap<string, ReadonlySet<WebSocket>> {
+  const server = httpServer();
+  const wss = new WebSocketServer({ server, perMessageDeflate: false, clientTracking: false, maxPayload: 65536 });
+  const rooms = new Map<string, Set<WebSocket>>();
+  wss.on('connection', (ws) => {
+    const joined = new Set<string>();
+    let user: string | number = 0;
+    ws.on('message', (data: Buffer) => {
+      let msg: RoomFrame;
+      try {
+        msg = JSON.parse(data.toString()) as RoomFrame;
+      } catch {
+        return;
+      }
+      const room = String(msg.room);
+      if (msg.type === 'join') {
+        user = msg.user;
+        let members = rooms.get(room);
+        const first = members === undefined;
+        if (members === undefined) rooms.set(room, (members = new Set()));
+        members.add(ws);
+        joined.add(room);
+        const answer = JSON.stringify({ type: 'joined', room: msg.room });
+        void Promise.resolve(strategy.join?.(room, first)).then(() => ws.send(answer));
+      } else if (msg.type === 'message' && joined.has(room)) {
+        strategy.broadcast(room, JSON.stringify({ type: 'message', room: msg.room, from: user, data: msg.data }), ws, rooms.get(room)!);
+      }
+    });
+    ws.on('error', () => undefined);
+    ws.on('close', () => {
+      for (const room of joined) {
+        const members = rooms.get(room);
+        members?.delete(ws);
+        if (members?.size === 0) {
+          rooms.delete(room);
+          strategy.emptied?.(room);
+        }
+      }
+    });
+  });
+  listen(server);
+  return rooms;
+}
