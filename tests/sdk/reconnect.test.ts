@@ -2,23 +2,16 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { sleep } from '../support/client.js';
 import { ENGINE_MODES, uniqueChat, useHarness, waitFor } from '../support/harness.js';
-import { proxy, sdk, text } from './support.js';
+import { cuttablePair, fast, proxy, sdk, text } from './support.js';
 
 /** Quick reconnects so the tests do not wait on the production backoff. */
-const fast = { reconnect: { minDelayMs: 50, maxDelayMs: 200 } };
 
 for (const mode of ENGINE_MODES) {
   describe(`SDK reconnect, outbox and liveness [${mode}]`, () => {
     const h = useHarness(mode);
 
     it('a cut link reconnects and re-registers; the write in flight is resent with the same id and acked duplicate', async () => {
-      const chatId = uniqueChat();
-      const p = await proxy(h);
-      const a = await sdk(h, 1, { url: p.url, ...fast });
-      const b = await sdk(h, 2);
-      const chatA = a.client.chat(chatId);
-      await chatA.ready();
-      await b.client.chat(chatId).ready();
+      const { chatId, p, a, b, chatA } = await cuttablePair(h, 'a');
       const id = `cut-${chatId}`;
       h.api.addFault({ op: 'save', delayMs: 400, times: 1 });
       const sent = chatA.send(text('through the cut'), { id });
@@ -61,13 +54,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('writes made while disconnected wait in the outbox and go out in order after the reconnect', async () => {
-      const chatId = uniqueChat();
-      const p = await proxy(h);
-      const a = await sdk(h, 1, { url: p.url, ...fast });
-      const b = await sdk(h, 2);
-      const chatA = a.client.chat(chatId);
-      await chatA.ready();
-      await b.client.chat(chatId).ready();
+      const { chatId, p, a, b, chatA } = await cuttablePair(h, 'a');
       p.refusing = true;
       p.cut();
       await a.next('state', (e) => e.state === 'disconnected');

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import { ENGINE_MODES, Harness, uniqueChat, useHarness, waitFor } from '../support/harness.js';
 import { RelayProxy } from './proxy.js';
-import { proxy, sdk, text, type Recorded } from './support.js';
+import { cuttablePair, fast, proxy, sdk, text, type Recorded } from './support.js';
 
 /**
  * Recovery after a reconnect (`register.since`, per-chat `seq` + `epoch`): each broadcast
@@ -18,7 +18,6 @@ async function numbersBroadcasts(h: Harness, t: TestContext): Promise<boolean> {
   return false;
 }
 
-const fast = { reconnect: { minDelayMs: 50, maxDelayMs: 200 } };
 
 /** Everything the app saw of a chat, in order: "message:id", "edit:id", "delete:id", "gap". */
 function seen(r: Recorded): string[] {
@@ -58,13 +57,7 @@ for (const mode of ENGINE_MODES) {
 
     it('after a cut, what the chat missed is replayed once and in order, then registered says recovered', async (t) => {
       if (!(await numbersBroadcasts(h, t))) return;
-      const chatId = uniqueChat();
-      const p = await proxy(h);
-      const a = await sdk(h, 1);
-      const b = await sdk(h, 2, { url: p.url, ...fast });
-      const chatA = a.client.chat(chatId);
-      await chatA.ready();
-      await b.client.chat(chatId).ready();
+      const { chatId, p, a, b, chatA } = await cuttablePair(h, 'b');
       const before = await chatA.send(text('before'), { id: `r0-${chatId}` });
       await b.next('message', (e) => e.message.id === before.id);
       p.refusing = true;
@@ -127,13 +120,7 @@ for (const mode of ENGINE_MODES) {
 
     it('exactly once, in order, while the receiver is cut again and again under a steady stream', async (t) => {
       if (!(await numbersBroadcasts(h, t))) return;
-      const chatId = uniqueChat();
-      const p = await proxy(h);
-      const a = await sdk(h, 1);
-      const b = await sdk(h, 2, { url: p.url, ...fast });
-      const chatA = a.client.chat(chatId);
-      await chatA.ready();
-      await b.client.chat(chatId).ready();
+      const { chatId, p, a, b, chatA } = await cuttablePair(h, 'b');
       const ids = Array.from({ length: 40 }, (_, i) => `s${i}-${chatId}`);
       const sending = (async () => {
         for (const id of ids) {

@@ -1,7 +1,7 @@
 import { after } from 'node:test';
 import { WebSocket } from 'ws';
 import { createClient, type Client, type ClientEvents, type ClientOptions } from '../../packages/client/src/index.js';
-import { waitFor, type Harness } from '../support/harness.js';
+import { uniqueChat, waitFor, type Harness } from '../support/harness.js';
 import { RelayProxy } from './proxy.js';
 
 type EventName = keyof ClientEvents;
@@ -53,6 +53,25 @@ export async function proxy(h: Harness, i = 0): Promise<RelayProxy> {
   const p = await RelayProxy.start(h.instances[i]!.wsUrl);
   after(() => p.close());
   return p;
+}
+
+/** Reconnect quickly: for tests that cut links. */
+export const fast = { reconnect: { minDelayMs: 50, maxDelayMs: 200 } };
+
+/**
+ * Users 1 (`a`) and 2 (`b`) ready in a fresh chat; the one named by `cut` connects through a
+ * relay proxy `p` (with fast reconnects), so the test can cut its link.
+ */
+export async function cuttablePair(h: Harness, cut: 'a' | 'b') {
+  const chatId = uniqueChat();
+  const p = await proxy(h);
+  const via = { url: p.url, ...fast };
+  const a = await sdk(h, 1, cut === 'a' ? via : {});
+  const b = await sdk(h, 2, cut === 'b' ? via : {});
+  const chatA = a.client.chat(chatId);
+  await chatA.ready();
+  await b.client.chat(chatId).ready();
+  return { chatId, p, a, b, chatA };
 }
 
 export const text = (s: string) => ({ ciphertext: Buffer.from(s).toString('base64'), nonce: 'bm9uY2U', envelopes: {} });
