@@ -24,6 +24,12 @@ const MESSAGE_ID_RE = new RegExp(MESSAGE_ID_PATTERN);
 const resolved = Promise.resolve();
 /** How long a connection over its rate limit is not read. */
 const THROTTLE_MS = 1000;
+/**
+ * A rejection streak is forgiven after this long without a rejection. It must outlast the
+ * throttle: the first frames read after a pause arrive exactly THROTTLE_MS after the last
+ * rejection, and a flood must not be forgiven for having been paused.
+ */
+const FORGIVE_MS = 2 * THROTTLE_MS;
 /** How long a socket the gateway closed may take to flush its close frame before it is dropped. */
 const CLOSE_GRACE_MS = 1000;
 
@@ -163,7 +169,7 @@ export class Session implements Connection {
   private charge(): void {
     const now = performance.now();
     if (this.bucket.take()) {
-      if (now - this.lastRejectedAt > 1000) this.rejectedInARow = 0;
+      if (now - this.lastRejectedAt > FORGIVE_MS) this.rejectedInARow = 0;
       return;
     }
     this.noteRejection(now);
@@ -181,7 +187,7 @@ export class Session implements Connection {
   /**
    * A connection that keeps sending while limited is closed 1008 after 10 × RATE_LIMIT_BURST
    * rejections "in a row": the count survives the odd request let through by the refill and
-   * resets only after a second without a rejection, so a steady flood is cut off while a client
+   * resets only after FORGIVE_MS without a rejection, so a steady flood is cut off while a client
    * that backs off is not.
    */
   private noteRejection(now: number): void {
