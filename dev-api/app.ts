@@ -14,6 +14,9 @@
  *   edit    PATCH  /chat/{chat_id}/messages/{id}     → 2xx · 401 · 403 not the sender · 404 · 422
  *   delete  DELETE /chat/{chat_id}/messages/{id}     → 2xx · 401 · 403 not the sender · 404
  *
+ * For clients (the chat page in web/, not the gateway) it also keeps device public keys and lists
+ * a chat's messages — see "Routes for clients" below; they are neither recorded nor faulted.
+ *
  * Deleting a message keeps its id as a tombstone: a resend of a deleted id is 409 (never saved
  * and broadcast again), and edit/delete of it are 404 like an unknown id.
  *
@@ -24,7 +27,7 @@
  */
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { randomUUID } from 'node:crypto';
+import { randomUUID, webcrypto } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { SignJWT, jwtVerify, errors as joseErrors } from 'jose';
 
@@ -76,6 +79,15 @@ export interface StoredMessage {
   [field: string]: unknown;
 }
 
+/** A device's public key as published by a client (`PUT /devices/{device_id}/key`). */
+export interface DeviceKey {
+  device_id: string;
+  user_id: string | number;
+  /** Base64 of the raw (uncompressed, 65-byte) P-256 public point. */
+  public_key: string;
+  updated_at: string;
+}
+
 export interface DevApi {
   url: string;
   port: number;
@@ -85,6 +97,8 @@ export interface DevApi {
   messages: Map<string, StoredMessage>;
   /** Tombstones: ids of deleted messages. A save of one is 409; edit/delete of one is 404. */
   deleted: Set<string>;
+  /** Published device public keys by device id (the chat page's end-to-end encryption). */
+  devices: Map<string, DeviceKey>;
   mintToken(userId: string | number, opts?: { expiresInSec?: number; expired?: boolean }): Promise<string>;
   setMembers(chatId: string | number, userIds: Array<string | number> | null): void;
   addFault(f: Fault): void;
@@ -307,6 +321,30 @@ function isControlPath(path: string): boolean {
   return path === '/healthz' || path === '/dev/token' || path.startsWith('/__');
 }
 
+/**
+ * Routes for clients (the chat page), not for the gateway: never recorded in `requests` (which
+ * shows what the gateway sent) and never faulted. `/chats/…`, plural, is not the gateway's `/chat/…`.
+ */
+function isClientPath(path: string): boolean {
+  return path.startsWith('/devices/') || path.startsWith('/chats/');
+}
+
+/** Device ids as the page makes them (UUIDs); also the keys of a message's `envelopes`. */
+const DEVICE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** A base64 raw P-256 point that WebCrypto accepts as an ECDH public key. */
+async function isP256PublicKey(value: unknown): Promise<boolean> {
+  if (typeof value !== 'string' || !/^[A-Za-z0-9+/]{86}[A-Za-z0-9+/=]{2}$/.test(value)) return false;
+  const raw = Buffer.from(value, 'base64');
+  if (raw.length !== 65 || raw[0] !== 4) return false;
+  try {
+    await webcrypto.subtle.importKey('raw', raw, { name: 'ECDH', namedCurve: 'P-256' }, true, []);
+    return true;
+  } catch {
+    return false; // not a point on the curve
+  }
+}
+
 function decodeParam(raw: string | undefined): string | undefined {
   if (raw === undefined) return undefined;
   try {
@@ -349,6 +387,9 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
    */
   const deleted = new Set<string>();
   const members = new Map<string, Set<string>>();
+  /** Device public keys by device id, and who joined each open chat (a successful verify). */
+  const devices = new Map<string, DeviceKey>();
+  const participants = new Map<string, Set<string>>();
   let faults: Fault[] = [];
   const waiters = new Set<Waiter>();
   const timers = new Set<NodeJS.Timeout>();
@@ -408,6 +449,8 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     messages.clear();
     deleted.clear();
     members.clear();
+    devices.clear();
+    participants.clear();
   }
 
   function isMember(chatId: unknown, sub: string): boolean {
@@ -456,6 +499,8 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     if (!auth.ok) return auth.reply;
     if (!isId(data.chat_id)) return error(422, 'chat_id is required');
     if (!isMember(data.chat_id, auth.sub)) return error(403, 'not a member of this chat');
+    const joined = participants.get(String(data.chat_id)) ?? new Set<string>();
+    participants.set(String(data.chat_id), joined.add(auth.sub)); // whose devices get envelopes
     return { status: 200, body: { user_id: userIdFromSub(auth.sub), chat_id: data.chat_id } };
   }
 
@@ -544,6 +589,49 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     }
   }
 
+  // --- routes for clients: device keys and a chat's history ------------------------------------
+  //
+  //   PUT /devices/{device_id}/key {"public_key"}  → 200 the stored key · 401 · 403 the device is
+  //       another user's · 422 not a base64 raw P-256 point · 400 bad device id
+  //   GET /chats/{chat_id}/devices   → 200 {"chat_id","devices":[{device_id,user_id,public_key}]}:
+  //       the devices of the chat's members (its member list, or for an open chat everyone who
+  //       joined it — a successful verify — plus the caller) · 401 · 403 not a member
+  //   GET /chats/{chat_id}/messages  → 200 {"chat_id","messages":[…]}: the stored (encrypted)
+  //       messages of the chat in save order, deleted ones left out · 401 · 403 not a member
+
+  async function handleClient(req: IncomingMessage, method: string, path: string, body: unknown): Promise<Reply> {
+    const devicePath = /^\/devices\/([^/]+)\/key$/.exec(path);
+    const chatPath = /^\/chats\/([^/]+)\/(devices|messages)$/.exec(path);
+    const allowed = (devicePath && method === 'PUT') || (chatPath && method === 'GET');
+    if (!allowed) return error(404, `no route for ${method} ${path}`);
+    const param = decodeParam(devicePath?.[1] ?? chatPath?.[1]);
+    if (param === undefined || param === '') return error(400, 'malformed URL encoding in path');
+    const auth = await authenticate(bearerToken(req));
+    if (!auth.ok) return auth.reply;
+
+    if (devicePath) {
+      if (!DEVICE_ID.test(param)) return error(400, 'device id must be 1-64 characters [A-Za-z0-9_-]');
+      const publicKey = isObject(body) ? body.public_key : undefined;
+      if (!(await isP256PublicKey(publicKey))) return error(422, 'public_key must be base64 of a raw P-256 public key (65 bytes)');
+      const owner = devices.get(param);
+      if (owner && String(owner.user_id) !== auth.sub) return error(403, 'this device belongs to another user');
+      const device: DeviceKey = { device_id: param, user_id: userIdFromSub(auth.sub), public_key: publicKey as string, updated_at: new Date().toISOString() };
+      devices.set(param, device);
+      return { status: 200, body: device };
+    }
+
+    if (!isMember(param, auth.sub)) return error(403, 'not a member of this chat');
+    if (chatPath?.[2] === 'messages') {
+      const list = [...messages.values()].filter((m) => String(m.chat_id) === param);
+      return { status: 200, body: { chat_id: param, messages: list } };
+    }
+    const users = new Set(members.get(param) ?? participants.get(param) ?? []).add(auth.sub);
+    const list = [...devices.values()]
+      .filter((d) => users.has(String(d.user_id)))
+      .map(({ device_id, user_id, public_key }) => ({ device_id, user_id, public_key }));
+    return { status: 200, body: { chat_id: param, devices: list } };
+  }
+
   // --- dev conveniences and fault knobs over HTTP ---------------------------------------------
 
   async function handleDevToken(body: unknown): Promise<Reply> {
@@ -626,14 +714,15 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     const method = req.method ?? 'GET';
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     const control = isControlPath(path);
-    const route = control ? undefined : matchOp(method, path.split('/'));
-    logWhenDone(req, res, path, control ? undefined : (route?.op ?? 'other'));
+    const forClient = !control && isClientPath(path);
+    const route = control || forClient ? undefined : matchOp(method, path.split('/'));
+    logWhenDone(req, res, path, control || forClient ? undefined : (route?.op ?? 'other'));
 
     const received = await readBody(req);
     if (received.aborted) return;
     const parsed = parseJson(received.text);
 
-    if (!control) {
+    if (!control && !forClient) {
       record({
         method,
         path,
@@ -655,6 +744,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     if (received.tooLarge) return send(res, error(413, `body larger than ${BODY_LIMIT_BYTES} bytes`));
     if (!parsed.ok) return send(res, error(400, 'body is not valid JSON'));
     if (control) return send(res, await handleControl(method, path, parsed.value));
+    if (forClient) return send(res, await handleClient(req, method, path, parsed.value));
     if (!route) return send(res, error(404, `no route for ${method} ${path}`));
     send(res, await handleOp(req, route, parsed.value));
   }
@@ -686,6 +776,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     requests,
     messages,
     deleted,
+    devices,
     mintToken,
     setMembers,
     addFault,

@@ -410,6 +410,91 @@ describe('recording and control', () => {
   });
 });
 
+describe('routes for clients: device keys and chat history', () => {
+  async function publicKey(): Promise<string> {
+    const pair = await crypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, false, ['deriveBits']);
+    return Buffer.from(await crypto.subtle.exportKey('raw', pair.publicKey)).toString('base64');
+  }
+
+  test('PUT /devices/{id}/key stores the key; another user cannot take the device id', async () => {
+    const [alice, bob, key] = [await api.mintToken(1), await api.mintToken(2), await publicKey()];
+    const put = await call('/devices/dev-a1/key', { method: 'PUT', token: alice, body: { public_key: key } });
+    assert.equal(put.status, 200);
+    assert.deepEqual({ ...(put.json as object), updated_at: 'x' }, { device_id: 'dev-a1', user_id: 1, public_key: key, updated_at: 'x' });
+    assert.equal(api.devices.get('dev-a1')?.public_key, key);
+    const replaced = await publicKey();
+    assert.equal((await call('/devices/dev-a1/key', { method: 'PUT', token: alice, body: { public_key: replaced } })).status, 200, 'the owner may replace its key');
+    assert.equal((await call('/devices/dev-a1/key', { method: 'PUT', token: bob, body: { public_key: key } })).status, 403);
+    assert.equal(api.devices.get('dev-a1')?.public_key, replaced);
+    assert.equal(api.requests.length, 0, 'client routes are not recorded as gateway calls');
+  });
+
+  test('device keys are validated: 401 without a token, 422 for anything but a P-256 point, 400 for a bad id', async () => {
+    const token = await api.mintToken(1);
+    const key = await publicKey();
+    assert.equal((await call('/devices/d1/key', { method: 'PUT', body: { public_key: key } })).status, 401);
+    const offCurve = Buffer.alloc(65, 1);
+    offCurve[0] = 4;
+    for (const bad of [undefined, 42, 'abc', Buffer.alloc(65).toString('base64'), offCurve.toString('base64'), key.slice(0, -4)]) {
+      assert.equal((await call('/devices/d1/key', { method: 'PUT', token, body: { public_key: bad } })).status, 422, String(bad));
+    }
+    assert.equal((await call(`/devices/${encodeURIComponent('a b')}/key`, { method: 'PUT', token, body: { public_key: key } })).status, 400);
+    assert.equal((await call('/devices/d1/key', { method: 'GET', token })).status, 404);
+    assert.equal(api.devices.size, 0);
+  });
+
+  test('GET /chats/{id}/devices lists the devices of users who joined the chat, plus the caller', async () => {
+    const [alice, bob, carol] = [await api.mintToken(1), await api.mintToken(2), await api.mintToken(3)];
+    for (const [token, device] of [[alice, 'a1'], [alice, 'a2'], [bob, 'b1'], [carol, 'c1']] as const) {
+      assert.equal((await call(`/devices/${device}/key`, { method: 'PUT', token, body: { public_key: await publicKey() } })).status, 200);
+    }
+    assert.equal((await verify(bob, 5)).status, 200); // Bob joins chat 5 (the gateway's verify)
+    const res = await call('/chats/5/devices', { method: 'GET', token: alice });
+    assert.equal(res.status, 200);
+    const { chat_id, devices } = res.json as { chat_id: string; devices: Array<{ device_id: string; user_id: number; public_key: string }> };
+    assert.equal(chat_id, '5');
+    assert.deepEqual(devices.map((d) => [d.device_id, d.user_id]).sort(), [['a1', 1], ['a2', 1], ['b1', 2]], 'Carol never joined');
+    assert.ok(devices.every((d) => d.public_key === api.devices.get(d.device_id)?.public_key));
+    assert.equal((await call('/chats/5/devices', { method: 'GET' })).status, 401);
+  });
+
+  test('a member list decides whose devices are listed and who may ask', async () => {
+    const [alice, carol] = [await api.mintToken(1), await api.mintToken(3)];
+    await call('/devices/a1/key', { method: 'PUT', token: alice, body: { public_key: await publicKey() } });
+    await call('/devices/c1/key', { method: 'PUT', token: carol, body: { public_key: await publicKey() } });
+    api.setMembers(6, [1, 2, 3]);
+    const res = await call('/chats/6/devices', { method: 'GET', token: alice });
+    assert.deepEqual((res.json as { devices: Array<{ device_id: string }> }).devices.map((d) => d.device_id).sort(), ['a1', 'c1']);
+    api.setMembers(6, [2]);
+    assert.equal((await call('/chats/6/devices', { method: 'GET', token: alice })).status, 403);
+    assert.equal((await call('/chats/6/messages', { method: 'GET', token: alice })).status, 403);
+  });
+
+  test('GET /chats/{id}/messages lists the chat\'s stored messages in save order, without deleted ones', async () => {
+    const alice = await api.mintToken(1);
+    for (const id of ['m1', 'm2', 'm3']) assert.equal((await save(alice, message(id, 7, 1))).status, 201);
+    assert.equal((await save(alice, message('other', 8, 1))).status, 201);
+    await call(messagePath(7, 'm2'), { method: 'DELETE', token: alice });
+    await call(messagePath(7, 'm1'), { method: 'PATCH', token: alice, body: { ciphertext: 'c2', nonce: 'n2', envelopes: { d: {} } } });
+    const res = await call('/chats/7/messages', { method: 'GET', token: await api.mintToken(2) });
+    assert.equal(res.status, 200);
+    const { messages } = res.json as { messages: Array<{ id: string; ciphertext: string; envelopes: unknown }> };
+    assert.deepEqual(messages.map((m) => [m.id, m.ciphertext]), [['m1', 'c2'], ['m3', 'c1']]);
+    assert.deepEqual(messages[0]?.envelopes, { d: {} });
+    assert.equal((await call('/chats/7/messages', { method: 'GET', token: 'nope' })).status, 401);
+  });
+
+  test('reset() forgets device keys and who joined', async () => {
+    const alice = await api.mintToken(1);
+    await call('/devices/a1/key', { method: 'PUT', token: alice, body: { public_key: await publicKey() } });
+    await verify(alice, 9);
+    api.reset();
+    assert.equal(api.devices.size, 0);
+    const res = await call('/chats/9/devices', { method: 'GET', token: alice });
+    assert.deepEqual((res.json as { devices: unknown[] }).devices, []);
+  });
+});
+
 describe('close', () => {
   test('close() returns promptly while a request hangs', async () => {
     const own = await startDevApi();
