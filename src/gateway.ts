@@ -12,6 +12,7 @@ import { CLOSE } from './protocol/errors.js';
 import { createRequestHandler, refuseUpgrade } from './server/http.js';
 import type { GatewayContext } from './session/context.js';
 import { Session } from './session/session.js';
+import { createCommandHandler } from './session/commands.js';
 import { createMainApi } from './upstream/client.js';
 import { FairScheduler } from './upstream/scheduler.js';
 
@@ -72,10 +73,13 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   };
 
   await engine.start(
-    hub.engineEvents((ready) => {
-      metrics.engineReady.set(ready ? 1 : 0);
-      log.info({ engine: engine.kind, ready }, ready ? 'engine ready' : 'engine unavailable');
-    }),
+    hub.engineEvents(
+      (ready) => {
+        metrics.engineReady.set(ready ? 1 : 0);
+        log.info({ engine: engine.kind, ready }, ready ? 'engine ready' : 'engine unavailable');
+      },
+      createCommandHandler({ registry: hub.registry, connections: () => sessions, api, log }),
+    ),
   );
 
   const wss = new WebSocketServer({

@@ -2,6 +2,7 @@ import type { IdKey } from '../protocol/ids.js';
 import { MemoryStreams } from './memory-stream.js';
 import type { HistoryLimits, Recovery, StreamPosition } from './stream.js';
 import type { Engine, EngineEvents } from './types.js';
+import type { CommandResult, ControlCommand } from './control.js';
 
 /**
  * The embedded engine for one instance. It keeps the Redis engine's semantics — a publication
@@ -51,6 +52,11 @@ export class MemoryEngine implements Engine {
     const { position, numbered } = this.streams.append(chat, frame);
     if (this.subscribed.has(chat)) this.events.deliver(chat, numbered, exceptConn);
     return position;
+  }
+
+  async command(_chat: IdKey | null, command: ControlCommand): Promise<CommandResult> {
+    if (this.events === null) throw new Error('memory engine closed');
+    return { instances: 1, connections: this.events.command(command) };
   }
 
   async position(chat: IdKey): Promise<StreamPosition> {

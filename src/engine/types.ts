@@ -1,5 +1,6 @@
 import type { IdKey } from '../protocol/ids.js';
 import type { ChatStream } from './stream.js';
+import type { CommandResult, ControlCommand } from './control.js';
 
 /**
  * The scale-out seam. A gateway instance talks to other instances only through an Engine;
@@ -24,12 +25,21 @@ import type { ChatStream } from './stream.js';
  *   user's first live connection to the chat anywhere, `leave` when it was the last (also when
  *   the store lost the entry meanwhile; a second `leave` of one connection is false). The
  *   check-and-update is atomic, so exactly one instance sees each transition.
+ * - Commands (the server API's revoke, disconnect, forget) reach `EngineEvents.command` on the
+ *   instances concerned, this one included: with a chat, every instance subscribed to it, in the
+ *   chat's one order with its publications (so nothing published after the command reaches what
+ *   it removed); without, every instance. `command` resolves once they acted, where the engine
+ *   can tell (else after the publish), with what they did.
  * - Operations fail fast (reject) while the engine is not ready; they never queue unbounded.
  */
 export interface Broker {
   subscribe(chat: IdKey): Promise<void>;
   unsubscribe(chat: IdKey): Promise<void>;
   publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void>;
+}
+
+export interface Commands {
+  command(chat: IdKey | null, command: ControlCommand): Promise<CommandResult>;
 }
 
 export interface PresenceManager {
@@ -53,6 +63,8 @@ export interface EngineEvents {
    */
   presenceRestored(chat: IdKey, users: IdKey[]): void;
   readyChange(ready: boolean): void;
+  /** Acts on a command of the server API on this instance; returns the connections acted on. */
+  command(command: ControlCommand): number;
 }
 
 /**
@@ -61,7 +73,7 @@ export interface EngineEvents {
  * delivered live are the bytes `recover` replays; a lost sequence (flushed, expired) restarts
  * in a new epoch, never silently at a gap.
  */
-export interface Engine extends Broker, PresenceManager, ChatStream {
+export interface Engine extends Broker, PresenceManager, ChatStream, Commands {
   readonly kind: 'memory' | 'redis';
   start(events: EngineEvents): Promise<void>;
   isReady(): boolean;

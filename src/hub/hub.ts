@@ -32,7 +32,7 @@ export class Hub {
   ) {}
 
   /** The callbacks the engine drives. */
-  engineEvents(onReadyChange: (ready: boolean) => void): EngineEvents {
+  engineEvents(onReadyChange: (ready: boolean) => void, onCommand: EngineEvents['command']): EngineEvents {
     return {
       deliver: (chat, frame, exceptConn) => {
         // Framed once here; every local receiver gets the same WebSocket frame bytes.
@@ -47,6 +47,7 @@ export class Hub {
         for (const user of users) void this.publishQuietly(chat, out.presence(chat, user, 'online'), null);
       },
       readyChange: onReadyChange,
+      command: onCommand,
     };
   }
 

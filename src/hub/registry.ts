@@ -4,8 +4,12 @@ import type { Outgoing } from './outgoing.js';
 /** What the registry needs of a registration: its connection's id and a way to hand it a broadcast. */
 export interface Member {
   readonly id: string;
+  /** The registration's verified user (the server API acts on a user's registrations). */
+  readonly user: IdKey;
   /** Queues an already-framed broadcast. Never throws. */
   send(frame: Outgoing): void;
+  /** Ends the registration because the server API revoked the user's membership of the chat. */
+  revoke(): void;
 }
 
 /**

@@ -30,6 +30,11 @@ export const CLOSE = {
   tryAgainLater: 1013,
   /** Five registers in a row refused by the main API (unauthorized or forbidden): get a new token first. */
   authFailures: 4401,
+  /**
+   * The backend disconnected the user (server API: logout everywhere, ban). Do not reconnect with
+   * the same token: get a new one first (the SDK asks its token provider, and stops if it has none).
+   */
+  disconnected: 4403,
   /** No chat registered for REGISTER_TIMEOUT_MS: never registered, or unregistered from everything. */
   registerTimeout: 4408,
 } as const;

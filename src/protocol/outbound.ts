@@ -21,10 +21,11 @@ export function registered(
 
 /**
  * Why the gateway ended a registration the client did not unregister: the main API answered
- * 401 (`unauthorized`) or 403 (`forbidden`) for it. An `unregistered` answering the client's
- * own `unregister` has no reason.
+ * 401 (`unauthorized`) or 403 (`forbidden`) for it, the backend revoked the user's membership
+ * through the server API (`revoked`), or the token's JWT `exp` passed without a `refresh`
+ * (`token_expired`). An `unregistered` answering the client's own `unregister` has no reason.
  */
-export type UnregisterReason = 'unauthorized' | 'forbidden';
+export type UnregisterReason = 'unauthorized' | 'forbidden' | 'revoked' | 'token_expired';
 
 export function unregistered(chat: IdKey, reason?: UnregisterReason): Buffer {
   return encode(reason === undefined ? { type: 'unregistered', chat_id: wireId(chat) } : { type: 'unregistered', chat_id: wireId(chat), reason });

@@ -2,6 +2,7 @@ import { positionOf, type StreamPosition } from '../engine/stream.js';
 import type { Outgoing } from '../hub/outgoing.js';
 import type { Member } from '../hub/registry.js';
 import type { IdKey } from '../protocol/ids.js';
+import type { UnregisterReason } from '../protocol/outbound.js';
 
 /** What a registration needs of its connection. */
 export interface Connection {
@@ -11,6 +12,8 @@ export interface Connection {
   /** Closes the connection as a slow consumer (its held backlog grew past the limit). */
   overflow(): void;
   readonly maxBufferedBytes: number;
+  /** Ends `reg`, telling the client why (`unregistered` with a reason). */
+  endRegistration(reg: Registration, reason: UnregisterReason): void;
 }
 
 /**
@@ -21,6 +24,10 @@ export interface Connection {
  */
 export class Registration implements Member {
   lastTypingAt = 0;
+  /** Set when the registration ends: nothing more of the chat reaches the connection through it. */
+  private ended = false;
+  /** The timer that ends the registration when its token expires (see Session.watchCredentials). */
+  expiry: NodeJS.Timeout | null = null;
   private held: Outgoing[] | null = [];
   private heldBytes = 0;
 
@@ -37,6 +44,7 @@ export class Registration implements Member {
   }
 
   send(frame: Outgoing): void {
+    if (this.ended) return;
     if (this.held === null) return this.connection.sendFramed(frame);
     this.heldBytes += frame.wire.length;
     if (this.heldBytes > this.connection.maxBufferedBytes) {
@@ -47,6 +55,20 @@ export class Registration implements Member {
     this.held.push(frame);
   }
 
+  /** The server API revoked the user's membership. */
+  revoke(): void {
+    this.connection.endRegistration(this, 'revoked');
+  }
+
+  /** Nothing more is sent through this registration, held deliveries included. */
+  end(): void {
+    this.ended = true;
+    this.held = null;
+    this.heldBytes = 0;
+    if (this.expiry !== null) clearTimeout(this.expiry);
+    this.expiry = null;
+  }
+
   /** Holds live deliveries until `goLive` (a re-register with `since` catches up again). */
   hold(): void {
     this.held ??= [];
@@ -54,6 +76,7 @@ export class Registration implements Member {
 
   /** Sends what was held, skipping stream broadcasts at or before `covered`, and goes live. */
   goLive(covered: StreamPosition): void {
+    if (this.ended) return;
     const held = this.held ?? [];
     this.held = null;
     this.heldBytes = 0;

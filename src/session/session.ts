@@ -367,6 +367,7 @@ export class Session implements Connection {
   async removeRegistration(reg: Registration): Promise<void> {
     if (this.chats.get(reg.chat) !== reg) return;
     this.chats.delete(reg.chat);
+    reg.end();
     if (this.chats.size === 0) this.armRegisterTimer();
     await this.ctx.hub.leave(reg.chat, reg.user, reg);
   }
@@ -444,6 +445,9 @@ export class Session implements Connection {
     this.slots.cancel();
     const regs = [...this.chats.values()];
     this.chats.clear();
-    for (const reg of regs) void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, reg));
+    for (const reg of regs) {
+      reg.end();
+      void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, reg));
+    }
   }
 }

@@ -22,6 +22,8 @@ export interface MainApi {
   save(token: string, chat: IdKey, message: object): Promise<{ duplicate: boolean }>;
   edit(token: string, chat: IdKey, messageId: string, body: object): Promise<void>;
   remove(token: string, chat: IdKey, messageId: string): Promise<void>;
+  /** Forgets cached verifies of `user` (in `chat`, or everywhere when null): the next verify asks the main API. */
+  forget(user: IdKey, chat: IdKey | null): void;
   close(): Promise<void>;
 }
 
@@ -121,6 +123,9 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     async remove(token, chat, messageId) {
       const { status } = await call('delete', 'DELETE', messagePath(chat, messageId), token);
       if (!ok(status)) fail('delete', status, token, chat);
+    },
+    forget(user, chat) {
+      cache.forgetUser(user, chat);
     },
     async close() {
       await pool.close();

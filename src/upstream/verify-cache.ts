@@ -7,6 +7,8 @@ import type { IdKey } from '../protocol/ids.js';
  */
 export class VerifyCache {
   private readonly entries = new Map<string, { user: IdKey; expiresAt: number }>();
+  /** user → keys of its entries, so the server API can forget a user's verifies without a scan. */
+  private readonly byUser = new Map<IdKey, Set<string>>();
 
   constructor(
     private readonly ttlMs: number,
@@ -19,7 +21,7 @@ export class VerifyCache {
     const entry = this.entries.get(key);
     if (entry === undefined) return undefined;
     if (entry.expiresAt <= this.now()) {
-      this.entries.delete(key);
+      this.remove(key);
       return undefined;
     }
     return entry.user;
@@ -32,17 +34,37 @@ export class VerifyCache {
     if (exp !== null) expiresAt = Math.min(expiresAt, exp);
     if (expiresAt <= this.now()) return;
     const key = cacheKey(token, chat);
-    this.entries.delete(key);
+    this.remove(key);
     this.entries.set(key, { user, expiresAt });
+    let keys = this.byUser.get(user);
+    if (keys === undefined) this.byUser.set(user, (keys = new Set()));
+    keys.add(key);
     if (this.entries.size > this.maxEntries) {
       const oldest = this.entries.keys().next().value;
-      if (oldest !== undefined) this.entries.delete(oldest);
+      if (oldest !== undefined) this.remove(oldest);
     }
   }
 
   /** Forgets (token, chat): the main API refused it since, so the next verify must ask again. */
   delete(token: string, chat: IdKey): void {
-    this.entries.delete(cacheKey(token, chat));
+    this.remove(cacheKey(token, chat));
+  }
+
+  /** Forgets every verify of `user` (in `chat` only, when given): the server API revoked it. */
+  forgetUser(user: IdKey, chat: IdKey | null): void {
+    const keys = this.byUser.get(user);
+    if (keys === undefined) return;
+    const prefix = chat === null ? null : `${chat}\u0000`;
+    for (const key of [...keys]) if (prefix === null || key.startsWith(prefix)) this.remove(key);
+  }
+
+  private remove(key: string): void {
+    const entry = this.entries.get(key);
+    if (entry === undefined) return;
+    this.entries.delete(key);
+    const keys = this.byUser.get(entry.user);
+    keys?.delete(key);
+    if (keys?.size === 0) this.byUser.delete(entry.user);
   }
 
   get size(): number {

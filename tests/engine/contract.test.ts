@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import { loadConfig } from '../../src/config/index.js';
 import { createEngine } from '../../src/engine/index.js';
 import { EngineUnavailableError, type Engine, type EngineEvents } from '../../src/engine/types.js';
+import type { ControlCommand } from '../../src/engine/control.js';
 import { createLogger } from '../../src/log.js';
 import { waitFor } from '../support/harness.js';
 import { RedisServer } from '../support/redis.js';
@@ -16,6 +17,11 @@ interface Recorder extends EngineEvents {
   got: Array<{ chat: string; frame: string; except: string | null }>;
   expired: Array<{ chat: string; users: string[] }>;
   restored: Array<{ chat: string; users: string[] }>;
+  /** Deliveries and commands in the order they arrived. */
+  log: string[];
+  commands: ControlCommand[];
+  /** What `command` answers (connections acted on). */
+  acted: number;
   onReadyChange?: (ready: boolean) => void;
 }
 
@@ -24,7 +30,18 @@ function recorder(): Recorder {
     got: [],
     expired: [],
     restored: [],
-    deliver: (chat, frame, except) => r.got.push({ chat, frame: frame.toString(), except }),
+    log: [],
+    commands: [],
+    acted: 0,
+    deliver: (chat, frame, except) => {
+      r.log.push(frame.toString());
+      r.got.push({ chat, frame: frame.toString(), except });
+    },
+    command: (command) => {
+      r.log.push(`cmd:${command.op}`);
+      r.commands.push(command);
+      return r.acted;
+    },
     presenceExpired: (chat, users) => r.expired.push({ chat, users }),
     presenceRestored: (chat, users) => r.restored.push({ chat, users }),
     readyChange: (ready) => r.onReadyChange?.(ready),
@@ -121,7 +138,39 @@ for (const kind of ['memory', 'redis'] as const) {
       assert.equal(r.got.length, 130);
     });
 
+    it('a command reaches this instance and says what it did', async () => {
+      const r = recorder();
+      r.acted = 2;
+      const e = await engine(r);
+      await e.subscribe('k1');
+      const result = await e.command('k1', { op: 'revoke', chat: 'k1', user: 'u1' });
+      assert.deepEqual(r.commands, [{ op: 'revoke', chat: 'k1', user: 'u1' }]);
+      assert.deepEqual(result, { instances: 1, connections: 2 });
+      // Every instance: the engines of earlier tests are instances too (they answer 0).
+      assert.deepEqual(await e.command(null, { op: 'disconnect', user: 'u1', reason: 'bye' }), { instances: kind === 'memory' ? 1 : engines.length, connections: 2 });
+      assert.deepEqual(r.commands.at(-1), { op: 'disconnect', user: 'u1', reason: 'bye' });
+      r.acted = 0;
+    });
+
     if (kind === 'redis') {
+      it('commands: a chat\'s reach the instances subscribed to it, in order with its publications; others reach every instance; the answers are summed', async () => {
+        const [r1, r2, r3] = [recorder(), recorder(), recorder()];
+        [r1.acted, r2.acted, r3.acted] = [1, 2, 4];
+        const [e1, e2] = [await engine(r1), await engine(r2)];
+        await engine(r3);
+        await e1.subscribe('k2');
+        await e2.subscribe('k2');
+        await e2.publish('k2', Buffer.from('before'), null);
+        const revoked = e1.command('k2', { op: 'revoke', chat: 'k2', user: 'u' });
+        await e2.publish('k2', Buffer.from('after'), null);
+        assert.deepEqual(await revoked, { instances: 2, connections: 3 });
+        await waitFor(() => r1.log.length >= 3 && r2.log.length >= 3, 2000, 'both instances');
+        for (const r of [r1, r2]) assert.deepEqual(r.log, ['before', 'cmd:revoke', 'after']);
+        assert.deepEqual(r3.commands, [], 'an instance without the chat got its command');
+        assert.deepEqual(await e2.command(null, { op: 'forget', user: 'u', chat: null }), { instances: engines.length, connections: 7 });
+        for (const r of [r1, r2, r3]) assert.deepEqual(r.commands.at(-1), { op: 'forget', user: 'u', chat: null });
+      });
+
       it('publish waits at most the command timeout for its own delivery, and not at all once the connection is lost', async () => {
         const r = recorder();
         const e = await engine(r);
@@ -296,5 +345,21 @@ describe('engine [redis cluster]', () => {
     assert.equal(await e.leave('t1', 'u', 'c'), true);
     await unsubscribed;
     assert.equal((await run('redis-cli', ['-p', String(node.port), 'pubsub', 'shardnumsub', 'ms:chat:{t1}'])).stdout.trim(), 'ms:chat:{t1}\n0');
+  });
+
+  it('commands: a chat\'s go over its sharded channel and are counted; one for every instance reaches them all, uncounted', async () => {
+    const config = loadConfig({ PRESENCE_TTL_MS: '60000', REDIS_HOST: node.url, REDIS_CLUSTER: 'true' });
+    const [r1, r2] = [recorder(), recorder()];
+    [r1.acted, r2.acted] = [1, 2];
+    const [e1, e2] = [await createEngine(config, createLogger('silent')), await createEngine(config, createLogger('silent'))];
+    engines.push(e1, e2);
+    await e1.start(r1);
+    await e2.start(r2);
+    await waitFor(() => e1.isReady() && e2.isReady(), 5000, 'engines ready');
+    await e1.subscribe('k3');
+    await e2.subscribe('k3');
+    assert.deepEqual(await e1.command('k3', { op: 'revoke', chat: 'k3', user: 'u' }), { instances: 2, connections: 3 });
+    assert.deepEqual(await e2.command(null, { op: 'forget', user: 'u', chat: null }), { instances: null, connections: null });
+    await waitFor(() => r1.commands.length === 2 && r2.commands.length === 2, 2000, 'the command for every instance');
   });
 });

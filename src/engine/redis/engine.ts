@@ -5,11 +5,16 @@ import { redactUrl } from '../../config/index.js';
 import type { Logger } from '../../log.js';
 import type { IdKey } from '../../protocol/ids.js';
 import { EngineUnavailableError, type Engine, type EngineEvents } from '../types.js';
+import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
 import { newEpoch, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
 import { JOIN, LEAVE, SWEEP } from './scripts.js';
 import { APPEND, RECOVER } from './stream-scripts.js';
 
 const CHANNEL_PREFIX = 'ms:chat:{';
+/** Commands for every instance (classic pub/sub: in a Cluster it reaches every node's subscribers). */
+const CONTROL_CHANNEL = 'ms:control';
+/** In a chat channel's payload header, this in place of exceptConn marks a command, not a frame. */
+const COMMAND_MARK = '!';
 const COMMAND_TIMEOUT_MS = 2000;
 const NEWLINE = 0x0a;
 const SPACE = 0x20;
@@ -73,6 +78,10 @@ export class RedisEngine implements Engine {
   private readonly unechoed = new Map<string, { chat: IdKey; done: () => void }>();
   private readonly origin = randomBytes(9).toString('base64url');
   private publications = 0;
+  /** This instance's command requests waiting for the replies of the instances they reached. */
+  private readonly requests = new Map<number, { replies: number; connections: number; wake: () => void }>();
+  private requestCount = 0;
+  private readonly replyChannel = `ms:reply:{${this.origin}}`;
   /** This instance's presence entries, refreshed every PRESENCE_TTL_MS / 3. */
   private readonly entries = new Map<string, PresenceEntry>();
   /** Entries a refresh re-created (see refreshPresence) whose `online` is not announced yet. */
@@ -128,6 +137,7 @@ export class RedisEngine implements Engine {
         },
       ) as Commands;
       this.cmd.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message));
+      this.cmd.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message));
     } else {
       const url = this.config.urls[0]!;
       this.cmd = new Redis(url, { ...options, enableAutoPipelining: true, connectionName: 'message-service' }) as Commands;
@@ -201,6 +211,77 @@ export class RedisEngine implements Engine {
       this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS),
     );
     return { seq, epoch };
+  }
+
+  /**
+   * A chat's command goes on the chat's channel (so it keeps the chat's one order; marked by
+   * COMMAND_MARK in the header), others on CONTROL_CHANNEL. Each instance that acts on it
+   * replies on our reply channel with what it did, and PUBLISH tells how many instances got it,
+   * so we know when every answer is in. A Cluster's classic PUBLISH counts only one node's
+   * subscribers: there, a command for every instance cannot be counted (nulls).
+   */
+  async command(chat: IdKey | null, command: ControlCommand): Promise<CommandResult> {
+    const countable = chat !== null || !this.config.cluster;
+    const req = ++this.requestCount;
+    const body = JSON.stringify(countable ? { ...command, reply: this.replyChannel, req } : command);
+    const request = { replies: 0, connections: 0, wake: () => undefined };
+    if (countable) this.requests.set(req, request);
+    try {
+      const receivers: number = await this.whenReady(() => {
+        if (chat === null) return this.cmd.publish(CONTROL_CHANNEL, body) as Promise<number>;
+        const payload = Buffer.from(`${this.origin}c${req} ${COMMAND_MARK}\n${body}`);
+        return (this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload)) as Promise<number>;
+      });
+      if (!countable) return { instances: null, connections: null };
+      if (request.replies < receivers) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, COMMAND_TIMEOUT_MS);
+          request.wake = () => {
+            if (request.replies >= receivers) (clearTimeout(timer), resolve());
+          };
+        });
+      }
+      if (request.replies < receivers) {
+        this.log.warn({ op: command.op, instances: receivers, replies: request.replies }, 'command: not every instance answered in time');
+        return { instances: receivers, connections: null };
+      }
+      return { instances: receivers, connections: request.connections };
+    } finally {
+      this.requests.delete(req);
+    }
+  }
+
+  /** Acts on a command from any instance (this one included) and replies with what it did. */
+  private onCommand(text: string): void {
+    let envelope: unknown;
+    try {
+      envelope = JSON.parse(text);
+    } catch {
+      return;
+    }
+    const command = parseControlCommand(envelope);
+    if (command === null || this.events === null) return;
+    const acted = this.events.command(command);
+    const { reply, req } = envelope as { reply?: unknown; req?: unknown };
+    if (typeof reply !== 'string' || !reply.startsWith('ms:reply:{') || typeof req !== 'number') return;
+    const answer = JSON.stringify({ req, connections: acted });
+    (this.config.cluster ? this.cmd.spublish(reply, answer) : this.cmd.publish(reply, answer)).catch((err: Error) =>
+      this.log.warn({ err: err.message }, 'command reply failed'),
+    );
+  }
+
+  private onReply(text: string): void {
+    let v: { req?: unknown; connections?: unknown };
+    try {
+      v = JSON.parse(text) as typeof v;
+    } catch {
+      return;
+    }
+    const request = typeof v.req === 'number' ? this.requests.get(v.req) : undefined;
+    if (request === undefined || typeof v.connections !== 'number') return;
+    request.replies++;
+    request.connections += v.connections;
+    request.wake();
   }
 
   async position(chat: IdKey): Promise<StreamPosition> {
@@ -277,12 +358,17 @@ export class RedisEngine implements Engine {
   private onMessage(channel: Buffer, message: Buffer): void {
     if (this.events === null) return;
     const name = channel.toString('latin1');
-    if (!name.startsWith(CHANNEL_PREFIX)) return;
+    if (!name.startsWith(CHANNEL_PREFIX)) {
+      if (name === CONTROL_CHANNEL) this.onCommand(message.toString('utf8'));
+      else if (name === this.replyChannel) this.onReply(message.toString('utf8'));
+      return;
+    }
     const chat = name.slice(CHANNEL_PREFIX.length, -1);
     const nl = message.indexOf(NEWLINE);
     if (nl < 0) return;
     const sp = message.subarray(0, nl).indexOf(SPACE);
     const exceptConn = sp < 0 ? null : message.toString('latin1', sp + 1, nl);
+    if (exceptConn === COMMAND_MARK) return this.onCommand(message.toString('utf8', nl + 1));
     this.events.deliver(chat, message.subarray(nl + 1), exceptConn);
     if (this.unechoed.size > 0) this.settle(message.toString('latin1', 0, sp < 0 ? nl : sp));
   }
@@ -321,6 +407,7 @@ export class RedisEngine implements Engine {
   private async restoreAfterOutage(): Promise<void> {
     if (this.closing || !this.connectionsUp()) return;
     try {
+      await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
       await this.refreshPresence();
     } catch (err) {
@@ -351,6 +438,12 @@ export class RedisEngine implements Engine {
     } catch (err) {
       throw unavailable(err);
     }
+  }
+
+  /** The channels every instance listens on for as long as it runs: commands, and replies to its own. */
+  private async subscribeControl(): Promise<void> {
+    if (this.sub !== null) await this.sub.subscribe(CONTROL_CHANNEL, this.replyChannel);
+    else await Promise.all([this.cmd.subscribe(CONTROL_CHANNEL), this.cmd.ssubscribe(this.replyChannel)]);
   }
 
   /** The one place that picks plain (one command, many channels) or sharded (one per channel) pub/sub. */

@@ -1,0 +1,47 @@
+import type { ControlCommand } from '../engine/control.js';
+import type { Member, Registry } from '../hub/registry.js';
+import type { Logger } from '../log.js';
+import { CLOSE } from '../protocol/errors.js';
+import type { MainApi } from '../upstream/client.js';
+
+/** What a command needs to act on this instance. */
+export interface CommandTargets {
+  readonly registry: Registry<Member>;
+  /** Open connections of this instance, with the user each is bound to (null before its first register). */
+  connections(): Iterable<{ readonly user: string | null; close(code: number, reason: string): void }>;
+  readonly api: Pick<MainApi, 'forget'>;
+  readonly log: Logger;
+}
+
+/**
+ * Acts on a server-API command on this instance (the engine brings it to every instance it
+ * concerns) and returns how many registrations (revoke) or connections (disconnect) it ended.
+ * Cached verifies go first, so a register racing the command asks the main API again.
+ */
+export function createCommandHandler(targets: CommandTargets): (command: ControlCommand) => number {
+  return (command) => {
+    switch (command.op) {
+      case 'forget':
+        targets.api.forget(command.user, command.chat);
+        return 0;
+      case 'revoke': {
+        targets.api.forget(command.user, command.chat);
+        const members = [...(targets.registry.members(command.chat) ?? [])].filter((m) => m.user === command.user);
+        for (const member of members) member.revoke();
+        if (members.length > 0) targets.log.info({ chat: command.chat, registrations: members.length }, 'registrations revoked');
+        return members.length;
+      }
+      case 'disconnect': {
+        targets.api.forget(command.user, null);
+        let n = 0;
+        for (const conn of [...targets.connections()]) {
+          if (conn.user !== command.user) continue;
+          conn.close(CLOSE.disconnected, command.reason);
+          n++;
+        }
+        if (n > 0) targets.log.info({ connections: n }, 'user disconnected by the server API');
+        return n;
+      }
+    }
+  };
+}
