@@ -100,6 +100,9 @@ export interface DevApi {
   /** Published device public keys by device id (the chat page's end-to-end encryption). */
   devices: Map<string, DeviceKey>;
   mintToken(userId: string | number, opts?: { expiresInSec?: number; expired?: boolean }): Promise<string>;
+  /** An opaque (non-JWT) token for `userId`, valid until `revokeOpaqueToken`: the gateway must re-verify it. */
+  mintOpaqueToken(userId: string | number): string;
+  revokeOpaqueToken(token: string): void;
   setMembers(chatId: string | number, userIds: Array<string | number> | null): void;
   addFault(f: Fault): void;
   clearFaults(): void;
@@ -475,8 +478,20 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
       .sign(key);
   }
 
+  /** Opaque tokens (the gateway cannot read an expiry from them) → their user. */
+  const opaqueTokens = new Map<string, string>();
+  function mintOpaqueToken(userId: string | number): string {
+    const token = `opaque-${randomUUID()}`;
+    opaqueTokens.set(token, String(userId));
+    return token;
+  }
+
   async function authenticate(token: string | undefined): Promise<AuthResult> {
     if (!token) return { ok: false, reply: error(401, 'missing token') };
+    if (token.startsWith('opaque-')) {
+      const sub = opaqueTokens.get(token);
+      return sub === undefined ? { ok: false, reply: error(401, 'invalid token') } : { ok: true, sub };
+    }
     try {
       const { payload } = await jwtVerify(token, key, { algorithms: ['HS256'] });
       if (typeof payload.sub !== 'string' || payload.sub === '') {
@@ -778,6 +793,8 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     deleted,
     devices,
     mintToken,
+    mintOpaqueToken,
+    revokeOpaqueToken: (token) => void opaqueTokens.delete(token),
     setMembers,
     addFault,
     clearFaults,

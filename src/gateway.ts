@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { FastifyInstance } from 'fastify';
+import { API_PREFIX, createServerApi } from './api/server-api.js';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Config } from './config/index.js';
@@ -19,6 +21,8 @@ import { FairScheduler } from './upstream/scheduler.js';
 export interface Gateway {
   readonly port: number;
   readonly url: string;
+  /** The server API's own listener (API_PORT), when it has one; else it is on `port` (or off). */
+  readonly apiPort: number | null;
   readonly metrics: Metrics;
   readonly engine: Engine;
   /** The graceful drain (README: Operations); resolves when everything is closed. Idempotent. */
@@ -90,13 +94,30 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   });
 
   const isReady = () => !draining && engine.isReady();
-  const server: Server = createServer(
-    createRequestHandler({
-      isReady,
-      describe: () => ({ engine: engine.kind, engine_ready: engine.isReady(), draining }),
-      metrics: metrics.registry,
-    }),
-  );
+  const plain = createRequestHandler({
+    isReady,
+    describe: () => ({ engine: engine.kind, engine_ready: engine.isReady(), draining }),
+    metrics: metrics.registry,
+  });
+  // The server API (on when API_KEY is set) runs on Fastify: on its own listener with API_PORT,
+  // else on this one, which hands it every request under /api/v1 and keeps the rest.
+  let server: Server = createServer(plain);
+  let serverApi: { app: FastifyInstance; server: Server | null } | null = null;
+  if (config.apiKey !== null) {
+    const options = { apiKey: config.apiKey, engine, metrics, log, bodyLimit: config.maxMessageBytes, isDraining: () => draining };
+    if (config.apiPort === null) {
+      const app = await createServerApi({
+        ...options,
+        serverFactory: (handler) =>
+          (server = createServer((req: IncomingMessage, res: ServerResponse) => (isApiPath(req.url) ? handler(req, res) : plain(req, res)))),
+      });
+      serverApi = { app, server: null };
+    } else {
+      let own: Server | null = null;
+      const app = await createServerApi({ ...options, serverFactory: (handler) => (own = createServer(handler)) });
+      serverApi = { app, server: own };
+    }
+  }
   server.keepAliveTimeout = 5_000;
 
   server.on('upgrade', (req, socket, head) => {
@@ -145,7 +166,19 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     });
   });
   const port = (server.address() as AddressInfo).port;
-  log.info({ port, engine: engine.kind, instance: instanceId }, 'gateway listening');
+  let apiPort: number | null = null;
+  if (serverApi?.server) {
+    const apiServer = serverApi.server;
+    await new Promise<void>((resolve, reject) => {
+      apiServer.once('error', reject);
+      apiServer.listen(config.apiPort ?? 0, () => {
+        apiServer.off('error', reject);
+        resolve();
+      });
+    });
+    apiPort = (apiServer.address() as AddressInfo).port;
+  }
+  log.info({ port, engine: engine.kind, instance: instanceId, server_api: serverApi === null ? 'off' : apiPort === null ? port : apiPort }, 'gateway listening');
   if (engine.kind === 'memory') {
     log.info('embedded in-memory engine: one instance only; set REDIS_HOST=redis://host:6379 to run several instances');
   }
@@ -176,14 +209,19 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     // Last: everything above may still publish or leave presence through it.
     await engine.close().catch((err: Error) => log.warn({ err: err.message }, 'engine close failed'));
     wss.close();
-    server.closeAllConnections();
-    await new Promise<void>((r) => server.close(() => r()));
+    for (const s of [server, serverApi?.server ?? null]) {
+      if (s === null) continue;
+      s.closeAllConnections();
+      await new Promise<void>((r) => s.close(() => r()));
+    }
+    await serverApi?.app.close().catch(() => undefined);
     log.info('shutdown complete');
   }
 
   return {
     port,
     url: `http://127.0.0.1:${port}`,
+    apiPort,
     metrics,
     engine,
     shutdown() {
@@ -192,3 +230,5 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     },
   };
 }
+
+const isApiPath = (url: string | undefined) => url !== undefined && (url === API_PREFIX || url.startsWith(`${API_PREFIX}/`) || url.startsWith(`${API_PREFIX}?`));

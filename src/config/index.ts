@@ -35,6 +35,10 @@ export interface Config {
   /** How long the broadcast of a saved operation is retried while the engine fails. */
   publishRetryMs: number;
   logLevel: string;
+  /** The server API's bearer key; null: the server API is off (its routes answer 404). */
+  apiKey: string | null;
+  /** A separate listener for the server API; null: served on APP_PORT. */
+  apiPort: number | null;
 }
 
 export interface RedisConfig {
@@ -135,9 +139,20 @@ export function loadConfig(env: Env = readEnv()): Config {
   const redis = redisHost === undefined ? null : { urls: parseRedisUrls(redisHost, cluster), cluster };
   if (redis === null && cluster) throw new ConfigError('REDIS_CLUSTER', 'is true but REDIS_HOST is unset');
 
+  const apiKey = get('API_KEY') ?? null;
+  if (apiKey !== null && !/^[\x21-\x7E]{16,512}$/.test(apiKey)) {
+    throw new ConfigError('API_KEY', 'must be 16–512 printable ASCII characters without spaces');
+  }
+  const apiPortRaw = get('API_PORT');
+  if (apiPortRaw !== undefined && apiKey === null) throw new ConfigError('API_PORT', 'is set but API_KEY is unset (the server API is off)');
+
+  const appPort = int('APP_PORT', 3000, 0, 65535);
+  const apiPort = apiPortRaw === undefined ? null : int('API_PORT', 0, 0, 65535);
+  if (apiPort !== null && apiPort !== 0 && apiPort === appPort) throw new ConfigError('API_PORT', 'must differ from APP_PORT (leave it unset to serve the API on APP_PORT)');
+
   const ms = (name: string, def: number, min = 1) => int(name, def, min, 24 * 3600 * 1000);
   return {
-    appPort: int('APP_PORT', 3000, 0, 65535),
+    appPort,
     authHost: authUrl.origin,
     redis,
     authVerifyPath: path('AUTH_VERIFY_PATH', '/auth/verify'),
@@ -162,6 +177,8 @@ export function loadConfig(env: Env = readEnv()): Config {
     historyTtlMs: ms('HISTORY_TTL_MS', 300000, 1000),
     publishRetryMs: ms('PUBLISH_RETRY_MS', 10000, 0),
     logLevel,
+    apiKey,
+    apiPort,
   };
 }
 

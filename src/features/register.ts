@@ -6,6 +6,7 @@ import * as out from '../protocol/outbound.js';
 import { Registration } from '../session/registration.js';
 import type { Session } from '../session/session.js';
 import { defineFeature } from './feature.js';
+import { TokenSchema } from './schemas.js';
 
 /**
  * register: verify the token for the chat with the main API, subscribe, record presence,
@@ -17,8 +18,7 @@ export const register = defineFeature({
   impliedChat: false,
   schema: Type.Object({
     type: Type.Literal('register'),
-    // Printable ASCII without spaces: the token travels in an Authorization header.
-    token: Type.String({ minLength: 1, maxLength: 8192, pattern: '^[\\x21-\\x7E]+$' }),
+    token: TokenSchema,
     chat_id: IdSchema,
     /** Resume after this position: the broadcasts after it are replayed before `registered`. */
     since: Type.Optional(
@@ -85,6 +85,7 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
   if (existing !== undefined) {
     // Idempotent: same subscription and presence; a fresh token replaces the old one.
     existing.token = token;
+    session.watchCredentials(existing);
     existing.hold();
     try {
       await catchUp(session, existing, await engine.online(chat), since);
@@ -112,6 +113,7 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
     await session.removeRegistration(reg);
     throw err;
   }
+  session.watchCredentials(reg);
   if (cameOnline) await hub.publishQuietly(chat, out.presence(chat, user, 'online'), session.id);
 }
 

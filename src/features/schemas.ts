@@ -7,6 +7,9 @@ import type { ChatTargeted, Session } from '../session/session.js';
 /** Schema pieces shared by several frame types. */
 export const OptionalChatId = Type.Optional(IdSchema);
 
+/** Printable ASCII without spaces: a token travels in an Authorization header. */
+export const TokenSchema = Type.String({ minLength: 1, maxLength: 8192, pattern: '^[\\x21-\\x7E]+$' });
+
 /** The encrypted payload and its addressing, common to `message` and `edit_message` data. */
 export const EncryptedContent = {
   id: MessageIdSchema,

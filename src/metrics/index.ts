@@ -73,6 +73,12 @@ export function createMetrics() {
       help: 'Saved operations never broadcast: the engine kept failing for PUBLISH_RETRY_MS',
       registers,
     }),
+    apiRequests: new Counter({
+      name: 'message_service_api_requests_total',
+      help: 'Server API requests, by route and HTTP status',
+      labelNames: ['route', 'status'] as const,
+      registers,
+    }),
     engineReady: new Gauge({
       name: 'message_service_engine_ready',
       help: '1 while the engine is connected',

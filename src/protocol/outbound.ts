@@ -31,6 +31,11 @@ export function unregistered(chat: IdKey, reason?: UnregisterReason): Buffer {
   return encode(reason === undefined ? { type: 'unregistered', chat_id: wireId(chat) } : { type: 'unregistered', chat_id: wireId(chat), reason });
 }
 
+/** Answers `refresh`: the chats whose registrations now use the new token. */
+export function refreshed(chats: readonly IdKey[]): Buffer {
+  return encode({ type: 'refreshed', chat_ids: chats.map(wireId) });
+}
+
 export type AckOp = 'message' | 'edit_message' | 'delete_message';
 
 /** `position`: where the broadcast of this operation went in the chat's stream (none for a duplicate). */
@@ -42,6 +47,11 @@ export function ack(op: AckOp, id: string, chat: IdKey, duplicate: boolean, posi
 /** A broadcast of message, edit_message or delete_message with its data. */
 export function broadcast(type: AckOp, chat: IdKey, data: object): Buffer {
   return encode({ type, chat_id: wireId(chat), data });
+}
+
+/** A system event the backend published through the server API; numbered in the chat stream like messages. */
+export function event(chat: IdKey, data: object): Buffer {
+  return encode({ type: 'event', chat_id: wireId(chat), data });
 }
 
 export function presence(chat: IdKey, user: IdKey, status: 'online' | 'offline'): Buffer {

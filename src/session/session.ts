@@ -11,6 +11,7 @@ import type { GatewayContext } from './context.js';
 import type { Connection, Registration } from './registration.js';
 import { Slots } from './slots.js';
 import { TokenBucket } from './token-bucket.js';
+import { jwtExpiryMs } from '../upstream/verify-cache.js';
 
 
 /** A request that names its target chat at the top level or inside `data`. */
@@ -32,6 +33,10 @@ const THROTTLE_MS = 1000;
 const FORGIVE_MS = 2 * THROTTLE_MS;
 /** How long a socket the gateway closed may take to flush its close frame before it is dropped. */
 const CLOSE_GRACE_MS = 1000;
+/** setTimeout's longest delay; a later expiry is checked again when it fires. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** A re-verify the main API could not answer is tried again this soon. */
+const REVERIFY_RETRY_MS = 5000;
 
 /**
  * One WebSocket connection's life: decode at the edge, rate limit, dispatch to a feature,
@@ -370,6 +375,54 @@ export class Session implements Connection {
     reg.end();
     if (this.chats.size === 0) this.armRegisterTimer();
     await this.ctx.hub.leave(reg.chat, reg.user, reg);
+  }
+
+  /**
+   * A registration never outlives its credentials. A JWT's registration ends (`token_expired`)
+   * when its `exp` passes, unless a `refresh` replaced the token first (which calls this again).
+   * An opaque token is verified with the main API again every AUTH_CACHE_TTL_MS (plus up to 10 %
+   * jitter, so registrations made together do not re-verify together); a 401/403 ends the
+   * registration like a refused write's re-check. AUTH_CACHE_TTL_MS=0 turns re-verifying off.
+   */
+  watchCredentials(reg: Registration): void {
+    if (reg.expiry !== null) clearTimeout(reg.expiry);
+    reg.expiry = null;
+    if (this.closed || this.chats.get(reg.chat) !== reg) return;
+    const token = reg.token;
+    const exp = jwtExpiryMs(token);
+    const arm = (ms: number, then: () => void) => {
+      reg.expiry = setTimeout(then, Math.max(0, Math.min(ms, MAX_TIMER_MS)));
+      reg.expiry.unref();
+    };
+    if (exp !== null) {
+      arm(exp - Date.now(), () => {
+        if (reg.token !== token) return;
+        if (Date.now() < exp) return this.watchCredentials(reg);
+        this.ctx.log.info({ conn: this.id, chat: reg.chat }, 'token expired; registration ended');
+        this.endRegistration(reg, 'token_expired');
+      });
+      return;
+    }
+    const ttl = this.ctx.config.authCacheTtlMs;
+    if (ttl > 0) arm(ttl + Math.random() * ttl * 0.1, () => void this.ctx.track(this.reverify(reg, token)));
+  }
+
+  private async reverify(reg: Registration, token: string): Promise<void> {
+    if (this.closed || this.chats.get(reg.chat) !== reg) return;
+    try {
+      const user = await this.verify(token, reg.chat);
+      if (reg.token !== token) return; // refreshed meanwhile: the refresh re-armed it
+      if (user !== reg.user) this.endRegistration(reg, 'forbidden');
+      else this.watchCredentials(reg);
+    } catch (err) {
+      if (reg.token !== token || this.chats.get(reg.chat) !== reg) return;
+      if (isAuthRefusal(err)) this.endRegistration(reg, err.code);
+      else if (!(err instanceof CancelledError)) {
+        this.ctx.log.warn({ conn: this.id, chat: reg.chat, err: (err as Error).message }, 'token re-verify failed; trying again');
+        reg.expiry = setTimeout(() => void this.ctx.track(this.reverify(reg, token)), REVERIFY_RETRY_MS);
+        reg.expiry.unref();
+      }
+    }
   }
 
   /** Ends a registration the gateway has to take away, telling the client why. */

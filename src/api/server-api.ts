@@ -1,0 +1,195 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import swagger from '@fastify/swagger';
+import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Engine } from '../engine/types.js';
+import { EngineUnavailableError } from '../engine/types.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/index.js';
+import { idKey, wireId } from '../protocol/ids.js';
+import * as out from '../protocol/outbound.js';
+import { ChatParams, DisconnectAnswer, DisconnectBody, ErrorAnswer, PresenceAnswer, PublishAnswer, PublishBody, RevokeAnswer, RevokeBody, UserParams } from './schemas.js';
+
+export const API_PREFIX = '/api/v1';
+
+export interface ServerApiOptions {
+  apiKey: string;
+  engine: Engine;
+  metrics: Metrics;
+  log: Logger;
+  /** Largest request body (MAX_MESSAGE_BYTES: an event is a broadcast like a message). */
+  bodyLimit: number;
+  isDraining(): boolean;
+  /**
+   * Builds the HTTP server the API is served on, given Fastify's handler (see `serverFactory`):
+   * the gateway's own listener passes everything outside /api/v1 to its plain endpoints.
+   */
+  serverFactory?: (handler: (req: IncomingMessage, res: ServerResponse) => void) => Server;
+}
+
+/** A failure with its HTTP status and the error code of the answer body. */
+class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: 'unauthorized' | 'unavailable',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const digest = (s: string) => createHash('sha256').update(s).digest();
+
+/**
+ * The server API for the backend: revoke a member, disconnect a user, publish a system event,
+ * read presence — acting on every instance through the engine. Built on Fastify with TypeBox
+ * schemas, which validate each request and make the OpenAPI document.
+ */
+export async function createServerApi(opts: ServerApiOptions): Promise<FastifyInstance> {
+  const { engine, log } = opts;
+  const app = Fastify({
+    logger: false,
+    bodyLimit: opts.bodyLimit,
+    // Our routes are exact; /api/v1/x/ is not /api/v1/x.
+    ...(opts.serverFactory === undefined ? {} : { serverFactory: opts.serverFactory }),
+  }).withTypeProvider<TypeBoxTypeProvider>();
+  app.setValidatorCompiler(TypeBoxValidatorCompiler);
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'message-service server API',
+        version: '1',
+        description: 'For the backend (the main API): acts on every gateway instance through the engine. Off unless API_KEY is set.',
+      },
+      components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'Authorization: Bearer <API_KEY>' } } },
+      security: [{ apiKey: [] }],
+    },
+  });
+
+  // Constant time whatever the length: both sides are hashed first.
+  const expected = digest(opts.apiKey);
+  const authorized = (header: string | undefined) =>
+    header !== undefined && header.startsWith('Bearer ') && timingSafeEqual(digest(header.slice('Bearer '.length)), expected);
+
+  app.addHook('onRequest', async (req) => {
+    // The document is public; paths outside the API (on its own listener) are simply not found.
+    if (req.url === `${API_PREFIX}/openapi.json` || !req.url.startsWith(`${API_PREFIX}/`)) return;
+    if (!authorized(req.headers.authorization)) throw new ApiError(401, 'unauthorized', 'missing or wrong API key (Authorization: Bearer <API_KEY>)');
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    opts.metrics.apiRequests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
+  });
+  app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, _req, reply) => {
+    if (err instanceof ApiError) return reply.code(err.status).send({ error: err.code, message: err.message });
+    if (err instanceof EngineUnavailableError) return reply.code(503).send({ error: 'unavailable', message: 'engine unavailable; retry shortly' });
+    if (err.validation !== undefined || (err.statusCode !== undefined && err.statusCode < 500)) {
+      return reply.code(err.statusCode ?? 400).send({ error: 'bad_request', message: err.message });
+    }
+    log.error({ err: err.stack }, 'server API request failed');
+    return reply.code(500).send({ error: 'internal', message: 'internal error' });
+  });
+  app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: 'not_found', message: 'no such route' }));
+
+  /** Commands need the engine; new work is refused while draining. */
+  const requireAccepting = () => {
+    if (opts.isDraining()) throw new ApiError(503, 'unavailable', 'gateway is shutting down; retry on another instance');
+    if (!engine.isReady()) throw new ApiError(503, 'unavailable', 'engine unavailable; retry shortly');
+  };
+  const errors = { 400: ErrorAnswer, 401: ErrorAnswer, 503: ErrorAnswer };
+
+  app.post(
+    `${API_PREFIX}/chats/:chat_id/revoke`,
+    {
+      schema: {
+        summary: "Revoke a user's membership of a chat, on every instance",
+        description:
+          'Every registration of the user in the chat gets `unregistered {reason: "revoked"}` and receives nothing more of the chat; others see `presence offline`; cached verifies of (user, chat) are dropped everywhere, so a new register asks the main API.',
+        params: ChatParams,
+        body: RevokeBody,
+        response: { 200: RevokeAnswer, ...errors },
+      },
+    },
+    async (req) => {
+      requireAccepting();
+      const chat = idKey(req.params.chat_id);
+      const user = idKey(req.body.user_id);
+      // Caches first, everywhere (instances without the chat keep verifies too), then the registrations.
+      await engine.command(null, { op: 'forget', user, chat });
+      const result = await engine.command(chat, { op: 'revoke', chat, user });
+      log.info({ chat, registrations: result.connections, instances: result.instances }, 'server API: revoke');
+      return { chat_id: wireId(chat), user_id: wireId(user), instances: result.instances, registrations: result.connections };
+    },
+  );
+
+  app.post(
+    `${API_PREFIX}/users/:user_id/disconnect`,
+    {
+      schema: {
+        summary: 'Close every connection of a user, on every instance',
+        description: 'Each connection is closed with code 4403: the client must not reconnect with the same token. Cached verifies of the user are dropped.',
+        params: UserParams,
+        body: DisconnectBody,
+        response: { 200: DisconnectAnswer, ...errors },
+      },
+    },
+    async (req) => {
+      requireAccepting();
+      const user = idKey(req.params.user_id);
+      const result = await engine.command(null, { op: 'disconnect', user, reason: req.body.reason ?? 'disconnected by the server' });
+      log.info({ connections: result.connections, instances: result.instances }, 'server API: disconnect');
+      return { user_id: wireId(user), instances: result.instances, connections: result.connections };
+    },
+  );
+
+  app.post(
+    `${API_PREFIX}/chats/:chat_id/publish`,
+    {
+      schema: {
+        summary: 'Publish a system event to a chat',
+        description:
+          'Broadcast to the chat as `{"type":"event","chat_id":…,"data":<event>}`, numbered in the chat stream (`seq`, `epoch`) like messages and replayed to clients that resume.',
+        params: ChatParams,
+        body: PublishBody,
+        response: { 200: PublishAnswer, ...errors },
+      },
+    },
+    async (req) => {
+      requireAccepting();
+      const chat = idKey(req.params.chat_id);
+      const position = await engine.append(chat, out.event(chat, req.body.event), null).catch((err: unknown) => {
+        throw err instanceof EngineUnavailableError ? err : new EngineUnavailableError((err as Error).message);
+      });
+      // Delivered like any broadcast: from the engine's callback on every instance subscribed.
+      return { chat_id: wireId(chat), seq: position.seq, epoch: position.epoch };
+    },
+  );
+
+  app.get(
+    `${API_PREFIX}/chats/:chat_id/presence`,
+    {
+      schema: {
+        summary: 'Users online in a chat, over every instance',
+        params: ChatParams,
+        response: { 200: PresenceAnswer, ...errors },
+      },
+    },
+    async (req) => {
+      if (!engine.isReady()) throw new ApiError(503, 'unavailable', 'engine unavailable; retry shortly');
+      const chat = idKey(req.params.chat_id);
+      return { chat_id: wireId(chat), online: (await engine.online(chat)).map(wireId) };
+    },
+  );
+
+  app.get(`${API_PREFIX}/openapi.json`, { schema: { hide: true } }, async () => app.swagger());
+
+  await app.ready();
+  return app;
+}
+
+/** The OpenAPI document of the server API, as served at /api/v1/openapi.json (and checked in as docs/openapi.json). */
+export function openApiText(app: FastifyInstance): string {
+  return `${JSON.stringify(app.swagger(), null, 2)}\n`;
+}

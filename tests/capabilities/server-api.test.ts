@@ -1,0 +1,201 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { TestClient, expectNone } from '../support/client.js';
+import { ENGINE_MODES, Harness, uniqueChat, useHarness, waitFor, type Instance } from '../support/harness.js';
+
+const API_KEY = 'test-api-key-0123456789';
+
+/** Calls the server API of `inst` (its own API port when it has one). */
+async function call(inst: Instance, method: string, path: string, body?: unknown, key: string | null = API_KEY): Promise<{ status: number; body: Record<string, unknown> }> {
+  const port = inst.gateway.apiPort ?? inst.gateway.port;
+  const res = await fetch(`http://127.0.0.1:${port}${path}`, {
+    method,
+    headers: { ...(key === null ? {} : { authorization: `Bearer ${key}` }), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? null : JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>) };
+}
+
+const verifiesOf = (h: Harness, chat: number) => h.api.requests.filter((r) => r.op === 'verify' && (r.body as { chat_id?: unknown })?.chat_id === chat).length;
+const STREAM_TYPES = new Set(['message', 'edit_message', 'delete_message', 'event']);
+const streamOf = (c: TestClient, chat: number) => c.all((f) => f.chat_id === chat && STREAM_TYPES.has(f.type));
+
+for (const mode of ENGINE_MODES) {
+  describe(`server API [${mode}]`, () => {
+    const h = useHarness(mode, { API_KEY, RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000', AUTH_CACHE_TTL_MS: '60000' });
+    // With Redis, three instances: the API is called on the first, the user is on all of them.
+    const spread = mode === 'redis' ? [0, 1, 2] : [0, 0, 0];
+    const ready = async () => {
+      while (h.instances.length < Math.max(...spread) + 1) await h.gateway();
+    };
+
+    it('revoke: every registration of the user in the chat ends on every instance; nothing more of the chat reaches it; a new register asks the main API', async () => {
+      await ready();
+      const chat = uniqueChat();
+      const watcher = await h.member(2, chat, 0);
+      const revoked: TestClient[] = [];
+      for (const i of spread) revoked.push(await h.member(1, chat, i));
+      const other = uniqueChat();
+      for (const c of revoked) await c.register(await h.token(1), other); // another chat of the same user stays
+      await watcher.next({ type: 'presence', user_id: 1, status: 'online' });
+
+      const answer = await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 });
+      assert.equal(answer.status, 200);
+      assert.deepEqual(answer.body, { chat_id: chat, user_id: 1, instances: mode === 'redis' ? 3 : 1, registrations: 3 });
+      // Acted on before the answer: the unregistered frames are already on their way.
+      for (const c of revoked) await c.next({ type: 'unregistered', chat_id: chat, reason: 'revoked' }, 2000);
+      await watcher.next({ type: 'presence', user_id: 1, status: 'offline' });
+
+      const from = revoked.map((c) => c.frames.length);
+      await watcher.request({ type: 'message', chat_id: chat, data: { id: `after-revoke-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      watcher.send({ type: 'typing', chat_id: chat });
+      for (const [i, c] of revoked.entries()) await expectNone(c, (f) => f.chat_id === chat, 300, from[i]);
+      // The user's other chat is untouched.
+      const stayer = await h.member(3, other, 0);
+      await stayer.request({ type: 'message', data: { id: `other-${other}`, ciphertext: 'y' } }, { type: 'ack' });
+      for (const c of revoked) await c.next({ type: 'message', chat_id: other });
+
+      // The cached verify is gone everywhere: registering again asks the main API, which now refuses.
+      h.api.setMembers(chat, [2]);
+      for (const [n, i] of spread.entries()) {
+        const before = verifiesOf(h, chat);
+        const c = revoked[n]!;
+        const refused = await c.request({ type: 'register', token: await h.token(1), chat_id: chat }, { type: 'error' });
+        assert.equal(refused.code, 'forbidden', `instance ${i}`);
+        assert.equal(verifiesOf(h, chat), before + 1, `instance ${i} answered from its cache`);
+      }
+      h.api.setMembers(chat, null);
+      for (const c of [watcher, stayer, ...revoked]) c.close();
+    });
+
+    it('disconnect: every connection of the user is closed 4403 on every instance; others stay', async () => {
+      await ready();
+      const chat = uniqueChat();
+      const conns: TestClient[] = [];
+      for (const i of spread) conns.push(await h.member(5, chat, i));
+      const bystander = await h.member(6, chat, 0);
+      const answer = await call(h.instances[0]!, 'POST', '/api/v1/users/5/disconnect', { reason: 'logged out everywhere' });
+      assert.equal(answer.status, 200);
+      assert.deepEqual(answer.body, { user_id: 5, instances: mode === 'redis' ? 3 : 1, connections: 3 });
+      for (const c of conns) assert.deepEqual(await c.closed, { code: 4403, reason: 'logged out everywhere' });
+      await bystander.next({ type: 'presence', user_id: 5, status: 'offline' });
+      assert.equal(bystander.isOpen, true);
+      bystander.close();
+    });
+
+    it('publish: system events are numbered in the chat stream with concurrent messages, in one order on every instance, and recovered', async () => {
+      await ready();
+      const chat = uniqueChat();
+      const receivers = [await h.member(7, chat, spread[1]!), await h.member(8, chat, spread[2]!)];
+      const sender = await h.member(9, chat, 0);
+      const start = (await sender.request({ type: 'message', data: { id: `m0-${chat}`, ciphertext: 'x' } }, { type: 'ack' })).seq as number;
+      const published: Array<Promise<{ status: number; body: Record<string, unknown> }>> = [];
+      for (let i = 1; i <= 10; i++) {
+        sender.send({ type: 'message', data: { id: `m${i}-${chat}`, ciphertext: 'x' } });
+        published.push(call(h.instances[spread[2]!]!, 'POST', `/api/v1/chats/${chat}/publish`, { event: { kind: 'renamed', n: i } }));
+      }
+      const answers = await Promise.all(published);
+      for (const a of answers) assert.equal(a.status, 200);
+      const total = start + 20;
+      for (const r of receivers) await waitFor(() => streamOf(r, chat).length >= 21, 5000, '21 broadcasts');
+      const orders = receivers.map((r) => streamOf(r, chat).map((f) => `${f.seq}:${f.type}:${f.type === 'event' ? (f.data as { n: number }).n : (f.data as { id: string }).id}`));
+      assert.deepEqual(orders[0], orders[1], 'two receivers saw different orders');
+      const seqs = streamOf(receivers[0]!, chat).map((f) => f.seq as number);
+      assert.deepEqual(seqs, Array.from({ length: 21 }, (_, i) => start + i), 'gap or duplicate in seq');
+      const events = streamOf(receivers[0]!, chat).filter((f) => f.type === 'event');
+      assert.deepEqual(events.map((f) => (f.data as { n: number }).n), [...Array(10).keys()].map((i) => i + 1));
+      assert.deepEqual(events.map((f) => f.seq), answers.map((a) => a.body.seq), 'the answers name the positions delivered');
+      assert.equal(new Set(answers.map((a) => a.body.epoch)).size, 1);
+      assert.equal(Math.max(...seqs), total);
+
+      // Recovered like messages: a client that was at `start` gets the ten events (and messages) replayed.
+      const late = await h.connect(spread[1]!);
+      const epoch = receivers[0]!.frames.find((f) => f.seq === start)!.epoch;
+      const reg = await late.request({ type: 'register', token: await h.token(7), chat_id: chat, since: { seq: start, epoch } }, { type: 'registered' });
+      assert.equal(reg.recovered, true);
+      const replayed = streamOf(late, chat);
+      assert.deepEqual(replayed.map((f) => f.seq), seqs.slice(1));
+      assert.equal(replayed.filter((f) => f.type === 'event').length, 10);
+      for (const c of [...receivers, sender, late]) c.close();
+    });
+
+    it('presence: the distinct users online in a chat over every instance', async () => {
+      await ready();
+      const chat = uniqueChat();
+      const conns = [await h.member(11, chat, spread[0]!), await h.member(12, chat, spread[1]!), await h.member(11, chat, spread[2]!)];
+      const answer = await call(h.instances[0]!, 'GET', `/api/v1/chats/${chat}/presence`);
+      assert.equal(answer.status, 200);
+      assert.deepEqual({ ...answer.body, online: (answer.body.online as number[]).sort() }, { chat_id: chat, online: [11, 12] });
+      for (const c of conns) c.close();
+    });
+
+    it('a wrong or missing key gets 401 and changes nothing; bad input gets 400 naming the field', async () => {
+      await ready();
+      const chat = uniqueChat();
+      const a = await h.member(13, chat, 0);
+      const b = await h.member(14, chat, 0);
+      for (const key of ['wrong-key-0123456789', null, `${API_KEY}x`, API_KEY.slice(0, -1)]) {
+        const revoke = await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 13 }, key);
+        assert.equal(revoke.status, 401);
+        assert.equal(revoke.body.error, 'unauthorized');
+        assert.equal((await call(h.instances[0]!, 'POST', '/api/v1/users/13/disconnect', {}, key)).status, 401);
+        assert.equal((await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/publish`, { event: { x: 1 } }, key)).status, 401);
+      }
+      await b.request({ type: 'message', data: { id: `still-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      await a.next({ type: 'message', chat_id: chat });
+      assert.equal(a.all({ type: 'event' }).length, 0);
+      assert.equal(a.isOpen, true);
+
+      const bad = await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: { nope: 1 } });
+      assert.equal(bad.status, 400);
+      assert.match(String(bad.body.message), /user_id/);
+      const dots = await call(h.instances[0]!, 'POST', '/api/v1/chats/../revoke', { user_id: 1 });
+      assert.notEqual(dots.status, 200);
+      const noEvent = await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/publish`, { event: 'text' });
+      assert.equal(noEvent.status, 400);
+      assert.match(String(noEvent.body.message), /event/);
+      const longReason = await call(h.instances[0]!, 'POST', '/api/v1/users/13/disconnect', { reason: 'x'.repeat(121) });
+      assert.equal(longReason.status, 400);
+      assert.match(String(longReason.body.message), /reason/);
+      assert.equal(a.isOpen, true);
+      a.close();
+      b.close();
+    });
+  });
+}
+
+describe('server API: where it is served', () => {
+  const h = new Harness('memory');
+  it('off without API_KEY (404); on its own listener with API_PORT (404 on the public port); the OpenAPI document matches docs/openapi.json', async () => {
+    await h.start();
+    try {
+      const off = await h.gateway();
+      assert.equal((await call(off, 'GET', '/api/v1/chats/1/presence')).status, 404);
+      assert.equal((await call(off, 'GET', '/api/v1/openapi.json')).status, 404);
+
+      const own = await h.gateway({ API_KEY, API_PORT: '0' });
+      assert.ok(own.gateway.apiPort !== null && own.gateway.apiPort !== own.gateway.port);
+      assert.equal((await call(own, 'GET', '/api/v1/chats/1/presence')).status, 200);
+      const publicPort = await fetch(`${own.gateway.url}/api/v1/chats/1/presence`, { headers: { authorization: `Bearer ${API_KEY}` } });
+      assert.equal(publicPort.status, 404);
+      assert.equal((await fetch(`${own.gateway.url}/healthz`)).status, 200);
+      assert.equal((await fetch(`http://127.0.0.1:${own.gateway.apiPort}/healthz`)).status, 404);
+
+      const served = await fetch(`http://127.0.0.1:${own.gateway.apiPort}/api/v1/openapi.json`);
+      assert.equal(served.status, 200);
+      const doc = (await served.json()) as { openapi: string; paths: Record<string, unknown> };
+      assert.deepEqual(doc, JSON.parse(readFileSync('docs/openapi.json', 'utf8')), 'docs/openapi.json is stale: run npm run openapi');
+      assert.deepEqual(Object.keys(doc.paths).sort(), [
+        '/api/v1/chats/{chat_id}/presence',
+        '/api/v1/chats/{chat_id}/publish',
+        '/api/v1/chats/{chat_id}/revoke',
+        '/api/v1/users/{user_id}/disconnect',
+      ]);
+    } finally {
+      await h.close();
+    }
+  });
+});
