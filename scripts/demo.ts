@@ -1,8 +1,10 @@
 /**
- * `npm run demo`: the development main API and one gateway in this process, plus a short guide.
+ * `npm run demo`: the development main API, one gateway and the chat page (web/) in this
+ * process, plus a short guide.
  *
- *   DEV_API_PORT  dev API port                    (default 8000)
- *   APP_PORT      gateway port                    (default 3000)
+ *   DEV_API_PORT    dev API port                  (default 8000)
+ *   APP_PORT        gateway port                  (default 3000)
+ *   CHAT_PAGE_PORT  chat page port                (default 8080; if taken, the demo runs without the page)
  *   LOG_LEVEL     gateway log level               (default warn here, so the guide stays readable)
  *   any other gateway variable is honoured, except AUTH_HOST, which points at the dev API.
  */
@@ -10,6 +12,7 @@ import { startDevApi, type DevApi } from '../dev-api/app.js';
 import { ConfigError, loadConfig, readEnv, type Config } from '../src/config/index.js';
 import { startGateway, type Gateway } from '../src/gateway.js';
 import { createLogger } from '../src/log.js';
+import { startChatPage, type ChatPage } from '../web/server.js';
 
 function fail(message: string, code = 1): never {
   process.stderr.write(`demo: ${message}\n`);
@@ -25,6 +28,9 @@ const env = readEnv();
 const rawApiPort = env.DEV_API_PORT ?? '8000';
 const apiPort = Number(rawApiPort);
 if (!/^[0-9]+$/.test(rawApiPort) || apiPort > 65535) fail(`DEV_API_PORT must be an integer 0-65535, got "${rawApiPort}"`, 2);
+const rawPagePort = env.CHAT_PAGE_PORT ?? '8080';
+const pagePort = Number(rawPagePort);
+if (!/^[0-9]+$/.test(rawPagePort) || pagePort > 65535) fail(`CHAT_PAGE_PORT must be an integer 0-65535, got "${rawPagePort}"`, 2);
 
 let config: Config;
 try {
@@ -65,6 +71,20 @@ const ws = `ws://localhost:${gateway.port}/ws`;
 const apiUrl = `http://localhost:${api.port}`;
 const flags = [gateway.port === 3000 ? '' : ` --url ${ws}`, api.port === 8000 ? '' : ` --api ${apiUrl}`].join('');
 
+// The chat page is an extra: if it cannot start (its port is taken), the demo runs without it.
+let page: ChatPage | null = null;
+let pageGuide: string;
+try {
+  page = await startChatPage({ gatewayUrl: ws, apiUrl: api.url, port: pagePort });
+  const pageUrl = `http://localhost:${page.port}/`;
+  pageGuide = `Chat in the browser (end-to-end encrypted with WebCrypto; docs/chat-page.md):
+  open ${pageUrl}?user=1 and, in another window, ${pageUrl}?user=2
+  (or ${pageUrl} and pick a demo user: Alice 1, Bob 2, Carol 3, Dave 4).`;
+} catch (err) {
+  const why = portTaken(err) ? `port ${pagePort} is taken (try CHAT_PAGE_PORT=8081 npm run demo)` : (err as Error).message;
+  pageGuide = `The chat page did not start: ${why}.`;
+}
+
 process.stdout.write(`
 message-service demo is running (engine: ${gateway.engine.kind})
 
@@ -73,8 +93,11 @@ message-service demo is running (engine: ${gateway.engine.kind})
   health    ${http}/healthz
   ready     ${http}/readyz
   metrics   ${http}/metrics
+  chat page ${page ? `http://localhost:${page.port}/` : '(not running)'}
 
-Chat as two users: open two more terminals in this directory and run
+${pageGuide}
+
+Or chat as two users: open two more terminals in this directory and run
   npm run client -- --user 1 --chat 1${flags}
   npm run client -- --user 2 --chat 1${flags}
 Type a line and press Enter to send it; /help lists the commands (/edit, /delete, /typing, /join, /quit ...).
@@ -94,8 +117,8 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     stopping = true;
     process.stderr.write(`demo: ${signal}, shutting down\n`);
     // The gateway first: its in-flight requests still need the dev API.
-    gateway
-      .shutdown()
+    Promise.resolve(page?.close())
+      .then(() => gateway.shutdown())
       .then(() => api.close())
       .then(
         () => process.exit(0),

@@ -1,0 +1,172 @@
+/**
+ * End-to-end encryption of the chat page, on WebCrypto only (browsers, and Node ≥ 20 for the
+ * tests). How it works and what it does not do: docs/chat-page.md.
+ *
+ * - Every device has an ECDH P-256 key pair; its public key is published through the main API.
+ * - Every message (and every edit) gets a fresh random AES-256-GCM content key and a random
+ *   96-bit nonce; `ciphertext` is the AES-GCM encryption of the UTF-8 text, with the chat and
+ *   message ids as additional data (a ciphertext cannot be moved to another message).
+ * - The content key is wrapped once per recipient device: an ephemeral P-256 key pair per
+ *   message, ECDH(ephemeral private, device public) → HKDF-SHA-256 (salt: the ephemeral public
+ *   key; info: scheme, chat, message and device ids) → an AES-256-KW key that wraps the content
+ *   key. `envelopes[device_id] = { alg, epk, key }`.
+ * - A device opens a message with its own envelope; no envelope means "cannot decrypt".
+ */
+
+const subtle = globalThis.crypto.subtle;
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Names this scheme in every envelope (and in the HKDF info), so a future one can coexist. */
+export const ALG = 'P256-HKDF-SHA256-A256KW';
+const AAD_LABEL = 'message-service chat-page v1';
+const CURVE = { name: 'ECDH', namedCurve: 'P-256' } as const;
+
+/** One recipient device: its id (the envelope's key) and its base64 raw public key. */
+export interface Recipient {
+  device_id: string;
+  public_key: string;
+}
+
+export interface Envelope {
+  alg: string;
+  /** Base64 raw ephemeral public key of the message. */
+  epk: string;
+  /** Base64 AES-KW-wrapped content key (40 bytes). */
+  key: string;
+}
+
+/** What goes on the wire as the message's `ciphertext`, `nonce` and `envelopes`. */
+export interface Sealed {
+  ciphertext: string;
+  nonce: string;
+  envelopes: Record<string, Envelope>;
+}
+
+/** This device: its id and its private key (non-extractable when made by `newDeviceKeys`). */
+export interface DeviceSecret {
+  id: string;
+  privateKey: CryptoKey;
+}
+
+/** Where a message belongs: bound into the AES-GCM additional data and the key derivation. */
+export interface MessageRef {
+  chatId: string | number;
+  messageId: string;
+}
+
+export type OpenFailure = 'no_envelope' | 'bad_envelope' | 'bad_ciphertext';
+
+/** Why a message could not be opened; `reason` is what the page shows. */
+export class CannotDecrypt extends Error {
+  constructor(readonly reason: OpenFailure) {
+    super(reason === 'no_envelope' ? 'not encrypted for this device' : reason === 'bad_envelope' ? 'the key envelope for this device does not open' : 'the ciphertext does not authenticate');
+    this.name = 'CannotDecrypt';
+  }
+}
+
+// --- base64 --------------------------------------------------------------------------------------
+
+export function toBase64(bytes: ArrayBuffer | Uint8Array): string {
+  const view = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  let binary = '';
+  for (let i = 0; i < view.length; i += 0x8000) binary += String.fromCharCode(...view.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+export function fromBase64(text: string): Uint8Array<ArrayBuffer> {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+// --- device keys ---------------------------------------------------------------------------------
+
+/** A new device key pair: the private key cannot be exported (IndexedDB stores it as is). */
+export function newDeviceKeys(): Promise<CryptoKeyPair> {
+  return subtle.generateKey(CURVE, false, ['deriveBits']);
+}
+
+/** Base64 of the raw (65-byte uncompressed) public point: what the main API stores. */
+export async function exportPublicKey(key: CryptoKey): Promise<string> {
+  return toBase64(await subtle.exportKey('raw', key));
+}
+
+/** A short, human-comparable fingerprint of a public key (SHA-256, first 8 bytes, hex). */
+export async function fingerprint(publicKey: string): Promise<string> {
+  const digest = new Uint8Array(await subtle.digest('SHA-256', fromBase64(publicKey)));
+  return [...digest.subarray(0, 8)].map((b) => b.toString(16).padStart(2, '0')).join('').replace(/(.{4})(?!$)/g, '$1 ');
+}
+
+// --- sealing and opening -------------------------------------------------------------------------
+
+function additionalData(ref: MessageRef): Uint8Array<ArrayBuffer> {
+  return utf8.encode(`${AAD_LABEL}|${String(ref.chatId)}|${ref.messageId}`);
+}
+
+/** The key-encryption key shared by the ephemeral key and one device (either side can derive it). */
+async function wrappingKey(privateKey: CryptoKey, publicKey: CryptoKey, epk: Uint8Array<ArrayBuffer>, ref: MessageRef, deviceId: string): Promise<CryptoKey> {
+  const shared = await subtle.deriveBits({ name: 'ECDH', public: publicKey }, privateKey, 256);
+  const ikm = await subtle.importKey('raw', shared, 'HKDF', false, ['deriveKey']);
+  return subtle.deriveKey(
+    { name: 'HKDF', hash: 'SHA-256', salt: epk, info: utf8.encode(`${ALG}|${String(ref.chatId)}|${ref.messageId}|${deviceId}`) },
+    ikm,
+    { name: 'AES-KW', length: 256 },
+    false,
+    ['wrapKey', 'unwrapKey'],
+  );
+}
+
+function importPublic(raw: Uint8Array<ArrayBuffer>): Promise<CryptoKey> {
+  return subtle.importKey('raw', raw, CURVE, false, []);
+}
+
+/**
+ * Encrypts `text` for every recipient device. A recipient whose public key does not import is
+ * left out (it gets no envelope) rather than failing the whole message.
+ */
+export async function seal(text: string, ref: MessageRef, recipients: readonly Recipient[]): Promise<Sealed> {
+  const contentKey = await subtle.generateKey({ name: 'AES-GCM', length: 256 }, true, ['encrypt', 'decrypt']);
+  const nonce = globalThis.crypto.getRandomValues(new Uint8Array(12));
+  const ciphertext = await subtle.encrypt({ name: 'AES-GCM', iv: nonce, additionalData: additionalData(ref) }, contentKey, utf8.encode(text));
+  const ephemeral = await subtle.generateKey(CURVE, false, ['deriveBits']);
+  const epk = new Uint8Array(await subtle.exportKey('raw', ephemeral.publicKey));
+  const epkText = toBase64(epk);
+  const envelopes: Record<string, Envelope> = {};
+  for (const recipient of recipients) {
+    let publicKey: CryptoKey;
+    try {
+      publicKey = await importPublic(fromBase64(recipient.public_key));
+    } catch {
+      continue;
+    }
+    const kek = await wrappingKey(ephemeral.privateKey, publicKey, epk, ref, recipient.device_id);
+    envelopes[recipient.device_id] = { alg: ALG, epk: epkText, key: toBase64(await subtle.wrapKey('raw', contentKey, kek, 'AES-KW')) };
+  }
+  return { ciphertext: toBase64(ciphertext), nonce: toBase64(nonce), envelopes };
+}
+
+/** Decrypts a message (or an edit) with this device's envelope; throws `CannotDecrypt`. */
+export async function open(message: { ciphertext?: unknown; nonce?: unknown; envelopes?: unknown }, ref: MessageRef, device: DeviceSecret): Promise<string> {
+  const envelopes = message.envelopes;
+  const envelope = typeof envelopes === 'object' && envelopes !== null ? (envelopes as Record<string, unknown>)[device.id] : undefined;
+  if (typeof envelope !== 'object' || envelope === null) throw new CannotDecrypt('no_envelope');
+  const { alg, epk, key } = envelope as Partial<Envelope>;
+  let contentKey: CryptoKey;
+  try {
+    if (alg !== ALG || typeof epk !== 'string' || typeof key !== 'string') throw new Error('unknown envelope');
+    const epkBytes = fromBase64(epk);
+    const kek = await wrappingKey(device.privateKey, await importPublic(epkBytes), epkBytes, ref, device.id);
+    contentKey = await subtle.unwrapKey('raw', fromBase64(key), kek, 'AES-KW', { name: 'AES-GCM' }, false, ['decrypt']);
+  } catch {
+    throw new CannotDecrypt('bad_envelope');
+  }
+  try {
+    if (typeof message.ciphertext !== 'string' || typeof message.nonce !== 'string') throw new Error('no ciphertext');
+    const plain = await subtle.decrypt({ name: 'AES-GCM', iv: fromBase64(message.nonce), additionalData: additionalData(ref) }, contentKey, fromBase64(message.ciphertext));
+    return fromUtf8.decode(plain);
+  } catch {
+    throw new CannotDecrypt('bad_ciphertext');
+  }
+}
