@@ -1,0 +1,77 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { expectNone } from '../support/client.js';
+import { ENGINE_MODES, uniqueChat, useHarness, waitFor } from '../support/harness.js';
+
+for (const mode of ENGINE_MODES) {
+  describe(`credentials end registrations [${mode}]`, () => {
+    const h = useHarness(mode, { AUTH_CACHE_TTL_MS: '600', RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000' });
+    const verifies = (chat: number) => h.api.requests.filter((r) => r.op === 'verify' && (r.body as { chat_id?: unknown })?.chat_id === chat).length;
+
+    it('a JWT registration ends with token_expired when exp passes; others see offline; nothing more reaches it', async () => {
+      const chat = uniqueChat();
+      const watcher = await h.member(2, chat);
+      const c = await h.connect();
+      await c.register(await h.token(1, { expiresInSec: 2 }), chat);
+      await watcher.next({ type: 'presence', user_id: 1, status: 'online' });
+      const ended = await c.next({ type: 'unregistered', chat_id: chat }, 4000);
+      assert.equal(ended.reason, 'token_expired');
+      await watcher.next({ type: 'presence', user_id: 1, status: 'offline' });
+      const from = c.frames.length;
+      await watcher.request({ type: 'message', data: { id: `late-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      await expectNone(c, { type: 'message' }, 300, from);
+      c.close();
+      watcher.close();
+    });
+
+    it('refresh before exp keeps the registration past it; the new token is used from then on', async () => {
+      const chat = uniqueChat();
+      const c = await h.connect();
+      await c.register(await h.token(1, { expiresInSec: 2 }), chat);
+      const fresh = await h.token(1, { expiresInSec: 60 });
+      const answer = await c.request({ type: 'refresh', token: fresh }, (f) => f.type === 'refreshed' || f.type === 'error');
+      assert.deepEqual(answer, { type: 'refreshed', chat_ids: [chat] });
+      await new Promise((r) => setTimeout(r, 2500));
+      assert.equal(c.all({ type: 'unregistered' }).length, 0, 'the refreshed registration expired');
+      await c.request({ type: 'message', data: { id: `fresh-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      const save = h.api.requests.filter((r) => r.op === 'save').at(-1)!;
+      assert.equal(save.headers.authorization, `Bearer ${fresh}`);
+      c.close();
+    });
+
+    it('a refused refresh changes nothing: unauthorized, another user, unregistered chat', async () => {
+      const chat = uniqueChat();
+      const c = await h.connect();
+      const token = await h.token(1);
+      await c.register(token, chat);
+      const junk = await c.request({ type: 'refresh', token: 'junk' }, { type: 'error' });
+      assert.equal(junk.code, 'unauthorized');
+      assert.equal(junk.op, 'refresh');
+      const other = await c.request({ type: 'refresh', token: await h.token(3) }, { type: 'error' });
+      assert.equal(other.code, 'forbidden');
+      const notMine = await c.request({ type: 'refresh', token, chat_id: uniqueChat() }, { type: 'error' });
+      assert.equal(notMine.code, 'not_registered');
+      assert.equal((await c.request({ type: 'refresh' }, { type: 'error' })).code, 'bad_request');
+      await c.request({ type: 'message', data: { id: `kept-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      assert.equal(h.api.requests.filter((r) => r.op === 'save').at(-1)!.headers.authorization, `Bearer ${token}`);
+      c.close();
+    });
+
+    it('an opaque token is verified again every AUTH_CACHE_TTL_MS; once the main API refuses it, the registration ends', async () => {
+      const chat = uniqueChat();
+      const watcher = await h.member(2, chat);
+      const opaque = h.api.mintOpaqueToken(1);
+      const c = await h.connect();
+      const before = verifies(chat);
+      await c.register(opaque, chat);
+      await waitFor(() => verifies(chat) >= before + 3, 5000, 'two re-verifies');
+      assert.equal(c.all({ type: 'unregistered' }).length, 0);
+      h.api.revokeOpaqueToken(opaque);
+      const ended = await c.next({ type: 'unregistered', chat_id: chat }, 3000);
+      assert.equal(ended.reason, 'unauthorized');
+      await watcher.next({ type: 'presence', user_id: 1, status: 'offline' });
+      c.close();
+      watcher.close();
+    });
+  });
+}
