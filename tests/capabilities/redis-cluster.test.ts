@@ -10,6 +10,7 @@ import { RedisServer } from '../support/redis.js';
 
 const run = promisify(execFile);
 const PRESENCE_TTL_MS = 1500;
+const API_KEY = 'cluster-test-api-key-0123';
 const cli = async (port: number, ...args: string[]) => (await run('redis-cli', ['-p', String(port), ...args])).stdout.trim();
 
 describe('Redis Cluster: sharded pub/sub across three masters', () => {
@@ -27,7 +28,7 @@ describe('Redis Cluster: sharded pub/sub across three masters', () => {
 
   async function spawnGateway(): Promise<GatewayProcess> {
     const seeds = nodes.map((n) => `redis://127.0.0.1:${n.port}`).join(',');
-    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, REDIS_HOST: seeds, REDIS_CLUSTER: 'true', LOG_LEVEL: 'info', PRESENCE_TTL_MS: String(PRESENCE_TTL_MS) });
+    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, REDIS_HOST: seeds, REDIS_CLUSTER: 'true', LOG_LEVEL: 'info', PRESENCE_TTL_MS: String(PRESENCE_TTL_MS), API_KEY });
     gateways.push(gw);
     await gw.listening();
     await waitFor(async () => (await fetch(`${gw.httpUrl}/readyz`)).status === 200, 10_000, 'gateway ready');
@@ -77,6 +78,36 @@ describe('Redis Cluster: sharded pub/sub across three masters', () => {
     a.close();
     b.close();
     await b.closed;
+  });
+
+  it('server API on the Cluster: revoke acts on both instances in the chat\'s order, publish numbers events in the stream, disconnect reaches every instance', async () => {
+    const [g1, g2] = gateways as [GatewayProcess, GatewayProcess];
+    const post = async (gw: GatewayProcess, path: string, body: object) => {
+      const res = await fetch(`${gw.httpUrl}${path}`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+    };
+    const chat = 9001;
+    const member = async (gw: GatewayProcess, user: number) => {
+      const c = await TestClient.connect(gw.wsUrl);
+      await c.register(await api.mintToken(user), chat);
+      return c;
+    };
+    const [x1, x2, w1, w2] = [await member(g1, 21), await member(g2, 21), await member(g1, 22), await member(g2, 23)];
+    const revoked = await post(g2, `/api/v1/chats/${chat}/revoke`, { user_id: 21 });
+    assert.deepEqual(revoked, { status: 200, body: { chat_id: chat, user_id: 21, instances: 2, registrations: 2 } });
+    for (const c of [x1, x2]) await c.next({ type: 'unregistered', chat_id: chat, reason: 'revoked' });
+    const published = await post(g1, `/api/v1/chats/${chat}/publish`, { event: { kind: 'renamed' } });
+    assert.equal(published.status, 200);
+    for (const c of [w1, w2]) {
+      const got = await c.next({ type: 'event', chat_id: chat });
+      assert.deepEqual([got.seq, got.epoch, got.data], [published.body.seq, published.body.epoch, { kind: 'renamed' }]);
+    }
+    assert.equal(x1.all({ type: 'event' }).length + x2.all({ type: 'event' }).length, 0, 'a revoked connection got the event');
+    // A command for every instance: delivered everywhere, but a Cluster cannot count it.
+    const d = await post(g1, '/api/v1/users/23/disconnect', {});
+    assert.deepEqual(d, { status: 200, body: { user_id: 23, instances: null, connections: null } });
+    assert.equal((await w2.closed).code, 4403);
+    for (const c of [x1, x2, w1]) c.close();
   });
 
   it('presence scripts run on the shards: a SIGKILLed instance is announced offline', async () => {
