@@ -59,8 +59,10 @@ function chatsHeld(session: Session): number {
 }
 
 async function registerChat(session: Session, chat: IdKey, token: string, since: StreamPosition | undefined): Promise<void> {
-  const { hub, engine } = session.ctx;
+  const { hub, engine, api } = session.ctx;
   session.requireEngine();
+  // The server API may revoke (user, chat) while this register is under way (see below).
+  const asked = api.revision();
   let user: IdKey;
   try {
     user = await session.verify(token, chat);
@@ -108,6 +110,11 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
   session.registeredOnce();
   hub.attach(chat, reg);
   try {
+    // A revoke that arrived after the main API's answer found nothing to end: ask again (the
+    // cache was dropped) now that the registration is attached, where a later revoke finds it.
+    if (api.forgottenSince(user, chat, asked) && (await session.verify(token, chat)) !== user) {
+      throw new RequestError('forbidden', 'every registration of a connection must be the same user');
+    }
     await catchUp(session, reg, online, since);
   } catch (err) {
     await session.removeRegistration(reg);

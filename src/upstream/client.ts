@@ -24,6 +24,10 @@ export interface MainApi {
   remove(token: string, chat: IdKey, messageId: string): Promise<void>;
   /** Forgets cached verifies of `user` (in `chat`, or everywhere when null): the next verify asks the main API. */
   forget(user: IdKey, chat: IdKey | null): void;
+  /** A mark to pass to `forgottenSince`: taken before a verify whose answer may go stale. */
+  revision(): number;
+  /** Whether `forget` covered (user, chat) after `revision` was taken: an answer read before it is stale. */
+  forgottenSince(user: IdKey, chat: IdKey, revision: number): boolean;
   close(): Promise<void>;
 }
 
@@ -42,6 +46,10 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     connectTimeout: config.upstreamTimeoutMs,
   });
   const cache = new VerifyCache(config.authCacheTtlMs);
+  /** `user|chat` or `user|*` → the revision of its last forget (bounded: oldest go first). */
+  const forgets = new Map<string, number>();
+  let revision = 0;
+  const MAX_FORGETS = 100_000;
 
   async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object, cancel?: AbortSignal): Promise<Answer> {
     const requestId = randomUUID();
@@ -89,6 +97,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   }
 
   const ok = (status: number) => status >= 200 && status < 300;
+  const forgottenSince = (user: IdKey, chat: IdKey, since: number): boolean =>
+    revision !== since && ((forgets.get(`${user}|${chat}`) ?? 0) > since || (forgets.get(`${user}|*`) ?? 0) > since);
 
   function messagePath(chat: IdKey, messageId: string): string {
     return config.messagePath
@@ -100,6 +110,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     async verify(token, chat, signal) {
       const cached = cache.get(token, chat);
       if (cached !== undefined) return cached;
+      const asked = revision;
       const { status, body } = await call('verify', 'POST', config.authVerifyPath, token, { token, chat_id: wireId(chat) }, signal);
       if (!ok(status)) fail('verify', status, token, chat);
       const user = userIdFromVerify(body);
@@ -107,7 +118,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
         log.error({ op: 'verify', status }, 'main API verify answer has no usable user id');
         throw new RequestError('internal', 'main API answered verify without a usable user id');
       }
-      cache.set(token, chat, user);
+      // An answer the server API revoked while it was on its way must not be cached.
+      if (!forgottenSince(user, chat, asked)) cache.set(token, chat, user);
       return user;
     },
     async save(token, chat, message) {
@@ -126,7 +138,13 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     },
     forget(user, chat) {
       cache.forgetUser(user, chat);
+      const key = `${user}|${chat ?? '*'}`;
+      forgets.delete(key);
+      forgets.set(key, ++revision);
+      if (forgets.size > MAX_FORGETS) forgets.delete(forgets.keys().next().value as string);
     },
+    revision: () => revision,
+    forgottenSince,
     async close() {
       await pool.close();
     },

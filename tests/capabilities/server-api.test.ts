@@ -71,6 +71,30 @@ for (const mode of ENGINE_MODES) {
       for (const c of [watcher, stayer, ...revoked]) c.close();
     });
 
+    it('revoke during a register: an answer the main API gave before the revoke does not register the user', async () => {
+      await ready();
+      const chat = uniqueChat();
+      const watcher = await h.member(2, chat, 0);
+      h.api.setMembers(chat, [2]);
+      // The main API's "yes" is on its way (sent before the membership changed) when revoke is called.
+      h.api.addFault({ op: 'verify', delayMs: 600, status: 200, body: { user_id: 1 }, times: 1 });
+      try {
+        const c = await h.connect(0);
+        const answer = c.request({ type: 'register', token: await h.token(1), chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error', 5000);
+        await new Promise((r) => setTimeout(r, 200));
+        assert.equal((await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 })).status, 200);
+        const got = await answer;
+        assert.equal(got.type, 'error');
+        assert.equal(got.code, 'forbidden');
+        await expectNone(watcher, { type: 'presence', user_id: 1, status: 'online' }, 300);
+        c.close();
+      } finally {
+        h.api.clearFaults();
+        h.api.setMembers(chat, null);
+      }
+      watcher.close();
+    });
+
     it('disconnect: every connection of the user is closed 4403 on every instance; others stay', async () => {
       await ready();
       const chat = uniqueChat();
