@@ -9,9 +9,14 @@ const E = 'k3j2';
 const msg = (seq: number, id: string, epoch = E) => ({ type: 'message', seq, epoch, chat_id: 1, data: { id, ciphertext: 'x', sender_id: 2 } });
 const edit = (seq: number, id: string) => ({ type: 'edit_message', seq, epoch: E, chat_id: 1, data: { id, ciphertext: 'y', sender_id: 2 } });
 const del = (seq: number, id: string) => ({ type: 'delete_message', seq, epoch: E, chat_id: 1, data: { id, deleted_by: 2 } });
-/** "message:m1", "edit:m1", "delete:m1", "gap:3-7:reason" */
+const ev = (seq: number, name: string) => ({ type: 'event', seq, epoch: E, chat_id: 1, data: { name } });
+/** "message:m1", "edit:m1", "delete:m1", "event:<data.name>", "gap:3-7:reason" */
 const show = (ds: Delivery[]) =>
-  ds.map((d) => (d.type === 'gap' ? `gap:${d.event.from.seq}-${d.event.to.seq}:${d.event.reason}` : `${d.type}:${d.type === 'message' ? d.event.message.id : d.type === 'edit' ? d.event.edit.id : d.event.id}`));
+  ds.map((d) =>
+    d.type === 'gap' ? `gap:${d.event.from.seq}-${d.event.to.seq}:${d.event.reason}`
+    : d.type === 'event' ? `event:${String(d.event.data.name)}`
+    : `${d.type}:${d.type === 'message' ? d.event.message.id : d.type === 'edit' ? d.event.edit.id : d.event.id}`,
+  );
 
 function feed(stream: Stream, frames: object[], now = 0): string[] {
   return frames.flatMap((f) => show(stream.onBroadcast(f as Record<string, unknown>, now)));
@@ -110,6 +115,21 @@ describe('SDK stream bookkeeping', () => {
     const plain = (id: string) => ({ type: 'message', chat_id: 1, data: { id, ciphertext: 'x' } });
     assert.deepEqual(feed(s, [plain('a'), plain('a'), plain('b')]), ['message:a', 'message:b']);
     assert.equal(s.position, null);
+  });
+
+  it('system events take their place in the stream: deduped by seq (they have no id), holes and replays like messages', () => {
+    const s = new Stream(1, null, opts);
+    s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);
+    assert.deepEqual(feed(s, [msg(1, 'a'), ev(2, 'renamed'), ev(2, 'renamed'), msg(3, 'b')]), ['message:a', 'event:renamed', 'message:b']);
+    assert.deepEqual(s.position, { seq: 3, epoch: E });
+    // Two events with the same data are two events; an event above a hole is delivered, the hole filled by a replay.
+    assert.deepEqual(feed(s, [ev(5, 'renamed')]), ['event:renamed']);
+    assert.deepEqual(s.position, { seq: 3, epoch: E });
+    assert.deepEqual(feed(s, [ev(4, 'renamed'), ev(5, 'renamed')]), ['event:renamed']);
+    assert.deepEqual(s.position, { seq: 5, epoch: E });
+    const [delivery] = s.onBroadcast(ev(6, 'member_added'), 0);
+    assert.deepEqual(delivery, { type: 'event', event: { chatId: 1, data: { name: 'member_added' }, seq: 6, epoch: E } });
+    assert.deepEqual(feed(s, [{ type: 'event', seq: 7, epoch: E, chat_id: 1, data: 'not an object' }]), [], 'malformed: ignored');
   });
 
   it('backoff: full jitter within [0, min(max, min·2^n)]', () => {

@@ -11,7 +11,7 @@ export class Recorded {
   readonly events: Array<{ type: EventName; event: unknown }> = [];
 
   constructor(readonly client: Client) {
-    const names: EventName[] = ['state', 'registered', 'unregistered', 'message', 'edit', 'delete', 'presence', 'typing', 'gap', 'sent', 'failed', 'unhandled', 'error'];
+    const names: EventName[] = ['state', 'registered', 'unregistered', 'message', 'edit', 'delete', 'event', 'presence', 'typing', 'gap', 'sent', 'failed', 'unhandled', 'error'];
     for (const type of names) client.on(type, (event) => this.events.push({ type, event }));
   }
 

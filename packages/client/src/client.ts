@@ -20,7 +20,11 @@ import type {
   WriteOp,
 } from './types.js';
 
-/** A token, or a function the SDK calls for one (again after the gateway said `unauthorized`). */
+/**
+ * A token, or a function the SDK calls for one: for the first register, again after the gateway
+ * refused the token (`unauthorized`, 4401) or the backend disconnected the user (4403), after a
+ * registration's token expired, and ahead of a JWT's `exp` to refresh it (see `refreshLeadMs`).
+ */
 export type TokenSource = string | (() => string | Promise<string>);
 
 /**
@@ -67,8 +71,18 @@ export interface ClientOptions {
   requestTimeoutMs?: number;
   /** Writes larger than this are refused `too_large` without sending (the gateway's MAX_MESSAGE_BYTES, default 65536). */
   maxFrameBytes?: number;
-  /** Refused tokens / failing token provider calls in a row before giving up (default 3). */
+  /**
+   * Refused tokens / failing token provider calls in a row before giving up (default 3). A 4403
+   * counts, and so does a provider handing back the very token that was just refused.
+   */
   maxAuthFailures?: number;
+  /**
+   * With a token provider and a JWT token (one with `exp`): how long before `exp` the SDK asks
+   * the provider for a new token and hands it to the gateway (`refresh`), so registrations never
+   * expire. Default: 30 s, or 10 % of the token's lifetime when that is shorter; a value given
+   * here is capped at half the lifetime. Static tokens are never refreshed.
+   */
+  refreshLeadMs?: number;
   /** Edits of a message not seen yet are held this long, at most `max` per chat (default 10 s, 1000). */
   hold?: { ms?: number; max?: number };
   /** Tells the SDK the app already has a message (e.g. from history), so its edits are not held. */
@@ -136,6 +150,13 @@ const PACE_RECOVERY_MS = 10_000;
 /** Keys of settled writes remembered, so a late second answer (to a resend) is recognised. */
 const SETTLED_KEYS = 1000;
 const RETRYABLE = new Set(['rate_limited', 'upstream_unavailable']);
+/** The default `refreshLeadMs`, and the share of a token's lifetime it is limited to. */
+const REFRESH_LEAD_MS = 30_000;
+const REFRESH_LEAD_SHARE = 0.1;
+/** Refresh attempts for one token (a provider failing, the gateway refusing) before letting it expire. */
+const REFRESH_ATTEMPTS = 3;
+/** A token expiring sooner than this is not used again to register a chat whose token expired. */
+const EXPIRY_MARGIN_MS = 1000;
 const WRITE_OPS = new Set<string>(['message', 'edit_message', 'delete_message']);
 const utf8 = new TextEncoder();
 
@@ -172,9 +193,21 @@ export class Client extends Emitter<ClientEvents> {
   private tokenStale = false;
   /** The last token counted as refused (so N chats refusing one token count once). */
   private refusedToken: string | null = null;
+  /** Why `refusedToken` was refused (a provider that hands it back again gives up with this). */
+  private refusal: ClientError | null = null;
   /** The kind of the latest refused register since the last successful one. */
   private lastRefusal: 'unauthorized' | 'forbidden' | null = null;
   private authFailures = 0;
+  /** After 4403: no new connection before the provider handed over a token other than the refused one. */
+  private renewBeforeConnect = false;
+  /** That token is being asked for (nothing connects meanwhile). */
+  private renewing = false;
+  /** When the current token (a provider's JWT) is to be refreshed; armed whenever a token is adopted. */
+  private refreshTimer: Timer | null = null;
+  /** Refresh attempts for the current token. */
+  private refreshAttempts = 0;
+  /** The `refresh` in flight: the token it hands over, the one it replaces, the connection it was sent on. */
+  private refreshing: { token: string; from: string; connection: number } | null = null;
 
   private lastFrameAt = 0;
   private idleTimer: Timer | null = null;
@@ -310,7 +343,7 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private connectSoon(): void {
-    if (this.ended || this.ws !== null || this.reconnectTimer !== null) return;
+    if (this.ended || this.ws !== null || this.reconnectTimer !== null || this.renewing) return;
     this.connect();
   }
 
@@ -325,7 +358,8 @@ export class Client extends Emitter<ClientEvents> {
    */
   private connect(): void {
     this.reconnectTimer = null;
-    if (this.ended || this.ws !== null || !this.wanted()) return;
+    if (this.ended || this.ws !== null || this.renewing || !this.wanted()) return;
+    if (this.renewBeforeConnect) return this.renewThenConnect();
     this.setState({ state: 'connecting' });
     let ws: WebSocketLike;
     let url = '';
@@ -354,6 +388,26 @@ export class Client extends Emitter<ClientEvents> {
       clearTimeout(connectTimer);
       if (this.ws === ws) this.onClose(event.code, event.reason || this.lastSocketError);
     };
+  }
+
+  /**
+   * After 4403 the gateway would accept the same token again, but the backend said not to use
+   * it: the provider is asked first, and only a different token leads to a new connection (the
+   * same one counts as a refusal, see `freshToken`; failures wait a backoff delay and ask again).
+   */
+  private renewThenConnect(): void {
+    this.renewing = true;
+    this.freshToken().then(
+      () => {
+        this.renewing = false;
+        this.renewBeforeConnect = false;
+        this.connect();
+      },
+      () => {
+        this.renewing = false;
+        if (!this.ended && this.wanted()) this.scheduleReconnect(4403, 'waiting for a new token');
+      },
+    );
   }
 
   /** The URL of this attempt: the string, the list's next entry, or the function's answer. */
@@ -423,6 +477,17 @@ export class Client extends Emitter<ClientEvents> {
       this.giveUp(new ClientError('disconnected', `the gateway closed the connection for flooding (1008${reason ? `: ${reason}` : ''})`, { closeCode: code }), code, reason);
       return;
     }
+    if (code === 4403) {
+      // The backend disconnected the user (logout everywhere, a ban): never the same token again.
+      const error = new ClientError('disconnected', `the server disconnected this user (4403${reason ? `: ${reason}` : ''}): a new token is needed`, { closeCode: code });
+      if (typeof this.options.token === 'string') return this.giveUp(error, code, reason);
+      this.tokenStale = true;
+      this.refusedToken = this.token;
+      this.refusal = error;
+      this.renewBeforeConnect = true;
+      this.authFailed(error, code);
+      if (this.ended) return;
+    }
     // 4401 also follows five `forbidden` registers: those chats are dropped already and the
     // token is fine, so only refusals of the token itself make it a token problem.
     if (code === 4401 && this.lastRefusal !== 'forbidden') {
@@ -453,6 +518,7 @@ export class Client extends Emitter<ClientEvents> {
     this.tokenStale = true;
     if (this.refusedToken === this.token) return;
     this.refusedToken = this.token;
+    this.refusal = error;
     this.authFailed(error, code);
   }
 
@@ -461,7 +527,10 @@ export class Client extends Emitter<ClientEvents> {
     if (++this.authFailures >= this.cfg.maxAuthFailures) this.giveUp(error, code);
   }
 
-  /** The token to register with: the static one, or the provider's (asked again once refused). */
+  /**
+   * The token to register with: the static one, or the provider's (asked again once refused or
+   * expired). A provider handing back the token that was just refused counts as a refusal.
+   */
   private freshToken(): Promise<string> {
     if (this.token !== null && !this.tokenStale) return Promise.resolve(this.token);
     const provider = this.options.token;
@@ -471,17 +540,131 @@ export class Client extends Emitter<ClientEvents> {
       .then(
         (token) => {
           if (typeof token !== 'string' || token === '') throw new Error('not a non-empty string');
-          this.token = token;
-          this.tokenStale = false;
+          if (token === this.refusedToken) throw new RefusedAgain();
+          this.useToken(token);
           return token;
         },
       )
       .catch((err: unknown) => {
-        this.authFailed(new ClientError('unauthorized', `the token provider failed: ${errorText(err)}`));
+        if (err instanceof RefusedAgain) {
+          const refusal = this.refusal ?? new ClientError('unauthorized', 'the token was refused');
+          this.authFailed(new ClientError(refusal.code, `${refusal.message}; the token provider returned the refused token again`, refusal.details), refusal.details.closeCode);
+        } else {
+          this.authFailed(new ClientError('unauthorized', `the token provider failed: ${errorText(err)}`));
+        }
         throw err;
       })
       .finally(() => (this.tokenRequest = null));
     return this.tokenRequest;
+  }
+
+  /** The token from now on (for registers, reconnects and the next refresh). */
+  private useToken(token: string): void {
+    this.token = token;
+    this.tokenStale = false;
+    this.armRefresh();
+  }
+
+  // --- token refresh ---------------------------------------------------------------------------
+
+  /**
+   * With a provider and a JWT: the SDK asks the provider for a new token `refreshLeadMs` before
+   * `exp` and hands it to the gateway (`refresh`), which switches every registration of the
+   * connection to it. The timer does not keep a Node process alive.
+   */
+  private armRefresh(): void {
+    clearTimer(this.refreshTimer);
+    this.refreshTimer = null;
+    this.refreshAttempts = 0;
+    if (this.ended || typeof this.options.token === 'string' || this.token === null) return;
+    const delay = refreshDelay(this.token, this.options.refreshLeadMs, Date.now());
+    if (delay !== null) this.refreshTimer = unref(setTimeout(() => this.refreshToken(), delay));
+  }
+
+  private refreshToken(): void {
+    this.refreshTimer = null;
+    const from = this.token;
+    const provider = this.options.token;
+    if (this.ended || this.tokenStale || from === null || typeof provider === 'string' || this.refreshing !== null) return;
+    const statuses = [...this.chats.values()].map((state) => state.status);
+    if (!this.isOpen() || !statuses.includes('registered')) {
+      if (this.isOpen() && statuses.includes('registering')) {
+        // Just reconnected: refresh once a registration holds the token.
+        this.refreshTimer = unref(setTimeout(() => this.refreshToken(), 250));
+        return;
+      }
+      // No registration holds the token: the next register asks the provider for a new one.
+      this.tokenStale = true;
+      return;
+    }
+    this.refreshAttempts++;
+    Promise.resolve()
+      .then(provider)
+      .then((token) => {
+        if (this.ended || this.token !== from || this.tokenStale) return; // replaced meanwhile
+        if (typeof token !== 'string' || token === '') throw new Error('the token provider returned no token');
+        if (token === from) throw new Error('the token provider returned the current token again');
+        // The connection dropped meanwhile: the registers of the next one carry the new token.
+        if (!this.isOpen()) return this.useToken(token);
+        this.sendRefresh(from, token);
+      })
+      .catch((err: unknown) => this.refreshFailed(from, new ClientError('unauthorized', `token refresh: ${errorText(err)}`)));
+  }
+
+  private sendRefresh(from: string, token: string): void {
+    const attempt = { token, from, connection: this.connectionNo };
+    this.refreshing = attempt;
+    const text = JSON.stringify({ type: 'refresh', token });
+    const track: Track = {
+      key: 'f',
+      resend: () => void (this.refreshing === attempt && this.transmit(text, false, track)),
+      onAnswer: (answered) => {
+        // The connection dropped before the answer: the new token is fine for the next one.
+        if (answered || this.refreshing !== attempt) return;
+        this.refreshing = null;
+        if (this.token === from && !this.tokenStale) this.useToken(token);
+      },
+    };
+    this.transmit(text, false, track);
+  }
+
+  /** `refreshed`: the connection's registrations hold the new token now. */
+  private onRefreshed(): boolean {
+    const request = this.answered('f');
+    const attempt = this.refreshing;
+    if (attempt === null) return request !== undefined;
+    this.refreshing = null;
+    if (this.token === attempt.from && !this.tokenStale) this.useToken(attempt.token);
+    return true;
+  }
+
+  /** A `refresh` answered with an error. */
+  private onRefreshError(error: ClientError): void {
+    const attempt = this.refreshing;
+    if (attempt === null) return;
+    this.refreshing = null;
+    // No registration holds the old token (they ended meanwhile): the new one is for the next registers.
+    if (error.code === 'not_registered') {
+      if (this.token === attempt.from && !this.tokenStale) this.useToken(attempt.token);
+      return;
+    }
+    this.refreshFailed(attempt.from, error);
+  }
+
+  /**
+   * Tries again a little later, a few times; then lets the token expire: the gateway ends the
+   * registrations (`token_expired`) and the SDK registers them again with a new token and `since`.
+   */
+  private refreshFailed(from: string, error: ClientError): void {
+    if (this.ended || this.token !== from || this.tokenStale) return;
+    const left = (jwtClaims(from)?.exp ?? 0) - Date.now();
+    if (this.refreshAttempts >= REFRESH_ATTEMPTS || left <= 0) {
+      this.emit('error', { error, during: 'token refresh (the registrations will expire and be registered again)' });
+      return;
+    }
+    const delay = Math.min(1000 * 2 ** (this.refreshAttempts - 1), left / 3);
+    clearTimer(this.refreshTimer);
+    this.refreshTimer = unref(setTimeout(() => this.refreshToken(), delay));
   }
 
   /** Ends the client: no reconnect; every pending promise rejects with `error`. */
@@ -501,7 +684,8 @@ export class Client extends Emitter<ClientEvents> {
     this.stopConnectionTimers();
     clearTimer(this.reconnectTimer);
     clearTimer(this.holdTimer);
-    this.reconnectTimer = this.holdTimer = null;
+    clearTimer(this.refreshTimer);
+    this.reconnectTimer = this.holdTimer = this.refreshTimer = null;
     this.dropOutstanding();
     for (const state of this.chats.values()) {
       clearTimer(state.retryTimer);
@@ -752,23 +936,43 @@ export class Client extends Emitter<ClientEvents> {
     this.drop(state, error);
   }
 
-  /** The gateway ended a registration itself (`unregistered` with a reason). */
+  /**
+   * The gateway ended a registration itself (`unregistered` with a reason):
+   * - `revoked`: the backend took the user out of the chat. Final: registering again would
+   *   work (the main API may still admit the user) but is exactly what must not happen.
+   * - `token_expired`: with a provider, registered again (with `since`: nothing is lost) with a
+   *   token that has not expired — the current one if a refresh replaced the expired one, else
+   *   the provider's; with a static token final for the chat.
+   * - `unauthorized`: the token was refused (also by a periodic re-verify of an opaque token):
+   *   with a provider it is asked for a new one; with a static token final for the chat.
+   * - `forbidden` (and anything else): final for the chat.
+   */
   private onUnregistered(state: ChatState, reason: string): void {
     state.status = 'idle';
-    const error = new ClientError(reason === 'unauthorized' ? 'unauthorized' : 'forbidden', `the gateway ended the registration (${reason})`, { chatId: state.chat.id });
-    if (reason === 'unauthorized' && typeof this.options.token !== 'string') {
+    const provider = typeof this.options.token !== 'string';
+    if (reason === 'token_expired' && provider) {
+      if (this.token === null || (jwtClaims(this.token)?.exp ?? 0) - Date.now() < EXPIRY_MARGIN_MS) this.tokenStale = true;
+      this.register(state);
+      return;
+    }
+    const chatId = state.chat.id;
+    const error =
+      reason === 'revoked' ? new ClientError('revoked', 'the backend revoked the membership of this chat', { chatId })
+      : reason === 'token_expired' ? new ClientError('token_expired', 'the token expired (static token: it cannot be renewed)', { chatId })
+      : new ClientError(reason === 'unauthorized' ? 'unauthorized' : 'forbidden', `the gateway ended the registration (${reason})`, { chatId });
+    if (reason === 'unauthorized' && provider) {
       this.tokenRefused(error);
       if (!this.ended) this.register(state);
       return;
     }
-    this.drop(state, error);
+    this.drop(state, error, reason);
   }
 
   /** A chat that cannot be (re)registered: its writes fail, and the app is told. */
-  private drop(state: ChatState, error: ClientError): void {
+  private drop(state: ChatState, error: ClientError, reason?: string): void {
     this.forget(state, error);
     for (const item of [...this.outbox.all()]) if (String(item.entry.chatId) === state.key) this.fail(item, error);
-    this.emit('unregistered', { chatId: state.chat.id, error });
+    this.emit('unregistered', { chatId: state.chat.id, error, ...(reason === undefined ? {} : { reason }) });
     this.closeIfIdle();
   }
 
@@ -996,6 +1200,7 @@ export class Client extends Emitter<ClientEvents> {
       op === 'register' ? `r:${chatKey}`
       : op === 'unregister' ? `u:${chatKey}`
       : op === 'ping' ? 'p'
+      : op === 'refresh' ? 'f'
       : WRITE_OPS.has(op) && typeof frame.id === 'string' ? writeKey(op, frame.id)
       : null;
     const request = key === null ? undefined : this.answered(key);
@@ -1017,6 +1222,8 @@ export class Client extends Emitter<ClientEvents> {
     } else if (op === 'ping') {
       // A refused ping gets no pong. (The error itself proves the link is alive.)
       return request?.onAnswer?.(false);
+    } else if (op === 'refresh') {
+      if (request !== undefined || this.refreshing !== null) return this.onRefreshError(error);
     } else if (op === 'typing' || op === 'unregister') {
       return; // typing is best effort; an unregistered chat is forgotten either way
     }
@@ -1048,6 +1255,7 @@ export class Client extends Emitter<ClientEvents> {
       case 'message':
       case 'edit_message':
       case 'delete_message':
+      case 'event':
         if (live === undefined) break;
         this.deliver(live.stream.onBroadcast(frame, Date.now()));
         return;
@@ -1072,6 +1280,9 @@ export class Client extends Emitter<ClientEvents> {
         if (typeof frame.reason !== 'string') return void this.answered(`u:${String(frame.chat_id)}`);
         if (state === undefined || state.status === 'gone') break;
         return this.onUnregistered(state, frame.reason);
+      case 'refreshed':
+        if (this.onRefreshed()) return;
+        break;
       case 'ack':
         return this.onAck(frame);
       case 'error':
@@ -1096,6 +1307,9 @@ export class Client extends Emitter<ClientEvents> {
           break;
         case 'delete':
           this.emit('delete', d.event);
+          break;
+        case 'event':
+          this.emit('event', d.event);
           break;
         case 'gap':
           this.emit('gap', d.event);
@@ -1161,6 +1375,49 @@ export class Client extends Emitter<ClientEvents> {
       newId,
     };
   }
+}
+
+/** The provider handed back the token that was just refused. */
+class RefusedAgain extends Error {}
+
+/** A JWT's payload claims `exp` and `iat` in ms (decoded, not verified: only for timing); null for other tokens. */
+export function jwtClaims(token: string): { exp: number; iat: number | null } | null {
+  const parts = token.split('.');
+  if (parts.length !== 3 || !parts[1]) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    const binary = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+    const payload: unknown = JSON.parse(new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))));
+    if (typeof payload !== 'object' || payload === null) return null;
+    const { exp, iat } = payload as { exp?: unknown; iat?: unknown };
+    if (typeof exp !== 'number' || !Number.isFinite(exp)) return null;
+    return { exp: exp * 1000, iat: typeof iat === 'number' && Number.isFinite(iat) ? iat * 1000 : null };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * How long until a token should be refreshed (null: never — not a JWT, or expired already).
+ * The time left is this clock's `exp - now`, but never more than the lifetime `exp - iat` (a
+ * clock behind the issuer's would refresh too late). The lead is `leadMs` capped at half the
+ * lifetime, or by default 30 s capped at 10 % of it.
+ */
+export function refreshDelay(token: string, leadMs: number | undefined, now: number): number | null {
+  const claims = jwtClaims(token);
+  if (claims === null) return null;
+  let left = claims.exp - now;
+  const lifetime = claims.iat !== null && claims.exp > claims.iat ? claims.exp - claims.iat : left;
+  left = Math.min(left, lifetime);
+  if (left <= 0) return null;
+  const lead = leadMs === undefined ? Math.min(REFRESH_LEAD_MS, lifetime * REFRESH_LEAD_SHARE) : Math.min(Math.max(0, leadMs), lifetime / 2);
+  return Math.max(0, left - lead);
+}
+
+/** Lets a Node process exit with this timer pending (browsers have no such notion). */
+function unref(timer: Timer): Timer {
+  (timer as { unref?: () => void }).unref?.();
+  return timer;
 }
 
 function writeKey(op: string, id: string): string {

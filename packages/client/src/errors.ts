@@ -17,9 +17,14 @@ export type GatewayErrorCode =
  * Codes of the SDK itself:
  * - `closed`: `client.close()` or `chat.leave()` ended the request before its answer; with a
  *   persistent outbox storage an unacked write is still stored and is sent by the next client.
- * - `disconnected`: the client gave up on the connection for good (see `closeCode`).
+ * - `disconnected`: the client gave up on the connection for good (see `closeCode`: 1008
+ *   flooding, 4403 the backend disconnected the user).
+ * - `revoked`: the backend took the user out of the chat (`unregistered` reason `revoked`); the
+ *   chat is dropped and its pending writes fail with this code.
+ * - `token_expired`: the static token's `exp` passed (`unregistered` reason `token_expired`); the
+ *   chat is dropped. (With a token provider the SDK gets a new token and registers again.)
  */
-export type ClientErrorCode = GatewayErrorCode | 'closed' | 'disconnected';
+export type ClientErrorCode = GatewayErrorCode | 'closed' | 'disconnected' | 'revoked' | 'token_expired';
 
 export class ClientError extends Error {
   override readonly name = 'ClientError';
@@ -33,7 +38,7 @@ export class ClientError extends Error {
       op?: string;
       id?: string;
       chatId?: string | number;
-      /** The WebSocket close code that ended the connection, for `disconnected` and 4401. */
+      /** The WebSocket close code that ended the connection, for `disconnected` (1008, 4403) and 4401. */
       closeCode?: number;
     } = {},
   ) {

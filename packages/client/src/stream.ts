@@ -1,10 +1,11 @@
-import type { ChatId, DeleteEvent, EditEvent, GapEvent, MessageEvent, Position, ReceivedEdit, ReceivedMessage } from './types.js';
+import type { ChatId, DeleteEvent, EditEvent, GapEvent, MessageEvent, Position, ReceivedEdit, ReceivedMessage, SystemEvent } from './types.js';
 
 /** What the app is told, in order. */
 export type Delivery =
   | { type: 'message'; event: MessageEvent }
   | { type: 'edit'; event: EditEvent }
   | { type: 'delete'; event: DeleteEvent }
+  | { type: 'event'; event: SystemEvent }
   | { type: 'gap'; event: GapEvent };
 
 export interface StreamOptions {
@@ -53,11 +54,16 @@ export class Stream {
     return this.pos === null ? null : { ...this.pos };
   }
 
-  /** A `message`, `edit_message` or `delete_message` frame from the gateway. */
+  /**
+   * A `message`, `edit_message`, `delete_message` or `event` frame from the gateway: every one
+   * of them takes a place in the chat's stream. An `event` (a system event the backend
+   * published) has no message id: it is deduped by its position alone.
+   */
   onBroadcast(frame: Record<string, unknown>, now: number): Delivery[] {
     const out: Delivery[] = [];
     const data = frame.data as Record<string, unknown> | undefined;
-    if (typeof data !== 'object' || data === null || typeof data.id !== 'string') return out;
+    if (typeof data !== 'object' || data === null || Array.isArray(data)) return out;
+    if (frame.type !== 'event' && typeof data.id !== 'string') return out;
     const { seq, epoch } = frame;
     const numbered = typeof seq === 'number' && typeof epoch === 'string';
     if (numbered) {
@@ -71,7 +77,11 @@ export class Stream {
       if (!this.mark(seq, out)) return out;
     }
     const at = numbered ? { seq, epoch } : {};
-    const id = data.id;
+    if (frame.type === 'event') {
+      out.push({ type: 'event', event: { chatId: this.chatId, data, ...at } });
+      return out;
+    }
+    const id = data.id as string;
     switch (frame.type) {
       case 'message': {
         if (this.ids.has(id)) return out; // delivered before (a replay or a resend), or deleted

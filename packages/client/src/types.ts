@@ -76,6 +76,14 @@ export interface DeleteEvent extends ChatScoped, Sequenced {
   id: string;
   deletedBy?: UserId;
 }
+/**
+ * A system event the backend published to the chat (chat renamed, member added…): `data` is
+ * the backend's JSON object, untouched. It takes a place in the chat's stream like a message,
+ * so it is delivered once, in order with the messages, and replayed after a reconnect.
+ */
+export interface SystemEvent extends ChatScoped, Sequenced {
+  data: Record<string, unknown>;
+}
 export interface PresenceEvent extends ChatScoped {
   userId: UserId;
   status: 'online' | 'offline';
@@ -106,9 +114,19 @@ export interface RegisteredEvent extends ChatScoped {
   recovered?: boolean;
 }
 
+/**
+ * Why the gateway ended a registration itself (`unregistered` with a reason): `revoked` (the
+ * backend took the user out of the chat), `forbidden` / `unauthorized` (the main API refused
+ * it), `token_expired` (the token's `exp` passed without a refresh).
+ */
+export type UnregisterReason = 'revoked' | 'forbidden' | 'unauthorized' | 'token_expired' | (string & {});
+
 /** The chat is gone for good (refused, or removed by the gateway and not restorable). */
 export interface UnregisteredEvent extends ChatScoped {
+  /** `error.code`: `revoked`, `token_expired`, `forbidden`, `unauthorized`, … */
   error: ClientError;
+  /** Present when the gateway ended the registration itself (`unregistered` frame), not for a refused register. */
+  reason?: UnregisterReason;
 }
 
 export interface StateEvent {
@@ -148,6 +166,7 @@ export interface ClientEvents {
   message: MessageEvent;
   edit: EditEvent;
   delete: DeleteEvent;
+  event: SystemEvent;
   presence: PresenceEvent;
   typing: TypingEvent;
   gap: GapEvent;
@@ -158,7 +177,7 @@ export interface ClientEvents {
 }
 
 /** The events a chat handle emits (each also on the client, with `chatId`). */
-export type ChatEvents = Pick<ClientEvents, 'registered' | 'unregistered' | 'message' | 'edit' | 'delete' | 'presence' | 'typing' | 'gap' | 'sent' | 'failed'>;
+export type ChatEvents = Pick<ClientEvents, 'registered' | 'unregistered' | 'message' | 'edit' | 'delete' | 'event' | 'presence' | 'typing' | 'gap' | 'sent' | 'failed'>;
 
 // --- the WebSocket the SDK drives ---------------------------------------------------------------
 
