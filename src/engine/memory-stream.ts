@@ -5,6 +5,7 @@ interface Entry {
   readonly seq: number;
   readonly at: number;
   readonly frame: Buffer;
+  readonly key: string | undefined;
 }
 
 interface ChatState {
@@ -29,13 +30,13 @@ export class MemoryStreams {
   ) {}
 
   /** Numbers and stores one broadcast; returns the numbered bytes and their position. */
-  append(chat: IdKey, frame: Buffer): { position: StreamPosition; numbered: Buffer } {
+  append(chat: IdKey, frame: Buffer, key?: string): { position: StreamPosition; numbered: Buffer } {
     const state = this.state(chat);
     const position = { seq: ++state.seq, epoch: state.epoch };
     const numbered = numberFrame(frame, position);
     const { size } = this.limits;
     if (size > 0) {
-      const entry = { seq: position.seq, at: this.now(), frame: numbered };
+      const entry = { seq: position.seq, at: this.now(), frame: numbered, key };
       if (state.entries.length < size) state.entries.push(entry);
       else {
         state.entries[state.head] = entry;
@@ -43,6 +44,10 @@ export class MemoryStreams {
       }
     }
     return { position, numbered };
+  }
+
+  contains(chat: IdKey, key: string): boolean {
+    return this.chats.get(chat)?.entries.some((e) => e.key === key) ?? false;
   }
 
   position(chat: IdKey): StreamPosition {

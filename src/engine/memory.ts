@@ -47,9 +47,9 @@ export class MemoryEngine implements Engine {
     if (this.events !== null && this.subscribed.has(chat)) this.events.deliver(chat, frame, exceptConn);
   }
 
-  async append(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<StreamPosition> {
+  async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition> {
     if (this.events === null) throw new Error('memory engine closed');
-    const { position, numbered } = this.streams.append(chat, frame);
+    const { position, numbered } = this.streams.append(chat, frame, key);
     if (this.subscribed.has(chat)) this.events.deliver(chat, numbered, exceptConn);
     return position;
   }
@@ -57,6 +57,10 @@ export class MemoryEngine implements Engine {
   async command(_chat: IdKey | null, command: ControlCommand): Promise<CommandResult> {
     if (this.events === null) throw new Error('memory engine closed');
     return { instances: 1, connections: this.events.command(command) };
+  }
+
+  async contains(chat: IdKey, key: string): Promise<boolean> {
+    return this.streams.contains(chat, key);
   }
 
   async position(chat: IdKey): Promise<StreamPosition> {

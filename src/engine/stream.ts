@@ -29,9 +29,12 @@ export interface ChatStream {
   /**
    * Numbers `frame` (a JSON object without `seq`/`epoch`) as the chat's next broadcast, stores
    * the numbered bytes in history and publishes them — one atomic step. Resolves with the
-   * position it got (once delivered on this instance, like `publish`).
+   * position it got (once delivered on this instance, like `publish`). `key` (a message id) is
+   * stored with it for `contains`.
    */
-  append(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<StreamPosition>;
+  append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition>;
+  /** Whether the chat's history still holds a broadcast appended with `key`. */
+  contains(chat: IdKey, key: string): Promise<boolean>;
   /** The chat's current position; a chat without one gets a new epoch at seq 0. */
   position(chat: IdKey): Promise<StreamPosition>;
   /**

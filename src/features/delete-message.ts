@@ -20,7 +20,7 @@ export const deleteMessage = defineFeature({
     return session.enqueueWrite(reg, async () => {
       const { hub, api } = session.ctx;
       await session.upstream(() => api.remove(reg.token, chat, id));
-      const position = await hub.append(chat, out.broadcast('delete_message', chat, { id, deleted_by: wireId(reg.user) }), session.id);
+      const position = await hub.append(chat, out.broadcast('delete_message', chat, { id, deleted_by: wireId(reg.user) }), session.id, id);
       session.send(out.ack('delete_message', id, chat, false, position));
       return 'ok' as const;
     });

@@ -28,7 +28,7 @@ export const editMessage = defineFeature({
       const { hub, api } = session.ctx;
       await session.upstream(() => api.edit(reg.token, chat, data.id, edit));
       const broadcast = { id: data.id, ...edit, sender_id: wireId(reg.user) };
-      const position = await hub.append(chat, out.broadcast('edit_message', chat, broadcast), session.id);
+      const position = await hub.append(chat, out.broadcast('edit_message', chat, broadcast), session.id, data.id);
       session.send(out.ack('edit_message', data.id, chat, false, position));
       return 'ok' as const;
     });

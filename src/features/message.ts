@@ -8,7 +8,11 @@ import { EncryptedContent, OptionalChatId, authorRegistration } from './schemas.
 
 /**
  * message: save through the main API, then broadcast the saved data to the chat and ack the
- * sender. A 409 means an earlier send was saved: ack `duplicate:true`, broadcast nothing.
+ * sender. A 409 means an earlier send was saved: ack `duplicate:true`, and broadcast nothing —
+ * unless the chat's history holds no broadcast of that id at all. Then the earlier send was saved
+ * but never broadcast (its instance died between the two), and this resend is broadcast in its
+ * place, so what was saved still reaches the chat. With HISTORY_SIZE=0 there is nothing to check
+ * against and a 409 is never broadcast.
  */
 export const message = defineFeature({
   type: 'message',
@@ -35,9 +39,10 @@ export const message = defineFeature({
       created_at: data.created_at ?? new Date().toISOString(),
     };
     return session.enqueueWrite(reg, async () => {
-      const { hub, api } = session.ctx;
+      const { hub, api, engine, config } = session.ctx;
       const { duplicate } = await session.upstream(() => api.save(reg.token, chat, saved));
-      const position = duplicate ? null : await hub.append(chat, out.broadcast('message', chat, saved), session.id);
+      const broadcast = !duplicate || (config.historySize > 0 && !(await engine.contains(chat, data.id).catch(() => false)));
+      const position = broadcast ? await hub.append(chat, out.broadcast('message', chat, saved), session.id, data.id) : null;
       session.send(out.ack('message', data.id, chat, duplicate, position));
       return duplicate ? ('duplicate' as const) : ('ok' as const);
     });

@@ -133,11 +133,11 @@ export class Hub {
    * A retry after a lost reply may broadcast twice, under two positions (clients drop a message
    * id they already have).
    */
-  async append(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<StreamPosition | null> {
+  async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition | null> {
     const giveUpAt = Date.now() + this.publishRetryMs;
     for (let wait = 100; ; wait = Math.min(2 * wait, 2000)) {
       try {
-        return await this.timed(() => this.engine.append(chat, frame, exceptConn));
+        return await this.timed(() => this.engine.append(chat, frame, exceptConn, key));
       } catch (err) {
         if (Date.now() + wait > giveUpAt) {
           this.metrics.publishDropped.inc();

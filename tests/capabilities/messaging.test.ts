@@ -69,6 +69,41 @@ for (const mode of ENGINE_MODES) {
       b.close();
     });
 
+    it('a resend of an id saved but never broadcast (its instance died in between) is broadcast, once', async () => {
+      const { chat, a, b } = await h.pair();
+      const id = `orphan-${chat}`;
+      // What a gateway killed between the main API's save and the publish leaves behind.
+      h.api.messages.set(id, { id, chat_id: chat, sender_id: 1, ciphertext: 'x', saved_at: new Date().toISOString() });
+      const msg = { type: 'message', data: { id, ciphertext: 'x' } };
+      const ack = await a.request(msg, { type: 'ack' });
+      assert.equal(ack.duplicate, true);
+      assert.equal(typeof ack.seq, 'number', 'the resend was not broadcast');
+      const got = await b.next({ type: 'message' });
+      assert.equal((got.data as { id: string }).id, id);
+      assert.equal(got.seq, ack.seq);
+      // Now the history holds it: a further resend is a plain duplicate.
+      const again = await a.request(msg, { type: 'ack' });
+      assert.deepEqual([again.duplicate, again.seq], [true, undefined]);
+      await expectNone(b, { type: 'message' }, 200, b.frames.indexOf(got) + 1);
+      a.close();
+      b.close();
+    });
+
+    it('with HISTORY_SIZE=0 a 409 is never broadcast (nothing to check against)', async () => {
+      const inst = await h.gateway({ HISTORY_SIZE: '0' });
+      const chat = uniqueChat();
+      const i = h.instances.indexOf(inst);
+      const a = await h.member(1, chat, i);
+      const b = await h.member(2, chat, i);
+      const id = `orphan0-${chat}`;
+      h.api.messages.set(id, { id, chat_id: chat, sender_id: 1, ciphertext: 'x', saved_at: new Date().toISOString() });
+      const ack = await a.request({ type: 'message', data: { id, ciphertext: 'x' } }, { type: 'ack' });
+      assert.deepEqual([ack.duplicate, ack.seq], [true, undefined]);
+      await expectNone(b, { type: 'message' }, 200);
+      a.close();
+      b.close();
+    });
+
     it('edit and delete: saved upstream, acked, broadcast with sender and deleted_by', async () => {
       const { chat, a, b } = await h.pair();
       const id = `e-${chat}`;

@@ -138,6 +138,16 @@ for (const kind of ['memory', 'redis'] as const) {
       assert.equal(r.got.length, 130);
     });
 
+    it('contains: whether the history holds a broadcast appended with a key', async () => {
+      const e = await engine();
+      assert.equal(await e.contains('h1', 'm1'), false);
+      await e.append('h1', Buffer.from('{"type":"message"}'), null, 'm1');
+      await e.append('h1', Buffer.from('{"type":"presence-like"}'), null);
+      assert.equal(await e.contains('h1', 'm1'), true);
+      assert.equal(await e.contains('h1', 'm2'), false);
+      assert.equal(await e.contains('h2', 'm1'), false);
+    });
+
     it('a command reaches this instance and says what it did', async () => {
       const r = recorder();
       r.acted = 2;

@@ -8,7 +8,7 @@ import { EngineUnavailableError, type Engine, type EngineEvents } from '../types
 import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
 import { newEpoch, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
 import { JOIN, LEAVE, SWEEP } from './scripts.js';
-import { APPEND, RECOVER } from './stream-scripts.js';
+import { APPEND, CONTAINS, RECOVER } from './stream-scripts.js';
 
 const CHANNEL_PREFIX = 'ms:chat:{';
 /** Commands for every instance (classic pub/sub: in a Cluster it reaches every node's subscribers). */
@@ -25,6 +25,7 @@ type PresenceCommands = {
   msSweep(chatKey: string, now: number, userPrefix: string): Promise<string[]>;
   msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string]>;
   msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
+  msContains(historyKey: string, key: string): Promise<number>;
 };
 type Commands = (Redis | Cluster) & PresenceCommands;
 
@@ -151,6 +152,7 @@ export class RedisEngine implements Engine {
     this.cmd.defineCommand('msSweep', { numberOfKeys: 1, lua: SWEEP });
     this.cmd.defineCommand('msAppend', { numberOfKeys: 2, lua: APPEND });
     this.cmd.defineCommand('msRecover', { numberOfKeys: 2, lua: RECOVER });
+    this.cmd.defineCommand('msContains', { numberOfKeys: 1, lua: CONTAINS });
     this.log.info({ redis: this.config.urls.map(redactUrl), cluster: this.config.cluster }, 'redis engine connecting');
     const period = Math.max(100, Math.floor(this.presenceTtlMs / 3));
     this.timer = setInterval(() => void this.maintainPresence(), period);
@@ -205,12 +207,16 @@ export class RedisEngine implements Engine {
   }
 
   /** One script numbers, stores and publishes (stream-scripts.ts); resolves after our own delivery, like `publish`. */
-  async append(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<StreamPosition> {
+  async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key = ''): Promise<StreamPosition> {
     const { size, ttlMs } = this.history;
     const [seq, epoch] = await this.echoed(chat, exceptConn, (header) =>
-      this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS),
+      this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS, key),
     );
     return { seq, epoch };
+  }
+
+  async contains(chat: IdKey, key: string): Promise<boolean> {
+    return (await this.whenReady(() => this.cmd.msContains(historyKey(chat), key))) === 1;
   }
 
   /**

@@ -2,7 +2,8 @@
  * The chat stream in Redis, per chat (both keys share the `{chat}` hash tag, so one Cluster slot,
  * the same as the chat's channel):
  *   ms:stream:{chat}   HASH  epoch, seq — lost together, so a lost stream always gets a new epoch
- *   ms:history:{chat}  STREAM entry id 0-<seq>, fields t (ms) and f (the numbered frame)
+ *   ms:history:{chat}  STREAM entry id 0-<seq>, fields t (ms), f (the numbered frame) and, for
+ *                      broadcasts of a message, k (its id; see CONTAINS)
  * Numbering, storing and publishing are one script, so seq order is the channel's order.
  */
 
@@ -19,7 +20,7 @@ end
 /**
  * KEYS: stream hash, history. ARGV: newEpoch, frame (a JSON object without seq/epoch), publish
  * prefix (bytes put before the frame in the pub/sub message), channel, publish command
- * (PUBLISH or SPUBLISH), now ms, history size, history ttl ms, stream ttl ms.
+ * (PUBLISH or SPUBLISH), now ms, history size, history ttl ms, stream ttl ms, key ('' for none).
  * Returns {seq, epoch}.
  */
 export const APPEND = `${EPOCH}
@@ -27,7 +28,11 @@ local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
 local frame = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[2], 2)
 if tonumber(ARGV[7]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, 't', ARGV[6], 'f', frame)
+  if ARGV[10] == '' then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, 't', ARGV[6], 'f', frame)
+  else
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, 't', ARGV[6], 'f', frame, 'k', ARGV[10])
+  end
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
 redis.call(ARGV[5], ARGV[4], ARGV[3] .. frame)
@@ -61,4 +66,15 @@ for _, entry in ipairs(entries) do
   out[#out + 1] = fields[4]
 end
 return out
+`;
+
+/**
+ * KEYS: history. ARGV: key. Returns 1 when an entry of the history was appended with that key.
+ * A scan of at most HISTORY_SIZE entries, run only for a resend the main API answered 409.
+ */
+export const CONTAINS = `
+for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-')) do
+  if entry[2][6] == ARGV[1] then return 1 end
+end
+return 0
 `;
