@@ -141,6 +141,22 @@ const Unregistered = frame(
   'The registration to a chat ended',
 );
 
+const Refreshed = frame(
+  'refreshed',
+  { chat_ids: Type.Array(IdSchema, { description: 'The chats whose registrations now use the new token' }) },
+  'Answer to refresh: every verify passed and the new token is in force',
+);
+
+const Event = frame(
+  'event',
+  {
+    ...Position,
+    chat_id: IdSchema,
+    data: Type.Object({}, { additionalProperties: true, description: 'Whatever the backend published (any JSON object)' }),
+  },
+  'A system event the backend published through the server API; numbered and replayed like messages',
+);
+
 const Pong = frame('pong', {}, 'Answer to ping');
 
 const ErrorFrame = frame(
@@ -166,6 +182,8 @@ export const OUTBOUND_SCHEMAS = {
   presence: Presence,
   typing: Typing,
   unregistered: Unregistered,
+  refreshed: Refreshed,
+  event: Event,
   pong: Pong,
   error: ErrorFrame,
 } as const satisfies Record<string, TObject>;

@@ -75,6 +75,8 @@ const SAMPLES: Record<string, () => Buffer[]> = {
     numberFrame(out.broadcast('edit_message', '123', { id: 'm1', ciphertext: 'eA', nonce: undefined, envelopes: {}, message_type: undefined, edited_at: NOW, sender_id: 'u-1' }), POS),
     numberFrame(out.broadcast('delete_message', '123', { id: 'm1', deleted_by: 456 }), POS),
   ],
+  refreshed: () => [out.refreshed(['123', 'room:1']), out.refreshed([])],
+  event: () => [numberFrame(out.event('123', { kind: 'renamed', title: 'x', nested: { a: [1] } }), POS), numberFrame(out.event('room:1', {}), ZERO)],
   presence: () => PRESENCE_STATUSES.map((status) => out.presence('123', '789', status)),
   typing: () => [out.typing('123', '789'), out.typing('room:1', 'u-1')],
   PONG: () => [out.PONG],
@@ -162,7 +164,7 @@ describe('asyncapi', () => {
     // No verify cache: a refused re-register reaches the main API (for `unregistered` with a reason).
     const h = useHarness('memory', { AUTH_CACHE_TTL_MS: '0' });
 
-    it('register, message (+ duplicate), edit, delete, typing, presence, ping, errors, recovery, unregister, refused register', async () => {
+    it('register, message (+ duplicate), edit, delete, typing, presence, ping, refresh, event, errors, recovery, unregister, refused register', async () => {
       const chat = uniqueChat();
       const a = await h.member(1, chat);
       const b = await h.member(2, chat);
@@ -175,12 +177,16 @@ describe('asyncapi', () => {
       a.send({ type: 'typing' });
       await b.next({ type: 'typing' });
       await a.request({ type: 'ping' }, { type: 'pong' });
+      await a.request({ type: 'refresh', token: await h.token(1) }, { type: 'refreshed' });
+      // What the server API's publish does.
+      await h.instances[0]!.gateway.engine.append(String(chat), out.event(String(chat), { kind: 'renamed', title: 'x' }), null);
       await a.request({ type: 'no_such_type' }, { type: 'error', code: 'unsupported_type' });
       await a.request({ type: 'message', data: { id: 'bad id', ciphertext: 'x' } }, { type: 'error', code: 'bad_request' });
       a.sendRaw('not json');
       await a.next((f) => f.type === 'error' && f.op === undefined, 3000, a.frames.length - 1);
       await a.request({ type: 'edit_message', data: { id: 'unknown', ciphertext: 'x' } }, { type: 'error', code: 'not_found' });
-      const last = await b.next({ type: 'delete_message' });
+      await b.next({ type: 'delete_message' });
+      const last = await b.next({ type: 'event' });
 
       // Recovery: a replay then registered recovered:true; an unknown epoch: recovered:false.
       const registered = b.all({ type: 'registered' })[0]!;
