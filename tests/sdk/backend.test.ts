@@ -288,6 +288,32 @@ for (const mode of ENGINE_MODES) {
       assert.ok(tokens.includes(lastRegister.token as string));
     });
 
+    it('a refresh whose new token never arrives: the next connection registers with it', async () => {
+      const chatId = uniqueChat();
+      const u = user();
+      const p = await proxy(h);
+      const tokens: string[] = [];
+      const a = await sdk(h, u, {
+        url: p.url,
+        ...fast,
+        refreshLeadMs: 1500,
+        token: async () => {
+          // A short-lived first token; the second one lives long enough not to be refreshed here.
+          tokens.push(await h.token(u, { expiresInSec: tokens.length === 0 ? 3 : 60 }));
+          return tokens.at(-1)!;
+        },
+      });
+      const chatA = a.client.chat(chatId);
+      await chatA.ready();
+      p.hold((f) => f.type === 'refreshed');
+      await waitFor(() => p.links[0]!.fromGateway.some((f) => f.type === 'refreshed'), 5000, 'refreshed (held back)');
+      p.cut();
+      await waitFor(() => a.all('registered').length === 2, 5000, 'registered again');
+      assert.equal(tokens.length, 2, 'no third token: the second one was kept');
+      assert.deepEqual(p.links[1]!.fromClient.find((f) => f.type === 'register')!.token, tokens[1]);
+      p.release();
+    });
+
     it('a refresh that keeps failing lets the token expire: the chat is registered again with a new token and since', async () => {
       const chatId = uniqueChat();
       const u = user();
@@ -298,19 +324,26 @@ for (const mode of ENGINE_MODES) {
         refreshLeadMs: 1500,
         token: () => {
           calls++;
-          // The first token, then three failed refresh attempts, then a token after the expiry.
-          if (calls >= 2 && calls <= 4) throw new Error('identity provider down');
-          return h.token(u, { expiresInSec: 3 });
+          // The first token; three failed refresh attempts (the provider throws, then gives
+          // another user's token twice, which the gateway refuses); a token after the expiry.
+          if (calls === 2) throw new Error('identity provider down');
+          return h.token(calls === 3 || calls === 4 ? u + 1000 : u, { expiresInSec: calls === 5 ? 60 : 3 });
         },
       });
       const chatA = a.client.chat(chatId);
       await chatA.ready();
       const sent = await chatA.send(text('before the expiry'));
       const failed = await a.next('error', () => true, 10_000);
-      assert.match(String((failed.error as Error).message), /identity provider down/);
+      assert.match(String((failed.error as Error).message), /another user/);
+      assert.match(failed.during, /token refresh/);
       await waitFor(() => a.all('registered').length === 2, 10_000, 'registered again after token_expired');
       assert.equal(calls, 5);
       const link = p.links[0]!;
+      assert.equal(link.fromClient.filter((f) => f.type === 'refresh').length, 2);
+      assert.deepEqual(
+        link.fromGateway.filter((f) => f.type === 'error').map((f) => [f.op, f.code]),
+        [['refresh', 'forbidden'], ['refresh', 'forbidden']],
+      );
       assert.ok(link.fromGateway.some((f) => f.type === 'unregistered' && f.reason === 'token_expired'));
       const registers = link.fromClient.filter((f) => f.type === 'register');
       assert.equal(registers.length, 2);

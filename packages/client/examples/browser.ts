@@ -29,6 +29,11 @@ chat.on('message', ({ message }) => {
   render(message.id, message.ciphertext);
   localStorage.setItem(positionKey, JSON.stringify(chat.position));
 });
+// System events from the backend (chat renamed, member added…) are in the chat's stream too.
+chat.on('event', ({ data }) => {
+  renderSystemEvent(data);
+  localStorage.setItem(positionKey, JSON.stringify(chat.position));
+});
 chat.on('gap', async ({ from }) => {
   // The gateway could not replay what was missed: load it from the main API's history.
   await loadHistory(chatId, from);
@@ -42,5 +47,6 @@ document.querySelector('form')?.addEventListener('submit', async (event) => {
 });
 
 declare function render(id: string, ciphertext: string): void;
+declare function renderSystemEvent(data: Record<string, unknown>): void;
 declare function encrypt(text: string): Promise<string>;
 declare function loadHistory(chatId: number, after: unknown): Promise<void>;

@@ -24,6 +24,8 @@ chat.on('message', ({ message, seq }) => console.log(`#${seq ?? '-'} ${message.s
 chat.on('edit', ({ edit }) => console.log(`edited ${edit.id}`));
 chat.on('delete', ({ id }) => console.log(`deleted ${id}`));
 chat.on('gap', ({ from, to, reason }) => console.log(`missed ${from.seq}..${to.seq} (${reason}): fetch from the main API`));
+chat.on('event', ({ data, seq }) => console.log(`#${seq ?? '-'} system event: ${JSON.stringify(data)}`));
+chat.on('unregistered', ({ error, reason }) => console.log(`left chat 1 (${reason ?? error.code}): ${error.message}`));
 
 const { online } = await chat.ready();
 console.log('online:', online);

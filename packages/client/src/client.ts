@@ -206,8 +206,8 @@ export class Client extends Emitter<ClientEvents> {
   private refreshTimer: Timer | null = null;
   /** Refresh attempts for the current token. */
   private refreshAttempts = 0;
-  /** The `refresh` in flight: the token it hands over, the one it replaces, the connection it was sent on. */
-  private refreshing: { token: string; from: string; connection: number } | null = null;
+  /** The `refresh` in flight on the current connection: the token it hands over, the one it replaces. */
+  private refreshing: { token: string; from: string } | null = null;
 
   private lastFrameAt = 0;
   private idleTimer: Timer | null = null;
@@ -458,6 +458,7 @@ export class Client extends Emitter<ClientEvents> {
     if (this.openedAt !== 0 && Date.now() - this.openedAt >= this.cfg.stableAfterMs) this.reconnectAttempt = 0;
     this.openedAt = 0;
     this.dropOutstanding();
+    this.abandonRefresh();
     for (const state of this.chats.values()) {
       if (state.status !== 'gone') state.status = 'idle';
       clearTimer(state.retryTimer);
@@ -612,20 +613,19 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private sendRefresh(from: string, token: string): void {
-    const attempt = { token, from, connection: this.connectionNo };
+    const attempt = { token, from };
     this.refreshing = attempt;
     const text = JSON.stringify({ type: 'refresh', token });
-    const track: Track = {
-      key: 'f',
-      resend: () => void (this.refreshing === attempt && this.transmit(text, false, track)),
-      onAnswer: (answered) => {
-        // The connection dropped before the answer: the new token is fine for the next one.
-        if (answered || this.refreshing !== attempt) return;
-        this.refreshing = null;
-        if (this.token === from && !this.tokenStale) this.useToken(token);
-      },
-    };
+    const track: Track = { key: 'f', resend: () => void (this.refreshing === attempt && this.transmit(text, false, track)) };
     this.transmit(text, false, track);
+  }
+
+  /** The connection closed before the answer (sent or still queued): the new token is for the next one. */
+  private abandonRefresh(): void {
+    const attempt = this.refreshing;
+    if (attempt === null) return;
+    this.refreshing = null;
+    if (this.token === attempt.from && !this.tokenStale) this.useToken(attempt.token);
   }
 
   /** `refreshed`: the connection's registrations hold the new token now. */
@@ -686,6 +686,7 @@ export class Client extends Emitter<ClientEvents> {
     clearTimer(this.holdTimer);
     clearTimer(this.refreshTimer);
     this.reconnectTimer = this.holdTimer = this.refreshTimer = null;
+    this.refreshing = null;
     this.dropOutstanding();
     for (const state of this.chats.values()) {
       clearTimer(state.retryTimer);
@@ -1027,6 +1028,8 @@ export class Client extends Emitter<ClientEvents> {
       }
     }
     this.stopConnectionTimers();
+    this.dropOutstanding();
+    this.abandonRefresh();
     if (ws !== null || reconnecting) this.setState({ state: 'disconnected', code: 1000, reason: 'no chats', retryInMs: null });
   }
 
