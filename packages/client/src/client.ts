@@ -586,10 +586,15 @@ export class Client extends Emitter<ClientEvents> {
     this.refreshTimer = null;
     const from = this.token;
     const provider = this.options.token;
-    if (this.ended || this.tokenStale || from === null || typeof provider === 'string' || this.refreshing !== null) return;
+    if (this.ended || this.tokenStale || from === null || typeof provider === 'string') return;
+    if (this.refreshing !== null) {
+      // The refresh of an earlier token is still out: this one's comes after its answer.
+      this.refreshTimer = unref(setTimeout(() => this.refreshToken(), 250));
+      return;
+    }
     const statuses = [...this.chats.values()].map((state) => state.status);
     if (!this.isOpen() || !statuses.includes('registered')) {
-      if (this.isOpen() && statuses.includes('registering')) {
+      if (this.isOpen() && statuses.includes('registering') && (jwtClaims(from)?.exp ?? 0) > Date.now()) {
         // Just reconnected: refresh once a registration holds the token.
         this.refreshTimer = unref(setTimeout(() => this.refreshToken(), 250));
         return;
