@@ -31,7 +31,7 @@ const THROTTLE_MS = 1000;
  * rejection, and a flood must not be forgiven for having been paused.
  */
 const FORGIVE_MS = 2 * THROTTLE_MS;
-/** How long a socket the gateway closed may take to flush its close frame before it is dropped. */
+/** How long a socket the gateway closed may take to complete the close handshake before it is dropped. */
 const CLOSE_GRACE_MS = 1000;
 /** setTimeout's longest delay; a later expiry is checked again when it fires. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -475,10 +475,10 @@ export class Session implements Connection {
     this.ws.close(code, reason);
     if (terminate) this.ws.terminate();
     else {
-      // Nothing the peer sends after our close is read (a flooder that ignores the close frame
-      // would otherwise be parsed until ws's 30 s close timeout); the socket goes after a grace
-      // period that lets the close frame out.
-      this.ws.pause();
+      // The socket is still read, so a peer's close reply ends the connection at once (a paused
+      // socket would hide it, and every client would see our close only at the grace period's
+      // end). What a peer sends after our close is dropped unparsed (`closed`), and a flooder
+      // that ignores the close frame is cut off after the grace period, not ws's 30 s timeout.
       setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS).unref();
     }
     this.onClosed();
