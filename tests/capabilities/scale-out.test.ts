@@ -123,6 +123,34 @@ describe('several gateway processes on one Redis behave as one', () => {
     fresh.close();
   });
 
+  it('a message saved by an instance SIGKILLed before it broadcast is broadcast when the client resends it to another instance', async () => {
+    const chat = ++chatSeq;
+    const victim = await spawnGateway();
+    const receiver = await member(gateways[0]!, 50, chat);
+    const sender = await member(victim, 51, chat);
+    const id = `saved-then-killed-${chat}`;
+    const msg = { type: 'message', data: { id, ciphertext: 'x' } };
+    api.addFault({ op: 'save', delayMs: 800, times: 1 });
+    try {
+      sender.send(msg);
+      await waitFor(() => api.requests.some((r) => r.op === 'save' && (r.body as { id?: string })?.id === id), 3000, 'the save at the main API');
+      victim.kill('SIGKILL');
+      await victim.exited;
+      await waitFor(() => api.messages.has(id), 3000, 'the save to complete at the main API');
+    } finally {
+      api.clearFaults();
+    }
+    // The SDK's reconnect, by hand: another instance, the same message id.
+    const again = await member(gateways[0]!, 51, chat);
+    const ack = await again.request(msg, { type: 'ack' });
+    assert.equal(ack.duplicate, true);
+    assert.equal(typeof ack.seq, 'number');
+    const got = await receiver.next({ type: 'message' });
+    assert.deepEqual([(got.data as { id: string }).id, got.seq], [id, ack.seq]);
+    receiver.close();
+    again.close();
+  });
+
   it('graceful shutdown of one instance: the others see offline at once, not after the TTL', async () => {
     const chat = ++chatSeq;
     const leaving = await spawnGateway();
