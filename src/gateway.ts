@@ -39,7 +39,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   const log = options.log ?? createLogger(config.logLevel);
   const metrics = createMetrics();
   const engine = options.engine ?? (await createEngine(config, log));
-  const hub = new Hub(engine, metrics, log, config.publishRetryMs);
+  const hub = new Hub(engine, metrics, log, config.publishRetryMs, config.historyTtlMs);
   const api = createMainApi(config, log, metrics);
   const instanceId = randomBytes(6).toString('hex');
   const sessions = new Set<Session>();
@@ -205,6 +205,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     for (const s of [...sessions]) s.terminate();
     clearInterval(heartbeat);
     await idleWithin(500);
+    await hub.abandonLate();
     await api.close().catch(() => undefined);
     // Last: everything above may still publish or leave presence through it.
     await engine.close().catch((err: Error) => log.warn({ err: err.message }, 'engine close failed'));

@@ -14,6 +14,20 @@ interface Subscription {
   ready: Promise<void>;
 }
 
+/** A saved operation whose broadcast the engine refused for PUBLISH_RETRY_MS. */
+interface LateBroadcast {
+  chat: IdKey;
+  frame: Buffer;
+  exceptConn: string | null;
+  key: string | undefined;
+  at: number;
+}
+
+/** Broadcasts waiting for the engine at once, at most; more are dropped (and counted). */
+const MAX_LATE = 10_000;
+/** While some wait, how often the engine is tried again (also at once when it reports ready). */
+const LATE_RETRY_MS = 1000;
+
 /**
  * Joins the local registry to the engine: one engine subscription per chat with local members,
  * presence transitions turned into broadcasts, and every delivery written from the engine's
@@ -22,6 +36,9 @@ interface Subscription {
 export class Hub {
   readonly registry = new Registry<Member>();
   private readonly subscriptions = new Map<IdKey, Subscription>();
+  private readonly late: LateBroadcast[] = [];
+  private lateTimer: NodeJS.Timeout | null = null;
+  private flushingLate = false;
 
   constructor(
     private readonly engine: Engine,
@@ -29,6 +46,8 @@ export class Hub {
     private readonly log: Logger,
     /** PUBLISH_RETRY_MS: how long a saved operation's broadcast is retried while the engine fails. */
     private readonly publishRetryMs = 10_000,
+    /** A late broadcast older than this (HISTORY_TTL_MS) is dropped instead of published. */
+    private readonly lateMaxAgeMs = 300_000,
   ) {}
 
   /** The callbacks the engine drives. */
@@ -46,7 +65,10 @@ export class Hub {
       presenceRestored: (chat, users) => {
         for (const user of users) void this.publishQuietly(chat, out.presence(chat, user, 'online'), null);
       },
-      readyChange: onReadyChange,
+      readyChange: (ready) => {
+        onReadyChange(ready);
+        if (ready) void this.publishLate();
+      },
       command: onCommand,
     };
   }
@@ -127,9 +149,9 @@ export class Hub {
   /**
    * Broadcasts an operation the main API has saved, as the chat stream's next entry. The save
    * cannot be undone, so a failing engine is retried with backoff (100 ms doubling to 2 s) for
-   * `publishRetryMs`; then the broadcast is dropped, counted in publish_dropped_total and logged,
-   * and null is returned. Known limit: the dropped broadcast takes no seq, so receivers see no hole;
-   * it exists only in the main API's history.
+   * `publishRetryMs`; then null is returned (the ack goes out without a position) and the
+   * broadcast waits, in order, to be published late once the engine works again (see
+   * `publishLate`), so receivers still get it — under the position it gets then.
    * A retry after a lost reply may broadcast twice, under two positions (clients drop a message
    * id they already have).
    */
@@ -140,14 +162,74 @@ export class Hub {
         return await this.timed(() => this.engine.append(chat, frame, exceptConn, key));
       } catch (err) {
         if (Date.now() + wait > giveUpAt) {
-          this.metrics.publishDropped.inc();
-          this.log.error({ chat, err: (err as Error).message }, 'saved operation never broadcast: engine kept failing');
+          this.deferLate({ chat, frame, exceptConn, key, at: Date.now() }, (err as Error).message);
           return null;
         }
         this.metrics.publishRetries.inc();
         await sleep(wait);
       }
     }
+  }
+
+  private deferLate(entry: LateBroadcast, why: string): void {
+    if (this.late.length >= MAX_LATE) {
+      this.dropLate(entry, 'too many broadcasts waiting for the engine');
+      return;
+    }
+    this.log.warn({ chat: entry.chat, err: why, waiting: this.late.length + 1 }, 'saved operation not broadcast yet: engine failing; it will be published late');
+    this.late.push(entry);
+    this.scheduleLate();
+  }
+
+  private dropLate(entry: LateBroadcast, why: string): void {
+    this.metrics.publishDropped.inc();
+    this.log.error({ chat: entry.chat, why }, 'saved operation never broadcast');
+  }
+
+  private scheduleLate(): void {
+    if (this.lateTimer !== null || this.late.length === 0) return;
+    this.lateTimer = setTimeout(() => {
+      this.lateTimer = null;
+      void this.publishLate();
+    }, LATE_RETRY_MS);
+    this.lateTimer.unref();
+  }
+
+  /**
+   * Publishes the broadcasts that waited for the engine, oldest first, until one fails (then
+   * tried again in LATE_RETRY_MS). One older than `lateMaxAgeMs` is dropped and counted instead.
+   */
+  async publishLate(): Promise<void> {
+    if (this.flushingLate) return;
+    this.flushingLate = true;
+    try {
+      while (this.late.length > 0) {
+        const entry = this.late[0]!;
+        if (Date.now() - entry.at > this.lateMaxAgeMs) {
+          this.late.shift();
+          this.dropLate(entry, 'waited longer than HISTORY_TTL_MS for the engine');
+          continue;
+        }
+        try {
+          await this.timed(() => this.engine.append(entry.chat, entry.frame, entry.exceptConn, entry.key));
+        } catch {
+          break;
+        }
+        this.late.shift();
+        this.metrics.publishLate.inc();
+      }
+    } finally {
+      this.flushingLate = false;
+      this.scheduleLate();
+    }
+  }
+
+  /** At shutdown, after a last try: what still waits is dropped and counted. */
+  async abandonLate(): Promise<void> {
+    if (this.late.length > 0) await this.publishLate();
+    if (this.lateTimer !== null) clearTimeout(this.lateTimer);
+    this.lateTimer = null;
+    for (const entry of this.late.splice(0)) this.dropLate(entry, 'instance shutting down');
   }
 
   /** For broadcasts whose failure only deserves a log line (presence, typing after the fact). */

@@ -68,9 +68,14 @@ export function createMetrics() {
       help: 'Publishes of saved operations retried because the engine failed',
       registers,
     }),
+    publishLate: new Counter({
+      name: 'message_service_publish_late_total',
+      help: 'Saved operations broadcast late: the engine failed for PUBLISH_RETRY_MS, and they were published once it worked again',
+      registers,
+    }),
     publishDropped: new Counter({
       name: 'message_service_publish_dropped_total',
-      help: 'Saved operations never broadcast: the engine kept failing for PUBLISH_RETRY_MS',
+      help: 'Saved operations never broadcast: more than 10,000 waiting for the engine, waiting longer than HISTORY_TTL_MS, or still waiting at shutdown',
       registers,
     }),
     apiRequests: new Counter({

@@ -366,11 +366,10 @@ export interface AppReport {
   /** For each lost id: its ack, when the main API first got it relative to the kills, who has it. */
   lostDetails: string[];
   /**
-   * Others' acked messages it does not have because no gateway ever broadcast them: saved by an
-   * instance SIGKILLed before it broadcast them (the resend is then a `duplicate` that is not
-   * broadcast either), or acked without a position because the gateway gave up publishing them
-   * (PUBLISH_RETRY_MS). No client has them and no gap reports them: gateway bugs, counted apart
-   * from `lost` (see docs/client-sdk.md, "Soak").
+   * Others' acked messages it does not have because no gateway ever broadcast them (acked
+   * `duplicate` or without a position, received by nobody). The gateway now broadcasts both
+   * cases (a resend whose id history lacks; a late publish), so this should stay 0; it is
+   * counted apart from `lost` so a regression shows as a gateway fault (docs/client-sdk.md, "Soak").
    */
   neverBroadcast: number;
   neverBroadcastIds: string[];
