@@ -24,11 +24,20 @@
  * 401 unauthorized, 403 forbidden, 404 not_found, 413 too_large, 429 rate_limited and
  * 5xx / timeout / connection refused upstream_unavailable (retryable). Any other status is
  * therefore best avoided. See docs/dev-api.md.
+ *
+ * Built on Fastify (like the gateway's server API): one route per call, hooks that record every
+ * gateway call and apply the faults before any check, a body parser that keeps non-JSON text for
+ * the record. The gateway's calls check in their handlers, in the contract's order (401 before
+ * 422, edit's 404/403 before 422); the dev conveniences validate with TypeBox schemas.
  */
-import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID, webcrypto } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Type, type SchemaOptions, type TSchema } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest, type FastifySchemaCompiler } from 'fastify';
 import { SignJWT, jwtVerify, errors as joseErrors } from 'jose';
 
 // ---------------------------------------------------------------------------------------------
@@ -123,8 +132,12 @@ export const DEFAULT_SECRET = 'dev-secret-change-me';
 
 /** Largest accepted request body (the gateway's own frame limit is far below this). */
 export const BODY_LIMIT_BYTES = 1024 * 1024;
-/** Past this we stop draining an oversized body and drop the connection. */
-const DRAIN_LIMIT_BYTES = 16 * BODY_LIMIT_BYTES;
+/**
+ * Bodies up to this are read to the end even when over BODY_LIMIT_BYTES, so the keep-alive socket
+ * stays usable and the client reliably sees the 413 instead of a reset mid-upload. Past it
+ * Fastify answers 413 itself and closes the connection.
+ */
+const READ_LIMIT_BYTES = 16 * BODY_LIMIT_BYTES;
 const DEFAULT_TOKEN_TTL_SEC = 3600;
 const DEFAULT_WAIT_MS = 2000;
 /** Longer than the usual client idle timeout, so the gateway's pool, not us, closes idle sockets. */
@@ -139,11 +152,18 @@ const FAULT_KEYS = new Set(['op', 'delayMs', 'status', 'hang', 'body', 'times'])
 
 type JsonObject = Record<string, unknown>;
 
-/** What a handler wants sent. `raw` is sent verbatim instead of JSON-encoding `body`. */
-interface Reply {
-  status: number;
-  body?: unknown;
-  raw?: string;
+/** Answered as `{"error": message}` with `status` by the error handler. */
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function refuse(status: number, message: string): never {
+  throw new HttpError(status, message);
 }
 
 function isObject(v: unknown): v is JsonObject {
@@ -152,10 +172,6 @@ function isObject(v: unknown): v is JsonObject {
 
 function isId(v: unknown): v is string | number {
   return (typeof v === 'string' && v.length > 0) || (typeof v === 'number' && Number.isFinite(v));
-}
-
-function error(status: number, message: string): Reply {
-  return { status, body: { error: message } };
 }
 
 /**
@@ -170,12 +186,12 @@ export function userIdFromSub(sub: string): string | number {
   return sub;
 }
 
-function bearerToken(req: IncomingMessage): string | undefined {
+function bearerToken(req: FastifyRequest): string | undefined {
   const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
   return m?.[1];
 }
 
-function flattenHeaders(req: IncomingMessage): Record<string, string | undefined> {
+function flattenHeaders(req: FastifyRequest): Record<string, string | undefined> {
   const out: Record<string, string | undefined> = {};
   for (const [name, value] of Object.entries(req.headers)) {
     out[name] = Array.isArray(value) ? value.join(', ') : value;
@@ -222,115 +238,105 @@ export function parseFault(input: unknown): Fault {
   return fault;
 }
 
-/** The reply a status/body fault produces, or undefined when the request proceeds normally. */
-function faultReply(fault: Fault): Reply | undefined {
-  if (fault.status === undefined && fault.body === undefined) return undefined;
+/** Answers a status/body fault: `status` (default 200) with `body`, a string verbatim. */
+function sendFault(reply: FastifyReply, fault: Fault): FastifyReply {
   const status = fault.status ?? 200;
+  // 204/304 must not carry a body.
+  if (status === 204 || status === 304) return reply.code(status).send();
   const body = fault.body === undefined ? { error: STATUS_CODES[status] ?? 'injected fault' } : fault.body;
-  return typeof body === 'string' ? { status, raw: body } : { status, body };
-}
-
-function send(res: ServerResponse, reply: Reply): void {
-  if (res.headersSent || res.destroyed) return;
-  // 204/304 must not carry a body (Node would drop it anyway, but the length header would lie).
-  if (reply.status === 204 || reply.status === 304) {
-    res.writeHead(reply.status).end();
-    return;
-  }
-  const payload = reply.raw ?? (reply.body === undefined ? '' : JSON.stringify(reply.body));
-  res.writeHead(reply.status, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(payload),
-  });
-  res.end(payload);
+  return reply
+    .code(status)
+    .type('application/json; charset=utf-8')
+    .send(typeof body === 'string' ? body : JSON.stringify(body));
 }
 
 // ---------------------------------------------------------------------------------------------
-// Request body
+// Request body and validation
 // ---------------------------------------------------------------------------------------------
 
-interface ReceivedBody {
-  text: string;
-  tooLarge: boolean;
-  /** The client went away (or sent far too much) before the body was complete. */
-  aborted: boolean;
+/** A body that is not JSON (recorded as its text) or too large (recorded as undefined), then refused. */
+class UnparsedBody {
+  constructor(
+    readonly text: string | undefined,
+    readonly refusal: HttpError,
+  ) {}
 }
 
-/**
- * Reads the whole body. An oversized body is drained (not buffered) so the keep-alive socket
- * stays usable and the client reliably sees the 413 instead of a reset mid-upload.
- */
-function readBody(req: IncomingMessage): Promise<ReceivedBody> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let done = false;
-    const finish = (aborted: boolean): void => {
-      if (done) return;
-      done = true;
-      const tooLarge = size > BODY_LIMIT_BYTES;
-      resolve({ text: tooLarge ? '' : Buffer.concat(chunks).toString('utf8'), tooLarge, aborted });
-    };
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > DRAIN_LIMIT_BYTES) {
-        req.destroy();
-        finish(true);
-      } else if (size <= BODY_LIMIT_BYTES) {
-        chunks.push(chunk);
-      }
-    });
-    req.on('end', () => finish(false));
-    req.on('error', () => finish(true));
-    req.on('close', () => finish(!req.complete));
-  });
-}
-
-type ParsedBody = { ok: true; value: unknown } | { ok: false };
-
-function parseJson(text: string): ParsedBody {
-  if (text.trim() === '') return { ok: true, value: undefined };
+/** Every body is read as JSON whatever its content type (curl -d says form-urlencoded). */
+function parseBody(raw: Buffer): unknown {
+  if (raw.length > BODY_LIMIT_BYTES) return new UnparsedBody(undefined, new HttpError(413, `body larger than ${BODY_LIMIT_BYTES} bytes`));
+  const text = raw.toString('utf8');
+  if (text.trim() === '') return undefined;
   try {
-    return { ok: true, value: JSON.parse(text) as unknown };
+    return JSON.parse(text) as unknown;
   } catch {
-    return { ok: false };
+    return new UnparsedBody(text, new HttpError(400, 'body is not valid JSON'));
   }
 }
+
+/** TypeBox checks; a failing body is 422 with the failing schema's `errorMessage`. */
+const validatorCompiler: FastifySchemaCompiler<TSchema> = ({ schema }) => {
+  const check = TypeCompiler.Compile(schema);
+  return (value) => {
+    if (check.Check(value)) return { value };
+    const failed = check.Errors(value).First();
+    return { error: new HttpError(422, String(failed?.schema.errorMessage ?? failed?.message ?? 'invalid body')) };
+  };
+};
+
+/** What isId accepts. */
+const Id = (options: SchemaOptions = {}) => Type.Union([Type.String({ minLength: 1 }), Type.Number()], options);
+
+const USER_ID = { errorMessage: 'user_id (number or string) is required' };
+const DevTokenBody = Type.Object(
+  {
+    user_id: Id(USER_ID),
+    // null, like no value, is the default lifetime
+    expires_in: Type.Optional(Type.Union([Type.Number({ exclusiveMinimum: 0 }), Type.Null()], { errorMessage: 'expires_in must be a positive number of seconds' })),
+  },
+  USER_ID, // a body that is no object has no user_id either
+);
+
+const USER_IDS = { errorMessage: 'user_ids must be an array of ids, or null for an open chat' };
+const MembersBody = Type.Object({ user_ids: Type.Union([Type.Array(Id()), Type.Null()], USER_IDS) }, USER_IDS);
+const ChatIdParams = Type.Object({ chat_id: Type.String() });
 
 // ---------------------------------------------------------------------------------------------
 // Routing
 // ---------------------------------------------------------------------------------------------
 
-interface OpRoute {
-  op: Op;
-  /** Still URL-encoded; decoded by the handler so a bad escape becomes a 400, not a crash. */
-  rawChatId?: string;
-  rawMessageId?: string;
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** dev-api: the gateway call a route answers, recorded and faulted as such. */
+    op?: Op;
+  }
 }
 
-function matchOp(method: string, segments: string[]): OpRoute | undefined {
-  const [, first, second, third, fourth, ...rest] = segments;
-  if (segments.length === 3 && first === 'auth' && second === 'verify' && method === 'POST') return { op: 'verify' };
-  if (segments.length === 3 && first === 'chat' && second === 'massage' && method === 'POST') return { op: 'save' };
-  const isMessagePath = rest.length === 0 && first === 'chat' && third === 'messages';
-  if (!isMessagePath || !second || !fourth) return undefined;
-  if (method === 'PATCH') return { op: 'edit', rawChatId: second, rawMessageId: fourth };
-  if (method === 'DELETE') return { op: 'delete', rawChatId: second, rawMessageId: fourth };
-  return undefined;
-}
-
-/** Control-plane paths are neither recorded nor subject to faults. */
-function isControlPath(path: string): boolean {
-  return path === '/healthz' || path === '/dev/token' || path.startsWith('/__');
+/** Raw request path without the query string (still URL-encoded). */
+function pathOf(req: { url?: string }): string {
+  return (req.url ?? '/').split('?')[0] ?? '/';
 }
 
 /**
- * Routes for clients (the chat page), not for the gateway: never recorded in `requests` (which
- * shows what the gateway sent) and never faulted. `/chats/…`, plural, is not the gateway's `/chat/…`.
+ * Control paths (`/__*`, `/healthz`, `/dev/token`) and the clients' routes (`/devices/…`, `/chats/…`,
+ * plural — not the gateway's `/chat/…`) are neither recorded nor faulted: `requests` shows what the
+ * gateway sent. Every other request is, as its route's op or `other`.
  */
-function isClientPath(path: string): boolean {
-  return path.startsWith('/devices/') || path.startsWith('/chats/');
+function isGatewayPath(path: string): boolean {
+  const control = path === '/healthz' || path === '/dev/token' || path.startsWith('/__');
+  return !control && !path.startsWith('/devices/') && !path.startsWith('/chats/');
 }
+
+/** The op of a gateway route (set in its config); `other` for any other path the gateway may call. */
+function opOf(req: FastifyRequest): Op | 'other' | undefined {
+  if (!isGatewayPath(pathOf(req))) return undefined;
+  return req.routeOptions.config.op ?? 'other';
+}
+
+/** `(.+)`: an empty segment is no id, so `/chat//messages/x` is no route (404). */
+const MESSAGE_PATH = '/chat/:chat_id(.+)/messages/:message_id(.+)';
+type MessageParams = { Params: { chat_id: string; message_id: string } };
+type ChatParams = { Params: { chat_id: string } };
 
 /** Device ids as the page makes them (UUIDs); also the keys of a message's `envelopes`. */
 const DEVICE_ID = /^[A-Za-z0-9_-]{1,64}$/;
@@ -348,20 +354,9 @@ async function isP256PublicKey(value: unknown): Promise<boolean> {
   }
 }
 
-function decodeParam(raw: string | undefined): string | undefined {
-  if (raw === undefined) return undefined;
-  try {
-    return decodeURIComponent(raw);
-  } catch {
-    return undefined;
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The server
 // ---------------------------------------------------------------------------------------------
-
-type AuthResult = { ok: true; sub: string } | { ok: false; reply: Reply };
 
 interface Waiter {
   n: number;
@@ -486,227 +481,44 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     return token;
   }
 
-  async function authenticate(token: string | undefined): Promise<AuthResult> {
-    if (!token) return { ok: false, reply: error(401, 'missing token') };
-    if (token.startsWith('opaque-')) {
-      const sub = opaqueTokens.get(token);
-      return sub === undefined ? { ok: false, reply: error(401, 'invalid token') } : { ok: true, sub };
-    }
+  /** The token's user (its `sub`); 401 when the token is missing, invalid or expired. */
+  async function authenticate(token: string | undefined): Promise<string> {
+    if (!token) refuse(401, 'missing token');
+    if (token.startsWith('opaque-')) return opaqueTokens.get(token) ?? refuse(401, 'invalid token');
+    let sub: unknown;
     try {
-      const { payload } = await jwtVerify(token, key, { algorithms: ['HS256'] });
-      if (typeof payload.sub !== 'string' || payload.sub === '') {
-        return { ok: false, reply: error(401, 'token has no subject') };
-      }
-      return { ok: true, sub: payload.sub };
+      ({ sub } = (await jwtVerify(token, key, { algorithms: ['HS256'] })).payload);
     } catch (err) {
-      const message = err instanceof joseErrors.JWTExpired ? 'token expired' : 'invalid token';
-      return { ok: false, reply: error(401, message) };
+      refuse(401, err instanceof joseErrors.JWTExpired ? 'token expired' : 'invalid token');
     }
+    if (typeof sub !== 'string' || sub === '') refuse(401, 'token has no subject');
+    return sub;
   }
 
-  // --- the four calls the gateway makes ------------------------------------------------------
+  // --- the server: body parser, hooks, errors -------------------------------------------------
 
-  async function handleVerify(req: IncomingMessage, body: unknown): Promise<Reply> {
-    const data = isObject(body) ? body : {};
-    // The body token is the contract; the header is a fallback for clients that only send that.
-    const token = typeof data.token === 'string' && data.token !== '' ? data.token : bearerToken(req);
-    const auth = await authenticate(token);
-    if (!auth.ok) return auth.reply;
-    if (!isId(data.chat_id)) return error(422, 'chat_id is required');
-    if (!isMember(data.chat_id, auth.sub)) return error(403, 'not a member of this chat');
-    const joined = participants.get(String(data.chat_id)) ?? new Set<string>();
-    participants.set(String(data.chat_id), joined.add(auth.sub)); // whose devices get envelopes
-    return { status: 200, body: { user_id: userIdFromSub(auth.sub), chat_id: data.chat_id } };
-  }
+  const app = Fastify({
+    logger: false,
+    bodyLimit: READ_LIMIT_BYTES,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    // close() destroys every connection, hanging ones included, so shutting down never blocks.
+    forceCloseConnections: true,
+    // Only the routes below: HEAD /healthz is no route, as OPTIONS is.
+    exposeHeadRoutes: false,
+    // A 64-character id URL-encodes to 192 (chat ids may hold ':'); the header limit bounds the URL anyway.
+    routerOptions: { maxParamLength: 16 * 1024 },
+    // A malformed %-escape fails the whole path before routing (not recorded; the gateway always encodes ids).
+    frameworkErrors: (err, req, reply: FastifyReply) => {
+      logWhenDone(req.raw, reply.raw, pathOf(req), isGatewayPath(pathOf(req)) ? 'other' : undefined);
+      void reply.code(400).send({ error: err.code === 'FST_ERR_BAD_URL' ? 'malformed URL encoding in path' : err.message });
+    },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+  app.setValidatorCompiler(validatorCompiler);
+  // Must exceed keepAliveTimeout, or a request arriving on an idle socket can race its close.
+  app.server.headersTimeout = KEEP_ALIVE_TIMEOUT_MS + 1000;
 
-  async function handleSave(req: IncomingMessage, body: unknown): Promise<Reply> {
-    const auth = await authenticate(bearerToken(req));
-    if (!auth.ok) return auth.reply;
-    if (!isObject(body)) return error(422, 'body must be a JSON object');
-    if (typeof body.id !== 'string' || body.id === '') return error(422, 'id must be a non-empty string');
-    if (typeof body.ciphertext !== 'string') return error(422, 'ciphertext must be a string');
-    if (!isId(body.chat_id)) return error(422, 'chat_id is required');
-    if (!isId(body.sender_id)) return error(422, 'sender_id is required');
-    if (String(body.sender_id) !== auth.sub) return error(403, 'sender_id is not the token user');
-    if (!isMember(body.chat_id, auth.sub)) return error(403, 'not a member of this chat');
-    // 409 means exactly "already saved": the gateway then acks the resend without broadcasting.
-    // A deleted id was saved once too, so a late resend of it must not resurrect the message.
-    if (messages.has(body.id) || deleted.has(body.id)) return error(409, 'duplicate');
-    const stored: StoredMessage = {
-      ...body,
-      id: body.id,
-      chat_id: body.chat_id,
-      sender_id: body.sender_id,
-      ciphertext: body.ciphertext,
-      saved_at: new Date().toISOString(),
-    };
-    messages.set(stored.id, stored);
-    return { status: 201, body: stored };
-  }
-
-  /** Shared 401/404/403 checks of edit and delete; returns the message when the user may change it. */
-  async function authorizeChange(
-    req: IncomingMessage,
-    route: OpRoute,
-  ): Promise<{ ok: true; message: StoredMessage } | { ok: false; reply: Reply }> {
-    const chatId = decodeParam(route.rawChatId);
-    const messageId = decodeParam(route.rawMessageId);
-    if (chatId === undefined || messageId === undefined) {
-      return { ok: false, reply: error(400, 'malformed URL encoding in path') };
-    }
-    const auth = await authenticate(bearerToken(req));
-    if (!auth.ok) return auth;
-    // A deleted message (tombstone) is not in `messages`, so edit/delete of it are 404 too.
-    const message = messages.get(messageId);
-    // A message in another chat is reported as missing: the caller must not learn it exists.
-    if (!message || String(message.chat_id) !== chatId) {
-      return { ok: false, reply: error(404, 'message not found') };
-    }
-    if (String(message.sender_id) !== auth.sub) {
-      return { ok: false, reply: error(403, 'only the sender may change this message') };
-    }
-    if (!isMember(chatId, auth.sub)) return { ok: false, reply: error(403, 'not a member of this chat') };
-    return { ok: true, message };
-  }
-
-  async function handleEdit(req: IncomingMessage, route: OpRoute, body: unknown): Promise<Reply> {
-    const check = await authorizeChange(req, route);
-    if (!check.ok) return check.reply;
-    const data = isObject(body) ? body : {};
-    if (typeof data.ciphertext !== 'string') return error(422, 'ciphertext must be a string');
-    const { message } = check;
-    message.ciphertext = data.ciphertext;
-    if ('nonce' in data) message.nonce = data.nonce;
-    if ('envelopes' in data) message.envelopes = data.envelopes;
-    if (data.message_type !== undefined) message.message_type = data.message_type;
-    message.edited_at = typeof data.edited_at === 'string' ? data.edited_at : new Date().toISOString();
-    return { status: 200, body: message };
-  }
-
-  async function handleDelete(req: IncomingMessage, route: OpRoute): Promise<Reply> {
-    const check = await authorizeChange(req, route);
-    if (!check.ok) return check.reply;
-    messages.delete(check.message.id);
-    deleted.add(check.message.id); // tombstone: the id stays taken for save (409)
-    return { status: 200, body: { id: check.message.id, deleted: true } };
-  }
-
-  function handleOp(req: IncomingMessage, route: OpRoute, body: unknown): Promise<Reply> {
-    switch (route.op) {
-      case 'verify':
-        return handleVerify(req, body);
-      case 'save':
-        return handleSave(req, body);
-      case 'edit':
-        return handleEdit(req, route, body);
-      case 'delete':
-        return handleDelete(req, route);
-    }
-  }
-
-  // --- routes for clients: device keys and a chat's history ------------------------------------
-  //
-  //   PUT /devices/{device_id}/key {"public_key"}  → 200 the stored key · 401 · 403 the device is
-  //       another user's · 422 not a base64 raw P-256 point · 400 bad device id
-  //   GET /chats/{chat_id}/devices   → 200 {"chat_id","devices":[{device_id,user_id,public_key}]}:
-  //       the devices of the chat's members (its member list, or for an open chat everyone who
-  //       joined it — a successful verify — plus the caller) · 401 · 403 not a member
-  //   GET /chats/{chat_id}/messages  → 200 {"chat_id","messages":[…]}: the stored (encrypted)
-  //       messages of the chat in save order, deleted ones left out · 401 · 403 not a member
-
-  async function handleClient(req: IncomingMessage, method: string, path: string, body: unknown): Promise<Reply> {
-    const devicePath = /^\/devices\/([^/]+)\/key$/.exec(path);
-    const chatPath = /^\/chats\/([^/]+)\/(devices|messages)$/.exec(path);
-    const allowed = (devicePath && method === 'PUT') || (chatPath && method === 'GET');
-    if (!allowed) return error(404, `no route for ${method} ${path}`);
-    const param = decodeParam(devicePath?.[1] ?? chatPath?.[1]);
-    if (param === undefined || param === '') return error(400, 'malformed URL encoding in path');
-    const auth = await authenticate(bearerToken(req));
-    if (!auth.ok) return auth.reply;
-
-    if (devicePath) {
-      if (!DEVICE_ID.test(param)) return error(400, 'device id must be 1-64 characters [A-Za-z0-9_-]');
-      const publicKey = isObject(body) ? body.public_key : undefined;
-      if (!(await isP256PublicKey(publicKey))) return error(422, 'public_key must be base64 of a raw P-256 public key (65 bytes)');
-      const owner = devices.get(param);
-      if (owner && String(owner.user_id) !== auth.sub) return error(403, 'this device belongs to another user');
-      const device: DeviceKey = { device_id: param, user_id: userIdFromSub(auth.sub), public_key: publicKey as string, updated_at: new Date().toISOString() };
-      devices.set(param, device);
-      return { status: 200, body: device };
-    }
-
-    if (!isMember(param, auth.sub)) return error(403, 'not a member of this chat');
-    if (chatPath?.[2] === 'messages') {
-      const list = [...messages.values()].filter((m) => String(m.chat_id) === param);
-      return { status: 200, body: { chat_id: param, messages: list } };
-    }
-    const users = new Set(members.get(param) ?? participants.get(param) ?? []).add(auth.sub);
-    const list = [...devices.values()]
-      .filter((d) => users.has(String(d.user_id)))
-      .map(({ device_id, user_id, public_key }) => ({ device_id, user_id, public_key }));
-    return { status: 200, body: { chat_id: param, devices: list } };
-  }
-
-  // --- dev conveniences and fault knobs over HTTP ---------------------------------------------
-
-  async function handleDevToken(body: unknown): Promise<Reply> {
-    const data = isObject(body) ? body : {};
-    if (!isId(data.user_id)) return error(422, 'user_id (number or string) is required');
-    const expiresIn = data.expires_in ?? DEFAULT_TOKEN_TTL_SEC;
-    if (typeof expiresIn !== 'number' || !Number.isFinite(expiresIn) || expiresIn <= 0) {
-      return error(422, 'expires_in must be a positive number of seconds');
-    }
-    return { status: 200, body: { token: await mintToken(data.user_id, { expiresInSec: expiresIn }) } };
-  }
-
-  function handleSetMembers(rawChatId: string, body: unknown): Reply {
-    const chatId = decodeParam(rawChatId);
-    if (chatId === undefined || chatId === '') return error(400, 'bad chat id in path');
-    const userIds = isObject(body) ? body.user_ids : undefined;
-    if (userIds === null) {
-      setMembers(chatId, null);
-      return { status: 200, body: { chat_id: chatId, user_ids: null } };
-    }
-    if (!Array.isArray(userIds) || !userIds.every(isId)) {
-      return error(422, 'user_ids must be an array of ids, or null for an open chat');
-    }
-    setMembers(chatId, userIds);
-    return { status: 200, body: { chat_id: chatId, user_ids: userIds.map(String) } };
-  }
-
-  async function handleControl(method: string, path: string, body: unknown): Promise<Reply> {
-    const route = `${method} ${path}`;
-    if (route === 'GET /healthz') return { status: 200, body: { ok: true } };
-    if (route === 'POST /dev/token') return handleDevToken(body);
-    if (route === 'POST /__faults') {
-      try {
-        addFault(parseFault(body));
-      } catch (err) {
-        return error(422, err instanceof Error ? err.message : 'bad fault');
-      }
-      return { status: 201, body: { faults: faults.length } };
-    }
-    if (route === 'GET /__faults') return { status: 200, body: faults };
-    if (route === 'DELETE /__faults') {
-      clearFaults();
-      return { status: 200, body: { faults: 0 } };
-    }
-    if (route === 'GET /__requests') return { status: 200, body: requests };
-    if (route === 'DELETE /__requests') {
-      requests.length = 0;
-      return { status: 200, body: { requests: 0 } };
-    }
-    if (route === 'GET /__messages') return { status: 200, body: [...messages.values()] };
-    if (route === 'POST /__reset') {
-      reset();
-      return { status: 200, body: { ok: true } };
-    }
-    const membersPath = /^\/__chats\/([^/]+)\/members$/.exec(path);
-    if (method === 'PUT' && membersPath?.[1] !== undefined) return handleSetMembers(membersPath[1], body);
-    return error(404, `no route for ${method} ${path}`);
-  }
-
-  // --- request pipeline ----------------------------------------------------------------------
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, async (_req: FastifyRequest, raw: Buffer) => parseBody(raw));
 
   function logWhenDone(req: IncomingMessage, res: ServerResponse, path: string, op: Op | 'other' | undefined): void {
     const started = performance.now();
@@ -725,64 +537,190 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     });
   }
 
-  async function handleRequest(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const method = req.method ?? 'GET';
-    const path = (req.url ?? '/').split('?')[0] ?? '/';
-    const control = isControlPath(path);
-    const forClient = !control && isClientPath(path);
-    const route = control || forClient ? undefined : matchOp(method, path.split('/'));
-    logWhenDone(req, res, path, control || forClient ? undefined : (route?.op ?? 'other'));
+  app.addHook('onRequest', async (req, reply) => logWhenDone(req.raw, reply.raw, pathOf(req), opOf(req)));
 
-    const received = await readBody(req);
-    if (received.aborted) return;
-    const parsed = parseJson(received.text);
-
-    if (!control && !forClient) {
-      record({
-        method,
-        path,
-        op: route?.op ?? 'other',
-        headers: flattenHeaders(req),
-        body: parsed.ok ? parsed.value : received.text,
-        at: Date.now(),
-      });
+  // Runs once the body is read, for every route and for unknown ones.
+  app.addHook('preValidation', async (req, reply) => {
+    const op = opOf(req);
+    const unparsed = req.body instanceof UnparsedBody ? req.body : undefined;
+    if (op !== undefined) {
+      const body = unparsed ? unparsed.text : req.body;
+      record({ method: req.method, path: pathOf(req), op, headers: flattenHeaders(req), body, at: Date.now() });
       // Faults stand in for the network and the upstream, so they act before any validation.
-      const fault = route ? takeFault(route.op) : undefined;
+      const fault = op === 'other' ? undefined : takeFault(op);
       if (fault) {
         if (fault.delayMs) await sleep(fault.delayMs);
-        if (fault.hang) return; // keep the socket open; close() destroys it
-        const injected = faultReply(fault);
-        if (injected) return send(res, injected);
+        if (fault.hang) await new Promise(() => {}); // never answers; close() destroys the socket
+        if (fault.status !== undefined || fault.body !== undefined) return sendFault(reply, fault);
       }
     }
+    if (unparsed) throw unparsed.refusal;
+  });
 
-    if (received.tooLarge) return send(res, error(413, `body larger than ${BODY_LIMIT_BYTES} bytes`));
-    if (!parsed.ok) return send(res, error(400, 'body is not valid JSON'));
-    if (control) return send(res, await handleControl(method, path, parsed.value));
-    if (forClient) return send(res, await handleClient(req, method, path, parsed.value));
-    if (!route) return send(res, error(404, `no route for ${method} ${path}`));
-    send(res, await handleOp(req, route, parsed.value));
+  app.setNotFoundHandler(async (req) => refuse(404, `no route for ${req.method} ${pathOf(req)}`));
+
+  app.setErrorHandler((err: FastifyError, _req, reply) => {
+    if (err instanceof HttpError) return reply.code(err.status).send({ error: err.message });
+    // Fastify's own refusals, e.g. 413 past READ_LIMIT_BYTES, 415 for a malformed Content-Type.
+    if (err.statusCode !== undefined && err.statusCode < 500) return reply.code(err.statusCode).send({ error: err.message });
+    log({ level: 'error', msg: 'dev-api handler failed', error: err instanceof Error ? err.message : String(err) });
+    return reply.code(500).send({ error: 'internal error' });
+  });
+
+  // --- the four calls the gateway makes ------------------------------------------------------
+
+  app.post('/auth/verify', { config: { op: 'verify' } }, async (req) => {
+    const data = isObject(req.body) ? req.body : {};
+    // The body token is the contract; the header is a fallback for clients that only send that.
+    const sub = await authenticate(typeof data.token === 'string' && data.token !== '' ? data.token : bearerToken(req));
+    if (!isId(data.chat_id)) refuse(422, 'chat_id is required');
+    if (!isMember(data.chat_id, sub)) refuse(403, 'not a member of this chat');
+    const joined = participants.get(String(data.chat_id)) ?? new Set<string>();
+    participants.set(String(data.chat_id), joined.add(sub)); // whose devices get envelopes
+    return { user_id: userIdFromSub(sub), chat_id: data.chat_id };
+  });
+
+  app.post('/chat/massage', { config: { op: 'save' } }, async (req, reply) => {
+    const sub = await authenticate(bearerToken(req));
+    const body = req.body;
+    if (!isObject(body)) refuse(422, 'body must be a JSON object');
+    if (typeof body.id !== 'string' || body.id === '') refuse(422, 'id must be a non-empty string');
+    if (typeof body.ciphertext !== 'string') refuse(422, 'ciphertext must be a string');
+    if (!isId(body.chat_id)) refuse(422, 'chat_id is required');
+    if (!isId(body.sender_id)) refuse(422, 'sender_id is required');
+    if (String(body.sender_id) !== sub) refuse(403, 'sender_id is not the token user');
+    if (!isMember(body.chat_id, sub)) refuse(403, 'not a member of this chat');
+    // 409 means exactly "already saved": the gateway then acks the resend without broadcasting.
+    // A deleted id was saved once too, so a late resend of it must not resurrect the message.
+    if (messages.has(body.id) || deleted.has(body.id)) refuse(409, 'duplicate');
+    const stored: StoredMessage = {
+      ...body,
+      id: body.id,
+      chat_id: body.chat_id,
+      sender_id: body.sender_id,
+      ciphertext: body.ciphertext,
+      saved_at: new Date().toISOString(),
+    };
+    messages.set(stored.id, stored);
+    return reply.code(201).send(stored);
+  });
+
+  /** Shared 401/404/403 checks of edit and delete; returns the message when the user may change it. */
+  async function authorizeChange(req: FastifyRequest<MessageParams>): Promise<StoredMessage> {
+    const sub = await authenticate(bearerToken(req));
+    const { chat_id: chatId, message_id: messageId } = req.params; // URL-decoded by the router
+    // A deleted message (tombstone) is not in `messages`, so edit/delete of it are 404 too.
+    const message = messages.get(messageId);
+    // A message in another chat is reported as missing: the caller must not learn it exists.
+    if (!message || String(message.chat_id) !== chatId) refuse(404, 'message not found');
+    if (String(message.sender_id) !== sub) refuse(403, 'only the sender may change this message');
+    if (!isMember(chatId, sub)) refuse(403, 'not a member of this chat');
+    return message;
   }
 
-  const server: Server = createServer((req, res) => {
-    handleRequest(req, res).catch((err: unknown) => {
-      log({ level: 'error', msg: 'dev-api handler failed', error: err instanceof Error ? err.message : String(err) });
-      send(res, error(500, 'internal error'));
-    });
+  app.patch<MessageParams>(MESSAGE_PATH, { config: { op: 'edit' } }, async (req) => {
+    const message = await authorizeChange(req);
+    const data = isObject(req.body) ? req.body : {};
+    if (typeof data.ciphertext !== 'string') refuse(422, 'ciphertext must be a string');
+    message.ciphertext = data.ciphertext;
+    if ('nonce' in data) message.nonce = data.nonce;
+    if ('envelopes' in data) message.envelopes = data.envelopes;
+    if (data.message_type !== undefined) message.message_type = data.message_type;
+    message.edited_at = typeof data.edited_at === 'string' ? data.edited_at : new Date().toISOString();
+    return message;
   });
-  server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
-  // Must exceed keepAliveTimeout, or a request arriving on an idle socket can race its close.
-  server.headersTimeout = KEEP_ALIVE_TIMEOUT_MS + 1000;
+
+  app.delete<MessageParams>(MESSAGE_PATH, { config: { op: 'delete' } }, async (req) => {
+    const message = await authorizeChange(req);
+    messages.delete(message.id);
+    deleted.add(message.id); // tombstone: the id stays taken for save (409)
+    return { id: message.id, deleted: true };
+  });
+
+  // --- routes for clients: device keys and a chat's history ------------------------------------
+  //
+  //   PUT /devices/{device_id}/key {"public_key"}  → 200 the stored key · 401 · 403 the device is
+  //       another user's · 422 not a base64 raw P-256 point · 400 bad device id
+  //   GET /chats/{chat_id}/devices   → 200 {"chat_id","devices":[{device_id,user_id,public_key}]}:
+  //       the devices of the chat's members (its member list, or for an open chat everyone who
+  //       joined it — a successful verify — plus the caller) · 401 · 403 not a member
+  //   GET /chats/{chat_id}/messages  → 200 {"chat_id","messages":[…]}: the stored (encrypted)
+  //       messages of the chat in save order, deleted ones left out · 401 · 403 not a member
+
+  app.put<{ Params: { device_id: string } }>('/devices/:device_id(.+)/key', async (req) => {
+    const sub = await authenticate(bearerToken(req));
+    const deviceId = req.params.device_id;
+    if (!DEVICE_ID.test(deviceId)) refuse(400, 'device id must be 1-64 characters [A-Za-z0-9_-]');
+    const publicKey = isObject(req.body) ? req.body.public_key : undefined;
+    if (!(await isP256PublicKey(publicKey))) refuse(422, 'public_key must be base64 of a raw P-256 public key (65 bytes)');
+    const owner = devices.get(deviceId);
+    if (owner && String(owner.user_id) !== sub) refuse(403, 'this device belongs to another user');
+    const device: DeviceKey = { device_id: deviceId, user_id: userIdFromSub(sub), public_key: publicKey as string, updated_at: new Date().toISOString() };
+    devices.set(deviceId, device);
+    return device;
+  });
+
+  /** The caller of a chat route, who must be a member of the chat. */
+  async function chatMember(req: FastifyRequest<ChatParams>): Promise<string> {
+    const sub = await authenticate(bearerToken(req));
+    if (!isMember(req.params.chat_id, sub)) refuse(403, 'not a member of this chat');
+    return sub;
+  }
+
+  app.get<ChatParams>('/chats/:chat_id(.+)/devices', async (req) => {
+    const chatId = req.params.chat_id;
+    const users = new Set(members.get(chatId) ?? participants.get(chatId) ?? []).add(await chatMember(req));
+    const list = [...devices.values()]
+      .filter((d) => users.has(String(d.user_id)))
+      .map(({ device_id, user_id, public_key }) => ({ device_id, user_id, public_key }));
+    return { chat_id: chatId, devices: list };
+  });
+
+  app.get<ChatParams>('/chats/:chat_id(.+)/messages', async (req) => {
+    await chatMember(req);
+    const chatId = req.params.chat_id;
+    return { chat_id: chatId, messages: [...messages.values()].filter((m) => String(m.chat_id) === chatId) };
+  });
+
+  // --- dev conveniences and fault knobs over HTTP ---------------------------------------------
+
+  app.get('/healthz', async () => ({ ok: true }));
+  app.post('/dev/token', { schema: { body: DevTokenBody } }, async (req) => ({
+    token: await mintToken(req.body.user_id, { expiresInSec: req.body.expires_in ?? DEFAULT_TOKEN_TTL_SEC }),
+  }));
+  app.post('/__faults', async (req, reply) => {
+    try {
+      addFault(req.body as Fault); // validated by parseFault
+    } catch (err) {
+      refuse(422, err instanceof Error ? err.message : 'bad fault');
+    }
+    return reply.code(201).send({ faults: faults.length });
+  });
+  app.get('/__faults', async () => faults);
+  app.delete('/__faults', async () => {
+    clearFaults();
+    return { faults: 0 };
+  });
+  app.get('/__requests', async () => requests);
+  app.delete('/__requests', async () => {
+    requests.length = 0;
+    return { requests: 0 };
+  });
+  app.get('/__messages', async () => [...messages.values()]);
+  app.post('/__reset', async () => {
+    reset();
+    return { ok: true };
+  });
+  app.put('/__chats/:chat_id(.+)/members', { schema: { params: ChatIdParams, body: MembersBody } }, async (req) => {
+    const chatId = req.params.chat_id;
+    const userIds = req.body.user_ids;
+    setMembers(chatId, userIds);
+    return { chat_id: chatId, user_ids: userIds === null ? null : userIds.map(String) };
+  });
 
   const host = opts.host ?? '127.0.0.1';
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
+  await app.listen({ port: opts.port ?? 0, host });
+  const port = (app.server.address() as AddressInfo).port;
 
   const api: DevApi = {
     url: `http://${clientHost(host)}:${port}`,
@@ -817,13 +755,9 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
       });
     },
     close() {
-      closing ??= new Promise<void>((resolve) => {
-        for (const timer of timers) clearTimeout(timer);
-        timers.clear();
-        server.close(() => resolve());
-        // Hanging and keep-alive sockets would otherwise hold server.close() open indefinitely.
-        server.closeAllConnections();
-      });
+      for (const timer of timers) clearTimeout(timer);
+      timers.clear();
+      closing ??= app.close();
       return closing;
     },
   };

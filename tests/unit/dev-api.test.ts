@@ -410,6 +410,51 @@ describe('recording and control', () => {
   });
 });
 
+describe('HTTP details', () => {
+  test('a body that is not JSON is recorded as its text; faults act before it is refused', async () => {
+    assert.equal((await call('/auth/verify', { rawBody: '{nope' })).status, 400);
+    assert.equal(api.requests[0]?.body, '{nope');
+    api.addFault({ op: 'save', status: 503, times: 1 });
+    assert.equal((await call('/chat/massage', { rawBody: '{nope' })).status, 503, 'the fault stands in for the network');
+    const big = 'a'.repeat(1024 * 1024 + 1);
+    assert.equal((await call('/chat/massage', { rawBody: big })).status, 413);
+    assert.deepEqual(api.requests.map((r) => [r.op, r.body]), [['verify', '{nope'], ['save', '{nope'], ['save', undefined]]);
+  });
+
+  test('bodies are JSON whatever their content type', async () => {
+    const token = await api.mintToken(1);
+    const res = await call('/auth/verify', { token, rawBody: JSON.stringify({ token, chat_id: 3 }), headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+    assert.deepEqual(res.json, { user_id: 1, chat_id: 3 });
+  });
+
+  test('unknown routes are 404 JSON: a wrong method, an empty id, HEAD', async () => {
+    const token = await api.mintToken(1);
+    for (const [method, path] of [['GET', '/auth/verify'], ['PATCH', '/chat//messages/m1'], ['DELETE', '/chat/5/messages/m1/x'], ['HEAD', '/healthz'], ['GET', '/chats//devices']] as const) {
+      const res = await call(path, { method, token });
+      assert.equal(res.status, 404, `${method} ${path}`);
+      if (method !== 'HEAD') assert.deepEqual(res.json, { error: `no route for ${method} ${path}` });
+    }
+    assert.deepEqual(api.requests.map((r) => r.path), ['/auth/verify', '/chat//messages/m1', '/chat/5/messages/m1/x'], 'control and client paths are not recorded');
+    assert.ok(api.requests.every((r) => r.op === 'other'));
+  });
+
+  test('the dev conveniences validate their bodies: 422 with the reason', async () => {
+    assert.deepEqual((await call('/dev/token', { body: { user_id: 1, expires_in: 0 } })).json, { error: 'expires_in must be a positive number of seconds' });
+    assert.deepEqual((await call('/dev/token', { body: [1] })).json, { error: 'user_id (number or string) is required' });
+    const members = await call('/__chats/5/members', { method: 'PUT', body: { user_ids: [true] } });
+    assert.equal(members.status, 422);
+    assert.deepEqual(members.json, { error: 'user_ids must be an array of ids, or null for an open chat' });
+  });
+
+  test('an opaque token is accepted until revoked', async () => {
+    const token = api.mintOpaqueToken('alice');
+    assert.deepEqual((await verify(token, 1)).json, { user_id: 'alice', chat_id: 1 });
+    api.revokeOpaqueToken(token);
+    assert.deepEqual((await verify(token, 1)).json, { error: 'invalid token' });
+    assert.equal((await verify('opaque-never-minted', 1)).status, 401);
+  });
+});
+
 describe('routes for clients: device keys and chat history', () => {
   async function publicKey(): Promise<string> {
     const pair = await crypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, false, ['deriveBits']);
