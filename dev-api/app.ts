@@ -9,8 +9,9 @@
  *   save    POST /chat/massage <message data>        → 2xx (201 here) with the stored message
  *           401 · 422 malformed · 403 sender is not the token's user / not a member
  *           409 the message id was already saved (even if since deleted) — the gateway acks the
- *           resend as a duplicate and does NOT broadcast it again, so 409 must only ever mean
- *           "already saved".
+ *           resend as a duplicate and does not broadcast it again (unless the chat's history has
+ *           no broadcast of that id: then the first gateway died before broadcasting), so 409
+ *           must only ever mean "already saved".
  *   edit    PATCH  /chat/{chat_id}/messages/{id}     → 2xx · 401 · 403 not the sender · 404 · 422
  *   delete  DELETE /chat/{chat_id}/messages/{id}     → 2xx · 401 · 403 not the sender · 404
  *
@@ -590,7 +591,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     if (!isId(body.sender_id)) refuse(422, 'sender_id is required');
     if (String(body.sender_id) !== sub) refuse(403, 'sender_id is not the token user');
     if (!isMember(body.chat_id, sub)) refuse(403, 'not a member of this chat');
-    // 409 means exactly "already saved": the gateway then acks the resend without broadcasting.
+    // 409 means exactly "already saved": the gateway then acks the resend as a duplicate.
     // A deleted id was saved once too, so a late resend of it must not resurrect the message.
     if (messages.has(body.id) || deleted.has(body.id)) refuse(409, 'duplicate');
     const stored: StoredMessage = {

@@ -36,12 +36,16 @@ for (const mode of ENGINE_MODES) {
       });
     }
 
-    it('409 on save: ack duplicate:true, no broadcast', async () => {
+    it('409 on save of an id the chat already broadcast: ack duplicate:true, no broadcast', async () => {
       const { chat, a, b } = await h.pair();
+      const msg = { type: 'message', data: { id: `c-${chat}`, ciphertext: 'x' } };
+      await a.request(msg, { type: 'ack' });
+      await b.next({ type: 'message' });
+      const from = b.frames.length;
       h.api.addFault({ op: 'save', status: 409 });
-      const ack = await a.request({ type: 'message', data: { id: `c-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
-      assert.equal(ack.duplicate, true);
-      await expectNone(b, { type: 'message' }, 200);
+      const ack = await a.request(msg, { type: 'ack' });
+      assert.deepEqual([ack.duplicate, ack.seq], [true, undefined]);
+      await expectNone(b, { type: 'message' }, 200, from);
       a.close();
       b.close();
     });
