@@ -35,7 +35,8 @@ if (!/^[0-9]+$/.test(rawPagePort) || pagePort > 65535) fail(`CHAT_PAGE_PORT must
 let config: Config;
 try {
   // Validate before starting anything; AUTH_HOST is fixed below once the dev API's port is known.
-  config = loadConfig({ LOG_LEVEL: 'warn', ...env, AUTH_HOST: `http://127.0.0.1:${apiPort}` });
+  // The server API is on in the demo, with a key that is printed below (set API_KEY to choose it).
+  config = loadConfig({ LOG_LEVEL: 'warn', API_KEY: 'demo-server-api-key', ...env, AUTH_HOST: `http://127.0.0.1:${apiPort}` });
 } catch (err) {
   if (err instanceof ConfigError) fail(`invalid configuration: ${err.message}`, 2);
   throw err;
@@ -105,6 +106,11 @@ Type a line and press Enter to send it; /help lists the commands (/edit, /delete
 Mint a token yourself (user 1, one hour) for your own client:
   curl -s -X POST ${apiUrl}/dev/token -H 'content-type: application/json' -d '{"user_id":1}'
 then send {"type":"register","token":"<token>","chat_id":1} over ${ws}.
+
+The backend's server API (docs/server-api.md) is on, with API_KEY=${config.apiKey}:
+  curl -s -H 'Authorization: Bearer ${config.apiKey}' ${config.apiPort === null ? http : `http://localhost:${gateway.apiPort}`}/api/v1/chats/1/presence
+  curl -s -H 'Authorization: Bearer ${config.apiKey}' -H 'content-type: application/json' \\
+    -d '{"event":{"kind":"renamed","title":"General"}}' ${config.apiPort === null ? http : `http://localhost:${gateway.apiPort}`}/api/v1/chats/1/publish
 
 Gateway logs follow at LOG_LEVEL=${config.logLevel}${verbose ? '' : ' (LOG_LEVEL=info npm run demo for more)'}. Ctrl-C stops.
 
