@@ -488,6 +488,11 @@ function openChat(id: string | number): ChatView {
     if (session?.editing?.id === messageId) stopEdit();
     renderMessages(view);
   });
+  chat.on('event', ({ data }) => {
+    // A system event the backend published through the server API (docs/server-api.md).
+    if (!view.registered) view.replayed++;
+    log(`${view.name}: event ${JSON.stringify(data).slice(0, 120)}`);
+  });
   chat.on('presence', ({ userId, status }) => {
     log(`${view.name}: ${userName(userId)} ${status}`);
     if (status === 'offline') view.typing.delete(String(userId));
