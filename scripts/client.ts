@@ -237,6 +237,8 @@ async function main(): Promise<void> {
   client.on('delete', (e) => out(describe({ type: 'delete_message', chat_id: e.chatId, data: { id: e.id, deleted_by: e.deletedBy } })));
   client.on('presence', (e) => out(describe({ type: 'presence', chat_id: e.chatId, user_id: e.userId, status: e.status })));
   client.on('typing', (e) => out(describe({ type: 'typing', chat_id: e.chatId, user_id: e.userId })));
+  // A system event the backend published through the server API.
+  client.on('event', (e) => out(`[chat ${show(e.chatId)}] event ${JSON.stringify(e.data)}`));
   client.on('gap', (e) => out(`[chat ${show(e.chatId)}] missed broadcasts after ${e.from.seq} up to ${e.to.seq} (${show(e.reason)}); they are in the main API's history`));
   // A chat the gateway took away (a refused join is reported by /join itself).
   client.on('unregistered', (e) => {
