@@ -71,6 +71,14 @@ const Ack = frame(
   'Answer to message, edit_message or delete_message once the main API saved it; seq/epoch of its broadcast, none for a duplicate',
 );
 
+/** The encrypted content both a new message and an edit carry. */
+const Encrypted = {
+  id: MessageIdSchema,
+  ciphertext: Type.String({ minLength: 1 }),
+  nonce: Type.Optional(Type.String()),
+  envelopes: Envelopes,
+};
+
 const MessageBroadcast = frame(
   'message',
   {
@@ -78,10 +86,7 @@ const MessageBroadcast = frame(
     chat_id: IdSchema,
     data: Type.Object(
       {
-        id: MessageIdSchema,
-        ciphertext: Type.String({ minLength: 1 }),
-        nonce: Type.Optional(Type.String()),
-        envelopes: Envelopes,
+        ...Encrypted,
         message_type: Type.String({ minLength: 1, maxLength: 32 }),
         created_at: Type.String({ description: 'RFC 3339' }),
         chat_id: IdSchema,
@@ -100,10 +105,7 @@ const EditBroadcast = frame(
     chat_id: IdSchema,
     data: Type.Object(
       {
-        id: MessageIdSchema,
-        ciphertext: Type.String({ minLength: 1 }),
-        nonce: Type.Optional(Type.String()),
-        envelopes: Envelopes,
+        ...Encrypted,
         message_type: Type.Optional(Type.String({ minLength: 1, maxLength: 32 })),
         edited_at: Type.String({ description: 'RFC 3339' }),
         sender_id: IdSchema,
