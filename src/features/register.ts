@@ -148,6 +148,7 @@ async function catchUp(session: Session, reg: Registration, online: readonly IdK
     session.ctx.metrics.recoveries.inc({ outcome: result.recovered ? 'recovered' : result.reason });
   }
   if (session.chats.get(reg.chat) !== reg) return;
+  session.ctx.hub.notePosition(reg.chat, position);
   session.send(out.registered(reg.chat, reg.user, online, position, recovery));
   reg.goLive(position);
 }

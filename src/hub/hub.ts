@@ -6,6 +6,7 @@ import type { IdKey } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import { outgoing } from './outgoing.js';
 import { Registry, type Member } from './registry.js';
+import { Resync } from './resync.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -39,6 +40,7 @@ export class Hub {
   private readonly late: LateBroadcast[] = [];
   private lateTimer: NodeJS.Timeout | null = null;
   private flushingLate = false;
+  private readonly resync: Resync;
 
   constructor(
     private readonly engine: Engine,
@@ -48,17 +50,37 @@ export class Hub {
     private readonly publishRetryMs = 10_000,
     /** A late broadcast older than this (HISTORY_TTL_MS) is dropped instead of published. */
     private readonly lateMaxAgeMs = 300_000,
-  ) {}
+    /** MAX_BUFFERED_BYTES: half of it bounds one chat's catch-up after an engine outage. */
+    maxBufferedBytes = 4 * 1024 * 1024,
+  ) {
+    this.resync = new Resync(
+      engine,
+      (chat, frame, exceptConn) => this.deliverNow(chat, frame, exceptConn),
+      (chat) => {
+        for (const member of [...(this.registry.members(chat) ?? [])]) member.reconnect();
+      },
+      metrics,
+      log,
+      Math.floor(maxBufferedBytes / 2),
+    );
+  }
+
+  /** Framed once here; every local receiver gets the same WebSocket frame bytes. */
+  private deliverNow(chat: IdKey, frame: Buffer, exceptConn: string | null): void {
+    if (!this.registry.hasReceivers(chat, exceptConn)) return;
+    const n = this.registry.deliver(chat, outgoing(frame), exceptConn);
+    if (n > 0) this.metrics.deliveries.inc(n);
+  }
+
+  /** The chat's position when a registration went live: where a catch-up after an outage starts. */
+  notePosition(chat: IdKey, position: StreamPosition): void {
+    this.resync.note(chat, position);
+  }
 
   /** The callbacks the engine drives. */
   engineEvents(onReadyChange: (ready: boolean) => void, onCommand: EngineEvents['command']): EngineEvents {
     return {
-      deliver: (chat, frame, exceptConn) => {
-        // Framed once here; every local receiver gets the same WebSocket frame bytes.
-        if (!this.registry.hasReceivers(chat, exceptConn)) return;
-        const n = this.registry.deliver(chat, outgoing(frame), exceptConn);
-        if (n > 0) this.metrics.deliveries.inc(n);
-      },
+      deliver: (chat, frame, exceptConn) => this.resync.receive(chat, frame, exceptConn),
       presenceExpired: (chat, users) => {
         for (const user of users) void this.publishQuietly(chat, out.presence(chat, user, 'offline'), null);
       },
@@ -67,7 +89,9 @@ export class Hub {
       },
       readyChange: (ready) => {
         onReadyChange(ready);
-        if (ready) void this.publishLate();
+        if (!ready) return this.resync.engineLost(this.subscriptions.keys());
+        // Catch up on what other instances published meanwhile first, then publish our own late ones.
+        void this.resync.engineBack().then(() => this.publishLate());
       },
       command: onCommand,
     };
@@ -263,6 +287,7 @@ export class Hub {
     const sub = this.subscriptions.get(chat);
     if (sub === undefined || --sub.refs > 0) return;
     this.subscriptions.delete(chat);
+    this.resync.forget(chat);
     this.engine.unsubscribe(chat).catch((err: Error) => {
       this.log.warn({ chat, err: err.message }, 'unsubscribe failed');
     });

@@ -10,6 +10,8 @@ export interface Member {
   send(frame: Outgoing): void;
   /** Ends the registration because the server API revoked the user's membership of the chat. */
   revoke(): void;
+  /** The connection missed broadcasts this instance cannot replay: it must reconnect and resume. */
+  reconnect(): void;
 }
 
 /**

@@ -68,6 +68,12 @@ export function createMetrics() {
       help: 'Publishes of saved operations retried because the engine failed',
       registers,
     }),
+    resyncs: new Counter({
+      name: 'message_service_resyncs_total',
+      help: 'Chats caught up after an engine outage: recovered from history, or lost (their connections closed 1012 to recover)',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
     publishLate: new Counter({
       name: 'message_service_publish_late_total',
       help: 'Saved operations broadcast late: the engine failed for PUBLISH_RETRY_MS, and they were published once it worked again',

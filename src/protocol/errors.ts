@@ -24,8 +24,11 @@ export const CLOSE = {
   policy: 1008,
   /** A frame larger than MAX_MESSAGE_BYTES. */
   tooLarge: 1009,
-  /** Unexpected server fault. */
-  internal: 1011,
+  /**
+   * The instance missed broadcasts of a chat while its engine (Redis) was away, and the chat's
+   * history no longer has them: reconnect and register with `since` to learn what is missing.
+   */
+  resync: 1012,
   /** Slow consumer: unsent backlog passed MAX_BUFFERED_BYTES. */
   tryAgainLater: 1013,
   /** Five registers in a row refused by the main API (unauthorized or forbidden): get a new token first. */

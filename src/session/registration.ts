@@ -3,6 +3,7 @@ import type { Outgoing } from '../hub/outgoing.js';
 import type { Member } from '../hub/registry.js';
 import type { IdKey } from '../protocol/ids.js';
 import type { UnregisterReason } from '../protocol/outbound.js';
+import { CLOSE } from '../protocol/errors.js';
 
 /** What a registration needs of its connection. */
 export interface Connection {
@@ -14,6 +15,7 @@ export interface Connection {
   readonly maxBufferedBytes: number;
   /** Ends `reg`, telling the client why (`unregistered` with a reason). */
   endRegistration(reg: Registration, reason: UnregisterReason): void;
+  close(code: number, reason: string): void;
 }
 
 /**
@@ -58,6 +60,10 @@ export class Registration implements Member {
   /** The server API revoked the user's membership. */
   revoke(): void {
     this.connection.endRegistration(this, 'revoked');
+  }
+
+  reconnect(): void {
+    this.connection.close(CLOSE.resync, 'missed broadcasts during an engine outage; reconnect and resume');
   }
 
   /** Nothing more is sent through this registration, held deliveries included. */

@@ -88,3 +88,71 @@ describe('Redis faults: stalls and lost keys, seen from clients', () => {
     await waitFor(async () => (await redisCli('pubsub', 'numsub', channel)) === `${channel}\n0`, 3000, 'channel released');
   });
 });
+
+describe('Redis subscriber lost for a while: what the instance missed is caught up from history', () => {
+  const h = useHarness('redis', { RATE_LIMIT_BURST: '1000', RATE_LIMIT_PER_SEC: '1000' });
+  before(() => h.gateway());
+  /** Instance `i`'s subscriber connection (the engine's internals): cut it, later bring it back. */
+  const subscriber = (i: number) => (h.instances[i]!.gateway.engine as unknown as { sub: { disconnect(reconnect: boolean): void; connect(): Promise<void> } }).sub;
+  const ids = (c: TestClient, chat: number) => c.all((f) => f.type === 'message' && f.chat_id === chat).map((f) => (f.data as { id: string }).id);
+
+  it('broadcasts published while the subscriber was down reach the instance\'s receivers once, in order, before later ones', async () => {
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat, 0);
+    const receiver = await h.member(2, chat, 1);
+    await sender.request({ type: 'message', data: { id: `before-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await receiver.next({ type: 'message' });
+    subscriber(1).disconnect(false);
+    await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'instance 1 sees the outage');
+    for (let i = 0; i < 5; i++) await sender.request({ type: 'message', data: { id: `gap${i}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await subscriber(1).connect();
+    await waitFor(() => h.instances[1]!.gateway.engine.isReady(), 5000, 'instance 1 back');
+    await sender.request({ type: 'message', data: { id: `after-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === `after-${chat}`, 5000);
+    assert.deepEqual(ids(receiver, chat), [`before-${chat}`, ...[0, 1, 2, 3, 4].map((i) => `gap${i}-${chat}`), `after-${chat}`]);
+    const seqs = receiver.all((f) => f.type === 'message' && f.chat_id === chat).map((f) => f.seq as number);
+    assert.deepEqual(seqs, seqs.map((_, i) => seqs[0]! + i), 'gap or duplicate in seq');
+    assert.equal(receiver.isOpen, true);
+    sender.close();
+    receiver.close();
+  });
+
+  it('when history no longer has them, the chat\'s connections are closed 1012 and a resume reports what is missing', async () => {
+    const short = await h.gateway({ HISTORY_SIZE: '2' }); // its appends keep two entries per chat
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat, h.instances.indexOf(short));
+    const receiver = await h.member(2, chat, 1);
+    const first = await sender.request({ type: 'message', data: { id: `h0-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await receiver.next({ type: 'message' });
+    subscriber(1).disconnect(false);
+    await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'the outage');
+    for (let n = 1; n <= 4; n++) await sender.request({ type: 'message', data: { id: `h${n}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await subscriber(1).connect();
+    assert.equal((await Promise.race([receiver.closed, sleep(8000).then(() => ({ code: -1 }))])).code, 1012);
+    const again = await h.connect(1);
+    const reg = await again.request({ type: 'register', token: await h.token(2), chat_id: chat, since: { seq: first.seq, epoch: first.epoch } }, { type: 'registered' }, 5000);
+    assert.deepEqual([reg.recovered, reg.reason], [false, 'too_far_behind']);
+    sender.close();
+    again.close();
+  });
+
+  it('when Redis lost the stream itself, nothing is closed: the next broadcasts carry the new epoch, which tells clients', async () => {
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat, 0);
+    const receiver = await h.member(2, chat, 1);
+    const first = await sender.request({ type: 'message', data: { id: `e0-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await receiver.next({ type: 'message' });
+    subscriber(1).disconnect(false);
+    await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'the outage');
+    await cli(h.redis!.port, 'FLUSHALL');
+    const next = await sender.request({ type: 'message', data: { id: `e1-${chat}`, ciphertext: 'x' } }, { type: 'ack' }, 5000);
+    assert.notEqual(next.epoch, first.epoch);
+    await subscriber(1).connect();
+    await sender.request({ type: 'message', data: { id: `e2-${chat}`, ciphertext: 'x' } }, { type: 'ack' }, 5000);
+    const got = await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === `e2-${chat}`, 5000);
+    assert.equal(got.epoch, next.epoch);
+    assert.equal(receiver.isOpen, true);
+    sender.close();
+    receiver.close();
+  });
+});

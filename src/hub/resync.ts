@@ -1,0 +1,125 @@
+import { positionOf, type StreamPosition } from '../engine/stream.js';
+import type { Engine } from '../engine/types.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/index.js';
+import type { IdKey } from '../protocol/ids.js';
+
+interface HeldDelivery {
+  frame: Buffer;
+  exceptConn: string | null;
+}
+
+/** Deliveries held per chat while catching up; past it the chat counts as lost. */
+const MAX_HELD = 10_000;
+
+/**
+ * Catching up after the engine was away. While a Redis connection is down, publications of other
+ * instances do not reach this one, and nothing tells its clients: the next broadcast simply has a
+ * later `seq`. So this keeps, per chat with local members, the last stream position delivered
+ * here; when the engine is lost it holds the chats' deliveries, and when it is back it reads what
+ * this instance missed from the chat's history and delivers it — then what was held, minus what
+ * the history already covered — so local receivers see every broadcast once, in order.
+ * When the stream itself was lost (Redis restarted without persistence: a new epoch), there is
+ * nothing to replay, and nothing to do: the next broadcast carries the new epoch, which tells
+ * every client to fetch what it missed from the main API. When the history is merely too short
+ * (trimmed, or no history), the gap would be invisible, so the chat's local connections are
+ * closed 1012 (`onLost`): they reconnect and register with their own positions, and the gateway
+ * tells each of them what it missed (`recovered:false`).
+ */
+export class Resync {
+  private readonly last = new Map<IdKey, StreamPosition>();
+  /** Chats holding their deliveries until caught up; null while the engine has not been lost. */
+  private held: Map<IdKey, HeldDelivery[]> | null = null;
+  private running = false;
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly deliver: (chat: IdKey, frame: Buffer, exceptConn: string | null) => void,
+    private readonly onLost: (chat: IdKey) => void,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+    /** The most one chat's catch-up may read (half of MAX_BUFFERED_BYTES, like a client's replay). */
+    private readonly maxBytes: number,
+  ) {}
+
+  /** Every delivery from the engine comes through here. */
+  receive(chat: IdKey, frame: Buffer, exceptConn: string | null): void {
+    const waiting = this.held?.get(chat);
+    if (waiting === undefined) return this.pass(chat, frame, exceptConn);
+    if (waiting.length < MAX_HELD) waiting.push({ frame, exceptConn });
+    else waiting.length = MAX_HELD + 1; // marks the chat lost; see catchUp
+  }
+
+  /** A position this instance is known to be at (a registration read it when it went live). */
+  note(chat: IdKey, position: StreamPosition): void {
+    if (!this.last.has(chat)) this.last.set(chat, position);
+  }
+
+  /** The chat has no local member any more. */
+  forget(chat: IdKey): void {
+    this.last.delete(chat);
+    this.held?.delete(chat);
+  }
+
+  /** The engine is gone: hold the deliveries of `chats` (those with local members) until caught up. */
+  engineLost(chats: Iterable<IdKey>): void {
+    this.held ??= new Map();
+    for (const chat of chats) if (!this.held.has(chat)) this.held.set(chat, []);
+  }
+
+  /** The engine is back: catch every held chat up, one at a time; a new outage stops and resumes it. */
+  async engineBack(): Promise<void> {
+    if (this.held === null || this.running) return;
+    this.running = true;
+    try {
+      for (const chat of [...this.held.keys()]) {
+        if (!this.engine.isReady()) return;
+        await this.catchUp(chat);
+      }
+    } finally {
+      this.running = false;
+      if (this.held?.size === 0) this.held = null;
+    }
+  }
+
+  private pass(chat: IdKey, frame: Buffer, exceptConn: string | null): void {
+    const at = positionOf(frame);
+    if (at !== null) this.last.set(chat, at);
+    this.deliver(chat, frame, exceptConn);
+  }
+
+  private async catchUp(chat: IdKey): Promise<void> {
+    const waiting = this.held?.get(chat);
+    if (waiting === undefined) return;
+    const since = this.last.get(chat);
+    let missed: readonly Buffer[] = [];
+    let lost = waiting.length > MAX_HELD;
+    if (!lost && since !== undefined) {
+      try {
+        const result = await this.engine.recover(chat, since, this.maxBytes);
+        if (result.recovered) missed = result.frames;
+        else lost = result.reason !== 'epoch_changed';
+      } catch {
+        return; // the engine failed again: the chat stays held until it is back
+      }
+    }
+    if (this.held?.get(chat) !== waiting) return; // forgotten meanwhile
+    this.held.delete(chat);
+    if (lost) {
+      this.metrics.resyncs.inc({ outcome: 'lost' });
+      this.log.warn({ chat }, 'broadcasts missed during an engine outage are not in history: closing the chat\'s connections so they recover');
+      this.last.delete(chat);
+      this.onLost(chat);
+      return;
+    }
+    this.metrics.resyncs.inc({ outcome: 'recovered' });
+    if (missed.length > 0) this.log.info({ chat, broadcasts: missed.length }, 'broadcasts missed during an engine outage delivered from history');
+    for (const frame of missed) this.pass(chat, frame, null);
+    const covered = this.last.get(chat);
+    for (const { frame, exceptConn } of waiting) {
+      const at = positionOf(frame);
+      if (at !== null && covered !== undefined && at.epoch === covered.epoch && at.seq <= covered.seq) continue;
+      this.pass(chat, frame, exceptConn);
+    }
+  }
+}
