@@ -8,6 +8,7 @@
  *   LOG_LEVEL     gateway log level               (default warn here, so the guide stays readable)
  *   any other gateway variable is honoured, except AUTH_HOST, which points at the dev API.
  */
+import { randomBytes } from 'node:crypto';
 import { startDevApi, type DevApi } from '../dev-api/app.js';
 import { ConfigError, loadConfig, readEnv, type Config } from '../src/config/index.js';
 import { startGateway, type Gateway } from '../src/gateway.js';
@@ -35,8 +36,9 @@ if (!/^[0-9]+$/.test(rawPagePort) || pagePort > 65535) fail(`CHAT_PAGE_PORT must
 let config: Config;
 try {
   // Validate before starting anything; AUTH_HOST is fixed below once the dev API's port is known.
-  // The server API is on in the demo, with a key that is printed below (set API_KEY to choose it).
-  config = loadConfig({ LOG_LEVEL: 'warn', API_KEY: 'demo-server-api-key', ...env, AUTH_HOST: `http://127.0.0.1:${apiPort}` });
+  // The server API is on in the demo, with a fresh random key printed below (set API_KEY to
+  // choose it): the gateway listens on every interface, so a fixed key would open it to anyone.
+  config = loadConfig({ LOG_LEVEL: 'warn', API_KEY: `demo-${randomBytes(18).toString('base64url')}`, ...env, AUTH_HOST: `http://127.0.0.1:${apiPort}` });
 } catch (err) {
   if (err instanceof ConfigError) fail(`invalid configuration: ${err.message}`, 2);
   throw err;
@@ -54,7 +56,7 @@ try {
     ...(verbose ? { log: (line: object) => log.info({ dev_api: line }, 'dev-api request') } : {}),
   });
 } catch (err) {
-  if (portTaken(err)) fail(`port ${apiPort} (dev API) is taken — is another demo or dev-api running? Try DEV_API_PORT=8100 npm run demo`);
+  if (portTaken(err)) fail(`port ${apiPort} (dev API) is taken — is another demo or dev-api running? Try DEV_API_PORT=${apiPort + 1} npm run demo`);
   fail(`cannot start the dev API: ${String(err)}`);
 }
 
@@ -63,7 +65,7 @@ try {
   gateway = await startGateway({ ...config, authHost: api.url }, { log });
 } catch (err) {
   await api.close();
-  if (portTaken(err)) fail(`port ${config.appPort} (gateway) is taken — is another gateway or demo running? Try APP_PORT=3001 npm run demo`);
+  if (portTaken(err)) fail(`port ${config.appPort} (gateway) is taken — is another gateway or demo running? Try APP_PORT=${config.appPort + 1} npm run demo`);
   fail(`cannot start the gateway: ${(err as Error).message}`);
 }
 
@@ -82,7 +84,7 @@ try {
   open ${pageUrl}?user=1 and, in another window, ${pageUrl}?user=2
   (or ${pageUrl} and pick a demo user: Alice 1, Bob 2, Carol 3, Dave 4).`;
 } catch (err) {
-  const why = portTaken(err) ? `port ${pagePort} is taken (try CHAT_PAGE_PORT=8081 npm run demo)` : (err as Error).message;
+  const why = portTaken(err) ? `port ${pagePort} is taken (try CHAT_PAGE_PORT=${pagePort + 1} npm run demo)` : (err as Error).message;
   pageGuide = `The chat page did not start: ${why}.`;
 }
 

@@ -134,6 +134,10 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
         body: DisconnectBody,
         response: { 200: DisconnectAnswer, ...errors },
       },
+      // The body is optional (every field is): a bare POST is `{}`.
+      preValidation: async (req) => {
+        req.body ??= {};
+      },
     },
     async (req) => {
       requireAccepting();

@@ -107,6 +107,9 @@ for (const mode of ENGINE_MODES) {
       for (const c of conns) assert.deepEqual(await c.closed, { code: 4403, reason: 'logged out everywhere' });
       await bystander.next({ type: 'presence', user_id: 5, status: 'offline' });
       assert.equal(bystander.isOpen, true);
+      // The body is optional: a bare POST disconnects with the default reason.
+      const bare = await call(h.instances[0]!, 'POST', '/api/v1/users/55/disconnect');
+      assert.deepEqual([bare.status, bare.body.connections], [200, 0]);
       bystander.close();
     });
 
