@@ -33,6 +33,8 @@ const THROTTLE_MS = 1000;
 const FORGIVE_MS = 2 * THROTTLE_MS;
 /** How long a socket the gateway closed may take to complete the close handshake before it is dropped. */
 const CLOSE_GRACE_MS = 1000;
+/** What a socket the gateway closed may still send (its close reply, frames already in flight) before it is dropped. */
+const CLOSE_READ_LIMIT = 64 * 1024;
 /** setTimeout's longest delay; a later expiry is checked again when it fires. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** A re-verify the main API could not answer is tried again this soon. */
@@ -477,8 +479,13 @@ export class Session implements Connection {
     else {
       // The socket is still read, so a peer's close reply ends the connection at once (a paused
       // socket would hide it, and every client would see our close only at the grace period's
-      // end). What a peer sends after our close is dropped unparsed (`closed`), and a flooder
-      // that ignores the close frame is cut off after the grace period, not ws's 30 s timeout.
+      // end). What a peer sends after our close is not acted on (`closed`); a peer that keeps
+      // sending — a flooder ignoring the close frame — is dropped once it sent CLOSE_READ_LIMIT
+      // more, and every socket after the grace period, never ws's 30 s close timeout.
+      const readAtClose = this.socket.bytesRead;
+      this.socket.on('data', () => {
+        if (this.socket.bytesRead - readAtClose > CLOSE_READ_LIMIT) this.ws.terminate();
+      });
       setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS).unref();
     }
     this.onClosed();

@@ -2,6 +2,11 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { TestClient, expectNone, sleep, type Frame } from '../support/client.js';
 import { ENGINE_MODES, metric, uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
+import * as ws from 'ws';
+import type { Socket } from 'node:net';
+
+/** `ws`'s frame builder (public in `ws`, missing from its types): a deaf client writes masked frames by hand. */
+const { Sender } = ws as unknown as { Sender: { frame(data: Buffer, options: object): Buffer[] } };
 
 /**
  * What one connection may cost, and what it may not do after it is gone: every frame is
@@ -38,6 +43,29 @@ for (const mode of ENGINE_MODES) {
         throw new Error(`${e.message}: open=${c.isOpen} ${JSON.stringify(c.frames.slice(-3))}`);
       });
       c.close();
+    });
+
+    it('a peer that ignores the close frame and keeps sending is dropped at once, not after the grace period', async () => {
+      const inst = await h.gateway({ REGISTER_TIMEOUT_MS: '300' });
+      const client = new ws.WebSocket(inst.wsUrl);
+      await new Promise((r) => client.once('open', r));
+      const socket = (client as unknown as { _socket: Socket })._socket;
+      // Deaf: it never answers the close frame (ws would, from close()).
+      (client as unknown as { close(): void }).close = () => undefined;
+      let closedAt = 0;
+      let droppedAt = 0;
+      socket.on('close', () => (droppedAt = Date.now()));
+      (client as unknown as { _receiver: { on(e: string, f: () => void): void } })._receiver.on('conclude', () => (closedAt ||= Date.now()));
+      await waitFor(() => closedAt !== 0, 3000, 'the 4408 close frame');
+      // ... and keeps writing frames straight to the socket.
+      const frame = Buffer.concat(Sender.frame(Buffer.from('{"type":"ping"}'), { fin: true, opcode: 1, mask: true, readOnly: false, rsv1: false }));
+      const burst = Buffer.concat(Array.from({ length: 2000 }, () => frame)); // ~40 KB
+      while (droppedAt === 0 && Date.now() - closedAt < 3000) {
+        if (!socket.destroyed) socket.write(burst);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      assert.ok(droppedAt !== 0, 'never dropped');
+      assert.ok(droppedAt - closedAt < 700, `a deaf peer was read for ${droppedAt - closedAt} ms after the close`);
     });
 
     it('a junk-register flood: the connection is closed 1008, the main API sees a bounded number of verifies, and nothing after the close', async () => {
