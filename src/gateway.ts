@@ -15,6 +15,8 @@ import { createRequestHandler, refuseUpgrade } from './server/http.js';
 import type { GatewayContext } from './session/context.js';
 import { Session } from './session/session.js';
 import { createCommandHandler } from './session/commands.js';
+import { Deadlines } from './session/deadlines.js';
+import type { Registration } from './session/registration.js';
 import { createMainApi } from './upstream/client.js';
 import { FairScheduler } from './upstream/scheduler.js';
 
@@ -72,6 +74,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     engine,
     hub,
     features: createFeatureTable(),
+    deadlines: new Deadlines<Registration>((reg) => reg.credentialsDue()),
     isDraining: () => draining,
     track,
   };
@@ -204,6 +207,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     await sleep(sessions.size === 0 ? 0 : 250);
     for (const s of [...sessions]) s.terminate();
     clearInterval(heartbeat);
+    ctx.deadlines.close();
     await idleWithin(500);
     await hub.abandonLate();
     await api.close().catch(() => undefined);

@@ -6,6 +6,8 @@ import type { Metrics } from '../metrics/index.js';
 import type { MainApi } from '../upstream/client.js';
 import type { FairScheduler } from '../upstream/scheduler.js';
 import type { FeatureTable } from '../features/index.js';
+import type { Deadlines } from './deadlines.js';
+import type { Registration } from './registration.js';
 
 /** What a session needs of the running gateway. */
 export interface GatewayContext {
@@ -18,6 +20,8 @@ export interface GatewayContext {
   readonly engine: Engine;
   readonly hub: Hub;
   readonly features: FeatureTable;
+  /** Credentials deadlines of every registration (one timer for the gateway). */
+  readonly deadlines: Deadlines<Registration>;
   isDraining(): boolean;
   /** Counts work that graceful shutdown must let finish. */
   track<T>(work: Promise<T>): Promise<T>;

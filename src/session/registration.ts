@@ -16,6 +16,8 @@ export interface Connection {
   /** Ends `reg`, telling the client why (`unregistered` with a reason). */
   endRegistration(reg: Registration, reason: UnregisterReason): void;
   close(code: number, reason: string): void;
+  /** The registration's credentials deadline has come (token expiry or re-verify). */
+  credentialsDue(reg: Registration): void;
 }
 
 /**
@@ -28,8 +30,8 @@ export class Registration implements Member {
   lastTypingAt = 0;
   /** Set when the registration ends: nothing more of the chat reaches the connection through it. */
   private ended = false;
-  /** The timer that ends the registration when its token expires (see Session.watchCredentials). */
-  expiry: NodeJS.Timeout | null = null;
+  /** When its credentials are next due (token expiry or re-verify; see Session.watchCredentials). */
+  deadlineAt: number | null = null;
   private held: Outgoing[] | null = [];
   private heldBytes = 0;
 
@@ -62,6 +64,10 @@ export class Registration implements Member {
     this.connection.endRegistration(this, 'revoked');
   }
 
+  credentialsDue(): void {
+    this.connection.credentialsDue(this);
+  }
+
   reconnect(): void {
     this.connection.close(CLOSE.resync, 'missed broadcasts during an engine outage; reconnect and resume');
   }
@@ -71,8 +77,6 @@ export class Registration implements Member {
     this.ended = true;
     this.held = null;
     this.heldBytes = 0;
-    if (this.expiry !== null) clearTimeout(this.expiry);
-    this.expiry = null;
   }
 
   /** Holds live deliveries until `goLive` (a re-register with `since` catches up again). */

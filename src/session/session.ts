@@ -35,8 +35,6 @@ const FORGIVE_MS = 2 * THROTTLE_MS;
 const CLOSE_GRACE_MS = 1000;
 /** What a socket the gateway closed may still send (its close reply, frames already in flight) before it is dropped. */
 const CLOSE_READ_LIMIT = 64 * 1024;
-/** setTimeout's longest delay; a later expiry is checked again when it fires. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 /** A re-verify the main API could not answer is tried again this soon. */
 const REVERIFY_RETRY_MS = 5000;
 
@@ -374,6 +372,7 @@ export class Session implements Connection {
   async removeRegistration(reg: Registration): Promise<void> {
     if (this.chats.get(reg.chat) !== reg) return;
     this.chats.delete(reg.chat);
+    this.ctx.deadlines.clear(reg);
     reg.end();
     if (this.chats.size === 0) this.armRegisterTimer();
     await this.ctx.hub.leave(reg.chat, reg.user, reg);
@@ -387,26 +386,23 @@ export class Session implements Connection {
    * registration like a refused write's re-check. AUTH_CACHE_TTL_MS=0 turns re-verifying off.
    */
   watchCredentials(reg: Registration): void {
-    if (reg.expiry !== null) clearTimeout(reg.expiry);
-    reg.expiry = null;
+    const { deadlines } = this.ctx;
+    deadlines.clear(reg);
     if (this.closed || this.chats.get(reg.chat) !== reg) return;
-    const token = reg.token;
-    const exp = jwtExpiryMs(token);
-    const arm = (ms: number, then: () => void) => {
-      reg.expiry = setTimeout(then, Math.max(0, Math.min(ms, MAX_TIMER_MS)));
-      reg.expiry.unref();
-    };
-    if (exp !== null) {
-      arm(exp - Date.now(), () => {
-        if (reg.token !== token) return;
-        if (Date.now() < exp) return this.watchCredentials(reg);
-        this.ctx.log.info({ conn: this.id, chat: reg.chat }, 'token expired; registration ended');
-        this.endRegistration(reg, 'token_expired');
-      });
-      return;
-    }
+    const exp = jwtExpiryMs(reg.token);
+    if (exp !== null) return deadlines.set(reg, exp);
     const ttl = this.ctx.config.authCacheTtlMs;
-    if (ttl > 0) arm(ttl + Math.random() * ttl * 0.1, () => void this.ctx.track(this.reverify(reg, token)));
+    if (ttl > 0) deadlines.set(reg, Date.now() + ttl + Math.random() * ttl * 0.1);
+  }
+
+  /** The deadline `watchCredentials` set for `reg` has come (ctx.deadlines: within a second of it). */
+  credentialsDue(reg: Registration): void {
+    if (this.closed || this.chats.get(reg.chat) !== reg) return;
+    const exp = jwtExpiryMs(reg.token);
+    if (exp === null) return void this.ctx.track(this.reverify(reg, reg.token));
+    if (Date.now() < exp) return this.watchCredentials(reg);
+    this.ctx.log.info({ conn: this.id, chat: reg.chat }, 'token expired; registration ended');
+    this.endRegistration(reg, 'token_expired');
   }
 
   private async reverify(reg: Registration, token: string): Promise<void> {
@@ -421,8 +417,7 @@ export class Session implements Connection {
       if (isAuthRefusal(err)) this.endRegistration(reg, err.code);
       else if (!(err instanceof CancelledError)) {
         this.ctx.log.warn({ conn: this.id, chat: reg.chat, err: (err as Error).message }, 'token re-verify failed; trying again');
-        reg.expiry = setTimeout(() => void this.ctx.track(this.reverify(reg, token)), REVERIFY_RETRY_MS);
-        reg.expiry.unref();
+        this.ctx.deadlines.set(reg, Date.now() + REVERIFY_RETRY_MS);
       }
     }
   }
@@ -506,6 +501,7 @@ export class Session implements Connection {
     const regs = [...this.chats.values()];
     this.chats.clear();
     for (const reg of regs) {
+      this.ctx.deadlines.clear(reg);
       reg.end();
       void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, reg));
     }
