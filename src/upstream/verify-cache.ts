@@ -7,8 +7,11 @@ import type { IdKey } from '../protocol/ids.js';
  */
 export class VerifyCache {
   private readonly entries = new Map<string, { user: IdKey; expiresAt: number }>();
-  /** user → keys of its entries, so the server API can forget a user's verifies without a scan. */
-  private readonly byUser = new Map<IdKey, Set<string>>();
+  /**
+   * user → key(s) of its entries, so the server API can forget a user's verifies without a scan.
+   * Most users have one entry: it is kept as the key itself, and becomes a Set at the second.
+   */
+  private readonly byUser = new Map<IdKey, string | Set<string>>();
 
   constructor(
     private readonly ttlMs: number,
@@ -36,9 +39,10 @@ export class VerifyCache {
     const key = cacheKey(token, chat);
     this.remove(key);
     this.entries.set(key, { user, expiresAt });
-    let keys = this.byUser.get(user);
-    if (keys === undefined) this.byUser.set(user, (keys = new Set()));
-    keys.add(key);
+    const keys = this.byUser.get(user);
+    if (keys === undefined) this.byUser.set(user, key);
+    else if (typeof keys === 'string') this.byUser.set(user, new Set([keys, key]));
+    else keys.add(key);
     if (this.entries.size > this.maxEntries) {
       const oldest = this.entries.keys().next().value;
       if (oldest !== undefined) this.remove(oldest);
@@ -55,7 +59,7 @@ export class VerifyCache {
     const keys = this.byUser.get(user);
     if (keys === undefined) return;
     const prefix = chat === null ? null : `${chat}\u0000`;
-    for (const key of [...keys]) if (prefix === null || key.startsWith(prefix)) this.remove(key);
+    for (const key of typeof keys === 'string' ? [keys] : [...keys]) if (prefix === null || key.startsWith(prefix)) this.remove(key);
   }
 
   private remove(key: string): void {
@@ -63,8 +67,11 @@ export class VerifyCache {
     if (entry === undefined) return;
     this.entries.delete(key);
     const keys = this.byUser.get(entry.user);
-    keys?.delete(key);
-    if (keys?.size === 0) this.byUser.delete(entry.user);
+    if (keys === key) this.byUser.delete(entry.user);
+    else if (typeof keys === 'object') {
+      keys.delete(key);
+      if (keys.size === 0) this.byUser.delete(entry.user);
+    }
   }
 
   get size(): number {

@@ -28,6 +28,23 @@ describe('verify answer', () => {
 });
 
 describe('verify cache', () => {
+  it('forgets a user\'s verifies in one chat or in all, and no one else\'s', () => {
+    const cache = new VerifyCache(30_000);
+    cache.set('t1', 'c1', 'u');
+    cache.set('t1', 'c2', 'u');
+    cache.set('t2', 'c1', 'u');
+    cache.set('t3', 'c1', 'v');
+    cache.forgetUser('u', 'c1');
+    assert.deepEqual([cache.get('t1', 'c1'), cache.get('t2', 'c1'), cache.get('t1', 'c2'), cache.get('t3', 'c1')], [undefined, undefined, 'u', 'v']);
+    cache.set('t1', 'c3', 'u');
+    cache.forgetUser('u', null);
+    assert.deepEqual([cache.get('t1', 'c2'), cache.get('t1', 'c3'), cache.get('t3', 'c1')], [undefined, undefined, 'v']);
+    assert.equal(cache.size, 1);
+    cache.delete('t3', 'c1');
+    cache.forgetUser('v', null);
+    assert.equal(cache.size, 0);
+  });
+
   it('reuses a verify for AUTH_CACHE_TTL_MS, per (token, chat)', () => {
     let now = 1_000_000;
     const cache = new VerifyCache(30_000, 10, () => now);
