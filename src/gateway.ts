@@ -41,7 +41,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   const log = options.log ?? createLogger(config.logLevel);
   const metrics = createMetrics();
   const engine = options.engine ?? (await createEngine(config, log));
-  const hub = new Hub(engine, metrics, log, config.publishRetryMs, config.historyTtlMs, config.maxBufferedBytes);
+  const hub = new Hub(engine, metrics, log, { publishRetryMs: config.publishRetryMs, lateMaxAgeMs: config.historyTtlMs, maxBufferedBytes: config.maxBufferedBytes });
   const api = createMainApi(config, log, metrics);
   const instanceId = randomBytes(6).toString('hex');
   const sessions = new Set<Session>();
@@ -116,9 +116,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       });
       serverApi = { app, server: null };
     } else {
-      let own: Server | null = null;
-      const app = await createServerApi({ ...options, serverFactory: (handler) => (own = createServer(handler)) });
-      serverApi = { app, server: own };
+      const app = await createServerApi(options);
+      serverApi = { app, server: app.server };
     }
   }
   server.keepAliveTimeout = 5_000;

@@ -93,10 +93,13 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
   });
   app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error: 'not_found', message: 'no such route' }));
 
+  const requireEngine = () => {
+    if (!engine.isReady()) throw new ApiError(503, 'unavailable', 'engine unavailable; retry shortly');
+  };
   /** Commands need the engine; new work is refused while draining. */
   const requireAccepting = () => {
     if (opts.isDraining()) throw new ApiError(503, 'unavailable', 'gateway is shutting down; retry on another instance');
-    if (!engine.isReady()) throw new ApiError(503, 'unavailable', 'engine unavailable; retry shortly');
+    requireEngine();
   };
   const errors = { 400: ErrorAnswer, 401: ErrorAnswer, 503: ErrorAnswer };
 
@@ -181,7 +184,7 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
       },
     },
     async (req) => {
-      if (!engine.isReady()) throw new ApiError(503, 'unavailable', 'engine unavailable; retry shortly');
+      requireEngine();
       const chat = idKey(req.params.chat_id);
       return { chat_id: wireId(chat), online: (await engine.online(chat)).map(wireId) };
     },

@@ -56,12 +56,17 @@ export function numberFrame(frame: Buffer, position: StreamPosition): Buffer {
   return Buffer.concat([Buffer.from(`{"seq":${position.seq},"epoch":"${position.epoch}",`), frame.subarray(1)]);
 }
 
+/** Whether `frame` is numbered (a stream broadcast): a prefix comparison, no parsing. */
+export function isNumbered(frame: Buffer): boolean {
+  return frame.length >= SEQ_PREFIX.length && frame.compare(SEQ_PREFIX, 0, SEQ_PREFIX.length, 0, SEQ_PREFIX.length) === 0;
+}
+
 /**
  * Reads the position back from numbered bytes without parsing the JSON (only the prefix that
  * `numberFrame` and the Redis script write); null for frames outside the stream (presence, typing).
  */
 export function positionOf(frame: Buffer): StreamPosition | null {
-  if (frame.length < SEQ_PREFIX.length || frame.compare(SEQ_PREFIX, 0, SEQ_PREFIX.length, 0, SEQ_PREFIX.length) !== 0) return null;
+  if (!isNumbered(frame)) return null;
   const comma = frame.indexOf(0x2c, SEQ_PREFIX.length); // ,
   const seq = Number(frame.toString('latin1', SEQ_PREFIX.length, comma));
   const start = comma + '"epoch":"'.length + 1;

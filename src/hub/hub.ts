@@ -29,6 +29,17 @@ const MAX_LATE = 10_000;
 /** While some wait, how often the engine is tried again (also at once when it reports ready). */
 const LATE_RETRY_MS = 1000;
 
+export interface HubLimits {
+  /** PUBLISH_RETRY_MS: how long a saved operation's broadcast is retried while the engine fails. */
+  publishRetryMs: number;
+  /** HISTORY_TTL_MS: a late broadcast older than this is dropped instead of published. */
+  lateMaxAgeMs: number;
+  /** MAX_BUFFERED_BYTES: half of it bounds one chat's catch-up after an engine outage. */
+  maxBufferedBytes: number;
+}
+
+const DEFAULT_LIMITS: HubLimits = { publishRetryMs: 10_000, lateMaxAgeMs: 300_000, maxBufferedBytes: 4 * 1024 * 1024 };
+
 /**
  * Joins the local registry to the engine: one engine subscription per chat with local members,
  * presence transitions turned into broadcasts, and every delivery written from the engine's
@@ -46,12 +57,7 @@ export class Hub {
     private readonly engine: Engine,
     private readonly metrics: Metrics,
     private readonly log: Logger,
-    /** PUBLISH_RETRY_MS: how long a saved operation's broadcast is retried while the engine fails. */
-    private readonly publishRetryMs = 10_000,
-    /** A late broadcast older than this (HISTORY_TTL_MS) is dropped instead of published. */
-    private readonly lateMaxAgeMs = 300_000,
-    /** MAX_BUFFERED_BYTES: half of it bounds one chat's catch-up after an engine outage. */
-    maxBufferedBytes = 4 * 1024 * 1024,
+    private readonly limits: HubLimits = DEFAULT_LIMITS,
   ) {
     this.resync = new Resync(
       engine,
@@ -61,7 +67,7 @@ export class Hub {
       },
       metrics,
       log,
-      Math.floor(maxBufferedBytes / 2),
+      Math.floor(limits.maxBufferedBytes / 2),
     );
   }
 
@@ -180,7 +186,7 @@ export class Hub {
    * id they already have).
    */
   async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition | null> {
-    const giveUpAt = Date.now() + this.publishRetryMs;
+    const giveUpAt = Date.now() + this.limits.publishRetryMs;
     for (let wait = 100; ; wait = Math.min(2 * wait, 2000)) {
       try {
         return await this.timed(() => this.engine.append(chat, frame, exceptConn, key));
@@ -229,7 +235,7 @@ export class Hub {
     try {
       while (this.late.length > 0) {
         const entry = this.late[0]!;
-        if (Date.now() - entry.at > this.lateMaxAgeMs) {
+        if (Date.now() - entry.at > this.limits.lateMaxAgeMs) {
           this.late.shift();
           this.dropLate(entry, 'waited longer than HISTORY_TTL_MS for the engine');
           continue;

@@ -1,4 +1,4 @@
-import { positionOf, type StreamPosition } from '../engine/stream.js';
+import { isNumbered, positionOf, type StreamPosition } from '../engine/stream.js';
 import type { Engine } from '../engine/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
@@ -11,6 +11,8 @@ interface HeldDelivery {
 
 /** Deliveries held per chat while catching up; past it the chat counts as lost. */
 const MAX_HELD = 10_000;
+/** A chat that held more than MAX_HELD deliveries: it is lost whatever the history says. */
+const OVERFLOWED = 'overflowed';
 
 /**
  * Catching up after the engine was away. While a Redis connection is down, publications of other
@@ -27,9 +29,13 @@ const MAX_HELD = 10_000;
  * tells each of them what it missed (`recovered:false`).
  */
 export class Resync {
-  private readonly last = new Map<IdKey, StreamPosition>();
+  /**
+   * Per chat, the last numbered frame delivered here (kept as is: its position is read only if
+   * an outage needs it, not per delivery), or a position a registration read when it went live.
+   */
+  private readonly last = new Map<IdKey, Buffer | StreamPosition>();
   /** Chats holding their deliveries until caught up; null while the engine has not been lost. */
-  private held: Map<IdKey, HeldDelivery[]> | null = null;
+  private held: Map<IdKey, HeldDelivery[] | typeof OVERFLOWED> | null = null;
   private running = false;
 
   constructor(
@@ -46,8 +52,9 @@ export class Resync {
   receive(chat: IdKey, frame: Buffer, exceptConn: string | null): void {
     const waiting = this.held?.get(chat);
     if (waiting === undefined) return this.pass(chat, frame, exceptConn);
+    if (waiting === OVERFLOWED) return;
     if (waiting.length < MAX_HELD) waiting.push({ frame, exceptConn });
-    else waiting.length = MAX_HELD + 1; // marks the chat lost; see catchUp
+    else this.held!.set(chat, OVERFLOWED);
   }
 
   /** A position this instance is known to be at (a registration read it when it went live). */
@@ -83,17 +90,20 @@ export class Resync {
   }
 
   private pass(chat: IdKey, frame: Buffer, exceptConn: string | null): void {
-    const at = positionOf(frame);
-    if (at !== null) this.last.set(chat, at);
+    if (isNumbered(frame)) this.last.set(chat, frame);
     this.deliver(chat, frame, exceptConn);
   }
 
+  private lastPosition(chat: IdKey): StreamPosition | undefined {
+    const last = this.last.get(chat);
+    return Buffer.isBuffer(last) ? (positionOf(last) ?? undefined) : last;
+  }
+
   private async catchUp(chat: IdKey): Promise<void> {
-    const waiting = this.held?.get(chat);
-    if (waiting === undefined) return;
-    const since = this.last.get(chat);
+    if (this.held?.get(chat) === undefined) return;
+    const since = this.lastPosition(chat);
     let missed: readonly Buffer[] = [];
-    let lost = waiting.length > MAX_HELD;
+    let lost = this.held.get(chat) === OVERFLOWED;
     if (!lost && since !== undefined) {
       try {
         const result = await this.engine.recover(chat, since, this.maxBytes);
@@ -103,9 +113,10 @@ export class Resync {
         return; // the engine failed again: the chat stays held until it is back
       }
     }
-    if (this.held?.get(chat) !== waiting) return; // forgotten meanwhile
-    this.held.delete(chat);
-    if (lost) {
+    const waiting = this.held?.get(chat);
+    if (waiting === undefined) return; // forgotten meanwhile
+    this.held!.delete(chat);
+    if (lost || waiting === OVERFLOWED) {
       this.metrics.resyncs.inc({ outcome: 'lost' });
       this.log.warn({ chat }, 'broadcasts missed during an engine outage are not in history: closing the chat\'s connections so they recover');
       this.last.delete(chat);
@@ -115,7 +126,7 @@ export class Resync {
     this.metrics.resyncs.inc({ outcome: 'recovered' });
     if (missed.length > 0) this.log.info({ chat, broadcasts: missed.length }, 'broadcasts missed during an engine outage delivered from history');
     for (const frame of missed) this.pass(chat, frame, null);
-    const covered = this.last.get(chat);
+    const covered = this.lastPosition(chat);
     for (const { frame, exceptConn } of waiting) {
       const at = positionOf(frame);
       if (at !== null && covered !== undefined && at.epoch === covered.epoch && at.seq <= covered.seq) continue;

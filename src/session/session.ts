@@ -372,8 +372,7 @@ export class Session implements Connection {
   async removeRegistration(reg: Registration): Promise<void> {
     if (this.chats.get(reg.chat) !== reg) return;
     this.chats.delete(reg.chat);
-    this.ctx.deadlines.clear(reg);
-    reg.end();
+    this.retire(reg);
     if (this.chats.size === 0) this.armRegisterTimer();
     await this.ctx.hub.leave(reg.chat, reg.user, reg);
   }
@@ -420,6 +419,12 @@ export class Session implements Connection {
         this.ctx.deadlines.set(reg, Date.now() + REVERIFY_RETRY_MS);
       }
     }
+  }
+
+  /** A registration leaving this connection: no credentials deadline, nothing more delivered through it. */
+  private retire(reg: Registration): void {
+    this.ctx.deadlines.clear(reg);
+    reg.end();
   }
 
   /** Ends a registration the gateway has to take away, telling the client why. */
@@ -501,8 +506,7 @@ export class Session implements Connection {
     const regs = [...this.chats.values()];
     this.chats.clear();
     for (const reg of regs) {
-      this.ctx.deadlines.clear(reg);
-      reg.end();
+      this.retire(reg);
       void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, reg));
     }
   }

@@ -46,10 +46,6 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     connectTimeout: config.upstreamTimeoutMs,
   });
   const cache = new VerifyCache(config.authCacheTtlMs);
-  /** `user|chat` or `user|*` → the revision of its last forget (bounded: oldest go first). */
-  const forgets = new Map<string, number>();
-  let revision = 0;
-  const MAX_FORGETS = 100_000;
 
   async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object, cancel?: AbortSignal): Promise<Answer> {
     const requestId = randomUUID();
@@ -97,8 +93,6 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   }
 
   const ok = (status: number) => status >= 200 && status < 300;
-  const forgottenSince = (user: IdKey, chat: IdKey, since: number): boolean =>
-    revision !== since && ((forgets.get(`${user}|${chat}`) ?? 0) > since || (forgets.get(`${user}|*`) ?? 0) > since);
 
   function messagePath(chat: IdKey, messageId: string): string {
     return config.messagePath
@@ -110,7 +104,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     async verify(token, chat, signal) {
       const cached = cache.get(token, chat);
       if (cached !== undefined) return cached;
-      const asked = revision;
+      const asked = cache.revision;
       const { status, body } = await call('verify', 'POST', config.authVerifyPath, token, { token, chat_id: wireId(chat) }, signal);
       if (!ok(status)) fail('verify', status, token, chat);
       const user = userIdFromVerify(body);
@@ -119,7 +113,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
         throw new RequestError('internal', 'main API answered verify without a usable user id');
       }
       // An answer the server API revoked while it was on its way must not be cached.
-      if (!forgottenSince(user, chat, asked)) cache.set(token, chat, user);
+      if (!cache.forgottenSince(user, chat, asked)) cache.set(token, chat, user);
       return user;
     },
     async save(token, chat, message) {
@@ -136,15 +130,9 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       const { status } = await call('delete', 'DELETE', messagePath(chat, messageId), token);
       if (!ok(status)) fail('delete', status, token, chat);
     },
-    forget(user, chat) {
-      cache.forgetUser(user, chat);
-      const key = `${user}|${chat ?? '*'}`;
-      forgets.delete(key);
-      forgets.set(key, ++revision);
-      if (forgets.size > MAX_FORGETS) forgets.delete(forgets.keys().next().value as string);
-    },
-    revision: () => revision,
-    forgottenSince,
+    forget: (user, chat) => cache.forgetUser(user, chat),
+    revision: () => cache.revision,
+    forgottenSince: (user, chat, since) => cache.forgottenSince(user, chat, since),
     async close() {
       await pool.close();
     },

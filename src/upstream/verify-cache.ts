@@ -12,6 +12,12 @@ export class VerifyCache {
    * Most users have one entry: it is kept as the key itself, and becomes a Set at the second.
    */
   private readonly byUser = new Map<IdKey, string | Set<string>>();
+  /**
+   * `user|chat` or `user|*` → the revision of its last `forgetUser`, so a verify answer read
+   * before it can be recognised as stale (`forgottenSince`). Bounded: the oldest go first.
+   */
+  private readonly forgotten = new Map<string, number>();
+  private forgets = 0;
 
   constructor(
     private readonly ttlMs: number,
@@ -56,10 +62,25 @@ export class VerifyCache {
 
   /** Forgets every verify of `user` (in `chat` only, when given): the server API revoked it. */
   forgetUser(user: IdKey, chat: IdKey | null): void {
+    const mark = `${user}|${chat ?? '*'}`;
+    this.forgotten.delete(mark);
+    this.forgotten.set(mark, ++this.forgets);
+    if (this.forgotten.size > this.maxEntries) this.forgotten.delete(this.forgotten.keys().next().value as string);
     const keys = this.byUser.get(user);
     if (keys === undefined) return;
     const prefix = chat === null ? null : `${chat}\u0000`;
     for (const key of typeof keys === 'string' ? [keys] : [...keys]) if (prefix === null || key.startsWith(prefix)) this.remove(key);
+  }
+
+  /** A mark to pass to `forgottenSince`, taken before a verify whose answer may go stale. */
+  get revision(): number {
+    return this.forgets;
+  }
+
+  /** Whether `forgetUser` covered (user, chat) after `revision` was taken. */
+  forgottenSince(user: IdKey, chat: IdKey, revision: number): boolean {
+    if (revision === this.forgets) return false;
+    return (this.forgotten.get(`${user}|${chat}`) ?? 0) > revision || (this.forgotten.get(`${user}|*`) ?? 0) > revision;
   }
 
   private remove(key: string): void {
