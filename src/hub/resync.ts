@@ -23,8 +23,9 @@ const OVERFLOWED = 'overflowed';
  * the history already covered — so local receivers see every broadcast once, in order.
  * When the stream itself was lost (Redis restarted without persistence: a new epoch), there is
  * nothing to replay, and nothing to do: the next broadcast carries the new epoch, which tells
- * every client to fetch what it missed from the main API. When the history is merely too short
- * (trimmed, or no history), the gap would be invisible, so the chat's local connections are
+ * every client to fetch what it missed from the main API. With HISTORY_SIZE=0 there is no
+ * recovery to offer, and nothing is done. When the history is merely too short (trimmed), the gap
+ * would be invisible, so the chat's local connections are
  * closed 1012 (`onLost`): they reconnect and register with their own positions, and the gateway
  * tells each of them what it missed (`recovered:false`).
  */
@@ -108,7 +109,9 @@ export class Resync {
       try {
         const result = await this.engine.recover(chat, since, this.maxBytes);
         if (result.recovered) missed = result.frames;
-        else lost = result.reason !== 'epoch_changed';
+        // epoch_changed: the new epoch tells clients. no_history: HISTORY_SIZE=0 opted out of
+        // recovery, and connections stay as they are (as before this catch-up existed).
+        else lost = result.reason === 'too_far_behind';
       } catch {
         return; // the engine failed again: the chat stays held until it is back
       }
