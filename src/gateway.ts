@@ -41,7 +41,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   const log = options.log ?? createLogger(config.logLevel);
   const metrics = createMetrics();
   const engine = options.engine ?? (await createEngine(config, log));
-  const hub = new Hub(engine, metrics, log, { publishRetryMs: config.publishRetryMs, lateMaxAgeMs: config.historyTtlMs, maxBufferedBytes: config.maxBufferedBytes });
+  const hub = new Hub(engine, metrics, log, { publishRetryMs: config.publishRetryMs, lateMaxAgeMs: config.historyTtlMs, maxBufferedBytes: config.maxBufferedBytes, presenceBatchMs: config.presenceBatchMs });
   const api = createMainApi(config, log, metrics);
   const instanceId = randomBytes(6).toString('hex');
   const sessions = new Set<Session>();
@@ -208,6 +208,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     clearInterval(heartbeat);
     ctx.deadlines.close();
     await idleWithin(500);
+    await hub.flushPresence();
     await hub.abandonLate();
     await api.close().catch(() => undefined);
     // Last: everything above may still publish or leave presence through it.

@@ -28,6 +28,8 @@ export interface Config {
   allowedOrigins: string[] | null;
   shutdownTimeoutMs: number;
   presenceTtlMs: number;
+  /** Presence changes of a chat within this long after an announcement go out together; 0: each at once. */
+  presenceBatchMs: number;
   /** Broadcasts kept per chat for recovery (`register` with `since`); 0: no history. */
   historySize: number;
   /** Older history entries are not replayed. */
@@ -173,6 +175,7 @@ export function loadConfig(env: Env = readEnv()): Config {
     allowedOrigins,
     shutdownTimeoutMs: ms('SHUTDOWN_TIMEOUT_MS', 10000, 0),
     presenceTtlMs: ms('PRESENCE_TTL_MS', 60000, 300),
+    presenceBatchMs: int('PRESENCE_BATCH_MS', 200, 0, 10_000),
     historySize: int('HISTORY_SIZE', 100, 0, 10_000),
     historyTtlMs: ms('HISTORY_TTL_MS', 300000, 1000),
     publishRetryMs: ms('PUBLISH_RETRY_MS', 10000, 0),

@@ -121,7 +121,7 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
     throw err;
   }
   session.watchCredentials(reg);
-  if (cameOnline) await hub.publishQuietly(chat, out.presence(chat, user, 'online'), session.id);
+  if (cameOnline) await hub.announceOnline(chat, user, session.id);
 }
 
 /**

@@ -3,9 +3,9 @@ import type { Engine, EngineEvents } from '../engine/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
 import type { IdKey } from '../protocol/ids.js';
-import * as out from '../protocol/outbound.js';
 import { outgoing } from './outgoing.js';
 import { Registry, type Member } from './registry.js';
+import { PresenceAnnouncer } from './presence-announcer.js';
 import { Resync } from './resync.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -36,9 +36,11 @@ export interface HubLimits {
   lateMaxAgeMs: number;
   /** MAX_BUFFERED_BYTES: half of it bounds one chat's catch-up after an engine outage. */
   maxBufferedBytes: number;
+  /** PRESENCE_BATCH_MS: presence changes of a chat within this long after an announcement go out together. */
+  presenceBatchMs: number;
 }
 
-const DEFAULT_LIMITS: HubLimits = { publishRetryMs: 10_000, lateMaxAgeMs: 300_000, maxBufferedBytes: 4 * 1024 * 1024 };
+const DEFAULT_LIMITS: HubLimits = { publishRetryMs: 10_000, lateMaxAgeMs: 300_000, maxBufferedBytes: 4 * 1024 * 1024, presenceBatchMs: 200 };
 
 /**
  * Joins the local registry to the engine: one engine subscription per chat with local members,
@@ -52,6 +54,7 @@ export class Hub {
   private lateTimer: NodeJS.Timeout | null = null;
   private flushingLate = false;
   private readonly resync: Resync;
+  private readonly presence: PresenceAnnouncer;
 
   constructor(
     private readonly engine: Engine,
@@ -69,6 +72,10 @@ export class Hub {
       log,
       Math.floor(limits.maxBufferedBytes / 2),
     );
+    this.presence = new PresenceAnnouncer(limits.presenceBatchMs, {
+      publish: (chat, frame, exceptConn) => this.publishQuietly(chat, frame, exceptConn),
+      online: (chat) => engine.online(chat),
+    });
   }
 
   /** Framed once here; every local receiver gets the same WebSocket frame bytes. */
@@ -88,10 +95,10 @@ export class Hub {
     return {
       deliver: (chat, frame, exceptConn) => this.resync.receive(chat, frame, exceptConn),
       presenceExpired: (chat, users) => {
-        for (const user of users) void this.publishQuietly(chat, out.presence(chat, user, 'offline'), null);
+        for (const user of users) void this.presence.announce(chat, user, 'offline', null);
       },
       presenceRestored: (chat, users) => {
-        for (const user of users) void this.publishQuietly(chat, out.presence(chat, user, 'online'), null);
+        for (const user of users) void this.presence.announce(chat, user, 'online', null);
       },
       readyChange: (ready) => {
         onReadyChange(ready);
@@ -133,6 +140,16 @@ export class Hub {
     await this.leavePresence(chat, user, connId, !cameOnline);
   }
 
+  /** Tells the chat that `user` came online (`exceptConn`, the connection that did, is not told). */
+  announceOnline(chat: IdKey, user: IdKey, exceptConn: string): Promise<void> {
+    return this.presence.announce(chat, user, 'online', exceptConn);
+  }
+
+  /** At shutdown, before the engine closes: presence changes still gathered go out now. */
+  flushPresence(): Promise<void> {
+    return this.presence.flushAll();
+  }
+
   attach(chat: IdKey, member: Member): void {
     this.registry.add(chat, member);
     this.metrics.registrations.set(this.registry.registrations);
@@ -150,7 +167,7 @@ export class Hub {
   private async leavePresence(chat: IdKey, user: IdKey, connId: string, announce: boolean): Promise<void> {
     try {
       if ((await this.engine.leave(chat, user, connId)) && announce) {
-        await this.publish(chat, out.presence(chat, user, 'offline'), null);
+        await this.presence.announce(chat, user, 'offline', null);
       }
     } catch (err) {
       // The presence entry expires by itself (Redis TTL) and the sweep announces it then.

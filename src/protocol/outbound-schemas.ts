@@ -132,6 +132,16 @@ const Presence = frame(
   "A user's first connection to the chat arrived (online) or its last one left (offline)",
 );
 
+const PresenceBatch = frame(
+  'presence_batch',
+  {
+    chat_id: IdSchema,
+    online: Type.Array(IdSchema, { description: 'Users online in the chat now' }),
+    offline: Type.Array(IdSchema, { description: 'Users no longer online in the chat' }),
+  },
+  "Several users' presence changed within one announcement window (PRESENCE_BATCH_MS); each user's status as it is when the frame is sent (may include the receiver's own user)",
+);
+
 const Typing = frame('typing', { chat_id: IdSchema, user_id: IdSchema }, 'A member is typing (never saved, not echoed to its sender)');
 
 const Unregistered = frame(
@@ -182,6 +192,7 @@ export const OUTBOUND_SCHEMAS = {
   edit_message: EditBroadcast,
   delete_message: DeleteBroadcast,
   presence: Presence,
+  presence_batch: PresenceBatch,
   typing: Typing,
   unregistered: Unregistered,
   refreshed: Refreshed,

@@ -58,6 +58,11 @@ export function presence(chat: IdKey, user: IdKey, status: 'online' | 'offline')
   return encode({ type: 'presence', chat_id: wireId(chat), user_id: wireId(user), status });
 }
 
+/** Several users' presence changes of one window at once (see hub/presence-announcer.ts). */
+export function presenceBatch(chat: IdKey, online: readonly IdKey[], offline: readonly IdKey[]): Buffer {
+  return encode({ type: 'presence_batch', chat_id: wireId(chat), online: online.map(wireId), offline: offline.map(wireId) });
+}
+
 export function typing(chat: IdKey, user: IdKey): Buffer {
   return encode({ type: 'typing', chat_id: wireId(chat), user_id: wireId(user) });
 }

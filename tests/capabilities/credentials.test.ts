@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { expectNone } from '../support/client.js';
+import { expectNone, presence } from '../support/client.js';
 import { ENGINE_MODES, uniqueChat, useHarness, waitFor } from '../support/harness.js';
 
 for (const mode of ENGINE_MODES) {
@@ -13,10 +13,10 @@ for (const mode of ENGINE_MODES) {
       const watcher = await h.member(2, chat);
       const c = await h.connect();
       await c.register(await h.token(1, { expiresInSec: 2 }), chat);
-      await watcher.next({ type: 'presence', user_id: 1, status: 'online' });
+      await watcher.next(presence(1, 'online'));
       const ended = await c.next({ type: 'unregistered', chat_id: chat }, 4000);
       assert.equal(ended.reason, 'token_expired');
-      await watcher.next({ type: 'presence', user_id: 1, status: 'offline' });
+      await watcher.next(presence(1, 'offline'));
       const from = c.frames.length;
       await watcher.request({ type: 'message', data: { id: `late-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
       await expectNone(c, { type: 'message' }, 300, from);
@@ -69,7 +69,7 @@ for (const mode of ENGINE_MODES) {
       h.api.revokeOpaqueToken(opaque);
       const ended = await c.next({ type: 'unregistered', chat_id: chat }, 3000);
       assert.equal(ended.reason, 'unauthorized');
-      await watcher.next({ type: 'presence', user_id: 1, status: 'offline' });
+      await watcher.next(presence(1, 'offline'));
       c.close();
       watcher.close();
     });

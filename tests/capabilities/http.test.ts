@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { request as httpRequest } from 'node:http';
 import { describe, it } from 'node:test';
-import { TestClient } from '../support/client.js';
+import { TestClient, presence } from '../support/client.js';
 import { ENGINE_MODES, metric, uniqueChat, useHarness, waitFor, type Instance } from '../support/harness.js';
 
 const SERIES = [
@@ -101,7 +101,7 @@ for (const mode of ENGINE_MODES) {
       assert.ok((await total(inst, 'message_service_ops_total', { type: 'register', result: 'ok' })) >= 2);
       assert.ok((await total(inst, 'message_service_upstream_request_duration_seconds_count', { op: 'verify' })) >= 1);
       // b's arrival is announced to a: one delivery at least, and at least one engine publish.
-      await a.next({ type: 'presence', user_id: 2, status: 'online' });
+      await a.next(presence(2, 'online'));
 
       const okBefore = await total(inst, 'message_service_ops_total', { type: 'message', result: 'ok' });
       const deliveriesBefore = await total(inst, 'message_service_deliveries_total');

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { expectNone } from '../support/client.js';
+import { expectNone, presence } from '../support/client.js';
 import { ENGINE_MODES, uniqueChat, useHarness } from '../support/harness.js';
 
 for (const mode of ENGINE_MODES) {
@@ -147,15 +147,15 @@ for (const mode of ENGINE_MODES) {
       const chat = uniqueChat();
       const watcher = await h.member(9, chat);
       const d1 = await h.member(5, chat);
-      await watcher.next({ type: 'presence', user_id: 5, status: 'online' });
+      await watcher.next(presence(5, 'online'));
       const d2 = await h.member(5, chat);
       const from = watcher.frames.length;
       d1.close();
-      await expectNone(watcher, { type: 'presence', user_id: 5, status: 'offline' }, 300, from);
-      assert.equal(watcher.all({ type: 'presence', user_id: 5, status: 'online' }).length, 1);
+      await expectNone(watcher, presence(5, 'offline'), 300, from);
+      assert.equal(watcher.all(presence(5, 'online')).length, 1);
       d2.send({ type: 'unregister', chat_id: chat });
       await d2.next({ type: 'unregistered', chat_id: chat });
-      await watcher.next({ type: 'presence', user_id: 5, status: 'offline' });
+      await watcher.next(presence(5, 'offline'));
       const again = await h.connect();
       const reg = await again.register(await h.token(6), chat);
       assert.deepEqual([...(reg.online as number[])].sort(), [6, 9]);

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
-import { TestClient, sleep } from '../support/client.js';
+import { TestClient, sleep, presence } from '../support/client.js';
 import { uniqueChat, useHarness, waitFor } from '../support/harness.js';
 import { GatewayProcess } from '../support/process.js';
 
@@ -33,12 +33,12 @@ describe('Redis faults: stalls and lost keys, seen from clients', () => {
     const watcher = await h.member(1, chat, 0);
     const stalled = await TestClient.connect(stoppable.wsUrl);
     await stalled.register(await h.token(2), chat);
-    await watcher.next({ type: 'presence', user_id: 2, status: 'online' });
+    await watcher.next(presence(2, 'online'));
     const mark = watcher.frames.length;
     stoppable.kill('SIGSTOP');
-    await watcher.next({ type: 'presence', user_id: 2, status: 'offline' }, PRESENCE_TTL_MS * 3 + 2000, mark);
+    await watcher.next(presence(2, 'offline'), PRESENCE_TTL_MS * 3 + 2000, mark);
     stoppable.kill('SIGCONT');
-    await watcher.next({ type: 'presence', user_id: 2, status: 'online' }, PRESENCE_TTL_MS + 2000, mark);
+    await watcher.next(presence(2, 'online'), PRESENCE_TTL_MS + 2000, mark);
     await sleep(PRESENCE_TTL_MS); // more refreshes and sweeps: nothing further is announced
     assert.deepEqual(watcher.all({ type: 'presence', user_id: 2 }).map((f) => f.status), ['online', 'offline', 'online']);
     assert.ok(stalled.isOpen);
@@ -49,11 +49,11 @@ describe('Redis faults: stalls and lost keys, seen from clients', () => {
 
   it('FLUSHALL: the refresh restores presence and announces it; newcomers see the right online list', async () => {
     const { chat, a, b } = await h.pair(0);
-    await a.next({ type: 'presence', user_id: 2, status: 'online' });
+    await a.next(presence(2, 'online'));
     const [markA, markB] = [a.frames.length, b.frames.length];
     await redisCli('flushall');
-    await a.next({ type: 'presence', user_id: 2, status: 'online' }, 3000, markA);
-    await b.next({ type: 'presence', user_id: 1, status: 'online' }, 3000, markB);
+    await a.next(presence(2, 'online'), 3000, markA);
+    await b.next(presence(1, 'online'), 3000, markB);
     const c = await h.member(3, chat);
     assert.deepEqual(online(c.frames.at(-1)!), [1, 2, 3]);
     for (const x of [a, b, c]) x.close();
@@ -61,10 +61,10 @@ describe('Redis faults: stalls and lost keys, seen from clients', () => {
 
   it('FLUSHALL, then the last connection of a user leaves: offline is still announced', async () => {
     const { a, b } = await h.pair(1);
-    await a.next({ type: 'presence', user_id: 2, status: 'online' });
+    await a.next(presence(2, 'online'));
     await redisCli('flushall');
     b.close();
-    await a.next({ type: 'presence', user_id: 2, status: 'offline' });
+    await a.next(presence(2, 'offline'));
     a.close();
   });
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { startDevApi, type DevApi } from '../../dev-api/app.js';
-import { TestClient, expectNone, sleep } from '../support/client.js';
+import { TestClient, expectNone, sleep, presence } from '../support/client.js';
 import { waitFor } from '../support/harness.js';
 import { GatewayProcess } from '../support/process.js';
 import { RedisServer } from '../support/redis.js';
@@ -53,10 +53,10 @@ describe('several gateway processes on one Redis behave as one', () => {
     const [g1, g2, g3] = gateways as [GatewayProcess, GatewayProcess, GatewayProcess];
     const a = await member(g1, 1, chat);
     const b = await member(g2, 2, chat);
-    await a.next({ type: 'presence', user_id: 2, status: 'online' });
+    await a.next(presence(2, 'online'));
     const c = await member(g3, 3, chat);
     assert.deepEqual([...((c.frames.at(-1)!.online as number[]) ?? [])].sort(), [1, 2, 3]);
-    await Promise.all([a, b].map((x) => x.next({ type: 'presence', user_id: 3, status: 'online' })));
+    await Promise.all([a, b].map((x) => x.next(presence(3, 'online'))));
     await a.request({ type: 'message', data: { id: `x-${chat}`, ciphertext: 'hi' } }, { type: 'ack' });
     await Promise.all([b, c].map((x) => x.next({ type: 'message', chat_id: chat })));
     await a.request({ type: 'edit_message', data: { id: `x-${chat}`, ciphertext: 'hi2' } }, { type: 'ack' });
@@ -66,7 +66,7 @@ describe('several gateway processes on one Redis behave as one', () => {
     b.send({ type: 'typing' });
     await Promise.all([a, c].map((x) => x.next({ type: 'typing', user_id: 2 })));
     c.close();
-    await Promise.all([a, b].map((x) => x.next({ type: 'presence', user_id: 3, status: 'offline' })));
+    await Promise.all([a, b].map((x) => x.next(presence(3, 'offline'))));
     a.close();
     b.close();
   });
@@ -77,12 +77,12 @@ describe('several gateway processes on one Redis behave as one', () => {
     const watcher = await member(g3, 9, chat);
     const d1 = await member(g1, 5, chat);
     const d2 = await member(g2, 5, chat);
-    await watcher.next({ type: 'presence', user_id: 5, status: 'online' });
+    await watcher.next(presence(5, 'online'));
     d1.close();
-    await expectNone(watcher, { type: 'presence', user_id: 5, status: 'offline' }, 400);
+    await expectNone(watcher, presence(5, 'offline'), 400);
     assert.equal(watcher.all({ type: 'presence', user_id: 5 }).length, 1);
     d2.close();
-    await watcher.next({ type: 'presence', user_id: 5, status: 'offline' });
+    await watcher.next(presence(5, 'offline'));
     watcher.close();
   });
 
@@ -109,12 +109,12 @@ describe('several gateway processes on one Redis behave as one', () => {
     const victim = await spawnGateway();
     const watcher = await member(gateways[0]!, 30, chat);
     await member(victim, 31, chat);
-    await watcher.next({ type: 'presence', user_id: 31, status: 'online' });
+    await watcher.next(presence(31, 'online'));
     const killedAt = Date.now();
     victim.kill('SIGKILL');
     await victim.exited;
     const bound = PRESENCE_TTL_MS + PRESENCE_TTL_MS / 3;
-    await watcher.next({ type: 'presence', user_id: 31, status: 'offline' }, bound + 2500);
+    await watcher.next(presence(31, 'offline'), bound + 2500);
     const took = Date.now() - killedAt;
     assert.ok(took >= PRESENCE_TTL_MS / 3, `offline came before any entry could expire (${took} ms)`);
     const fresh = await member(gateways[1]!, 32, chat);
@@ -156,10 +156,10 @@ describe('several gateway processes on one Redis behave as one', () => {
     const leaving = await spawnGateway();
     const watcher = await member(gateways[0]!, 40, chat);
     const gone = await member(leaving, 41, chat);
-    await watcher.next({ type: 'presence', user_id: 41, status: 'online' });
+    await watcher.next(presence(41, 'online'));
     const t0 = Date.now();
     leaving.kill('SIGTERM');
-    await watcher.next({ type: 'presence', user_id: 41, status: 'offline' }, 3000);
+    await watcher.next(presence(41, 'offline'), 3000);
     assert.ok(Date.now() - t0 < PRESENCE_TTL_MS, 'offline waited for the TTL');
     assert.equal((await gone.closed).code, 1001);
     assert.equal((await leaving.exited).code, 0);

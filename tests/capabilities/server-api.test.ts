@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { TestClient, expectNone } from '../support/client.js';
+import { TestClient, expectNone, presence } from '../support/client.js';
 import { ENGINE_MODES, Harness, uniqueChat, useHarness, waitFor, type Instance } from '../support/harness.js';
 
 const API_KEY = 'test-api-key-0123456789';
@@ -40,14 +40,14 @@ for (const mode of ENGINE_MODES) {
       for (const i of spread) revoked.push(await h.member(1, chat, i));
       const other = uniqueChat();
       for (const c of revoked) await c.register(await h.token(1), other); // another chat of the same user stays
-      await watcher.next({ type: 'presence', user_id: 1, status: 'online' });
+      await watcher.next(presence(1, 'online'));
 
       const answer = await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 });
       assert.equal(answer.status, 200);
       assert.deepEqual(answer.body, { chat_id: chat, user_id: 1, instances: mode === 'redis' ? 3 : 1, registrations: 3 });
       // Acted on before the answer: the unregistered frames are already on their way.
       for (const c of revoked) await c.next({ type: 'unregistered', chat_id: chat, reason: 'revoked' }, 2000);
-      await watcher.next({ type: 'presence', user_id: 1, status: 'offline' });
+      await watcher.next(presence(1, 'offline'));
 
       const from = revoked.map((c) => c.frames.length);
       await watcher.request({ type: 'message', chat_id: chat, data: { id: `after-revoke-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
@@ -86,7 +86,7 @@ for (const mode of ENGINE_MODES) {
         const got = await answer;
         assert.equal(got.type, 'error');
         assert.equal(got.code, 'forbidden');
-        await expectNone(watcher, { type: 'presence', user_id: 1, status: 'online' }, 300);
+        await expectNone(watcher, presence(1, 'online'), 300);
         c.close();
       } finally {
         h.api.clearFaults();
@@ -105,7 +105,7 @@ for (const mode of ENGINE_MODES) {
       assert.equal(answer.status, 200);
       assert.deepEqual(answer.body, { user_id: 5, instances: mode === 'redis' ? 3 : 1, connections: 3 });
       for (const c of conns) assert.deepEqual(await c.closed, { code: 4403, reason: 'logged out everywhere' });
-      await bystander.next({ type: 'presence', user_id: 5, status: 'offline' });
+      await bystander.next(presence(5, 'offline'));
       assert.equal(bystander.isOpen, true);
       // The body is optional: a bare POST disconnects with the default reason.
       const bare = await call(h.instances[0]!, 'POST', '/api/v1/users/55/disconnect');

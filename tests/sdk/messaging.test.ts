@@ -34,6 +34,23 @@ for (const mode of ENGINE_MODES) {
       assert.deepEqual(a.states(), ['connecting', 'connected']);
     });
 
+    it('presence_batch: members joining together are applied to online and emitted one event per user', async () => {
+      const chatId = uniqueChat();
+      const watcher = await sdk(h, 30);
+      const chat = watcher.client.chat(chatId);
+      await chat.ready();
+      const others = await Promise.all([31, 32, 33, 34].map((u) => sdk(h, u)));
+      await Promise.all(others.map((o) => o.client.chat(chatId).ready()));
+      for (let i = 0; i < 50 && chat.online.length < 5; i++) await sleep(20);
+      assert.deepEqual([...chat.online].sort(), [30, 31, 32, 33, 34]);
+      for (const o of others.slice(0, 3)) o.client.close();
+      for (let i = 0; i < 50 && chat.online.length > 2; i++) await sleep(20);
+      assert.deepEqual([...chat.online].sort(), [30, 34]);
+      const events = watcher.all('presence');
+      for (const u of [31, 32, 33]) assert.ok(events.some((e) => e.userId === u && e.status === 'offline'), `offline of ${u} emitted`);
+      others[3]!.client.close();
+    });
+
     it('a resend of a saved id resolves duplicate:true and is not delivered again', async () => {
       const chatId = uniqueChat();
       const a = await sdk(h, 1);

@@ -108,3 +108,13 @@ export async function expectNone(client: TestClient, match: Match, ms = 300, fro
   const hit = client.frames.slice(from).find(toFn(match));
   if (hit) throw new Error(`unexpected frame ${JSON.stringify(hit)}`);
 }
+
+/**
+ * Matches an announcement that `user` is `status`: a `presence` frame, or a `presence_batch`
+ * (several users' changes of one announcement window) that lists the user under `status`.
+ */
+export function presence(user: number | string, status: 'online' | 'offline'): (f: Frame) => boolean {
+  return (f) =>
+    (f.type === 'presence' && f.user_id === user && f.status === status) ||
+    (f.type === 'presence_batch' && Array.isArray(f[status]) && (f[status] as unknown[]).includes(user));
+}

@@ -11,6 +11,7 @@ import { createFeatureTable } from '../../src/features/index.js';
 import { ERROR_CODES, type ErrorCode } from '../../src/protocol/errors.js';
 import * as out from '../../src/protocol/outbound.js';
 import { ACK_OPS, OUTBOUND_SCHEMAS, PRESENCE_STATUSES, RECOVERY_FAILURES, UNREGISTER_REASONS } from '../../src/protocol/outbound-schemas.js';
+import { presence } from '../support/client.js';
 import { uniqueChat, useHarness } from '../support/harness.js';
 
 // Compile time (npm run typecheck): every value the builders' parameter types allow is listed in
@@ -78,6 +79,7 @@ const SAMPLES: Record<string, () => Buffer[]> = {
   refreshed: () => [out.refreshed(['123', 'room:1']), out.refreshed([])],
   event: () => [numberFrame(out.event('123', { kind: 'renamed', title: 'x', nested: { a: [1] } }), POS), numberFrame(out.event('room:1', {}), ZERO)],
   presence: () => PRESENCE_STATUSES.map((status) => out.presence('123', '789', status)),
+  presenceBatch: () => [out.presenceBatch('123', ['789', '790'], ['791']), out.presenceBatch('123', [], ['791', '792'])],
   typing: () => [out.typing('123', '789'), out.typing('room:1', 'u-1')],
   PONG: () => [out.PONG],
   error: () => [
@@ -154,6 +156,7 @@ describe('asyncapi', () => {
       { type: 'unregistered', chat_id: 1, reason: 'bored' },
       { type: 'ack', op: 'typing', id: 'm', chat_id: 1, duplicate: false },
       { type: 'presence', chat_id: 0, user_id: 1, status: 'online' },
+      { type: 'presence_batch', chat_id: 1, online: [2] },
       { type: 'error', code: 'teapot', message: 'x', retryable: false },
       { seq: 1, epoch: 'e', type: 'delete_message', chat_id: 1, data: { id: 'm', deleted_by: 2, extra: true } },
     ];
@@ -168,6 +171,7 @@ describe('asyncapi', () => {
       const chat = uniqueChat();
       const a = await h.member(1, chat);
       const b = await h.member(2, chat);
+      await a.next({ type: 'presence', user_id: 2, status: 'online' }); // a lone change: a plain presence frame
       const data = { id: `m-${chat}`, ciphertext: 'Y2lwaGVy', nonce: 'bm9uY2U', envelopes: { '2': 'k' }, extra: { kept: [1] } };
       await a.request({ type: 'message', data }, { type: 'ack' });
       await a.request({ type: 'message', data }, { type: 'ack', duplicate: true });
@@ -201,7 +205,11 @@ describe('asyncapi', () => {
       assert.equal(c.all({ type: 'unregistered', reason: 'forbidden' }).length, 1);
 
       await b.request({ type: 'unregister', chat_id: chat }, { type: 'unregistered' });
-      await a.next({ type: 'presence', status: 'offline', user_id: 2 });
+      await a.next(presence(2, 'offline'));
+      // Members joining together are announced in one presence_batch.
+      const joined = await Promise.all([6, 7, 8].map((u) => h.member(u, chat)));
+      await a.next({ type: 'presence_batch' });
+      for (const j of joined) j.close();
 
       const seen = new Set<string>();
       for (const [name, client] of Object.entries({ a, b, c })) {

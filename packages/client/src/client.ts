@@ -903,6 +903,12 @@ export class Client extends Emitter<ClientEvents> {
     }, backoffDelay(state.registerAttempts++, this.backoff));
   }
 
+  private onPresence(live: ChatState, user: UserId, status: 'online' | 'offline'): void {
+    if (status === 'online') live.online.set(String(user), user);
+    else live.online.delete(String(user));
+    this.emit('presence', { chatId: live.chat.id, userId: user, status });
+  }
+
   private onRegistered(state: ChatState, frame: Frame): void {
     state.status = 'registered';
     clearTimer(state.retryTimer);
@@ -1269,9 +1275,12 @@ export class Client extends Emitter<ClientEvents> {
         return;
       case 'presence':
         if (live === undefined) break;
-        if (frame.status === 'online') live.online.set(String(frame.user_id), frame.user_id as UserId);
-        else live.online.delete(String(frame.user_id));
-        this.emit('presence', { chatId: live.chat.id, userId: frame.user_id as UserId, status: frame.status === 'online' ? 'online' : 'offline' });
+        this.onPresence(live, frame.user_id as UserId, frame.status === 'online' ? 'online' : 'offline');
+        return;
+      case 'presence_batch':
+        if (live === undefined) break;
+        for (const user of Array.isArray(frame.online) ? (frame.online as UserId[]) : []) this.onPresence(live, user, 'online');
+        for (const user of Array.isArray(frame.offline) ? (frame.offline as UserId[]) : []) this.onPresence(live, user, 'offline');
         return;
       case 'typing':
         if (live === undefined) break;
