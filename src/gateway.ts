@@ -123,7 +123,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   server.keepAliveTimeout = 5_000;
 
   server.on('upgrade', (req, socket, head) => {
-    socket.on('error', () => socket.destroy());
+    socket.on('error', destroyOnError);
     const path = (req.url ?? '/').split('?', 1)[0];
     if (path !== '/ws') return refuseUpgrade(socket, 404, 'Not Found');
     if (draining) return refuseUpgrade(socket, 503, 'Service Unavailable');
@@ -134,7 +134,11 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       log.info({ origin: req.headers.origin }, 'upgrade refused: origin not allowed');
       return refuseUpgrade(socket, 403, 'Forbidden');
     }
-    wss.handleUpgrade(req, socket, head, (ws) => accept(ws));
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      // ws has its own error handler on the socket from here on.
+      socket.off('error', destroyOnError);
+      accept(ws);
+    });
   });
 
   function accept(ws: WebSocket): void {
@@ -142,7 +146,6 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     sessions.add(session);
     metrics.connections.inc();
     ws.on('message', (data, isBinary) => session.onFrame(data as Buffer, isBinary));
-    ws.on('pong', () => session.onPong());
     ws.on('error', (err: Error & { code?: string }) => {
       // ws has already closed the socket with the right code (1009 for oversized frames).
       if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') metrics.closes.inc({ code: String(CLOSE.tooLarge) });
@@ -234,6 +237,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       return shuttingDown;
     },
   };
+}
+
+function destroyOnError(this: import('node:stream').Duplex): void {
+  this.destroy();
 }
 
 const isApiPath = (url: string | undefined) => url !== undefined && (url === API_PREFIX || url.startsWith(`${API_PREFIX}/`) || url.startsWith(`${API_PREFIX}?`));

@@ -14,7 +14,7 @@ export class MemoryEngine implements Engine {
   private events: EngineEvents | null = null;
   private readonly subscribed = new Set<IdKey>();
   /** chat → user → connections */
-  private readonly presence = new Map<IdKey, Map<IdKey, Set<string>>>();
+  private readonly presence = new Map<IdKey, Map<IdKey, string | Set<string>>>();
   private readonly streams: MemoryStreams;
   private readonly sweeper: NodeJS.Timeout;
 
@@ -74,18 +74,19 @@ export class MemoryEngine implements Engine {
   async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
     let users = this.presence.get(chat);
     if (users === undefined) this.presence.set(chat, (users = new Map()));
-    let conns = users.get(user);
-    const first = conns === undefined;
-    if (conns === undefined) users.set(user, (conns = new Set()));
-    conns.add(conn);
-    return first;
+    const conns = users.get(user);
+    // A user's only connection is kept as a plain string: a Set per (chat, user) is ~150 bytes.
+    if (conns === undefined) users.set(user, conn);
+    else if (typeof conns !== 'string') conns.add(conn);
+    else if (conns !== conn) users.set(user, new Set([conns, conn]));
+    return conns === undefined;
   }
 
   async leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
     const users = this.presence.get(chat);
     const conns = users?.get(user);
-    if (users === undefined || conns === undefined || !conns.delete(conn)) return false;
-    if (conns.size > 0) return false;
+    if (users === undefined || conns === undefined) return false;
+    if (typeof conns === 'string' ? conns !== conn : !conns.delete(conn) || conns.size > 0) return false;
     users.delete(user);
     if (users.size === 0) this.presence.delete(chat);
     return true;

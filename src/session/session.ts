@@ -11,6 +11,7 @@ import type { GatewayContext } from './context.js';
 import type { Connection, Registration } from './registration.js';
 import { Slots } from './slots.js';
 import { TokenBucket } from './token-bucket.js';
+import { LazySet, SmallMap } from './small.js';
 import { jwtExpiryMs } from '../upstream/verify-cache.js';
 
 
@@ -50,18 +51,22 @@ const REVERIFY_RETRY_MS = 5000;
  */
 export class Session implements Connection {
   user: IdKey | null = null;
-  readonly chats = new Map<IdKey, Registration>();
+  readonly chats = new SmallMap<IdKey, Registration>();
   /** Chats with a register queued or in flight (at most one each); they count toward MAX_CHATS_PER_CONNECTION. */
-  readonly pendingChats = new Set<IdKey>();
-  /** Set by the liveness sweep; cleared when a pong arrives. */
-  awaitingPong = false;
+  readonly pendingChats = new LazySet<IdKey>();
   closed = false;
 
-  private readonly chains = new Map<IdKey, Promise<unknown>>();
+  private chains: Map<IdKey, Promise<unknown>> | null = null;
   private readonly bucket: TokenBucket;
   private readonly slots: Slots;
   /** Aborts in-flight reads (verify) when the connection closes. */
-  private readonly closing = new AbortController();
+  private closing: AbortController | null = null;
+  /** Closed, or refused too often: no further main-API call starts. */
+  private aborted = false;
+  /** Verifies in flight; the AbortController (~750 bytes once its signal is read) lives only while one is. */
+  private verifying = 0;
+  /** `socket.bytesRead` when the last ping went out; -1: no ping yet. */
+  private readAtPing = -1;
   private rejectedInARow = 0;
   /** Over the limit: the socket is not read for THROTTLE_MS. */
   private paused = false;
@@ -86,7 +91,7 @@ export class Session implements Connection {
 
   /** Aborted when the connection closes. */
   get signal(): AbortSignal {
-    return this.closing.signal;
+    return (this.closing ??= new AbortController()).signal;
   }
 
   get maxBufferedBytes(): number {
@@ -303,7 +308,8 @@ export class Session implements Connection {
    * unless the connection has closed by then: queued work dies with its connection.
    */
   enqueue<T>(chat: IdKey, task: () => Promise<T>): Promise<T> {
-    const previous = this.chains.get(chat) ?? resolved;
+    const chains = (this.chains ??= new Map());
+    const previous = chains.get(chat) ?? resolved;
     const next = previous.then(() => {
       if (this.closed) throw new CancelledError();
       return task();
@@ -312,9 +318,12 @@ export class Session implements Connection {
       () => undefined,
       () => undefined,
     );
-    this.chains.set(chat, settled);
+    chains.set(chat, settled);
     void settled.then(() => {
-      if (this.chains.get(chat) === settled) this.chains.delete(chat);
+      if (this.chains !== null && this.chains.get(chat) === settled) {
+        this.chains.delete(chat);
+        if (this.chains.size === 0) this.chains = null;
+      }
     });
     return next;
   }
@@ -328,7 +337,7 @@ export class Session implements Connection {
     const party = this.user ?? `conn:${this.id}`;
     return this.slots.run(() =>
       this.ctx.upstreamScheduler.run(party, () => {
-        if (this.closed || this.closing.signal.aborted) throw new CancelledError();
+        if (this.closed || this.aborted) throw new CancelledError();
         return call();
       }),
     );
@@ -336,7 +345,13 @@ export class Session implements Connection {
 
   /** Verifies `token` for `chat` with the main API (or its cache), aborted if the connection closes. */
   verify(token: string, chat: IdKey): Promise<IdKey> {
-    return this.upstream(() => this.ctx.api.verify(token, chat, this.signal));
+    this.verifying++;
+    const done = () => {
+      if (--this.verifying === 0 && !this.aborted) this.closing = null;
+    };
+    const p = this.upstream(() => this.ctx.api.verify(token, chat, this.signal));
+    p.then(done, done);
+    return p;
   }
 
   /**
@@ -363,7 +378,8 @@ export class Session implements Connection {
   noteAuthResult(refused: boolean): void {
     this.authFailuresInARow = refused ? this.authFailuresInARow + 1 : 0;
     if (this.authFailuresInARow >= MAX_AUTH_FAILURES_IN_A_ROW) {
-      this.closing.abort();
+      this.aborted = true;
+      this.closing?.abort();
       this.slots.cancel();
     }
   }
@@ -451,19 +467,19 @@ export class Session implements Connection {
     }
   }
 
-  onPong(): void {
-    this.awaitingPong = false;
-  }
-
-  /** Liveness sweep: a peer that did not answer the previous ping is dropped. */
+  /**
+   * Liveness sweep: a peer that sent nothing since the previous ping — not even its pong — is
+   * dropped. Counting any bytes read, not only pongs, spares every connection a 'pong' listener.
+   */
   heartbeat(): void {
     if (this.closed) return;
-    if (this.awaitingPong) {
+    const read = this.socket.bytesRead;
+    if (read === this.readAtPing) {
       this.ctx.log.info({ conn: this.id }, 'no pong; connection dropped');
       this.terminate();
       return;
     }
-    this.awaitingPong = true;
+    this.readAtPing = read;
     this.ws.ping();
   }
 
@@ -501,7 +517,8 @@ export class Session implements Connection {
     if (this.closed) return;
     this.closed = true;
     this.registeredOnce();
-    this.closing.abort();
+    this.aborted = true;
+    this.closing?.abort();
     this.slots.cancel();
     const regs = [...this.chats.values()];
     this.chats.clear();

@@ -6,7 +6,7 @@ import { CancelledError } from '../protocol/errors.js';
  */
 export class Slots {
   private free: number;
-  private waiters: Array<{ resolve: () => void; reject: (err: Error) => void }> = [];
+  private waiters: Array<{ resolve: () => void; reject: (err: Error) => void }> | null = null;
 
   constructor(size: number) {
     this.free = size;
@@ -14,17 +14,19 @@ export class Slots {
 
   async run<T>(work: () => Promise<T>): Promise<T> {
     if (this.free > 0) this.free--;
-    else await new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject }));
+    else await new Promise<void>((resolve, reject) => (this.waiters ??= []).push({ resolve, reject }));
     try {
       return await work();
     } finally {
-      const next = this.waiters.shift();
+      const next = this.waiters?.shift();
       if (next !== undefined) next.resolve();
       else this.free++;
     }
   }
 
   cancel(): void {
-    for (const waiter of this.waiters.splice(0)) waiter.reject(new CancelledError());
+    const waiters = this.waiters ?? [];
+    this.waiters = null;
+    for (const waiter of waiters) waiter.reject(new CancelledError());
   }
 }

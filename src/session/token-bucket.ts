@@ -1,4 +1,6 @@
 /** Classic token bucket: `ratePerSec` tokens a second, at most `burst` saved up. */
+const perfNow = () => performance.now();
+
 export class TokenBucket {
   private tokens: number;
   private last: number;
@@ -6,7 +8,7 @@ export class TokenBucket {
   constructor(
     private readonly ratePerSec: number,
     private readonly burst: number,
-    private readonly now: () => number = performance.now.bind(performance),
+    private readonly now: () => number = perfNow,
   ) {
     this.tokens = burst;
     this.last = now();
