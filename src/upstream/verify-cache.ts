@@ -6,7 +6,7 @@ import type { IdKey } from '../protocol/ids.js';
  * `exp`. Bounded: past `maxEntries` the oldest entry goes (Map keeps insertion order).
  */
 export class VerifyCache {
-  private readonly entries = new Map<string, { user: IdKey; expiresAt: number }>();
+  private readonly entries = new Map<string, { user: IdKey; chat: IdKey; expiresAt: number }>();
   /**
    * user → key(s) of its entries, so the server API can forget a user's verifies without a scan.
    * Most users have one entry: it is kept as the key itself, and becomes a Set at the second.
@@ -44,7 +44,7 @@ export class VerifyCache {
     if (expiresAt <= this.now()) return;
     const key = cacheKey(token, chat);
     this.remove(key);
-    this.entries.set(key, { user, expiresAt });
+    this.entries.set(key, { user, chat, expiresAt });
     const keys = this.byUser.get(user);
     if (keys === undefined) this.byUser.set(user, key);
     else if (typeof keys === 'string') this.byUser.set(user, new Set([keys, key]));
@@ -68,8 +68,7 @@ export class VerifyCache {
     if (this.forgotten.size > this.maxEntries) this.forgotten.delete(this.forgotten.keys().next().value as string);
     const keys = this.byUser.get(user);
     if (keys === undefined) return;
-    const prefix = chat === null ? null : `${chat}\u0000`;
-    for (const key of typeof keys === 'string' ? [keys] : [...keys]) if (prefix === null || key.startsWith(prefix)) this.remove(key);
+    for (const key of typeof keys === 'string' ? [keys] : [...keys]) if (chat === null || this.entries.get(key)?.chat === chat) this.remove(key);
   }
 
   /** A mark to pass to `forgottenSince`, taken before a verify whose answer may go stale. */
@@ -100,9 +99,12 @@ export class VerifyCache {
   }
 }
 
-/** A digest, not the token: entries stay small whatever the token length, and no token sits in the map. */
+/**
+ * A digest of (chat, token), not the token: entries stay small whatever the token length, and no
+ * token sits in the map. 128 bits of SHA-256 (22 characters) are plenty to tell keys apart.
+ */
 function cacheKey(token: string, chat: IdKey): string {
-  return `${chat}\u0000${createHash('sha256').update(token).digest('base64url')}`;
+  return createHash('sha256').update(chat).update('\u0000').update(token).digest().toString('base64url', 0, 16);
 }
 
 /** The `exp` of a JWT in ms, or null when the token is not a JWT with a numeric `exp`. */
