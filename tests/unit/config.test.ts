@@ -13,12 +13,12 @@ describe('config', () => {
         port: c.appPort, auth: c.authHost, redis: c.redis, verify: c.authVerifyPath, save: c.messageSavePath, path: c.messagePath,
         timeout: c.upstreamTimeoutMs, conns: c.upstreamConnections, cache: c.authCacheTtlMs, max: c.maxMessageBytes,
         rate: c.rateLimitPerSec, burst: c.rateLimitBurst, reg: c.registerTimeoutMs, chats: c.maxChatsPerConnection,
-        ping: c.pingIntervalMs, buf: c.maxBufferedBytes, origins: c.allowedOrigins, shutdown: c.shutdownTimeoutMs, ttl: c.presenceTtlMs, log: c.logLevel,
+        ping: c.pingIntervalMs, buf: c.maxBufferedBytes, origins: c.allowedOrigins, shutdown: c.shutdownTimeoutMs, ttl: c.presenceTtlMs, batch: c.presenceBatchMs, log: c.logLevel,
       },
       {
         port: 3000, auth: 'http://localhost:8000', redis: null, verify: '/auth/verify', save: '/chat/massage', path: '/chat/{chat_id}/messages/{message_id}',
         timeout: 5000, conns: 64, cache: 30000, max: 65536, rate: 20, burst: 50, reg: 10000, chats: 100,
-        ping: 25000, buf: 4194304, origins: null, shutdown: 10000, ttl: 60000, log: 'info',
+        ping: 25000, buf: 4194304, origins: null, shutdown: 10000, ttl: 60000, batch: 200, log: 'info',
       },
     );
   });
@@ -33,7 +33,7 @@ describe('config', () => {
   });
 
   it('bad values name the variable', () => {
-    for (const [name, value] of [['APP_PORT', '1.5'], ['RATE_LIMIT_PER_SEC', '0'], ['AUTH_HOST', 'http://x/path'], ['ALLOWED_ORIGINS', 'x'], ['AUTH_VERIFY_PATH', 'no-slash']]) {
+    for (const [name, value] of [['APP_PORT', '1.5'], ['RATE_LIMIT_PER_SEC', '0'], ['AUTH_HOST', 'http://x/path'], ['ALLOWED_ORIGINS', 'x'], ['AUTH_VERIFY_PATH', 'no-slash'], ['PRESENCE_BATCH_MS', '-1'], ['PRESENCE_BATCH_MS', '10001']]) {
       assert.throws(() => loadConfig({ [name!]: value }), (err: unknown) => err instanceof ConfigError && err.variable === name);
     }
   });
