@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { FastifyInstance } from 'fastify';
 import { API_PREFIX, createServerApi } from './api/server-api.js';
 import type { AddressInfo } from 'node:net';
-import { WebSocketServer, type WebSocket } from 'ws';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import type { Config } from './config/index.js';
 import { createEngine, type Engine } from './engine/index.js';
 import { createFeatureTable } from './features/index.js';
@@ -16,7 +16,9 @@ import type { GatewayContext } from './session/context.js';
 import { Session } from './session/session.js';
 import { createCommandHandler } from './session/commands.js';
 import { Deadlines } from './session/deadlines.js';
+import { RateLimit } from './session/rate-limit.js';
 import type { Registration } from './session/registration.js';
+import { SessionSocket } from './session/socket.js';
 import { createMainApi } from './upstream/client.js';
 import { FairScheduler } from './upstream/scheduler.js';
 
@@ -74,6 +76,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     engine,
     hub,
     features: createFeatureTable(),
+    rateLimit: new RateLimit(config.rateLimitPerSec, config.rateLimitBurst),
     deadlines: new Deadlines<Registration>((reg) => reg.credentialsDue()),
     isDraining: () => draining,
     track,
@@ -90,6 +93,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   );
 
   const wss = new WebSocketServer({
+    WebSocket: SessionSocket,
     noServer: true,
     maxPayload: config.maxMessageBytes,
     perMessageDeflate: false,
@@ -141,21 +145,32 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     });
   });
 
-  function accept(ws: WebSocket): void {
-    const session = new Session(`${instanceId}.${(++connSeq).toString(36)}`, ws, ctx);
+  function accept(ws: SessionSocket): void {
+    // Array.join makes the id one flat string; a `+` or template of 13+ characters would keep
+    // it as a chain of 32-byte V8 rope nodes (ConsString) for the connection's whole life.
+    const session = new Session([instanceId, (++connSeq).toString(36)].join('.'), ws, ctx);
+    ws.session = session;
     sessions.add(session);
     metrics.connections.inc();
-    ws.on('message', (data, isBinary) => session.onFrame(data as Buffer, isBinary));
-    ws.on('error', (err: Error & { code?: string }) => {
-      // ws has already closed the socket with the right code (1009 for oversized frames).
-      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') metrics.closes.inc({ code: String(CLOSE.tooLarge) });
-      log.debug({ conn: session.id, code: err.code }, 'websocket error');
-    });
-    ws.on('close', () => {
-      sessions.delete(session);
-      metrics.connections.dec();
-      session.onClosed();
-    });
+    ws.on('message', onMessage);
+    ws.on('error', onError);
+    ws.on('close', onClose);
+  }
+
+  // The same three listeners for every connection (`this`: the socket, which carries its session).
+  function onMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
+    SessionSocket.sessionOf(this).onFrame(data as Buffer, isBinary);
+  }
+  function onError(this: WebSocket, err: Error & { code?: string }): void {
+    // ws has already closed the socket with the right code (1009 for oversized frames).
+    if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') metrics.closes.inc({ code: String(CLOSE.tooLarge) });
+    log.debug({ conn: SessionSocket.sessionOf(this).id, code: err.code }, 'websocket error');
+  }
+  function onClose(this: WebSocket): void {
+    const session = SessionSocket.sessionOf(this);
+    sessions.delete(session);
+    metrics.connections.dec();
+    session.onClosed();
   }
 
   const heartbeat = setInterval(() => {

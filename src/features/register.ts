@@ -32,31 +32,24 @@ export const register = defineFeature({
     const chat = idKey(frame.chat_id);
     session.requireAccepting();
     // One register per (connection, chat) at a time: a flood of them cannot queue main-API calls.
-    if (session.pendingChats.has(chat)) {
+    if (session.chats.isRegistering(chat)) {
       throw new RequestError('rate_limited', 'a register for this chat is already in progress; wait for its answer');
     }
     const { maxChatsPerConnection } = session.ctx.config;
-    if (!session.chats.has(chat) && chatsHeld(session) >= maxChatsPerConnection) {
+    if (!session.chats.has(chat) && session.chats.held >= maxChatsPerConnection) {
       throw new RequestError('bad_request', `a connection may register to at most ${maxChatsPerConnection} chats`);
     }
-    session.pendingChats.add(chat);
+    session.chats.startRegistering(chat);
     try {
       await session.enqueue(chat, () => registerChat(session, chat, frame.token, frame.since));
     } finally {
-      session.pendingChats.delete(chat);
+      session.chats.doneRegistering(chat);
     }
     return 'ok' as const;
   },
 });
 
 const NOTHING_COVERED: StreamPosition = { seq: -1, epoch: '' };
-
-/** Chats registered or being registered, each counted once. */
-function chatsHeld(session: Session): number {
-  let n = session.chats.size;
-  for (const chat of session.pendingChats) if (!session.chats.has(chat)) n++;
-  return n;
-}
 
 async function registerChat(session: Session, chat: IdKey, token: string, since: StreamPosition | undefined): Promise<void> {
   const { hub, engine, api } = session.ctx;
@@ -104,9 +97,9 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
     throw new CancelledError();
   }
   // Attached holding: deliveries from here on wait until the replay and `registered` are sent.
-  const reg = new Registration(session, chat, user, token);
-  session.chats.set(chat, reg);
-  session.pendingChats.delete(chat);
+  const reg = new Registration(session, chat, token);
+  session.chats.add(reg);
+  session.chats.doneRegistering(chat);
   session.registeredOnce();
   hub.attach(chat, reg);
   try {

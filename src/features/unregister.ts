@@ -11,7 +11,7 @@ export const unregister = defineFeature({
   schema: Type.Object({ type: Type.Literal('unregister'), chat_id: IdSchema }),
   async handle(session, frame) {
     const chat = idKey(frame.chat_id);
-    if (!session.chats.has(chat) && !session.pendingChats.has(chat)) {
+    if (!session.chats.has(chat) && !session.chats.isRegistering(chat)) {
       throw new RequestError('not_registered', 'not registered to this chat');
     }
     // Queued behind the chat's earlier operations, so a register in flight finishes first.

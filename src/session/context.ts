@@ -7,6 +7,7 @@ import type { MainApi } from '../upstream/client.js';
 import type { FairScheduler } from '../upstream/scheduler.js';
 import type { FeatureTable } from '../features/index.js';
 import type { Deadlines } from './deadlines.js';
+import type { RateLimit } from './rate-limit.js';
 import type { Registration } from './registration.js';
 
 /** What a session needs of the running gateway. */
@@ -20,6 +21,8 @@ export interface GatewayContext {
   readonly engine: Engine;
   readonly hub: Hub;
   readonly features: FeatureTable;
+  /** The per-connection rate limit (RATE_LIMIT_PER_SEC, RATE_LIMIT_BURST); each connection keeps its bucket. */
+  readonly rateLimit: RateLimit;
   /** Credentials deadlines of every registration (one timer for the gateway). */
   readonly deadlines: Deadlines<Registration>;
   isDraining(): boolean;

@@ -1,31 +1,39 @@
 /** Something with at most one pending deadline, kept on the item itself (no per-item timer). */
 export interface HasDeadline {
-  deadlineAt: number | null;
+  /** Set and cleared by Deadlines only: the bucket of the item's pending deadline, or null. */
+  deadline: number | null;
 }
 
 /**
  * Coarse deadlines for many items (registrations: token expiry, re-verify) behind one timer per
  * gateway: items sit in buckets of `resolutionMs` and are handed to `onDue` at most one bucket
  * late, never early. A Node timer per registration would cost far more memory than a Set entry.
+ *
+ * Buckets are numbered from the Deadlines' creation, so the number kept on each item is a small
+ * integer, which V8 stores in the field itself: a time in ms since the epoch (or any fraction)
+ * would be a separate 16-byte heap number per item.
  */
 export class Deadlines<T extends HasDeadline> {
   private readonly buckets = new Map<number, Set<T>>();
   private timer: NodeJS.Timeout | null = null;
+  private readonly origin: number;
 
   constructor(
     private readonly onDue: (item: T) => void,
     private readonly resolutionMs = 1000,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.origin = now();
+  }
 
   /** (Re)sets the item's deadline to `at` (ms since the epoch). */
   set(item: T, at: number): void {
     this.clear(item);
-    const bucket = Math.ceil(at / this.resolutionMs);
+    const bucket = Math.ceil((at - this.origin) / this.resolutionMs);
     let items = this.buckets.get(bucket);
     if (items === undefined) this.buckets.set(bucket, (items = new Set()));
     items.add(item);
-    item.deadlineAt = at;
+    item.deadline = bucket;
     if (this.timer === null) {
       this.timer = setInterval(() => this.tick(), this.resolutionMs);
       this.timer.unref();
@@ -33,12 +41,11 @@ export class Deadlines<T extends HasDeadline> {
   }
 
   clear(item: T): void {
-    if (item.deadlineAt === null) return;
-    const bucket = Math.ceil(item.deadlineAt / this.resolutionMs);
-    const items = this.buckets.get(bucket);
+    if (item.deadline === null) return;
+    const items = this.buckets.get(item.deadline);
     items?.delete(item);
-    if (items?.size === 0) this.buckets.delete(bucket);
-    item.deadlineAt = null;
+    if (items?.size === 0) this.buckets.delete(item.deadline);
+    item.deadline = null;
   }
 
   get size(): number {
@@ -55,12 +62,12 @@ export class Deadlines<T extends HasDeadline> {
   }
 
   private tick(): void {
-    const current = Math.floor(this.now() / this.resolutionMs);
+    const current = Math.floor((this.now() - this.origin) / this.resolutionMs);
     for (const [bucket, items] of this.buckets) {
       if (bucket > current) continue;
       this.buckets.delete(bucket);
       for (const item of items) {
-        item.deadlineAt = null;
+        item.deadline = null;
         this.onDue(item);
       }
     }

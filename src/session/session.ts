@@ -9,9 +9,9 @@ import type { Outgoing } from '../hub/outgoing.js';
 import type { Socket } from 'node:net';
 import type { GatewayContext } from './context.js';
 import type { Connection, Registration } from './registration.js';
+import { Chats } from './chats.js';
+import { RateLimit } from './rate-limit.js';
 import { Slots } from './slots.js';
-import { TokenBucket } from './token-bucket.js';
-import { LazySet, SmallMap } from './small.js';
 import { jwtExpiryMs } from '../upstream/verify-cache.js';
 
 
@@ -51,14 +51,14 @@ const REVERIFY_RETRY_MS = 5000;
  */
 export class Session implements Connection {
   user: IdKey | null = null;
-  readonly chats = new SmallMap<IdKey, Registration>();
-  /** Chats with a register queued or in flight (at most one each); they count toward MAX_CHATS_PER_CONNECTION. */
-  readonly pendingChats = new LazySet<IdKey>();
+  readonly chats = new Chats();
   closed = false;
 
   private chains: Map<IdKey, Promise<unknown>> | null = null;
-  private readonly bucket: TokenBucket;
-  private readonly slots: Slots;
+  /** The rate limit's token bucket, as ctx.rateLimit keeps it (one number). */
+  private bucket = RateLimit.FULL;
+  /** The connection's share of the main-API pool; made by a call, let go once none runs or waits. */
+  private slots: Slots | null = null;
   /** Aborts in-flight reads (verify) when the connection closes. */
   private closing: AbortController | null = null;
   /** Closed, or refused too often: no further main-API call starts. */
@@ -70,23 +70,23 @@ export class Session implements Connection {
   private rejectedInARow = 0;
   /** Over the limit: the socket is not read for THROTTLE_MS. */
   private paused = false;
-  private lastRejectedAt = -Infinity;
+  /** 0 until the first rejection (never -Infinity: that would be a 16-byte heap number per connection). */
+  private lastRejectedAt = 0;
   private authFailuresInARow = 0;
   private pendingWrites = 0;
   private registerTimer: NodeJS.Timeout | null = null;
-  /** The connection's TCP socket (`ws` keeps it as `_socket`), for writing pre-framed broadcasts. */
-  private readonly socket: Socket;
 
   constructor(
     readonly id: string,
     private readonly ws: WebSocket,
     readonly ctx: GatewayContext,
   ) {
-    const { config } = ctx;
-    this.bucket = new TokenBucket(config.rateLimitPerSec, config.rateLimitBurst);
-    this.slots = new Slots(config.maxUpstreamPerConnection);
-    this.socket = (ws as unknown as { _socket: Socket })._socket;
     this.armRegisterTimer();
+  }
+
+  /** The connection's TCP socket (`ws` keeps it as `_socket`), for writing pre-framed broadcasts. */
+  private get socket(): Socket {
+    return (this.ws as unknown as { _socket: Socket })._socket;
   }
 
   /** Aborted when the connection closes. */
@@ -178,7 +178,9 @@ export class Session implements Connection {
    */
   private charge(): void {
     const now = performance.now();
-    if (this.bucket.take()) {
+    const bucket = this.ctx.rateLimit.take(this.bucket);
+    if (bucket !== null) {
+      this.bucket = bucket;
       if (now - this.lastRejectedAt > FORGIVE_MS) this.rejectedInARow = 0;
       return;
     }
@@ -335,12 +337,19 @@ export class Session implements Connection {
    */
   upstream<T>(call: () => Promise<T>): Promise<T> {
     const party = this.user ?? `conn:${this.id}`;
-    return this.slots.run(() =>
+    const slots = (this.slots ??= new Slots(this.ctx.config.maxUpstreamPerConnection));
+    const result = slots.run(() =>
       this.ctx.upstreamScheduler.run(party, () => {
         if (this.closed || this.aborted) throw new CancelledError();
         return call();
       }),
     );
+    // Let go once idle (an idle Slots is the same as a new one): idle connections keep none (~40 bytes each).
+    const release = () => {
+      if (this.slots === slots && slots.idle) this.slots = null;
+    };
+    result.then(release, release);
+    return result;
   }
 
   /** Verifies `token` for `chat` with the main API (or its cache), aborted if the connection closes. */
@@ -380,7 +389,7 @@ export class Session implements Connection {
     if (this.authFailuresInARow >= MAX_AUTH_FAILURES_IN_A_ROW) {
       this.aborted = true;
       this.closing?.abort();
-      this.slots.cancel();
+      this.slots?.cancel();
     }
   }
 
@@ -519,7 +528,7 @@ export class Session implements Connection {
     this.registeredOnce();
     this.aborted = true;
     this.closing?.abort();
-    this.slots.cancel();
+    this.slots?.cancel();
     const regs = [...this.chats.values()];
     this.chats.clear();
     for (const reg of regs) {

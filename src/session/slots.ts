@@ -5,22 +5,26 @@ import { CancelledError } from '../protocol/errors.js';
  * in order. When the connection closes, `cancel` drops every waiter before it costs a call.
  */
 export class Slots {
-  private free: number;
+  private running = 0;
   private waiters: Array<{ resolve: () => void; reject: (err: Error) => void }> | null = null;
 
-  constructor(size: number) {
-    this.free = size;
+  constructor(private readonly size: number) {}
+
+  /** Nothing runs or waits: the same as a new Slots (so its owner may let it go until the next call). */
+  get idle(): boolean {
+    return this.running === 0 && (this.waiters === null || this.waiters.length === 0);
   }
 
   async run<T>(work: () => Promise<T>): Promise<T> {
-    if (this.free > 0) this.free--;
+    if (this.running < this.size) this.running++;
+    // A waiter is handed its slot by the call that finishes (`running` stays as it is).
     else await new Promise<void>((resolve, reject) => (this.waiters ??= []).push({ resolve, reject }));
     try {
       return await work();
     } finally {
       const next = this.waiters?.shift();
       if (next !== undefined) next.resolve();
-      else this.free++;
+      else this.running--;
     }
   }
 

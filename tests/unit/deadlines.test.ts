@@ -5,7 +5,7 @@ import { Deadlines, type HasDeadline } from '../../src/session/deadlines.js';
 describe('deadlines', () => {
   it('fires each item once, never before its deadline and at most one resolution after; clear and reset work', async () => {
     const fired: Array<{ name: string; at: number }> = [];
-    const items = ['a', 'b', 'c'].map((name) => ({ name, deadlineAt: null as number | null }) satisfies HasDeadline & { name: string });
+    const items = ['a', 'b', 'c'].map((name) => ({ name, deadline: null as number | null }) satisfies HasDeadline & { name: string });
     const d = new Deadlines<(typeof items)[number]>((item) => fired.push({ name: item.name, at: Date.now() }), 50);
     const t0 = Date.now();
     d.set(items[0]!, t0 + 60);
@@ -19,7 +19,7 @@ describe('deadlines', () => {
     assert.ok(fired.find((f) => f.name === 'a')!.at >= t0 + 60, 'fired early');
     assert.ok(fired.find((f) => f.name === 'b')!.at >= t0 + 30, 'fired early');
     assert.equal(d.size, 0);
-    for (const item of items) assert.equal(item.deadlineAt, null);
+    for (const item of items) assert.equal(item.deadline, null);
     d.close();
   });
 });

@@ -76,7 +76,10 @@ export class RedisEngine implements Engine {
   private readonly subscribed = new Map<IdKey, number>();
   private subscribeCalls = 0;
   /** Our publications not yet delivered back to us, by id. */
-  private readonly unechoed = new Map<string, { chat: IdKey; done: () => void }>();
+  /** Publications awaiting our own delivery, oldest first (Map order), with when they were sent. */
+  private readonly unechoed = new Map<string, { chat: IdKey; at: number; done: () => void }>();
+  /** Settles what waited longer than COMMAND_TIMEOUT_MS; runs only while something waits (no timer per publication). */
+  private echoSweep: NodeJS.Timeout | null = null;
   private readonly origin = randomBytes(9).toString('base64url');
   private publications = 0;
   /** This instance's command requests waiting for the replies of the instances they reached. */
@@ -348,6 +351,8 @@ export class RedisEngine implements Engine {
   async close(): Promise<void> {
     this.closing = true;
     if (this.timer !== null) clearInterval(this.timer);
+    if (this.echoSweep !== null) clearInterval(this.echoSweep);
+    this.echoSweep = null;
     if (this.ready) {
       // Entries whose leave did not run (or failed): remove them so nobody waits for the TTL.
       await Promise.allSettled([...this.entries.values()].map((e) => this.leave(e.chat, e.user, e.conn)));
@@ -382,9 +387,21 @@ export class RedisEngine implements Engine {
   /** Waits for our own delivery of publication `id`; COMMAND_TIMEOUT_MS bounds it if that never comes. */
   private awaitEcho(id: string, chat: IdKey): Promise<void> {
     return new Promise((resolve) => {
-      const timer = setTimeout(() => this.settle(id), COMMAND_TIMEOUT_MS);
-      this.unechoed.set(id, { chat, done: () => (clearTimeout(timer), resolve()) });
+      this.unechoed.set(id, { chat, at: Date.now(), done: resolve });
+      this.echoSweep ??= setInterval(() => this.sweepEchoes(), COMMAND_TIMEOUT_MS / 4).unref();
     });
+  }
+
+  private sweepEchoes(): void {
+    const cutoff = Date.now() - COMMAND_TIMEOUT_MS;
+    for (const [id, u] of this.unechoed) {
+      if (u.at > cutoff) break;
+      this.settle(id);
+    }
+    if (this.unechoed.size === 0 && this.echoSweep !== null) {
+      clearInterval(this.echoSweep);
+      this.echoSweep = null;
+    }
   }
 
   private settle(id: string): void {
