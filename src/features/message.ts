@@ -38,11 +38,13 @@ export const message = defineFeature({
       message_type: data.message_type ?? 'text',
       created_at: data.created_at ?? new Date().toISOString(),
     };
+    // Serialized once: the main API is sent these bytes, and the broadcast carries them as its data.
+    const json = JSON.stringify(saved);
     return session.enqueueWrite(reg, async () => {
       const { hub, api, engine, config } = session.ctx;
-      const { duplicate } = await session.upstream(() => api.save(reg.token, chat, saved));
+      const { duplicate } = await session.upstream(() => api.save(reg.token, chat, json));
       const broadcast = !duplicate || (config.historySize > 0 && !(await engine.contains(chat, data.id).catch(() => false)));
-      const position = broadcast ? await hub.append(chat, out.broadcast('message', chat, saved), session.id, data.id) : null;
+      const position = broadcast ? await hub.append(chat, out.broadcast('message', chat, json), session.id, data.id) : null;
       session.send(out.ack('message', data.id, chat, duplicate, position));
       return duplicate ? ('duplicate' as const) : ('ok' as const);
     });

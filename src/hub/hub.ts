@@ -179,18 +179,23 @@ export class Hub {
     return this.timed(() => this.engine.publish(chat, frame, exceptConn));
   }
 
-  /** Runs one engine publish, observing its latency and outcome. */
-  private async timed<T>(publish: () => Promise<T>): Promise<T> {
+  /** Runs one engine publish, observing its latency and outcome (a plain chain: once per broadcast). */
+  private timed<T>(publish: () => Promise<T>): Promise<T> {
     const started = performance.now();
-    let outcome = 'ok';
+    const observe = (outcome: string) => this.metrics.enginePublishLatency.observe({ outcome }, (performance.now() - started) / 1000);
+    let running: Promise<T>;
     try {
-      return await publish();
+      running = publish();
     } catch (err) {
-      outcome = 'error';
-      throw err;
-    } finally {
-      this.metrics.enginePublishLatency.observe({ outcome }, (performance.now() - started) / 1000);
+      running = Promise.reject(err);
     }
+    return running.then(
+      (value) => (observe('ok'), value),
+      (err: unknown) => {
+        observe('error');
+        throw err;
+      },
+    );
   }
 
   /**
@@ -202,18 +207,25 @@ export class Hub {
    * A retry after a lost reply may broadcast twice, under two positions (clients drop a message
    * id they already have).
    */
-  async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition | null> {
+  append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition | null> {
     const giveUpAt = Date.now() + this.limits.publishRetryMs;
+    // The usual case is one try; only a failure enters the retry loop.
+    return this.timed(() => this.engine.append(chat, frame, exceptConn, key)).catch((err: unknown) => this.appendRetrying(chat, frame, exceptConn, key, giveUpAt, err));
+  }
+
+  private async appendRetrying(chat: IdKey, frame: Buffer, exceptConn: string | null, key: string | undefined, giveUpAt: number, firstError: unknown): Promise<StreamPosition | null> {
+    let err = firstError;
     for (let wait = 100; ; wait = Math.min(2 * wait, 2000)) {
+      if (Date.now() + wait > giveUpAt) {
+        this.deferLate({ chat, frame, exceptConn, key, at: Date.now() }, (err as Error).message);
+        return null;
+      }
+      this.metrics.publishRetries.inc();
+      await sleep(wait);
       try {
         return await this.timed(() => this.engine.append(chat, frame, exceptConn, key));
-      } catch (err) {
-        if (Date.now() + wait > giveUpAt) {
-          this.deferLate({ chat, frame, exceptConn, key, at: Date.now() }, (err as Error).message);
-          return null;
-        }
-        this.metrics.publishRetries.inc();
-        await sleep(wait);
+      } catch (next) {
+        err = next;
       }
     }
   }

@@ -40,13 +40,19 @@ export type AckOp = 'message' | 'edit_message' | 'delete_message';
 
 /** `position`: where the broadcast of this operation went in the chat's stream (none for a duplicate). */
 export function ack(op: AckOp, id: string, chat: IdKey, duplicate: boolean, position: StreamPosition | null = null): Buffer {
-  const frame = { type: 'ack', op, id, chat_id: wireId(chat), duplicate };
-  return encode(position === null ? frame : { ...frame, seq: position.seq, epoch: position.epoch });
+  const chat_id = wireId(chat);
+  // Two literals, not a spread: this runs for every message.
+  return encode(position === null ? { type: 'ack', op, id, chat_id, duplicate } : { type: 'ack', op, id, chat_id, duplicate, seq: position.seq, epoch: position.epoch });
 }
 
-/** A broadcast of message, edit_message or delete_message with its data. */
-export function broadcast(type: AckOp, chat: IdKey, data: object): Buffer {
-  return encode({ type, chat_id: wireId(chat), data });
+/**
+ * A broadcast of message, edit_message or delete_message with its data. `data` may be given as
+ * its JSON already serialized (a message's body as saved at the main API): it is used as is,
+ * so a message is serialized once for both.
+ */
+export function broadcast(type: AckOp, chat: IdKey, data: object | string): Buffer {
+  const json = typeof data === 'string' ? data : JSON.stringify(data);
+  return Buffer.from(`{"type":"${type}","chat_id":${JSON.stringify(wireId(chat))},"data":${json}}`);
 }
 
 /** A system event the backend published through the server API; numbered in the chat stream like messages. */

@@ -15,17 +15,37 @@ export class Slots {
     return this.running === 0 && (this.waiters === null || this.waiters.length === 0);
   }
 
-  async run<T>(work: () => Promise<T>): Promise<T> {
-    if (this.running < this.size) this.running++;
-    // A waiter is handed its slot by the call that finishes (`running` stays as it is).
-    else await new Promise<void>((resolve, reject) => (this.waiters ??= []).push({ resolve, reject }));
-    try {
-      return await work();
-    } finally {
-      const next = this.waiters?.shift();
-      if (next !== undefined) next.resolve();
-      else this.running--;
+  /** Plain promise chains, not an async function: this runs for every main-API call (fewer ticks and promises). */
+  run<T>(work: () => Promise<T>): Promise<T> {
+    if (this.running < this.size) {
+      this.running++;
+      return this.start(work);
     }
+    // A waiter is handed its slot by the call that finishes (`running` stays as it is).
+    return new Promise<void>((resolve, reject) => (this.waiters ??= []).push({ resolve, reject })).then(() => this.start(work));
+  }
+
+  private start<T>(work: () => Promise<T>): Promise<T> {
+    let running: Promise<T>;
+    try {
+      running = work();
+    } catch (err) {
+      this.finished();
+      return Promise.reject(err);
+    }
+    return running.then(
+      (value) => (this.finished(), value),
+      (err: unknown) => {
+        this.finished();
+        throw err;
+      },
+    );
+  }
+
+  private finished(): void {
+    const next = this.waiters?.shift();
+    if (next !== undefined) next.resolve();
+    else this.running--;
   }
 
   cancel(): void {

@@ -19,7 +19,8 @@ export interface MainApi {
   /** The verified user of `token` in `chat`. */
   verify(token: string, chat: IdKey, signal?: AbortSignal): Promise<IdKey>;
   /** `duplicate` when the main API answered 409: already saved by an earlier send. */
-  save(token: string, chat: IdKey, message: object): Promise<{ duplicate: boolean }>;
+  /** `message` is the body's JSON, serialized once by the caller (it broadcasts the same bytes). */
+  save(token: string, chat: IdKey, message: string): Promise<{ duplicate: boolean }>;
   edit(token: string, chat: IdKey, messageId: string, body: object): Promise<void>;
   remove(token: string, chat: IdKey, messageId: string): Promise<void>;
   /** Forgets cached verifies of `user` (in `chat`, or everywhere when null): the next verify asks the main API. */
@@ -47,7 +48,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   });
   const cache = new VerifyCache(config.authCacheTtlMs);
 
-  async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object, cancel?: AbortSignal): Promise<Answer> {
+  /** `body`: an object to send as JSON, or JSON already serialized. */
+  async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object | string, cancel?: AbortSignal): Promise<Answer> {
     const requestId = randomUUID();
     const started = performance.now();
     let outcome = 'error';
@@ -61,7 +63,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
           accept: 'application/json',
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
         },
-        body: body === undefined ? null : JSON.stringify(body),
+        body: body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body),
         // UPSTREAM_TIMEOUT_MS is enforced by the pool (connect, headers and body timeouts; calls
         // never wait for a pool connection: the fair scheduler runs at most that many). No
         // per-call timer or AbortSignal on the hot path, only the connection's own when it may close.

@@ -12,14 +12,30 @@ export class FairScheduler {
 
   constructor(private readonly capacity: number) {}
 
-  async run<T>(party: string, call: () => Promise<T>): Promise<T> {
-    if (this.running < this.capacity && this.waiting.size === 0) this.running++;
-    else await new Promise<void>((start) => this.enqueue(party, start));
-    try {
-      return await call();
-    } finally {
-      this.next();
+  /** Plain promise chains, not an async function: this runs for every main-API call (fewer ticks and promises). */
+  run<T>(party: string, call: () => Promise<T>): Promise<T> {
+    if (this.running < this.capacity && this.waiting.size === 0) {
+      this.running++;
+      return this.start(call);
     }
+    return new Promise<void>((start) => this.enqueue(party, start)).then(() => this.start(call));
+  }
+
+  private start<T>(call: () => Promise<T>): Promise<T> {
+    let running: Promise<T>;
+    try {
+      running = call();
+    } catch (err) {
+      this.next();
+      return Promise.reject(err);
+    }
+    return running.then(
+      (value) => (this.next(), value),
+      (err: unknown) => {
+        this.next();
+        throw err;
+      },
+    );
   }
 
   /** Calls waiting for a place in the pool. */
