@@ -7,7 +7,7 @@ import type { IdKey } from '../../protocol/ids.js';
 import { EngineUnavailableError, type Engine, type EngineEvents } from '../types.js';
 import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
 import { newEpoch, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
-import { JOIN, LEAVE, SWEEP } from './scripts.js';
+import { JOIN, LEAVE, REFRESH, SWEEP } from './scripts.js';
 import { APPEND, CONTAINS, RECOVER } from './stream-scripts.js';
 
 const CHANNEL_PREFIX = 'ms:chat:{';
@@ -16,6 +16,8 @@ const CONTROL_CHANNEL = 'ms:control';
 /** In a chat channel's payload header, this in place of exceptConn marks a command, not a frame. */
 const COMMAND_MARK = '!';
 const COMMAND_TIMEOUT_MS = 2000;
+/** Presence entries refreshed per script call, at most. */
+const REFRESH_BATCH = 500;
 const NEWLINE = 0x0a;
 const SPACE = 0x20;
 
@@ -23,6 +25,7 @@ type PresenceCommands = {
   msJoin(chatKey: string, userKey: string, now: number, conn: string, expiresAt: number, user: string, keyTtl: number): Promise<number>;
   msLeave(chatKey: string, userKey: string, now: number, conn: string, user: string, held: number): Promise<number>;
   msSweep(chatKey: string, now: number, userPrefix: string): Promise<string[]>;
+  msRefresh(chatKey: string, now: number, expiresAt: number, keyTtl: number, userPrefix: string, ...userConnPairs: string[]): Promise<number[]>;
   msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string]>;
   msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
   msContains(historyKey: string, key: string): Promise<number>;
@@ -153,6 +156,7 @@ export class RedisEngine implements Engine {
     this.cmd.defineCommand('msJoin', { numberOfKeys: 2, lua: JOIN });
     this.cmd.defineCommand('msLeave', { numberOfKeys: 2, lua: LEAVE });
     this.cmd.defineCommand('msSweep', { numberOfKeys: 1, lua: SWEEP });
+    this.cmd.defineCommand('msRefresh', { numberOfKeys: 1, lua: REFRESH });
     this.cmd.defineCommand('msAppend', { numberOfKeys: 2, lua: APPEND });
     this.cmd.defineCommand('msRecover', { numberOfKeys: 2, lua: RECOVER });
     this.cmd.defineCommand('msContains', { numberOfKeys: 1, lua: CONTAINS });
@@ -535,11 +539,26 @@ export class RedisEngine implements Engine {
    */
   private async refreshPresence(): Promise<void> {
     const now = Date.now();
-    await Promise.all(
-      [...this.entries.values()].map(async (e) => {
-        if ((await this.writeEntry(e, now)) === 1) this.restored.push(e);
-      }),
-    );
+    const byChat = new Map<IdKey, PresenceEntry[]>();
+    for (const e of this.entries.values()) {
+      const list = byChat.get(e.chat);
+      if (list === undefined) byChat.set(e.chat, [e]);
+      else list.push(e);
+    }
+    const calls: Array<Promise<void>> = [];
+    for (const [chat, list] of byChat) {
+      // One script call per chat (bounded, so a huge chat cannot hold Redis for long).
+      for (let at = 0; at < list.length; at += REFRESH_BATCH) {
+        const batch = list.slice(at, at + REFRESH_BATCH);
+        const pairs = batch.flatMap((e) => [e.user, e.conn]);
+        calls.push(
+          this.cmd.msRefresh(presenceKey(chat), now, now + this.presenceTtlMs, this.keyTtlMs, userPrefix(chat), ...pairs).then((restored) => {
+            for (const i of restored) this.restored.push(batch[i]!);
+          }),
+        );
+      }
+    }
+    await Promise.all(calls);
   }
 
   private announceRestored(): void {

@@ -26,6 +26,30 @@ return 1
 `;
 
 /**
+ * The periodic refresh of one chat's entries held by one instance, in one call (a JOIN per entry
+ * cost an EVALSHA, its round trip and ~9 counted commands each, every PRESENCE_TTL_MS / 3).
+ * KEYS: chat zset. ARGV: now, expiresAt, keyTtlMs, user-key prefix, then user, conn pairs. Per
+ * entry the same check as JOIN; returns the 0-based indexes of the pairs re-created after their
+ * user went offline for everyone (swept or lost), so the caller announces them online again.
+ */
+export const REFRESH = `
+local now, expiresAt, keyTtl, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local restored = {}
+for i = 5, #ARGV - 1, 2 do
+  local user, conn = ARGV[i], ARGV[i + 1]
+  local ukey = prefix .. user
+  local existed = redis.call('ZSCORE', ukey, conn)
+  redis.call('ZREMRANGEBYSCORE', ukey, '-inf', now)
+  if not existed and redis.call('ZCARD', ukey) == 0 then table.insert(restored, math.floor((i - 5) / 2)) end
+  redis.call('ZADD', ukey, expiresAt, conn)
+  redis.call('ZADD', KEYS[1], 'GT', expiresAt, user)
+  redis.call('PEXPIRE', ukey, keyTtl)
+end
+redis.call('PEXPIRE', KEYS[1], keyTtl)
+return restored
+`;
+
+/**
  * KEYS: chat zset, user zset. ARGV: now, conn, user, held. Returns 1 if that was the user's last
  * live connection. `held` = 1 when the caller still held the entry: if Redis has no entry then, it
  * was lost (FLUSHALL, eviction), not left twice, and the user may still need its offline.
