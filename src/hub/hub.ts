@@ -7,6 +7,7 @@ import { outgoing } from './outgoing.js';
 import { Registry, type Member } from './registry.js';
 import { PresenceAnnouncer } from './presence-announcer.js';
 import { Resync } from './resync.js';
+import { whenSettled } from '../util/settled.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -179,23 +180,10 @@ export class Hub {
     return this.timed(() => this.engine.publish(chat, frame, exceptConn));
   }
 
-  /** Runs one engine publish, observing its latency and outcome (a plain chain: once per broadcast). */
+  /** Runs one engine publish, observing its latency and outcome. */
   private timed<T>(publish: () => Promise<T>): Promise<T> {
     const started = performance.now();
-    const observe = (outcome: string) => this.metrics.enginePublishLatency.observe({ outcome }, (performance.now() - started) / 1000);
-    let running: Promise<T>;
-    try {
-      running = publish();
-    } catch (err) {
-      running = Promise.reject(err);
-    }
-    return running.then(
-      (value) => (observe('ok'), value),
-      (err: unknown) => {
-        observe('error');
-        throw err;
-      },
-    );
+    return whenSettled(publish, (ok) => this.metrics.enginePublishLatency.observe({ outcome: ok ? 'ok' : 'error' }, (performance.now() - started) / 1000));
   }
 
   /**

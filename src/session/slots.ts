@@ -1,4 +1,5 @@
 import { CancelledError } from '../protocol/errors.js';
+import { whenSettled } from '../util/settled.js';
 
 /**
  * A connection's share of the main-API pool: at most `size` calls run at once, the rest wait
@@ -26,20 +27,7 @@ export class Slots {
   }
 
   private start<T>(work: () => Promise<T>): Promise<T> {
-    let running: Promise<T>;
-    try {
-      running = work();
-    } catch (err) {
-      this.finished();
-      return Promise.reject(err);
-    }
-    return running.then(
-      (value) => (this.finished(), value),
-      (err: unknown) => {
-        this.finished();
-        throw err;
-      },
-    );
+    return whenSettled(work, () => this.finished());
   }
 
   private finished(): void {

@@ -1,3 +1,5 @@
+import { whenSettled } from '../util/settled.js';
+
 /**
  * Shares the keep-alive pool to the main API fairly between users. At most `capacity` calls
  * (UPSTREAM_CONNECTIONS) run at once; when the pool is full, waiting calls are queued per
@@ -22,20 +24,7 @@ export class FairScheduler {
   }
 
   private start<T>(call: () => Promise<T>): Promise<T> {
-    let running: Promise<T>;
-    try {
-      running = call();
-    } catch (err) {
-      this.next();
-      return Promise.reject(err);
-    }
-    return running.then(
-      (value) => (this.next(), value),
-      (err: unknown) => {
-        this.next();
-        throw err;
-      },
-    );
+    return whenSettled(call, () => this.next());
   }
 
   /** Calls waiting for a place in the pool. */
