@@ -155,20 +155,25 @@ async function warmUp(gens: Generator[], sys: RunningSystem, v: Variant): Promis
   await sleep(1000);
 }
 
+/** Memory before and after `n` idle registered connections in chats of 10 (after a warm-up); closes them after. */
+async function idleConnections(sys: RunningSystem, v: Variant, gens: Generator[], n: number, concurrency: number, settleMs: number) {
+  await warmUp(gens, sys, v);
+  const base = await sys.memory();
+  const c = await connectOrThrow(gens, v, chatSpecs(sys, n, 10, 1), concurrency);
+  await sleep(settleMs);
+  sys.check();
+  const loaded = await sys.memory();
+  await closeAll(gens);
+  return { c, base, loaded };
+}
+
 export const idle: Scenario = {
   key: 'idle',
   title: `idle: ${IDLE_CONNS} connections in chats of 10`,
   variants: pick(ALL),
   run: (v, ctx) =>
     withSystem(v, async (sys) => {
-      const gens = await ctx.pool.take(1);
-      await warmUp(gens, sys, v);
-      const base = await sys.memory();
-      const c = await connectOrThrow(gens, v, chatSpecs(sys, IDLE_CONNS, 10, 1), 100);
-      await sleep(1000);
-      sys.check();
-      const loaded = await sys.memory();
-      await closeAll(gens);
+      const { c, base, loaded } = await idleConnections(sys, v, await ctx.pool.take(1), IDLE_CONNS, 100, 1000);
       return {
         metrics: {
           connect_s: c.ms / 1000,
@@ -304,14 +309,7 @@ export const manyconns: Scenario = {
   variants: pick(['ws', 'ws-preframed', 'socketio', 'gateway']),
   run: (v, ctx) =>
     withSystem(v, async (sys) => {
-      const gens = await ctx.pool.take(MANY_GENERATORS);
-      await warmUp(gens, sys, v);
-      const base = await sys.memory();
-      const c = await connectOrThrow(gens, v, chatSpecs(sys, MANY, 10, 1), 50);
-      await sleep(2000);
-      sys.check();
-      const loaded = await sys.memory();
-      await closeAll(gens);
+      const { c, base, loaded } = await idleConnections(sys, v, await ctx.pool.take(MANY_GENERATORS), MANY, 50, 2000);
       const perConn = (loaded.rss - base.rss) / MANY;
       const processes = Math.ceil(100_000 / MANY);
       return {
