@@ -81,11 +81,16 @@ for (const mode of ENGINE_MODES) {
           chats.add(chat);
           c.send({ type: 'register', token: `junk-${i}`, chat_id: chat });
         }
-        // Closed for flooding (1008), or for five refused verifies in a row (4401) if those came first.
-        assert.ok([1008, 4401].includes((await c.closed).code));
+        // Closed for flooding (1008), or for five refused verifies in a row (4401) if those came
+        // first (when the flood is read in small chunks, most of it waits out the one-second pause).
+        const { code } = await c.closed;
+        assert.ok([1008, 4401].includes(code), `closed ${code}`);
         await sleep(1500);
         const calls = verifiesFor(h, chats) - before;
-        assert.ok(calls <= 4, `${calls} verify calls reached the main API (MAX_UPSTREAM_PER_CONNECTION is 4)`);
+        // 1008: before any verify was answered, so at most the 4 in flight (MAX_UPSTREAM_PER_CONNECTION).
+        // 4401: with the fifth refusal, so the first 4 plus at most 4 started as those were refused.
+        const bound = code === 1008 ? 4 : 8;
+        assert.ok(calls <= bound, `${calls} verify calls reached the main API before a ${code} close (at most ${bound})`);
         await sleep(1000);
         assert.equal(verifiesFor(h, chats) - before, calls, 'no verify after the connection closed');
         assert.equal(presenceIn(watcher).length, 0);
