@@ -230,16 +230,17 @@ function checkAnswers(t: Tracked): void {
   assert.ok(answers.length <= t.sent.length, `${answers.length} answers to ${t.sent.length} frames`);
   const count = (pred: (s: Sent) => boolean) => t.sent.filter((s) => s.wild === true || pred(s)).length;
   const byKey = new Map<string, number>();
-  const bump = (k: string) => byKey.set(k, (byKey.get(k) ?? 0) + 1);
+  // Keyed by JSON, not by joining with spaces: a fuzzed `op` may itself contain spaces.
+  const bump = (parts: string[]) => byKey.set(JSON.stringify(parts), (byKey.get(JSON.stringify(parts)) ?? 0) + 1);
   for (const f of answers) {
-    if (f.type === 'ack') bump(`ack ${String(f.op)} ${String(f.id)}`);
-    else if (f.type === 'error' && typeof f.op === 'string' && typeof f.id === 'string') bump(`err ${f.op} ${f.id}`);
-    else if (f.type === 'registered') bump(`registered ${String(f.chat_id)}`);
-    else if (f.type === 'unregistered') bump(`unregistered ${String(f.chat_id)}`);
-    else if (f.type === 'pong') bump('pong');
+    if (f.type === 'ack') bump(['ack', String(f.op), String(f.id)]);
+    else if (f.type === 'error' && typeof f.op === 'string' && typeof f.id === 'string') bump(['err', f.op, f.id]);
+    else if (f.type === 'registered') bump(['registered', String(f.chat_id)]);
+    else if (f.type === 'unregistered') bump(['unregistered', String(f.chat_id)]);
+    else if (f.type === 'pong') bump(['pong']);
   }
   for (const [key, n] of byKey) {
-    const [kind, a, b] = key.split(' ');
+    const [kind, a, b] = JSON.parse(key) as [string, string?, string?];
     let possible: number;
     if (kind === 'ack' || kind === 'err') possible = count((s) => s.type === a && s.id === b);
     else if (kind === 'registered') possible = count((s) => s.type === 'register');
