@@ -3,6 +3,7 @@ import { MemoryStreams } from './memory-stream.js';
 import type { HistoryLimits, Recovery, StreamPosition } from './stream.js';
 import type { Engine, EngineEvents } from './types.js';
 import type { CommandResult, ControlCommand } from './control.js';
+import { addOne, deleteOne, type OneOrSet } from '../util/one-or-set.js';
 
 /**
  * The embedded engine for one instance. It keeps the Redis engine's semantics — a publication
@@ -14,7 +15,7 @@ export class MemoryEngine implements Engine {
   private events: EngineEvents | null = null;
   private readonly subscribed = new Set<IdKey>();
   /** chat → user → connections */
-  private readonly presence = new Map<IdKey, Map<IdKey, string | Set<string>>>();
+  private readonly presence = new Map<IdKey, Map<IdKey, OneOrSet<string>>>();
   private readonly streams: MemoryStreams;
   private readonly sweeper: NodeJS.Timeout;
 
@@ -74,20 +75,13 @@ export class MemoryEngine implements Engine {
   async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
     let users = this.presence.get(chat);
     if (users === undefined) this.presence.set(chat, (users = new Map()));
-    const conns = users.get(user);
-    // A user's only connection is kept as a plain string: a Set per (chat, user) is ~150 bytes.
-    if (conns === undefined) users.set(user, conn);
-    else if (typeof conns !== 'string') conns.add(conn);
-    else if (conns !== conn) users.set(user, new Set([conns, conn]));
-    return conns === undefined;
+    return addOne(users, user, conn);
   }
 
   async leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
     const users = this.presence.get(chat);
-    const conns = users?.get(user);
-    if (users === undefined || conns === undefined) return false;
-    if (typeof conns === 'string' ? conns !== conn : !conns.delete(conn) || conns.size > 0) return false;
-    users.delete(user);
+    // The user's last connection left when removing it removed the user.
+    if (users === undefined || !deleteOne(users, user, conn) || users.has(user)) return false;
     if (users.size === 0) this.presence.delete(chat);
     return true;
   }

@@ -13,6 +13,7 @@ import { Chats } from './chats.js';
 import { RateLimit } from './rate-limit.js';
 import { Slots } from './slots.js';
 import { jwtExpiryMs } from '../upstream/verify-cache.js';
+import { whenSettled } from '../util/settled.js';
 
 
 /** A request that names its target chat at the top level or inside `data`. */
@@ -337,30 +338,27 @@ export class Session implements Connection {
    */
   upstream<T>(call: () => Promise<T>): Promise<T> {
     const party = this.user ?? `conn:${this.id}`;
-    const slots = (this.slots ??= new Slots(this.ctx.config.maxUpstreamPerConnection));
-    const result = slots.run(() =>
+    // Let go once idle (an idle Slots is the same as a new one): idle connections keep none (~40 bytes each).
+    this.slots ??= new Slots(this.ctx.config.maxUpstreamPerConnection, (idle) => {
+      if (this.slots === idle) this.slots = null;
+    });
+    return this.slots.run(() =>
       this.ctx.upstreamScheduler.run(party, () => {
         if (this.closed || this.aborted) throw new CancelledError();
         return call();
       }),
     );
-    // Let go once idle (an idle Slots is the same as a new one): idle connections keep none (~40 bytes each).
-    const release = () => {
-      if (this.slots === slots && slots.idle) this.slots = null;
-    };
-    result.then(release, release);
-    return result;
   }
 
   /** Verifies `token` for `chat` with the main API (or its cache), aborted if the connection closes. */
   verify(token: string, chat: IdKey): Promise<IdKey> {
     this.verifying++;
-    const done = () => {
-      if (--this.verifying === 0 && !this.aborted) this.closing = null;
-    };
-    const p = this.upstream(() => this.ctx.api.verify(token, chat, this.signal));
-    p.then(done, done);
-    return p;
+    return whenSettled(
+      () => this.upstream(() => this.ctx.api.verify(token, chat, this.signal)),
+      () => {
+        if (--this.verifying === 0 && !this.aborted) this.closing = null;
+      },
+    );
   }
 
   /**

@@ -9,12 +9,11 @@ export class Slots {
   private running = 0;
   private waiters: Array<{ resolve: () => void; reject: (err: Error) => void }> | null = null;
 
-  constructor(private readonly size: number) {}
-
-  /** Nothing runs or waits: the same as a new Slots (so its owner may let it go until the next call). */
-  get idle(): boolean {
-    return this.running === 0 && (this.waiters === null || this.waiters.length === 0);
-  }
+  constructor(
+    private readonly size: number,
+    /** Called when the last call finishes with none waiting: the same as a new Slots, so its owner may let it go. */
+    private readonly onIdle: (slots: Slots) => void = () => undefined,
+  ) {}
 
   /** Plain promise chains, not an async function: this runs for every main-API call (fewer ticks and promises). */
   run<T>(work: () => Promise<T>): Promise<T> {
@@ -33,7 +32,7 @@ export class Slots {
   private finished(): void {
     const next = this.waiters?.shift();
     if (next !== undefined) next.resolve();
-    else this.running--;
+    else if (--this.running === 0) this.onIdle(this);
   }
 
   cancel(): void {

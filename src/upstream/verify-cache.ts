@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { IdKey } from '../protocol/ids.js';
+import { addOne, deleteOne, itemsOf, type OneOrSet } from '../util/one-or-set.js';
 
 /**
  * Successful verifies of (token, chat), reused for AUTH_CACHE_TTL_MS and never past the JWT's
@@ -11,7 +12,7 @@ export class VerifyCache {
    * user → key(s) of its entries, so the server API can forget a user's verifies without a scan.
    * Most users have one entry: it is kept as the key itself, and becomes a Set at the second.
    */
-  private readonly byUser = new Map<IdKey, string | Set<string>>();
+  private readonly byUser = new Map<IdKey, OneOrSet<string>>();
   /**
    * `user|chat` or `user|*` → the revision of its last `forgetUser`, so a verify answer read
    * before it can be recognised as stale (`forgottenSince`). Bounded: the oldest go first.
@@ -45,10 +46,7 @@ export class VerifyCache {
     const key = cacheKey(token, chat);
     this.remove(key);
     this.entries.set(key, { user, chat, expiresAt });
-    const keys = this.byUser.get(user);
-    if (keys === undefined) this.byUser.set(user, key);
-    else if (typeof keys === 'string') this.byUser.set(user, new Set([keys, key]));
-    else keys.add(key);
+    addOne(this.byUser, user, key);
     if (this.entries.size > this.maxEntries) {
       const oldest = this.entries.keys().next().value;
       if (oldest !== undefined) this.remove(oldest);
@@ -66,9 +64,7 @@ export class VerifyCache {
     this.forgotten.delete(mark);
     this.forgotten.set(mark, ++this.forgets);
     if (this.forgotten.size > this.maxEntries) this.forgotten.delete(this.forgotten.keys().next().value as string);
-    const keys = this.byUser.get(user);
-    if (keys === undefined) return;
-    for (const key of typeof keys === 'string' ? [keys] : [...keys]) if (chat === null || this.entries.get(key)?.chat === chat) this.remove(key);
+    for (const key of itemsOf(this.byUser.get(user))) if (chat === null || this.entries.get(key)?.chat === chat) this.remove(key);
   }
 
   /** A mark to pass to `forgottenSince`, taken before a verify whose answer may go stale. */
@@ -86,12 +82,7 @@ export class VerifyCache {
     const entry = this.entries.get(key);
     if (entry === undefined) return;
     this.entries.delete(key);
-    const keys = this.byUser.get(entry.user);
-    if (keys === key) this.byUser.delete(entry.user);
-    else if (typeof keys === 'object') {
-      keys.delete(key);
-      if (keys.size === 0) this.byUser.delete(entry.user);
-    }
+    deleteOne(this.byUser, entry.user, key);
   }
 
   get size(): number {

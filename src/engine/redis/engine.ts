@@ -7,7 +7,7 @@ import type { IdKey } from '../../protocol/ids.js';
 import { EngineUnavailableError, type Engine, type EngineEvents } from '../types.js';
 import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
 import { newEpoch, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
-import { JOIN, LEAVE, REFRESH, SWEEP } from './scripts.js';
+import { LEAVE, SWEEP, WRITE_ENTRIES } from './scripts.js';
 import { APPEND, CONTAINS, RECOVER } from './stream-scripts.js';
 
 const CHANNEL_PREFIX = 'ms:chat:{';
@@ -22,10 +22,9 @@ const NEWLINE = 0x0a;
 const SPACE = 0x20;
 
 type PresenceCommands = {
-  msJoin(chatKey: string, userKey: string, now: number, conn: string, expiresAt: number, user: string, keyTtl: number): Promise<number>;
   msLeave(chatKey: string, userKey: string, now: number, conn: string, user: string, held: number): Promise<number>;
   msSweep(chatKey: string, now: number, userPrefix: string): Promise<string[]>;
-  msRefresh(chatKey: string, now: number, expiresAt: number, keyTtl: number, userPrefix: string, ...userConnPairs: string[]): Promise<number[]>;
+  msWriteEntries(chatKey: string, now: number, expiresAt: number, keyTtl: number, userPrefix: string, ...userConnPairs: string[]): Promise<number[]>;
   msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string]>;
   msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
   msContains(historyKey: string, key: string): Promise<number>;
@@ -153,10 +152,9 @@ export class RedisEngine implements Engine {
       this.watch(this.sub, 'subscriber');
     }
     this.watch(this.cmd, 'command');
-    this.cmd.defineCommand('msJoin', { numberOfKeys: 2, lua: JOIN });
     this.cmd.defineCommand('msLeave', { numberOfKeys: 2, lua: LEAVE });
     this.cmd.defineCommand('msSweep', { numberOfKeys: 1, lua: SWEEP });
-    this.cmd.defineCommand('msRefresh', { numberOfKeys: 1, lua: REFRESH });
+    this.cmd.defineCommand('msWriteEntries', { numberOfKeys: 1, lua: WRITE_ENTRIES });
     this.cmd.defineCommand('msAppend', { numberOfKeys: 2, lua: APPEND });
     this.cmd.defineCommand('msRecover', { numberOfKeys: 2, lua: RECOVER });
     this.cmd.defineCommand('msContains', { numberOfKeys: 1, lua: CONTAINS });
@@ -338,9 +336,9 @@ export class RedisEngine implements Engine {
 
   async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
     const entry = { chat, user, conn };
-    const first = await this.whenReady(() => this.writeEntry(entry, Date.now()));
+    const cameOnline = await this.whenReady(() => this.writeEntries(chat, [entry], Date.now()));
     this.entries.set(entryKey(entry), entry);
-    return first === 1;
+    return cameOnline.length === 1;
   }
 
   async leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
@@ -480,9 +478,10 @@ export class RedisEngine implements Engine {
     return Promise.all(channels.map((ch) => (op === 'subscribe' ? this.cmd.ssubscribe(ch) : this.cmd.sunsubscribe(ch))));
   }
 
-  /** Adds or refreshes one presence entry; 1 when its user just came online. */
-  private writeEntry(e: PresenceEntry, now: number): Promise<number> {
-    return this.cmd.msJoin(presenceKey(e.chat), userPrefix(e.chat) + e.user, now, e.conn, now + this.presenceTtlMs, e.user, this.keyTtlMs);
+  /** Adds or refreshes presence entries of one chat; the indexes of those whose user came online. */
+  private writeEntries(chat: IdKey, entries: readonly PresenceEntry[], now: number): Promise<number[]> {
+    const pairs = entries.flatMap((e) => [e.user, e.conn]);
+    return this.cmd.msWriteEntries(presenceKey(chat), now, now + this.presenceTtlMs, this.keyTtlMs, userPrefix(chat), ...pairs);
   }
 
   /** Batches subscribe/unsubscribe issued in one tick into as few commands as possible, in order. */
@@ -550,9 +549,8 @@ export class RedisEngine implements Engine {
       // One script call per chat (bounded, so a huge chat cannot hold Redis for long).
       for (let at = 0; at < list.length; at += REFRESH_BATCH) {
         const batch = list.slice(at, at + REFRESH_BATCH);
-        const pairs = batch.flatMap((e) => [e.user, e.conn]);
         calls.push(
-          this.cmd.msRefresh(presenceKey(chat), now, now + this.presenceTtlMs, this.keyTtlMs, userPrefix(chat), ...pairs).then((restored) => {
+          this.writeEntries(chat, batch, now).then((restored) => {
             for (const i of restored) this.restored.push(batch[i]!);
           }),
         );

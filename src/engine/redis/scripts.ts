@@ -7,32 +7,17 @@
  */
 
 /**
- * KEYS: chat zset, user zset. ARGV: now, conn, expiresAt, user, keyTtlMs. Returns 1 if the user
- * came online. Also the refresh: it re-creates an entry that was swept (others were told offline)
- * or lost (FLUSHALL, eviction) and then returns 1 too, so the caller announces online again.
- * `existed` is read before expired entries are dropped: an entry that expired but is still
- * there was never swept, so nobody was told offline and its refresh is no transition.
+ * Writes presence entries of one chat — a join (one entry) or an instance's periodic refresh of
+ * its entries of the chat, in one call (an EVALSHA per entry cost a round trip and ~9 counted
+ * commands each, every PRESENCE_TTL_MS / 3).
+ * KEYS: chat zset. ARGV: now, expiresAt, keyTtlMs, user-key prefix, then user, conn pairs.
+ * Returns the 0-based indexes of the pairs whose user came online: a join of a user with no live
+ * connection, or a refresh that re-created an entry that was swept (others were told offline) or
+ * lost (FLUSHALL, eviction), so the caller announces online (again). `existed` is read before
+ * expired entries are dropped: an entry that expired but is still there was never swept, so
+ * nobody was told offline and its refresh is no transition.
  */
-export const JOIN = `
-local existed = redis.call('ZSCORE', KEYS[2], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-local live = redis.call('ZCARD', KEYS[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-if existed or live > 0 then return 0 end
-return 1
-`;
-
-/**
- * The periodic refresh of one chat's entries held by one instance, in one call (a JOIN per entry
- * cost an EVALSHA, its round trip and ~9 counted commands each, every PRESENCE_TTL_MS / 3).
- * KEYS: chat zset. ARGV: now, expiresAt, keyTtlMs, user-key prefix, then user, conn pairs. Per
- * entry the same check as JOIN; returns the 0-based indexes of the pairs re-created after their
- * user went offline for everyone (swept or lost), so the caller announces them online again.
- */
-export const REFRESH = `
+export const WRITE_ENTRIES = `
 local now, expiresAt, keyTtl, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local restored = {}
 for i = 5, #ARGV - 1, 2 do
