@@ -9,6 +9,7 @@
  *            --merge=FILE  start from that run's results (e.g. bench/results/full.json): the scenarios run now replace theirs
  *            --out=NAME    write bench/results/NAME.json / .md (default: quick, full or custom)
  *            --report      run nothing: recompute the tables, model and plan from --merge's file
+ *            --profile     sample the servers' CPU during fan-out (bench/results/profiles/, top frames printed)
  *            --nice=N    run every benchmark process at niceness N (e.g. -5 on a shared machine; root for < 0)
  *
  * Systems (bench/lib/systems.ts, bench/peers/): hand-written `ws` rooms (the floor), the same
@@ -86,7 +87,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
       .finally(() => process.exit(130));
   });
 }
-const ctx: Ctx = { pool, log };
+const ctx: Ctx = { pool, log, profile: args.includes('--profile') };
 const results: Results = {};
 type Prior = { results: Results; machine: typeof machine & { load_average_end: string; minutes: number }; date: string; command: string; repeats: number };
 let prior: Prior | null = null;

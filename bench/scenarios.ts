@@ -6,6 +6,7 @@
 import type { ConnSpec } from './gen/worker.js';
 import { GeneratorPool, closeAll, connectAll, runPhase, type Generator, type PhaseResult } from './lib/generators.js';
 import { GENERATOR_CORE, SERVER_CORE, coreBusyPct, coreTicks, diffCounts, sleep } from './lib/procs.js';
+import { profileWhile, saveProfiles, topFrames } from './lib/profile.js';
 import { RunningSystem, SYSTEMS, type SystemDef, type SystemKey } from './lib/systems.js';
 
 export type Metrics = Record<string, number | null>;
@@ -17,6 +18,8 @@ export interface Cell {
 export interface Ctx {
   pool: GeneratorPool;
   log: (line: string) => void;
+  /** `--profile`: sample every server instance's CPU during fan-out's measured window (bench/lib/profile.ts). */
+  profile: boolean;
 }
 
 export interface Variant {
@@ -211,9 +214,24 @@ export const fanout: Scenario = {
   run: (v, ctx) =>
     withSystem(v, async (sys) => {
       const { gens, owner, senders } = await fanoutSetup(sys, v, ctx);
-      const l = await measure(sys, ctx, gens, owner, senders, FAN_RATE, 15_000, 2000);
+      const window = () => measure(sys, ctx, gens, owner, senders, FAN_RATE, 15_000, 2000);
+      let profile: Record<string, unknown> | null = null;
+      let l: Load;
+      if (ctx.profile) {
+        const p = await profileWhile(sys.instances, window);
+        l = p.result;
+        const files = saveProfiles(`fanout-${v.key}-${Date.now()}`, p.profiles);
+        const tops = p.profiles.map((prof) => topFrames(prof));
+        tops.forEach((t, i) => {
+          ctx.log(`    profile ${v.key}#${i} (${files[i]}; ${t.busyMs.toFixed(0)} ms busy): ${t.byArea.map((a) => `${a.frame} ${a.pct} %`).join(', ')}`);
+          for (const f of t.frames) ctx.log(`      ${String(f.pct).padStart(5)} %  ${f.frame}`);
+        });
+        profile = { files, tops };
+      } else {
+        l = await window();
+      }
       await closeAll(gens);
-      return { metrics: loadMetrics(l, 15_000, sys.redis !== null), info: { redis_commands: l.redisCmds, send_lag_ms: l.phase.sendLagMs } };
+      return { metrics: loadMetrics(l, 15_000, sys.redis !== null), info: { redis_commands: l.redisCmds, send_lag_ms: l.phase.sendLagMs, ...(profile ? { profile } : {}) } };
     }),
 };
 

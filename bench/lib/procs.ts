@@ -143,9 +143,9 @@ export interface MemoryUsage {
   arrayBuffers: number;
 }
 
-/** Full GC in the target process (twice), then its process.memoryUsage(), over the inspector protocol. */
-export async function gcAndMemory(url: string): Promise<MemoryUsage> {
-  const ws = new WebSocket(url, { perMessageDeflate: false });
+/** One DevTools-protocol session to a process's inspector: `call(method, params)` → its result. */
+export async function inspect<T>(url: string, use: (call: (method: string, params?: object) => Promise<unknown>) => Promise<T>): Promise<T> {
+  const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 1 << 30 });
   await new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve());
     ws.once('error', reject);
@@ -164,13 +164,20 @@ export async function gcAndMemory(url: string): Promise<MemoryUsage> {
       ws.send(JSON.stringify({ id: my, method, params }));
     });
   try {
+    return await use(call);
+  } finally {
+    ws.close();
+  }
+}
+
+/** Full GC in the target process (twice), then its process.memoryUsage(), over the inspector protocol. */
+export function gcAndMemory(url: string): Promise<MemoryUsage> {
+  return inspect(url, async (call) => {
     await call('HeapProfiler.collectGarbage');
     await call('HeapProfiler.collectGarbage');
     const result = (await call('Runtime.evaluate', { expression: 'JSON.stringify(process.memoryUsage())', returnByValue: true })) as { result: { value: string } };
     return JSON.parse(result.result.value) as MemoryUsage;
-  } finally {
-    ws.close();
-  }
+  });
 }
 
 /** A private redis-server, pinned beside the servers under test. */
