@@ -191,7 +191,8 @@ export class Hub {
    * cannot be undone, so a failing engine is retried with backoff (100 ms doubling to 2 s) for
    * `publishRetryMs`; then null is returned (the ack goes out without a position) and the
    * broadcast waits, in order, to be published late once the engine works again (see
-   * `publishLate`), so receivers still get it — under the position it gets then.
+   * `publishLate`), so receivers still get it — under the position it gets then, the sending
+   * connection included (it learns the position from the broadcast, as its ack had none).
    * A retry after a lost reply may broadcast twice, under two positions (clients drop a message
    * id they already have).
    */
@@ -205,7 +206,9 @@ export class Hub {
     let err = firstError;
     for (let wait = 100; ; wait = Math.min(2 * wait, 2000)) {
       if (Date.now() + wait > giveUpAt) {
-        this.deferLate({ chat, frame, exceptConn, key, at: Date.now() }, (err as Error).message);
+        // Published late, it goes to the sending connection too: its ack had no position, and
+        // a client that counts positions would otherwise keep a hole where its own write is.
+        this.deferLate({ chat, frame, exceptConn: null, key, at: Date.now() }, (err as Error).message);
         return null;
       }
       this.metrics.publishRetries.inc();

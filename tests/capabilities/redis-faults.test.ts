@@ -68,6 +68,22 @@ describe('Redis faults: stalls and lost keys, seen from clients', () => {
     a.close();
   });
 
+  it('rolling deploys: a publication of a kind this version does not know is not handed to clients; extra header fields are ignored', async () => {
+    const { chat, a, b } = await h.pair(0);
+    const channel = `ms:chat:{${chat}}`;
+    const frame = (id: string) => JSON.stringify({ type: 'message', chat_id: chat, data: { id, ciphertext: 'x' } });
+    // As a later version might publish them: a new kind (`!` + a name), and a frame whose header has a third field.
+    assert.ok(Number(await redisCli('publish', channel, `zz1 !future\n${frame('from-a-new-kind')}`)) >= 1);
+    assert.ok(Number(await redisCli('publish', channel, `zz2 nobody later-field\n${frame('with-extra-field')}`)) >= 1);
+    await a.request({ type: 'message', data: { id: `live-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === `live-${chat}`);
+    const ids = b.all({ type: 'message' }).map((f) => (f.data as { id: string }).id);
+    assert.deepEqual(ids, ['with-extra-field', `live-${chat}`]);
+    assert.ok(a.all({ type: 'message' }).every((f) => (f.data as { id: string }).id !== 'from-a-new-kind'));
+    a.close();
+    b.close();
+  });
+
   it('a register that timed out on a stalled Redis leaves no subscription behind', async () => {
     const chat = uniqueChat();
     const channel = `ms:chat:{${chat}}`;

@@ -1,23 +1,11 @@
 import assert from 'node:assert/strict';
-import { describe, it, type TestContext } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, it } from 'node:test';
 import { ENGINE_MODES, Harness, uniqueChat, useHarness, waitFor } from '../support/harness.js';
 import { RelayProxy } from './proxy.js';
 import { cuttablePair, fast, proxy, sdk, text, type Recorded } from './support.js';
 
-/**
- * Recovery after a reconnect (`register.since`, per-chat `seq` + `epoch`): each broadcast
- * reaches the app exactly once, in order. Skipped against a gateway whose `registered` has no
- * `seq` yet (the gateway side of this feature lands separately).
- */
-async function numbersBroadcasts(h: Harness, t: TestContext): Promise<boolean> {
-  const probe = await h.member(99, uniqueChat());
-  const registered = probe.frames.find((f) => f.type === 'registered');
-  probe.close();
-  if (typeof registered?.seq === 'number') return true;
-  t.skip('this gateway does not number broadcasts yet (no seq in registered)');
-  return false;
-}
-
+/** Recovery after a reconnect (`register.since`, per-chat `seq` + `epoch`): each broadcast reaches the app exactly once, in order. */
 
 /** Everything the app saw of a chat, in order: "message:id", "edit:id", "delete:id", "gap". */
 function seen(r: Recorded): string[] {
@@ -35,8 +23,7 @@ for (const mode of ENGINE_MODES) {
   describe(`SDK recovery with since/seq/epoch [${mode}]`, () => {
     const h = useHarness(mode);
 
-    it('registered, broadcasts and acks carry positions; the receiver position follows the acks', async (t) => {
-      if (!(await numbersBroadcasts(h, t))) return;
+    it('registered, broadcasts and acks carry positions; the receiver position follows the acks', async () => {
       const chatId = uniqueChat();
       const a = await sdk(h, 1);
       const b = await sdk(h, 2);
@@ -55,8 +42,7 @@ for (const mode of ENGINE_MODES) {
       assert.deepEqual(chatA.position, { seq: second.seq, epoch: start.epoch }, "the sender's own acks advance its position");
     });
 
-    it('after a cut, what the chat missed is replayed once and in order, then registered says recovered', async (t) => {
-      if (!(await numbersBroadcasts(h, t))) return;
+    it('after a cut, what the chat missed is replayed once and in order, then registered says recovered', async () => {
       const { chatId, p, a, b, chatA } = await cuttablePair(h, 'b');
       const before = await chatA.send(text('before'), { id: `r0-${chatId}` });
       await b.next('message', (e) => e.message.id === before.id);
@@ -76,8 +62,7 @@ for (const mode of ENGINE_MODES) {
       assert.deepEqual(b.all('gap'), []);
     });
 
-    it("a replay includes the client's own write that was in flight at the cut: not shown to itself, acked duplicate", async (t) => {
-      if (!(await numbersBroadcasts(h, t))) return;
+    it("a replay includes the client's own write that was in flight at the cut: not shown to itself, acked duplicate", async () => {
       const chatId = uniqueChat();
       const p = await proxy(h);
       const a = await sdk(h, 1, { url: p.url, ...fast });
@@ -104,8 +89,7 @@ for (const mode of ENGINE_MODES) {
       assert.deepEqual(chatA.position, chatB.position);
     });
 
-    it('a position the gateway cannot resume from is reported as a gap (fetch it from the main API)', async (t) => {
-      if (!(await numbersBroadcasts(h, t))) return;
+    it('a position the gateway cannot resume from is reported as a gap (fetch it from the main API)', async () => {
       const chatId = uniqueChat();
       const a = await sdk(h, 1);
       const chat = a.client.chat(chatId, { since: { seq: 5, epoch: 'an-epoch-long-gone' } });
@@ -118,8 +102,7 @@ for (const mode of ENGINE_MODES) {
       assert.deepEqual(chat.position, registered.position);
     });
 
-    it('exactly once, in order, while the receiver is cut again and again under a steady stream', async (t) => {
-      if (!(await numbersBroadcasts(h, t))) return;
+    it('exactly once, in order, while the receiver is cut again and again under a steady stream', async () => {
       const { chatId, p, a, b, chatA } = await cuttablePair(h, 'b');
       const ids = Array.from({ length: 40 }, (_, i) => `s${i}-${chatId}`);
       const sending = (async () => {
@@ -144,8 +127,7 @@ for (const mode of ENGINE_MODES) {
   describe(`SDK recovery past the gateway's history [${mode}]`, () => {
     const h = useHarness(mode, { HISTORY_SIZE: '3' });
 
-    it('more missed than the history keeps: a gap to fetch, then live broadcasts exactly once', async (t) => {
-      if (!(await numbersBroadcasts(h, t))) return;
+    it('more missed than the history keeps: a gap to fetch, then live broadcasts exactly once', async () => {
       const chatId = uniqueChat();
       const p = await proxy(h);
       const a = await sdk(h, 1);
@@ -174,13 +156,12 @@ for (const mode of ENGINE_MODES) {
 }
 
 describe('SDK recovery when the stream itself restarts [memory]', () => {
-  it('a restarted in-memory gateway has lost its history: the returning client gets a gap, never a duplicate', async (t) => {
+  it('a restarted in-memory gateway has lost its history: the returning client gets a gap, never a duplicate', async () => {
     const h = new Harness('memory');
     await h.start();
     const g0 = await h.gateway();
     const lb = await RelayProxy.start(g0.wsUrl);
     try {
-      if (!(await numbersBroadcasts(h, t))) return;
       const chatId = uniqueChat();
       const b = await sdk(h, 2, { url: lb.url, ...fast });
       const chatB = b.client.chat(chatId);
@@ -203,6 +184,45 @@ describe('SDK recovery when the stream itself restarts [memory]', () => {
       b.client.close();
     } finally {
       await lb.close();
+      await h.close();
+    }
+  });
+});
+
+describe('SDK and a broadcast published late [redis]', () => {
+  it("the sender's ack had no position; the late broadcast gives it one: no hole, no missed gap, the message not shown twice", async () => {
+    const h = new Harness('redis', { PUBLISH_RETRY_MS: '500' });
+    await h.start();
+    try {
+      await h.gateway();
+      const chatId = uniqueChat();
+      const a = await sdk(h, 1);
+      const b = await sdk(h, 2);
+      const chatA = a.client.chat(chatId);
+      const chatB = b.client.chat(chatId);
+      await chatA.ready();
+      const start = (await chatB.ready()).position!;
+      h.api.addFault({ op: 'save', delayMs: 400, times: 1 });
+      const sending = chatA.send(text('late'));
+      await sleep(150);
+      await h.redis!.stop();
+      const ack = await sending;
+      assert.equal(ack.seq, undefined, 'acked without a position');
+      await h.redis!.startProcess();
+      const got = await b.next('message', (e) => e.message.id === ack.id, 10_000);
+      // (Redis came back empty: the late broadcast starts a new epoch, which both apps report.)
+      await waitFor(() => chatA.position?.seq === got.seq && chatA.position?.epoch === got.epoch, 5000, "the sender's position reaches the late broadcast");
+      // Then a live one from the other side: both positions move on together.
+      const next = await chatB.send(text('after'));
+      await a.next('message', (e) => e.message.id === next.id, 5000);
+      assert.deepEqual(chatA.position, { seq: next.seq, epoch: next.epoch });
+      assert.deepEqual(a.all('gap').map((g) => g.reason), b.all('gap').map((g) => g.reason), 'the sender saw no gap the receiver did not');
+      assert.ok(a.all('gap').every((g) => g.reason !== 'missed'), 'no hole reported as missed');
+      assert.deepEqual(a.all('message').map((e) => e.message.id), [next.id], 'its own message not handed back to it');
+      assert.ok(got.seq! > start.seq);
+      a.client.close();
+      b.client.close();
+    } finally {
       await h.close();
     }
   });

@@ -91,6 +91,49 @@ describe('SDK stream bookkeeping', () => {
     assert.deepEqual(t.position, { seq: 7, epoch: E });
   });
 
+  it("a hole waits only while a write of the chat is unanswered; otherwise it is a gap at once", () => {
+    let unanswered = 0;
+    const s = new Stream(1, null, { ...opts, maxUnfilled: 1000, ownUnanswered: () => unanswered });
+    s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);
+    // Nothing of ours on the way: seq 1 was lost by the gateway, reported before message 2.
+    assert.deepEqual(feed(s, [msg(2, 'm2')]), ['gap:0-1:missed', 'message:m2']);
+    assert.deepEqual(s.position, { seq: 2, epoch: E });
+    // One write unanswered: one hole may be ours (its ack brings seq 3).
+    unanswered = 1;
+    s.noteSending('mine');
+    assert.deepEqual(feed(s, [msg(4, 'm4')]), ['message:m4']);
+    assert.deepEqual(s.position, { seq: 2, epoch: E });
+    // Two missing (3 and 5) with one write unanswered: the lower hole is reported now.
+    assert.deepEqual(feed(s, [msg(6, 'm6')]), ['gap:2-3:missed', 'message:m6']);
+    // The write is answered without a position (a duplicate): the hole left is no one's.
+    unanswered = 0;
+    const out: Delivery[] = [];
+    s.noteAck('message', 'mine', undefined, undefined, out);
+    assert.deepEqual(show(out), ['gap:4-5:missed']);
+    assert.deepEqual(s.position, { seq: 6, epoch: E });
+    // An ack that does bring the position fills the hole: no gap.
+    unanswered = 1;
+    s.noteSending('mine2');
+    assert.deepEqual(feed(s, [msg(8, 'm8')]), ['message:m8']);
+    unanswered = 0;
+    const filled: Delivery[] = [];
+    s.noteAck('message', 'mine2', 7, E, filled);
+    assert.deepEqual(show(filled), []);
+    assert.deepEqual(s.position, { seq: 8, epoch: E });
+    // A failed write owns no hole either.
+    unanswered = 1;
+    assert.deepEqual(feed(s, [msg(10, 'm10')]), ['message:m10']);
+    unanswered = 0;
+    const failed: Delivery[] = [];
+    s.noteFailed(failed);
+    assert.deepEqual(show(failed), ['gap:8-9:missed']);
+    // While registering (Infinity), holes wait for the registered answer.
+    unanswered = Infinity;
+    assert.deepEqual(feed(s, [msg(12, 'm12')]), ['message:m12']);
+    assert.deepEqual(s.onRegistered({ seq: 12, epoch: E }, true, undefined, true), []);
+    assert.deepEqual(s.position, { seq: 12, epoch: E });
+  });
+
   it('holds edits for an unseen message and applies them after it; a delete is a tombstone', () => {
     const s = new Stream(1, null, opts);
     s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);

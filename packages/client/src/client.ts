@@ -289,6 +289,7 @@ export class Client extends Emitter<ClientEvents> {
         maxHeld: hold.max ?? 1000,
         maxIds: 10_000,
         maxUnfilled: 1000,
+        ownUnanswered: () => this.ownUnanswered(key),
         isKnown: this.options.isKnownMessage,
       }),
       status: 'idle',
@@ -1154,11 +1155,28 @@ export class Client extends Emitter<ClientEvents> {
     this.pump();
   }
 
+  /**
+   * Writes to chat `key` sent on this connection and not answered yet (each may own a hole in the
+   * chat's stream until its ack brings the position); Infinity while the chat is not registered.
+   */
+  private ownUnanswered(key: string): number {
+    if (this.chats.get(key)?.status !== 'registered') return Infinity;
+    let n = 0;
+    for (const p of this.outbox.all()) if (p.sentOn === this.connectionNo && String(p.entry.chatId) === key) n++;
+    return n;
+  }
+
   /** Settles an entry with an error; `removeStored` false keeps it in the storage. */
   private fail(item: Pending, error: ClientError, removeStored = true): void {
     if (removeStored) this.outbox.remove(item);
     else this.outbox.forget(item);
     this.noteSettled(item);
+    const state = this.chats.get(String(item.entry.chatId));
+    if (state !== undefined) {
+      const out: Delivery[] = [];
+      state.stream.noteFailed(out);
+      this.deliver(out);
+    }
     item.settle?.reject(error);
     this.emit('failed', { chatId: item.entry.chatId, op: item.entry.op, id: item.entry.data.id, error });
     this.finishLeaving(this.chats.get(String(item.entry.chatId)));

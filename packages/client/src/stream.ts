@@ -15,8 +15,15 @@ export interface StreamOptions {
   maxHeld: number;
   /** Message ids remembered per chat (delivered or deleted) for dedupe. */
   maxIds: number;
-  /** Broadcasts received past a hole before the hole is reported as a gap. */
+  /** Broadcasts received past a hole before the hole is reported as a gap, whatever `ownUnanswered` says. */
   maxUnfilled: number;
+  /**
+   * This client's writes to the chat sent on the current connection and not yet answered: each
+   * may own one hole (the sender never receives its own broadcast live; its ack brings the
+   * position). Infinity while registering. A hole that none of them can own is a broadcast the
+   * gateway did not deliver: it is reported as a gap at once. Absent: only `maxUnfilled` applies.
+   */
+  ownUnanswered?: (() => number) | undefined;
   /** The app's own answer to "do you have this message?" (e.g. loaded from history). */
   isKnown?: ((chatId: ChatId, messageId: string) => boolean) | undefined;
 }
@@ -32,7 +39,8 @@ interface Held {
  *
  * Position: the highest `seq` such that every broadcast up to it was delivered (or was this
  * client's own acked write). Broadcasts above a hole are delivered and remembered in `above`;
- * the hole is filled by a later replay, or reported as a gap when too much piles up past it.
+ * a hole is filled by the ack of this client's own write, or reported as a gap as soon as more
+ * seqs are missing than this client has writes unanswered (or when too much piles up past it).
  */
 export class Stream {
   private pos: Position | null;
@@ -137,6 +145,7 @@ export class Stream {
       for (const seq of this.above) if (seq <= now.seq) this.above.delete(seq);
       this.advance();
     }
+    this.checkHoles(out);
     return out;
   }
 
@@ -153,6 +162,12 @@ export class Stream {
     }
     if (op === 'message') this.noteSending(id);
     if (seq !== undefined && this.pos !== null && epoch === this.pos.epoch) this.mark(seq, out);
+    else this.checkHoles(out); // one write fewer that may own a hole
+  }
+
+  /** One of this client's writes failed: it owns no hole any more. */
+  noteFailed(out: Delivery[]): void {
+    this.checkHoles(out);
   }
 
   /** Hands over edits held longer than `holdMs` (their message may predate this client). */
@@ -177,14 +192,31 @@ export class Stream {
     if (seq <= pos.seq || this.above.has(seq)) return false;
     this.above.add(seq);
     this.advance();
-    if (this.above.size > this.opts.maxUnfilled) {
-      // A hole no replay has filled while this much arrived after it: the gateway lost it.
-      const to = { seq: Math.min(...this.above) - 1, epoch: pos.epoch };
-      out.push(this.gap(this.pos!, to, 'missed'));
+    this.checkHoles(out);
+    return true;
+  }
+
+  /**
+   * Reports as gaps the holes this client's own unanswered writes cannot account for, lowest
+   * first (the gateway never skips a seq on a connection, so such a hole is a broadcast it lost).
+   * Called after every broadcast and whenever one of this client's writes is answered.
+   */
+  checkHoles(out: Delivery[]): void {
+    while (this.pos !== null && this.above.size > 0) {
+      let low = Infinity;
+      let high = -Infinity;
+      for (const seq of this.above) {
+        if (seq < low) low = seq;
+        if (seq > high) high = seq;
+      }
+      const missing = high - this.pos.seq - this.above.size;
+      const own = this.opts.ownUnanswered?.() ?? Infinity;
+      if (missing <= own && this.above.size <= this.opts.maxUnfilled) return;
+      const to = { seq: low - 1, epoch: this.pos.epoch };
+      out.push(this.gap(this.pos, to, 'missed'));
       this.pos = to;
       this.advance();
     }
-    return true;
   }
 
   private advance(): void {

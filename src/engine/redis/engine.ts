@@ -13,8 +13,14 @@ import { APPEND, CONTAINS, RECOVER } from './stream-scripts.js';
 const CHANNEL_PREFIX = 'ms:chat:{';
 /** Commands for every instance (classic pub/sub: in a Cluster it reaches every node's subscribers). */
 const CONTROL_CHANNEL = 'ms:control';
-/** In a chat channel's payload header, this in place of exceptConn marks a command, not a frame. */
+/**
+ * In a chat channel's payload header, a second field starting with `!` names a kind of
+ * publication other than a frame for clients; `!` alone is a command. Connection ids never
+ * start with it. An instance ignores a kind it does not know — so a later version can add kinds
+ * without an older instance, mid rolling deploy, handing them to clients as frames.
+ */
 const COMMAND_MARK = '!';
+const KIND_MARK = 0x21;
 const COMMAND_TIMEOUT_MS = 2000;
 /** Presence entries refreshed per script call, at most. */
 const REFRESH_BATCH = 500;
@@ -380,8 +386,13 @@ export class RedisEngine implements Engine {
     const nl = message.indexOf(NEWLINE);
     if (nl < 0) return;
     const sp = message.subarray(0, nl).indexOf(SPACE);
-    const exceptConn = sp < 0 ? null : message.toString('latin1', sp + 1, nl);
-    if (exceptConn === COMMAND_MARK) return this.onCommand(message.toString('utf8', nl + 1));
+    // Fields after the second are a later version's: ignored.
+    const end = sp < 0 ? nl : message.subarray(sp + 1, nl).indexOf(SPACE);
+    const exceptConn = sp < 0 ? null : message.toString('latin1', sp + 1, end < 0 ? nl : sp + 1 + end);
+    if (exceptConn !== null && message[sp + 1] === KIND_MARK) {
+      if (exceptConn === COMMAND_MARK) this.onCommand(message.toString('utf8', nl + 1));
+      return;
+    }
     this.events.deliver(chat, message.subarray(nl + 1), exceptConn);
     if (this.unechoed.size > 0) this.settle(message.toString('latin1', 0, sp < 0 ? nl : sp));
   }
