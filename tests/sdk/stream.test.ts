@@ -134,6 +134,21 @@ describe('SDK stream bookkeeping', () => {
     assert.deepEqual(s.position, { seq: 12, epoch: E });
   });
 
+  it('a hole no write of ours can own gets holeGraceMs to be filled (a reordering), then expire reports it', () => {
+    const s = new Stream(1, null, { ...opts, maxUnfilled: 1000, ownUnanswered: () => 0, holeGraceMs: 2000 });
+    s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false, 0);
+    assert.deepEqual(feed(s, [msg(2, 'm2')], 100), ['message:m2']);
+    assert.equal(s.nextExpiry(), 2100);
+    assert.deepEqual(feed(s, [msg(1, 'm1')], 500), ['message:m1'], 'filled within the grace: no gap');
+    assert.equal(s.nextExpiry(), null);
+    assert.deepEqual(s.position, { seq: 2, epoch: E });
+    assert.deepEqual(feed(s, [msg(4, 'm4')], 1000), ['message:m4']);
+    assert.deepEqual(show(s.expire(2999)), []);
+    assert.deepEqual(show(s.expire(3000)), ['gap:2-3:missed']);
+    assert.deepEqual(s.position, { seq: 4, epoch: E });
+    assert.deepEqual(feed(s, [msg(3, 'm3')], 3100), [], 'what a gap covered is not delivered late');
+  });
+
   it('holds edits for an unseen message and applies them after it; a delete is a tombstone', () => {
     const s = new Stream(1, null, opts);
     s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);

@@ -157,6 +157,8 @@ const REFRESH_LEAD_SHARE = 0.1;
 const REFRESH_ATTEMPTS = 3;
 /** A token expiring sooner than this is not used again to register a chat whose token expired. */
 const EXPIRY_MARGIN_MS = 1000;
+/** A hole in a chat's seqs that no write of ours can own is reported as a gap after this long. */
+const HOLE_GRACE_MS = 2000;
 const WRITE_OPS = new Set<string>(['message', 'edit_message', 'delete_message']);
 const utf8 = new TextEncoder();
 
@@ -290,6 +292,7 @@ export class Client extends Emitter<ClientEvents> {
         maxIds: 10_000,
         maxUnfilled: 1000,
         ownUnanswered: () => this.ownUnanswered(key),
+        holeGraceMs: HOLE_GRACE_MS,
         isKnown: this.options.isKnownMessage,
       }),
       status: 'idle',

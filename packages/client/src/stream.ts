@@ -21,9 +21,12 @@ export interface StreamOptions {
    * This client's writes to the chat sent on the current connection and not yet answered: each
    * may own one hole (the sender never receives its own broadcast live; its ack brings the
    * position). Infinity while registering. A hole that none of them can own is a broadcast the
-   * gateway did not deliver: it is reported as a gap at once. Absent: only `maxUnfilled` applies.
+   * gateway did not deliver: it is reported as a gap after `holeGraceMs`. Absent: only
+   * `maxUnfilled` applies.
    */
   ownUnanswered?: (() => number) | undefined;
+  /** How long a hole no write of ours can own may wait to be filled before it is a gap (default 0). */
+  holeGraceMs?: number | undefined;
   /** The app's own answer to "do you have this message?" (e.g. loaded from history). */
   isKnown?: ((chatId: ChatId, messageId: string) => boolean) | undefined;
 }
@@ -48,6 +51,8 @@ export class Stream {
   private readonly ids = new Map<string, 'delivered' | 'deleted'>();
   private readonly held = new Map<string, Held>();
   private heldCount = 0;
+  /** Since when a hole our own writes cannot account for has been open; null when none is. */
+  private holeSince: number | null = null;
 
   constructor(
     readonly chatId: ChatId,
@@ -82,7 +87,7 @@ export class Stream {
         out.push(this.gap(this.pos, to, 'epoch_changed'));
         this.reset(to);
       }
-      if (!this.mark(seq, out)) return out;
+      if (!this.mark(seq, out, now)) return out;
     }
     const at = numbered ? { seq, epoch } : {};
     if (frame.type === 'event') {
@@ -125,7 +130,7 @@ export class Stream {
    * The gateway's `registered`: where the chat stands now, and whether what was missed since
    * the position sent as `since` was replayed (the replayed frames came just before it).
    */
-  onRegistered(now: Position | null, recovered: boolean | undefined, reason: string | undefined, askedSince: boolean): Delivery[] {
+  onRegistered(now: Position | null, recovered: boolean | undefined, reason: string | undefined, askedSince: boolean, at = Date.now()): Delivery[] {
     if (now === null) return []; // a gateway that does not number broadcasts
     const out: Delivery[] = [];
     const from = this.pos;
@@ -145,7 +150,7 @@ export class Stream {
       for (const seq of this.above) if (seq <= now.seq) this.above.delete(seq);
       this.advance();
     }
-    this.checkHoles(out);
+    this.checkHoles(out, at);
     return out;
   }
 
@@ -155,53 +160,59 @@ export class Stream {
   }
 
   /** This client's write was acked: the sender never receives its own broadcast live. */
-  noteAck(op: string, id: string, seq: number | undefined, epoch: string | undefined, out: Delivery[]): void {
+  noteAck(op: string, id: string, seq: number | undefined, epoch: string | undefined, out: Delivery[], now = Date.now()): void {
     if (op === 'delete_message') {
       this.remember(id, 'deleted');
       this.release(id);
     }
     if (op === 'message') this.noteSending(id);
-    if (seq !== undefined && this.pos !== null && epoch === this.pos.epoch) this.mark(seq, out);
-    else this.checkHoles(out); // one write fewer that may own a hole
+    if (seq !== undefined && this.pos !== null && epoch === this.pos.epoch) this.mark(seq, out, now);
+    else this.checkHoles(out, now); // one write fewer that may own a hole
   }
 
   /** One of this client's writes failed: it owns no hole any more. */
-  noteFailed(out: Delivery[]): void {
-    this.checkHoles(out);
+  noteFailed(out: Delivery[], now = Date.now()): void {
+    this.checkHoles(out, now);
   }
 
-  /** Hands over edits held longer than `holdMs` (their message may predate this client). */
+  /** Hands over edits held longer than `holdMs` (their message may predate this client), and reports holes past their grace. */
   expire(now: number): Delivery[] {
     const out: Delivery[] = [];
     for (const [id, held] of this.held) {
       if (now - held.since < this.opts.holdMs) break; // insertion order = age order
       for (const event of this.release(id)) out.push({ type: 'edit', event });
     }
+    this.checkHoles(out, now);
     return out;
   }
 
-  /** When the oldest held edit is due, or null when none is held. */
+  /** When `expire` has something to do: the oldest held edit is due, or a hole's grace ends; null when neither. */
   nextExpiry(): number | null {
-    for (const held of this.held.values()) return held.since + this.opts.holdMs;
-    return null;
+    let next = this.holeSince === null ? Infinity : this.holeSince + (this.opts.holeGraceMs ?? 0);
+    for (const held of this.held.values()) {
+      next = Math.min(next, held.since + this.opts.holdMs);
+      break;
+    }
+    return next === Infinity ? null : next;
   }
 
   /** Records `seq` as delivered; false if it already was. */
-  private mark(seq: number, out: Delivery[]): boolean {
+  private mark(seq: number, out: Delivery[], now: number): boolean {
     const pos = this.pos!;
     if (seq <= pos.seq || this.above.has(seq)) return false;
     this.above.add(seq);
     this.advance();
-    this.checkHoles(out);
+    this.checkHoles(out, now);
     return true;
   }
 
   /**
    * Reports as gaps the holes this client's own unanswered writes cannot account for, lowest
-   * first (the gateway never skips a seq on a connection, so such a hole is a broadcast it lost).
-   * Called after every broadcast and whenever one of this client's writes is answered.
+   * first, once they have stayed open for `holeGraceMs` (the gateway never skips a seq on a
+   * connection, so such a hole is a broadcast it lost; the grace only forgives a reordering).
+   * Called after every broadcast, whenever one of this client's writes is answered, and by `expire`.
    */
-  checkHoles(out: Delivery[]): void {
+  private checkHoles(out: Delivery[], now: number): void {
     while (this.pos !== null && this.above.size > 0) {
       let low = Infinity;
       let high = -Infinity;
@@ -211,12 +222,18 @@ export class Stream {
       }
       const missing = high - this.pos.seq - this.above.size;
       const own = this.opts.ownUnanswered?.() ?? Infinity;
-      if (missing <= own && this.above.size <= this.opts.maxUnfilled) return;
+      const forced = this.above.size > this.opts.maxUnfilled;
+      if (missing <= own && !forced) break;
+      if (!forced) {
+        this.holeSince ??= now;
+        if (now - this.holeSince < (this.opts.holeGraceMs ?? 0)) return;
+      }
       const to = { seq: low - 1, epoch: this.pos.epoch };
       out.push(this.gap(this.pos, to, 'missed'));
       this.pos = to;
       this.advance();
     }
+    this.holeSince = null;
   }
 
   private advance(): void {
