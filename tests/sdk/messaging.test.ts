@@ -4,18 +4,14 @@ import { WebSocket } from 'ws';
 import { ClientError, createClient, MemoryStorage, type OutboxEntry } from '../../packages/client/src/index.js';
 import { sleep } from '../support/client.js';
 import { ENGINE_MODES, uniqueChat, useHarness } from '../support/harness.js';
-import { sdk, text } from './support.js';
+import { sdk, text, sdkPair } from './support.js';
 
 for (const mode of ENGINE_MODES) {
   describe(`SDK messaging against the gateway [${mode}]`, () => {
     const h = useHarness(mode);
 
     it('send resolves on the ack; the other member gets the message once, the sender does not', async () => {
-      const chatId = uniqueChat();
-      const a = await sdk(h, 1);
-      const b = await sdk(h, 2);
-      const chatA = a.client.chat(chatId);
-      const chatB = b.client.chat(chatId);
+      const { chatId, a, b, chatA, chatB } = await sdkPair(h);
       const registered = await chatB.ready();
       assert.equal(registered.userId, 2);
       await chatA.ready();
@@ -98,11 +94,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('refusals reject with a typed ClientError carrying the code; the chat stays usable', async () => {
-      const chatId = uniqueChat();
-      const a = await sdk(h, 1);
-      const b = await sdk(h, 2);
-      const chatA = a.client.chat(chatId);
-      const chatB = b.client.chat(chatId);
+      const { chatId, a, b, chatA, chatB } = await sdkPair(h);
       await chatB.ready();
       await assert.rejects(chatA.edit('no-such-message', text('x')), (err: unknown) => {
         assert.ok(err instanceof ClientError);
@@ -143,11 +135,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('leave(): writes already made are still acked, later ones reject closed, no more events', async () => {
-      const chatId = uniqueChat();
-      const a = await sdk(h, 1);
-      const b = await sdk(h, 2);
-      const chatA = a.client.chat(chatId);
-      const chatB = b.client.chat(chatId);
+      const { chatId, a, b, chatA, chatB } = await sdkPair(h);
       await chatA.ready();
       await chatB.ready();
       const last = chatA.send(text('bye'));

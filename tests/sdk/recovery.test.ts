@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { ENGINE_MODES, Harness, uniqueChat, useHarness, waitFor } from '../support/harness.js';
 import { RelayProxy } from './proxy.js';
-import { cuttablePair, fast, proxy, sdk, text, type Recorded } from './support.js';
+import { cuttablePair, fast, proxy, sdk, text, type Recorded, sdkPair } from './support.js';
 
 /** Recovery after a reconnect (`register.since`, per-chat `seq` + `epoch`): each broadcast reaches the app exactly once, in order. */
 
@@ -24,11 +24,7 @@ for (const mode of ENGINE_MODES) {
     const h = useHarness(mode);
 
     it('registered, broadcasts and acks carry positions; the receiver position follows the acks', async () => {
-      const chatId = uniqueChat();
-      const a = await sdk(h, 1);
-      const b = await sdk(h, 2);
-      const chatA = a.client.chat(chatId);
-      const chatB = b.client.chat(chatId);
+      const { chatId, a, b, chatA, chatB } = await sdkPair(h);
       const start = (await chatB.ready()).position!;
       await chatA.ready();
       const first = await chatA.send(text('1'));
@@ -195,11 +191,7 @@ describe('SDK and a broadcast published late [redis]', () => {
     await h.start();
     try {
       await h.gateway();
-      const chatId = uniqueChat();
-      const a = await sdk(h, 1);
-      const b = await sdk(h, 2);
-      const chatA = a.client.chat(chatId);
-      const chatB = b.client.chat(chatId);
+      const { chatId, a, b, chatA, chatB } = await sdkPair(h);
       await chatA.ready();
       const start = (await chatB.ready()).position!;
       h.api.addFault({ op: 'save', delayMs: 400, times: 1 });

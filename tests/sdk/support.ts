@@ -48,6 +48,14 @@ export async function sdk(h: Harness, user: number | string, options: Partial<Cl
   return new Recorded(client);
 }
 
+/** Users 1 (`a`) and 2 (`b`) with handles on a fresh chat; not awaited ready (each test picks the order). */
+export async function sdkPair(h: Harness) {
+  const chatId = uniqueChat();
+  const a = await sdk(h, 1);
+  const b = await sdk(h, 2);
+  return { chatId, a, b, chatA: a.client.chat(chatId), chatB: b.client.chat(chatId) };
+}
+
 /** A relay proxy in front of instance `i`, closed after the suite. */
 export async function proxy(h: Harness, i = 0): Promise<RelayProxy> {
   const p = await RelayProxy.start(h.instances[i]!.wsUrl);
