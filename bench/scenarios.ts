@@ -32,6 +32,10 @@ export interface Variant {
   chatSize?: number;
   /** Two instances: the last member of every chat on instance 1, everyone else (and every sender) on instance 0. */
   relay?: boolean;
+  /** Redis is a 3-master Cluster (REDIS_CLUSTER=true, sharded pub/sub). */
+  cluster?: boolean;
+  /** Gateway settings beside the benchmark's defaults (GATEWAY_ENV). */
+  env?: Record<string, string>;
 }
 
 export interface Scenario {
@@ -48,7 +52,7 @@ const pick = (allowed: SystemKey[]) => (keys: SystemKey[]) => allowed.filter((k)
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
 
 async function withSystem<T>(v: Variant, fn: (sys: RunningSystem) => Promise<T>): Promise<T> {
-  const sys = await RunningSystem.start(v.def, v.instances);
+  const sys = await RunningSystem.start(v.def, v.instances, v.cluster ?? false, v.env);
   try {
     return await fn(sys);
   } finally {
@@ -85,7 +89,7 @@ async function connectOrThrow(gens: Generator[], v: Variant, specs: ConnSpec[], 
 interface Load {
   phase: PhaseResult;
   wallS: number;
-  cpu: { servers: number; redis: number; api: number; perInstance: number[] };
+  cpu: { servers: number; redis: number; api: number; perInstance: number[]; redisPerNode: number[] };
   genCpu: number;
   redisCmds: Record<string, number>;
   /** Whole-core busy % (every process on the machine) of the server and generator cores. */
@@ -106,7 +110,13 @@ async function measure(sys: RunningSystem, ctx: Ctx, gens: Generator[], owner: A
   return {
     phase,
     wallS,
-    cpu: { servers: c1.servers - c0.servers, redis: c1.redis - c0.redis, api: c1.api - c0.api, perInstance: c1.perInstance.map((x, i) => x - (c0.perInstance[i] ?? 0)) },
+    cpu: {
+      servers: c1.servers - c0.servers,
+      redis: c1.redis - c0.redis,
+      api: c1.api - c0.api,
+      perInstance: c1.perInstance.map((x, i) => x - (c0.perInstance[i] ?? 0)),
+      redisPerNode: c1.redisPerNode.map((x, i) => x - (c0.redisPerNode[i] ?? 0)),
+    },
     genCpu: gens.reduce((s, g) => s + g.cpu(), 0) - g0,
     redisCmds: sys.redis ? diffCounts(sys.redis.commandStats(), r0) : {},
     busy: { server: coreBusyPct(k0, k1, SERVER_CORE), generator: coreBusyPct(k0, k1, GENERATOR_CORE) },
@@ -401,6 +411,13 @@ export const manychats: Scenario = {
 // --- scale: the capacity model's check ----------------------------------------------------
 
 const SCALE_MS = 10_000;
+/**
+ * The presence refresh runs every PRESENCE_TTL_MS / 3 (20 s by default): with a 12 s window it
+ * fell inside some cells and not others (1,000 registrations' worth of commands in one cell,
+ * none in the next), which the fit took for per-message or per-instance cost. Here it runs every
+ * 200 s, outside every window; its cost is measured on its own (`manychats`, terms f, g, h).
+ */
+const SCALE_ENV = { PRESENCE_TTL_MS: '600000' };
 
 export const scale: Scenario = {
   key: 'scale',
@@ -408,11 +425,12 @@ export const scale: Scenario = {
   variants: (keys) =>
     keys.includes('gateway-redis')
       ? [
-          { key: 'gateway-redis ×1, chats of 10', def: SYSTEMS['gateway-redis'], instances: 1, chatSize: 10 },
-          { key: 'gateway-redis ×1', def: SYSTEMS['gateway-redis'], instances: 1 },
-          { key: 'gateway-redis ×2, relay', def: SYSTEMS['gateway-redis'], instances: 2, relay: true },
-          { key: 'gateway-redis ×2', def: SYSTEMS['gateway-redis'], instances: 2 },
-          { key: 'gateway-redis ×3', def: SYSTEMS['gateway-redis'], instances: 3 },
+          { key: 'gateway-redis ×1, chats of 10', def: SYSTEMS['gateway-redis'], instances: 1, chatSize: 10, env: SCALE_ENV },
+          { key: 'gateway-redis ×1', def: SYSTEMS['gateway-redis'], instances: 1, env: SCALE_ENV },
+          { key: 'gateway-redis ×2, relay', def: SYSTEMS['gateway-redis'], instances: 2, relay: true, env: SCALE_ENV },
+          { key: 'gateway-redis ×2', def: SYSTEMS['gateway-redis'], instances: 2, env: SCALE_ENV },
+          { key: 'gateway-redis ×3', def: SYSTEMS['gateway-redis'], instances: 3, env: SCALE_ENV },
+          { key: 'gateway-redis ×2, 3-master Cluster', def: SYSTEMS['gateway-redis'], instances: 2, cluster: true, env: SCALE_ENV },
         ]
       : [],
   run: (v, ctx) =>
@@ -431,6 +449,12 @@ export const scale: Scenario = {
       const mem = await sys.memory();
       await closeAll(gens);
       const cmds = Object.values(l.redisCmds).reduce((s, n) => s + n, 0);
+      // A Cluster: each master's share of the chats (every chat has the same keys, so its keys
+      // tell), its CPU and its commands — the model spreads Redis load by chat.
+      const nodes = sys.redis?.nodes ?? [];
+      const keys = nodes.map((n) => Number(n.cli('DBSIZE').trim()) || 0);
+      const keyTotal = keys.reduce((a, b) => a + b, 0);
+      const shards = v.cluster ? { share: keys.map((k) => (keyTotal > 0 ? k / keyTotal : 0)), cpu_s: l.cpu.redisPerNode } : null;
       return {
         metrics: {
           instances: sys.instances.length,
@@ -452,8 +476,10 @@ export const scale: Scenario = {
           bytes_per_delivery: l.phase.bytes > 0 && l.phase.received > 0 ? l.phase.bytes / l.phase.received : null,
           p99_ms: l.phase.hist.quantile(0.99),
           rss_mib_per_instance: mem.rss / sys.instances.length / 2 ** 20,
+          redis_shards: nodes.length,
+          ...(shards ? { redis_max_shard_share: Math.max(...shards.share), redis_max_shard_cpu_s: Math.max(...shards.cpu_s) } : {}),
         },
-        info: { redis_commands: l.redisCmds, per_instance: mem.perInstance },
+        info: { redis_commands: l.redisCmds, per_instance: mem.perInstance, ...(shards ? { shards } : {}) },
       };
     }),
 };

@@ -188,10 +188,10 @@ export class Redis {
     private readonly dir: string,
   ) {}
 
-  static async start(core = SERVER_CORE): Promise<Redis> {
+  static async start(core = SERVER_CORE, extraArgs: string[] = []): Promise<Redis> {
     const port = await freePort();
     const dir = mkdtempSync(join(tmpdir(), 'bench-redis-'));
-    const [cmd, args] = pinned(core, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--maxclients', '1000']);
+    const [cmd, args] = pinned(core, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--maxclients', '1000', ...extraArgs]);
     const proc = new Proc('redis', spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
     await proc.waitFor(/Ready to accept connections/, 10_000);
     return new Redis(proc, port, dir);
@@ -199,6 +199,14 @@ export class Redis {
 
   get url(): string {
     return `redis://127.0.0.1:${this.port}`;
+  }
+
+  get pids(): number[] {
+    return [this.proc.pid];
+  }
+
+  get nodes(): Redis[] {
+    return [this];
   }
 
   cli(...args: string[]): string {
@@ -226,6 +234,52 @@ export class Redis {
   async close(): Promise<void> {
     await this.proc.stop();
     rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** What the benchmark needs of a Redis: one server, or a Cluster of several masters. */
+export type RedisDeployment = Redis | RedisCluster;
+
+/** A Redis Cluster of `n` masters (no replicas), every node pinned beside the servers under test. */
+export class RedisCluster {
+  private constructor(readonly nodes: Redis[]) {}
+
+  static async start(n = 3, core = SERVER_CORE): Promise<RedisCluster> {
+    const nodes: Redis[] = [];
+    try {
+      for (let i = 0; i < n; i++) nodes.push(await Redis.start(core, ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '5000']));
+      const created = spawnSync('redis-cli', ['--cluster', 'create', ...nodes.map((x) => `127.0.0.1:${x.port}`), '--cluster-replicas', '0', '--cluster-yes'], { encoding: 'utf8' });
+      if (created.status !== 0) throw new Error(`redis-cli --cluster create: ${created.stderr || created.stdout}`);
+      for (let k = 0; k < 300 && !nodes.every((x) => x.cli('CLUSTER', 'INFO').includes('cluster_state:ok')); k++) await sleep(50);
+      return new RedisCluster(nodes);
+    } catch (err) {
+      for (const x of nodes) await x.close();
+      throw err;
+    }
+  }
+
+  /** The seeds, as REDIS_HOST takes them with REDIS_CLUSTER=true. */
+  get url(): string {
+    return this.nodes.map((x) => x.url).join(',');
+  }
+
+  get pids(): number[] {
+    return this.nodes.map((x) => x.proc.pid);
+  }
+
+  /** Summed over the masters. */
+  commandStats(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const x of this.nodes) for (const [k, v] of Object.entries(x.commandStats())) out[k] = (out[k] ?? 0) + v;
+    return out;
+  }
+
+  usedMemory(): number {
+    return this.nodes.reduce((sum, x) => sum + x.usedMemory(), 0);
+  }
+
+  async close(): Promise<void> {
+    for (const x of this.nodes) await x.close();
   }
 }
 

@@ -6,7 +6,7 @@
  * it stands for another machine).
  */
 import type { Protocol } from '../gen/worker.js';
-import { ROOT, Redis, SERVER_CORE, GENERATOR_CORE, cpuSeconds, gcAndMemory, rssBytes, sleep, spawnNode, waitInspector, type Proc } from './procs.js';
+import { ROOT, Redis, RedisCluster, SERVER_CORE, GENERATOR_CORE, cpuSeconds, gcAndMemory, rssBytes, sleep, spawnNode, waitInspector, type Proc, type RedisDeployment } from './procs.js';
 
 export type SystemKey = 'ws' | 'ws-preframed' | 'socketio' | 'ws-redis' | 'socketio-redis' | 'gateway' | 'gateway-redis';
 
@@ -48,12 +48,13 @@ export class RunningSystem {
     readonly def: SystemDef,
     readonly instances: Proc[],
     readonly urls: string[],
-    readonly redis: Redis | null,
+    readonly redis: RedisDeployment | null,
     readonly api: Proc | null,
   ) {}
 
-  static async start(def: SystemDef, instanceCount = def.instances): Promise<RunningSystem> {
-    const redis = def.redis ? await Redis.start() : null;
+  /** `cluster`: the Redis is a 3-master Cluster (the gateway with REDIS_CLUSTER=true); `gatewayEnv` adds to GATEWAY_ENV. */
+  static async start(def: SystemDef, instanceCount = def.instances, cluster = false, gatewayEnv: Record<string, string> = {}): Promise<RunningSystem> {
+    const redis = !def.redis ? null : cluster ? await RedisCluster.start(3) : await Redis.start();
     let api: Proc | null = null;
     const instances: Proc[] = [];
     const urls: string[] = [];
@@ -65,7 +66,7 @@ export class RunningSystem {
       }
       for (let i = 0; i < instanceCount; i++) {
         if (def.gateway) {
-          const env: Record<string, string> = { ...GATEWAY_ENV, AUTH_HOST: apiUrl, ...(redis ? { REDIS_HOST: redis.url } : {}) };
+          const env: Record<string, string> = { ...GATEWAY_ENV, AUTH_HOST: apiUrl, ...(redis ? { REDIS_HOST: redis.url } : {}), ...(cluster ? { REDIS_CLUSTER: 'true' } : {}), ...gatewayEnv };
           const p = spawnNode(`${def.key}#${i}`, SERVER_CORE, `${ROOT}/src/main.ts`, env, { inspect: true });
           instances.push(p);
           const port = Number((await p.waitFor(/"port":(\d+)[^\n]*"msg":"gateway listening"/))[1]);
@@ -97,12 +98,14 @@ export class RunningSystem {
   }
 
   /** CPU seconds so far: the instances summed, Redis and the main API beside. */
-  cpu(): { servers: number; redis: number; api: number; perInstance: number[] } {
+  cpu(): { servers: number; redis: number; api: number; perInstance: number[]; redisPerNode: number[] } {
     const perInstance = this.instances.map((p) => cpuSeconds(p.pid));
+    const redisPerNode = this.redis ? this.redis.pids.map(cpuSeconds) : [];
     return {
       perInstance,
       servers: perInstance.reduce((s, x) => s + x, 0),
-      redis: this.redis ? cpuSeconds(this.redis.proc.pid) : 0,
+      redis: redisPerNode.reduce((s, x) => s + x, 0),
+      redisPerNode,
       api: this.api ? cpuSeconds(this.api.pid) : 0,
     };
   }
