@@ -33,14 +33,12 @@ export function createCommandHandler(targets: CommandTargets): (command: Control
       }
       case 'disconnect': {
         targets.api.forget(command.user, null);
-        let n = 0;
-        for (const conn of [...targets.connections()]) {
-          if (conn.user !== command.user) continue;
-          conn.close(CLOSE.disconnected, command.reason);
-          n++;
-        }
-        if (n > 0) targets.log.info({ connections: n }, 'user disconnected by the server API');
-        return n;
+        // One pass over the instance's connections, copying only the user's (closing edits the set).
+        const theirs: Array<{ close(code: number, reason: string): void }> = [];
+        for (const conn of targets.connections()) if (conn.user === command.user) theirs.push(conn);
+        for (const conn of theirs) conn.close(CLOSE.disconnected, command.reason);
+        if (theirs.length > 0) targets.log.info({ connections: theirs.length }, 'user disconnected by the server API');
+        return theirs.length;
       }
     }
   };
