@@ -7,7 +7,7 @@ import { startDevApi, type DevApi } from '../../dev-api/app.js';
 import { TestClient } from '../support/client.js';
 import { GatewayProcess } from '../support/process.js';
 
-describe('configuration errors exit 2 with one line naming the variable', () => {
+describe('configuration errors exit 2 with one line naming the variable', { concurrency: 4 }, () => {
   const bad: Array<[Record<string, string>, string]> = [
     [{ APP_PORT: 'abc' }, 'APP_PORT'],
     [{ APP_PORT: '70000' }, 'APP_PORT'],
