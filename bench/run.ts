@@ -9,6 +9,7 @@
  *            --merge=FILE  start from that run's results (e.g. bench/results/full.json): the scenarios run now replace theirs
  *            --out=NAME    write bench/results/NAME.json / .md (default: quick, full or custom)
  *            --report      run nothing: recompute the tables, model and plan from --merge's file
+ *            --only=TEXT   only the rows whose key contains TEXT (e.g. --scenarios=scale --only=relay)
  *            --profile     sample the servers' CPU during fan-out (bench/results/profiles/, top frames printed)
  *            --nice=N    run every benchmark process at niceness N (e.g. -5 on a shared machine; root for < 0)
  *
@@ -43,6 +44,8 @@ const repeats = Number(opt('repeats') ?? 2);
 const nice = Number(opt('nice') ?? 0);
 setNice(nice);
 const mergeFrom = opt('merge');
+/** `--only=TEXT`: run only the variants (rows) whose key contains TEXT, e.g. `--only=relay`. */
+const only = opt('only');
 const mode0 = quick && !opt('scenarios') && !opt('systems') ? 'quick' : !opt('scenarios') && !opt('systems') ? 'full' : 'custom';
 
 const mode = opt('out') ?? mode0;
@@ -100,7 +103,7 @@ const labels: Record<string, string> = {};
 
 try {
   for (const scenario of SCENARIOS.filter((s) => scenarioKeys.includes(s.key))) {
-    const variants = scenario.variants(systemKeys);
+    const variants = scenario.variants(systemKeys).filter((v) => only === undefined || v.key.includes(only));
     delete results[scenario.key];
     if (variants.length === 0) continue;
     log(`${scenario.title}`);

@@ -431,6 +431,9 @@ export const scale: Scenario = {
           { key: 'gateway-redis ×2', def: SYSTEMS['gateway-redis'], instances: 2, env: SCALE_ENV },
           { key: 'gateway-redis ×3', def: SYSTEMS['gateway-redis'], instances: 3, env: SCALE_ENV },
           { key: 'gateway-redis ×2, 3-master Cluster', def: SYSTEMS['gateway-redis'], instances: 2, cluster: true, env: SCALE_ENV },
+          // The same relay with the hand-written servers: what receiving a message from Redis and
+          // writing it to one socket costs without the gateway (is r the gateway's, or the floor's?).
+          ...(keys.includes('ws-redis') ? [{ key: 'ws-redis ×2, relay', def: SYSTEMS['ws-redis'], instances: 2, relay: true }] : []),
         ]
       : [],
   run: (v, ctx) =>
