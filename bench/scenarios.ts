@@ -455,7 +455,7 @@ export const scale: Scenario = {
       // A Cluster: each master's share of the chats (every chat has the same keys, so its keys
       // tell), its CPU and its commands — the model spreads Redis load by chat.
       const nodes = sys.redis?.nodes ?? [];
-      const keys = nodes.map((n) => Number(n.cli('DBSIZE').trim()) || 0);
+      const keys = v.cluster ? nodes.map((n) => Number(n.cli('DBSIZE').trim()) || 0) : [];
       const keyTotal = keys.reduce((a, b) => a + b, 0);
       const shards = v.cluster ? { share: keys.map((k) => (keyTotal > 0 ? k / keyTotal : 0)), cpu_s: l.cpu.redisPerNode } : null;
       return {

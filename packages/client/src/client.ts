@@ -1182,7 +1182,7 @@ export class Client extends Emitter<ClientEvents> {
     }
     item.settle?.reject(error);
     this.emit('failed', { chatId: item.entry.chatId, op: item.entry.op, id: item.entry.data.id, error });
-    this.finishLeaving(this.chats.get(String(item.entry.chatId)));
+    this.finishLeaving(this.chats.get(String(item.entry.chatId))); // looked up again: a 'failed' handler may have left the chat
   }
 
   private noteSettled(item: Pending): void {

@@ -188,11 +188,9 @@ export class Stream {
 
   /** When `expire` has something to do: the oldest held edit is due, or a hole's grace ends; null when neither. */
   nextExpiry(): number | null {
-    let next = this.holeSince === null ? Infinity : this.holeSince + (this.opts.holeGraceMs ?? 0);
-    for (const held of this.held.values()) {
-      next = Math.min(next, held.since + this.opts.holdMs);
-      break;
-    }
+    const oldest = this.held.values().next().value; // insertion order = age order
+    const hole = this.holeSince === null ? Infinity : this.holeSince + (this.opts.holeGraceMs ?? 0);
+    const next = Math.min(hole, oldest === undefined ? Infinity : oldest.since + this.opts.holdMs);
     return next === Infinity ? null : next;
   }
 

@@ -19,8 +19,8 @@ const CONTROL_CHANNEL = 'ms:control';
  * start with it. An instance ignores a kind it does not know — so a later version can add kinds
  * without an older instance, mid rolling deploy, handing them to clients as frames.
  */
-const COMMAND_MARK = '!';
-const KIND_MARK = 0x21;
+const KIND_PREFIX = '!';
+const COMMAND_MARK = KIND_PREFIX;
 const COMMAND_TIMEOUT_MS = 2000;
 /** Presence entries refreshed per script call, at most. */
 const REFRESH_BATCH = 500;
@@ -385,11 +385,20 @@ export class RedisEngine implements Engine {
     const chat = name.slice(CHANNEL_PREFIX.length, -1);
     const nl = message.indexOf(NEWLINE);
     if (nl < 0) return;
-    const sp = message.subarray(0, nl).indexOf(SPACE);
-    // Fields after the second are a later version's: ignored.
-    const end = sp < 0 ? nl : message.subarray(sp + 1, nl).indexOf(SPACE);
-    const exceptConn = sp < 0 ? null : message.toString('latin1', sp + 1, end < 0 ? nl : sp + 1 + end);
-    if (exceptConn !== null && message[sp + 1] === KIND_MARK) {
+    // The header's first two spaces (a short line: no views, no scan into the frame). Fields
+    // after the second are a later version's: ignored.
+    let sp = -1;
+    let end = nl;
+    for (let i = 0; i < nl; i++) {
+      if (message[i] !== SPACE) continue;
+      if (sp >= 0) {
+        end = i;
+        break;
+      }
+      sp = i;
+    }
+    const exceptConn = sp < 0 ? null : message.toString('latin1', sp + 1, end);
+    if (exceptConn?.startsWith(KIND_PREFIX)) {
       if (exceptConn === COMMAND_MARK) this.onCommand(message.toString('utf8', nl + 1));
       return;
     }
