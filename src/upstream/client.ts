@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Pool } from 'undici';
+import { Pool, type Dispatcher } from 'undici';
 import type { Config } from '../config/index.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
@@ -32,6 +32,15 @@ export interface MainApi {
   close(): Promise<void>;
 }
 
+/** The largest answer body read (a verify's); a longer one fails the call. */
+const MAX_ANSWER_BYTES = 64 * 1024;
+
+class AnswerTooLarge extends Error {
+  constructor() {
+    super(`main API answered with more than ${MAX_ANSWER_BYTES} bytes`);
+  }
+}
+
 interface Answer {
   status: number;
   body: string;
@@ -54,31 +63,36 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     const started = performance.now();
     let outcome = 'error';
     try {
-      const res = await pool.request({
-        method,
-        path,
-        headers: {
-          authorization: `Bearer ${token}`,
-          'x-request-id': requestId,
-          accept: 'application/json',
-          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      const answer = await exchange(
+        {
+          method,
+          path,
+          headers: {
+            authorization: `Bearer ${token}`,
+            'x-request-id': requestId,
+            accept: 'application/json',
+            ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+          },
+          body: body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body),
         },
-        body: body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body),
-        // UPSTREAM_TIMEOUT_MS is enforced by the pool (connect, headers and body timeouts; calls
-        // never wait for a pool connection: the fair scheduler runs at most that many). No
-        // per-call timer or AbortSignal on the hot path, only the connection's own when it may close.
-        signal: cancel ?? null,
-      });
-      const text = await res.body.text();
-      outcome = String(res.statusCode);
-      if (res.statusCode >= 500) {
-        log.warn({ op, status: res.statusCode, requestId }, 'main API error');
+        // Only a verify reads its answer's body.
+        op === 'verify',
+        cancel,
+      );
+      outcome = String(answer.status);
+      if (answer.status >= 500) {
+        log.warn({ op, status: answer.status, requestId }, 'main API error');
       }
-      return { status: res.statusCode, body: text };
+      return answer;
     } catch (err) {
       if (cancel?.aborted) {
         outcome = 'cancelled';
         throw new CancelledError();
+      }
+      if (err instanceof AnswerTooLarge) {
+        outcome = 'too_large';
+        log.error({ op, requestId }, err.message);
+        throw new RequestError('internal', err.message);
       }
       outcome = isTimeout(err) ? 'timeout' : 'unreachable';
       log.warn({ op, requestId, outcome, err: (err as Error).message }, 'main API unreachable');
@@ -86,6 +100,53 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     } finally {
       metrics.upstreamLatency.observe({ op, outcome }, (performance.now() - started) / 1000);
     }
+  }
+
+  /**
+   * One request on the pool through undici's handler interface rather than `pool.request`: no
+   * response stream and no promise per body chunk (≈ 20 % of a call's CPU on the message path).
+   * UPSTREAM_TIMEOUT_MS is enforced by the pool (connect, headers and body timeouts; calls never
+   * wait for a pool connection: the fair scheduler runs at most that many). No per-call timer on
+   * the hot path, only the connection's own signal when it may close.
+   */
+  function exchange(request: Pick<Dispatcher.DispatchOptions, 'method' | 'path' | 'headers' | 'body'>, readBody: boolean, cancel?: AbortSignal): Promise<Answer> {
+    return new Promise<Answer>((resolve, reject) => {
+      let status = 0;
+      let chunks: Buffer[] | null = null;
+      let size = 0;
+      let controller: Dispatcher.DispatchController | null = null;
+      const onAbort = () => controller?.abort(cancel!.reason);
+      const settle = () => cancel?.removeEventListener('abort', onAbort);
+      if (cancel !== undefined) {
+        if (cancel.aborted) return reject(cancel.reason);
+        // Listening from the start: a call still connecting is aborted as soon as it can be.
+        cancel.addEventListener('abort', onAbort, { once: true });
+      }
+      pool.dispatch(request as Dispatcher.DispatchOptions, {
+        onRequestStart(started) {
+          controller = started;
+          if (cancel?.aborted === true) started.abort(cancel.reason);
+        },
+        onResponseStart(_controller, statusCode) {
+          status = statusCode;
+        },
+        onResponseData(controller, chunk) {
+          if (!readBody) return;
+          size += chunk.length;
+          // A main API that answers with megabytes is lying: refuse it rather than hold it.
+          if (size > MAX_ANSWER_BYTES) return controller.abort(new AnswerTooLarge());
+          (chunks ??= []).push(chunk);
+        },
+        onResponseEnd() {
+          settle();
+          resolve({ status, body: chunks === null ? '' : Buffer.concat(chunks, size).toString('utf8') });
+        },
+        onResponseError(_controller, err) {
+          settle();
+          reject(err);
+        },
+      });
+    });
   }
 
   /** Throws the client's error for a refusal; a 401/403 also forgets the cached verify of (token, chat). */

@@ -86,6 +86,19 @@ for (const mode of ENGINE_MODES) {
       }
     });
 
+    it('verify whose answer is over 64 KiB → internal, not registered (the gateway does not hold it)', async () => {
+      h.api.addFault({ op: 'verify', body: { user_id: 1, padding: 'x'.repeat(100_000) } });
+      const c = await h.connect();
+      const chat = uniqueChat();
+      const err = await c.request({ type: 'register', token: await h.token(1), chat_id: chat }, { type: 'error' });
+      assert.equal(err.code, 'internal');
+      h.api.clearFaults();
+      // The chat was not registered: a message to it is refused.
+      const refused = await c.request({ type: 'message', chat_id: chat, data: { id: 'big-1', ciphertext: 'AA==', nonce: 'AA==' } }, { type: 'error' });
+      assert.equal(refused.code, 'not_registered');
+      c.close();
+    });
+
     it('verify accepts id, sub and user.id spellings', async () => {
       for (const [body, expected] of [[{ id: 41 }, 41], [{ sub: 'u-42' }, 'u-42'], [{ user: { id: 43 } }, 43]] as const) {
         h.api.clearFaults();
