@@ -202,8 +202,8 @@ export const idle: Scenario = {
 // --- fan-out ------------------------------------------------------------------------------
 
 const FAN_CONNS = 1000;
-const FAN_CHAT = 50;
-const FAN_RATE = 200;
+const FAN_CHAT = Number(process.env.BENCH_FAN_CHAT ?? 50);
+const FAN_RATE = Number(process.env.BENCH_FAN_RATE ?? 200);
 const FAN_WARM_UP_MS = 10_000;
 
 async function fanoutSetup(sys: RunningSystem, v: Variant, ctx: Ctx, chatSize = FAN_CHAT) {

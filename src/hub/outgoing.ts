@@ -15,6 +15,11 @@ export interface Outgoing {
 
 const TEXT_FRAME = { fin: true, opcode: 1, mask: false, readOnly: true, rsv1: false } as const;
 
+/** One unmasked, uncompressed WebSocket text frame holding `json`, as one buffer (one `write`). */
+export function textFrame(json: Buffer): Buffer {
+  return Buffer.concat(Sender.frame(json, TEXT_FRAME));
+}
+
 export function outgoing(json: Buffer): Outgoing {
-  return { json, wire: Buffer.concat(Sender.frame(json, TEXT_FRAME)) };
+  return { json, wire: textFrame(json) };
 }
