@@ -63,22 +63,11 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     const started = performance.now();
     let outcome = 'error';
     try {
-      const answer = await exchange(
-        {
-          method,
-          path,
-          headers: {
-            authorization: `Bearer ${token}`,
-            'x-request-id': requestId,
-            accept: 'application/json',
-            ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-          },
-          body: body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body),
-        },
-        // Only a verify reads its answer's body.
-        op === 'verify',
-        cancel,
-      );
+      const headers: Record<string, string> = { authorization: `Bearer ${token}`, 'x-request-id': requestId, accept: 'application/json' };
+      if (body !== undefined) headers['content-type'] = 'application/json';
+      const payload = body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body);
+      // Only a verify reads its answer's body.
+      const answer = await exchange({ method, path, headers, body: payload }, op === 'verify', cancel);
       outcome = String(answer.status);
       if (answer.status >= 500) {
         log.warn({ op, status: answer.status, requestId }, 'main API error');
@@ -109,7 +98,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
    * wait for a pool connection: the fair scheduler runs at most that many). No per-call timer on
    * the hot path, only the connection's own signal when it may close.
    */
-  function exchange(request: Pick<Dispatcher.DispatchOptions, 'method' | 'path' | 'headers' | 'body'>, readBody: boolean, cancel?: AbortSignal): Promise<Answer> {
+  function exchange(request: Dispatcher.DispatchOptions, readBody: boolean, cancel?: AbortSignal): Promise<Answer> {
     return new Promise<Answer>((resolve, reject) => {
       let status = 0;
       let chunks: Buffer[] | null = null;
@@ -122,7 +111,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
         // Listening from the start: a call still connecting is aborted as soon as it can be.
         cancel.addEventListener('abort', onAbort, { once: true });
       }
-      pool.dispatch(request as Dispatcher.DispatchOptions, {
+      pool.dispatch(request, {
         onRequestStart(started) {
           controller = started;
           if (cancel?.aborted === true) started.abort(cancel.reason);
