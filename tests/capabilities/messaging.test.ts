@@ -52,6 +52,14 @@ for (const mode of ENGINE_MODES) {
       assert.equal(data.message_type, 'text');
       assert.deepEqual(data.envelopes, {});
       assert.ok(Math.abs(Date.parse(String(data.created_at)) - Date.now()) < 60_000);
+      const saved = h.api.requests.filter((r) => r.op === 'save').at(-1);
+      assert.deepEqual(saved?.body, { id: `d-${chat}`, ciphertext: 'x', chat_id: chat, sender_id: 7, envelopes: {}, message_type: 'text', created_at: data.created_at });
+      // A data object naming its chat and its (own) sender: those two are set by the gateway in place.
+      await a.request({ type: 'message', data: { chat_id: chat, id: `e-${chat}`, sender_id: '7', ciphertext: 'y', extra: 1 } }, { type: 'ack' });
+      const named = await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === `e-${chat}`);
+      const namedData = named.data as Record<string, unknown>;
+      assert.deepEqual(Object.keys(namedData), ['chat_id', 'id', 'sender_id', 'ciphertext', 'extra', 'envelopes', 'message_type', 'created_at']);
+      assert.deepEqual({ ...namedData, created_at: 'now' }, { chat_id: chat, id: `e-${chat}`, sender_id: 7, ciphertext: 'y', extra: 1, envelopes: {}, message_type: 'text', created_at: 'now' });
       a.close();
       b.close();
     });
