@@ -38,6 +38,8 @@ export const GATEWAY_ENV = {
   RATE_LIMIT_BURST: '1000000',
   MAX_PENDING_WRITES: '10000',
   UPSTREAM_CONNECTIONS: '256',
+  // BENCH_GATEWAY_ENV='HISTORY_SIZE=0 …': more variables for every gateway instance (experiments).
+  ...Object.fromEntries((process.env.BENCH_GATEWAY_ENV ?? '').split(/\s+/).filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
 };
 
 /** Every system started and not yet stopped, so an interrupted run can stop them (bench/run.ts). */

@@ -1,4 +1,4 @@
-import { isNumbered, positionOf, type StreamPosition } from '../engine/stream.js';
+import { positionOf, type StreamPosition } from '../engine/stream.js';
 import type { Engine } from '../engine/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
@@ -31,10 +31,12 @@ const OVERFLOWED = 'overflowed';
  */
 export class Resync {
   /**
-   * Per chat, the last numbered frame delivered here (kept as is: its position is read only if
-   * an outage needs it, not per delivery), or a position a registration read when it went live.
+   * Per chat, the position of the last numbered frame delivered here (read from its prefix, not
+   * the frame kept: a received frame is a slice of the Redis client's read buffer, and keeping it
+   * would keep that whole buffer alive for as long as the chat stays quiet), or a position a
+   * registration read when it went live.
    */
-  private readonly last = new Map<IdKey, Buffer | StreamPosition>();
+  private readonly last = new Map<IdKey, StreamPosition>();
   /** Chats holding their deliveries until caught up; null while the engine has not been lost. */
   private held: Map<IdKey, HeldDelivery[] | typeof OVERFLOWED> | null = null;
   private running = false;
@@ -91,13 +93,13 @@ export class Resync {
   }
 
   private pass(chat: IdKey, frame: Buffer, exceptConn: string | null): void {
-    if (isNumbered(frame)) this.last.set(chat, frame);
+    const at = positionOf(frame);
+    if (at !== null) this.last.set(chat, at);
     this.deliver(chat, frame, exceptConn);
   }
 
   private lastPosition(chat: IdKey): StreamPosition | undefined {
-    const last = this.last.get(chat);
-    return Buffer.isBuffer(last) ? (positionOf(last) ?? undefined) : last;
+    return this.last.get(chat);
   }
 
   private async catchUp(chat: IdKey): Promise<void> {

@@ -148,6 +148,21 @@ for (const kind of ['memory', 'redis'] as const) {
       assert.equal(await e.contains('h2', 'm1'), false);
     });
 
+    if (kind === 'memory') {
+      it('history keeps each broadcast in memory of its own, not a slice of a shared buffer pool', async () => {
+        // A kept slice would keep its whole 8 KiB pool slab alive for as long as the entry lives.
+        const e = await engine();
+        for (let i = 0; i < 20; i++) await e.append('own', Buffer.from(`{"type":"message","n":${i}}`), null);
+        const result = await e.recover('own', { seq: 0, epoch: (await e.position('own')).epoch }, 1 << 20);
+        assert.ok(result.recovered);
+        assert.equal(result.frames.length, 20);
+        for (const [i, frame] of result.frames.entries()) {
+          assert.match(frame.toString(), new RegExp(`^\\{"seq":${i + 1},"epoch":"[^"]+","type":"message","n":${i}\\}$`));
+          assert.equal(frame.buffer.byteLength, frame.length, `entry ${i} is a view on a ${frame.buffer.byteLength}-byte buffer`);
+        }
+      });
+    }
+
     it('a command reaches this instance and says what it did', async () => {
       const r = recorder();
       r.acted = 2;
