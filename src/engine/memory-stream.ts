@@ -4,7 +4,13 @@ import { newEpoch, numberFrame, type HistoryLimits, type Recovery, type StreamPo
 interface Entry {
   readonly seq: number;
   readonly at: number;
-  readonly frame: Buffer;
+  /**
+   * The numbered frame's bytes, kept as a one-byte (latin1) string — lossless, one heap object
+   * of the frame's size. Not the Buffer: a small Buffer is a slice of Node's shared 8 KiB pool and
+   * keeps its whole slab alive, and a Buffer of its own costs the young-generation GC more than
+   * the string (docs/decisions.md, "The chat stream").
+   */
+  readonly frame: string;
   readonly key: string | undefined;
 }
 
@@ -36,7 +42,7 @@ export class MemoryStreams {
     const numbered = numberFrame(frame, position);
     const { size } = this.limits;
     if (size > 0) {
-      const entry = { seq: position.seq, at: this.now(), frame: numbered, key };
+      const entry = { seq: position.seq, at: this.now(), frame: numbered.toString('latin1'), key };
       if (state.entries.length < size) state.entries.push(entry);
       else {
         state.entries[state.head] = entry;
@@ -71,7 +77,7 @@ export class MemoryStreams {
       const entry = state.entries[(state.head + i) % count]!;
       bytes += entry.frame.length;
       if (entry.at < oldestAllowed || bytes > maxBytes) return { recovered: false, position, reason: 'too_far_behind' };
-      frames.push(entry.frame);
+      frames.push(Buffer.from(entry.frame, 'latin1'));
     }
     return { recovered: true, position, frames };
   }

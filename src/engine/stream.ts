@@ -63,13 +63,7 @@ const SEQ_PREFIX = Buffer.from('{"seq":');
 
 /** `{"seq":N,"epoch":"E",` + the frame after its opening brace: the numbered bytes, built once. */
 export function numberFrame(frame: Buffer, position: StreamPosition): Buffer {
-  const prefix = `{"seq":${position.seq},"epoch":"${position.epoch}",`;
-  // Memory of its own, not a slice of Node's shared 8 KiB buffer pool: history keeps this for
-  // minutes, and a kept slice would keep its whole pool slab (and with it the major GCs) alive.
-  const numbered = Buffer.allocUnsafeSlow(prefix.length + frame.length - 1);
-  numbered.write(prefix, 0, 'latin1');
-  frame.copy(numbered, prefix.length, 1);
-  return numbered;
+  return Buffer.concat([Buffer.from(`{"seq":${position.seq},"epoch":"${position.epoch}",`), frame.subarray(1)]);
 }
 
 /** Whether `frame` is numbered (a stream broadcast): a prefix comparison, no parsing. */

@@ -210,7 +210,6 @@ export class RedisEngine implements Engine {
 
   /** Resolves once this instance delivered the publication itself (see Engine), at most after COMMAND_TIMEOUT_MS. */
   async publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
-    const id = this.origin + (++this.publications).toString(36);
     await this.echoed(chat, exceptConn, (header) => {
       const payload = Buffer.concat([header, frame]);
       return this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload);
