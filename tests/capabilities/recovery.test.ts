@@ -13,6 +13,14 @@ const idOf = (f: Frame) => (f.data as { id: string }).id;
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
 
 /** Registers with `since` and returns the frames answered: the replay, then `registered`. */
+/** Sends a message whose save takes 400 ms, and stops Redis while the main API holds it: saved, not yet published. */
+async function sendAsRedisStops(h: Harness, sender: TestClient, id: string): Promise<void> {
+  h.api.addFault({ op: 'save', delayMs: 400, times: 1 });
+  sender.send({ type: 'message', data: { id, ciphertext: 'x' } });
+  await sleep(150);
+  await h.redis!.stop();
+}
+
 async function resume(c: TestClient, token: string, chat: number, since: { seq: number; epoch: string }): Promise<{ replay: Frame[]; registered: Frame }> {
   const from = c.frames.length;
   const registered = await c.request({ type: 'register', token, chat_id: chat, since }, (f) => f.type === 'registered' || f.type === 'error');
@@ -229,10 +237,7 @@ describe('chat stream after Redis loses it', () => {
     try {
       const inst = await h.gateway();
       const { chat, a, b } = await h.pair();
-      h.api.addFault({ op: 'save', delayMs: 400, times: 1 });
-      a.send({ type: 'message', data: { id: `r-${chat}`, ciphertext: 'x' } });
-      await sleep(150);
-      await h.redis!.stop();
+      await sendAsRedisStops(h, a, `r-${chat}`);
       await sleep(1000);
       await h.redis!.startProcess();
       const ack = await a.next({ type: 'ack', id: `r-${chat}` }, 10_000);
@@ -251,10 +256,7 @@ describe('chat stream after Redis loses it', () => {
       await s.register(await h.token(1), chat2);
       const r = await TestClient.connect(short.wsUrl);
       await r.register(await h.token(2), chat2);
-      h.api.addFault({ op: 'save', delayMs: 400, times: 1 });
-      s.send({ type: 'message', data: { id: `d-${chat2}`, ciphertext: 'x' } });
-      await sleep(150);
-      await h.redis!.stop();
+      await sendAsRedisStops(h, s, `d-${chat2}`);
       const late = await s.next({ type: 'ack', id: `d-${chat2}` }, 5000);
       assert.equal(late.seq, undefined);
       assert.equal(late.duplicate, false);
