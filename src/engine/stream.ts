@@ -67,7 +67,7 @@ export function numberFrame(frame: Buffer, position: StreamPosition): Buffer {
 }
 
 /** Whether `frame` is numbered (a stream broadcast): a prefix comparison, no parsing. */
-export function isNumbered(frame: Buffer): boolean {
+function isNumbered(frame: Buffer): boolean {
   return frame.length >= SEQ_PREFIX.length && frame.compare(SEQ_PREFIX, 0, SEQ_PREFIX.length, 0, SEQ_PREFIX.length) === 0;
 }
 

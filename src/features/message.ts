@@ -57,9 +57,6 @@ interface MessageData {
  * are optional and checked) takes the spread, which overrides them in place.
  */
 function savedBody(data: MessageData, chatId: WireId, senderId: WireId): string {
-  const envelopes = data.envelopes === undefined ? ',"envelopes":{}' : '';
-  const messageType = data.message_type === undefined ? ',"message_type":"text"' : '';
-  const createdAt = data.created_at === undefined ? `,"created_at":"${new Date().toISOString()}"` : '';
   if (Object.hasOwn(data, 'chat_id') || Object.hasOwn(data, 'sender_id')) {
     return JSON.stringify({
       ...data,
@@ -70,6 +67,9 @@ function savedBody(data: MessageData, chatId: WireId, senderId: WireId): string 
       created_at: data.created_at ?? new Date().toISOString(),
     });
   }
+  const envelopes = data.envelopes === undefined ? ',"envelopes":{}' : '';
+  const messageType = data.message_type === undefined ? ',"message_type":"text"' : '';
+  const createdAt = data.created_at === undefined ? `,"created_at":"${new Date().toISOString()}"` : '';
   const own = JSON.stringify(data);
   const added = `"chat_id":${JSON.stringify(chatId)},"sender_id":${JSON.stringify(senderId)}${envelopes}${messageType}${createdAt}}`;
   return own.length > 2 ? `${own.slice(0, -1)},${added}` : `{${added}`;
