@@ -8,7 +8,7 @@
 import type { Protocol } from '../gen/worker.js';
 import { ROOT, Redis, RedisCluster, SERVER_CORE, GENERATOR_CORE, cpuSeconds, gcAndMemory, rssBytes, sleep, spawnNode, waitInspector, type Proc, type RedisDeployment } from './procs.js';
 
-export type SystemKey = 'ws' | 'ws-preframed' | 'socketio' | 'ws-redis' | 'socketio-redis' | 'gateway' | 'gateway-redis';
+export type SystemKey = 'ws' | 'ws-preframed' | 'ws-save' | 'socketio' | 'ws-redis' | 'socketio-redis' | 'gateway' | 'gateway-redis';
 
 export interface SystemDef {
   key: SystemKey;
@@ -18,11 +18,14 @@ export interface SystemDef {
   redis: boolean;
   gateway: boolean;
   peer?: string;
+  /** A peer that saves through the main API: the minimal main API is started for it too (MAIN_API_URL). */
+  saves?: boolean;
 }
 
 export const SYSTEMS: Record<SystemKey, SystemDef> = {
   ws: { key: 'ws', label: 'hand-written ws (floor)', protocol: 'room', instances: 1, redis: false, gateway: false, peer: 'ws-room.ts' },
   'ws-preframed': { key: 'ws-preframed', label: 'ws, pre-framed broadcast', protocol: 'room', instances: 1, redis: false, gateway: false, peer: 'ws-preframed.ts' },
+  'ws-save': { key: 'ws-save', label: 'ws + main-API save and ack', protocol: 'room', instances: 1, redis: false, gateway: false, peer: 'ws-save.ts', saves: true },
   socketio: { key: 'socketio', label: 'Socket.IO 4 (memory adapter)', protocol: 'socketio', instances: 1, redis: false, gateway: false, peer: 'socketio.ts' },
   'ws-redis': { key: 'ws-redis', label: '2× ws + Redis pub/sub', protocol: 'room', instances: 2, redis: true, gateway: false, peer: 'ws-redis.ts' },
   'socketio-redis': { key: 'socketio-redis', label: '2× Socket.IO + redis-adapter', protocol: 'socketio', instances: 2, redis: true, gateway: false, peer: 'socketio.ts' },
@@ -62,7 +65,7 @@ export class RunningSystem {
     const urls: string[] = [];
     try {
       let apiUrl = '';
-      if (def.gateway) {
+      if (def.gateway || def.saves) {
         api = spawnNode('mini-api', GENERATOR_CORE, `${ROOT}/bench/peers/mini-api.ts`, { PORT: '0' });
         apiUrl = `http://127.0.0.1:${(await api.waitFor(/"msg":"listening","port":(\d+)/))[1]}`;
       }
@@ -79,7 +82,7 @@ export class RunningSystem {
           }
           urls.push(`ws://127.0.0.1:${port}/ws`);
         } else {
-          const env: Record<string, string> = { PORT: '0', ...(redis ? { REDIS_URL: redis.url } : {}) };
+          const env: Record<string, string> = { PORT: '0', ...(redis ? { REDIS_URL: redis.url } : {}), ...(api ? { MAIN_API_URL: apiUrl } : {}) };
           const p = spawnNode(`${def.key}#${i}`, SERVER_CORE, `${ROOT}/bench/peers/${def.peer!}`, env, { inspect: true });
           instances.push(p);
           const port = Number((await p.waitFor(/"msg":"listening","port":(\d+)/))[1]);
