@@ -4,7 +4,7 @@
  *   npm run bench                 every scenario, every system, 2 repeats (≈ 35–45 min)
  *   npm run bench -- --quick      idle + fan-out, gateway (memory engine) and the ws floor (< 3 min)
  *   options: --scenarios=idle,fanout,saturation,bigchat,manyconns,manychats,scale
- *            --systems=ws,ws-preframed,ws-save,socketio,ws-redis,socketio-redis,gateway,gateway-redis
+ *            --systems=ws,ws-preframed,ws-save,socketio,ws-redis,ws-redis-save,socketio-redis,gateway,gateway-redis
  *            --repeats=N (default 2)
  *            --merge=FILE  start from that run's results (e.g. bench/results/full.json): the scenarios run now replace theirs
  *            --out=NAME    write bench/results/NAME.json / .md (default: quick, full or custom)
@@ -16,7 +16,7 @@
  * Systems (bench/lib/systems.ts, bench/peers/): hand-written `ws` rooms (the floor), the same
  * with pre-framed broadcasts, the same saving every message through the main API and acking it
  * (fan-out and saturation only), Socket.IO 4, two `ws` instances over Redis pub/sub, two Socket.IO
- * instances with @socket.io/redis-adapter, this gateway with its memory engine (one process)
+ * instances with @socket.io/redis-adapter (the `ws` pair also with the save and ack), this gateway with its memory engine (one process)
  * and with its Redis engine (two processes), the gateway and ws-save against bench/peers/mini-api.ts.
  * Servers and Redis are pinned to core 1, generators (bench/gen/worker.ts) and the main-API
  * stand-in to core 0. Every cell starts its system fresh; cells are repeated and interleaved

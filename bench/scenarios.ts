@@ -220,7 +220,7 @@ async function fanoutSetup(sys: RunningSystem, v: Variant, ctx: Ctx, chatSize = 
 export const fanout: Scenario = {
   key: 'fanout',
   title: `fan-out: ${FAN_CONNS} connections in chats of ${FAN_CHAT}, ${FAN_RATE} messages/s for 15 s`,
-  variants: pick([...ALL, 'ws-save']),
+  variants: pick([...ALL, 'ws-save', 'ws-redis-save']),
   run: (v, ctx) =>
     withSystem(v, async (sys) => {
       const { gens, owner, senders } = await fanoutSetup(sys, v, ctx);
@@ -253,7 +253,7 @@ const STEP_MS = 4000;
 export const saturation: Scenario = {
   key: 'saturation',
   title: `saturation: fan-out set-up, rate ramped (${RAMP.join(', ')} messages/s × 49 deliveries, ${STEP_MS / 1000} s steps) until < 95 % delivered or p99 > 100 ms`,
-  variants: pick([...ALL, 'ws-save']),
+  variants: pick([...ALL, 'ws-save', 'ws-redis-save']),
   run: (v, ctx) =>
     withSystem(v, async (sys) => {
       const { gens, owner, senders } = await fanoutSetup(sys, v, ctx);

@@ -8,7 +8,7 @@
 import type { Protocol } from '../gen/worker.js';
 import { ROOT, Redis, RedisCluster, SERVER_CORE, GENERATOR_CORE, cpuSeconds, gcAndMemory, rssBytes, sleep, spawnNode, waitInspector, type Proc, type RedisDeployment } from './procs.js';
 
-export type SystemKey = 'ws' | 'ws-preframed' | 'ws-save' | 'socketio' | 'ws-redis' | 'socketio-redis' | 'gateway' | 'gateway-redis';
+export type SystemKey = 'ws' | 'ws-preframed' | 'ws-save' | 'socketio' | 'ws-redis' | 'ws-redis-save' | 'socketio-redis' | 'gateway' | 'gateway-redis';
 
 export interface SystemDef {
   key: SystemKey;
@@ -28,6 +28,7 @@ export const SYSTEMS: Record<SystemKey, SystemDef> = {
   'ws-save': { key: 'ws-save', label: 'ws + main-API save and ack', protocol: 'room', instances: 1, redis: false, gateway: false, peer: 'ws-save.ts', saves: true },
   socketio: { key: 'socketio', label: 'Socket.IO 4 (memory adapter)', protocol: 'socketio', instances: 1, redis: false, gateway: false, peer: 'socketio.ts' },
   'ws-redis': { key: 'ws-redis', label: '2× ws + Redis pub/sub', protocol: 'room', instances: 2, redis: true, gateway: false, peer: 'ws-redis.ts' },
+  'ws-redis-save': { key: 'ws-redis-save', label: '2× ws + Redis + main-API save and ack', protocol: 'room', instances: 2, redis: true, gateway: false, peer: 'ws-redis.ts', saves: true },
   'socketio-redis': { key: 'socketio-redis', label: '2× Socket.IO + redis-adapter', protocol: 'socketio', instances: 2, redis: true, gateway: false, peer: 'socketio.ts' },
   gateway: { key: 'gateway', label: 'gateway, memory engine', protocol: 'gateway', instances: 1, redis: false, gateway: true },
   'gateway-redis': { key: 'gateway-redis', label: '2× gateway, Redis engine', protocol: 'gateway', instances: 2, redis: true, gateway: true },

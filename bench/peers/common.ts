@@ -1,7 +1,23 @@
 /** Shared by the comparison peers: an HTTP server on 127.0.0.1 that prints its port once listening. */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Pool } from 'undici';
 import { WebSocketServer, type WebSocket } from 'ws';
+
+/** Set for the `-save` systems: the peer saves each message through this main API before broadcasting it. */
+export const MAIN_API_URL = process.env.MAIN_API_URL;
+/** What a saving peer answers the sender once its message is saved (no `sent_at`: not a delivery). */
+export const ACK = '{"type":"ack"}';
+let mainApi: Pool | null = null;
+
+/** POSTs the message to the main API (a keep-alive pool, as the gateway's); resolves whether it was saved (2xx). */
+export async function saveMessage(room: string, body: string): Promise<boolean> {
+  mainApi ??= new Pool(MAIN_API_URL!, { connections: 256 });
+  const headers = { 'content-type': 'application/json', authorization: 'Bearer u0' };
+  const { statusCode, body: answer } = await mainApi.request({ method: 'POST', path: `/chat/${encodeURIComponent(room)}/messages`, headers, body });
+  await answer.dump();
+  return statusCode < 300;
+}
 
 export function httpServer(): Server {
   return createServer((_req, res) => res.writeHead(404).end());
