@@ -1,7 +1,7 @@
 /**
  * npm run bench — the gateway side by side with what a team would use instead.
  *
- *   npm run bench                 every scenario, every system, 2 repeats (≈ 35–45 min)
+ *   npm run bench                 every scenario, every system, 2 repeats (≈ 40–55 min)
  *   npm run bench -- --quick      idle + fan-out, gateway (memory engine) and the ws floor (< 3 min)
  *   options: --scenarios=idle,fanout,saturation,bigchat,manyconns,manychats,scale
  *            --systems=ws,ws-preframed,ws-save,socketio,ws-redis,ws-redis-save,socketio-redis,gateway,gateway-redis
