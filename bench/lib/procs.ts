@@ -111,7 +111,7 @@ let built = false;
  * whose keep-names transform wraps every closure the code creates in a call (measured: ~2 % of
  * the gateway's CPU per message) and would charge the benchmark for what no deployment runs.
  */
-export function buildOnce(): void {
+function buildOnce(): void {
   if (built) return;
   rmSync(BUILD, { recursive: true, force: true });
   const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');

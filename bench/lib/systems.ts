@@ -25,7 +25,7 @@ export interface SystemDef {
 export const SYSTEMS: Record<SystemKey, SystemDef> = {
   ws: { key: 'ws', label: 'hand-written ws (floor)', protocol: 'room', instances: 1, redis: false, gateway: false, peer: 'ws-room.ts' },
   'ws-preframed': { key: 'ws-preframed', label: 'ws, pre-framed broadcast', protocol: 'room', instances: 1, redis: false, gateway: false, peer: 'ws-preframed.ts' },
-  'ws-save': { key: 'ws-save', label: 'ws + main-API save and ack', protocol: 'room', instances: 1, redis: false, gateway: false, peer: 'ws-save.ts', saves: true },
+  'ws-save': { key: 'ws-save', label: 'ws + main-API save and ack', protocol: 'room', instances: 1, redis: false, gateway: false, peer: 'ws-room.ts', saves: true },
   socketio: { key: 'socketio', label: 'Socket.IO 4 (memory adapter)', protocol: 'socketio', instances: 1, redis: false, gateway: false, peer: 'socketio.ts' },
   'ws-redis': { key: 'ws-redis', label: '2× ws + Redis pub/sub', protocol: 'room', instances: 2, redis: true, gateway: false, peer: 'ws-redis.ts' },
   'ws-redis-save': { key: 'ws-redis-save', label: '2× ws + Redis + main-API save and ack', protocol: 'room', instances: 2, redis: true, gateway: false, peer: 'ws-redis.ts', saves: true },

@@ -4,17 +4,19 @@ import type { AddressInfo } from 'node:net';
 import { Pool } from 'undici';
 import { WebSocketServer, type WebSocket } from 'ws';
 
-/** Set for the `-save` systems: the peer saves each message through this main API before broadcasting it. */
-export const MAIN_API_URL = process.env.MAIN_API_URL;
-/** What a saving peer answers the sender once its message is saved (no `sent_at`: not a delivery). */
-export const ACK = '{"type":"ack"}';
-let mainApi: Pool | null = null;
+/**
+ * Set for the `-save` systems (`ws-save`, `ws-redis-save`): every message is first saved through
+ * this main API (a keep-alive pool, as the gateway's), then broadcast, then the sender is acked
+ * with a frame that has no `sent_at` (so the generator does not count it as a delivery).
+ */
+const MAIN_API_URL = process.env.MAIN_API_URL;
+const mainApi = MAIN_API_URL === undefined ? null : new Pool(MAIN_API_URL, { connections: 256 });
+const SAVE_HEADERS = { 'content-type': 'application/json', authorization: 'Bearer u0' };
+const ACK = '{"type":"ack"}';
 
-/** POSTs the message to the main API (a keep-alive pool, as the gateway's); resolves whether it was saved (2xx). */
-export async function saveMessage(room: string, body: string): Promise<boolean> {
-  mainApi ??= new Pool(MAIN_API_URL!, { connections: 256 });
-  const headers = { 'content-type': 'application/json', authorization: 'Bearer u0' };
-  const { statusCode, body: answer } = await mainApi.request({ method: 'POST', path: `/chat/${encodeURIComponent(room)}/messages`, headers, body });
+/** POSTs the message to the main API; resolves whether it was saved (2xx). */
+async function saveMessage(api: Pool, room: string, body: string): Promise<boolean> {
+  const { statusCode, body: answer } = await api.request({ method: 'POST', path: `/chat/${encodeURIComponent(room)}/messages`, headers: SAVE_HEADERS, body });
   await answer.dump();
   return statusCode < 300;
 }
@@ -38,13 +40,14 @@ export interface RoomStrategy {
   join?(room: string, first: boolean): Promise<void> | void;
   /** The last local member left. */
   emptied?(room: string): void;
-  /** Fans the encoded broadcast out to the room (every member but `from`). */
-  broadcast(room: string, out: string, from: WebSocket, members: ReadonlySet<WebSocket>): void;
+  /** Fans the encoded broadcast out to the room (every member but `from`); a saving peer acks once it settles. */
+  broadcast(room: string, out: string, from: WebSocket, members: ReadonlySet<WebSocket>): Promise<unknown> | void;
 }
 
 /**
  * The hand-written room server: JSON over text frames, rooms of local sockets, no auth,
- * persistence, presence, history or limits. Variants differ only in their RoomStrategy.
+ * persistence, presence, history or limits. Variants differ only in their RoomStrategy; with
+ * MAIN_API_URL, each also saves every message before broadcasting it and acks it after.
  */
 export function roomServer(strategy: RoomStrategy): ReadonlyMap<string, ReadonlySet<WebSocket>> {
   const server = httpServer();
@@ -71,7 +74,19 @@ export function roomServer(strategy: RoomStrategy): ReadonlyMap<string, Readonly
         const answer = JSON.stringify({ type: 'joined', room: msg.room });
         void Promise.resolve(strategy.join?.(room, first)).then(() => ws.send(answer));
       } else if (msg.type === 'message' && joined.has(room)) {
-        strategy.broadcast(room, JSON.stringify({ type: 'message', room: msg.room, from: user, data: msg.data }), ws, rooms.get(room)!);
+        const out = JSON.stringify({ type: 'message', room: msg.room, from: user, data: msg.data });
+        const members = rooms.get(room)!;
+        if (mainApi === null) {
+          void strategy.broadcast(room, out, ws, members);
+          return;
+        }
+        saveMessage(mainApi, room, out)
+          .then(async (saved) => {
+            if (!saved) return;
+            await strategy.broadcast(room, out, ws, members);
+            ws.send(ACK);
+          })
+          .catch(() => undefined);
       }
     });
     ws.on('error', () => undefined);

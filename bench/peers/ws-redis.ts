@@ -3,14 +3,13 @@
  * Redis pub/sub (ioredis): an instance SUBSCRIBEs `room:<R>` when the room gets its first local
  * member (UNSUBSCRIBE when it loses its last), a message is PUBLISHed once as
  * `<instance>:<conn>\n<frame>`, and every instance sends the frame to its local members except
- * the sender. Same protocol as bench/peers/ws-room.ts. Env: REDIS_URL. With MAIN_API_URL (the
- * `ws-redis-save` system) each message is first saved through the main API and the sender acked
- * once it is published, like bench/peers/ws-save.ts.
+ * the sender. Same protocol as bench/peers/ws-room.ts. Env: REDIS_URL; MAIN_API_URL for the
+ * `ws-redis-save` system (save, publish, ack: bench/peers/common.ts).
  */
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { WebSocket } from 'ws';
-import { ACK, MAIN_API_URL, roomServer, saveMessage } from './common.js';
+import { roomServer } from './common.js';
 
 const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
 const pub = new Redis(url);
@@ -27,15 +26,7 @@ const rooms = roomServer({
     void sub.unsubscribe(`room:${room}`);
   },
   broadcast(room, out, from) {
-    const publish = () => pub.publish(`room:${room}`, `${idOf(from)}\n${out}`);
-    if (MAIN_API_URL === undefined) return void publish();
-    saveMessage(room, out)
-      .then(async (saved) => {
-        if (!saved) return;
-        await publish();
-        from.send(ACK);
-      })
-      .catch(() => undefined);
+    return pub.publish(`room:${room}`, `${idOf(from)}\n${out}`);
   },
 });
 

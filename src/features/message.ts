@@ -51,26 +51,19 @@ interface MessageData {
 /**
  * The message as saved and broadcast: `data` with its unknown fields untouched, `chat_id` and
  * the verified `sender_id` set, and defaults for what it left out. Built as text — `data`'s own
- * JSON plus the added fields — because copying a parsed object with a spread costs several times
- * its serialization (measured: 8 µs against 2.8 µs, per message). The result is the same bytes
- * the spread would serialize to; a `data` that names `chat_id` or `sender_id` itself (rare: they
- * are optional and checked) takes the spread, which overrides them in place.
+ * JSON with the added fields appended — because copying a parsed object with a spread costs
+ * several times its serialization (measured: 8 µs against 2.8 µs, per message). A `data` that
+ * names `chat_id` or `sender_id` itself (rare: they are optional and checked) is copied so that
+ * they are overridden in place; either way the bytes are those of
+ * `{...data, chat_id, sender_id, envelopes: data.envelopes ?? {}, …}`.
  */
 function savedBody(data: MessageData, chatId: WireId, senderId: WireId): string {
-  if (Object.hasOwn(data, 'chat_id') || Object.hasOwn(data, 'sender_id')) {
-    return JSON.stringify({
-      ...data,
-      chat_id: chatId,
-      sender_id: senderId,
-      envelopes: data.envelopes ?? {},
-      message_type: data.message_type ?? 'text',
-      created_at: data.created_at ?? new Date().toISOString(),
-    });
-  }
-  const envelopes = data.envelopes === undefined ? ',"envelopes":{}' : '';
-  const messageType = data.message_type === undefined ? ',"message_type":"text"' : '';
-  const createdAt = data.created_at === undefined ? `,"created_at":"${new Date().toISOString()}"` : '';
-  const own = JSON.stringify(data);
-  const added = `"chat_id":${JSON.stringify(chatId)},"sender_id":${JSON.stringify(senderId)}${envelopes}${messageType}${createdAt}}`;
-  return own.length > 2 ? `${own.slice(0, -1)},${added}` : `{${added}`;
+  const named = Object.hasOwn(data, 'chat_id') || Object.hasOwn(data, 'sender_id');
+  const own = named ? JSON.stringify({ ...data, chat_id: chatId, sender_id: senderId }) : JSON.stringify(data);
+  let added = named ? '' : `,"chat_id":${JSON.stringify(chatId)},"sender_id":${JSON.stringify(senderId)}`;
+  if (data.envelopes === undefined) added += ',"envelopes":{}';
+  if (data.message_type === undefined) added += ',"message_type":"text"';
+  if (data.created_at === undefined) added += `,"created_at":"${new Date().toISOString()}"`;
+  if (added === '') return own;
+  return own.length > 2 ? `${own.slice(0, -1)}${added}}` : `{${added.slice(1)}}`;
 }
