@@ -90,6 +90,8 @@ interface Load {
   phase: PhaseResult;
   wallS: number;
   cpu: { servers: number; redis: number; api: number; perInstance: number[]; redisPerNode: number[] };
+  /** The server instances' write syscalls. */
+  writes: number;
   genCpu: number;
   redisCmds: Record<string, number>;
   /** Whole-core busy % (every process on the machine) of the server and generator cores. */
@@ -117,6 +119,7 @@ async function measure(sys: RunningSystem, ctx: Ctx, gens: Generator[], owner: A
       perInstance: c1.perInstance.map((x, i) => x - (c0.perInstance[i] ?? 0)),
       redisPerNode: c1.redisPerNode.map((x, i) => x - (c0.redisPerNode[i] ?? 0)),
     },
+    writes: c1.writes - c0.writes,
     genCpu: gens.reduce((s, g) => s + g.cpu(), 0) - g0,
     redisCmds: sys.redis ? diffCounts(sys.redis.commandStats(), r0) : {},
     busy: { server: coreBusyPct(k0, k1, SERVER_CORE), generator: coreBusyPct(k0, k1, GENERATOR_CORE) },
@@ -131,6 +134,8 @@ function loadMetrics(l: Load, durationMs: number, redis: boolean): Metrics {
     deliveries_per_s: l.phase.received / (durationMs / 1000),
     delivered_pct: l.phase.expected === 0 ? null : (100 * l.phase.received) / l.phase.expected,
     cpu_ms_per_1k: k === 0 ? null : (1000 * l.cpu.servers) / k,
+    /** Write syscalls per 1,000 deliveries (acks, main-API requests and Redis commands included). */
+    writes_per_1k: k === 0 || Number.isNaN(l.writes) ? null : (1000 * l.writes) / k,
     server_cpu_pct: (100 * l.cpu.servers) / l.wallS,
     p50_ms: l.phase.hist.quantile(0.5),
     p99_ms: l.phase.hist.quantile(0.99),
@@ -408,6 +413,60 @@ export const manychats: Scenario = {
     }),
 };
 
+// --- recovery -----------------------------------------------------------------------------
+
+const REC_CONNS = 1000;
+const REC_CHAT = 50;
+/** Broadcasts each chat gets before the reconnect: HISTORY_SIZE's default, so all are replayable. */
+const REC_PER_CHAT = 100;
+const REC_RATE = 400;
+
+export const recovery: Scenario = {
+  key: 'recovery',
+  title: `recovery: ${REC_CONNS} connections in chats of ${REC_CHAT} reconnect at once, each resuming ${REC_PER_CHAT} broadcasts behind (against a plain reconnect)`,
+  variants: pick(['gateway', 'gateway-redis']),
+  run: (v, ctx) =>
+    withSystem(v, async (sys) => {
+      const gens = await ctx.pool.take(1);
+      const specs = chatSpecs(sys, REC_CONNS, REC_CHAT, 1);
+      const c = await connectOrThrow(gens, v, specs, 100);
+      // Exactly REC_PER_CHAT broadcasts per chat: the senders rotate over the chats.
+      const total = (REC_CONNS / REC_CHAT) * REC_PER_CHAT;
+      await runPhase(gens, c.owner, rotatingSenders(REC_CONNS, REC_CHAT, 1), REC_RATE, (total / REC_RATE) * 1000, 1000);
+      /** Closes every connection, waits for the gateway to settle, reconnects them all and measures it. */
+      const reconnect = async (resume: boolean) => {
+        await closeAll(gens);
+        await sleep(1500);
+        const c0 = sys.cpu();
+        const r0 = sys.redis?.commandStats() ?? {};
+        const r = await connectOrThrow(gens, v, specs.map((s) => ({ ...s, resume })), 100);
+        const c1 = sys.cpu();
+        const cmds = sys.redis ? Object.values(diffCounts(sys.redis.commandStats(), r0)).reduce((a, n) => a + n, 0) : 0;
+        return { s: r.ms / 1000, cpu: c1.servers - c0.servers, writes: c1.writes - c0.writes, redis: c1.redis - c0.redis, cmds, replayed: r.replayed, recovered: r.recovered };
+      };
+      const plain = await reconnect(false);
+      const resumed = await reconnect(true);
+      sys.check();
+      await closeAll(gens);
+      return {
+        metrics: {
+          reconnect_s: plain.s,
+          recover_s: resumed.s,
+          recovered_pct: (100 * resumed.recovered) / REC_CONNS,
+          replayed_per_conn: resumed.replayed / REC_CONNS,
+          reconnect_cpu_ms_per_conn: (1000 * plain.cpu) / REC_CONNS,
+          recover_cpu_ms_per_conn: (1000 * resumed.cpu) / REC_CONNS,
+          cpu_us_per_replayed: resumed.replayed > 0 ? (1e6 * (resumed.cpu - plain.cpu)) / resumed.replayed : null,
+          reconnect_writes_per_conn: Number.isNaN(plain.writes) ? null : plain.writes / REC_CONNS,
+          recover_writes_per_conn: Number.isNaN(resumed.writes) ? null : resumed.writes / REC_CONNS,
+          redis_cpu_ms_per_conn: sys.redis ? (1000 * resumed.redis) / REC_CONNS : null,
+          redis_cmds_per_conn: sys.redis ? resumed.cmds / REC_CONNS : null,
+        },
+        info: { plain, resumed },
+      };
+    }),
+};
+
 // --- scale: the capacity model's check ----------------------------------------------------
 
 const SCALE_MS = 10_000;
@@ -487,4 +546,4 @@ export const scale: Scenario = {
     }),
 };
 
-export const SCENARIOS: Scenario[] = [idle, fanout, saturation, bigchat, manyconns, manychats, scale];
+export const SCENARIOS: Scenario[] = [idle, fanout, saturation, bigchat, manyconns, manychats, recovery, scale];

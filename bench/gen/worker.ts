@@ -19,6 +19,11 @@ export interface ConnSpec {
   url: string;
   user: number;
   chats: number[];
+  /**
+   * Gateway only: register with `since: {seq: 0, epoch}`, the epoch this generator's earlier
+   * `registered` answer for the chat gave, so everything the chat's history holds is replayed.
+   */
+  resume?: boolean;
 }
 
 export type Command =
@@ -32,6 +37,10 @@ export interface ConnectReply {
   failed: number;
   firstError: string | null;
   ms: number;
+  /** Broadcasts received before the connection's last `registered` / `joined` (a replay). */
+  replayed: number;
+  /** `registered` answers that said `"recovered":true`. */
+  recovered: number;
 }
 
 export interface RunReply {
@@ -58,6 +67,10 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 let conns: Conn[] = [];
 let lost = 0;
+/** Each chat's epoch, from the `registered` answers this generator got (gateway only). */
+const epochs = new Map<number, string>();
+let replayed = 0;
+let recovered = 0;
 let phase: { from: number; to: number; hist: Histogram; received: number; bytes: number } | null = null;
 
 /** `bytes`: the frame's payload length where the adapter sees it (ws), else 0. */
@@ -70,6 +83,7 @@ function deliver(sentAt: number, bytes: number): void {
 }
 
 const REGISTERED = Buffer.from('"type":"registered"');
+const RECOVERED = Buffer.from('"recovered":true');
 const ERROR = Buffer.from('"type":"error"');
 const JOINED = Buffer.from('"type":"joined"');
 
@@ -107,9 +121,14 @@ function connectWs(spec: ConnSpec, localAddress: string | undefined, hello: (cha
     });
     ws.on('message', (data: Buffer) => {
       const t = readSentAt(data);
-      if (t === t) return deliver(t, data.length); // not NaN
+      if (t === t) {
+        // not NaN
+        if (pending > 0) replayed++;
+        return deliver(t, data.length);
+      }
       if (pending > 0) {
         if (data.indexOf(done) >= 0) {
+          if (done === REGISTERED) noteRegistered(data);
           if (--pending === 0 && !settled) {
             settled = true;
             clearTimeout(timer);
@@ -126,11 +145,19 @@ function connectWs(spec: ConnSpec, localAddress: string | undefined, hello: (cha
   });
 }
 
+/** Keeps the chat's epoch; counts a recovery. Parsed only at registration, never per delivery. */
+function noteRegistered(data: Buffer): void {
+  if (data.indexOf(RECOVERED) >= 0) recovered++;
+  const f = JSON.parse(data.toString()) as { chat_id?: number; epoch?: string };
+  if (typeof f.chat_id === 'number' && typeof f.epoch === 'string') epochs.set(f.chat_id, f.epoch);
+}
+
 function connectGateway(spec: ConnSpec, localAddress: string | undefined): Promise<Conn> {
+  const since = (chat: number) => (spec.resume === true && epochs.has(chat) ? { since: { seq: 0, epoch: epochs.get(chat) } } : {});
   return connectWs(
     spec,
     localAddress,
-    (chat) => JSON.stringify({ type: 'register', token: `u${spec.user}`, chat_id: chat }),
+    (chat) => JSON.stringify({ type: 'register', token: `u${spec.user}`, chat_id: chat, ...since(chat) }),
     REGISTERED,
     (chat, data) => `{"type":"message","chat_id":${chat},"data":${JSON.stringify(data)}}`,
   );
@@ -208,6 +235,8 @@ async function connect(cmd: Extract<Command, { type: 'connect' }>): Promise<Conn
   const started = performance.now();
   const connector = CONNECTORS[cmd.protocol];
   const out: Conn[] = new Array<Conn>(cmd.conns.length);
+  replayed = 0;
+  recovered = 0;
   let next = 0;
   let failed = 0;
   let firstError: string | null = null;
@@ -226,7 +255,7 @@ async function connect(cmd: Extract<Command, { type: 'connect' }>): Promise<Conn
   await Promise.all(Array.from({ length: Math.min(cmd.concurrency, cmd.conns.length) }, lane));
   conns = out;
   lost = 0;
-  return { ok: cmd.conns.length - failed, failed, firstError, ms: performance.now() - started };
+  return { ok: cmd.conns.length - failed, failed, firstError, ms: performance.now() - started, replayed, recovered };
 }
 
 let msgSeq = 0;

@@ -82,7 +82,12 @@ export class GeneratorPool {
 }
 
 /** Connects `specs` spread over `gens` (spec i → generator i mod n), in parallel; returns where each landed. */
-export async function connectAll(gens: Generator[], protocol: Protocol, specs: ConnSpec[], concurrency: number): Promise<{ ms: number; failed: number; firstError: string | null; owner: Array<[gen: number, local: number]> }> {
+export async function connectAll(
+  gens: Generator[],
+  protocol: Protocol,
+  specs: ConnSpec[],
+  concurrency: number,
+): Promise<{ ms: number; failed: number; firstError: string | null; owner: Array<[gen: number, local: number]>; replayed: number; recovered: number }> {
   const parts: ConnSpec[][] = gens.map(() => []);
   const owner: Array<[number, number]> = [];
   specs.forEach((s, i) => {
@@ -99,6 +104,8 @@ export async function connectAll(gens: Generator[], protocol: Protocol, specs: C
     failed: replies.reduce((s, r) => s + r.failed, 0),
     firstError: replies.find((r) => r.firstError !== null)?.firstError ?? null,
     owner,
+    replayed: replies.reduce((s, r) => s + r.replayed, 0),
+    recovered: replies.reduce((s, r) => s + r.recovered, 0),
   };
 }
 

@@ -157,6 +157,20 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
+/**
+ * Write-family system calls (`write`, `writev`, …) so far, from /proc/<pid>/io; NaN where that is
+ * not readable. Exact, unlike CPU time on a shared machine: what pre-framing and write coalescing
+ * change shows here first.
+ */
+export function writeSyscalls(pid: number): number {
+  try {
+    const m = /syscw:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/io`, 'utf8'));
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
 export function rssBytes(pid: number): number {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));

@@ -6,7 +6,7 @@
  * it stands for another machine).
  */
 import type { Protocol } from '../gen/worker.js';
-import { ROOT, Redis, RedisCluster, SERVER_CORE, GENERATOR_CORE, cpuSeconds, gcAndMemory, rssBytes, sleep, spawnNode, waitInspector, type Proc, type RedisDeployment } from './procs.js';
+import { ROOT, Redis, RedisCluster, SERVER_CORE, GENERATOR_CORE, cpuSeconds, gcAndMemory, rssBytes, writeSyscalls, sleep, spawnNode, waitInspector, type Proc, type RedisDeployment } from './procs.js';
 
 export type SystemKey = 'ws' | 'ws-preframed' | 'ws-save' | 'socketio' | 'ws-redis' | 'ws-redis-save' | 'socketio-redis' | 'gateway' | 'gateway-redis';
 
@@ -103,11 +103,12 @@ export class RunningSystem {
     return sys;
   }
 
-  /** CPU seconds so far: the instances summed, Redis and the main API beside. */
-  cpu(): { servers: number; redis: number; api: number; perInstance: number[]; redisPerNode: number[] } {
+  /** CPU seconds so far: the instances summed, Redis and the main API beside; and the instances' write syscalls. */
+  cpu(): { servers: number; redis: number; api: number; perInstance: number[]; redisPerNode: number[]; writes: number } {
     const perInstance = this.instances.map((p) => cpuSeconds(p.pid));
     const redisPerNode = this.redis ? this.redis.pids.map(cpuSeconds) : [];
     return {
+      writes: this.instances.reduce((s, p) => s + writeSyscalls(p.pid), 0),
       perInstance,
       servers: perInstance.reduce((s, x) => s + x, 0),
       redis: redisPerNode.reduce((s, x) => s + x, 0),

@@ -6,6 +6,7 @@ import { MESSAGE_ID_PATTERN, idKey, parseId, type IdKey, type WireId } from '../
 import * as out from '../protocol/outbound.js';
 import type { Feature, Outcome } from '../features/feature.js';
 import { textFrame, type Outgoing } from '../hub/outgoing.js';
+import { writeInTurn, type WriteTurnMark } from './write-turn.js';
 import type { Socket } from 'node:net';
 import type { GatewayContext } from './context.js';
 import type { Connection, Registration } from './registration.js';
@@ -49,7 +50,7 @@ const REVERIFY_RETRY_MS = 5000;
  * queued is dropped (no main-API call, no presence change) and an in-flight verify is aborted.
  * Writes already at the main API finish and are broadcast: they may have been saved.
  */
-export class Session implements Connection {
+export class Session implements Connection, WriteTurnMark {
   user: IdKey | null = null;
   readonly chats = new Chats();
   closed = false;
@@ -75,6 +76,8 @@ export class Session implements Connection {
   private authFailuresInARow = 0;
   private pendingWrites = 0;
   private registerTimer: NodeJS.Timeout | null = null;
+  /** write-turn.ts's mark: this socket's writes within one event-loop turn are coalesced. */
+  writeTurn = -1;
 
   constructor(
     readonly id: string,
@@ -108,19 +111,21 @@ export class Session implements Connection {
   /**
    * Queues an encoded text frame; closes the connection 1013 instead of letting it hoard memory.
    * Framed here into one buffer and written like a broadcast: one `write` instead of `ws`'s
-   * cork, header write, payload write and uncork (an ack per message is on the hot path).
+   * cork, header write, payload write and uncork (an ack per message is on the hot path). Several
+   * frames in one turn (a replay, then `registered`) leave as one `writev` (write-turn.ts).
    */
   send(frame: Buffer): void {
-    if (this.mayQueue(frame.length)) this.socket.write(textFrame(frame));
+    if (this.mayQueue(frame.length)) writeInTurn(this, this.socket, textFrame(frame));
   }
 
   /**
-   * Writes a broadcast's WebSocket frame, built once for all receivers, straight to the socket:
-   * no framing or allocation per receiver. Safe beside `ws`'s own writes because, without
-   * compression, `ws` writes each frame whole and at once, never interleaved.
+   * Writes a broadcast's WebSocket frame, built once for all receivers, straight to the socket
+   * (coalesced with this socket's other writes of the turn): no framing or allocation per
+   * receiver. Safe beside `ws`'s own writes because, without compression, `ws` writes each frame
+   * whole and at once, never interleaved, and its cork nests inside ours.
    */
   sendFramed(frame: Outgoing): void {
-    if (this.mayQueue(frame.wire.length)) this.socket.write(frame.wire);
+    if (this.mayQueue(frame.wire.length)) writeInTurn(this, this.socket, frame.wire);
   }
 
   /** Open and with room for `bytes` more; past MAX_BUFFERED_BYTES the connection is closed 1013. */
