@@ -135,7 +135,7 @@ function loadMetrics(l: Load, durationMs: number, redis: boolean): Metrics {
     delivered_pct: l.phase.expected === 0 ? null : (100 * l.phase.received) / l.phase.expected,
     cpu_ms_per_1k: k === 0 ? null : (1000 * l.cpu.servers) / k,
     /** Write syscalls per 1,000 deliveries (acks, main-API requests and Redis commands included). */
-    writes_per_1k: k === 0 || Number.isNaN(l.writes) ? null : (1000 * l.writes) / k,
+    writes_per_1k: k === 0 || Number.isNaN(l.writes) ? null : l.writes / k,
     server_cpu_pct: (100 * l.cpu.servers) / l.wallS,
     p50_ms: l.phase.hist.quantile(0.5),
     p99_ms: l.phase.hist.quantile(0.99),

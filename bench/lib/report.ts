@@ -53,7 +53,7 @@ export const COLUMNS: Record<string, Column[]> = {
     ['deliveries_per_s', 'deliveries/s', 0],
     ['delivered_pct', 'delivered %', 1],
     ['cpu_ms_per_1k', 'server CPU ms / 1k deliveries', 2],
-    ['writes_per_1k', 'write syscalls / 1k deliveries', 0],
+    ['writes_per_1k', 'write syscalls / 1k deliveries', 1],
     ['p50_ms', 'p50 ms', 2],
     ['p99_ms', 'p99 ms', 2],
     ['redis_cpu_ms_per_1k', 'Redis CPU ms / 1k', 2],
