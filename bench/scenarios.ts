@@ -321,13 +321,22 @@ export const bigchat: Scenario = {
     withSystem(v, async (sys) => {
       const gens = await ctx.pool.take(1);
       const c0 = sys.cpu();
+      const r0 = sys.redis?.commandStats() ?? {};
       const c = await connectOrThrow(gens, v, chatSpecs(sys, BIG, BIG, 1), 100);
-      const joinCpu = sys.cpu().servers - c0.servers;
+      const c1 = sys.cpu();
+      const joinCmds = sys.redis ? diffCounts(sys.redis.commandStats(), r0) : {};
       const senders = rotatingSenders(BIG, BIG, 1, 20);
       await runPhase(gens, c.owner, senders, BIG_RATE, 1000, 500);
       const l = await measure(sys, ctx, gens, c.owner, senders, BIG_RATE, 10_000, 2000);
       await closeAll(gens);
-      return { metrics: { join_s: c.ms / 1000, join_cpu_s: joinCpu, ...loadMetrics(l, 10_000, sys.redis !== null) }, info: { redis_commands: l.redisCmds } };
+      const joinRedis: Metrics = {
+        join_redis_cpu_s: sys.redis ? c1.redis - c0.redis : null,
+        join_redis_cmds: sys.redis ? Object.values(joinCmds).reduce((a, n) => a + n, 0) : null,
+      };
+      return {
+        metrics: { join_s: c.ms / 1000, join_cpu_s: c1.servers - c0.servers, ...joinRedis, ...loadMetrics(l, 10_000, sys.redis !== null) },
+        info: { redis_commands: l.redisCmds, join_redis_commands: joinCmds },
+      };
     }),
 };
 

@@ -74,6 +74,8 @@ export const COLUMNS: Record<string, Column[]> = {
   bigchat: [
     ['join_s', 'join s', 1],
     ['join_cpu_s', 'join server CPU s', 1],
+    ['join_redis_cpu_s', 'join Redis CPU s', 2],
+    ['join_redis_cmds', 'join Redis cmds', 0],
     ['deliveries_per_s', 'deliveries/s', 0],
     ['delivered_pct', 'delivered %', 1],
     ['cpu_ms_per_1k', 'server CPU ms / 1k', 2],
