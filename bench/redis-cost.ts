@@ -8,13 +8,17 @@
  *   hot   — back to back: Redis's code and data stay in the CPU caches (a busy Redis);
  *   cold  — one call every 4 ms (an eighth of the calls) while a process that sweeps 64 MiB of
  *           memory runs on Redis's core: the benchmark's fan-out, where Redis shares its core
- *           with the servers and wakes 200 times a second with cold caches.
- * CPU time comes in 10 ms ticks: ±0.5 µs per call hot, ±4 µs cold.
+ *           with the servers and is woken for every message with cold caches.
+ * CPU time comes in 10 ms ticks: ±0.5 µs per call hot, ±4 µs cold. Each run is appended to
+ * bench/results/redis-cost.json.
  */
-import { spawn } from 'node:child_process';
+import { execSync, spawn } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
 import { Redis as Client } from 'ioredis';
 import { APPEND } from '../src/engine/redis/stream-scripts.js';
-import { HAS_TASKSET, Redis, SERVER_CORE, cpuSeconds, sleep } from './lib/procs.js';
+import { HAS_TASKSET, ROOT, Redis, SERVER_CORE, cpuSeconds, sleep } from './lib/procs.js';
 
 const CALLS = Number(process.env.BENCH_CALLS ?? 20_000);
 const frame = `{"type":"message","chat_id":1,"data":${JSON.stringify({ id: 'm'.repeat(24), sender_id: 7, envelopes: { d1: 'x'.repeat(300) } })}}`;
@@ -67,6 +71,17 @@ try {
 console.log(`Redis CPU per call, µs (${CALLS} calls hot, ${Math.ceil(CALLS / 8)} cold; Redis ${HAS_TASKSET ? `on core ${SERVER_CORE}` : 'unpinned'})`);
 console.log(`${'call'.padEnd(48)}${'hot'.padStart(8)}${'cold'.padStart(8)}`);
 for (const [name, hot, cold] of rows) console.log(`${name.padEnd(48)}${hot.toFixed(1).padStart(8)}${cold.toFixed(1).padStart(8)}`);
+const file = join(ROOT, 'bench/results/redis-cost.json');
+const runs: unknown[] = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as unknown[]) : [];
+runs.push({
+  date: new Date().toISOString(),
+  git_head: execSync('git rev-parse --short HEAD', { cwd: ROOT, encoding: 'utf8' }).trim(),
+  load_average: loadavg().map((x) => x.toFixed(2)).join(' '),
+  calls: { hot: CALLS, cold: Math.ceil(CALLS / 8) },
+  us_per_call: rows.map(([call, hot, cold]) => ({ call, hot, cold })),
+});
+writeFileSync(file, `${JSON.stringify(runs, null, 2)}\n`);
+console.log(`appended to ${file}`);
 await client.quit();
 for (const s of subscribers) await s.quit();
 await redis.close();

@@ -441,7 +441,8 @@ export const recovery: Scenario = {
       const c = await connectOrThrow(gens, v, specs, 100);
       // Exactly REC_PER_CHAT broadcasts per chat: the senders rotate over the chats.
       const total = (REC_CONNS / REC_CHAT) * REC_PER_CHAT;
-      await runPhase(gens, c.owner, rotatingSenders(REC_CONNS, REC_CHAT, 1), REC_RATE, (total / REC_RATE) * 1000, 1000);
+      const sent = await runPhase(gens, c.owner, rotatingSenders(REC_CONNS, REC_CHAT, 1), REC_RATE, (total / REC_RATE) * 1000, 1000);
+      if (sent.sent !== total || sent.received !== sent.expected) throw new Error(`recovery set-up: ${sent.sent} of ${total} sent, ${sent.received} of ${sent.expected} delivered`);
       /** Closes every connection, waits for the gateway to settle, reconnects them all and measures it. */
       const reconnect = async (resume: boolean) => {
         await closeAll(gens);
@@ -456,6 +457,10 @@ export const recovery: Scenario = {
       const plain = await reconnect(false);
       const resumed = await reconnect(true);
       sys.check();
+      // Every connection must have been replayed all of its chat's broadcasts, or the figures are of something else.
+      if (resumed.replayed !== REC_CONNS * REC_PER_CHAT || resumed.recovered !== REC_CONNS) {
+        throw new Error(`recovery: ${resumed.recovered} of ${REC_CONNS} recovered, ${resumed.replayed} of ${REC_CONNS * REC_PER_CHAT} frames replayed (HISTORY_SIZE below ${REC_PER_CHAT}?)`);
+      }
       await closeAll(gens);
       return {
         metrics: {

@@ -235,6 +235,8 @@ async function connect(cmd: Extract<Command, { type: 'connect' }>): Promise<Conn
   const started = performance.now();
   const connector = CONNECTORS[cmd.protocol];
   const out: Conn[] = new Array<Conn>(cmd.conns.length);
+  // Epochs are kept only for a reconnect that resumes; a fresh set of connections starts clean.
+  if (!cmd.conns.some((c) => c.resume === true)) epochs.clear();
   replayed = 0;
   recovered = 0;
   let next = 0;

@@ -11,8 +11,9 @@ import type { Socket } from 'node:net';
  * per-delivery `write` is over half of the gateway's CPU.
  *
  * Corked bytes count in the socket's `writableLength`, hence in `ws`'s `bufferedAmount`, so the
- * slow-consumer limit sees them; `ws`'s own cork/uncork nests inside this one; `end()` flushes
- * and `destroy()` drops them like any other buffered bytes.
+ * slow-consumer limit sees them — at most FLUSH_BYTES of them, so a burst never looks slow;
+ * `ws`'s own cork/uncork nests inside this one; `end()` flushes and `destroy()` drops them like
+ * any other buffered bytes.
  */
 
 /** Whose writes are coalesced: `writeTurn` is the mark this module keeps (start at -1). */
@@ -20,16 +21,31 @@ export interface WriteTurnMark {
   writeTurn: number;
 }
 
+/**
+ * A corked socket holding this much is flushed within the turn: a long burst (a replay, or two
+ * in one turn) goes to the kernel in a few `writev`s rather than waiting in the process, where it
+ * would count against MAX_BUFFERED_BYTES as if the client were slow.
+ */
+const FLUSH_BYTES = 64 * 1024;
+
 /** The current turn, even; a mark of `turn` = wrote once this turn, `turn + 1` = corked this turn. */
 let turn = 0;
 let ending = false;
-const corked: Socket[] = [];
+let corked: Socket[] = [];
 
 function endTurn(): void {
   ending = false;
   turn += 2;
-  for (const socket of corked) socket.uncork();
-  corked.length = 0;
+  const sockets = corked;
+  corked = [];
+  for (const socket of sockets) {
+    try {
+      socket.uncork();
+    } catch {
+      // A socket that cannot write is broken; the others must still be flushed.
+      socket.destroy();
+    }
+  }
 }
 
 export function writeInTurn(mark: WriteTurnMark, socket: Socket, bytes: Buffer): void {
@@ -46,4 +62,8 @@ export function writeInTurn(mark: WriteTurnMark, socket: Socket, bytes: Buffer):
     }
   }
   socket.write(bytes);
+  if (mark.writeTurn === turn + 1 && socket.writableLength >= FLUSH_BYTES) {
+    socket.uncork();
+    socket.cork();
+  }
 }

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import { WebSocket, WebSocketServer } from 'ws';
+import { textFrame } from '../../src/hub/outgoing.js';
 import { writeInTurn, type WriteTurnMark } from '../../src/session/write-turn.js';
 
 /** A real TCP connection on loopback: the gateway's end and the client's end. */
@@ -62,14 +64,68 @@ describe('write turns: one socket’s writes within one event-loop turn leave to
     for (const s of [one.ours, one.theirs, two.ours, two.theirs]) s.destroy();
   });
 
-  it('a socket destroyed while corked is dropped quietly at the end of the turn', async () => {
-    const { ours, theirs } = await socketPair(server);
+  it('a long burst is flushed within the turn: no more than 64 KiB ever waits corked', async () => {
+    const { ours, theirs, received } = await socketPair(server);
     const mark: WriteTurnMark = { writeTurn: -1 };
-    writeInTurn(mark, ours, Buffer.from('1'));
-    writeInTurn(mark, ours, Buffer.from('2'));
-    ours.destroy();
+    const chunk = 'x'.repeat(1023);
+    let most = 0;
+    for (let i = 0; i < 200; i++) {
+      writeInTurn(mark, ours, Buffer.from(`${chunk}${i % 10}`));
+      most = Math.max(most, ours.writableLength);
+    }
+    assert.equal(ours.writableCorked, 1, 'still coalescing after a flush');
+    assert.ok(most <= 64 * 1024 + 1024, `${most} bytes waited corked`);
     await turnEnd();
-    assert.equal(ours.destroyed, true);
+    const expected = Array.from({ length: 200 }, (_, i) => `${chunk}${i % 10}`).join('');
+    while (received().length < expected.length) await once(theirs, 'data');
+    assert.equal(received(), expected);
+    ours.destroy();
     theirs.destroy();
+  });
+
+  it('a socket destroyed while corked loses what was corked, nothing else, and the next turn writes as usual', async () => {
+    const doomed = await socketPair(server);
+    const mark: WriteTurnMark = { writeTurn: -1 };
+    writeInTurn(mark, doomed.ours, Buffer.from('1'));
+    writeInTurn(mark, doomed.ours, Buffer.from('2'));
+    doomed.ours.destroy();
+    await once(doomed.theirs, 'close');
+    assert.equal(doomed.received(), '1');
+
+    const next = await socketPair(server);
+    const other: WriteTurnMark = { writeTurn: -1 };
+    writeInTurn(other, next.ours, Buffer.from('a'));
+    writeInTurn(other, next.ours, Buffer.from('b'));
+    await turnEnd();
+    while (next.received() !== 'ab') await once(next.theirs, 'data');
+    next.ours.destroy();
+    next.theirs.destroy();
+  });
+});
+
+describe('write turns beside ws: its own sends and its close', () => {
+  it('pre-framed writes, a ws.send and a close in one turn reach the client in that order', async () => {
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+    await once(wss, 'listening');
+    const { port } = wss.address() as { port: number };
+    const accepted = once(wss, 'connection') as Promise<[WebSocket]>;
+    const client = new WebSocket(`ws://127.0.0.1:${port}`);
+    const got: string[] = [];
+    client.on('message', (d: Buffer) => got.push(d.toString()));
+    const closed = once(client, 'close') as Promise<[number, Buffer]>;
+    const [peer] = await accepted;
+    const socket = (peer as unknown as { _socket: Socket })._socket;
+    const mark: WriteTurnMark = { writeTurn: -1 };
+    writeInTurn(mark, socket, textFrame(Buffer.from('A')));
+    writeInTurn(mark, socket, textFrame(Buffer.from('B')));
+    assert.equal(socket.writableCorked, 1);
+    peer.send('C'); // ws's own cork and uncork nest inside the turn's
+    writeInTurn(mark, socket, textFrame(Buffer.from('D')));
+    peer.close(4000, 'bye');
+    const [code, reason] = await closed;
+    assert.deepEqual(got, ['A', 'B', 'C', 'D']);
+    assert.equal(code, 4000);
+    assert.equal(reason.toString(), 'bye');
+    wss.close();
   });
 });
