@@ -18,7 +18,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { Redis as Client } from 'ioredis';
 import { APPEND } from '../src/engine/redis/stream-scripts.js';
-import { HAS_TASKSET, ROOT, Redis, SERVER_CORE, cpuSeconds, sleep } from './lib/procs.js';
+import { HAS_TASKSET, ROOT, Redis, SERVER_CORE, cpuSeconds, pinned, sleep } from './lib/procs.js';
 
 const CALLS = Number(process.env.BENCH_CALLS ?? 20_000);
 const frame = `{"type":"message","chat_id":1,"data":${JSON.stringify({ id: 'm'.repeat(24), sender_id: 7, envelopes: { d1: 'x'.repeat(300) } })}}`;
@@ -62,9 +62,9 @@ async function perCall(call: () => Promise<unknown>, n: number, gapMs: number): 
 const rows: Array<[string, number, number]> = [];
 for (const [name, call] of variants) rows.push([name, await perCall(call, CALLS, 0), 0]);
 const sweep = `const a = new Float64Array(8 << 20); let i = 0; for (;;) { i = (i + 4099) % a.length; a[i] += 1; }`;
-const neighbour = spawn(HAS_TASKSET ? 'taskset' : process.execPath, HAS_TASKSET ? ['-c', SERVER_CORE, process.execPath, '-e', sweep] : ['-e', sweep], { stdio: 'ignore' });
+const neighbour = spawn(...pinned(SERVER_CORE, process.execPath, ['-e', sweep]), { stdio: 'ignore' });
 try {
-  for (const row of rows) row[2] = await perCall(variants.find(([n]) => n === row[0])![1], Math.ceil(CALLS / 8), 4);
+  for (const [i, [, call]] of variants.entries()) rows[i]![2] = await perCall(call, Math.ceil(CALLS / 8), 4);
 } finally {
   neighbour.kill('SIGKILL');
 }

@@ -40,7 +40,7 @@ export function setNice(n: number): void {
 }
 
 /** `[nice -n N] taskset -c core cmd args…`, or just `cmd args…` where taskset is missing. Same pid either way (both exec). */
-function pinned(core: string, cmd: string, args: string[]): [string, string[]] {
+export function pinned(core: string, cmd: string, args: string[]): [string, string[]] {
   const [c, a]: [string, string[]] = HAS_TASKSET ? ['taskset', ['-c', core, cmd, ...args]] : [cmd, args];
   return NICE !== 0 ? ['nice', ['-n', String(NICE), c, ...a]] : [c, a];
 }

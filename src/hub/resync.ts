@@ -98,13 +98,9 @@ export class Resync {
     this.deliver(chat, frame, exceptConn);
   }
 
-  private lastPosition(chat: IdKey): StreamPosition | undefined {
-    return this.last.get(chat);
-  }
-
   private async catchUp(chat: IdKey): Promise<void> {
     if (this.held?.get(chat) === undefined) return;
-    const since = this.lastPosition(chat);
+    const since = this.last.get(chat);
     let missed: readonly Buffer[] = [];
     let lost = this.held.get(chat) === OVERFLOWED;
     if (!lost && since !== undefined) {
@@ -131,7 +127,7 @@ export class Resync {
     this.metrics.resyncs.inc({ outcome: 'recovered' });
     if (missed.length > 0) this.log.info({ chat, broadcasts: missed.length }, 'broadcasts missed during an engine outage delivered from history');
     for (const frame of missed) this.pass(chat, frame, null);
-    const covered = this.lastPosition(chat);
+    const covered = this.last.get(chat);
     for (const { frame, exceptConn } of waiting) {
       const at = positionOf(frame);
       if (at !== null && covered !== undefined && at.epoch === covered.epoch && at.seq <= covered.seq) continue;

@@ -31,21 +31,14 @@ const FLUSH_BYTES = 64 * 1024;
 /** The current turn, even; a mark of `turn` = wrote once this turn, `turn + 1` = corked this turn. */
 let turn = 0;
 let ending = false;
-let corked: Socket[] = [];
+const corked: Socket[] = [];
 
+/** Flushes every socket corked this turn (`uncork` reports write errors as events, never throws). */
 function endTurn(): void {
   ending = false;
   turn += 2;
-  const sockets = corked;
-  corked = [];
-  for (const socket of sockets) {
-    try {
-      socket.uncork();
-    } catch {
-      // A socket that cannot write is broken; the others must still be flushed.
-      socket.destroy();
-    }
-  }
+  for (const socket of corked) socket.uncork();
+  corked.length = 0;
 }
 
 export function writeInTurn(mark: WriteTurnMark, socket: Socket, bytes: Buffer): void {
