@@ -1,17 +1,7 @@
 /**
  * npm run bench — the gateway side by side with what a team would use instead.
  *
- *   npm run bench                 every scenario, every system, 2 repeats (≈ 40–55 min)
- *   npm run bench -- --quick      idle + fan-out, gateway (memory engine) and the ws floor (< 3 min)
- *   options: --scenarios=idle,fanout,saturation,bigchat,manyconns,manychats,scale
- *            --systems=ws,ws-preframed,ws-save,socketio,ws-redis,ws-redis-save,socketio-redis,gateway,gateway-redis
- *            --repeats=N (default 2)
- *            --merge=FILE  start from that run's results (e.g. bench/results/full.json): the scenarios run now replace theirs
- *            --out=NAME    write bench/results/NAME.json / .md (default: quick, full or custom)
- *            --report      run nothing: recompute the tables, model and plan from --merge's file
- *            --only=TEXT   only the rows whose key contains TEXT (e.g. --scenarios=scale --only=relay)
- *            --profile     sample the servers' CPU during fan-out (bench/results/profiles/, top frames printed)
- *            --nice=N    run every benchmark process at niceness N (e.g. -5 on a shared machine; root for < 0)
+ *   npm run bench -- --help       the options (USAGE below); an unknown option stops the run
  *
  * Systems (bench/lib/systems.ts, bench/peers/): hand-written `ws` rooms (the floor), the same
  * with pre-framed broadcasts, the same saving every message through the main API and acking it
@@ -35,7 +25,29 @@ import { capacityPlan, console2, markdown, modelCheck, modelTable, table, type C
 import { RUNNING, SYSTEMS, GATEWAY_ENV, type SystemKey } from './lib/systems.js';
 import { SCENARIOS, type Ctx } from './scenarios.js';
 
+const USAGE = `usage: npm run bench -- [options]   (no options: every scenario and system, 2 repeats, ≈ 40–55 min)
+  --quick            idle + fan-out, gateway (memory engine) and the ws floor (< 3 min)
+  --scenarios=LIST   ${SCENARIOS.map((s) => s.key).join(',')}
+  --systems=LIST     ${Object.keys(SYSTEMS).join(',')}
+  --repeats=N        repeats of every cell (default 2)
+  --merge=FILE       start from that run's results; the scenarios run now replace theirs
+  --out=NAME         write bench/results/NAME.json / .md (default: quick, full or custom)
+  --report           run nothing: recompute the tables, model and plan from --merge's file
+  --only=TEXT        only the rows whose key contains TEXT
+  --profile          sample the servers' CPU during fan-out (bench/results/profiles/)
+  --nice=N           run every benchmark process at niceness N (root for N < 0)
+  --help             this text`;
+
 const args = process.argv.slice(2);
+// A mistyped option must not start a 40-minute run of everything.
+const FLAGS = new Set(['--quick', '--report', '--profile', '--help']);
+const VALUED = new Set(['scenarios', 'systems', 'repeats', 'merge', 'out', 'only', 'nice']);
+const unknown = args.filter((a) => !FLAGS.has(a) && !VALUED.has(/^--([a-z]+)=/.exec(a)?.[1] ?? ''));
+if (args.includes('--help') || unknown.length > 0) {
+  if (unknown.length > 0) process.stderr.write(`unknown option(s): ${unknown.join(' ')}\n${USAGE}\n`);
+  else process.stdout.write(`${USAGE}\n`);
+  process.exit(unknown.length > 0 ? 2 : 0);
+}
 const opt = (name: string) => args.find((a) => a.startsWith(`--${name}=`))?.split('=', 2)[1];
 const quick = args.includes('--quick');
 const reportOnly = args.includes('--report');

@@ -9,6 +9,7 @@
  *
  * Commands (from the parent): connect, run, close, exit; each answered with the same `id`.
  */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { io, type Socket } from 'socket.io-client';
 import { WebSocket } from 'ws';
 import { Histogram, messageData, now, readSentAt, type MessageData } from '../lib/payload.js';
@@ -54,6 +55,13 @@ export interface RunReply {
   lost: number;
   /** Largest lag of the send loop behind its schedule, ms (a busy generator shows here). */
   sendLagMs: number;
+  /**
+   * This generator's event-loop delay over the run (sending and draining), ms: a frame that
+   * arrives while the loop is busy waits that long before its latency is taken, so a p99 of
+   * the loop delay near the measured p99 says the generator, not the server, made the latency.
+   */
+  loopP99Ms: number;
+  loopMaxMs: number;
 }
 
 interface Conn {
@@ -267,6 +275,8 @@ async function run(cmd: Extract<Command, { type: 'run' }>): Promise<RunReply> {
   phase = { from: cmd.startAt, to, hist: new Histogram(), received: 0, bytes: 0 };
   const lostBefore = lost;
   while (now() < cmd.startAt) await sleep(Math.min(5, cmd.startAt - now()));
+  const loop = monitorEventLoopDelay({ resolution: 1 });
+  loop.enable();
   let sent = 0;
   let expected = 0;
   let k = 0;
@@ -293,9 +303,22 @@ async function run(cmd: Extract<Command, { type: 'run' }>): Promise<RunReply> {
     await sleep(Math.max(0, to - now()));
   }
   await sleep(cmd.drainMs);
+  loop.disable();
   const p = phase;
   phase = null;
-  return { sent, expected, received: p.received, bytes: p.bytes, hist: p.hist.toJSON(), lost: lost - lostBefore, sendLagMs: maxLag };
+  // The histogram is in ns and includes the 1 ms sampling interval itself.
+  const loopMs = (ns: number) => Math.max(0, ns / 1e6 - 1);
+  return {
+    sent,
+    expected,
+    received: p.received,
+    bytes: p.bytes,
+    hist: p.hist.toJSON(),
+    lost: lost - lostBefore,
+    sendLagMs: maxLag,
+    loopP99Ms: loopMs(loop.percentile(99)),
+    loopMaxMs: loopMs(loop.max),
+  };
 }
 
 async function closeAll(): Promise<void> {

@@ -117,6 +117,9 @@ export interface PhaseResult {
   lost: number;
   hist: Histogram;
   sendLagMs: number;
+  /** The worst generator's event-loop delay, ms (RunReply). */
+  loopP99Ms: number;
+  loopMaxMs: number;
 }
 
 /** One timed phase on every generator at once; `senders` use global connection indexes. */
@@ -150,6 +153,8 @@ export async function runPhase(
     lost: replies.reduce((s, r) => s + r.lost, 0),
     hist,
     sendLagMs: Math.max(...replies.map((r) => r.sendLagMs)),
+    loopP99Ms: Math.max(...replies.map((r) => r.loopP99Ms)),
+    loopMaxMs: Math.max(...replies.map((r) => r.loopMaxMs)),
   };
 }
 

@@ -225,6 +225,36 @@ export function gcAndMemory(url: string): Promise<MemoryUsage> {
   });
 }
 
+/** Event-loop delay of a process since the previous call, ms (the 5 ms sampling interval not counted). */
+export interface LoopDelay {
+  p99: number;
+  max: number;
+}
+
+/**
+ * The process's event-loop delay since the previous call (a histogram it keeps from the first
+ * call on, sampled every 5 ms), then reset. Through the inspector, so it works alike for the
+ * gateway and every peer without code of theirs; the first call only starts the histogram.
+ */
+export function loopDelay(url: string): Promise<LoopDelay> {
+  return inspect(url, async (call) => {
+    const expression = `(() => {
+      const h = (globalThis.__benchLoopDelay ??= (() => {
+        const m = process.getBuiltinModule('node:perf_hooks').monitorEventLoopDelay({ resolution: 5 });
+        m.enable();
+        return m;
+      })());
+      const r = JSON.stringify({ p99: h.count > 0 ? h.percentile(99) : 0, max: h.count > 0 ? h.max : 0 });
+      h.reset();
+      return r;
+    })()`;
+    const result = (await call('Runtime.evaluate', { expression, returnByValue: true })) as { result: { value: string } };
+    const ns = JSON.parse(result.result.value) as LoopDelay;
+    const ms = (v: number) => Math.max(0, v / 1e6 - 5);
+    return { p99: ms(ns.p99), max: ms(ns.max) };
+  });
+}
+
 /** A private redis-server, pinned beside the servers under test. */
 export class Redis {
   private constructor(

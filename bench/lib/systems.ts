@@ -6,7 +6,7 @@
  * it stands for another machine).
  */
 import type { Protocol } from '../gen/worker.js';
-import { ROOT, Redis, RedisCluster, SERVER_CORE, GENERATOR_CORE, cpuSeconds, gcAndMemory, rssBytes, writeSyscalls, sleep, spawnNode, waitInspector, type Proc, type RedisDeployment } from './procs.js';
+import { ROOT, Redis, RedisCluster, SERVER_CORE, GENERATOR_CORE, cpuSeconds, gcAndMemory, loopDelay, rssBytes, writeSyscalls, sleep, spawnNode, waitInspector, type LoopDelay, type Proc, type RedisDeployment } from './procs.js';
 
 export type SystemKey = 'ws' | 'ws-preframed' | 'ws-save' | 'socketio' | 'ws-redis' | 'ws-redis-save' | 'socketio-redis' | 'gateway' | 'gateway-redis';
 
@@ -67,8 +67,9 @@ export class RunningSystem {
     try {
       let apiUrl = '';
       if (def.gateway || def.saves) {
-        api = spawnNode('mini-api', GENERATOR_CORE, `${ROOT}/bench/peers/mini-api.ts`, { PORT: '0' });
+        api = spawnNode('mini-api', GENERATOR_CORE, `${ROOT}/bench/peers/mini-api.ts`, { PORT: '0' }, { inspect: true });
         apiUrl = `http://127.0.0.1:${(await api.waitFor(/"msg":"listening","port":(\d+)/))[1]}`;
+        await waitInspector(api);
       }
       for (let i = 0; i < instanceCount; i++) {
         if (def.gateway) {
@@ -115,6 +116,13 @@ export class RunningSystem {
       redisPerNode,
       api: this.api ? cpuSeconds(this.api.pid) : 0,
     };
+  }
+
+  /** Event-loop delay since the previous call: the worst server instance's, and the main-API stand-in's. */
+  async loopDelays(): Promise<{ server: LoopDelay; api: LoopDelay | null }> {
+    const servers = await Promise.all(this.instances.map((p) => loopDelay(p.inspectorUrl!)));
+    const server = servers.reduce((a, b) => (b.p99 > a.p99 ? b : a));
+    return { server, api: this.api ? await loopDelay(this.api.inspectorUrl!) : null };
   }
 
   /** After a full GC in every instance: RSS and heap, summed and per instance. */
