@@ -1,5 +1,5 @@
 import type { IdKey } from '../protocol/ids.js';
-import { newEpoch, numberFrame, type HistoryLimits, type Recovery, type StreamPosition } from './stream.js';
+import { STREAM_TTL_MS, newEpoch, numberFrame, type HistoryLimits, type Recovery, type StreamPosition } from './stream.js';
 
 interface Entry {
   readonly seq: number;
@@ -83,22 +83,24 @@ export class MemoryStreams {
   }
 
   /**
-   * Frees what can no longer be replayed: entries past the TTL, and whole chats untouched for
-   * longer (their next broadcast starts a new epoch, which a client resuming there would have
-   * met as `too_far_behind` anyway). Keeps memory bounded by active chats.
+   * Frees what can no longer be replayed: entries past the history TTL. A chat's position (its
+   * epoch and seq, a few bytes) stays for STREAM_TTL_MS after its last use, as in Redis, so a
+   * client resuming at the top of a chat that was merely quiet is told it missed nothing; only a
+   * chat untouched for that long is forgotten (its next broadcast starts a new epoch).
    */
   sweep(): void {
-    const oldestAllowed = this.now() - this.limits.ttlMs;
+    const now = this.now();
+    const oldestAllowed = now - this.limits.ttlMs;
     for (const [chat, state] of this.chats) {
-      if (state.touchedAt < oldestAllowed) {
+      if (state.touchedAt < now - STREAM_TTL_MS) {
         this.chats.delete(chat);
         continue;
       }
-      const live = this.ordered(state).filter((e) => e.at >= oldestAllowed);
-      if (live.length < state.entries.length) {
-        state.entries = live;
-        state.head = 0;
-      }
+      // Entries are in time order from `head`: only a chat whose oldest one expired is rebuilt.
+      const oldest = state.entries[state.head];
+      if (oldest === undefined || oldest.at >= oldestAllowed) continue;
+      state.entries = this.ordered(state).filter((e) => e.at >= oldestAllowed);
+      state.head = 0;
     }
   }
 

@@ -18,6 +18,14 @@ export type Recovery =
   | { readonly recovered: true; readonly position: StreamPosition; readonly frames: readonly Buffer[] }
   | { readonly recovered: false; readonly position: StreamPosition; readonly reason: RecoveryFailure };
 
+/**
+ * A chat's sequence and epoch are kept this long after the chat was last used (both engines);
+ * only then does its next broadcast start a new epoch. History entries go much sooner
+ * (HISTORY_TTL_MS): a client resuming at the top of an idle chat has missed nothing and must be
+ * told so, not sent to the main API for a gap that does not exist.
+ */
+export const STREAM_TTL_MS = 7 * 24 * 3600 * 1000;
+
 export interface HistoryLimits {
   /** Broadcasts kept per chat; 0 keeps none (positions are still numbered). */
   readonly size: number;

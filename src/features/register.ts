@@ -49,8 +49,6 @@ export const register = defineFeature({
   },
 });
 
-const NOTHING_COVERED: StreamPosition = { seq: -1, epoch: '' };
-
 async function registerChat(session: Session, chat: IdKey, token: string, since: StreamPosition | undefined): Promise<void> {
   const { hub, engine, api } = session.ctx;
   session.requireEngine();
@@ -81,11 +79,12 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
     // Idempotent: same subscription and presence; a fresh token replaces the old one.
     existing.token = token;
     session.watchCredentials(existing);
+    if (since === undefined) return reanswer(session, existing, await engine.online(chat));
     existing.hold();
     try {
       await catchUp(session, existing, await engine.online(chat), since);
     } finally {
-      existing.goLive(NOTHING_COVERED); // no-op when caught up; else live again, nothing held back
+      existing.goLive(null); // no-op when caught up; else live again, nothing held back
     }
     return;
   }
@@ -115,6 +114,19 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
   }
   session.watchCredentials(reg);
   if (cameOnline) await hub.announceOnline(chat, user, session.id);
+}
+
+/**
+ * A register without `since` for a chat the connection already has: it stays live — nothing is
+ * held, nothing skipped — and `registered` names where its client stands: every broadcast up
+ * to that position has reached it (or was its own, acked), every later one follows the answer.
+ * (Holding and reading the engine's position instead would skip broadcasts the client never got.)
+ */
+async function reanswer(session: Session, reg: Registration, online: readonly IdKey[]): Promise<void> {
+  if (session.chats.get(reg.chat) !== reg) return;
+  const position = reg.position(session.ctx.hub.deliveredPosition(reg.chat)) ?? (await session.ctx.engine.position(reg.chat));
+  if (session.chats.get(reg.chat) !== reg) return;
+  session.send(out.registered(reg.chat, reg.user, online, position, undefined));
 }
 
 /**

@@ -86,6 +86,11 @@ export class Hub {
     if (n > 0) this.metrics.deliveries.inc(n);
   }
 
+  /** The chat's last broadcast delivered on this instance, if any since its first local member. */
+  deliveredPosition(chat: IdKey): StreamPosition | undefined {
+    return this.resync.delivered(chat);
+  }
+
   /** The chat's position when a registration went live: where a catch-up after an outage starts. */
   notePosition(chat: IdKey, position: StreamPosition): void {
     this.resync.note(chat, position);

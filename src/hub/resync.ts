@@ -21,22 +21,28 @@ const OVERFLOWED = 'overflowed';
  * here; when the engine is lost it holds the chats' deliveries, and when it is back it reads what
  * this instance missed from the chat's history and delivers it — then what was held, minus what
  * the history already covered — so local receivers see every broadcast once, in order.
- * When the stream itself was lost (Redis restarted without persistence: a new epoch), there is
- * nothing to replay, and nothing to do: the next broadcast carries the new epoch, which tells
- * every client to fetch what it missed from the main API. With HISTORY_SIZE=0 there is no
- * recovery to offer, and nothing is done. When the history is merely too short (trimmed), the gap
+ * When the stream itself was lost (Redis restarted without persistence or flushed: a new epoch),
+ * what the old epoch lost is the main API's to give, but what other instances published in the
+ * new epoch meanwhile is in its history: it is delivered like any missed broadcast, and its new
+ * epoch tells every client to fetch the rest from the main API. With HISTORY_SIZE=0 there is no
+ * recovery to offer, and nothing is done. When the history is too short (trimmed), the gap
  * would be invisible, so the chat's local connections are
  * closed 1012 (`onLost`): they reconnect and register with their own positions, and the gateway
  * tells each of them what it missed (`recovered:false`).
+ *
+ * Publications of a chat reach this instance in `seq` order, so a numbered frame at or before
+ * the last one delivered here can only be one a catch-up already delivered from history (it was
+ * published before the history was read, and arrived after): it is dropped, not delivered twice.
  */
 export class Resync {
   /**
    * Per chat, the position of the last numbered frame delivered here (read from its prefix, not
    * the frame kept: a received frame is a slice of the Redis client's read buffer, and keeping it
-   * would keep that whole buffer alive for as long as the chat stays quiet), or a position a
-   * registration read when it went live.
+   * would keep that whole buffer alive for as long as the chat stays quiet).
    */
   private readonly last = new Map<IdKey, StreamPosition>();
+  /** Per chat with nothing delivered yet, the position its first registration read when it went live. */
+  private readonly noted = new Map<IdKey, StreamPosition>();
   /** Chats holding their deliveries until caught up; null while the engine has not been lost. */
   private held: Map<IdKey, HeldDelivery[] | typeof OVERFLOWED> | null = null;
   private running = false;
@@ -62,12 +68,18 @@ export class Resync {
 
   /** A position this instance is known to be at (a registration read it when it went live). */
   note(chat: IdKey, position: StreamPosition): void {
-    if (!this.last.has(chat)) this.last.set(chat, position);
+    if (!this.last.has(chat) && !this.noted.has(chat)) this.noted.set(chat, position);
+  }
+
+  /** The last numbered frame delivered here (every live local member has it, or sent it). */
+  delivered(chat: IdKey): StreamPosition | undefined {
+    return this.last.get(chat);
   }
 
   /** The chat has no local member any more. */
   forget(chat: IdKey): void {
     this.last.delete(chat);
+    this.noted.delete(chat);
     this.held?.delete(chat);
   }
 
@@ -94,22 +106,30 @@ export class Resync {
 
   private pass(chat: IdKey, frame: Buffer, exceptConn: string | null): void {
     const at = positionOf(frame);
-    if (at !== null) this.last.set(chat, at);
+    if (at !== null) {
+      const last = this.last.get(chat);
+      if (last !== undefined && at.epoch === last.epoch && at.seq <= last.seq) return; // delivered by a catch-up
+      this.last.set(chat, at);
+      this.noted.delete(chat);
+    }
     this.deliver(chat, frame, exceptConn);
   }
 
   private async catchUp(chat: IdKey): Promise<void> {
     if (this.held?.get(chat) === undefined) return;
-    const since = this.last.get(chat);
+    const since = this.last.get(chat) ?? this.noted.get(chat);
     let missed: readonly Buffer[] = [];
     let lost = this.held.get(chat) === OVERFLOWED;
     if (!lost && since !== undefined) {
       try {
-        const result = await this.engine.recover(chat, since, this.maxBytes);
+        let result = await this.engine.recover(chat, since, this.maxBytes);
+        // A new epoch: what it has numbered so far was published while this instance was away.
+        if (!result.recovered && result.reason === 'epoch_changed') {
+          result = await this.engine.recover(chat, { seq: 0, epoch: result.position.epoch }, this.maxBytes);
+        }
         if (result.recovered) missed = result.frames;
-        // epoch_changed: the new epoch tells clients. no_history: HISTORY_SIZE=0 opted out of
-        // recovery, and connections stay as they are (as before this catch-up existed).
-        else lost = result.reason === 'too_far_behind';
+        // no_history: HISTORY_SIZE=0 opted out of recovery, and connections stay as they are.
+        else lost = result.reason !== 'no_history';
       } catch {
         return; // the engine failed again: the chat stays held until it is back
       }
@@ -121,17 +141,14 @@ export class Resync {
       this.metrics.resyncs.inc({ outcome: 'lost' });
       this.log.warn({ chat }, 'broadcasts missed during an engine outage are not in history: closing the chat\'s connections so they recover');
       this.last.delete(chat);
+      this.noted.delete(chat);
       this.onLost(chat);
       return;
     }
     this.metrics.resyncs.inc({ outcome: 'recovered' });
     if (missed.length > 0) this.log.info({ chat, broadcasts: missed.length }, 'broadcasts missed during an engine outage delivered from history');
     for (const frame of missed) this.pass(chat, frame, null);
-    const covered = this.last.get(chat);
-    for (const { frame, exceptConn } of waiting) {
-      const at = positionOf(frame);
-      if (at !== null && covered !== undefined && at.epoch === covered.epoch && at.seq <= covered.seq) continue;
-      this.pass(chat, frame, exceptConn);
-    }
+    // What was held meanwhile, minus what the history covered (`pass` drops those).
+    for (const { frame, exceptConn } of waiting) this.pass(chat, frame, exceptConn);
   }
 }

@@ -33,6 +33,12 @@ interface Held {
  * catches up — between attaching to the chat and answering `registered`, when a replay may be
  * sent — live deliveries are held, then sent after the replay minus what the replay already
  * covered, so the client sees the chat's broadcasts in order, each once.
+ *
+ * The position `registered` names is read on the engine's command connection, while broadcasts
+ * arrive on its subscription: one numbered before the read can still be on its way when the
+ * registration goes live. So until a later broadcast of the chat arrives, any at or before the
+ * covered position is dropped (`floor`): the client has it from the replay, or it is older than
+ * where the client starts.
  */
 export class Registration implements Member {
   lastTypingAt = 0;
@@ -43,6 +49,8 @@ export class Registration implements Member {
    * registration has ended: nothing more of the chat reaches the connection through it.
    */
   private held: Held | 'live' | 'ended' = { frames: [], bytes: 0 };
+  /** The position it went live at, until a broadcast after it arrives (see above); null after. */
+  private floor: StreamPosition | null = null;
 
   constructor(
     private readonly connection: Connection,
@@ -62,7 +70,10 @@ export class Registration implements Member {
 
   send(frame: Outgoing): void {
     if (this.held === 'ended') return;
-    if (this.held === 'live') return this.connection.sendFramed(frame);
+    if (this.held === 'live') {
+      if (this.floor !== null && this.belowFloor(frame)) return;
+      return this.connection.sendFramed(frame);
+    }
     this.held.bytes += frame.wire.length;
     if (this.held.bytes > this.connection.maxBufferedBytes) {
       this.held = { frames: [], bytes: 0 };
@@ -94,15 +105,38 @@ export class Registration implements Member {
     if (this.held === 'live') this.held = { frames: [], bytes: 0 };
   }
 
-  /** Sends what was held, skipping stream broadcasts at or before `covered`, and goes live. */
-  goLive(covered: StreamPosition): void {
-    if (this.held === 'ended') return;
-    const held = this.held === 'live' ? [] : this.held.frames;
+  /**
+   * Sends what was held, skipping stream broadcasts at or before `covered`, and goes live;
+   * broadcasts at or before `covered` that arrive later are dropped too (see above). Without
+   * `covered`, everything held is sent and nothing is dropped.
+   */
+  goLive(covered: StreamPosition | null): void {
+    if (this.held === 'ended' || this.held === 'live') return;
+    const held = this.held.frames;
     this.held = 'live';
-    for (const frame of held) {
-      const at = positionOf(frame.json);
-      if (at !== null && at.epoch === covered.epoch && at.seq <= covered.seq) continue;
-      this.connection.sendFramed(frame);
-    }
+    this.floor = covered;
+    for (const frame of held) this.send(frame);
+  }
+
+  /**
+   * Where a live registration's client stands: the position it went live at while nothing later
+   * has reached it, else `delivered`, the chat's last broadcast delivered on this instance (a
+   * live registration got every one of them, or sent it and was acked).
+   */
+  position(delivered: StreamPosition | undefined): StreamPosition | undefined {
+    const floor = this.floor;
+    if (floor === null) return delivered;
+    // Later in the same epoch: broadcasts it sent itself (not delivered back to it, acked instead).
+    return delivered !== undefined && delivered.epoch === floor.epoch && delivered.seq > floor.seq ? delivered : floor;
+  }
+
+  /** A numbered frame at or before the floor is dropped; the first one after it lifts the floor. */
+  private belowFloor(frame: Outgoing): boolean {
+    const at = positionOf(frame.json);
+    if (at === null) return false;
+    const floor = this.floor!;
+    if (at.epoch === floor.epoch && at.seq <= floor.seq) return true;
+    this.floor = null;
+    return false;
   }
 }

@@ -203,6 +203,81 @@ for (const mode of ENGINE_MODES) {
       a.close();
       c.close();
     });
+
+    it('registrations racing a busy chat on every instance: re-registering without since and resuming with since lose nothing, repeat nothing, and registered names the exact boundary', async () => {
+      // Memory-engine instances share nothing: there, everything runs on one.
+      const n = mode === 'redis' ? 2 : 1;
+      if (mode === 'redis') await h.gateway();
+      const chat = uniqueChat();
+      const senders = await Promise.all([1, 2, 3].map((u, i) => h.member(u, chat, i % n)));
+      const stayer = await h.member(11, chat, n - 1);
+      const token11 = await h.token(11);
+      const token12 = await h.token(12);
+      let sending = true;
+      let total = 0;
+      const pumps = senders.map(async (s, k) => {
+        for (let i = 0; sending; i++) {
+          await s.request({ type: 'message', data: { id: `r${k}-${i}-${chat}`, ciphertext: 'x' } }, { type: 'ack' }, 5000);
+          total++;
+        }
+      });
+      // One connection re-registers without since, over and over; it never leaves the chat.
+      const reregistering = (async () => {
+        for (let i = 0; i < 40; i++) await stayer.request({ type: 'register', token: token11, chat_id: chat }, { type: 'registered' }, 5000);
+      })();
+      // Another leaves and comes back with its last position, over and over, on alternating instances.
+      const legs: Array<{ client: TestClient; since: number }> = [];
+      const resuming = (async () => {
+        let at = { seq: 0, epoch: stayer.all({ type: 'registered' })[0]!.epoch as string };
+        for (let i = 0; i < 12; i++) {
+          const c = await h.connect(i % n);
+          legs.push({ client: c, since: at.seq });
+          await resume(c, token12, chat, at);
+          await sleep(20);
+          c.close();
+          await c.closed;
+          const last = stream(c, chat).at(-1);
+          if (last !== undefined) at = { seq: last.seq as number, epoch: last.epoch as string };
+        }
+      })();
+      await Promise.all([reregistering, resuming]);
+      sending = false;
+      await Promise.all(pumps);
+      await stayer.next(() => stream(stayer, chat).length >= total, 5000).catch(() => undefined);
+      // Every broadcast once, in order; each `registered` between exactly the broadcasts at or before its position and those after.
+      assert.deepEqual(seqs(stream(stayer, chat)), range(1, total), `the re-registering connection lost or repeated broadcasts: ${JSON.stringify(stayer.frames.slice(0, 8))}`);
+      const answers = stayer.all((f) => f.type === 'registered');
+      for (const answer of answers.slice(1)) {
+        const at = stayer.frames.indexOf(answer);
+        const before = stream(stayer, chat).filter((f) => stayer.frames.indexOf(f) < at).at(-1);
+        assert.equal(answer.seq, before?.seq ?? 0, 'registered names where the connection stands');
+      }
+      for (const { client, since } of legs) {
+        const got = seqs(stream(client, chat));
+        assert.deepEqual(got, range(since + 1, since + got.length), `resume after ${since}: ${got.join(',')}`);
+        const answer = client.all({ type: 'registered' })[0]!;
+        const after = stream(client, chat).filter((f) => client.frames.indexOf(f) > client.frames.indexOf(answer));
+        assert.ok(after.every((f) => (f.seq as number) > (answer.seq as number)), 'a broadcast at or before registered came after it');
+      }
+      for (const c of [...senders, stayer]) c.close();
+    });
+
+    it('a chat that was quiet past HISTORY_TTL_MS keeps its epoch: a client at the top resumes with nothing missed, live members go on in the same epoch', async () => {
+      const inst = await h.gateway({ HISTORY_TTL_MS: '1000' });
+      const i = h.instances.indexOf(inst);
+      const chat = uniqueChat();
+      const a = await h.member(1, chat, i);
+      const b = await h.member(2, chat, i);
+      const first = await a.request({ type: 'message', data: { id: `q0-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      await sleep(2600); // past the TTL and at least one sweep of the memory engine (every second)
+      const c = await h.connect(i);
+      const { replay, registered } = await resume(c, await h.token(3), chat, { seq: first.seq as number, epoch: first.epoch as string });
+      assert.deepEqual([replay.length, registered.recovered, registered.epoch], [0, true, first.epoch]);
+      await a.request({ type: 'message', data: { id: `q1-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      const next = await b.next((f) => f.type === 'message' && idOf(f) === `q1-${chat}`);
+      assert.deepEqual([next.seq, next.epoch], [2, first.epoch]);
+      for (const x of [a, b, c]) x.close();
+    });
   });
 }
 

@@ -6,7 +6,7 @@ import type { Logger } from '../../log.js';
 import type { IdKey } from '../../protocol/ids.js';
 import { EngineUnavailableError, type Engine, type EngineEvents } from '../types.js';
 import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
-import { newEpoch, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
+import { STREAM_TTL_MS, newEpoch, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
 import { LEAVE, SWEEP, WRITE_ENTRIES } from './scripts.js';
 import { APPEND, CONTAINS, RECOVER } from './stream-scripts.js';
 
@@ -48,8 +48,6 @@ const presenceKey = (chat: IdKey) => `ms:presence:{${chat}}`;
 const userPrefix = (chat: IdKey) => `ms:presence:{${chat}}:u:`;
 const streamKey = (chat: IdKey) => `ms:stream:{${chat}}`;
 const historyKey = (chat: IdKey) => `ms:history:{${chat}}`;
-/** A chat's sequence is kept this long after its last use; then its next broadcast starts a new epoch. */
-const STREAM_TTL_MS = 7 * 24 * 3600 * 1000;
 const unavailable = (err: unknown) =>
   err instanceof EngineUnavailableError ? err : new EngineUnavailableError(`redis: ${(err as Error).message}`);
 
