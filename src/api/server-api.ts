@@ -7,11 +7,13 @@ import type { Engine } from '../engine/types.js';
 import { EngineUnavailableError } from '../engine/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
+import { MAX_DEPTH, nestedDeeperThan } from '../protocol/codec.js';
 import { idKey, wireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import { ChatParams, DisconnectAnswer, DisconnectBody, ErrorAnswer, PresenceAnswer, PublishAnswer, PublishBody, RevokeAnswer, RevokeBody, UserParams } from './schemas.js';
 
 export const API_PREFIX = '/api/v1';
+const OPENAPI_PATH = `${API_PREFIX}/openapi.json`;
 
 export interface ServerApiOptions {
   apiKey: string;
@@ -32,7 +34,7 @@ export interface ServerApiOptions {
 class ApiError extends Error {
   constructor(
     readonly status: number,
-    readonly code: 'unauthorized' | 'unavailable',
+    readonly code: 'unauthorized' | 'unavailable' | 'bad_request',
     message: string,
   ) {
     super(message);
@@ -75,8 +77,11 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
     header !== undefined && header.startsWith('Bearer ') && timingSafeEqual(digest(header.slice('Bearer '.length)), expected);
 
   app.addHook('onRequest', async (req) => {
-    // The document is public; paths outside the API (on its own listener) are simply not found.
-    if (req.url === `${API_PREFIX}/openapi.json` || !req.url.startsWith(`${API_PREFIX}/`)) return;
+    // Decided by the route the router matched, never by the raw URL: the router decodes the path
+    // (`/%61pi/v1/…` is `/api/v1/…`), so a prefix test on `req.url` could be walked around.
+    // The document is public; a path that matches no route is simply not found.
+    const route = req.routeOptions.url;
+    if (route === undefined || route === OPENAPI_PATH) return;
     if (!authorized(req.headers.authorization)) throw new ApiError(401, 'unauthorized', 'missing or wrong API key (Authorization: Bearer <API_KEY>)');
   });
   app.addHook('onResponse', async (req, reply) => {
@@ -164,6 +169,8 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
       },
     },
     async (req) => {
+      // An event is broadcast and replayed like a message: bounded in depth like a client's frame.
+      if (nestedDeeperThan(req.body.event, MAX_DEPTH)) throw new ApiError(400, 'bad_request', `body/event is nested deeper than ${MAX_DEPTH} levels`);
       requireAccepting();
       const chat = idKey(req.params.chat_id);
       const position = await engine.append(chat, out.event(chat, req.body.event), null).catch((err: unknown) => {
@@ -190,7 +197,7 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
     },
   );
 
-  app.get(`${API_PREFIX}/openapi.json`, { schema: { hide: true } }, async () => app.swagger());
+  app.get(OPENAPI_PATH, { schema: { hide: true } }, async () => app.swagger());
 
   await app.ready();
   return app;

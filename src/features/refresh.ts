@@ -2,12 +2,8 @@ import { Type } from '@sinclair/typebox';
 import { RequestError, isAuthRefusal } from '../protocol/errors.js';
 import { idKey, type IdKey } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
-import type { Session } from '../session/session.js';
 import { defineFeature } from './feature.js';
 import { OptionalChatId, TokenSchema } from './schemas.js';
-
-/** Connections with a refresh in flight: one at a time, since one frame may verify every chat. */
-const refreshing = new WeakSet<Session>();
 
 /**
  * refresh: hand over a fresh token before the current one expires, without re-registering.
@@ -22,10 +18,10 @@ export const refresh = defineFeature({
   schema: Type.Object({ type: Type.Literal('refresh'), token: TokenSchema, chat_id: OptionalChatId }),
   async handle(session, frame) {
     session.requireAccepting();
-    if (refreshing.has(session)) throw new RequestError('rate_limited', 'a refresh is already in progress; wait for its answer');
+    if (session.refreshing) throw new RequestError('rate_limited', 'a refresh is already in progress; wait for its answer');
     const chats: IdKey[] = frame.chat_id === undefined ? [...session.chats.keys()] : [idKey(frame.chat_id)];
     if (chats.length === 0 || chats.some((chat) => !session.chats.has(chat))) throw new RequestError('not_registered', 'not registered to this chat');
-    refreshing.add(session);
+    session.refreshing = true;
     try {
       let users: IdKey[];
       try {
@@ -40,6 +36,8 @@ export const refresh = defineFeature({
       }
       session.noteAuthResult(false);
       const switched = chats.filter((chat) => session.chats.has(chat));
+      // Every chat it was for ended meanwhile (unregistered, revoked): nothing was refreshed.
+      if (switched.length === 0) throw new RequestError('not_registered', 'not registered to this chat any more');
       for (const chat of switched) {
         const reg = session.registration(chat);
         reg.token = frame.token;
@@ -47,7 +45,7 @@ export const refresh = defineFeature({
       }
       session.send(out.refreshed(switched));
     } finally {
-      refreshing.delete(session);
+      session.refreshing = false;
     }
     return 'ok' as const;
   },

@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox';
-import { CancelledError, RequestError, isAuthRefusal } from '../protocol/errors.js';
+import { CLOSE, CancelledError, RequestError, isAuthRefusal } from '../protocol/errors.js';
 import type { StreamPosition } from '../engine/stream.js';
 import { IdSchema, idKey, type IdKey } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
@@ -68,8 +68,15 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
   }
   // Bind the connection to its user in the same tick as the check, so two registers in flight
   // for different chats can never leave one connection acting as two users.
-  if (session.user === null) session.user = user;
-  else if (session.user !== user) {
+  if (session.user === null) {
+    // The server API disconnected the user while this first register was under way: that
+    // disconnect could not find this connection (not bound yet), so it takes effect here.
+    if (api.disconnectedSince(user, asked)) {
+      session.close(CLOSE.disconnected, 'disconnected by the server API');
+      throw new CancelledError();
+    }
+    session.user = user;
+  } else if (session.user !== user) {
     session.noteAuthResult(true);
     throw new RequestError('forbidden', 'every registration of a connection must be the same user');
   }

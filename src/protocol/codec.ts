@@ -35,7 +35,7 @@ export function parseFrame(text: string): RawFrame {
  */
 export const MAX_DEPTH = 32;
 
-function nestedDeeperThan(value: unknown, limit: number): boolean {
+export function nestedDeeperThan(value: unknown, limit: number): boolean {
   if (typeof value !== 'object' || value === null) return false;
   if (limit === 0) return true;
   // for…in walks arrays and objects alike without allocating a values array per level.

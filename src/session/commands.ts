@@ -9,7 +9,7 @@ export interface CommandTargets {
   readonly registry: Registry<Member>;
   /** Open connections of this instance, with the user each is bound to (null before its first register). */
   connections(): Iterable<{ readonly user: string | null; close(code: number, reason: string): void }>;
-  readonly api: Pick<MainApi, 'forget'>;
+  readonly api: Pick<MainApi, 'forget' | 'disconnected'>;
   readonly log: Logger;
 }
 
@@ -32,7 +32,9 @@ export function createCommandHandler(targets: CommandTargets): (command: Control
         return members.length;
       }
       case 'disconnect': {
-        targets.api.forget(command.user, null);
+        // Marked first: a connection whose first register is under way is not bound to the user
+        // yet, so the pass below cannot find it; its register sees the mark and closes it too.
+        targets.api.disconnected(command.user);
         // One pass over the instance's connections, copying only the user's (closing edits the set).
         const theirs: Array<{ close(code: number, reason: string): void }> = [];
         for (const conn of targets.connections()) if (conn.user === command.user) theirs.push(conn);

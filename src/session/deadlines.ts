@@ -34,10 +34,23 @@ export class Deadlines<T extends HasDeadline> {
     if (items === undefined) this.buckets.set(bucket, (items = new Set()));
     items.add(item);
     item.deadline = bucket;
-    if (this.timer === null) {
-      this.timer = setInterval(() => this.tick(), this.resolutionMs);
-      this.timer.unref();
-    }
+    if (this.timer === null) this.start();
+  }
+
+  /**
+   * Ticks on bucket boundaries, each timer set for the next one (no interval to drift): a bucket
+   * is due at its boundary, so a tick just after it keeps every deadline at most one bucket late.
+   * (An interval started at an arbitrary moment ticked up to a whole bucket after the boundary:
+   * two buckets late in all.)
+   */
+  private start(): void {
+    const untilBoundary = this.resolutionMs - ((this.now() - this.origin) % this.resolutionMs);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.tick();
+      if (this.buckets.size > 0 && this.timer === null) this.start();
+    }, untilBoundary);
+    this.timer.unref();
   }
 
   clear(item: T): void {

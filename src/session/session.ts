@@ -78,6 +78,8 @@ export class Session implements Connection, WriteTurnMark {
   private registerTimer: NodeJS.Timeout | null = null;
   /** write-turn.ts's mark: this socket's writes within one event-loop turn are coalesced. */
   writeTurn = -1;
+  /** A `refresh` is in flight (one at a time): an expiry that comes meanwhile waits for its outcome. */
+  refreshing = false;
 
   constructor(
     readonly id: string,
@@ -431,6 +433,9 @@ export class Session implements Connection, WriteTurnMark {
     const exp = jwtExpiryMs(reg.token);
     if (exp === null) return void this.ctx.track(this.reverify(reg, reg.token));
     if (Date.now() < exp) return this.watchCredentials(reg);
+    // A refresh under way may replace the token: look again once it has had its say (it re-arms
+    // the deadline when it switches; UPSTREAM_TIMEOUT_MS bounds how long it can take).
+    if (this.refreshing) return this.ctx.deadlines.set(reg, Date.now());
     this.ctx.log.info({ conn: this.id, chat: reg.chat }, 'token expired; registration ended');
     this.endRegistration(reg, 'token_expired');
   }

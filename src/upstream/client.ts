@@ -25,6 +25,10 @@ export interface MainApi {
   remove(token: string, chat: IdKey, messageId: string): Promise<void>;
   /** Forgets cached verifies of `user` (in `chat`, or everywhere when null): the next verify asks the main API. */
   forget(user: IdKey, chat: IdKey | null): void;
+  /** The server API disconnected `user`: forgets its cached verifies, and remembers when (`disconnectedSince`). */
+  disconnected(user: IdKey): void;
+  /** Whether `disconnected(user)` came after `revision` was taken: a register under way must not bind a connection to it. */
+  disconnectedSince(user: IdKey, revision: number): boolean;
   /** A mark to pass to `forgottenSince`: taken before a verify whose answer may go stale. */
   revision(): number;
   /** Whether `forget` covered (user, chat) after `revision` was taken: an answer read before it is stale. */
@@ -183,6 +187,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       if (!ok(status)) fail('delete', status, token, chat);
     },
     forget: (user, chat) => cache.forgetUser(user, chat),
+    disconnected: (user) => cache.disconnectUser(user),
+    disconnectedSince: (user, since) => cache.disconnectedSince(user, since),
     revision: () => cache.revision,
     forgottenSince: (user, chat, since) => cache.forgottenSince(user, chat, since),
     async close() {

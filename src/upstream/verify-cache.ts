@@ -60,11 +60,25 @@ export class VerifyCache {
 
   /** Forgets every verify of `user` (in `chat` only, when given): the server API revoked it. */
   forgetUser(user: IdKey, chat: IdKey | null): void {
-    const mark = `${user}|${chat ?? '*'}`;
-    this.forgotten.delete(mark);
-    this.forgotten.set(mark, ++this.forgets);
-    if (this.forgotten.size > this.maxEntries) this.forgotten.delete(this.forgotten.keys().next().value as string);
+    this.mark(`${user}|${chat ?? '*'}`);
     for (const key of itemsOf(this.byUser.get(user))) if (chat === null || this.entries.get(key)?.chat === chat) this.remove(key);
+  }
+
+  /** The server API disconnected `user`: forgets every verify of it, and marks when (`disconnectedSince`). */
+  disconnectUser(user: IdKey): void {
+    this.forgetUser(user, null);
+    this.mark(`${user}|!`);
+  }
+
+  /** Whether `disconnectUser(user)` ran after `revision` was taken. */
+  disconnectedSince(user: IdKey, revision: number): boolean {
+    return revision !== this.forgets && (this.forgotten.get(`${user}|!`) ?? 0) > revision;
+  }
+
+  private mark(key: string): void {
+    this.forgotten.delete(key);
+    this.forgotten.set(key, ++this.forgets);
+    if (this.forgotten.size > this.maxEntries) this.forgotten.delete(this.forgotten.keys().next().value as string);
   }
 
   /** A mark to pass to `forgottenSince`, taken before a verify whose answer may go stale. */

@@ -39,6 +39,23 @@ for (const mode of ENGINE_MODES) {
       c.close();
     });
 
+    it('a refresh sent before exp that the main API answers after it still wins: the registration is switched, not ended', async () => {
+      const chat = uniqueChat();
+      const c = await h.connect();
+      await c.register(await h.token(1, { expiresInSec: 2 }), chat);
+      const fresh = await h.token(1, { expiresInSec: 60 });
+      h.api.addFault({ op: 'verify', delayMs: 3500, status: 200, body: { user_id: 1 }, times: 1 });
+      try {
+        const answer = await c.request({ type: 'refresh', token: fresh }, (f) => f.type === 'refreshed' || f.type === 'error', 6000);
+        assert.deepEqual(answer, { type: 'refreshed', chat_ids: [chat] });
+      } finally {
+        h.api.clearFaults();
+      }
+      assert.equal(c.all({ type: 'unregistered' }).length, 0, 'expired while its refresh was pending');
+      await c.request({ type: 'message', data: { id: `kept-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      c.close();
+    });
+
     it('a refused refresh changes nothing: unauthorized, another user, unregistered chat', async () => {
       const chat = uniqueChat();
       const c = await h.connect();

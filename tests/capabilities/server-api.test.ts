@@ -113,6 +113,30 @@ for (const mode of ENGINE_MODES) {
       bystander.close();
     });
 
+    it('disconnect during a connection\'s first register: the connection, not yet bound to the user when the disconnect ran, is closed 4403 too', async () => {
+      await ready();
+      const chat = uniqueChat();
+      const old = await h.member(7, chat, 0);
+      const watcher = await h.member(8, chat, 0);
+      // The main API admits the new connection, but its answer arrives after the disconnect.
+      h.api.addFault({ op: 'verify', delayMs: 600, status: 200, body: { user_id: 7 }, times: 1 });
+      try {
+        const racing = await h.connect(0);
+        const answer = racing.request({ type: 'register', token: await h.token(7), chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error', 5000).catch(() => null);
+        await new Promise((r) => setTimeout(r, 200));
+        const done = await call(h.instances[0]!, 'POST', '/api/v1/users/7/disconnect', { reason: 'banned' });
+        assert.deepEqual([done.status, done.body.connections], [200, 1]);
+        assert.deepEqual(await old.closed, { code: 4403, reason: 'banned' });
+        const closed = await Promise.race([racing.closed, new Promise<{ code: number }>((r) => setTimeout(() => r({ code: -1 }), 3000))]);
+        assert.equal(closed.code, 4403, 'the racing connection stayed open');
+        assert.equal((await answer)?.type === 'registered', false, 'the racing connection was registered');
+        await expectNone(watcher, presence(7, 'online'), 300);
+      } finally {
+        h.api.clearFaults();
+      }
+      watcher.close();
+    });
+
     it('publish: system events are numbered in the chat stream with concurrent messages, in one order on every instance, and recovered', async () => {
       await ready();
       const chat = uniqueChat();
@@ -184,6 +208,15 @@ for (const mode of ENGINE_MODES) {
       const noEvent = await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/publish`, { event: 'text' });
       assert.equal(noEvent.status, 400);
       assert.match(String(noEvent.body.message), /event/);
+      // An event nested deeper than a client's frame may be is refused, not broadcast (nor a 500).
+      const deep = `{"event":${'{"d":'.repeat(5000)}1${'}'.repeat(5000)}}`; // written out: too deep for JSON.stringify
+      const tooDeep = await fetch(`http://127.0.0.1:${h.instances[0]!.gateway.apiPort ?? h.instances[0]!.gateway.port}/api/v1/chats/${chat}/publish`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+        body: deep,
+      });
+      assert.equal(tooDeep.status, 400);
+      assert.match(String(((await tooDeep.json()) as { message: string }).message), /event/);
       const longReason = await call(h.instances[0]!, 'POST', '/api/v1/users/13/disconnect', { reason: 'x'.repeat(121) });
       assert.equal(longReason.status, 400);
       assert.match(String(longReason.body.message), /reason/);
@@ -206,6 +239,13 @@ describe('server API: where it is served', () => {
       const own = await h.gateway({ API_KEY, API_PORT: '0' });
       assert.ok(own.gateway.apiPort !== null && own.gateway.apiPort !== own.gateway.port);
       assert.equal((await call(own, 'GET', '/api/v1/chats/1/presence')).status, 200);
+      // The key is required for whatever spelling of a route's path the router matches.
+      for (const path of ['/%61pi/v1/chats/1/presence', '/api/v1/chats/%31/presence', '/api%2Fv1/chats/1/presence', '/API/v1/chats/1/presence']) {
+        const res = await call(own, 'GET', path, undefined, null);
+        assert.ok(res.status === 401 || res.status === 404, `${path}: ${res.status}`);
+      }
+      const encoded = await call(own, 'POST', '/%61pi/v1/users/1/disconnect', {}, null);
+      assert.equal(encoded.status, 401);
       const publicPort = await fetch(`${own.gateway.url}/api/v1/chats/1/presence`, { headers: { authorization: `Bearer ${API_KEY}` } });
       assert.equal(publicPort.status, 404);
       assert.equal((await fetch(`${own.gateway.url}/healthz`)).status, 200);

@@ -22,4 +22,19 @@ describe('deadlines', () => {
     for (const item of items) assert.equal(item.deadline, null);
     d.close();
   });
+
+  it('ticks on bucket boundaries: a deadline set just before one fires about one resolution after it, not two', async () => {
+    const fired: number[] = [];
+    const item = { deadline: null as number | null };
+    const d = new Deadlines<typeof item>(() => fired.push(Date.now()), 300);
+    await new Promise((r) => setTimeout(r, 290)); // just before the first boundary
+    const at = Date.now() + 20; // due in the second bucket (boundary at 600 ms)
+    d.set(item, at);
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(fired.length, 1);
+    assert.ok(fired[0]! >= at, 'fired early');
+    // Due at 600 ms, one tick at that boundary; an interval started at 290 ms ticks at 890 ms (580 ms late).
+    assert.ok(fired[0]! - at < 450, `fired ${fired[0]! - at} ms after its deadline`);
+    d.close();
+  });
 });
