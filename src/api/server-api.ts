@@ -2,7 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import swagger from '@fastify/swagger';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Engine } from '../engine/types.js';
 import { EngineUnavailableError } from '../engine/types.js';
 import type { Logger } from '../log.js';
@@ -53,6 +53,10 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
   const app = Fastify({
     logger: false,
     bodyLimit: opts.bodyLimit,
+    // A path the router cannot decode (`%ZZ`) gets the API's own error shape, like any bad input.
+    frameworkErrors: (err, _req, reply) => {
+      void (reply as FastifyReply).code(400).send({ error: 'bad_request', message: err.message });
+    },
     // Our routes are exact; /api/v1/x/ is not /api/v1/x.
     ...(opts.serverFactory === undefined ? {} : { serverFactory: opts.serverFactory }),
   }).withTypeProvider<TypeBoxTypeProvider>();

@@ -246,6 +246,8 @@ describe('server API: where it is served', () => {
       }
       const encoded = await call(own, 'POST', '/%61pi/v1/users/1/disconnect', {}, null);
       assert.equal(encoded.status, 401);
+      const undecodable = await call(own, 'GET', '/api/v1/chats/%ZZ/presence');
+      assert.deepEqual([undecodable.status, undecodable.body.error], [400, 'bad_request']);
       const publicPort = await fetch(`${own.gateway.url}/api/v1/chats/1/presence`, { headers: { authorization: `Bearer ${API_KEY}` } });
       assert.equal(publicPort.status, 404);
       assert.equal((await fetch(`${own.gateway.url}/healthz`)).status, 200);
