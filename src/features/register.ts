@@ -40,8 +40,9 @@ export const register = defineFeature({
       throw new RequestError('bad_request', `a connection may register to at most ${maxChatsPerConnection} chats`);
     }
     session.chats.startRegistering(chat);
+    const refreshes = session.refreshes;
     try {
-      await session.enqueue(chat, () => registerChat(session, chat, frame.token, frame.since));
+      await session.enqueue(chat, () => registerChat(session, chat, frame.token, frame.since, refreshes));
     } finally {
       session.chats.doneRegistering(chat);
     }
@@ -49,7 +50,8 @@ export const register = defineFeature({
   },
 });
 
-async function registerChat(session: Session, chat: IdKey, token: string, since: StreamPosition | undefined): Promise<void> {
+/** `refreshes`: the connection's count of applied refreshes when this register was received. */
+async function registerChat(session: Session, chat: IdKey, token: string, since: StreamPosition | undefined, refreshes: number): Promise<void> {
   const { hub, engine, api } = session.ctx;
   session.requireEngine();
   // The server API may revoke (user, chat) while this register is under way (see below).
@@ -83,9 +85,12 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
   session.noteAuthResult(false);
   const existing = session.chats.get(chat);
   if (existing !== undefined) {
-    // Idempotent: same subscription and presence; a fresh token replaces the old one.
-    existing.token = token;
-    session.watchCredentials(existing);
+    // Idempotent: same subscription and presence; a fresh token replaces the old one — unless a
+    // refresh received after this register (which waited in the chat's queue) already did.
+    if (session.refreshes === refreshes) {
+      existing.token = token;
+      session.watchCredentials(existing);
+    }
     if (since === undefined) return reanswer(session, existing, await engine.online(chat));
     existing.hold();
     try {

@@ -56,6 +56,26 @@ for (const mode of ENGINE_MODES) {
       c.close();
     });
 
+    it('a register that waited behind a slow write does not put back the older token a later refresh replaced', async () => {
+      const chat = uniqueChat();
+      const c = await h.connect();
+      const old = await h.token(1, { expiresInSec: 3 });
+      await c.register(old, chat);
+      h.api.addFault({ op: 'save', delayMs: 1500, times: 1 });
+      try {
+        c.send({ type: 'message', data: { id: `slow-${chat}`, ciphertext: 'x' } });
+        const again = c.request({ type: 'register', token: old, chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error', 5000);
+        const refreshed = await c.request({ type: 'refresh', token: await h.token(1, { expiresInSec: 60 }) }, (f) => f.type === 'refreshed' || f.type === 'error');
+        assert.equal(refreshed.type, 'refreshed');
+        assert.equal((await again).type, 'registered');
+      } finally {
+        h.api.clearFaults();
+      }
+      await new Promise((r) => setTimeout(r, 2500)); // past the old token's exp
+      assert.equal(c.all({ type: 'unregistered' }).length, 0, 'the register put the expired token back');
+      c.close();
+    });
+
     it('a refused refresh changes nothing: unauthorized, another user, unregistered chat', async () => {
       const chat = uniqueChat();
       const c = await h.connect();
