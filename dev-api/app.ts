@@ -591,9 +591,12 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     if (!isId(body.sender_id)) refuse(422, 'sender_id is required');
     if (String(body.sender_id) !== sub) refuse(403, 'sender_id is not the token user');
     if (!isMember(body.chat_id, sub)) refuse(403, 'not a member of this chat');
-    // 409 means exactly "already saved": the gateway then acks the resend as a duplicate.
-    // A deleted id was saved once too, so a late resend of it must not resurrect the message.
-    if (messages.has(body.id) || deleted.has(body.id)) refuse(409, 'duplicate');
+    // 409 means exactly "already saved": the gateway then acks the resend as a duplicate. The
+    // body says whose it is, where, and whether it was deleted since: the gateway broadcasts a
+    // resend in place of a lost broadcast only for the same sender and chat, never a deleted one.
+    const existing = messages.get(body.id);
+    if (existing !== undefined) return reply.code(409).send({ error: 'duplicate', sender_id: existing.sender_id, chat_id: existing.chat_id, deleted: false });
+    if (deleted.has(body.id)) return reply.code(409).send({ error: 'duplicate', deleted: true });
     const stored: StoredMessage = {
       ...body,
       id: body.id,

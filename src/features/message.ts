@@ -9,10 +9,11 @@ import { EncryptedContent, OptionalChatId, authorRegistration } from './schemas.
 /**
  * message: save through the main API, then broadcast the saved data to the chat and ack the
  * sender. A 409 means an earlier send was saved: ack `duplicate:true`, and broadcast nothing —
- * unless the chat's history holds no broadcast of that id at all. Then the earlier send was saved
- * but never broadcast (its instance died between the two), and this resend is broadcast in its
- * place, so what was saved still reaches the chat. With HISTORY_SIZE=0 there is nothing to check
- * against and a 409 is never broadcast.
+ * unless the 409 says the saved message is this sender's, in this chat, not deleted, and the
+ * chat's history holds no broadcast of that id at all. Then the earlier send was saved but never
+ * broadcast (its instance died between the two), and this resend is broadcast in its place, so
+ * what was saved still reaches the chat. With HISTORY_SIZE=0 there is nothing to check against
+ * and a 409 is never broadcast.
  */
 export const message = defineFeature({
   type: 'message',
@@ -33,8 +34,8 @@ export const message = defineFeature({
     const json = savedBody(data, wireId(chat), wireId(reg.user));
     return session.enqueueWrite(reg, async () => {
       const { hub, api, engine, config } = session.ctx;
-      const { duplicate } = await session.upstream(() => api.save(reg.token, chat, json));
-      const broadcast = !duplicate || (config.historySize > 0 && !(await engine.contains(chat, data.id).catch(() => false)));
+      const { duplicate, ownSaved } = await session.upstream(() => api.save(reg.token, chat, reg.user, json));
+      const broadcast = !duplicate || (ownSaved && config.historySize > 0 && !(await engine.contains(chat, data.id).catch(() => false)));
       const position = broadcast ? await hub.append(chat, out.broadcast('message', chat, json), session.id, data.id) : null;
       session.send(out.ack('message', data.id, chat, duplicate, position));
       return duplicate ? ('duplicate' as const) : ('ok' as const);

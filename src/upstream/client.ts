@@ -18,9 +18,13 @@ export type UpstreamOp = 'verify' | 'save' | 'edit' | 'delete';
 export interface MainApi {
   /** The verified user of `token` in `chat`. */
   verify(token: string, chat: IdKey, signal?: AbortSignal): Promise<IdKey>;
-  /** `duplicate` when the main API answered 409: already saved by an earlier send. */
-  /** `message` is the body's JSON, serialized once by the caller (it broadcasts the same bytes). */
-  save(token: string, chat: IdKey, message: string): Promise<{ duplicate: boolean }>;
+  /**
+   * `duplicate` when the main API answered 409: already saved by an earlier send. `ownSaved`:
+   * the 409's body says the saved message is `sender`'s, in `chat`, and not deleted — the only
+   * case in which a resend may stand in for a broadcast that never happened (features/message.ts).
+   * `message` is the body's JSON, serialized once by the caller (it broadcasts the same bytes).
+   */
+  save(token: string, chat: IdKey, sender: IdKey, message: string): Promise<{ duplicate: boolean; ownSaved: boolean }>;
   edit(token: string, chat: IdKey, messageId: string, body: object): Promise<void>;
   remove(token: string, chat: IdKey, messageId: string): Promise<void>;
   /** Forgets cached verifies of `user` (in `chat`, or everywhere when null): the next verify asks the main API. */
@@ -70,8 +74,9 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       const headers: Record<string, string> = { authorization: `Bearer ${token}`, 'x-request-id': requestId, accept: 'application/json' };
       if (body !== undefined) headers['content-type'] = 'application/json';
       const payload = body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body);
-      // Only a verify reads its answer's body.
-      const answer = await exchange({ method, path, headers, body: payload }, op === 'verify', cancel);
+      // Only a verify's answer body is read, and a save's 409 (what it says was saved).
+      const readBody = op === 'verify' ? () => true : op === 'save' ? (status: number) => status === 409 : () => false;
+      const answer = await exchange({ method, path, headers, body: payload }, readBody, cancel);
       outcome = String(answer.status);
       if (answer.status >= 500) {
         log.warn({ op, status: answer.status, requestId }, 'main API error');
@@ -102,9 +107,10 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
    * wait for a pool connection: the fair scheduler runs at most that many). No per-call timer on
    * the hot path, only the connection's own signal when it may close.
    */
-  function exchange(request: Dispatcher.DispatchOptions, readBody: boolean, cancel?: AbortSignal): Promise<Answer> {
+  function exchange(request: Dispatcher.DispatchOptions, readBody: (status: number) => boolean, cancel?: AbortSignal): Promise<Answer> {
     return new Promise<Answer>((resolve, reject) => {
       let status = 0;
+      let reading = false;
       let chunks: Buffer[] | null = null;
       let size = 0;
       let controller: Dispatcher.DispatchController | null = null;
@@ -122,9 +128,10 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
         },
         onResponseStart(_controller, statusCode) {
           status = statusCode;
+          reading = readBody(statusCode);
         },
         onResponseData(controller, chunk) {
-          if (!readBody) return;
+          if (!reading) return;
           size += chunk.length;
           // A main API that answers with megabytes is lying: refuse it rather than hold it.
           if (size > MAX_ANSWER_BYTES) return controller.abort(new AnswerTooLarge());
@@ -172,11 +179,11 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       if (!cache.forgottenSince(user, chat, asked)) cache.set(token, chat, user);
       return user;
     },
-    async save(token, chat, message) {
-      const { status } = await call('save', 'POST', config.messageSavePath, token, message);
-      if (status === 409) return { duplicate: true };
+    async save(token, chat, sender, message) {
+      const { status, body } = await call('save', 'POST', config.messageSavePath, token, message);
+      if (status === 409) return { duplicate: true, ownSaved: savedBy(body, sender, chat) };
       if (!ok(status)) fail('save', status, token, chat);
-      return { duplicate: false };
+      return { duplicate: false, ownSaved: false };
     },
     async edit(token, chat, messageId, body) {
       const { status } = await call('edit', 'PATCH', messagePath(chat, messageId), token, body);
@@ -200,6 +207,24 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
 function isTimeout(err: unknown): boolean {
   const e = err as { name?: string; code?: string };
   return e.name === 'TimeoutError' || e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_BODY_TIMEOUT' || e.code === 'UND_ERR_CONNECT_TIMEOUT';
+}
+
+/**
+ * Whether a save's 409 body (`{"sender_id", "chat_id", "deleted"?}`, as the main-API guide asks)
+ * says the saved message is `sender`'s, in `chat`, and still there. Anything else — no body,
+ * another sender or chat, a deleted one — is not: a client must never get a broadcast out of
+ * another user's id, or bring back a deleted message, by resending it.
+ */
+function savedBy(body: string, sender: IdKey, chat: IdKey): boolean {
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch {
+    return false;
+  }
+  if (typeof value !== 'object' || value === null) return false;
+  const v = value as Record<string, unknown>;
+  return parseId(v.sender_id) === sender && parseId(v.chat_id) === chat && v.deleted !== true;
 }
 
 /** `user_id`, else `id`, `sub`, or `user.id`. */

@@ -97,6 +97,32 @@ for (const mode of ENGINE_MODES) {
       b.close();
     });
 
+    it('a 409 stands in for a lost broadcast only for its own sender and chat, never for a deleted message or a 409 that does not say', async () => {
+      const { chat, a, b } = await h.pair();
+      const c = await h.member(3, chat);
+      const at = new Date().toISOString();
+      // Another user's saved id, resent with a copy of its content: the resender gets no broadcast out of it.
+      const theirs = `theirs-${chat}`;
+      h.api.messages.set(theirs, { id: theirs, chat_id: chat, sender_id: 1, ciphertext: 'x', saved_at: at });
+      const stolen = await c.request({ type: 'message', data: { id: theirs, ciphertext: 'x' } }, { type: 'ack' });
+      assert.deepEqual([stolen.duplicate, stolen.seq], [true, undefined]);
+      // Its own id, saved in another chat.
+      const elsewhere = `elsewhere-${chat}`;
+      h.api.messages.set(elsewhere, { id: elsewhere, chat_id: chat + 1, sender_id: 1, ciphertext: 'x', saved_at: at });
+      const moved = await a.request({ type: 'message', data: { id: elsewhere, ciphertext: 'x' } }, { type: 'ack' });
+      assert.deepEqual([moved.duplicate, moved.seq], [true, undefined]);
+      // Its own id, deleted since: a late resend must not bring it back.
+      h.api.deleted.add(`gone-${chat}`);
+      const gone = await a.request({ type: 'message', data: { id: `gone-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      assert.deepEqual([gone.duplicate, gone.seq], [true, undefined]);
+      // A 409 whose body does not say whose message it is.
+      h.api.addFault({ op: 'save', status: 409, times: 1 });
+      const silent = await a.request({ type: 'message', data: { id: `silent-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      assert.deepEqual([silent.duplicate, silent.seq], [true, undefined]);
+      await expectNone(b, { type: 'message' }, 200);
+      for (const x of [a, b, c]) x.close();
+    });
+
     it('with HISTORY_SIZE=0 a 409 is never broadcast (nothing to check against)', async () => {
       const inst = await h.gateway({ HISTORY_SIZE: '0' });
       const chat = uniqueChat();

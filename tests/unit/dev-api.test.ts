@@ -134,7 +134,8 @@ describe('save', () => {
 
     const again = await save(token, message('m1', 5, 1));
     assert.equal(again.status, 409);
-    assert.deepEqual(again.json, { error: 'duplicate' });
+    // Whose and where: the gateway broadcasts a resend in place of a lost broadcast only for its own sender and chat.
+    assert.deepEqual(again.json, { error: 'duplicate', sender_id: 1, chat_id: 5, deleted: false });
   });
 
   test('a sender_id other than the token user is 403 and nothing is stored', async () => {
@@ -230,7 +231,7 @@ describe('edit and delete', () => {
 
     const again = await save(token, { ...message('m1', 5, 1), ciphertext: 'resent' });
     assert.equal(again.status, 409, 'a deleted id was already saved: the gateway must not broadcast it again');
-    assert.deepEqual(again.json, { error: 'duplicate' });
+    assert.deepEqual(again.json, { error: 'duplicate', deleted: true });
     assert.equal(api.messages.has('m1'), false, 'the message stays deleted');
     const listed = (await call('/__messages', { method: 'GET' })).json as unknown[];
     assert.deepEqual(listed, []);
