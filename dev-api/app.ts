@@ -539,6 +539,14 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
   }
 
   app.addHook('onRequest', async (req, reply) => logWhenDone(req.raw, reply.raw, pathOf(req), opOf(req)));
+  // The control routes are for tests and curl, never for a browser: a request with an Origin
+  // header is one, and any web page the developer has open could otherwise reset the store or
+  // inject faults with a simple cross-site POST (bodies are read as JSON whatever their type).
+  app.addHook('onRequest', async (req, reply) => {
+    if (pathOf(req).startsWith('/__') && req.headers.origin !== undefined) {
+      return reply.code(403).send({ error: 'control routes do not answer browsers (a request with an Origin header)' });
+    }
+  });
 
   // Runs once the body is read, for every route and for unknown ones.
   app.addHook('preValidation', async (req, reply) => {

@@ -205,7 +205,27 @@ function renderTyping(): void {
   $('typing').textContent = names.length === 0 ? '' : `${names.join(', ')} ${names.length === 1 ? 'is' : 'are'} typing…`;
 }
 
+/** Views whose message list changed since the last render; rendered together, at most every RENDER_MS. */
+const dirty = new Set<ChatView>();
+let renderTimer: ReturnType<typeof setTimeout> | null = null;
+const RENDER_MS = 16;
+
+/**
+ * Asks for `view`'s list to be rendered. Renders are gathered: a chat opening with a thousand
+ * stored messages decrypts them one by one, and rebuilding the list after each made opening it
+ * quadratic (over a minute for 1,000).
+ */
 function renderMessages(view: ChatView): void {
+  dirty.add(view);
+  renderTimer ??= setTimeout(() => {
+    renderTimer = null;
+    const views = [...dirty];
+    dirty.clear();
+    for (const v of views) renderMessagesNow(v);
+  }, RENDER_MS);
+}
+
+function renderMessagesNow(view: ChatView): void {
   if (!session || session.current !== view) {
     renderChats();
     return;
@@ -264,7 +284,8 @@ async function decryptInto(view: ChatView, entry: Entry, content: { ciphertext?:
   let text: string | null = null;
   let problem: string | null = null;
   try {
-    text = await open(content, { chatId: view.chat.id, messageId: entry.id }, { id: s.device.id, privateKey: s.device.privateKey });
+    // Bound to the message's sender: an edit must come from its author to decrypt.
+    text = await open(content, { chatId: view.chat.id, messageId: entry.id, senderId: entry.senderId }, { id: s.device.id, privateKey: s.device.privateKey });
   } catch (err) {
     problem = `cannot decrypt: ${err instanceof CannotDecrypt ? err.message : 'unreadable message'}`;
   }
@@ -400,7 +421,7 @@ function sendText(view: ChatView, text: string): void {
   renderMessages(view);
   queueWrite(view, async () => {
     try {
-      const sealed = await seal(text, { chatId: view.chat.id, messageId: id }, await recipients(view));
+      const sealed = await seal(text, { chatId: view.chat.id, messageId: id, senderId: s.userId }, await recipients(view));
       settle(view, entry, view.chat.send({ ...sealed, message_type: 'text' }, { id }));
     } catch (err) {
       settle(view, entry, Promise.reject(err));
@@ -419,7 +440,7 @@ function editText(view: ChatView, id: string, text: string): void {
   queueWrite(view, async () => {
     try {
       // A fresh content key and fresh envelopes: whoever the chat has now can read the new text.
-      const sealed = await seal(text, { chatId: view.chat.id, messageId: id }, await recipients(view));
+      const sealed = await seal(text, { chatId: view.chat.id, messageId: id, senderId: entry.senderId }, await recipients(view));
       settle(view, entry, view.chat.edit(id, { ...sealed }));
     } catch (err) {
       settle(view, entry, Promise.reject(err));

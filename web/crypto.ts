@@ -50,9 +50,15 @@ export interface DeviceSecret {
 }
 
 /** Where a message belongs: bound into the AES-GCM additional data and the key derivation. */
+/**
+ * What a message's encryption is bound to: its chat, its id and its sender (the sender_id the
+ * gateway sets from the verified user). Content copied into another chat, under another id, or
+ * broadcast under another user's name does not decrypt.
+ */
 export interface MessageRef {
   chatId: string | number;
   messageId: string;
+  senderId: string | number;
 }
 
 export type OpenFailure = 'no_envelope' | 'bad_envelope' | 'bad_ciphertext';
@@ -102,7 +108,7 @@ export async function fingerprint(publicKey: string): Promise<string> {
 // --- sealing and opening -------------------------------------------------------------------------
 
 function additionalData(ref: MessageRef): Uint8Array<ArrayBuffer> {
-  return utf8.encode(`${AAD_LABEL}|${String(ref.chatId)}|${ref.messageId}`);
+  return utf8.encode(`${AAD_LABEL}|${String(ref.chatId)}|${ref.messageId}|${String(ref.senderId)}`);
 }
 
 /** The key-encryption key shared by the ephemeral key and one device (either side can derive it). */
@@ -110,7 +116,7 @@ async function wrappingKey(privateKey: CryptoKey, publicKey: CryptoKey, epk: Uin
   const shared = await subtle.deriveBits({ name: 'ECDH', public: publicKey }, privateKey, 256);
   const ikm = await subtle.importKey('raw', shared, 'HKDF', false, ['deriveKey']);
   return subtle.deriveKey(
-    { name: 'HKDF', hash: 'SHA-256', salt: epk, info: utf8.encode(`${ALG}|${String(ref.chatId)}|${ref.messageId}|${deviceId}`) },
+    { name: 'HKDF', hash: 'SHA-256', salt: epk, info: utf8.encode(`${ALG}|${String(ref.chatId)}|${ref.messageId}|${String(ref.senderId)}|${deviceId}`) },
     ikm,
     { name: 'AES-KW', length: 256 },
     false,

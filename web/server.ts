@@ -15,11 +15,15 @@ const WEB_DIR = fileURLToPath(new URL('.', import.meta.url));
 const BODY_LIMIT = 64 * 1024;
 const API_TIMEOUT_MS = 5000;
 
-/** The main-API routes the page may reach through /api (method, path pattern). */
+/**
+ * The main-API routes the page may reach through /api (method, path pattern), matched against
+ * the path as it will be requested — after URL normalization (`..`, `\`, `#`) — with ids of
+ * plain characters only, so no spelling of a path reaches another route.
+ */
 const API_ROUTES: ReadonlyArray<[string, RegExp]> = [
   ['POST', /^\/dev\/token$/],
-  ['PUT', /^\/devices\/[^/]+\/key$/],
-  ['GET', /^\/chats\/[^/]+\/(devices|messages)$/],
+  ['PUT', /^\/devices\/[A-Za-z0-9_-]+\/key$/],
+  ['GET', /^\/chats\/[A-Za-z0-9_-]+\/(devices|messages)$/],
 ];
 
 export interface ChatPageOptions {
@@ -105,7 +109,16 @@ export async function startChatPage(opts: ChatPageOptions): Promise<ChatPage> {
 
   /** Forwards an allowed /api call to the dev API: method, path, query, JSON body and token. */
   async function forward(req: IncomingMessage, res: ServerResponse, method: string, path: string, query: string): Promise<void> {
-    if (!API_ROUTES.some(([m, pattern]) => m === method && pattern.test(path))) return json(res, 404, { error: `no route for ${method} /api${path}` });
+    // Checked on what fetch will request, not on the raw path (fetch normalizes it).
+    let target: URL;
+    try {
+      target = new URL(`${path}${query}`, `${apiUrl}/`);
+    } catch {
+      return json(res, 404, { error: `no route for ${method} /api${path}` });
+    }
+    if (target.origin !== new URL(apiUrl).origin || !API_ROUTES.some(([m, pattern]) => m === method && pattern.test(target.pathname))) {
+      return json(res, 404, { error: `no route for ${method} /api${path}` });
+    }
     const body = method === 'GET' ? '' : await readBody(req);
     if (body === null) return json(res, 413, { error: 'body too large' });
     const headers: Record<string, string> = {};
@@ -113,7 +126,7 @@ export async function startChatPage(opts: ChatPageOptions): Promise<ChatPage> {
     if (body !== '') headers['content-type'] = 'application/json';
     let upstream: Response;
     try {
-      upstream = await fetch(`${apiUrl}${path}${query}`, { method, headers, ...(body === '' ? {} : { body }), signal: AbortSignal.timeout(API_TIMEOUT_MS) });
+      upstream = await fetch(`${target.origin}${target.pathname}${target.search}`, { method, headers, ...(body === '' ? {} : { body }), signal: AbortSignal.timeout(API_TIMEOUT_MS) });
     } catch {
       return json(res, 502, { error: 'the main API is unreachable' });
     }

@@ -12,7 +12,7 @@ async function device(id: string): Promise<{ secret: DeviceSecret; recipient: Re
   return { secret: { id, privateKey: pair.privateKey }, recipient: { device_id: id, public_key: await exportPublicKey(pair.publicKey) } };
 }
 
-const ref = { chatId: 7, messageId: 'm-1' };
+const ref = { chatId: 7, messageId: 'm-1', senderId: 1 };
 
 describe('web/crypto.ts', () => {
   it('every recipient device opens the message; the wire carries no plaintext', async () => {
@@ -25,7 +25,7 @@ describe('web/crypto.ts', () => {
     assert.equal(fromBase64(sealed.envelopes.a!.key).length, 40, 'AES-KW of a 32-byte key');
     assert.ok(!JSON.stringify(sealed).includes('llo'));
     assert.equal(await open(sealed, ref, a.secret), 'héllo, wörld');
-    assert.equal(await open(sealed, { chatId: '7', messageId: 'm-1' }, b.secret), 'héllo, wörld', 'chat ids compare as strings');
+    assert.equal(await open(sealed, { chatId: '7', messageId: 'm-1', senderId: '1' }, b.secret), 'héllo, wörld', 'ids compare as strings');
     await assert.rejects(open(sealed, ref, c.secret), (e: unknown) => e instanceof CannotDecrypt && e.reason === 'no_envelope');
   });
 
@@ -41,8 +41,10 @@ describe('web/crypto.ts', () => {
   it('a ciphertext or an envelope moved to another message, chat or device does not open', async () => {
     const [a, b] = await Promise.all([device('a'), device('b')]);
     const sealed = await seal('secret', ref, [a.recipient, b.recipient]);
-    await assert.rejects(open(sealed, { chatId: 7, messageId: 'm-2' }, a.secret), (e: unknown) => e instanceof CannotDecrypt && e.reason === 'bad_envelope');
-    await assert.rejects(open(sealed, { chatId: 8, messageId: 'm-1' }, a.secret), CannotDecrypt);
+    await assert.rejects(open(sealed, { chatId: 7, messageId: 'm-2', senderId: 1 }, a.secret), (e: unknown) => e instanceof CannotDecrypt && e.reason === 'bad_envelope');
+    await assert.rejects(open(sealed, { chatId: 8, messageId: 'm-1', senderId: 1 }, a.secret), CannotDecrypt);
+    // Broadcast under another sender's name (a copy resent by another member): does not decrypt.
+    await assert.rejects(open(sealed, { ...ref, senderId: 2 }, a.secret), CannotDecrypt);
     // b's envelope presented as a's: the key derivation names the device.
     await assert.rejects(open({ ...sealed, envelopes: { a: sealed.envelopes.b } }, ref, a.secret), (e: unknown) => e instanceof CannotDecrypt && e.reason === 'bad_envelope');
     const flipped = fromBase64(sealed.ciphertext);

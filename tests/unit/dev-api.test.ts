@@ -561,4 +561,16 @@ describe('close', () => {
     assert.equal(await hanging, 'failed', 'the hanging socket was destroyed');
     await own.close(); // idempotent
   });
+  test('control routes refuse browsers: a cross-site POST /__reset or /__faults (with an Origin header) changes nothing', async () => {
+    const token = await api.mintToken(1);
+    assert.equal((await save(token, message('kept', 5, 1))).status, 201);
+    const reset = await call('/__reset', { headers: { origin: 'https://evil.example', 'content-type': 'text/plain' }, rawBody: '{}' });
+    assert.equal(reset.status, 403);
+    const fault = await call('/__faults', { headers: { origin: 'https://evil.example', 'content-type': 'text/plain' }, rawBody: '{"op":"save","status":503}' });
+    assert.equal(fault.status, 403);
+    assert.equal(api.messages.has('kept'), true);
+    assert.equal((await save(token, message('kept2', 5, 1))).status, 201, 'a fault was injected');
+    // curl and tests (no Origin) still work.
+    assert.equal((await call('/__faults', { method: 'GET' })).status, 200);
+  });
 });
