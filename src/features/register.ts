@@ -125,7 +125,8 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
     throw err;
   }
   session.watchCredentials(reg);
-  if (cameOnline) await hub.announceOnline(chat, user, session.id);
+  // Not for a registration that ended meanwhile (revoked during its re-check): its offline may be out already.
+  if (cameOnline && session.chats.get(chat) === reg) await hub.announceOnline(chat, user, session.id);
 }
 
 /**

@@ -32,8 +32,12 @@ export interface PresencePorts {
  * n²/2 deliveries (2 million for a chat of 2,000). Gathered, they cost n per window.
  *
  * A gathered announcement says each user's status as the engine has it when it goes out, not
- * the change that was recorded: an instance's delayed `offline` can never overtake another
- * instance's later `online` for the same user and leave the chat showing the user offline.
+ * the change that was recorded. And every announcement that tells `offline` is checked right
+ * after it went out: if the engine has the user online again (a connection on another instance
+ * joined meanwhile, and its `online` may have gone out first), `online` follows. The check is
+ * read after the publish, on the same engine connection, so either it sees that join or the
+ * join's own `online` goes out after this `offline`: a stalled instance's late `offline` can
+ * never be the last word about a user who is online.
  */
 export class PresenceAnnouncer {
   private readonly windows = new Map<IdKey, Window>();
@@ -44,11 +48,10 @@ export class PresenceAnnouncer {
   ) {}
 
   announce(chat: IdKey, user: IdKey, status: PresenceStatus, exceptConn: string | null): Promise<void> {
-    if (this.windowMs === 0) return this.ports.publish(chat, out.presence(chat, user, status), exceptConn);
-    const window = this.windows.get(chat);
+    const window = this.windowMs === 0 ? undefined : this.windows.get(chat);
     if (window === undefined) {
-      this.open(chat);
-      return this.ports.publish(chat, out.presence(chat, user, status), exceptConn);
+      if (this.windowMs > 0) this.open(chat);
+      return this.publish(chat, out.presence(chat, user, status), exceptConn, status === 'offline' ? [user] : []);
     }
     (window.pending ??= new Map()).set(user, { status, exceptConn });
     return Promise.resolve();
@@ -104,12 +107,27 @@ export class PresenceAnnouncer {
       const [user, { status, exceptConn }] = pending.entries().next().value!;
       const now = statusOf(user, status);
       // The connection that caused the change does not get it, unless the status it caused changed since.
-      await this.ports.publish(chat, out.presence(chat, user, now), now === status ? exceptConn : null);
+      await this.publish(chat, out.presence(chat, user, now), now === status ? exceptConn : null, now === 'offline' ? [user] : []);
       return;
     }
     const came: IdKey[] = [];
     const left: IdKey[] = [];
     for (const [user, { status }] of pending) (statusOf(user, status) === 'online' ? came : left).push(user);
-    await this.ports.publish(chat, out.presenceBatch(chat, came, left), null);
+    await this.publish(chat, out.presenceBatch(chat, came, left), null, left);
+  }
+
+  /** Publishes `frame`; then, if it told `offline` about users the engine has online again, says so (see above). */
+  private async publish(chat: IdKey, frame: Buffer, exceptConn: string | null, offline: readonly IdKey[]): Promise<void> {
+    await this.ports.publish(chat, frame, exceptConn);
+    if (offline.length === 0) return;
+    let online: Set<IdKey>;
+    try {
+      online = new Set(await this.ports.online(chat));
+    } catch {
+      return; // the engine cannot say now; its presence refresh re-announces what it re-creates
+    }
+    const back = offline.filter((user) => online.has(user));
+    if (back.length === 0) return;
+    await this.ports.publish(chat, back.length === 1 ? out.presence(chat, back[0]!, 'online') : out.presenceBatch(chat, back, []), null);
   }
 }

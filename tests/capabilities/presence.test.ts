@@ -110,6 +110,33 @@ describe('presence announcement windows across instances [redis]', () => {
     for (const c of [watcher, opener, again]) c.close();
   });
 
+  it("an instance that stalls between a user's leave and its offline cannot have the last word: the user, online again elsewhere, ends online", async () => {
+    const chat = uniqueChat();
+    const watcher = await h.member(20, chat, 1);
+    const x = await h.member(21, chat, 0);
+    await watcher.next({ type: 'presence', user_id: 21, status: 'online' });
+    await new Promise((r) => setTimeout(r, 1300)); // instance 0's window for the chat closes: its next change goes out at once
+    // Instance 0 stalls (a GC pause, a busy loop) after the leave, before its offline goes out.
+    const engine = h.instances[0]!.gateway.engine;
+    const publish = engine.publish.bind(engine);
+    engine.publish = async (c, frame, except) => {
+      if (frame.includes('"offline"')) await new Promise((r) => setTimeout(r, 500));
+      return publish(c, frame, except);
+    };
+    try {
+      x.close();
+      await waitFor(async () => !(await h.instances[1]!.gateway.engine.online(idKey(chat))).includes(idKey(21)), 3000, 'x left');
+      const again = await h.member(21, chat, 1); // back on instance 1: its online goes out at once
+      await watcher.next({ type: 'presence', user_id: 21, status: 'offline' }, 3000); // instance 0's late offline
+      await new Promise((r) => setTimeout(r, 500));
+      assert.ok(onlineSeenBy(watcher, chat).has(21), `watcher saw ${JSON.stringify(watcher.frames.filter(isPresence))}`);
+      again.close();
+    } finally {
+      delete (engine as { publish?: unknown }).publish; // the class's own again
+    }
+    watcher.close();
+  });
+
   it('a draining instance sends what it gathered before its engine closes', async () => {
     const chat = uniqueChat();
     const watcher = await h.member(10, chat, 1);
