@@ -543,7 +543,8 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
   // header is one, and any web page the developer has open could otherwise reset the store or
   // inject faults with a simple cross-site POST (bodies are read as JSON whatever their type).
   app.addHook('onRequest', async (req, reply) => {
-    if (pathOf(req).startsWith('/__') && req.headers.origin !== undefined) {
+    // By the route the router matched: it decodes the path (`/%5F%5Freset` is `/__reset`).
+    if (req.routeOptions.url?.startsWith('/__') === true && req.headers.origin !== undefined) {
       return reply.code(403).send({ error: 'control routes do not answer browsers (a request with an Origin header)' });
     }
   });

@@ -110,13 +110,17 @@ export async function startChatPage(opts: ChatPageOptions): Promise<ChatPage> {
   /** Forwards an allowed /api call to the dev API: method, path, query, JSON body and token. */
   async function forward(req: IncomingMessage, res: ServerResponse, method: string, path: string, query: string): Promise<void> {
     // Checked on what fetch will request, not on the raw path (fetch normalizes it).
+    // The dev API may sit under a path prefix: the route is what follows it, and must stay under it.
     let target: URL;
     try {
-      target = new URL(`${path}${query}`, `${apiUrl}/`);
+      target = new URL(`${apiUrl}${path}${query}`);
     } catch {
       return json(res, 404, { error: `no route for ${method} /api${path}` });
     }
-    if (target.origin !== new URL(apiUrl).origin || !API_ROUTES.some(([m, pattern]) => m === method && pattern.test(target.pathname))) {
+    const base = new URL(apiUrl);
+    const prefix = base.pathname.replace(/\/+$/, '');
+    const route = target.pathname.startsWith(`${prefix}/`) ? target.pathname.slice(prefix.length) : null;
+    if (target.origin !== base.origin || route === null || !API_ROUTES.some(([m, pattern]) => m === method && pattern.test(route))) {
       return json(res, 404, { error: `no route for ${method} /api${path}` });
     }
     const body = method === 'GET' ? '' : await readBody(req);

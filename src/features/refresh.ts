@@ -38,10 +38,10 @@ export const refresh = defineFeature({
       const switched = chats.filter((chat) => session.chats.has(chat));
       // Every chat it was for ended meanwhile (unregistered, revoked): nothing was refreshed.
       if (switched.length === 0) throw new RequestError('not_registered', 'not registered to this chat any more');
-      session.refreshes++;
       for (const chat of switched) {
         const reg = session.registration(chat);
         reg.token = frame.token;
+        reg.refreshes++;
         session.watchCredentials(reg);
       }
       session.send(out.refreshed(switched));

@@ -40,7 +40,7 @@ export const register = defineFeature({
       throw new RequestError('bad_request', `a connection may register to at most ${maxChatsPerConnection} chats`);
     }
     session.chats.startRegistering(chat);
-    const refreshes = session.refreshes;
+    const refreshes = session.chats.get(chat)?.refreshes ?? 0;
     try {
       await session.enqueue(chat, () => registerChat(session, chat, frame.token, frame.since, refreshes));
     } finally {
@@ -50,7 +50,7 @@ export const register = defineFeature({
   },
 });
 
-/** `refreshes`: the connection's count of applied refreshes when this register was received. */
+/** `refreshes`: the registration's count of applied refreshes when this register was received. */
 async function registerChat(session: Session, chat: IdKey, token: string, since: StreamPosition | undefined, refreshes: number): Promise<void> {
   const { hub, engine, api } = session.ctx;
   session.requireEngine();
@@ -87,7 +87,7 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
   if (existing !== undefined) {
     // Idempotent: same subscription and presence; a fresh token replaces the old one — unless a
     // refresh received after this register (which waited in the chat's queue) already did.
-    if (session.refreshes === refreshes) {
+    if (existing.refreshes === refreshes) {
       existing.token = token;
       session.watchCredentials(existing);
     }
@@ -125,8 +125,11 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
     throw err;
   }
   session.watchCredentials(reg);
-  // Not for a registration that ended meanwhile (revoked during its re-check): its offline may be out already.
-  if (cameOnline && session.chats.get(chat) === reg) await hub.announceOnline(chat, user, session.id);
+  // A registration that ended meanwhile (revoked during its re-check) may have had its offline
+  // announced already: then online only if the engine still has the user (another connection).
+  if (cameOnline && (session.chats.get(chat) === reg || (await engine.online(chat).catch((): IdKey[] => [])).includes(user))) {
+    await hub.announceOnline(chat, user, session.id);
+  }
 }
 
 /**

@@ -76,13 +76,17 @@ export class Deadlines<T extends HasDeadline> {
 
   private tick(): void {
     const current = Math.floor((this.now() - this.origin) / this.resolutionMs);
+    // Taken out first: an item `onDue` sets again (even into a due bucket) waits for the next tick.
+    const due: Array<[T, number]> = [];
     for (const [bucket, items] of this.buckets) {
       if (bucket > current) continue;
       this.buckets.delete(bucket);
-      for (const item of items) {
-        item.deadline = null;
-        this.onDue(item);
-      }
+      for (const item of items) due.push([item, bucket]);
+    }
+    for (const [item, bucket] of due) {
+      if (item.deadline !== bucket) continue; // cleared or set again by an earlier onDue of this tick
+      this.clear(item); // also from a bucket of the same number an earlier onDue made anew
+      this.onDue(item);
     }
     if (this.buckets.size === 0 && this.timer !== null) {
       clearInterval(this.timer);

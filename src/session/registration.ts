@@ -44,6 +44,8 @@ export class Registration implements Member {
   lastTypingAt = 0;
   /** Its credentials deadline (token expiry or re-verify; see Session.watchCredentials), as ctx.deadlines keeps it. */
   deadline: number | null = null;
+  /** Refreshes that switched its token: a re-register received before one must not put its older token back. */
+  refreshes = 0;
   /**
    * Live deliveries held while it catches up; `live` once they are sent at once; `ended` when the
    * registration has ended: nothing more of the chat reaches the connection through it.
@@ -114,7 +116,7 @@ export class Registration implements Member {
     if (this.held === 'ended' || this.held === 'live') return;
     const held = this.held.frames;
     this.held = 'live';
-    this.floor = covered;
+    if (covered !== null) this.floor = covered;
     for (const frame of held) this.send(frame);
   }
 

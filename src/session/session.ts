@@ -80,8 +80,6 @@ export class Session implements Connection, WriteTurnMark {
   writeTurn = -1;
   /** A `refresh` is in flight (one at a time): an expiry that comes meanwhile waits for its outcome. */
   refreshing = false;
-  /** Refreshes applied so far: a register received before one must not put its older token back. */
-  refreshes = 0;
 
   constructor(
     readonly id: string,

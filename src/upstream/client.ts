@@ -76,7 +76,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       const payload = body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body);
       // Only a verify's answer body is read, and a save's 409 (what it says was saved).
       const readBody = op === 'verify' ? () => true : op === 'save' ? (status: number) => status === 409 : () => false;
-      const answer = await exchange({ method, path, headers, body: payload }, readBody, cancel);
+      const answer = await exchange({ method, path, headers, body: payload }, readBody, op === 'verify', cancel);
       outcome = String(answer.status);
       if (answer.status >= 500) {
         log.warn({ op, status: answer.status, requestId }, 'main API error');
@@ -107,7 +107,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
    * wait for a pool connection: the fair scheduler runs at most that many). No per-call timer on
    * the hot path, only the connection's own signal when it may close.
    */
-  function exchange(request: Dispatcher.DispatchOptions, readBody: (status: number) => boolean, cancel?: AbortSignal): Promise<Answer> {
+  function exchange(request: Dispatcher.DispatchOptions, readBody: (status: number) => boolean, refuseOversize: boolean, cancel?: AbortSignal): Promise<Answer> {
     return new Promise<Answer>((resolve, reject) => {
       let status = 0;
       let reading = false;
@@ -133,8 +133,15 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
         onResponseData(controller, chunk) {
           if (!reading) return;
           size += chunk.length;
-          // A main API that answers with megabytes is lying: refuse it rather than hold it.
-          if (size > MAX_ANSWER_BYTES) return controller.abort(new AnswerTooLarge());
+          if (size > MAX_ANSWER_BYTES) {
+            // A verify answered with megabytes is a lying main API: refused rather than held. A
+            // save's 409 may echo the stored message: it stays a 409, read as saying nothing.
+            if (refuseOversize) return controller.abort(new AnswerTooLarge());
+            reading = false;
+            chunks = null;
+            size = 0;
+            return;
+          }
           (chunks ??= []).push(chunk);
         },
         onResponseEnd() {

@@ -76,6 +76,30 @@ for (const mode of ENGINE_MODES) {
       c.close();
     });
 
+    it('a refresh of another chat does not stop a re-register that waited behind a slow write from taking its token', async () => {
+      const chat = uniqueChat();
+      const other = uniqueChat();
+      const c = await h.connect();
+      const t0 = await h.token(1, { expiresInSec: 60 });
+      await c.register(t0, chat);
+      await c.register(t0, other);
+      const t1 = await h.token(1, { expiresInSec: 61 });
+      h.api.addFault({ op: 'save', delayMs: 1000, times: 1 });
+      try {
+        c.send({ type: 'message', chat_id: chat, data: { id: `slow2-${chat}`, ciphertext: 'x' } });
+        const again = c.request({ type: 'register', token: t1, chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error', 5000);
+        const refreshed = await c.request({ type: 'refresh', chat_id: other, token: await h.token(1, { expiresInSec: 62 }) }, (f) => f.type === 'refreshed' || f.type === 'error');
+        assert.deepEqual(refreshed, { type: 'refreshed', chat_ids: [other] });
+        assert.equal((await again).type, 'registered');
+      } finally {
+        h.api.clearFaults();
+      }
+      await c.request({ type: 'message', chat_id: chat, data: { id: `after-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+      const save = h.api.requests.filter((r) => r.op === 'save').at(-1)!;
+      assert.equal(save.headers.authorization, `Bearer ${t1}`, 'the re-register\'s token was not taken');
+      c.close();
+    });
+
     it('a refused refresh changes nothing: unauthorized, another user, unregistered chat', async () => {
       const chat = uniqueChat();
       const c = await h.connect();

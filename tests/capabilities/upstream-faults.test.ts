@@ -50,6 +50,16 @@ for (const mode of ENGINE_MODES) {
       b.close();
     });
 
+    it('a 409 whose body is larger than the gateway reads is still a duplicate, not an error', async () => {
+      const { chat, a, b } = await h.pair();
+      h.api.addFault({ op: 'save', status: 409, body: { error: 'duplicate', echoed: 'x'.repeat(100_000) }, times: 1 });
+      const ack = await a.request({ type: 'message', data: { id: `big409-${chat}`, ciphertext: 'x' } }, (f) => f.type === 'ack' || f.type === 'error');
+      assert.deepEqual([ack.type, ack.duplicate, ack.seq], ['ack', true, undefined]);
+      await expectNone(b, { type: 'message' }, 200);
+      a.close();
+      b.close();
+    });
+
     it('main API refused (nothing listening): upstream_unavailable, retryable', async () => {
       const inst = await h.gateway({ AUTH_HOST: 'http://127.0.0.1:1' });
       const c = await h.connect(h.instances.indexOf(inst));

@@ -37,4 +37,21 @@ describe('deadlines', () => {
     assert.ok(fired[0]! - at < 450, `fired ${fired[0]! - at} ms after its deadline`);
     d.close();
   });
+
+  it('an item set again from its own onDue into a bucket that is already due waits for the next tick (no spin)', async () => {
+    const fixed = 1_000_000; // the clock stands on a bucket boundary
+    const item = { deadline: null as number | null };
+    let calls = 0;
+    const d = new Deadlines<typeof item>(
+      (it) => {
+        if (++calls < 100) d.set(it, fixed);
+      },
+      50,
+      () => fixed,
+    );
+    d.set(item, fixed);
+    await new Promise((r) => setTimeout(r, 80));
+    assert.ok(calls >= 1 && calls <= 2, `onDue ran ${calls} times`);
+    d.close();
+  });
 });

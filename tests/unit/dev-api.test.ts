@@ -568,6 +568,8 @@ describe('close', () => {
     assert.equal(reset.status, 403);
     const fault = await call('/__faults', { headers: { origin: 'https://evil.example', 'content-type': 'text/plain' }, rawBody: '{"op":"save","status":503}' });
     assert.equal(fault.status, 403);
+    const encoded = await call('/%5F%5Freset', { headers: { origin: 'https://evil.example', 'content-type': 'text/plain' }, rawBody: '{}' });
+    assert.equal(encoded.status, 403, 'a percent-encoded spelling of the route');
     assert.equal(api.messages.has('kept'), true);
     assert.equal((await save(token, message('kept2', 5, 1))).status, 201, 'a fault was injected');
     // curl and tests (no Origin) still work.
