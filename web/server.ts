@@ -64,6 +64,9 @@ export async function startChatPage(opts: ChatPageOptions): Promise<ChatPage> {
   const [script, html, css] = await Promise.all([bundleChatPage(), readFile(`${WEB_DIR}index.html`, 'utf8'), readFile(`${WEB_DIR}style.css`, 'utf8')]);
   const gateway = new URL(opts.gatewayUrl);
   const apiUrl = opts.apiUrl.replace(/\/+$/, '');
+  /** The dev API's origin and the path prefix it may sit under: forwarded paths must stay under it. */
+  const apiBase = new URL(apiUrl);
+  const prefix = apiBase.pathname.replace(/\/+$/, '');
   const csp = [
     "default-src 'self'",
     `connect-src 'self' ${gateway.protocol}//${gateway.host}`,
@@ -117,10 +120,8 @@ export async function startChatPage(opts: ChatPageOptions): Promise<ChatPage> {
     } catch {
       return json(res, 404, { error: `no route for ${method} /api${path}` });
     }
-    const base = new URL(apiUrl);
-    const prefix = base.pathname.replace(/\/+$/, '');
     const route = target.pathname.startsWith(`${prefix}/`) ? target.pathname.slice(prefix.length) : null;
-    if (target.origin !== base.origin || route === null || !API_ROUTES.some(([m, pattern]) => m === method && pattern.test(route))) {
+    if (target.origin !== apiBase.origin || route === null || !API_ROUTES.some(([m, pattern]) => m === method && pattern.test(route))) {
       return json(res, 404, { error: `no route for ${method} /api${path}` });
     }
     const body = method === 'GET' ? '' : await readBody(req);

@@ -67,6 +67,11 @@ export function newEpoch(): string {
   return pool.toString('base64url', poolAt - EPOCH_BYTES, poolAt);
 }
 
+/** Whether `at` is `position` or before it in the same epoch (another epoch is never "before"). */
+export function atOrBefore(at: StreamPosition, position: StreamPosition): boolean {
+  return at.epoch === position.epoch && at.seq <= position.seq;
+}
+
 const SEQ_PREFIX = Buffer.from('{"seq":');
 
 /** `{"seq":N,"epoch":"E",` + the frame after its opening brace: the numbered bytes, built once. */

@@ -65,7 +65,7 @@ export class Hub {
   ) {
     this.resync = new Resync(
       engine,
-      (chat, frame, exceptConn) => this.deliverNow(chat, frame, exceptConn),
+      (chat, frame, position, exceptConn) => this.deliverNow(chat, frame, position, exceptConn),
       (chat) => {
         for (const member of [...(this.registry.members(chat) ?? [])]) member.reconnect();
       },
@@ -80,9 +80,9 @@ export class Hub {
   }
 
   /** Framed once here; every local receiver gets the same WebSocket frame bytes. */
-  private deliverNow(chat: IdKey, frame: Buffer, exceptConn: string | null): void {
+  private deliverNow(chat: IdKey, frame: Buffer, position: StreamPosition | null, exceptConn: string | null): void {
     if (!this.registry.hasReceivers(chat, exceptConn)) return;
-    const n = this.registry.deliver(chat, outgoing(frame), exceptConn);
+    const n = this.registry.deliver(chat, outgoing(frame, position), exceptConn);
     if (n > 0) this.metrics.deliveries.inc(n);
   }
 

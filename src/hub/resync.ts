@@ -1,4 +1,4 @@
-import { positionOf, type StreamPosition } from '../engine/stream.js';
+import { atOrBefore, positionOf, type StreamPosition } from '../engine/stream.js';
 import type { Engine } from '../engine/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
@@ -49,7 +49,8 @@ export class Resync {
 
   constructor(
     private readonly engine: Engine,
-    private readonly deliver: (chat: IdKey, frame: Buffer, exceptConn: string | null) => void,
+    /** `position`: the frame's, already read here (null outside the stream), so receivers need not read it again. */
+    private readonly deliver: (chat: IdKey, frame: Buffer, position: StreamPosition | null, exceptConn: string | null) => void,
     private readonly onLost: (chat: IdKey) => void,
     private readonly metrics: Metrics,
     private readonly log: Logger,
@@ -108,11 +109,11 @@ export class Resync {
     const at = positionOf(frame);
     if (at !== null) {
       const last = this.last.get(chat);
-      if (last !== undefined && at.epoch === last.epoch && at.seq <= last.seq) return; // delivered by a catch-up
+      if (last === undefined) this.noted.delete(chat);
+      else if (atOrBefore(at, last)) return; // delivered by a catch-up
       this.last.set(chat, at);
-      this.noted.delete(chat);
     }
-    this.deliver(chat, frame, exceptConn);
+    this.deliver(chat, frame, at, exceptConn);
   }
 
   private async catchUp(chat: IdKey): Promise<void> {

@@ -69,7 +69,7 @@ export class Deadlines<T extends HasDeadline> {
 
   /** Stops the timer; pending deadlines never fire. */
   close(): void {
-    if (this.timer !== null) clearInterval(this.timer);
+    if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
     this.buckets.clear();
   }
@@ -89,7 +89,7 @@ export class Deadlines<T extends HasDeadline> {
       this.onDue(item);
     }
     if (this.buckets.size === 0 && this.timer !== null) {
-      clearInterval(this.timer);
+      clearTimeout(this.timer);
       this.timer = null;
     }
   }

@@ -1,4 +1,4 @@
-import { positionOf, type StreamPosition } from '../engine/stream.js';
+import { atOrBefore, type StreamPosition } from '../engine/stream.js';
 import type { Outgoing } from '../hub/outgoing.js';
 import type { Member } from '../hub/registry.js';
 import type { IdKey } from '../protocol/ids.js';
@@ -129,15 +129,14 @@ export class Registration implements Member {
     const floor = this.floor;
     if (floor === null) return delivered;
     // Later in the same epoch: broadcasts it sent itself (not delivered back to it, acked instead).
-    return delivered !== undefined && delivered.epoch === floor.epoch && delivered.seq > floor.seq ? delivered : floor;
+    return delivered !== undefined && delivered.epoch === floor.epoch && !atOrBefore(delivered, floor) ? delivered : floor;
   }
 
   /** A numbered frame at or before the floor is dropped; the first one after it lifts the floor. */
   private belowFloor(frame: Outgoing): boolean {
-    const at = positionOf(frame.json);
+    const at = frame.position;
     if (at === null) return false;
-    const floor = this.floor!;
-    if (at.epoch === floor.epoch && at.seq <= floor.seq) return true;
+    if (atOrBefore(at, this.floor!)) return true;
     this.floor = null;
     return false;
   }

@@ -223,31 +223,29 @@ function isTimeout(err: unknown): boolean {
  * another user's id, or bring back a deleted message, by resending it.
  */
 function savedBy(body: string, sender: IdKey, chat: IdKey): boolean {
-  let value: unknown;
-  try {
-    value = JSON.parse(body);
-  } catch {
-    return false;
-  }
-  if (typeof value !== 'object' || value === null) return false;
-  const v = value as Record<string, unknown>;
-  return parseId(v.sender_id) === sender && parseId(v.chat_id) === chat && v.deleted !== true;
+  const v = jsonObject(body);
+  return v !== null && parseId(v.sender_id) === sender && parseId(v.chat_id) === chat && v.deleted !== true;
 }
 
 /** `user_id`, else `id`, `sub`, or `user.id`. */
 export function userIdFromVerify(body: string): IdKey | null {
-  let value: unknown;
-  try {
-    value = JSON.parse(body);
-  } catch {
-    return null;
-  }
-  if (typeof value !== 'object' || value === null) return null;
-  const v = value as Record<string, unknown>;
+  const v = jsonObject(body);
+  if (v === null) return null;
   const user = v.user;
   const nested = typeof user === 'object' && user !== null ? (user as Record<string, unknown>).id : undefined;
   for (const candidate of [v.user_id, v.id, v.sub, nested]) {
     if (candidate !== undefined && candidate !== null) return parseId(candidate);
   }
   return null;
+}
+
+/** A main-API answer body as a JSON object; null for anything else (empty, not JSON, not an object). */
+function jsonObject(body: string): Record<string, unknown> | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch {
+    return null;
+  }
+  return typeof value === 'object' && value !== null ? (value as Record<string, unknown>) : null;
 }
