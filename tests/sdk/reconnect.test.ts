@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { sleep } from '../support/client.js';
+import { ClientError } from '../../packages/client/src/index.js';
 import { ENGINE_MODES, uniqueChat, useHarness, waitFor } from '../support/harness.js';
 import { cuttablePair, fast, proxy, sdk, text } from './support.js';
 
@@ -149,17 +150,65 @@ for (const mode of ENGINE_MODES) {
       let calls = 0;
       const broken = await sdk(h, 3, {
         ...fast,
-        maxAuthFailures: 3,
+        tokenGiveUpMs: 600,
         token: () => {
           calls++;
           throw new Error('login expired');
         },
       });
+      const started = Date.now();
       const never = broken.client.chat(chatId);
       await assert.rejects(never.ready(), { code: 'unauthorized' });
       const final = await broken.next('state', (e) => e.retryInMs === null);
       assert.match(final.error?.message ?? '', /token provider failed: login expired/);
-      assert.equal(calls, 3);
+      assert.ok(Date.now() - started >= 600, 'kept asking for tokenGiveUpMs');
+      assert.ok(calls >= 3, `asked again with backoff meanwhile (${calls} calls)`);
+      assert.ok(broken.all('error').length >= 2, 'each failure reported as an error event');
+      // A provider that says the user is logged out ends the client at once.
+      let loggedOutCalls = 0;
+      const loggedOut = await sdk(h, 3, {
+        ...fast,
+        token: () => {
+          loggedOutCalls++;
+          throw new ClientError('unauthorized', 'logged out');
+        },
+      });
+      await assert.rejects(loggedOut.client.chat(chatId).ready(), { code: 'unauthorized', message: 'logged out' });
+      assert.equal(loggedOutCalls, 1);
+    });
+
+    it('a token provider failing for a moment (a network blip) is asked again: the client carries on, however many chats wait', async () => {
+      const token = await h.token(4);
+      const failUntil = Date.now() + 400;
+      let calls = 0;
+      const c = await sdk(h, 4, {
+        ...fast,
+        token: () => {
+          calls++;
+          if (Date.now() < failUntil) throw new Error('token endpoint unreachable');
+          return token;
+        },
+      });
+      const chats = [uniqueChat(), uniqueChat(), uniqueChat()].map((id) => c.client.chat(id));
+      await Promise.all(chats.map((chat) => chat.ready()));
+      assert.equal((await chats[0]!.send(text('after the blip'))).duplicate, false);
+      assert.ok(calls <= 14, `the chats share one paced provider call (${calls} calls)`);
+      assert.equal(c.all('state', (e) => e.retryInMs === null).length, 0, 'never gave up');
+    });
+
+    it('a token provider call that hangs is abandoned after tokenTimeoutMs and asked again', async () => {
+      const token = await h.token(5);
+      let calls = 0;
+      const c = await sdk(h, 5, {
+        ...fast,
+        tokenTimeoutMs: 300,
+        token: () => (++calls === 1 ? new Promise<string>(() => undefined) : token),
+      });
+      const chat = c.client.chat(uniqueChat());
+      assert.equal((await chat.ready()).userId, 5);
+      assert.equal(calls, 2);
+      const reported = await c.next('error');
+      assert.match(String((reported.error as Error).message), /no answer within 300 ms/);
     });
 
     it('a stalled link is noticed by the application ping and replaced', async () => {

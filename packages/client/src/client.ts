@@ -2,7 +2,7 @@ import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from './backoff.js
 import { Chat, type ChatHost } from './chat.js';
 import { Emitter } from './emitter.js';
 import { ClientError, type ClientErrorCode } from './errors.js';
-import { MemoryStorage, Outbox, type OutboxStorage, type Pending } from './outbox.js';
+import { MemoryStorage, Outbox, WRITE_OPS, type OutboxStorage, type Pending } from './outbox.js';
 import { Stream, type Delivery } from './stream.js';
 import type {
   Ack,
@@ -72,10 +72,19 @@ export interface ClientOptions {
   /** Writes larger than this are refused `too_large` without sending (the gateway's MAX_MESSAGE_BYTES, default 65536). */
   maxFrameBytes?: number;
   /**
-   * Refused tokens / failing token provider calls in a row before giving up (default 3). A 4403
-   * counts, and so does a provider handing back the very token that was just refused.
+   * Refused tokens in a row before giving up (default 3). A 4403 counts, and so does a provider
+   * handing back the very token that was just refused.
    */
   maxAuthFailures?: number;
+  /** A token provider call that has not answered after this is abandoned and asked again later (default 10 s). */
+  tokenTimeoutMs?: number;
+  /**
+   * A token provider that keeps failing (throws, times out, returns no string) is asked again
+   * with the reconnect backoff; after failing for this long in a row the client gives up
+   * (default 60 s). A provider that throws a `ClientError` with code `unauthorized` or
+   * `forbidden` (the user is logged out) ends the client at once.
+   */
+  tokenGiveUpMs?: number;
   /**
    * With a token provider and a JWT token (one with `exp`): how long before `exp` the SDK asks
    * the provider for a new token and hands it to the gateway (`refresh`), so registrations never
@@ -124,13 +133,25 @@ interface Track {
   resend(): void;
   /** Pings: told whether a pong came. */
   onAnswer?: (answered: boolean) => void;
+  /**
+   * Writes: the outbox entry this send is of. Two writes can share a key (edits of one message),
+   * and a request resent after a timeout is answered twice, so an answer belongs to the entry
+   * of the send it answers — never to a later write with the same key.
+   */
+  owner?: Pending;
 }
 
-/** A request sent on the current connection and not answered yet. */
+/**
+ * A request sent on the current connection and not answered yet. The gateway answers every
+ * frame it reads, in order per chat, so each send is matched with one answer — except the frames
+ * it dropped unread after a `rate_limited` (see `rateLimited`), which are removed and resent.
+ */
 interface Outstanding extends Track {
   /** Its number among the frames sent on this connection (1, 2, …). */
   no: number;
   sentAt: number;
+  /** Overdue and sent again: still answered (the resend is another entry), never resent again. */
+  resent: boolean;
 }
 
 interface Outgoing {
@@ -159,7 +180,8 @@ const REFRESH_ATTEMPTS = 3;
 const EXPIRY_MARGIN_MS = 1000;
 /** A hole in a chat's seqs that no write of ours can own is reported as a gap after this long. */
 const HOLE_GRACE_MS = 2000;
-const WRITE_OPS = new Set<string>(['message', 'edit_message', 'delete_message']);
+/** The longest delay `setTimeout` takes as given. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 const utf8 = new TextEncoder();
 
 export function createClient(options: ClientOptions): Client {
@@ -174,10 +196,12 @@ export function createClient(options: ClientOptions): Client {
 export class Client extends Emitter<ClientEvents> {
   private readonly WS: WebSocketConstructor;
   private readonly backoff: BackoffOptions;
-  private readonly cfg: Required<Pick<ClientOptions, 'connectTimeoutMs' | 'pingIdleMs' | 'pongTimeoutMs' | 'rateLimit' | 'maxInFlight' | 'maxFrameBytes' | 'maxAuthFailures' | 'requestTimeoutMs'>> & {
+  private readonly cfg: Required<Pick<ClientOptions, 'connectTimeoutMs' | 'pingIdleMs' | 'pongTimeoutMs' | 'rateLimit' | 'maxInFlight' | 'maxFrameBytes' | 'maxAuthFailures' | 'requestTimeoutMs' | 'tokenTimeoutMs' | 'tokenGiveUpMs'>> & {
     stableAfterMs: number;
   };
   private readonly chats = new Map<string, ChatState>();
+  /** What removes each handle's listeners (`chat.on`): done once the handle is left for good. */
+  private readonly handleListeners = new Map<Chat, Array<() => void>>();
   private readonly outbox: Outbox;
   private readonly host: ChatHost;
 
@@ -187,11 +211,19 @@ export class Client extends Emitter<ClientEvents> {
   private ended: ClientError | null = null;
   private reconnectAttempt = 0;
   private reconnectTimer: Timer | null = null;
+  /** Abandons an attempt that has not opened in time. */
+  private connectTimer: Timer | null = null;
   private openedAt = 0;
   private lastSocketError = '';
 
   private token: string | null;
   private tokenRequest: Promise<string> | null = null;
+  /** Failed token provider calls in a row, since when, and when it may be asked again. */
+  private providerFailures = 0;
+  private providerFailingSince = 0;
+  private providerRetryAt = 0;
+  /** Waits of provider calls (their pacing and timeout), cut short when the client ends. */
+  private readonly waits = new Set<{ timer: Timer; reject(err: unknown): void }>();
   private tokenStale = false;
   /** The last token counted as refused (so N chats refusing one token count once). */
   private refusedToken: string | null = null;
@@ -257,6 +289,8 @@ export class Client extends Emitter<ClientEvents> {
       requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
       maxFrameBytes: options.maxFrameBytes ?? 65_536,
       maxAuthFailures: options.maxAuthFailures ?? 3,
+      tokenTimeoutMs: options.tokenTimeoutMs ?? 10_000,
+      tokenGiveUpMs: options.tokenGiveUpMs ?? 60_000,
       stableAfterMs: options.reconnect?.stableAfterMs ?? 10_000,
     };
     this.pace = this.cfg.rateLimit;
@@ -265,6 +299,7 @@ export class Client extends Emitter<ClientEvents> {
     this.host = this.chatHost();
     void this.outbox.loaded.then(() => {
       this.outboxLoaded = true;
+      for (const state of this.chats.values()) this.noteOwnWrites(state);
       this.pump();
     });
   }
@@ -293,7 +328,7 @@ export class Client extends Emitter<ClientEvents> {
         maxUnfilled: 1000,
         ownUnanswered: () => this.ownUnanswered(key),
         holeGraceMs: HOLE_GRACE_MS,
-        isKnown: this.options.isKnownMessage,
+        isKnown: this.guardedIsKnown(),
       }),
       status: 'idle',
       leaving: false,
@@ -307,9 +342,32 @@ export class Client extends Emitter<ClientEvents> {
       lastTypingNo: 0,
     };
     this.chats.set(key, state);
+    this.noteOwnWrites(state);
     if (this.isOpen()) this.register(state);
     else this.connectSoon();
     return state.chat;
+  }
+
+  /**
+   * Messages of the chat waiting in the outbox — restored from storage after a restart too — are
+   * this client's own: a replay of one (saved before the ack was lost) is not shown to it.
+   */
+  private noteOwnWrites(state: ChatState): void {
+    for (const p of this.outbox.all()) if (p.entry.op === 'message' && String(p.entry.chatId) === state.key) state.stream.noteSending(p.entry.data.id);
+  }
+
+  /** The app's `isKnownMessage`; one that throws is reported and answers "not known". */
+  private guardedIsKnown(): ((chatId: ChatId, messageId: string) => boolean) | undefined {
+    const isKnown = this.options.isKnownMessage;
+    if (isKnown === undefined) return undefined;
+    return (chatId, messageId) => {
+      try {
+        return isKnown(chatId, messageId) === true;
+      } catch (err) {
+        this.emit('error', { error: err, during: 'isKnownMessage' });
+        return false;
+      }
+    };
   }
 
   /** Round trip of an application ping, in ms; rejects if the connection drops first. */
@@ -369,6 +427,12 @@ export class Client extends Emitter<ClientEvents> {
     let url = '';
     try {
       url = this.nextUrl();
+    } catch (err) {
+      // The app's `url` function failed (service discovery down?): a failed attempt, tried again.
+      this.lastSocketError = `the url function failed: ${errorText(err)}`;
+      return this.scheduleReconnect(1006, this.lastSocketError);
+    }
+    try {
       ws = new this.WS(url);
     } catch (err) {
       // A URL the runtime refuses will never work.
@@ -377,10 +441,13 @@ export class Client extends Emitter<ClientEvents> {
     }
     this.ws = ws;
     this.lastSocketError = '';
-    const connectTimer = setTimeout(() => this.abandon(ws, 'connect timeout'), this.cfg.connectTimeoutMs);
+    clearTimer(this.connectTimer);
+    this.connectTimer = setTimeout(() => this.abandon(ws, 'connect timeout'), this.cfg.connectTimeoutMs);
     ws.onopen = () => {
-      clearTimeout(connectTimer);
-      if (this.ws === ws) this.onOpen();
+      if (this.ws !== ws) return;
+      clearTimer(this.connectTimer);
+      this.connectTimer = null;
+      this.onOpen();
     };
     ws.onmessage = (event: { data: unknown }) => {
       if (this.ws === ws) this.onMessage(event.data);
@@ -389,7 +456,6 @@ export class Client extends Emitter<ClientEvents> {
       if (this.ws === ws) this.lastSocketError = errorText(event.error ?? event.message ?? 'WebSocket error');
     };
     ws.onclose = (event: { code: number; reason: string }) => {
-      clearTimeout(connectTimer);
       if (this.ws === ws) this.onClose(event.code, event.reason || this.lastSocketError);
     };
   }
@@ -434,6 +500,7 @@ export class Client extends Emitter<ClientEvents> {
     this.tokens = this.pace.burst; // a new connection has a full bucket at the gateway
     this.refilledAt = this.openedAt;
     this.setState({ state: 'connected' });
+    if (!this.isOpen()) return; // a listener closed the client or left the last chat
     this.armIdle();
     for (const state of this.chats.values()) {
       if (state.status === 'gone') continue;
@@ -527,40 +594,99 @@ export class Client extends Emitter<ClientEvents> {
     this.authFailed(error, code);
   }
 
-  /** Refused tokens and failed provider calls in a row: past `maxAuthFailures` the client gives up. */
+  /** Refused tokens in a row: past `maxAuthFailures` the client gives up. */
   private authFailed(error: ClientError, code?: number): void {
     if (++this.authFailures >= this.cfg.maxAuthFailures) this.giveUp(error, code);
   }
 
   /**
    * The token to register with: the static one, or the provider's (asked again once refused or
-   * expired). A provider handing back the token that was just refused counts as a refusal.
+   * expired; one call at a time, shared by every chat waiting). A provider handing back the token
+   * that was just refused counts as a refusal; a provider that fails is asked again later.
    */
   private freshToken(): Promise<string> {
     if (this.token !== null && !this.tokenStale) return Promise.resolve(this.token);
     const provider = this.options.token;
     if (typeof provider === 'string') return Promise.resolve(provider);
-    this.tokenRequest ??= Promise.resolve()
-      .then(provider)
-      .then(
-        (token) => {
-          if (typeof token !== 'string' || token === '') throw new Error('not a non-empty string');
-          if (token === this.refusedToken) throw new RefusedAgain();
-          this.useToken(token);
-          return token;
-        },
-      )
-      .catch((err: unknown) => {
-        if (err instanceof RefusedAgain) {
-          const refusal = this.refusal ?? new ClientError('unauthorized', 'the token was refused');
-          this.authFailed(new ClientError(refusal.code, `${refusal.message}; the token provider returned the refused token again`, refusal.details), refusal.details.closeCode);
-        } else {
-          this.authFailed(new ClientError('unauthorized', `the token provider failed: ${errorText(err)}`));
-        }
-        throw err;
-      })
-      .finally(() => (this.tokenRequest = null));
+    this.tokenRequest ??= this.askProvider(provider).finally(() => (this.tokenRequest = null));
     return this.tokenRequest;
+  }
+
+  private async askProvider(provider: () => string | Promise<string>): Promise<string> {
+    await this.wait(this.providerRetryAt - Date.now()).done;
+    const token = await this.callProvider(provider).catch((err: unknown) => {
+      this.providerFailed(err);
+      throw err;
+    });
+    if (token === this.refusedToken) {
+      const refusal = this.refusal ?? new ClientError('unauthorized', 'the token was refused');
+      this.authFailed(new ClientError(refusal.code, `${refusal.message}; the token provider returned the refused token again`, refusal.details), refusal.details.closeCode);
+      throw new RefusedAgain();
+    }
+    this.useToken(token);
+    return token;
+  }
+
+  /** One provider call, bounded by `tokenTimeoutMs`; its answer must be a non-empty string. */
+  private async callProvider(provider: () => string | Promise<string>): Promise<string> {
+    const limit = this.wait(this.cfg.tokenTimeoutMs);
+    const timeout = limit.done.then(() => {
+      throw new Error(`no answer within ${this.cfg.tokenTimeoutMs} ms`);
+    });
+    timeout.catch(() => undefined);
+    try {
+      const token: unknown = await Promise.race([Promise.resolve().then(provider), timeout]);
+      if (typeof token !== 'string' || token === '') throw new Error('not a non-empty string');
+      this.providerFailures = 0;
+      this.providerRetryAt = 0;
+      return token;
+    } finally {
+      limit.cancel();
+    }
+  }
+
+  /**
+   * A provider call failed: asked again after a backoff delay (the chats waiting for it share
+   * the next call), and given up on after `tokenGiveUpMs` of failures in a row — or at once when
+   * the provider says the user is logged out (a `ClientError` unauthorized / forbidden).
+   */
+  private providerFailed(err: unknown): void {
+    if (this.ended) return;
+    if (err instanceof ClientError && (err.code === 'unauthorized' || err.code === 'forbidden')) return this.giveUp(err);
+    const now = Date.now();
+    if (this.providerFailures++ === 0) this.providerFailingSince = now;
+    const error = new ClientError('unauthorized', `the token provider failed: ${errorText(err)}`);
+    if (now - this.providerFailingSince >= this.cfg.tokenGiveUpMs) return this.giveUp(error);
+    this.providerRetryAt = now + Math.max(this.backoff.minDelayMs, backoffDelay(this.providerFailures - 1, this.backoff));
+    this.emit('error', { error, during: 'token provider (asked again after a backoff delay)' });
+  }
+
+  /**
+   * `done` resolves after `ms` (at once for ≤ 0) and rejects if the client ends first, so no
+   * wait keeps a Node process alive after `close()`; `cancel()` drops it (it never settles then).
+   */
+  private wait(ms: number): { done: Promise<void>; cancel(): void } {
+    if (this.ended) return { done: Promise.reject(this.ended), cancel: () => undefined };
+    if (ms <= 0) return { done: Promise.resolve(), cancel: () => undefined };
+    let entry!: { timer: Timer; reject(err: unknown): void };
+    const done = new Promise<void>((resolve, reject) => {
+      entry = { timer: setTimeout(() => (this.waits.delete(entry), resolve()), ms), reject };
+    });
+    this.waits.add(entry);
+    const cancel = () => {
+      clearTimeout(entry.timer);
+      this.waits.delete(entry);
+    };
+    return { done, cancel };
+  }
+
+  /** The client ended: every wait rejects with `error`. */
+  private endWaits(error: unknown): void {
+    for (const entry of this.waits) {
+      clearTimeout(entry.timer);
+      entry.reject(error);
+    }
+    this.waits.clear();
   }
 
   /** The token from now on (for registers, reconnects and the next refresh). */
@@ -583,7 +709,10 @@ export class Client extends Emitter<ClientEvents> {
     this.refreshAttempts = 0;
     if (this.ended || typeof this.options.token === 'string' || this.token === null) return;
     const delay = refreshDelay(this.token, this.options.refreshLeadMs, Date.now());
-    if (delay !== null) this.refreshTimer = unref(setTimeout(() => this.refreshToken(), delay));
+    if (delay === null) return;
+    // Timers overflow past 2^31-1 ms (~24.8 days) and fire at once: a long-lived token waits in steps.
+    if (delay > MAX_TIMER_MS) this.refreshTimer = unref(setTimeout(() => this.armRefresh(), MAX_TIMER_MS));
+    else this.refreshTimer = unref(setTimeout(() => this.refreshToken(), delay));
   }
 
   private refreshToken(): void {
@@ -608,8 +737,7 @@ export class Client extends Emitter<ClientEvents> {
       return;
     }
     this.refreshAttempts++;
-    Promise.resolve()
-      .then(provider)
+    this.callProvider(provider)
       .then((token) => {
         if (this.ended || this.token !== from || this.tokenStale) return; // replaced meanwhile
         if (typeof token !== 'string' || token === '') throw new Error('the token provider returned no token');
@@ -691,6 +819,7 @@ export class Client extends Emitter<ClientEvents> {
       }
     }
     this.stopConnectionTimers();
+    this.endWaits(error);
     clearTimer(this.reconnectTimer);
     clearTimer(this.holdTimer);
     clearTimer(this.refreshTimer);
@@ -707,14 +836,16 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private stopConnectionTimers(): void {
+    clearTimer(this.connectTimer);
     clearTimer(this.idleTimer);
     clearTimer(this.pongTimer);
     clearTimer(this.paceTimer);
     clearTimer(this.resumeTimer);
     clearTimer(this.requestTimer);
-    this.idleTimer = this.pongTimer = this.paceTimer = this.resumeTimer = this.requestTimer = null;
-    this.sendQueue.length = 0;
+    this.connectTimer = this.idleTimer = this.pongTimer = this.paceTimer = this.resumeTimer = this.requestTimer = null;
     this.suspectAfter = Infinity;
+    // Frames still queued are never sent on this connection: pings among them get no pong.
+    for (const frame of this.sendQueue.splice(0)) frame.track?.onAnswer?.(false);
   }
 
   /** The connection is gone: nothing sent on it will be answered (pings are told so). */
@@ -802,7 +933,7 @@ export class Client extends Emitter<ClientEvents> {
   private rawSend(frame: Outgoing): void {
     const no = ++this.framesSent;
     if (frame.track !== undefined) {
-      this.outstanding.push({ ...frame.track, no, sentAt: Date.now() });
+      this.outstanding.push({ ...frame.track, no, sentAt: Date.now(), resent: false });
       this.armRequestTimer();
     }
     try {
@@ -854,19 +985,24 @@ export class Client extends Emitter<ClientEvents> {
     if (this.sendQueue.length > 0) this.schedulePacing();
   }
 
-  /** Requests unanswered for `requestTimeoutMs` are sent again (a safety net; see the option). */
+  /**
+   * Requests unanswered for `requestTimeoutMs` are sent again (a safety net; see the option).
+   * The overdue send stays listed: the gateway still answers it, and that answer must not be
+   * taken for the resend's — or for a later request with the same key.
+   */
   private armRequestTimer(): void {
     if (this.requestTimer !== null) return;
-    const oldest = this.outstanding[0];
+    const oldest = this.outstanding.find((o) => !o.resent);
     if (oldest === undefined) return;
     const due = oldest.sentAt + this.cfg.requestTimeoutMs - Date.now();
     this.requestTimer = setTimeout(() => {
       this.requestTimer = null;
       if (!this.isOpen()) return;
       const limit = Date.now() - this.cfg.requestTimeoutMs;
-      const overdue = this.outstanding.filter((o) => o.sentAt <= limit);
-      this.outstanding = this.outstanding.filter((o) => o.sentAt > limit);
-      for (const o of overdue) o.resend();
+      for (const o of this.outstanding.filter((o) => !o.resent && o.sentAt <= limit)) {
+        o.resent = true;
+        o.resend();
+      }
       this.armRequestTimer();
     }, Math.max(0, due));
   }
@@ -879,8 +1015,10 @@ export class Client extends Emitter<ClientEvents> {
       // The first register, or the token was refused: ask the provider (one call for all chats).
       this.freshToken().then(
         () => this.register(state),
-        () => {
-          if (!this.ended && state.status === 'idle') this.retryRegister(state);
+        (err: unknown) => {
+          if (this.ended || state.status !== 'idle') return;
+          // A failed provider call paces the next one itself; a refused token waits the chat's backoff.
+          this.retryRegister(state, err instanceof RefusedAgain ? undefined : this.providerRetryAt - Date.now());
         },
       );
       return;
@@ -897,14 +1035,14 @@ export class Client extends Emitter<ClientEvents> {
     this.transmit(JSON.stringify({ type: 'register', token: this.token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }), false, { key: `r:${state.key}`, resend });
   }
 
-  /** Registers `state` again after a delay (its register was refused for now). */
-  private retryRegister(state: ChatState): void {
+  /** Registers `state` again after `delayMs` (default: the chat's next backoff delay; its register was refused for now). */
+  private retryRegister(state: ChatState, delayMs = backoffDelay(state.registerAttempts++, this.backoff)): void {
     state.status = 'idle';
     clearTimer(state.retryTimer);
     state.retryTimer = setTimeout(() => {
       state.retryTimer = null;
       this.register(state);
-    }, backoffDelay(state.registerAttempts++, this.backoff));
+    }, Math.max(0, delayMs));
   }
 
   private onPresence(live: ChatState, user: UserId, status: 'online' | 'offline'): void {
@@ -998,6 +1136,11 @@ export class Client extends Emitter<ClientEvents> {
     state.retryTimer = null;
     for (const w of state.waiters.splice(0)) w.reject(error);
     if (this.chats.get(state.key) === state) this.chats.delete(state.key);
+    // The handle's listeners hear the events of this turn (`unregistered`, `failed`), then go.
+    queueMicrotask(() => {
+      for (const off of this.handleListeners.get(state.chat) ?? []) off();
+      this.handleListeners.delete(state.chat);
+    });
   }
 
   /**
@@ -1013,17 +1156,21 @@ export class Client extends Emitter<ClientEvents> {
 
   private finishLeaving(state: ChatState | undefined): void {
     if (state === undefined || !state.leaving || this.outbox.all().some((p) => String(p.entry.chatId) === state.key)) return;
-    if (state.status === 'registered') {
-      const text = JSON.stringify({ type: 'unregister', chat_id: state.chat.id });
-      const track: Track = {
-        key: `u:${state.key}`,
-        // Not if the chat was opened again meanwhile (that registration must stay).
-        resend: () => void (this.chats.has(state.key) || this.transmit(text, false, track)),
-      };
-      this.transmit(text, false, track);
-    }
+    // A register still out is unregistered when its answer comes (see onMessage, `registered`).
+    if (state.status === 'registered') this.unregister(state.chat.id, state.key);
     this.forget(state, new ClientError('closed', 'left the chat', { chatId: state.chat.id }));
     this.closeIfIdle();
+  }
+
+  /** Ends the gateway's registration of a chat this client has left. */
+  private unregister(chatId: ChatId, key: string): void {
+    const text = JSON.stringify({ type: 'unregister', chat_id: chatId });
+    const track: Track = {
+      key: `u:${key}`,
+      // Not if the chat was opened again meanwhile (that registration must stay).
+      resend: () => void (this.chats.has(key) || this.transmit(text, false, track)),
+    };
+    this.transmit(text, false, track);
   }
 
   /** Without chats the gateway would close the connection (4408): close it first. */
@@ -1043,6 +1190,8 @@ export class Client extends Emitter<ClientEvents> {
       }
     }
     this.stopConnectionTimers();
+    clearTimer(this.holdTimer); // no chat holds an edit any more
+    this.holdTimer = null;
     this.dropOutstanding();
     this.abandonRefresh();
     if (ws !== null || reconnecting) this.setState({ state: 'disconnected', code: 1000, reason: 'no chats', retryInMs: null });
@@ -1107,6 +1256,7 @@ export class Client extends Emitter<ClientEvents> {
     item.sentOn = this.connectionNo;
     const track: Track = {
       key: writeKey(item.entry.op, item.entry.data.id),
+      owner: item,
       // Only while this attempt is the one in flight: a settled or retrying write is not resent.
       resend: () => void (item.inFlight && item.sentOn === this.connectionNo && this.outbox.all().includes(item) && this.transmit(item.text, false, track)),
     };
@@ -1114,9 +1264,18 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   /**
-   * The write an answer (`op`, `id`) belongs to: the one in flight, else — for an ack — one sent
-   * on this connection that is waiting to be retried (an earlier send of it was answered late).
+   * The write an answer belongs to: the entry of the send it answers (`request`), while that
+   * entry is pending — an answer to an earlier entry with the same key that is settled is nobody's;
+   * without a matching send, by `op` and `id`: the one in flight, else — for an ack — one sent on
+   * this connection that is waiting to be retried (an earlier send of it was answered late).
    */
+  private answeredWrite(request: Outstanding | undefined, op: string, id: string, inFlightOnly: boolean): Pending | undefined {
+    const owner = request?.owner;
+    if (owner === undefined) return this.sentWrite(op, id, inFlightOnly);
+    if (owner.sentOn !== this.connectionNo || !this.outbox.all().includes(owner)) return undefined;
+    return inFlightOnly && !owner.inFlight ? undefined : owner;
+  }
+
   private sentWrite(op: string, id: string, inFlightOnly: boolean): Pending | undefined {
     let fallback: Pending | undefined;
     for (const p of this.outbox.all()) {
@@ -1130,7 +1289,7 @@ export class Client extends Emitter<ClientEvents> {
   private onAck(frame: Frame): void {
     const key = writeKey(String(frame.op), String(frame.id));
     const request = this.answered(key);
-    const item = this.sentWrite(String(frame.op), String(frame.id), false);
+    const item = this.answeredWrite(request, String(frame.op), String(frame.id), false);
     if (item === undefined) {
       // The second answer to a write sent twice (a resend after a drop or timeout) is expected.
       if (request === undefined && !this.settledKeys.has(key)) this.emit('unhandled', frame);
@@ -1199,6 +1358,8 @@ export class Client extends Emitter<ClientEvents> {
   private onWriteError(item: Pending, error: ClientError): void {
     item.inFlight = false;
     const state = this.chats.get(String(item.entry.chatId));
+    // The main API may have applied it after the gateway stopped waiting.
+    if (error.code === 'upstream_unavailable') item.maybeApplied = true;
     if (error.retryable) {
       item.retryTimer = setTimeout(() => {
         item.retryTimer = null;
@@ -1250,7 +1411,7 @@ export class Client extends Emitter<ClientEvents> {
       if (state?.status === 'registering') return this.registerRefused(state, error);
       if (request !== undefined) return; // a second answer to a register sent twice
     } else if (WRITE_OPS.has(op) && typeof frame.id === 'string') {
-      const item = this.sentWrite(op, frame.id, true);
+      const item = this.answeredWrite(request, op, frame.id, true);
       if (item) return this.onWriteError(item, error);
       // A late answer to an earlier send of a write that is retried, or settled, already.
       if (request !== undefined || this.settledKeys.has(key!) || this.sentWrite(op, frame.id, false)) return;
@@ -1283,7 +1444,8 @@ export class Client extends Emitter<ClientEvents> {
       return;
     }
     if (typeof frame !== 'object' || frame === null || typeof frame.type !== 'string') return;
-    const state = frame.chat_id === undefined ? undefined : this.chats.get(String(frame.chat_id));
+    const chatKey = String(frame.chat_id);
+    const state = frame.chat_id === undefined ? undefined : this.chats.get(chatKey);
     // A chat being left gets no more events, but its registration still answers.
     const live = state !== undefined && state.status !== 'gone' && !state.leaving ? state : undefined;
     switch (frame.type) {
@@ -1307,15 +1469,20 @@ export class Client extends Emitter<ClientEvents> {
         if (live === undefined) break;
         this.emit('typing', { chatId: live.chat.id, userId: frame.user_id as UserId });
         return;
-      case 'registered':
-        this.answered(`r:${String(frame.chat_id)}`);
-        if (state === undefined || state.status === 'gone') break;
+      case 'registered': {
+        const request = this.answered(`r:${chatKey}`);
+        if (state === undefined || state.status === 'gone') {
+          // The chat was left while its register was out: the gateway registered it all the same.
+          if (request !== undefined && frame.chat_id !== undefined) return this.unregister(frame.chat_id as ChatId, chatKey);
+          break;
+        }
         // Also a second answer to a register sent twice (after a drop or a timeout), or one
         // that comes while a refused resend waits to be retried: as truthful as the first.
         return this.onRegistered(state, frame);
+      }
       case 'unregistered':
         // Without a reason it answers our own `unregister`: the chat is already forgotten.
-        if (typeof frame.reason !== 'string') return void this.answered(`u:${String(frame.chat_id)}`);
+        if (typeof frame.reason !== 'string') return void this.answered(`u:${chatKey}`);
         if (state === undefined || state.status === 'gone') break;
         return this.onUnregistered(state, frame.reason);
       case 'refreshed':
@@ -1331,6 +1498,8 @@ export class Client extends Emitter<ClientEvents> {
         return request.onAnswer?.(true);
       }
     }
+    // A chat being left, or left with its unregister not answered yet: its frames are expected.
+    if (frame.chat_id !== undefined && (state?.leaving === true || this.outstanding.some((o) => o.key === `u:${chatKey}`))) return;
     this.emit('unhandled', frame);
   }
 
@@ -1406,10 +1575,19 @@ export class Client extends Emitter<ClientEvents> {
       },
       position: (chat) => stateOf(chat)?.stream.position ?? null,
       online: (chat) => [...(stateOf(chat)?.online.values() ?? [])],
-      listen: <K extends keyof ChatEvents>(chat: Chat, type: K, listener: (event: ChatEvents[K]) => void) =>
-        this.on(type, (event) => {
-          if (String((event as { chatId: ChatId }).chatId) === String(chat.id)) listener(event);
-        }),
+      listen: <K extends keyof ChatEvents>(chat: Chat, type: K, listener: (event: ChatEvents[K]) => void) => {
+        const key = String(chat.id);
+        const off = this.on(type, (event) => {
+          if (String((event as { chatId: ChatId }).chatId) !== key) return;
+          // A handle left and replaced by a newer one for the same chat hears nothing more.
+          const current = this.chats.get(key);
+          if (current === undefined || current.chat === chat) listener(event);
+        });
+        let offs = this.handleListeners.get(chat);
+        if (offs === undefined) this.handleListeners.set(chat, (offs = []));
+        offs.push(off);
+        return off;
+      },
       newId,
     };
   }

@@ -45,7 +45,11 @@ export interface Pending {
   /** In the storage; an entry is sent only once it is. */
   stored: boolean;
   inFlight: boolean;
-  /** Was in flight when a connection dropped: it may have been applied without an ack. */
+  /**
+   * It may have been applied without this client seeing the ack: in flight when a connection
+   * dropped, answered `upstream_unavailable` (the main API may have saved it after all), or
+   * restored from storage (an earlier client may have sent it).
+   */
   maybeApplied: boolean;
   attempts: number;
   /** The connection (the client's count) it was last sent on; 0 before its first send. */
@@ -68,21 +72,25 @@ export class Outbox {
   ) {
     this.loaded = Promise.resolve()
       .then(() => storage.load())
-      .then(
-        (entries) => {
-          // Writes made before the load finished are listed already (and may be in the storage
-          // by now, since their put can run before load): restoring them would send them twice.
-          const listed = new Set(this.pending.map((p) => p.entry.key));
-          const restored = entries
-            .filter((entry) => !listed.has(entry.key))
-            .sort((a, b) => a.order - b.order)
-            .map((entry) => this.wrap(entry));
-          this.pending.unshift(...restored);
-          const last = restored.at(-1)?.entry.order ?? 0;
-          this.nextOrder = Math.max(this.nextOrder, last + 1);
-        },
-        (err: unknown) => onStorageError(err),
-      );
+      .then((loaded) => this.restore(loaded))
+      .catch((err: unknown) => onStorageError(err));
+  }
+
+  /** Lists what the storage held, ahead of anything written since; malformed entries are reported and skipped. */
+  private restore(loaded: unknown): void {
+    if (!Array.isArray(loaded)) throw new TypeError(`the outbox storage's load() returned ${loaded === null ? 'null' : typeof loaded}, not an array: nothing restored`);
+    const entries = loaded.filter(isEntry);
+    if (entries.length < loaded.length) this.onStorageError(new TypeError(`the outbox storage held ${loaded.length - entries.length} malformed entries: skipped`));
+    // Writes made before the load finished are listed already (and may be in the storage
+    // by now, since their put can run before load): restoring them would send them twice.
+    const listed = new Set(this.pending.map((p) => p.entry.key));
+    const restored = entries
+      .filter((entry) => !listed.has(entry.key))
+      .sort((a, b) => a.order - b.order)
+      .map((entry) => ({ ...this.wrap(entry), maybeApplied: true }));
+    this.pending.unshift(...restored);
+    const last = restored.at(-1)?.entry.order ?? 0;
+    this.nextOrder = Math.max(this.nextOrder, last + 1);
   }
 
   /**
@@ -132,4 +140,21 @@ export class Outbox {
   private wrap(entry: OutboxEntry): Pending {
     return { entry, stored: true, text: JSON.stringify({ type: entry.op, chat_id: entry.chatId, data: entry.data }), inFlight: false, maybeApplied: false, attempts: 0, sentOn: 0, retryTimer: null };
   }
+}
+
+export const WRITE_OPS: ReadonlySet<unknown> = new Set<WriteOp>(['message', 'edit_message', 'delete_message']);
+
+/** The shape `add` stores (a storage may hand back anything: a hand-edited file, another version's data). */
+function isEntry(value: unknown): value is OutboxEntry {
+  if (typeof value !== 'object' || value === null) return false;
+  const e = value as Record<string, unknown>;
+  const data = e.data as Record<string, unknown> | null | undefined;
+  return (
+    typeof e.key === 'string' &&
+    WRITE_OPS.has(e.op) &&
+    (typeof e.chatId === 'string' || typeof e.chatId === 'number') &&
+    typeof e.order === 'number' &&
+    typeof data === 'object' && data !== null && !Array.isArray(data) &&
+    typeof data.id === 'string'
+  );
 }

@@ -78,7 +78,8 @@ export class Stream {
     if (typeof data !== 'object' || data === null || Array.isArray(data)) return out;
     if (frame.type !== 'event' && typeof data.id !== 'string') return out;
     const { seq, epoch } = frame;
-    const numbered = typeof seq === 'number' && typeof epoch === 'string';
+    // A seq that is not a safe non-negative integer is not a position (one bogus huge seq would hide every later broadcast).
+    const numbered = typeof seq === 'number' && Number.isSafeInteger(seq) && seq >= 1 && typeof epoch === 'string' && epoch !== '';
     if (numbered) {
       if (this.pos === null) this.pos = { seq: seq - 1, epoch };
       else if (epoch !== this.pos.epoch) {
