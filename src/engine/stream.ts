@@ -33,14 +33,26 @@ export interface HistoryLimits {
   readonly ttlMs: number;
 }
 
+/** One try of an append: see `ChatStream.append`. */
+export interface AppendAttempt {
+  readonly token: string;
+  readonly retry: boolean;
+}
+
 export interface ChatStream {
   /**
    * Numbers `frame` (a JSON object without `seq`/`epoch`) as the chat's next broadcast, stores
    * the numbered bytes in history and publishes them — one atomic step. Resolves with the
    * position it got (once delivered on this instance, like `publish`). `key` (a message id) is
    * stored with it for `contains`.
+   *
+   * `attempt` makes a retry idempotent: `token` names the operation (the same on every
+   * attempt), and with `retry` set an operation already appended under that token (an earlier
+   * attempt whose reply was lost, run after all) is not appended again — its position is
+   * returned. Redis only, and only while the entry is in history (HISTORY_SIZE > 0); an engine
+   * whose append cannot fail half-way ignores it.
    */
-  append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition>;
+  append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string, attempt?: AppendAttempt): Promise<StreamPosition>;
   /** Whether the chat's history still holds a broadcast appended with `key`. */
   contains(chat: IdKey, key: string): Promise<boolean>;
   /** The chat's current position; a chat without one gets a new epoch at seq 0. */

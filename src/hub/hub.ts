@@ -1,4 +1,5 @@
-import type { StreamPosition } from '../engine/stream.js';
+import { randomBytes } from 'node:crypto';
+import type { AppendAttempt, StreamPosition } from '../engine/stream.js';
 import type { Engine, EngineEvents } from '../engine/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
@@ -22,6 +23,8 @@ interface LateBroadcast {
   frame: Buffer;
   exceptConn: string | null;
   key: string | undefined;
+  /** The operation's token: an attempt that timed out may still have appended it. */
+  token: string;
   at: number;
 }
 
@@ -54,6 +57,9 @@ export class Hub {
   private readonly late: LateBroadcast[] = [];
   private lateTimer: NodeJS.Timeout | null = null;
   private flushingLate = false;
+  /** Names each appended operation (see `append`): this hub's random prefix and a counter. */
+  private readonly tokenPrefix = `~${randomBytes(6).toString('base64url')}`;
+  private appends = 0;
   private readonly resync: Resync;
   private readonly presence: PresenceAnnouncer;
 
@@ -198,28 +204,35 @@ export class Hub {
    * broadcast waits, in order, to be published late once the engine works again (see
    * `publishLate`), so receivers still get it — under the position it gets then, the sending
    * connection included (it learns the position from the broadcast, as its ack had none).
-   * A retry after a lost reply may broadcast twice, under two positions (clients drop a message
-   * id they already have).
+   * Every attempt carries the operation's token, and each one after the first asks the engine
+   * to look for it first: an attempt whose reply was lost (Redis stalled past the command
+   * timeout and ran it later) is not appended and broadcast again — while its entry is in
+   * history (with HISTORY_SIZE=0 a retry may still broadcast twice; clients drop a message id
+   * they already have).
    */
   append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition | null> {
     const giveUpAt = Date.now() + this.limits.publishRetryMs;
+    const token = this.tokenPrefix + (++this.appends).toString(36);
     // The usual case is one try; only a failure enters the retry loop.
-    return this.timed(() => this.engine.append(chat, frame, exceptConn, key)).catch((err: unknown) => this.appendRetrying(chat, frame, exceptConn, key, giveUpAt, err));
+    return this.timed(() => this.engine.append(chat, frame, exceptConn, key, { token, retry: false })).catch((err: unknown) =>
+      this.appendRetrying(chat, frame, exceptConn, key, token, giveUpAt, err),
+    );
   }
 
-  private async appendRetrying(chat: IdKey, frame: Buffer, exceptConn: string | null, key: string | undefined, giveUpAt: number, firstError: unknown): Promise<StreamPosition | null> {
+  private async appendRetrying(chat: IdKey, frame: Buffer, exceptConn: string | null, key: string | undefined, token: string, giveUpAt: number, firstError: unknown): Promise<StreamPosition | null> {
     let err = firstError;
+    const retry: AppendAttempt = { token, retry: true };
     for (let wait = 100; ; wait = Math.min(2 * wait, 2000)) {
       if (Date.now() + wait > giveUpAt) {
         // Published late, it goes to the sending connection too: its ack had no position, and
         // a client that counts positions would otherwise keep a hole where its own write is.
-        this.deferLate({ chat, frame, exceptConn: null, key, at: Date.now() }, (err as Error).message);
+        this.deferLate({ chat, frame, exceptConn: null, key, token, at: Date.now() }, (err as Error).message);
         return null;
       }
       this.metrics.publishRetries.inc();
       await sleep(wait);
       try {
-        return await this.timed(() => this.engine.append(chat, frame, exceptConn, key));
+        return await this.timed(() => this.engine.append(chat, frame, exceptConn, key, retry));
       } catch (next) {
         err = next;
       }
@@ -266,7 +279,7 @@ export class Hub {
           continue;
         }
         try {
-          await this.timed(() => this.engine.append(entry.chat, entry.frame, entry.exceptConn, entry.key));
+          await this.timed(() => this.engine.append(entry.chat, entry.frame, entry.exceptConn, entry.key, { token: entry.token, retry: true }));
         } catch {
           break;
         }

@@ -176,3 +176,34 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     receiver.close();
   });
 });
+
+describe('Redis stalled past the command timeout: a retried append is not broadcast twice', () => {
+  const h = useHarness('redis');
+
+  it('a message sent while Redis is paused 5 s is saved once, broadcast once, stored once; the ack names that position', async () => {
+    const { chat, a, b } = await h.pair(0);
+    const id = `stall-${chat}`;
+    h.redis!.signal('SIGSTOP');
+    try {
+      a.send({ type: 'message', data: { id, ciphertext: 'eA' } });
+      // Attempts at ~0 s, ~2.1 s and ~4.3 s each time out after COMMAND_TIMEOUT_MS (2 s) and stay queued in Redis.
+      await sleep(5000);
+    } finally {
+      h.redis!.signal('SIGCONT');
+    }
+    const ack = await a.next({ type: 'ack', id }, 10_000);
+    const got = await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === id, 10_000);
+    await sleep(1000);
+    assert.equal(b.all({ type: 'message' }).length, 1, 'delivered once');
+    assert.equal(got.seq, ack.seq, 'the ack names the position it was broadcast under');
+    assert.equal(await cli(h.redis!.port, 'xlen', `ms:history:{${chat}}`), '1', 'stored once');
+    assert.equal(h.api.requests.filter((r) => r.op === 'save' && JSON.stringify(r.body).includes(id)).length, 1);
+    // The stream goes on from there.
+    await a.request({ type: 'message', data: { id: `${id}-next`, ciphertext: 'eA' } }, { type: 'ack' });
+    const next = await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === `${id}-next`);
+    assert.equal(next.seq, (ack.seq as number) + 1);
+    a.close();
+    b.close();
+  });
+});
+

@@ -56,6 +56,11 @@ export class RedisServer {
     proc.stdout?.resume();
   }
 
+  /** Sends `signal` to the server (SIGSTOP / SIGCONT: a stall that keeps every connection open). */
+  signal(signal: NodeJS.Signals): void {
+    this.proc?.kill(signal);
+  }
+
   /** Stops the server (SIGKILL: an outage, not a clean shutdown). */
   async stop(): Promise<void> {
     const proc = this.proc;

@@ -6,7 +6,7 @@ import type { Logger } from '../../log.js';
 import type { IdKey } from '../../protocol/ids.js';
 import { EngineUnavailableError, type Engine, type EngineEvents } from '../types.js';
 import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
-import { STREAM_TTL_MS, newEpoch, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
+import { STREAM_TTL_MS, newEpoch, type AppendAttempt, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
 import { LEAVE, SWEEP, WRITE_ENTRIES } from './scripts.js';
 import { APPEND, CONTAINS, RECOVER } from './stream-scripts.js';
 
@@ -31,7 +31,7 @@ type PresenceCommands = {
   msLeave(chatKey: string, userKey: string, now: number, conn: string, user: string, held: number): Promise<number>;
   msSweep(chatKey: string, now: number, userPrefix: string): Promise<string[]>;
   msWriteEntries(chatKey: string, now: number, expiresAt: number, keyTtl: number, userPrefix: string, ...userConnPairs: string[]): Promise<number[]>;
-  msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string]>;
+  msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string, number]>;
   msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
   msContains(historyKey: string, key: string): Promise<number>;
 };
@@ -215,10 +215,15 @@ export class RedisEngine implements Engine {
   }
 
   /** One script numbers, stores and publishes (stream-scripts.ts); resolves after our own delivery, like `publish`. */
-  async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key = ''): Promise<StreamPosition> {
+  async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key = '', attempt?: AppendAttempt): Promise<StreamPosition> {
     const { size, ttlMs } = this.history;
-    const [seq, epoch] = await this.echoed(chat, exceptConn, (header) =>
-      this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS, key),
+    const [seq, epoch] = await this.echoed(
+      chat,
+      exceptConn,
+      (header) =>
+        this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS, key, attempt?.token ?? '', attempt?.retry === true ? '1' : ''),
+      // An earlier attempt appended it: nothing was published now, so no echo comes.
+      ([, , already]) => already !== 1,
     );
     return { seq, epoch };
   }
@@ -322,7 +327,7 @@ export class RedisEngine implements Engine {
    * this instance delivered the publication itself (when subscribed; see Engine), at most after
    * COMMAND_TIMEOUT_MS.
    */
-  private async echoed<T>(chat: IdKey, exceptConn: string | null, send: (header: Buffer) => Promise<T>): Promise<T> {
+  private async echoed<T>(chat: IdKey, exceptConn: string | null, send: (header: Buffer) => Promise<T>, published: (result: T) => boolean = () => true): Promise<T> {
     const id = this.origin + (++this.publications).toString(36);
     const header = Buffer.from(exceptConn === null ? `${id}\n` : `${id} ${exceptConn}\n`, 'latin1');
     const echo = this.ready && this.subscribed.has(chat) ? this.awaitEcho(id, chat) : undefined;
@@ -333,6 +338,7 @@ export class RedisEngine implements Engine {
       this.settle(id);
       throw err;
     }
+    if (!published(result)) this.settle(id);
     await echo;
     return result;
   }

@@ -2,8 +2,9 @@
  * The chat stream in Redis, per chat (both keys share the `{chat}` hash tag, so one Cluster slot,
  * the same as the chat's channel):
  *   ms:stream:{chat}   HASH  epoch, seq — lost together, so a lost stream always gets a new epoch
- *   ms:history:{chat}  STREAM entry id 0-<seq>, fields t (ms), f (the numbered frame) and, for
- *                      broadcasts of a message, k (its id; see CONTAINS)
+ *   ms:history:{chat}  STREAM entry id 0-<seq>, fields t (ms), f (the numbered frame), then for
+ *                      broadcasts of a message, edit or delete k (its message id; see CONTAINS),
+ *                      and o (the operation's token, which makes a retried append idempotent)
  * Numbering, storing and publishing are one script, so seq order is the channel's order.
  */
 
@@ -20,23 +21,39 @@ end
 /**
  * KEYS: stream hash, history. ARGV: newEpoch, frame (a JSON object without seq/epoch), publish
  * prefix (bytes put before the frame in the pub/sub message), channel, publish command
- * (PUBLISH or SPUBLISH), now ms, history size, history ttl ms, stream ttl ms, key ('' for none).
- * Returns {seq, epoch}.
+ * (PUBLISH or SPUBLISH), now ms, history size, history ttl ms, stream ttl ms, key ('' for none),
+ * operation token ('' for none), retry ('1': first look for an entry with that token).
+ * Returns {seq, epoch, 0}, or {seq, epoch, 1} for a retry whose operation an earlier attempt
+ * appended (nothing is appended or published again).
+ *
+ * The retry's look-up scans the history (at most HISTORY_SIZE entries) and runs only after an
+ * attempt failed: when Redis stalls past the command timeout, the timed-out attempts are still
+ * queued and run once it wakes, so without it each one would broadcast the operation again.
  */
 export const APPEND = `${EPOCH}
+local history = tonumber(ARGV[7]) > 0
+if ARGV[12] == '1' and history then
+  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-')) do
+    local fields = entry[2]
+    for i = 5, #fields, 2 do
+      if fields[i] == 'o' and fields[i + 1] == ARGV[11] then
+        return {tonumber(string.sub(entry[1], 3)), epoch, 1}
+      end
+    end
+  end
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
 local frame = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[2], 2)
-if tonumber(ARGV[7]) > 0 then
-  if ARGV[10] == '' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, 't', ARGV[6], 'f', frame)
-  else
-    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, 't', ARGV[6], 'f', frame, 'k', ARGV[10])
-  end
+if history then
+  local fields = {'t', ARGV[6], 'f', frame}
+  if ARGV[10] ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = ARGV[10] end
+  if ARGV[11] ~= '' then fields[#fields + 1] = 'o'; fields[#fields + 1] = ARGV[11] end
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, unpack(fields))
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
 redis.call(ARGV[5], ARGV[4], ARGV[3] .. frame)
-return {seq, epoch}
+return {seq, epoch, 0}
 `;
 
 /**
@@ -74,7 +91,7 @@ return out
  */
 export const CONTAINS = `
 for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-')) do
-  if entry[2][6] == ARGV[1] then return 1 end
+  if entry[2][5] == 'k' and entry[2][6] == ARGV[1] then return 1 end
 end
 return 0
 `;
