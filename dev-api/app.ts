@@ -70,6 +70,11 @@ export interface Fault {
   /** Never answer; the socket stays open until the client gives up or close() is called. */
   hang?: boolean;
   /**
+   * Answer 200 at once, then send the body one byte every this many ms, never finishing (a main
+   * API that is alive but stuck: every idle timeout is met, only a bound on the whole call ends it).
+   */
+  trickleMs?: number;
+  /**
    * Response body. JSON-encoded, except a string, which is sent verbatim so that tests can
    * send malformed JSON or an HTML error page (pass '"text"' for a JSON string).
    * With no status, the answer is 200 with this body (a main API that "lies").
@@ -145,7 +150,7 @@ const DEFAULT_WAIT_MS = 2000;
 const KEEP_ALIVE_TIMEOUT_MS = 65_000;
 
 const OPS: readonly Op[] = ['verify', 'save', 'edit', 'delete'];
-const FAULT_KEYS = new Set(['op', 'delayMs', 'status', 'hang', 'body', 'times']);
+const FAULT_KEYS = new Set(['op', 'delayMs', 'status', 'hang', 'trickleMs', 'body', 'times']);
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -207,7 +212,7 @@ export function parseFault(input: unknown): Fault {
     // Reject typos such as "delay" — a silently ignored knob makes a test pass for the wrong reason.
     if (!FAULT_KEYS.has(key)) throw new TypeError(`unknown fault field "${key}"`);
   }
-  const { op, delayMs, status, hang, body, times } = input;
+  const { op, delayMs, status, hang, trickleMs, body, times } = input;
   const fault: Fault = {};
   if (op !== undefined) {
     if (op !== 'any' && !OPS.includes(op as Op)) throw new TypeError('fault.op must be verify|save|edit|delete|any');
@@ -228,6 +233,10 @@ export function parseFault(input: unknown): Fault {
   if (hang !== undefined) {
     if (typeof hang !== 'boolean') throw new TypeError('fault.hang must be a boolean');
     fault.hang = hang;
+  }
+  if (trickleMs !== undefined) {
+    if (typeof trickleMs !== 'number' || !Number.isFinite(trickleMs) || trickleMs < 1) throw new TypeError('fault.trickleMs must be a number >= 1');
+    fault.trickleMs = trickleMs;
   }
   if (body !== undefined) fault.body = body;
   if (times !== undefined) {
@@ -561,6 +570,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
       if (fault) {
         if (fault.delayMs) await sleep(fault.delayMs);
         if (fault.hang) await new Promise(() => {}); // never answers; close() destroys the socket
+        if (fault.trickleMs !== undefined) return trickle(reply, fault.trickleMs);
         if (fault.status !== undefined || fault.body !== undefined) return sendFault(reply, fault);
       }
     }
@@ -576,6 +586,16 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     log({ level: 'error', msg: 'dev-api handler failed', error: err instanceof Error ? err.message : String(err) });
     return reply.code(500).send({ error: 'internal error' });
   });
+
+  /** Headers now, then one body byte per `everyMs`, until the client goes away (or close() destroys the socket). */
+  async function trickle(reply: FastifyReply, everyMs: number): Promise<void> {
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.write('{');
+    const timer = setInterval(() => res.write(' '), everyMs);
+    res.once('close', () => clearInterval(timer));
+  }
 
   // --- the four calls the gateway makes ------------------------------------------------------
 

@@ -49,6 +49,59 @@ class AnswerTooLarge extends Error {
   }
 }
 
+/** A call that outlived UPSTREAM_TIMEOUT_MS as a whole (see `CallDeadlines`). */
+class CallTimeout extends Error {
+  override readonly name = 'TimeoutError';
+  constructor(ms: number) {
+    super(`main API call took longer than ${ms} ms`);
+  }
+}
+
+/** A call in flight as the deadline sweep sees it. */
+interface Deadline {
+  due: number;
+  /** Set by the sweep: the call is aborted as soon as it can be. */
+  expired: CallTimeout | null;
+  controller: Dispatcher.DispatchController | null;
+}
+
+/**
+ * UPSTREAM_TIMEOUT_MS bounds a whole call, not only each phase: undici's headers and body
+ * timeouts measure idle time, so a main API trickling one byte a second held a save — and a
+ * drain waiting for it — forever. One coarse sweep (a tenth of the timeout, at least 20 ms)
+ * aborts calls past their due time; calls start in time order, so it stops at the first that is
+ * not due. No timer per call: the interval runs only while calls are in flight, and stops itself.
+ */
+class CallDeadlines {
+  private readonly calls = new Set<Deadline>();
+  private sweep: NodeJS.Timeout | null = null;
+
+  constructor(private readonly timeoutMs: number) {}
+
+  start(): Deadline {
+    const deadline: Deadline = { due: performance.now() + this.timeoutMs, expired: null, controller: null };
+    this.calls.add(deadline);
+    this.sweep ??= setInterval(() => this.expire(), Math.max(20, Math.floor(this.timeoutMs / 10))).unref();
+    return deadline;
+  }
+
+  done(deadline: Deadline): void {
+    this.calls.delete(deadline);
+  }
+
+  private expire(): void {
+    const now = performance.now();
+    for (const deadline of this.calls) {
+      if (deadline.due > now) return;
+      this.calls.delete(deadline);
+      deadline.expired = new CallTimeout(this.timeoutMs);
+      deadline.controller?.abort(deadline.expired);
+    }
+    if (this.sweep !== null) clearInterval(this.sweep);
+    this.sweep = null;
+  }
+}
+
 interface Answer {
   status: number;
   body: string;
@@ -64,6 +117,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     connectTimeout: config.upstreamTimeoutMs,
   });
   const cache = new VerifyCache(config.authCacheTtlMs);
+  const deadlines = new CallDeadlines(config.upstreamTimeoutMs);
 
   /** `body`: an object to send as JSON, or JSON already serialized. */
   async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object | string, cancel?: AbortSignal): Promise<Answer> {
@@ -104,8 +158,9 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
    * One request on the pool through undici's handler interface rather than `pool.request`: no
    * response stream and no promise per body chunk (≈ 20 % of a call's CPU on the message path).
    * UPSTREAM_TIMEOUT_MS is enforced by the pool (connect, headers and body timeouts; calls never
-   * wait for a pool connection: the fair scheduler runs at most that many). No per-call timer on
-   * the hot path, only the connection's own signal when it may close.
+   * wait for a pool connection: the fair scheduler runs at most that many) and, for the call as a
+   * whole, by `deadlines`. No per-call timer on the hot path, only the connection's own signal
+   * when it may close.
    */
   function exchange(request: Dispatcher.DispatchOptions, readBody: (status: number) => boolean, refuseOversize: boolean, cancel?: AbortSignal): Promise<Answer> {
     return new Promise<Answer>((resolve, reject) => {
@@ -114,17 +169,25 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       let chunks: Buffer[] | null = null;
       let size = 0;
       let controller: Dispatcher.DispatchController | null = null;
+      const deadline = deadlines.start();
       const onAbort = () => controller?.abort(cancel!.reason);
-      const settle = () => cancel?.removeEventListener('abort', onAbort);
+      const settle = () => {
+        deadlines.done(deadline);
+        cancel?.removeEventListener('abort', onAbort);
+      };
       if (cancel !== undefined) {
-        if (cancel.aborted) return reject(cancel.reason);
+        if (cancel.aborted) {
+          settle();
+          return reject(cancel.reason);
+        }
         // Listening from the start: a call still connecting is aborted as soon as it can be.
         cancel.addEventListener('abort', onAbort, { once: true });
       }
       pool.dispatch(request, {
         onRequestStart(started) {
-          controller = started;
+          controller = deadline.controller = started;
           if (cancel?.aborted === true) started.abort(cancel.reason);
+          else if (deadline.expired !== null) started.abort(deadline.expired);
         },
         onResponseStart(_controller, statusCode) {
           status = statusCode;
@@ -206,7 +269,9 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     revision: () => cache.revision,
     forgottenSince: (user, chat, since) => cache.forgottenSince(user, chat, since),
     async close() {
-      await pool.close();
+      // Calls are bounded (deadlines), so this is short; a pool that still will not close is cut.
+      const closed = pool.close().then(() => true);
+      if (!(await Promise.race([closed, new Promise<boolean>((r) => setTimeout(() => r(false), 1000).unref())]))) await pool.destroy();
     },
   };
 }

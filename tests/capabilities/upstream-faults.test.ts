@@ -11,6 +11,8 @@ for (const mode of ENGINE_MODES) {
     const cases: Array<[string, Parameters<Harness['api']['addFault']>[0], string, boolean]> = [
       ['5xx', { op: 'save', status: 503 }, 'upstream_unavailable', true],
       ['timeout (hang)', { op: 'save', hang: true }, 'upstream_unavailable', true],
+      // Every idle timeout is met; only UPSTREAM_TIMEOUT_MS as a bound on the whole call ends it.
+      ['timeout (a body trickling one byte every 100 ms)', { op: 'save', trickleMs: 100 }, 'upstream_unavailable', true],
       ['403', { op: 'save', status: 403 }, 'forbidden', false],
       ['401', { op: 'save', status: 401 }, 'unauthorized', false],
       ['422', { op: 'save', status: 422 }, 'bad_request', false],
@@ -94,6 +96,15 @@ for (const mode of ENGINE_MODES) {
         assert.equal(err.code, 'internal', JSON.stringify(body));
         c.close();
       }
+    });
+
+    it('verify whose answer trickles forever → upstream_unavailable within the timeout, not registered', async () => {
+      h.api.addFault({ op: 'verify', trickleMs: 100, times: 1 });
+      const c = await h.connect();
+      // Answered at all: before the whole call was bounded, it never was (UPSTREAM_TIMEOUT_MS is 400).
+      const err = await c.request({ type: 'register', token: await h.token(1), chat_id: uniqueChat() }, { type: 'error' }, 5000);
+      assert.equal(err.code, 'upstream_unavailable');
+      c.close();
     });
 
     it('verify whose answer is over 64 KiB → internal, not registered (the gateway does not hold it)', async () => {
