@@ -7,6 +7,7 @@ import { CancelledError, RequestError } from '../protocol/errors.js';
 import { parseId, wireId, type IdKey } from '../protocol/ids.js';
 import { errorCodeForStatus } from './status.js';
 import { VerifyCache } from './verify-cache.js';
+import { LogLimiter } from '../util/log-limit.js';
 
 export type UpstreamOp = 'verify' | 'save' | 'edit' | 'delete';
 
@@ -118,6 +119,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   });
   const cache = new VerifyCache(config.authCacheTtlMs);
   const deadlines = new CallDeadlines(config.upstreamTimeoutMs);
+  // A main API that is down fails every call: one line per call and outcome every 10 s, not one per frame.
+  const logLimit = new LogLimiter();
 
   /** `body`: an object to send as JSON, or JSON already serialized. */
   async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object | string, cancel?: AbortSignal): Promise<Answer> {
@@ -133,7 +136,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       const answer = await exchange({ method, path, headers, body: payload }, readBody, op === 'verify', cancel);
       outcome = String(answer.status);
       if (answer.status >= 500) {
-        log.warn({ op, status: answer.status, requestId }, 'main API error');
+        const admitted = logLimit.admit(`${op} ${answer.status}`);
+        if (admitted !== null) log.warn({ op, status: answer.status, requestId, suppressed: admitted.suppressed }, 'main API error');
       }
       return answer;
     } catch (err) {
@@ -147,7 +151,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
         throw new RequestError('internal', err.message);
       }
       outcome = isTimeout(err) ? 'timeout' : 'unreachable';
-      log.warn({ op, requestId, outcome, err: (err as Error).message }, 'main API unreachable');
+      const admitted = logLimit.admit(`${op} ${outcome}`);
+      if (admitted !== null) log.warn({ op, requestId, outcome, err: (err as Error).message, suppressed: admitted.suppressed }, 'main API unreachable');
       throw new RequestError('upstream_unavailable', outcome === 'timeout' ? 'main API timed out' : 'main API unreachable');
     } finally {
       metrics.upstreamLatency.observe({ op, outcome }, (performance.now() - started) / 1000);

@@ -207,3 +207,44 @@ describe('Redis stalled past the command timeout: a retried append is not broadc
   });
 });
 
+
+describe('Redis that is up but does not serve: readiness and logs tell', () => {
+  const h = useHarness('redis');
+  const readyz = async () => (await fetch(`${h.instances[0]!.gateway.url}/readyz`)).status;
+  const logged = (msg: string) => h.instances[0]!.logs.filter((l) => l.includes(msg)).length;
+
+  it('out of memory (every write refused OOM): /readyz 503 and one error line, then ready again when Redis takes writes', async () => {
+    assert.equal(await readyz(), 200);
+    await cli(h.redis!.port, 'config', 'set', 'maxmemory', '1');
+    try {
+      await waitFor(async () => (await readyz()) === 503, 8000, '/readyz 503 while every write is refused');
+      assert.equal(logged('redis does not answer writes'), 1);
+      assert.ok(h.instances[0]!.logs.some((l) => l.includes('redis does not answer writes') && l.includes('OOM')), 'the error Redis gave is in the line');
+      // Not ready: a register is refused at once, retryable, without a Redis call per frame.
+      const c = await h.connect();
+      const err = await c.request({ type: 'register', token: await h.token(1), chat_id: uniqueChat() }, { type: 'error' });
+      assert.equal(err.code, 'upstream_unavailable');
+      c.close();
+    } finally {
+      await cli(h.redis!.port, 'config', 'set', 'maxmemory', '0');
+    }
+    await waitFor(async () => (await readyz()) === 200, 8000, 'ready again');
+    assert.equal(logged('redis answers again: ready'), 1);
+  });
+
+  it('stalled (SIGSTOP) while every socket stays up: /readyz 503 during the stall, 200 after it', async () => {
+    assert.equal(await readyz(), 200);
+    h.redis!.signal('SIGSTOP');
+    try {
+      await waitFor(async () => (await readyz()) === 503, 8000, '/readyz 503 during the stall');
+    } finally {
+      h.redis!.signal('SIGCONT');
+    }
+    await waitFor(async () => (await readyz()) === 200, 8000, 'ready after the stall');
+    const { chat, a, b } = await h.pair();
+    await a.request({ type: 'message', data: { id: `after-stall-${chat}`, ciphertext: 'eA' } }, { type: 'ack' });
+    await b.next({ type: 'message' });
+    a.close();
+    b.close();
+  });
+});

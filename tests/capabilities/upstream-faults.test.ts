@@ -98,6 +98,19 @@ for (const mode of ENGINE_MODES) {
       }
     });
 
+    it('a main API failing every call is logged once per call kind every 10 s, not once per frame', async () => {
+      const lines = () => h.instances[0]!.logs.filter((l) => l.includes('"main API error"') || l.includes('"main API unreachable"')).length;
+      h.api.addFault({ op: 'verify', status: 503 });
+      const before = lines();
+      const c = await h.connect();
+      for (let i = 0; i < 10; i++) {
+        const err = await c.request({ type: 'register', token: await h.token(1), chat_id: uniqueChat() }, { type: 'error' });
+        assert.equal(err.code, 'upstream_unavailable');
+      }
+      assert.ok(lines() - before <= 1, `${lines() - before} lines for 10 failed calls`);
+      c.close();
+    });
+
     it('verify whose answer trickles forever → upstream_unavailable within the timeout, not registered', async () => {
       h.api.addFault({ op: 'verify', trickleMs: 100, times: 1 });
       const c = await h.connect();

@@ -9,6 +9,7 @@ import { parseControlCommand, type CommandResult, type ControlCommand } from '..
 import { STREAM_TTL_MS, newEpoch, type AppendAttempt, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
 import { LEAVE, SWEEP, WRITE_ENTRIES } from './scripts.js';
 import { APPEND, CONTAINS, RECOVER } from './stream-scripts.js';
+import { LogLimiter } from '../../util/log-limit.js';
 
 const CHANNEL_PREFIX = 'ms:chat:{';
 /** Commands for every instance (classic pub/sub: in a Cluster it reaches every node's subscribers). */
@@ -22,6 +23,12 @@ const CONTROL_CHANNEL = 'ms:control';
 const KIND_PREFIX = '!';
 const COMMAND_MARK = KIND_PREFIX;
 const COMMAND_TIMEOUT_MS = 2000;
+/**
+ * How often the command connection is probed with a write: a Redis that is stalled, a replica
+ * (READONLY), out of memory (OOM) or a Cluster that is down answers every command with an error
+ * or not at all while every socket stays up, and only a probe tells readiness.
+ */
+const PROBE_INTERVAL_MS = 2000;
 /** Presence entries refreshed per script call, at most. */
 const REFRESH_BATCH = 500;
 const NEWLINE = 0x0a;
@@ -114,6 +121,12 @@ export class RedisEngine implements Engine {
     return 2 * this.presenceTtlMs;
   }
 
+  /** The last probe answered (see PROBE_INTERVAL_MS); readiness needs it as well as the connections. */
+  private responsive = true;
+  private probing = false;
+  private probeTimer: NodeJS.Timeout | null = null;
+  private readonly logLimit = new LogLimiter();
+
   async start(events: EngineEvents): Promise<void> {
     this.events = events;
     const options: RedisOptions = {
@@ -166,10 +179,33 @@ export class RedisEngine implements Engine {
     const period = Math.max(100, Math.floor(this.presenceTtlMs / 3));
     this.timer = setInterval(() => void this.maintainPresence(), period);
     this.timer.unref();
+    this.probeTimer = setInterval(() => void this.probe(), PROBE_INTERVAL_MS);
+    this.probeTimer.unref();
   }
 
+  /** Connected, subscribed, and answering writes (the last probe). */
   isReady(): boolean {
-    return this.ready;
+    return this.ready && this.responsive;
+  }
+
+  /**
+   * Writes a short-lived key of this instance. A failure (no answer within COMMAND_TIMEOUT_MS, or
+   * an error) makes the instance not ready — /readyz 503, so a load balancer sends new clients
+   * elsewhere — and is logged once; the next probe that succeeds makes it ready again.
+   */
+  private async probe(): Promise<void> {
+    if (!this.ready || this.probing || this.closing) return;
+    this.probing = true;
+    try {
+      await this.cmd.set(`ms:probe:{${this.origin}}`, Date.now(), 'PX', 3 * PROBE_INTERVAL_MS);
+      if (!this.responsive) this.log.info('redis answers again: ready');
+      this.responsive = true;
+    } catch (err) {
+      if (this.responsive) this.log.error({ err: (err as Error).message }, 'redis does not answer writes: not ready until it does');
+      this.responsive = false;
+    } finally {
+      this.probing = false;
+    }
   }
 
   async subscribe(chat: IdKey): Promise<void> {
@@ -362,6 +398,7 @@ export class RedisEngine implements Engine {
   async close(): Promise<void> {
     this.closing = true;
     if (this.timer !== null) clearInterval(this.timer);
+    if (this.probeTimer !== null) clearInterval(this.probeTimer);
     if (this.echoSweep !== null) clearInterval(this.echoSweep);
     this.echoSweep = null;
     if (this.ready) {
@@ -438,7 +475,11 @@ export class RedisEngine implements Engine {
 
   /** Tracks connection state; after an outage, resubscribe and restore presence before ready. */
   private watch(conn: Redis | Cluster, role: string): void {
-    conn.on('error', (err: Error) => this.log.debug({ role, err: err.message }, 'redis error'));
+    // Before the first connection too: a wrong host or password must show at the default level.
+    conn.on('error', (err: Error) => {
+      const admitted = this.logLimit.admit(`connection ${role}`);
+      if (admitted !== null) this.log.warn({ role, err: err.message, suppressed: admitted.suppressed }, 'redis connection error');
+    });
     conn.on('ready', () => void this.restoreAfterOutage());
     for (const event of ['close', 'end', 'reconnecting']) {
       conn.on(event, () => {
@@ -478,14 +519,31 @@ export class RedisEngine implements Engine {
     this.events?.readyChange(ready);
   }
 
-  /** Fails fast while Redis is unreachable; every Redis error surfaces as EngineUnavailableError. */
+  /**
+   * Fails fast while Redis is unreachable; every Redis error surfaces as EngineUnavailableError.
+   * Errors Redis answers with (READONLY on a replica, OOM, MOVED without REDIS_CLUSTER,
+   * CLUSTERDOWN, …) are logged — by their first word, at most once per 10 s each — since a
+   * client only sees `upstream_unavailable`.
+   */
   private async whenReady<T>(command: () => Promise<T>): Promise<T> {
     if (!this.ready) throw new EngineUnavailableError('redis unavailable');
     try {
       return await command();
     } catch (err) {
+      this.logCommandError(err);
       throw unavailable(err);
     }
+  }
+
+  private logCommandError(err: unknown): void {
+    const message = err instanceof Error ? err.message : String(err);
+    const replied = err instanceof Error && err.name === 'ReplyError';
+    const kind = replied ? (message.split(' ', 1)[0] ?? 'error') : /timed out/i.test(message) ? 'timeout' : 'other';
+    const admitted = this.logLimit.admit(`command ${kind}`);
+    if (admitted === null) return;
+    const fields = { err: message.slice(0, 200), suppressed: admitted.suppressed };
+    if (replied) this.log.error(fields, 'redis refused a command');
+    else this.log.warn(fields, 'redis command failed');
   }
 
   /** The channels every instance listens on for as long as it runs: commands, and replies to its own. */
