@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import { API_PREFIX, createServerApi } from './api/server-api.js';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
-import type { Config } from './config/index.js';
+import { normalizeOrigin, type Config } from './config/index.js';
 import { createEngine, type Engine } from './engine/index.js';
 import { createFeatureTable } from './features/index.js';
 import { Hub } from './hub/hub.js';
@@ -133,8 +133,9 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     if (draining) return refuseUpgrade(socket, 503, 'Service Unavailable');
     // Only browsers send Origin (and a non-browser could send any value), so the check guards
     // browsers against foreign pages; native apps and the CLI client send none and are let in.
+    // Compared in the spelling ALLOWED_ORIGINS was normalised to; an unparsable Origin matches none.
     const origin = req.headers.origin;
-    if (config.allowedOrigins !== null && origin !== undefined && !config.allowedOrigins.includes(origin)) {
+    if (config.allowedOrigins !== null && origin !== undefined && !config.allowedOrigins.includes(normalizeOrigin(origin) ?? '')) {
       log.info({ origin: req.headers.origin }, 'upgrade refused: origin not allowed');
       return refuseUpgrade(socket, 403, 'Forbidden');
     }

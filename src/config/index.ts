@@ -24,7 +24,7 @@ export interface Config {
   maxUpstreamPerConnection: number;
   pingIntervalMs: number;
   maxBufferedBytes: number;
-  /** null: any origin. */
+  /** As `normalizeOrigin` spells them (what browsers send); null: any origin. */
   allowedOrigins: string[] | null;
   shutdownTimeoutMs: number;
   presenceTtlMs: number;
@@ -107,10 +107,15 @@ export function loadConfig(env: Env = readEnv()): Config {
   try {
     authUrl = new URL(authHost);
   } catch {
-    throw new ConfigError('AUTH_HOST', `must be an http(s) URL, got "${authHost}"`);
+    throw new ConfigError('AUTH_HOST', `must be an http(s) URL, got ${JSON.stringify(redactUrl(authHost))}`);
   }
   if (authUrl.protocol !== 'http:' && authUrl.protocol !== 'https:') {
-    throw new ConfigError('AUTH_HOST', `must be an http(s) URL, got "${authHost}"`);
+    throw new ConfigError('AUTH_HOST', `must be an http(s) URL, got ${JSON.stringify(redactUrl(authHost))}`);
+  }
+  // The gateway calls the main API with each client's token, and `origin` below drops the
+  // userinfo: credentials here would be silently ignored, so they are refused (never echoed).
+  if (authUrl.username !== '' || authUrl.password !== '') {
+    throw new ConfigError('AUTH_HOST', 'must not contain credentials (user:password@); the main API is called with each client\'s token');
   }
   if (authUrl.pathname !== '/' || authUrl.search || authUrl.hash) {
     throw new ConfigError('AUTH_HOST', 'must be a base URL without path, query or fragment (paths are set by *_PATH)');
@@ -127,14 +132,7 @@ export function loadConfig(env: Env = readEnv()): Config {
   }
 
   const origins = get('ALLOWED_ORIGINS');
-  const allowedOrigins = origins === undefined ? null : origins.split(',').map((o) => o.trim()).filter(Boolean);
-  if (allowedOrigins !== null) {
-    for (const o of allowedOrigins) {
-      if (o !== 'null' && !/^https?:\/\/[^/\s]+$/.test(o)) {
-        throw new ConfigError('ALLOWED_ORIGINS', `"${o}" is not an origin like https://chat.example.com`);
-      }
-    }
-  }
+  const allowedOrigins = origins === undefined ? null : parseOrigins(origins);
 
   const cluster = bool('REDIS_CLUSTER', false);
   const redisHost = get('REDIS_HOST');
@@ -152,6 +150,16 @@ export function loadConfig(env: Env = readEnv()): Config {
   const apiPort = apiPortRaw === undefined ? null : int('API_PORT', 0, 0, 65535);
   if (apiPort !== null && apiPort !== 0 && apiPort === appPort) throw new ConfigError('API_PORT', 'must differ from APP_PORT (leave it unset to serve the API on APP_PORT)');
 
+  const maxMessageBytes = int('MAX_MESSAGE_BYTES', 65536, 256, 64 * 1024 * 1024);
+  const maxBufferedBytes = int('MAX_BUFFERED_BYTES', 4194304, 1024);
+  const minBuffered = minBufferedBytes(maxMessageBytes);
+  if (maxBufferedBytes < minBuffered) {
+    throw new ConfigError(
+      'MAX_BUFFERED_BYTES',
+      `must be at least ${BROADCAST_GROWTH} × MAX_MESSAGE_BYTES + ${BROADCAST_OVERHEAD} = ${minBuffered} (the broadcast of one maximal message must fit, and can be ~4.4 times its frame), got ${maxBufferedBytes}`,
+    );
+  }
+
   const ms = (name: string, def: number, min = 1) => int(name, def, min, 24 * 3600 * 1000);
   return {
     appPort,
@@ -163,7 +171,7 @@ export function loadConfig(env: Env = readEnv()): Config {
     upstreamTimeoutMs: ms('UPSTREAM_TIMEOUT_MS', 5000),
     upstreamConnections: int('UPSTREAM_CONNECTIONS', 64, 1, 10_000),
     authCacheTtlMs: ms('AUTH_CACHE_TTL_MS', 30000, 0),
-    maxMessageBytes: int('MAX_MESSAGE_BYTES', 65536, 256, 64 * 1024 * 1024),
+    maxMessageBytes,
     rateLimitPerSec: int('RATE_LIMIT_PER_SEC', 20, 1, 1_000_000),
     rateLimitBurst: int('RATE_LIMIT_BURST', 50, 1, 1_000_000),
     registerTimeoutMs: ms('REGISTER_TIMEOUT_MS', 10000),
@@ -171,7 +179,7 @@ export function loadConfig(env: Env = readEnv()): Config {
     maxPendingWrites: int('MAX_PENDING_WRITES', 16, 1, 10_000),
     maxUpstreamPerConnection: int('MAX_UPSTREAM_PER_CONNECTION', 4, 1, 1000),
     pingIntervalMs: ms('PING_INTERVAL_MS', 25000, 10),
-    maxBufferedBytes: int('MAX_BUFFERED_BYTES', 4194304, 1024),
+    maxBufferedBytes,
     allowedOrigins,
     shutdownTimeoutMs: ms('SHUTDOWN_TIMEOUT_MS', 10000, 0),
     presenceTtlMs: ms('PRESENCE_TTL_MS', 60000, 300),
@@ -197,17 +205,88 @@ function parseRedisUrls(value: string, cluster: boolean): string[] {
     try {
       url = new URL(withScheme);
     } catch {
-      throw new ConfigError('REDIS_HOST', `"${redactUrl(part)}" is not a Redis URL or host:port`);
+      throw new ConfigError('REDIS_HOST', `${JSON.stringify(redactUrl(part))} is not a Redis URL or host:port`);
     }
     if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
       throw new ConfigError('REDIS_HOST', `scheme must be redis:// or rediss://, got "${url.protocol}"`);
     }
     if (!url.hostname) throw new ConfigError('REDIS_HOST', 'has no host');
+    // Keys would be split by a database number (`/1`, `?db=2`) but pub/sub channels are global
+    // to the server: deployments "separated" that way see each other's broadcasts and server-API
+    // commands. So nothing after host:port is accepted; each deployment needs its own Redis.
+    if ((url.pathname !== '' && url.pathname !== '/') || /[?#]/.test(url.href)) {
+      throw new ConfigError(
+        'REDIS_HOST',
+        `${JSON.stringify(redactUrl(part))} has a database number, path, query or fragment; give redis[s]://[user:password@]host:port only (pub/sub ignores database numbers: a deployment needs a Redis of its own, not a database of a shared one)`,
+      );
+    }
     return url.toString();
   });
 }
 
-/** A URL safe to log: the password is replaced. */
+/**
+ * A URL safe to log: everything between `://` (or the start, without a scheme) and the last `@`
+ * — user and password, whatever they contain — is replaced by `***`. The last `@`, because a
+ * password may hold `@` (a URL parser takes the last one as the end of the credentials); one in
+ * a path or query hides the host too, which errs on the safe side.
+ */
 export function redactUrl(url: string): string {
-  return url.replace(/(\/\/[^:/@]*:)[^@]*@/, '$1***@');
+  const at = url.lastIndexOf('@');
+  if (at === -1) return url;
+  const scheme = url.indexOf('://');
+  const start = scheme !== -1 && scheme < at ? scheme + 3 : 0;
+  return `${url.slice(0, start)}***${url.slice(at)}`;
+}
+
+/**
+ * How much larger than the client's frame its broadcast can be, at worst: the gateway
+ * re-serialises the message's JSON (a number such as `1e20`, 4 bytes, becomes its 21 digits, so
+ * a `data` holding an array of them grows 4.4 times; strings never grow) and adds fields
+ * (`chat_id` twice, `sender_id`, defaults, `created_at`, `seq`, `epoch`, the frame header: under
+ * 200 bytes with 64-character ids). Server-API events grow the same way from their body.
+ */
+const BROADCAST_GROWTH = 5;
+const BROADCAST_OVERHEAD = 1024;
+
+/**
+ * The smallest MAX_BUFFERED_BYTES that holds the broadcast of one maximal message; with less,
+ * that one message would close every receiver 1013 as a slow consumer.
+ */
+function minBufferedBytes(maxMessageBytes: number): number {
+  return BROADCAST_GROWTH * maxMessageBytes + BROADCAST_OVERHEAD;
+}
+
+/**
+ * `value` as an origin, serialised as browsers send it in `Origin` (lower-case scheme and host,
+ * punycode, no default port): `https://Chat.Example.com:443` → `https://chat.example.com`.
+ * null unless it is an http(s) origin and nothing more — not a path, query, fragment,
+ * credentials, a `*` wildcard, `null` or anything unparsable; a trailing `/` is allowed. Used for
+ * ALLOWED_ORIGINS and for the `Origin` header of each upgrade, so both are compared in one spelling.
+ */
+export function normalizeOrigin(value: string): string | null {
+  if (!/^https?:\/\/[^/?#@\\\s*]+\/?$/i.test(value)) return null;
+  try {
+    return new URL(value).origin;
+  } catch {
+    return null;
+  }
+}
+
+function parseOrigins(value: string): string[] {
+  const origins: string[] = [];
+  for (const entry of value.split(',').map((o) => o.trim()).filter(Boolean)) {
+    const origin = normalizeOrigin(entry);
+    if (origin === null) {
+      const why =
+        entry.includes('*') ? ': wildcards are not supported; list each origin, or leave ALLOWED_ORIGINS unset to allow any'
+        : entry === 'null' ? ' (any sandboxed or file:// page sends Origin: null)'
+        : ' like https://chat.example.com (scheme, host, optional port; no path, query or credentials)';
+      throw new ConfigError('ALLOWED_ORIGINS', `${JSON.stringify(redactUrl(entry))} is not an http(s) origin${why}`);
+    }
+    if (!origins.includes(origin)) origins.push(origin);
+  }
+  if (origins.length === 0) {
+    throw new ConfigError('ALLOWED_ORIGINS', 'lists no origin, which would refuse every browser; leave it unset to allow any origin');
+  }
+  return origins;
 }

@@ -2,8 +2,25 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
-import { ConfigError, loadConfig, readEnv, redactUrl } from '../../src/config/index.js';
+import { after, before, describe, it } from 'node:test';
+import { ConfigError, loadConfig, normalizeOrigin, readEnv, redactUrl } from '../../src/config/index.js';
+import { TestClient } from '../support/client.js';
+import { Harness } from '../support/harness.js';
+
+/** loadConfig(env) must fail naming `variable`, with a message that contains none of `secrets`. */
+function refused(env: Record<string, string>, variable: string, secrets: string[] = []): void {
+  assert.throws(
+    () => loadConfig(env),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError, `${JSON.stringify(env)}: ${String(err)}`);
+      assert.equal(err.variable, variable, err.message);
+      assert.ok(!err.message.includes('\n'), 'one line');
+      for (const secret of secrets) assert.ok(!err.message.includes(secret), `${err.message} shows ${secret}`);
+      return true;
+    },
+    `${JSON.stringify(env)} is accepted`,
+  );
+}
 
 describe('config', () => {
   it('defaults match the configuration table in the README', () => {
@@ -52,7 +69,96 @@ describe('config', () => {
     assert.equal(loadConfig(readEnv({}, join(dir, 'missing.env'))).appPort, 3000);
   });
 
-  it('redactUrl hides the password', () => {
-    assert.equal(redactUrl('redis://user:secret@h:1'), 'redis://user:***@h:1');
+  it('redactUrl hides everything between :// and the last @ (a password may contain @)', () => {
+    assert.equal(redactUrl('redis://user:secret@h:1'), 'redis://***@h:1');
+    assert.equal(redactUrl('redis://:hunter2@secret@redis host:6379'), 'redis://***@redis host:6379');
+    assert.equal(redactUrl(':hunter2@secret@h:1'), '***@h:1');
+    assert.equal(redactUrl('redis://h:1'), 'redis://h:1');
+    // The same through a config error: the value cannot be parsed, and is shown without the password.
+    refused({ REDIS_HOST: 'redis://:hunter2@secret@redis host:6379' }, 'REDIS_HOST', ['hunter2', 'secret']);
+    refused({ REDIS_HOST: ':hunter2@secret@redis host:6379' }, 'REDIS_HOST', ['hunter2', 'secret']);
+  });
+
+  it('REDIS_HOST with a database number, path, query or fragment is refused (pub/sub ignores databases)', () => {
+    for (const value of ['redis://127.0.0.1:6379/1', 'redis://127.0.0.1:6379/0', '127.0.0.1:6379/1', 'redis://h:1/99', 'redis://h:1/abc', '/abc', 'redis://h:1?db=2', 'redis://h:1/?db=2', 'redis://h:1?', 'redis://h:1#x', 'rediss://:pw@h:1/2']) {
+      refused({ REDIS_HOST: value }, 'REDIS_HOST', ['pw@']);
+    }
+    refused({ REDIS_HOST: 'redis://a:1/1, redis://b:2', REDIS_CLUSTER: 'true' }, 'REDIS_HOST');
+    assert.deepEqual(loadConfig({ REDIS_HOST: 'redis://h:1/' }).redis?.urls, ['redis://h:1/']);
+    assert.deepEqual(loadConfig({ REDIS_HOST: 'rediss://user:p%40ss@h:1' }).redis?.urls, ['rediss://user:p%40ss@h:1']);
+  });
+
+  it('ALLOWED_ORIGINS is normalised as browsers send Origin: lower-case host, no default port', () => {
+    assert.deepEqual(loadConfig({ ALLOWED_ORIGINS: 'https://Chat.Example.com' }).allowedOrigins, ['https://chat.example.com']);
+    assert.deepEqual(loadConfig({ ALLOWED_ORIGINS: 'https://chat.example.com:443' }).allowedOrigins, ['https://chat.example.com']);
+    assert.deepEqual(
+      loadConfig({ ALLOWED_ORIGINS: 'HTTPS://A.example:443/, http://b.example:80, http://b.example:8080, https://a.example, http://[::1]:3000' }).allowedOrigins,
+      ['https://a.example', 'http://b.example', 'http://b.example:8080', 'http://[::1]:3000'],
+    );
+    assert.equal(normalizeOrigin('https://Chat.Example.com:443'), 'https://chat.example.com');
+    for (const header of ['null', 'garbage', 'https://a.example/path', 'https://u:p@a.example', 'https://a.example:99999', '']) {
+      assert.equal(normalizeOrigin(header), null, header);
+    }
+  });
+
+  it('ALLOWED_ORIGINS refuses entries that are not an http(s) origin, and a value that lists none', () => {
+    for (const value of [',', ' , ,', '*', 'https://*.example.com', 'null', 'https://a.example/app', 'https://a.example?x=1', 'https://a.example#x', 'ftp://a.example', 'a.example', 'https://a.example:99999', 'https://a.example, garbage']) {
+      refused({ ALLOWED_ORIGINS: value }, 'ALLOWED_ORIGINS');
+    }
+    refused({ ALLOWED_ORIGINS: 'https://admin:hunter2@a.example' }, 'ALLOWED_ORIGINS', ['hunter2']);
+  });
+
+  it('AUTH_HOST with credentials is refused without showing them', () => {
+    refused({ AUTH_HOST: 'http://user:s3cr3t@host:8000' }, 'AUTH_HOST', ['s3cr3t']);
+    refused({ AUTH_HOST: 'http://:hunter2@host:8000' }, 'AUTH_HOST', ['hunter2']);
+    refused({ AUTH_HOST: 'http://user@host:8000' }, 'AUTH_HOST');
+    refused({ AUTH_HOST: 'http://user:hunter2@ho st:8000' }, 'AUTH_HOST', ['hunter2']);
+  });
+
+  it('MAX_BUFFERED_BYTES must hold one maximal broadcast: at least 5 × MAX_MESSAGE_BYTES + 1024', () => {
+    refused({ MAX_BUFFERED_BYTES: '65536' }, 'MAX_BUFFERED_BYTES');
+    refused({ MAX_MESSAGE_BYTES: '1048576' }, 'MAX_BUFFERED_BYTES'); // the default 4 MiB is too small for it
+    refused({ MAX_MESSAGE_BYTES: '131072', MAX_BUFFERED_BYTES: '131086' }, 'MAX_BUFFERED_BYTES'); // + the frame header is not enough
+    refused({ MAX_MESSAGE_BYTES: '256', MAX_BUFFERED_BYTES: '2303' }, 'MAX_BUFFERED_BYTES');
+    assert.equal(loadConfig({ MAX_MESSAGE_BYTES: '256', MAX_BUFFERED_BYTES: '2304' }).maxBufferedBytes, 2304);
+    assert.equal(loadConfig({ MAX_MESSAGE_BYTES: '838656' }).maxMessageBytes, 838656); // the largest the default allows
+  });
+});
+
+describe('config at the gateway', () => {
+  const h = new Harness('memory');
+  before(() => h.start());
+  after(() => h.close());
+
+  it('ALLOWED_ORIGINS: the Origin header is compared normalised; no Origin is let in; garbage is refused', async () => {
+    const inst = await h.gateway({ ALLOWED_ORIGINS: 'https://Chat.Example.com:443' });
+    const open = async (origin?: string) => (await TestClient.connect(inst.wsUrl, origin === undefined ? {} : { origin })).close();
+    await open('https://chat.example.com');
+    await open('https://CHAT.example.com:443');
+    await open();
+    for (const origin of ['https://evil.example.com', 'http://chat.example.com', 'https://chat.example.com:8443', 'null', 'garbage']) {
+      await assert.rejects(open(origin), (err: { status?: number }) => err.status === 403, origin);
+    }
+  });
+
+  it('one maximal message fits MAX_BUFFERED_BYTES at its minimum, though its broadcast is ~4.4 times its frame', async () => {
+    // 5 × 1024 + 1024: the smallest MAX_BUFFERED_BYTES allowed with MAX_MESSAGE_BYTES=1024 (which a register with a JWT fits).
+    const inst = await h.gateway({ MAX_MESSAGE_BYTES: '1024', MAX_BUFFERED_BYTES: '6144' });
+    // The longest ids make the added fields (chat_id twice, sender_id) as large as they get.
+    const chat = 'c'.repeat(64);
+    const [sender, receiver] = [await TestClient.connect(inst.wsUrl), await TestClient.connect(inst.wsUrl)];
+    await sender.register(await h.token('a'.repeat(64)), chat);
+    await receiver.register(await h.token('b'.repeat(64)), chat);
+    // `1e20` is 4 bytes in the frame and its 21 digits in the broadcast, which re-serialises the JSON.
+    const head = '{"type":"message","data":{"id":"m","ciphertext":"x","k":[';
+    const frame = `${head}${Array(Math.floor((1024 - head.length - 3 + 1) / 5)).fill('1e20').join(',')}]}}`;
+    assert.ok(frame.length <= 1024 && frame.length > 1018, String(frame.length));
+    sender.sendRaw(frame);
+    await sender.next({ type: 'ack' });
+    const got = await receiver.next({ type: 'message' });
+    assert.ok(JSON.stringify(got).length > 4 * frame.length, 'the broadcast grew');
+    assert.ok(receiver.isOpen, 'the receiver is not a slow consumer');
+    sender.close();
+    receiver.close();
   });
 });
