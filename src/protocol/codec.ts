@@ -68,8 +68,32 @@ export function encode(frame: object): Buffer {
   return Buffer.from(JSON.stringify(frame));
 }
 
-const RFC3339_RE = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
+/**
+ * RFC 3339 `date-time` (section 5.6), with `T`, `t` or a space between date and time (the RFC's
+ * note allows the space) and at most nine fraction digits. The shape alone is not enough, and
+ * neither is `Date.parse`, which rolls impossible dates over (`2024-02-30` is March 1st,
+ * `24:00` the next day): every field is checked against the calendar.
+ */
+const RFC3339_RE = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?(?:[Zz]|[+-](\d{2}):(\d{2}))$/;
 
+/**
+ * Whether `value` is an RFC 3339 timestamp of a real instant: month 01–12, day within its month
+ * (29 February only in leap years), hour 00–23, minute 00–59, second 00–59, offset up to ±23:59
+ * (`-00:00` included). A leap second (`:60`), which RFC 3339 allows, is refused: JavaScript's
+ * `Date` cannot read one, so receivers would get a `created_at` they cannot parse (and none has
+ * been inserted since 2016).
+ */
 export function isRfc3339(value: string): boolean {
-  return RFC3339_RE.test(value) && !Number.isNaN(Date.parse(value));
+  const m = RFC3339_RE.exec(value);
+  if (m === null) return false;
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number];
+  if (month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month)) return false;
+  if (hour > 23 || minute > 59 || second > 59) return false;
+  return m[7] === undefined || (Number(m[7]) <= 23 && Number(m[8]) <= 59);
+}
+
+/** Days in `month` (1–12) of `year`, in the proleptic Gregorian calendar RFC 3339 uses. */
+function daysInMonth(year: number, month: number): number {
+  if (month === 2) return year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28;
+  return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31;
 }

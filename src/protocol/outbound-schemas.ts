@@ -64,11 +64,14 @@ const Ack = frame(
     op: oneOf(ACK_OPS),
     id: MessageIdSchema,
     chat_id: IdSchema,
-    duplicate: Type.Boolean({ description: 'true: an earlier send was already saved (409); nothing was broadcast again' }),
+    duplicate: Type.Boolean({
+      description:
+        "true (message only): the main API answered 409, an earlier send of this id was saved. Usually nothing is broadcast again and the ack has no seq/epoch; but when the 409 says the saved message is this sender's, in this chat, not deleted, and the chat's history has no broadcast of the id (the first send's broadcast was lost), this resend is broadcast in its place and the ack carries that broadcast's seq/epoch",
+    }),
     seq: Type.Optional(SeqSchema),
     epoch: Type.Optional(EpochSchema),
   },
-  'Answer to message, edit_message or delete_message once the main API saved it; seq/epoch of its broadcast, none for a duplicate',
+  "Answer to message, edit_message or delete_message once the main API saved it. seq/epoch: the position of the broadcast it made, present whenever one was made, a duplicate's stand-in broadcast included; absent when nothing was broadcast (most duplicates), and when the save succeeded but the engine failed for PUBLISH_RETRY_MS (then duplicate is false, and the broadcast is published late and reaches this connection too)",
 );
 
 /** The encrypted content both a new message and an edit carry. */
@@ -92,7 +95,11 @@ const MessageBroadcast = frame(
         chat_id: IdSchema,
         sender_id: IdSchema,
       },
-      { additionalProperties: true, description: "The body the gateway saved: the sender's data (other fields pass through), defaults filled in, chat_id and the verified sender_id set" },
+      {
+        additionalProperties: true,
+        description:
+          "The body of the send that was broadcast: the sender's data (other fields pass through), defaults filled in (created_at: when the gateway received it), chat_id and the verified sender_id set. Normally what the main API saved; after a 409 whose resend stands in for a lost broadcast, the resend's body, not the first send's",
+      },
     ),
   },
   'A new message in a chat the connection is registered to',
@@ -136,10 +143,10 @@ const PresenceBatch = frame(
   'presence_batch',
   {
     chat_id: IdSchema,
-    online: Type.Array(IdSchema, { description: 'Users online in the chat now' }),
-    offline: Type.Array(IdSchema, { description: 'Users no longer online in the chat' }),
+    online: Type.Array(IdSchema, { description: 'Users whose presence changed within the window and who are online as the frame is sent; not the whole online list (may be empty)' }),
+    offline: Type.Array(IdSchema, { description: 'Users whose presence changed within the window and who are offline as the frame is sent (may be empty)' }),
   },
-  "Several users' presence changed within one announcement window (PRESENCE_BATCH_MS); each user's status as it is when the frame is sent (may include the receiver's own user)",
+  "Several users' presence changed within one announcement window (PRESENCE_BATCH_MS). Only those users are listed, each under the status as it is when the frame is sent (a user who came and left within the window is offline); it may repeat a status the receiver has or name its own user: apply it as facts, it is not the chat's online list",
 );
 
 const Typing = frame('typing', { chat_id: IdSchema, user_id: IdSchema }, 'A member is typing (never saved, not echoed to its sender)');

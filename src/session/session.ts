@@ -80,6 +80,12 @@ export class Session implements Connection, WriteTurnMark {
   writeTurn = -1;
   /** A `refresh` is in flight (one at a time): an expiry that comes meanwhile waits for its outcome. */
   refreshing = false;
+  /**
+   * While a handler's synchronous part runs (onFrame): null until `targetChat` resolves the
+   * request's chat, then that chat. undefined at any other time. Read back right after the call,
+   * so an error sent later names the chat the request targeted when it arrived.
+   */
+  private resolvedTarget: IdKey | null | undefined = undefined;
 
   constructor(
     readonly id: string,
@@ -154,6 +160,7 @@ export class Session implements Connection, WriteTurnMark {
     let raw: RawFrame | undefined;
     let feature: Feature | undefined;
     let charged = false;
+    let target: IdKey | undefined;
     try {
       if (isBinary) throw new RequestError('bad_request', 'binary frames are not supported; send JSON text frames');
       raw = parseFrame(data.toString('utf8'));
@@ -162,10 +169,18 @@ export class Session implements Connection, WriteTurnMark {
       feature = entry.feature;
       charged = true;
       this.charge();
-      const result = feature.handle(this, entry.validator.decode(raw));
+      const decoded = entry.validator.decode(raw);
+      let result: ReturnType<Feature['handle']>;
+      this.resolvedTarget = null;
+      try {
+        result = feature.handle(this, decoded);
+      } finally {
+        target = this.resolvedTarget ?? undefined;
+        this.resolvedTarget = undefined;
+      }
       if (result instanceof Promise) {
-        const [type, frame] = [feature.type, raw];
-        void this.ctx.track(result.then((outcome) => this.count(type, outcome), (err: unknown) => this.reject(err, entry.feature, frame)));
+        const [type, frame, chat] = [feature.type, raw, target];
+        void this.ctx.track(result.then((outcome) => this.count(type, outcome), (err: unknown) => this.reject(err, entry.feature, frame, chat)));
       } else {
         this.count(feature.type, result);
       }
@@ -178,7 +193,8 @@ export class Session implements Connection, WriteTurnMark {
           err = limited;
         }
       }
-      this.reject(err, feature, raw);
+      // Refused while it arrives: the chat it would target is the connection's only chat now.
+      this.reject(err, feature, raw, target ?? (feature?.impliedChat ? this.onlyChat() : undefined));
     }
   }
 
@@ -222,7 +238,11 @@ export class Session implements Connection, WriteTurnMark {
     this.ctx.metrics.ops.inc({ type, result: outcome });
   }
 
-  private reject(err: unknown, feature: Feature | undefined, raw: RawFrame | undefined): void {
+  /**
+   * `implied`: the chat a request that may omit `chat_id` targets, resolved when it arrived (see
+   * `errorContext`); never worked out again here, where the connection's chats may have changed.
+   */
+  private reject(err: unknown, feature: Feature | undefined, raw: RawFrame | undefined, implied: IdKey | undefined): void {
     if (err instanceof CancelledError) {
       this.count(feature?.type ?? 'invalid', 'cancelled');
       return;
@@ -236,7 +256,7 @@ export class Session implements Connection, WriteTurnMark {
     }
     // Metric labels stay a closed set: unknown types count as "invalid".
     this.ctx.metrics.ops.inc({ type: feature?.type ?? 'invalid', result: error.code });
-    this.send(out.error(error.code, error.message, this.errorContext(feature, raw)));
+    this.send(out.error(error.code, error.message, this.errorContext(feature, raw, implied)));
     if (this.authFailuresInARow >= MAX_AUTH_FAILURES_IN_A_ROW) {
       this.ctx.log.info({ conn: this.id }, 'too many refused registers; connection closed');
       this.close(CLOSE.authFailures, 'too many refused registrations');
@@ -245,20 +265,31 @@ export class Session implements Connection, WriteTurnMark {
 
   /**
    * Echoes what identifies the request: its type, the message id, and the chat it named — or,
-   * for requests that may omit `chat_id`, the connection's only chat.
+   * for a request that may omit `chat_id` and did, `implied`: the chat it targeted when it
+   * arrived (the connection's only chat then). Never the connection's chats at the time of the
+   * error: by then a refused write may have ended the registration, or another chat may have
+   * been registered, and the error would name no chat or the wrong one.
    */
-  private errorContext(feature: Feature | undefined, raw: RawFrame | undefined): out.ErrorContext {
+  private errorContext(feature: Feature | undefined, raw: RawFrame | undefined, implied: IdKey | undefined): out.ErrorContext {
     if (raw === undefined) return {};
     const data = typeof raw.data === 'object' && raw.data !== null ? (raw.data as Record<string, unknown>) : undefined;
     const id = typeof data?.id === 'string' && MESSAGE_ID_RE.test(data.id) ? data.id : undefined;
     let chat = parseId(raw.chat_id) ?? parseId(data?.chat_id) ?? undefined;
     const named = raw.chat_id !== undefined || data?.chat_id !== undefined;
-    if (chat === undefined && !named && feature?.impliedChat && this.chats.size === 1) chat = this.chats.keys().next().value;
+    if (chat === undefined && !named && feature?.impliedChat) chat = implied;
     const op = feature?.type ?? (raw.type.length <= 64 ? raw.type : undefined);
     return { op, id, chat };
   }
 
-  /** The chat a request targets: explicit, or the connection's only chat. */
+  /** The connection's only registered chat, if it has exactly one. */
+  private onlyChat(): IdKey | undefined {
+    return this.chats.size === 1 ? (this.chats.keys().next().value as IdKey) : undefined;
+  }
+
+  /**
+   * The chat a request targets: explicit, or the connection's only chat. Called by a handler
+   * before it awaits anything; the chat is noted (see `resolvedTarget`) for the request's error.
+   */
   targetChat(frame: ChatTargeted): IdKey {
     const top = frame.chat_id;
     const inData = frame.data?.chat_id;
@@ -266,10 +297,13 @@ export class Session implements Connection, WriteTurnMark {
       throw new RequestError('bad_request', 'chat_id and data.chat_id disagree');
     }
     const explicit = top ?? inData;
-    if (explicit !== undefined) return idKey(explicit);
-    if (this.chats.size === 1) return this.chats.keys().next().value as IdKey;
-    if (this.chats.size === 0) throw new RequestError('not_registered', 'register to a chat first');
-    throw new RequestError('bad_request', 'chat_id is required when the connection is registered to several chats');
+    const chat = explicit !== undefined ? idKey(explicit) : this.onlyChat();
+    if (chat === undefined) {
+      if (this.chats.size === 0) throw new RequestError('not_registered', 'register to a chat first');
+      throw new RequestError('bad_request', 'chat_id is required when the connection is registered to several chats');
+    }
+    if (this.resolvedTarget === null) this.resolvedTarget = chat;
+    return chat;
   }
 
   registration(chat: IdKey): Registration {
