@@ -5,6 +5,7 @@ import { API_PREFIX, createServerApi } from './api/server-api.js';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { normalizeOrigin, type Config } from './config/index.js';
+import { LogLimiter } from './util/log-limit.js';
 import { createEngine, type Engine } from './engine/index.js';
 import { createFeatureTable } from './features/index.js';
 import { Hub } from './hub/hub.js';
@@ -47,6 +48,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   const api = createMainApi(config, log, metrics);
   const instanceId = randomBytes(6).toString('hex');
   const sessions = new Set<Session>();
+  const upgradeLogLimit = new LogLimiter();
   let draining = false;
   let connSeq = 0;
 
@@ -136,7 +138,9 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     // Compared in the spelling ALLOWED_ORIGINS was normalised to; an unparsable Origin matches none.
     const origin = req.headers.origin;
     if (config.allowedOrigins !== null && origin !== undefined && !config.allowedOrigins.includes(normalizeOrigin(origin) ?? '')) {
-      log.info({ origin: req.headers.origin }, 'upgrade refused: origin not allowed');
+      // Anyone can send these: one line per 10 s, with a bounded piece of what was sent.
+      const admitted = upgradeLogLimit.admit('origin');
+      if (admitted !== null) log.info({ origin: origin.slice(0, 200), suppressed: admitted.suppressed }, 'upgrade refused: origin not allowed');
       return refuseUpgrade(socket, 403, 'Forbidden');
     }
     wss.handleUpgrade(req, socket, head, (ws) => {
@@ -227,11 +231,23 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     clearInterval(heartbeat);
     ctx.deadlines.close();
     await idleWithin(500);
-    await hub.flushPresence();
-    await hub.abandonLate();
-    await api.close().catch(() => undefined);
-    // Last: everything above may still publish or leave presence through it.
-    await engine.close().catch((err: Error) => log.warn({ err: err.message }, 'engine close failed'));
+    // The last steps talk to Redis and the main API, each of which may be stalled (a Redis
+    // command waits up to 2 s): bounded together, so the drain's total stays what the docs say.
+    const finished = await Promise.race([
+      (async () => {
+        await hub.flushPresence();
+        await hub.abandonLate();
+        await api.close().catch(() => undefined);
+        // Last: everything above may still publish or leave presence through it.
+        await engine.close().catch((err: Error) => log.warn({ err: err.message }, 'engine close failed'));
+        return true;
+      })(),
+      sleep(FINAL_STEPS_MS).then(() => false),
+    ]);
+    if (!finished) {
+      log.warn({ ms: FINAL_STEPS_MS }, 'shutdown: Redis or the main API did not answer in time; closing anyway');
+      hub.abandonLateNow();
+    }
     wss.close();
     for (const s of [server, serverApi?.server ?? null]) {
       if (s === null) continue;
@@ -253,6 +269,17 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
       return shuttingDown;
     },
   };
+}
+
+/** The drain's last steps (presence flush, late broadcasts, closing the engine and the pool), at most. */
+const FINAL_STEPS_MS = 2500;
+
+/**
+ * The longest a drain takes: the steps of `drainAndClose`, each bounded. `main.ts` exits the
+ * process at this bound (plus a margin) whatever is still running; docs: README "Operations".
+ */
+export function drainBoundMs(config: Pick<Config, 'shutdownTimeoutMs' | 'upstreamTimeoutMs'>): number {
+  return config.shutdownTimeoutMs + config.upstreamTimeoutMs + 1000 + 250 + 500 + FINAL_STEPS_MS;
 }
 
 function destroyOnError(this: import('node:stream').Duplex): void {

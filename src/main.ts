@@ -1,5 +1,5 @@
 import { ConfigError, loadConfig, readEnv, type Config } from './config/index.js';
-import { startGateway } from './gateway.js';
+import { drainBoundMs, startGateway } from './gateway.js';
 import { createLogger } from './log.js';
 
 /** Process entry: config (exit 2 on a bad value), gateway, signals. */
@@ -33,6 +33,13 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     }
     signalled = true;
     log.info({ signal }, 'shutting down');
+    // Every step of the drain is bounded; this is the net under them (an orchestrator's grace
+    // period is sized by the same bound, and a process past it would be SIGKILLed mid-write).
+    const boundMs = drainBoundMs(config) + 500;
+    setTimeout(() => {
+      log.error({ ms: boundMs }, 'shutdown did not finish within its bound: exiting');
+      process.exit(1);
+    }, boundMs).unref();
     gateway.shutdown().then(
       () => process.exit(0),
       (err: Error) => {

@@ -295,6 +295,11 @@ export class Hub {
   /** At shutdown, after a last try: what still waits is dropped and counted. */
   async abandonLate(): Promise<void> {
     if (this.late.length > 0) await this.publishLate();
+    this.abandonLateNow();
+  }
+
+  /** At shutdown, without a last try (the engine did not answer in time): what waits is dropped and counted. */
+  abandonLateNow(): void {
     if (this.lateTimer !== null) clearTimeout(this.lateTimer);
     this.lateTimer = null;
     for (const entry of this.late.splice(0)) this.dropLate(entry, 'instance shutting down');

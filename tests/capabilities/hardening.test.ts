@@ -357,5 +357,14 @@ for (const mode of ENGINE_MODES) {
       native.close();
       await assert.rejects(TestClient.connect(inst.wsUrl, { origin: 'https://evil.example.com' }), (e: { status?: number }) => e.status === 403);
     });
+
+    it('ALLOWED_ORIGINS: a flood of refused upgrades with huge Origins costs one short log line per 10 s', async () => {
+      const inst = await h.gateway({ ALLOWED_ORIGINS: 'https://chat.example.com' });
+      const origin = `https://${'x'.repeat(8000)}.example.com`;
+      for (let i = 0; i < 30; i++) await assert.rejects(TestClient.connect(inst.wsUrl, { origin }), (e: { status?: number }) => e.status === 403);
+      const lines = inst.logs.filter((l) => l.includes('upgrade refused: origin not allowed'));
+      assert.equal(lines.length, 1);
+      assert.ok(lines[0]!.length < 1000, `a bounded line (${lines[0]!.length} bytes)`);
+    });
   });
 }

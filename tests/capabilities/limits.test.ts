@@ -264,7 +264,7 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('slow consumer: a receiver that stops reading is closed; a fast receiver in the chat gets every message', async () => {
-      const inst = await h.gateway({ RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000', MAX_BUFFERED_BYTES: '65536', MAX_MESSAGE_BYTES: '131072' });
+      const inst = await h.gateway({ RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000', MAX_BUFFERED_BYTES: '262144', MAX_MESSAGE_BYTES: '40960' });
       const chat = uniqueChat();
       const sender = await join(h, inst, 1, chat);
       const fast = await join(h, inst, 2, chat);

@@ -5,6 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import { TestClient, sleep, presence } from '../support/client.js';
 import { uniqueChat, useHarness, waitFor } from '../support/harness.js';
 import { GatewayProcess } from '../support/process.js';
+import { drainBoundMs } from '../../src/gateway.js';
 
 const run = promisify(execFile);
 const cli = async (port: number, ...args: string[]) => (await run('redis-cli', ['-p', String(port), ...args])).stdout.trim();
@@ -246,5 +247,38 @@ describe('Redis that is up but does not serve: readiness and logs tell', () => {
     await b.next({ type: 'message' });
     a.close();
     b.close();
+  });
+});
+
+describe('SIGTERM while Redis is stalled: the drain keeps its documented bound', () => {
+  const h = useHarness('redis');
+
+  it('messages in flight, Redis SIGSTOPped, SIGTERM: the process exits 0 within SHUTDOWN_TIMEOUT_MS + UPSTREAM_TIMEOUT_MS + 4.25 s', async () => {
+    const env = { SHUTDOWN_TIMEOUT_MS: '0', UPSTREAM_TIMEOUT_MS: '1000' };
+    const bound = drainBoundMs({ shutdownTimeoutMs: 0, upstreamTimeoutMs: 1000 });
+    assert.equal(bound, 0 + 1000 + 4250, 'the bound the docs state');
+    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: h.api.url, REDIS_HOST: h.redis!.url, LOG_LEVEL: 'info', ...env });
+    try {
+      await gw.listening();
+      await waitFor(async () => (await fetch(`${gw.httpUrl}/readyz`)).status === 200, 5000, 'readyz');
+      const chat = uniqueChat();
+      const a = await TestClient.connect(gw.wsUrl);
+      await a.register(await h.token(1), chat);
+      h.api.addFault({ op: 'save', delayMs: 300, times: 4 });
+      for (let i = 0; i < 4; i++) a.send({ type: 'message', data: { id: `drain-${chat}-${i}`, ciphertext: 'eA' } });
+      await sleep(50);
+      h.redis!.signal('SIGSTOP');
+      const started = Date.now();
+      gw.kill('SIGTERM');
+      const exit = await Promise.race([gw.exited, sleep(bound + 3000).then(() => null)]);
+      const took = Date.now() - started;
+      assert.notEqual(exit, null, `still running ${took} ms after SIGTERM:\n${gw.output.slice(-2000)}`);
+      assert.equal(exit!.code, 0, gw.output.slice(-2000));
+      assert.ok(took <= bound + 1000, `exited after ${took} ms; bound ${bound} ms`);
+      a.close();
+    } finally {
+      h.redis!.signal('SIGCONT');
+      await gw.stop();
+    }
   });
 });
