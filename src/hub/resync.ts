@@ -24,11 +24,11 @@ const OVERFLOWED = 'overflowed';
  * When the stream itself was lost (Redis restarted without persistence or flushed: a new epoch),
  * what the old epoch lost is the main API's to give, but what other instances published in the
  * new epoch meanwhile is in its history: it is delivered like any missed broadcast, and its new
- * epoch tells every client to fetch the rest from the main API. With HISTORY_SIZE=0 there is no
- * recovery to offer, and nothing is done. When the history is too short (trimmed), the gap
- * would be invisible, so the chat's local connections are
- * closed 1012 (`onLost`): they reconnect and register with their own positions, and the gateway
- * tells each of them what it missed (`recovered:false`).
+ * epoch tells every client to fetch the rest from the main API. When the history cannot cover
+ * the gap — trimmed, or none kept (HISTORY_SIZE=0) — the gap would be invisible (a connection
+ * never skips a seq otherwise), so the chat's local connections are closed 1012 (`onLost`): they
+ * reconnect and register with their own positions, and the gateway tells each of them what it
+ * missed (`recovered:false`). A chat nobody published to meanwhile is caught up as it is.
  *
  * Publications of a chat reach this instance in `seq` order, so a numbered frame at or before
  * the last one delivered here can only be one a catch-up already delivered from history (it was
@@ -129,8 +129,7 @@ export class Resync {
           result = await this.engine.recover(chat, { seq: 0, epoch: result.position.epoch }, this.maxBytes);
         }
         if (result.recovered) missed = result.frames;
-        // no_history: HISTORY_SIZE=0 opted out of recovery, and connections stay as they are.
-        else lost = result.reason !== 'no_history';
+        else lost = true;
       } catch {
         return; // the engine failed again: the chat stays held until it is back
       }

@@ -94,6 +94,8 @@ describe('Redis faults: stalls and lost keys, seen from clients', () => {
     assert.equal(err.code, 'upstream_unavailable');
     // The pause is over once redis-cli answers; the late SUBSCRIBE has run by then.
     assert.equal(await redisCli('pubsub', 'numsub', channel), `${channel}\n0`);
+    // A readiness probe that timed out in the pause keeps the instance unready for a moment.
+    await waitFor(() => h.instances[0]!.gateway.engine.isReady(), 3000, 'ready after the pause');
     await a.register(await h.token(1), chat);
     assert.equal(await redisCli('pubsub', 'numsub', channel), `${channel}\n1`);
     const b = await h.member(2, chat);
@@ -280,5 +282,32 @@ describe('SIGTERM while Redis is stalled: the drain keeps its documented bound',
       h.redis!.signal('SIGCONT');
       await gw.stop();
     }
+  });
+});
+
+describe('HISTORY_SIZE=0 and a Redis outage: a gap is never silent', () => {
+  const h = useHarness('redis', { HISTORY_SIZE: '0' });
+  before(() => h.gateway());
+  const subscriber = (i: number) => (h.instances[i]!.gateway.engine as unknown as { sub: { disconnect(reconnect: boolean): void; connect(): Promise<void> } }).sub;
+
+  it('broadcasts published while an instance\'s subscriber was down close its receivers 1012; a resume says no_history', async () => {
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat, 0);
+    const receiver = await h.member(2, chat, 1);
+    const first = await sender.request({ type: 'message', data: { id: `n0-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await receiver.next({ type: 'message' });
+    // A chat nobody published to during the outage stays as it is.
+    const quietChat = uniqueChat();
+    const quiet = await h.member(3, quietChat, 1);
+    subscriber(1).disconnect(false);
+    await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'the outage');
+    for (let n = 1; n <= 3; n++) await sender.request({ type: 'message', data: { id: `n${n}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await subscriber(1).connect();
+    assert.equal((await Promise.race([receiver.closed, sleep(8000).then(() => ({ code: -1 }))])).code, 1012);
+    const again = await h.connect(1);
+    const reg = await again.request({ type: 'register', token: await h.token(2), chat_id: chat, since: { seq: first.seq, epoch: first.epoch } }, { type: 'registered' }, 5000);
+    assert.deepEqual([reg.recovered, reg.reason, reg.seq], [false, 'no_history', 4]);
+    assert.equal(quiet.isOpen, true, 'the quiet chat\'s connection was left alone');
+    for (const c of [sender, again, quiet]) c.close();
   });
 });

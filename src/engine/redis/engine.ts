@@ -29,6 +29,8 @@ const COMMAND_TIMEOUT_MS = 2000;
  * or not at all while every socket stays up, and only a probe tells readiness.
  */
 const PROBE_INTERVAL_MS = 2000;
+/** While a probe fails, the next one comes this soon. */
+const PROBE_RETRY_MS = 200;
 /** Presence entries refreshed per script call, at most. */
 const REFRESH_BATCH = 500;
 const NEWLINE = 0x0a;
@@ -206,6 +208,8 @@ export class RedisEngine implements Engine {
     } finally {
       this.probing = false;
     }
+    // Not serving: probed again soon, so the instance is ready within a moment of Redis serving again.
+    if (!this.responsive && !this.closing) setTimeout(() => void this.probe(), PROBE_RETRY_MS).unref();
   }
 
   async subscribe(chat: IdKey): Promise<void> {
@@ -514,6 +518,8 @@ export class RedisEngine implements Engine {
   private setReady(ready: boolean): void {
     if (this.ready === ready) return;
     this.ready = ready;
+    // Back after an outage that found Redis not serving: probed at once, not at the next interval.
+    if (ready && !this.responsive) void this.probe();
     // A lost connection may have taken our publications or subscriptions with it: stop waiting.
     if (!ready) for (const id of [...this.unechoed.keys()]) this.settle(id);
     this.events?.readyChange(ready);
