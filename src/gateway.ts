@@ -132,7 +132,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     socket.on('error', destroyOnError);
     const path = (req.url ?? '/').split('?', 1)[0];
     if (path !== '/ws') return refuseUpgrade(socket, 404, 'Not Found');
-    if (draining) return refuseUpgrade(socket, 503, 'Service Unavailable');
+    // Not ready (draining, or Redis not serving): refused like /readyz says, so a load balancer
+    // retries another instance (nginx: proxy_next_upstream http_503) rather than this one
+    // answering every register `upstream_unavailable`.
+    if (!isReady()) return refuseUpgrade(socket, 503, 'Service Unavailable');
     // Only browsers send Origin (and a non-browser could send any value), so the check guards
     // browsers against foreign pages; native apps and the CLI client send none and are let in.
     // Compared in the spelling ALLOWED_ORIGINS was normalised to; an unparsable Origin matches none.

@@ -207,6 +207,8 @@ describe('Redis outage: readiness, fast errors, recovery on the same connections
     assert.equal(err2.code, 'upstream_unavailable');
     assert.deepEqual(await a.request({ type: 'ping' }, { type: 'pong' }), { type: 'pong' });
     assert.equal((await fetch(`${gw.httpUrl}/healthz`)).status, 200);
+    // Not ready: a new connection is refused 503 (a load balancer tries another instance).
+    await assert.rejects(TestClient.connect(gw.wsUrl), (e: { status?: number }) => e.status === 503);
 
     await redis.startProcess();
     await waitFor(async () => (await fetch(`${gw.httpUrl}/readyz`)).status === 200, 10_000, 'readyz 200 again');
