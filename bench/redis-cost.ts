@@ -35,8 +35,10 @@ const sha = {
   append: (await client.script('LOAD', APPEND)) as string,
   empty: (await client.script('LOAD', `redis.call(ARGV[5], ARGV[4], ARGV[3] .. ARGV[2]) return {1, ARGV[1]}`)) as string,
 };
+// As the Redis engine calls it: the message id as key, the operation's token, not a retry.
+let op = 0;
 const append = (script: string, chat: string, history: number) => () =>
-  client.evalsha(script, 2, `ms:stream:{${chat}}`, `ms:history:{${chat}}`, 'E1', frame, '', 'ch', 'PUBLISH', Date.now(), history, 300_000, 86_400_000, '');
+  client.evalsha(script, 2, `ms:stream:{${chat}}`, `ms:history:{${chat}}`, 'E1', frame, '', 'ch', 'PUBLISH', Date.now(), history, 300_000, 86_400_000, 'mmmmmmmmmmmmmmmmmmmmmmmm', `~bench${(++op).toString(36)}`, '');
 const variants: Array<[string, () => Promise<unknown>]> = [
   ['PUBLISH (hand-written peers)', () => client.publish('ch', frame)],
   ['append script, HISTORY_SIZE=100 (the gateway)', append(sha.append, 'a', 100)],

@@ -32,11 +32,13 @@ end
  */
 export const APPEND = `${EPOCH}
 local history = tonumber(ARGV[7]) > 0
-if ARGV[12] == '1' and history then
+local key = ARGV[10] or ''
+local token = ARGV[11] or ''
+if ARGV[12] == '1' and history and token ~= '' then
   for _, entry in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-')) do
     local fields = entry[2]
     for i = 5, #fields, 2 do
-      if fields[i] == 'o' and fields[i + 1] == ARGV[11] then
+      if fields[i] == 'o' and fields[i + 1] == token then
         return {tonumber(string.sub(entry[1], 3)), epoch, 1}
       end
     end
@@ -46,10 +48,12 @@ local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
 local frame = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[2], 2)
 if history then
-  local fields = {'t', ARGV[6], 'f', frame}
-  if ARGV[10] ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = ARGV[10] end
-  if ARGV[11] ~= '' then fields[#fields + 1] = 'o'; fields[#fields + 1] = ARGV[11] end
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, unpack(fields))
+  -- Spelled out rather than built in a table: this is every message's path.
+  if key == '' then
+    if token == '' then redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, 't', ARGV[6], 'f', frame)
+    else redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, 't', ARGV[6], 'f', frame, 'o', token) end
+  elseif token == '' then redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, 't', ARGV[6], 'f', frame, 'k', key)
+  else redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '0-' .. seq, 't', ARGV[6], 'f', frame, 'k', key, 'o', token) end
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
 redis.call(ARGV[5], ARGV[4], ARGV[3] .. frame)
