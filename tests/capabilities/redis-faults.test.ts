@@ -2,14 +2,36 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
-import { TestClient, sleep, presence } from '../support/client.js';
-import { uniqueChat, useHarness, waitFor } from '../support/harness.js';
+import { TestClient, sleep, presence, type Frame } from '../support/client.js';
+import { uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
 import { GatewayProcess } from '../support/process.js';
 import { drainBoundMs } from '../../src/gateway.js';
 
 const run = promisify(execFile);
 const cli = async (port: number, ...args: string[]) => (await run('redis-cli', ['-p', String(port), ...args])).stdout.trim();
 const online = (f: Record<string, unknown>) => [...(f.online as number[])].sort();
+
+/** Instance `i`'s subscriber connection (the engine's internals): cut it, later bring it back. */
+const subscriber = (h: Harness, i: number) => (h.instances[i]!.gateway.engine as unknown as { sub: { disconnect(reconnect: boolean): void; connect(): Promise<void> } }).sub;
+
+/**
+ * `receiver` (on instance 1) misses `missed` broadcasts `sender` makes while instance 1's
+ * subscriber is down; expects its connection closed 1012 once it is back, and returns what a
+ * resume from the last position it had is answered.
+ */
+async function missTooMuch(h: Harness, sender: TestClient, receiver: TestClient, chat: number, missed: number): Promise<Frame> {
+  const first = await sender.request({ type: 'message', data: { id: `m0-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+  await receiver.next({ type: 'message' });
+  subscriber(h, 1).disconnect(false);
+  await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'the outage');
+  for (let n = 1; n <= missed; n++) await sender.request({ type: 'message', data: { id: `m${n}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+  await subscriber(h, 1).connect();
+  assert.equal((await Promise.race([receiver.closed, sleep(8000).then(() => ({ code: -1 }))])).code, 1012);
+  const again = await h.connect(1);
+  const reg = await again.request({ type: 'register', token: await h.token(2), chat_id: chat, since: { seq: first.seq, epoch: first.epoch } }, { type: 'registered' }, 5000);
+  again.close();
+  return reg;
+}
 
 describe('Redis faults: stalls and lost keys, seen from clients', () => {
   const PRESENCE_TTL_MS = 900;
@@ -111,8 +133,6 @@ describe('Redis faults: stalls and lost keys, seen from clients', () => {
 describe('Redis subscriber lost for a while: what the instance missed is caught up from history', () => {
   const h = useHarness('redis', { RATE_LIMIT_BURST: '1000', RATE_LIMIT_PER_SEC: '1000' });
   before(() => h.gateway());
-  /** Instance `i`'s subscriber connection (the engine's internals): cut it, later bring it back. */
-  const subscriber = (i: number) => (h.instances[i]!.gateway.engine as unknown as { sub: { disconnect(reconnect: boolean): void; connect(): Promise<void> } }).sub;
   const ids = (c: TestClient, chat: number) => c.all((f) => f.type === 'message' && f.chat_id === chat).map((f) => (f.data as { id: string }).id);
 
   it('broadcasts published while the subscriber was down reach the instance\'s receivers once, in order, before later ones', async () => {
@@ -121,10 +141,10 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     const receiver = await h.member(2, chat, 1);
     await sender.request({ type: 'message', data: { id: `before-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
     await receiver.next({ type: 'message' });
-    subscriber(1).disconnect(false);
+    subscriber(h, 1).disconnect(false);
     await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'instance 1 sees the outage');
     for (let i = 0; i < 5; i++) await sender.request({ type: 'message', data: { id: `gap${i}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
-    await subscriber(1).connect();
+    await subscriber(h, 1).connect();
     await waitFor(() => h.instances[1]!.gateway.engine.isReady(), 5000, 'instance 1 back');
     await sender.request({ type: 'message', data: { id: `after-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
     await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === `after-${chat}`, 5000);
@@ -141,18 +161,9 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     const chat = uniqueChat();
     const sender = await h.member(1, chat, h.instances.indexOf(short));
     const receiver = await h.member(2, chat, 1);
-    const first = await sender.request({ type: 'message', data: { id: `h0-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
-    await receiver.next({ type: 'message' });
-    subscriber(1).disconnect(false);
-    await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'the outage');
-    for (let n = 1; n <= 4; n++) await sender.request({ type: 'message', data: { id: `h${n}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
-    await subscriber(1).connect();
-    assert.equal((await Promise.race([receiver.closed, sleep(8000).then(() => ({ code: -1 }))])).code, 1012);
-    const again = await h.connect(1);
-    const reg = await again.request({ type: 'register', token: await h.token(2), chat_id: chat, since: { seq: first.seq, epoch: first.epoch } }, { type: 'registered' }, 5000);
+    const reg = await missTooMuch(h, sender, receiver, chat, 4);
     assert.deepEqual([reg.recovered, reg.reason], [false, 'too_far_behind']);
     sender.close();
-    again.close();
   });
 
   it('when Redis lost the stream itself, what other instances published in the new epoch meanwhile is delivered from its history; nothing is closed', async () => {
@@ -161,12 +172,12 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     const receiver = await h.member(2, chat, 1);
     const first = await sender.request({ type: 'message', data: { id: `e0-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
     await receiver.next({ type: 'message' });
-    subscriber(1).disconnect(false);
+    subscriber(h, 1).disconnect(false);
     await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'the outage');
     await cli(h.redis!.port, 'FLUSHALL');
     const next = await sender.request({ type: 'message', data: { id: `e1-${chat}`, ciphertext: 'x' } }, { type: 'ack' }, 5000);
     assert.notEqual(next.epoch, first.epoch);
-    await subscriber(1).connect();
+    await subscriber(h, 1).connect();
     // No later broadcast is needed for the receiver to learn of it: the catch-up delivers it.
     const missed = await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === `e1-${chat}`, 5000);
     assert.deepEqual([missed.seq, missed.epoch], [1, next.epoch]);
@@ -285,26 +296,16 @@ describe('SIGTERM while Redis is stalled: the drain keeps its documented bound',
 describe('HISTORY_SIZE=0 and a Redis outage: a gap is never silent', () => {
   const h = useHarness('redis', { HISTORY_SIZE: '0' });
   before(() => h.gateway());
-  const subscriber = (i: number) => (h.instances[i]!.gateway.engine as unknown as { sub: { disconnect(reconnect: boolean): void; connect(): Promise<void> } }).sub;
 
   it('broadcasts published while an instance\'s subscriber was down close its receivers 1012; a resume says no_history', async () => {
     const chat = uniqueChat();
     const sender = await h.member(1, chat, 0);
     const receiver = await h.member(2, chat, 1);
-    const first = await sender.request({ type: 'message', data: { id: `n0-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
-    await receiver.next({ type: 'message' });
     // A chat nobody published to during the outage stays as it is.
-    const quietChat = uniqueChat();
-    const quiet = await h.member(3, quietChat, 1);
-    subscriber(1).disconnect(false);
-    await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'the outage');
-    for (let n = 1; n <= 3; n++) await sender.request({ type: 'message', data: { id: `n${n}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
-    await subscriber(1).connect();
-    assert.equal((await Promise.race([receiver.closed, sleep(8000).then(() => ({ code: -1 }))])).code, 1012);
-    const again = await h.connect(1);
-    const reg = await again.request({ type: 'register', token: await h.token(2), chat_id: chat, since: { seq: first.seq, epoch: first.epoch } }, { type: 'registered' }, 5000);
+    const quiet = await h.member(3, uniqueChat(), 1);
+    const reg = await missTooMuch(h, sender, receiver, chat, 3);
     assert.deepEqual([reg.recovered, reg.reason, reg.seq], [false, 'no_history', 4]);
     assert.equal(quiet.isOpen, true, 'the quiet chat\'s connection was left alone');
-    for (const c of [sender, again, quiet]) c.close();
+    for (const c of [sender, quiet]) c.close();
   });
 });
