@@ -86,13 +86,12 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
   await engine.start(
     hub.engineEvents(
-      (ready) => {
-        metrics.engineReady.set(ready ? 1 : 0);
-        log.info({ engine: engine.kind, ready }, ready ? 'engine ready' : 'engine unavailable');
-      },
+      (connected) => log.info({ engine: engine.kind, connected }, connected ? 'engine connected' : 'engine connection lost'),
       createCommandHandler({ registry: hub.registry, connections: () => sessions, api, log }),
     ),
   );
+
+  metrics.reportEngineReady(() => engine.isReady());
 
   const wss = new WebSocketServer({
     WebSocket: SessionSocket,

@@ -34,6 +34,10 @@ export class MemoryEngine implements Engine {
     return this.events !== null;
   }
 
+  isConnected(): boolean {
+    return this.isReady();
+  }
+
   async subscribe(chat: IdKey): Promise<void> {
     this.subscribed.add(chat);
   }

@@ -37,6 +37,13 @@ export interface HistoryLimits {
 export interface AppendAttempt {
   readonly token: string;
   readonly retry: boolean;
+  /** When the operation's first attempt was made (ms): older entries cannot be it. */
+  readonly firstAt: number;
+}
+
+/** Where an append landed; `earlier`: an earlier attempt had appended it, and these are its numbered bytes (nothing was published now). */
+export interface AppendResult extends StreamPosition {
+  readonly earlier?: Buffer;
 }
 
 export interface ChatStream {
@@ -52,7 +59,7 @@ export interface ChatStream {
    * returned. Redis only, and only while the entry is in history (HISTORY_SIZE > 0); an engine
    * whose append cannot fail half-way ignores it.
    */
-  append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string, attempt?: AppendAttempt): Promise<StreamPosition>;
+  append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string, attempt?: AppendAttempt): Promise<AppendResult>;
   /** Whether the chat's history still holds a broadcast appended with `key`. */
   contains(chat: IdKey, key: string): Promise<boolean>;
   /** The chat's current position; a chat without one gets a new epoch at seq 0. */

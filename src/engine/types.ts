@@ -76,7 +76,14 @@ export interface EngineEvents {
 export interface Engine extends Broker, PresenceManager, ChatStream, Commands {
   readonly kind: 'memory' | 'redis';
   start(events: EngineEvents): Promise<void>;
+  /** Connected and serving: what /readyz, upgrades and fail-fast checks go by. */
   isReady(): boolean;
+  /**
+   * Connected (subscriptions live), whether or not Redis serves writes right now: what the
+   * catch-up after an outage goes by (`readyChange` follows this). A Redis that stalls or
+   * refuses writes loses nothing on the subscription; only a lost connection does.
+   */
+  isConnected(): boolean;
   /** Removes this instance's presence and subscriptions, then disconnects. */
   close(): Promise<void>;
 }

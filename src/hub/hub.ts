@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { AppendAttempt, StreamPosition } from '../engine/stream.js';
+import type { AppendAttempt, AppendResult, StreamPosition } from '../engine/stream.js';
 import type { Engine, EngineEvents } from '../engine/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
@@ -21,10 +21,11 @@ interface Subscription {
 interface LateBroadcast {
   chat: IdKey;
   frame: Buffer;
-  exceptConn: string | null;
+  /** The connection that sent it: excepted by the attempts that timed out, told the position now. */
+  sender: string | null;
   key: string | undefined;
-  /** The operation's token: an attempt that timed out may still have appended it. */
-  token: string;
+  /** The operation's attempts: one that timed out may still have appended it. */
+  attempt: AppendAttempt;
   at: number;
 }
 
@@ -90,6 +91,13 @@ export class Hub {
     if (!this.registry.hasReceivers(chat, exceptConn)) return;
     const n = this.registry.deliver(chat, outgoing(frame, position), exceptConn);
     if (n > 0) this.metrics.deliveries.inc(n);
+  }
+
+  /** One local connection's registration of `chat` gets `frame` (numbered at `position`). */
+  private deliverTo(chat: IdKey, connId: string, frame: Buffer, position: StreamPosition): void {
+    for (const member of this.registry.members(chat) ?? []) {
+      if (member.id === connId) member.send(outgoing(frame, { seq: position.seq, epoch: position.epoch }));
+    }
   }
 
   /** The chat's last broadcast delivered on this instance, if any since its first local member. */
@@ -211,22 +219,22 @@ export class Hub {
    * they already have).
    */
   append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition | null> {
-    const giveUpAt = Date.now() + this.limits.publishRetryMs;
+    const firstAt = Date.now();
     const token = this.tokenPrefix + (++this.appends).toString(36);
     // The usual case is one try; only a failure enters the retry loop.
-    return this.timed(() => this.engine.append(chat, frame, exceptConn, key, { token, retry: false })).catch((err: unknown) =>
-      this.appendRetrying(chat, frame, exceptConn, key, token, giveUpAt, err),
+    return this.timed(() => this.engine.append(chat, frame, exceptConn, key, { token, retry: false, firstAt })).catch((err: unknown) =>
+      this.appendRetrying(chat, frame, exceptConn, key, { token, retry: true, firstAt }, err),
     );
   }
 
-  private async appendRetrying(chat: IdKey, frame: Buffer, exceptConn: string | null, key: string | undefined, token: string, giveUpAt: number, firstError: unknown): Promise<StreamPosition | null> {
+  private async appendRetrying(chat: IdKey, frame: Buffer, exceptConn: string | null, key: string | undefined, retry: AppendAttempt, firstError: unknown): Promise<StreamPosition | null> {
     let err = firstError;
-    const retry: AppendAttempt = { token, retry: true };
+    const giveUpAt = retry.firstAt + this.limits.publishRetryMs;
     for (let wait = 100; ; wait = Math.min(2 * wait, 2000)) {
       if (Date.now() + wait > giveUpAt) {
         // Published late, it goes to the sending connection too: its ack had no position, and
         // a client that counts positions would otherwise keep a hole where its own write is.
-        this.deferLate({ chat, frame, exceptConn: null, key, token, at: Date.now() }, (err as Error).message);
+        this.deferLate({ chat, frame, sender: exceptConn, key, attempt: retry, at: Date.now() }, (err as Error).message);
         return null;
       }
       this.metrics.publishRetries.inc();
@@ -278,13 +286,17 @@ export class Hub {
           this.dropLate(entry, 'waited longer than HISTORY_TTL_MS for the engine');
           continue;
         }
+        let result: AppendResult;
         try {
-          await this.timed(() => this.engine.append(entry.chat, entry.frame, entry.exceptConn, entry.key, { token: entry.token, retry: true }));
+          result = await this.timed(() => this.engine.append(entry.chat, entry.frame, null, entry.key, entry.attempt));
         } catch {
           break;
         }
         this.late.shift();
-        this.metrics.publishLate.inc();
+        if (result.earlier === undefined) this.metrics.publishLate.inc();
+        // An attempt that timed out had appended it after all, without its sender: tell the
+        // sender now (its ack had no position), and no one else (they got it then).
+        else if (entry.sender !== null) this.deliverTo(entry.chat, entry.sender, result.earlier, result);
       }
     } finally {
       this.flushingLate = false;

@@ -34,6 +34,19 @@ const OVERFLOWED = 'overflowed';
  * the last one delivered here can only be one a catch-up already delivered from history (it was
  * published before the history was read, and arrived after): it is dropped, not delivered twice.
  */
+/** Whether the numbered frames among `held` are exactly every broadcast after `after` up to `upTo`, in order. */
+function covers(held: readonly HeldDelivery[], after: StreamPosition, upTo: StreamPosition): boolean {
+  if (after.epoch !== upTo.epoch) return false;
+  let next = after.seq + 1;
+  for (const { frame } of held) {
+    const at = positionOf(frame);
+    if (at === null || (at.epoch === after.epoch && at.seq < next)) continue; // not numbered, or before the gap
+    if (at.epoch !== after.epoch || at.seq !== next) return false;
+    next++;
+  }
+  return next > upTo.seq;
+}
+
 export class Resync {
   /**
    * Per chat, the position of the last numbered frame delivered here (read from its prefix, not
@@ -96,7 +109,7 @@ export class Resync {
     this.running = true;
     try {
       for (const chat of [...this.held.keys()]) {
-        if (!this.engine.isReady()) return;
+        if (!this.engine.isConnected()) return;
         await this.catchUp(chat);
       }
     } finally {
@@ -121,15 +134,19 @@ export class Resync {
     const since = this.last.get(chat) ?? this.noted.get(chat);
     let missed: readonly Buffer[] = [];
     let lost = this.held.get(chat) === OVERFLOWED;
+    /** The history could not give what was missed: (after, upTo] must be in what was held. */
+    let uncovered: { after: StreamPosition; upTo: StreamPosition } | null = null;
     if (!lost && since !== undefined) {
       try {
-        let result = await this.engine.recover(chat, since, this.maxBytes);
+        let from = since;
+        let result = await this.engine.recover(chat, from, this.maxBytes);
         // A new epoch: what it has numbered so far was published while this instance was away.
         if (!result.recovered && result.reason === 'epoch_changed') {
-          result = await this.engine.recover(chat, { seq: 0, epoch: result.position.epoch }, this.maxBytes);
+          from = { seq: 0, epoch: result.position.epoch };
+          result = await this.engine.recover(chat, from, this.maxBytes);
         }
         if (result.recovered) missed = result.frames;
-        else lost = true;
+        else uncovered = { after: from, upTo: result.position };
       } catch {
         return; // the engine failed again: the chat stays held until it is back
       }
@@ -137,6 +154,9 @@ export class Resync {
     const waiting = this.held?.get(chat);
     if (waiting === undefined) return; // forgotten meanwhile
     this.held!.delete(chat);
+    // Only the command connection was lost (the subscription stayed up), say: what was held may
+    // be every broadcast the history cannot give, and then nothing is missing.
+    if (uncovered !== null) lost = waiting === OVERFLOWED || !covers(waiting, uncovered.after, uncovered.upTo);
     if (lost || waiting === OVERFLOWED) {
       this.metrics.resyncs.inc({ outcome: 'lost' });
       this.log.warn({ chat }, 'broadcasts missed during an engine outage are not in history: closing the chat\'s connections so they recover');

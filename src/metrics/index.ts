@@ -6,6 +6,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
  */
 export function createMetrics() {
   const registry = new Registry();
+  /** What `engine_ready` reports when scraped (set by the gateway once its engine exists). */
+  let engineReady: () => boolean = () => false;
   collectDefaultMetrics({ register: registry, prefix: 'message_service_' });
   const registers = [registry];
   const latencyBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -92,9 +94,16 @@ export function createMetrics() {
     }),
     engineReady: new Gauge({
       name: 'message_service_engine_ready',
-      help: '1 while the engine is connected',
+      help: '1 while the engine is connected and serving (as /readyz, without draining)',
       registers,
+      collect() {
+        this.set(engineReady() ? 1 : 0);
+      },
     }),
+    /** Makes `engine_ready` read `ready` at each scrape. */
+    reportEngineReady(ready: () => boolean): void {
+      engineReady = ready;
+    },
   };
 }
 

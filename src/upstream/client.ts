@@ -58,6 +58,8 @@ class CallTimeout extends Error {
   }
 }
 
+const SWEEP_MS = (timeoutMs: number) => Math.min(250, Math.max(20, Math.floor(timeoutMs / 10)));
+
 /** A call in flight as the deadline sweep sees it. */
 interface Deadline {
   due: number;
@@ -69,8 +71,8 @@ interface Deadline {
 /**
  * UPSTREAM_TIMEOUT_MS bounds a whole call, not only each phase: undici's headers and body
  * timeouts measure idle time, so a main API trickling one byte a second held a save — and a
- * drain waiting for it — forever. One coarse sweep (a tenth of the timeout, at least 20 ms)
- * aborts calls past their due time; calls start in time order, so it stops at the first that is
+ * drain waiting for it — forever. One coarse sweep (a tenth of the timeout, between 20 and
+ * 250 ms: a call ends at most 250 ms past its due time) aborts calls past their due time; calls start in time order, so it stops at the first that is
  * not due. No timer per call: the interval runs only while calls are in flight, and stops itself.
  */
 class CallDeadlines {
@@ -82,7 +84,7 @@ class CallDeadlines {
   start(): Deadline {
     const deadline: Deadline = { due: performance.now() + this.timeoutMs, expired: null, controller: null };
     this.calls.add(deadline);
-    this.sweep ??= setInterval(() => this.expire(), Math.max(20, Math.floor(this.timeoutMs / 10))).unref();
+    this.sweep ??= setInterval(() => this.expire(), SWEEP_MS(this.timeoutMs)).unref();
     return deadline;
   }
 

@@ -243,6 +243,20 @@ describe('Redis that is up but does not serve: readiness and logs tell', () => {
     assert.equal(logged('redis answers again: ready'), 1);
   });
 
+  it('stalled until not ready, then killed and restarted: ready again, and broadcasts flow again', async () => {
+    const { chat, a, b } = await h.pair();
+    h.redis!.signal('SIGSTOP');
+    await waitFor(async () => (await readyz()) === 503, 10_000, 'not ready during the stall');
+    await h.redis!.stop(); // SIGKILL: its data is gone
+    await h.redis!.startProcess();
+    await waitFor(async () => (await readyz()) === 200, 10_000, 'ready again');
+    // The catch-up after the outage ran although the first probe after it had not answered yet.
+    await a.request({ type: 'message', data: { id: `after-restart-${chat}`, ciphertext: 'eA' } }, { type: 'ack' }, 5000);
+    await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === `after-restart-${chat}`, 5000);
+    a.close();
+    b.close();
+  });
+
   it('stalled (SIGSTOP) while every socket stays up: /readyz 503 during the stall, 200 after it', async () => {
     assert.equal(await readyz(), 200);
     h.redis!.signal('SIGSTOP');
@@ -309,3 +323,56 @@ describe('HISTORY_SIZE=0 and a Redis outage: a gap is never silent', () => {
     for (const c of [sender, quiet]) c.close();
   });
 });
+
+describe('Redis stalled past PUBLISH_RETRY_MS: the late broadcast an attempt had made reaches its sender', () => {
+  const h = useHarness('redis', { PUBLISH_RETRY_MS: '500' });
+
+  it('the ack has no position, the sender then receives its own broadcast with it, everyone gets it once', async () => {
+    const { chat, a, b } = await h.pair(0);
+    const id = `late-${chat}`;
+    h.redis!.signal('SIGSTOP');
+    try {
+      a.send({ type: 'message', data: { id, ciphertext: 'eA' } });
+      const ack = await a.next({ type: 'ack', id }, 5000);
+      assert.equal(ack.seq, undefined, 'acked without a position once PUBLISH_RETRY_MS passed');
+      await sleep(3000);
+    } finally {
+      h.redis!.signal('SIGCONT');
+    }
+    const own = await a.next((f) => f.type === 'message' && (f.data as { id: string }).id === id, 8000);
+    const got = await b.next((f) => f.type === 'message' && (f.data as { id: string }).id === id, 8000);
+    assert.equal(own.seq, got.seq, 'the position it was broadcast under');
+    await sleep(500);
+    assert.equal(b.all({ type: 'message' }).length, 1);
+    assert.equal(a.all({ type: 'message' }).length, 1);
+    assert.equal(await cli(h.redis!.port, 'xlen', `ms:history:{${chat}}`), '1');
+    a.close();
+    b.close();
+  });
+});
+
+describe('HISTORY_SIZE=0, only the command connection lost: what the subscription held is the whole gap', () => {
+  const h = useHarness('redis', { HISTORY_SIZE: '0' });
+  before(() => h.gateway());
+  const command = (i: number) => (h.instances[i]!.gateway.engine as unknown as { cmd: { disconnect(reconnect: boolean): void; connect(): Promise<void> } }).cmd;
+
+  it('broadcasts received while the command connection was down are delivered in order; nothing is closed', async () => {
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat, 0);
+    const receiver = await h.member(2, chat, 1);
+    await sender.request({ type: 'message', data: { id: `c0-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await receiver.next({ type: 'message' });
+    command(1).disconnect(false);
+    await waitFor(() => !h.instances[1]!.gateway.engine.isConnected(), 3000, 'instance 1 sees the outage');
+    for (let n = 1; n <= 3; n++) await sender.request({ type: 'message', data: { id: `c${n}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await command(1).connect();
+    await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === `c3-${chat}`, 8000);
+    const seqs = receiver.all({ type: 'message' }).map((f) => f.seq);
+    assert.deepEqual(seqs, [1, 2, 3, 4]);
+    await sleep(300);
+    assert.equal(receiver.isOpen, true, 'not closed 1012: nothing was missed');
+    sender.close();
+    receiver.close();
+  });
+});
+

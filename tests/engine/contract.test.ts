@@ -160,6 +160,24 @@ for (const kind of ['memory', 'redis'] as const) {
       assert.equal(await e.contains('h2', 'm1'), false);
     });
 
+    if (kind === 'redis') {
+      it('a retried append finds its operation by token, pages back through the history, and appends nothing twice', async () => {
+        const e = await engine();
+        const firstAt = Date.now();
+        const first = await e.append('tok1', Buffer.from('{"type":"message","n":0}'), null, 'm0', { token: '~t0', retry: false, firstAt });
+        // More than one page (16 entries) appended after it, by other operations.
+        for (let i = 1; i <= 40; i++) await e.append('tok1', Buffer.from(`{"type":"message","n":${i}}`), null, `m${i}`, { token: `~t${i}`, retry: false, firstAt });
+        const again = await e.append('tok1', Buffer.from('{"type":"message","n":0}'), null, 'm0', { token: '~t0', retry: true, firstAt });
+        assert.deepEqual([again.seq, again.epoch], [first.seq, first.epoch]);
+        assert.equal(again.earlier?.toString(), `{"seq":${first.seq},"epoch":"${first.epoch}","type":"message","n":0}`, 'the stored bytes come back');
+        assert.equal((await e.position('tok1')).seq, 41, 'nothing appended');
+        // A retry of an operation never appended appends it (after looking).
+        const fresh = await e.append('tok1', Buffer.from('{"type":"message","n":99}'), null, 'm99', { token: '~t99', retry: true, firstAt });
+        assert.equal(fresh.seq, 42);
+        assert.equal(fresh.earlier, undefined);
+      });
+    }
+
     if (kind === 'memory') {
       it('history costs the bytes it keeps: no shared buffer kept alive per entry, replays byte for byte', async () => {
         // A kept slice of Node's buffer pool would keep its whole 8 KiB slab alive per entry.

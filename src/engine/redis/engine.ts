@@ -6,7 +6,7 @@ import type { Logger } from '../../log.js';
 import type { IdKey } from '../../protocol/ids.js';
 import { EngineUnavailableError, type Engine, type EngineEvents } from '../types.js';
 import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
-import { STREAM_TTL_MS, newEpoch, type AppendAttempt, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
+import { STREAM_TTL_MS, newEpoch, type AppendAttempt, type AppendResult, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
 import { LEAVE, SWEEP, WRITE_ENTRIES } from './scripts.js';
 import { APPEND, CONTAINS, RECOVER } from './stream-scripts.js';
 import { LogLimiter } from '../../util/log-limit.js';
@@ -40,7 +40,7 @@ type PresenceCommands = {
   msLeave(chatKey: string, userKey: string, now: number, conn: string, user: string, held: number): Promise<number>;
   msSweep(chatKey: string, now: number, userPrefix: string): Promise<string[]>;
   msWriteEntries(chatKey: string, now: number, expiresAt: number, keyTtl: number, userPrefix: string, ...userConnPairs: string[]): Promise<number[]>;
-  msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string, number]>;
+  msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string, number, string?]>;
   msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
   msContains(historyKey: string, key: string): Promise<number>;
 };
@@ -123,8 +123,10 @@ export class RedisEngine implements Engine {
     return 2 * this.presenceTtlMs;
   }
 
-  /** The last probe answered (see PROBE_INTERVAL_MS); readiness needs it as well as the connections. */
+  /** The last probes answered (see PROBE_INTERVAL_MS); readiness needs it as well as the connections. */
   private responsive = true;
+  /** Probes failed in a row; two make the instance not ready (one slow moment does not). */
+  private probeFailures = 0;
   private probing = false;
   private probeTimer: NodeJS.Timeout | null = null;
   private readonly logLimit = new LogLimiter();
@@ -133,6 +135,11 @@ export class RedisEngine implements Engine {
     this.events = events;
     const options: RedisOptions = {
       enableOfflineQueue: false,
+      // A command sent but unanswered when a connection drops fails, and is not sent again on
+      // the next connection by ioredis: it may have run, and only the caller knows whether a
+      // second run is harmless (an append's retry looks for its token first; a resent first
+      // attempt would not, and would broadcast the operation twice).
+      autoResendUnfulfilledCommands: false,
       maxRetriesPerRequest: 1,
       commandTimeout: COMMAND_TIMEOUT_MS,
       autoResubscribe: false,
@@ -158,6 +165,7 @@ export class RedisEngine implements Engine {
             tls: first.protocol === 'rediss:' ? {} : undefined,
             commandTimeout: COMMAND_TIMEOUT_MS,
             maxRetriesPerRequest: 1,
+            autoResendUnfulfilledCommands: false,
           },
         },
       ) as Commands;
@@ -185,9 +193,13 @@ export class RedisEngine implements Engine {
     this.probeTimer.unref();
   }
 
-  /** Connected, subscribed, and answering writes (the last probe). */
+  /** Connected, subscribed, and answering writes (the last probes). */
   isReady(): boolean {
     return this.ready && this.responsive;
+  }
+
+  isConnected(): boolean {
+    return this.ready;
   }
 
   /**
@@ -202,14 +214,17 @@ export class RedisEngine implements Engine {
       await this.cmd.set(`ms:probe:{${this.origin}}`, Date.now(), 'PX', 3 * PROBE_INTERVAL_MS);
       if (!this.responsive) this.log.info('redis answers again: ready');
       this.responsive = true;
+      this.probeFailures = 0;
     } catch (err) {
-      if (this.responsive) this.log.error({ err: (err as Error).message }, 'redis does not answer writes: not ready until it does');
-      this.responsive = false;
+      if (++this.probeFailures >= 2 && this.responsive) {
+        this.log.error({ err: (err as Error).message }, 'redis does not answer writes: not ready until it does');
+        this.responsive = false;
+      }
     } finally {
       this.probing = false;
     }
-    // Not serving: probed again soon, so the instance is ready within a moment of Redis serving again.
-    if (!this.responsive && !this.closing) setTimeout(() => void this.probe(), PROBE_RETRY_MS).unref();
+    // A failure is probed again soon: confirmed (or not) quickly, and ready within a moment of Redis serving again.
+    if (this.probeFailures > 0 && !this.closing) setTimeout(() => void this.probe(), PROBE_RETRY_MS).unref();
   }
 
   async subscribe(chat: IdKey): Promise<void> {
@@ -255,17 +270,17 @@ export class RedisEngine implements Engine {
   }
 
   /** One script numbers, stores and publishes (stream-scripts.ts); resolves after our own delivery, like `publish`. */
-  async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key = '', attempt?: AppendAttempt): Promise<StreamPosition> {
+  async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key = '', attempt?: AppendAttempt): Promise<AppendResult> {
     const { size, ttlMs } = this.history;
-    const [seq, epoch] = await this.echoed(
+    const [seq, epoch, already, stored] = await this.echoed(
       chat,
       exceptConn,
       (header) =>
-        this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS, key, attempt?.token ?? '', attempt?.retry === true ? '1' : ''),
+        this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS, key, attempt?.token ?? '', attempt?.retry === true ? '1' : '', attempt?.firstAt ?? 0),
       // An earlier attempt appended it: nothing was published now, so no echo comes.
-      ([, , already]) => already !== 1,
+      ([, , found]) => found !== 1,
     );
-    return { seq, epoch };
+    return already === 1 && stored !== undefined ? { seq, epoch, earlier: Buffer.from(stored, 'utf8') } : { seq, epoch };
   }
 
   async contains(chat: IdKey, key: string): Promise<boolean> {

@@ -22,26 +22,42 @@ end
  * KEYS: stream hash, history. ARGV: newEpoch, frame (a JSON object without seq/epoch), publish
  * prefix (bytes put before the frame in the pub/sub message), channel, publish command
  * (PUBLISH or SPUBLISH), now ms, history size, history ttl ms, stream ttl ms, key ('' for none),
- * operation token ('' for none), retry ('1': first look for an entry with that token).
- * Returns {seq, epoch, 0}, or {seq, epoch, 1} for a retry whose operation an earlier attempt
- * appended (nothing is appended or published again).
+ * operation token ('' for none), retry ('1': first look for an entry with that token), the
+ * operation's first attempt ms (a retry's look-up stops at entries a minute older than it).
+ * Returns {seq, epoch, 0}, or {seq, epoch, 1, frame} for a retry whose operation an earlier
+ * attempt appended: nothing is appended or published again, and the numbered frame as stored
+ * is returned (the sender of a late broadcast never got it).
  *
- * The retry's look-up scans the history (at most HISTORY_SIZE entries) and runs only after an
- * attempt failed: when Redis stalls past the command timeout, the timed-out attempts are still
- * queued and run once it wakes, so without it each one would broadcast the operation again.
+ * The retry's look-up runs only after an attempt failed: when Redis stalls past the command
+ * timeout, the timed-out attempts are still queued and run once it wakes, so without it each one
+ * would broadcast the operation again. It reads the history newest first, 16 entries at a time,
+ * and stops at the token, at an entry appended a minute before the operation's first attempt
+ * (clocks of instances may differ a little), or after HISTORY_SIZE entries: so it costs a few
+ * entries, not a copy of the whole history, however long that is.
  */
 export const APPEND = `${EPOCH}
 local history = tonumber(ARGV[7]) > 0
 local key = ARGV[10] or ''
 local token = ARGV[11] or ''
 if ARGV[12] == '1' and history and token ~= '' then
-  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-')) do
-    local fields = entry[2]
-    for i = 5, #fields, 2 do
-      if fields[i] == 'o' and fields[i + 1] == token then
-        return {tonumber(string.sub(entry[1], 3)), epoch, 1}
+  local oldest = tonumber(ARGV[13] or '0') - 60000
+  local left = tonumber(ARGV[7])
+  local from = '+'
+  while left > 0 do
+    local page = redis.call('XREVRANGE', KEYS[2], from, '-', 'COUNT', 16)
+    local older = false
+    for _, entry in ipairs(page) do
+      local fields = entry[2]
+      for i = 5, #fields, 2 do
+        if fields[i] == 'o' and fields[i + 1] == token then
+          return {tonumber(string.sub(entry[1], 3)), epoch, 1, fields[4]}
+        end
       end
+      if tonumber(fields[2]) < oldest then older = true end
     end
+    if older or #page < 16 then break end
+    left = left - #page
+    from = '(' .. page[#page][1]
   end
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
