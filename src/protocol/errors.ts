@@ -66,6 +66,8 @@ export class RequestError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
+    /** The token bucket's `rate_limited` only: how long the connection is not read (`retry_after_ms` on the wire). */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
     this.name = 'RequestError';

@@ -187,6 +187,13 @@ const ErrorFrame = frame(
     id: Type.Optional(MessageIdSchema),
     chat_id: Type.Optional(IdSchema),
     retryable: Type.Boolean({ description: 'Safe to resend (with the same message id)' }),
+    retry_after_ms: Type.Optional(
+      Type.Integer({
+        minimum: 0,
+        description:
+          "Only on the token bucket's `rate_limited`: the gateway reads nothing from this connection for this long, and dropped unanswered the frames it had read with the refused one — resend the refused request and every later one still unanswered after it. Absent on every other `rate_limited` (nothing was dropped)",
+      }),
+    ),
   },
   'A request was refused; exactly one per refused request',
 );

@@ -79,6 +79,8 @@ export interface ErrorContext {
   op?: string | undefined;
   id?: string | undefined;
   chat?: IdKey | undefined;
+  /** The token bucket's pause (see RequestError.retryAfterMs). */
+  retryAfterMs?: number | undefined;
 }
 
 export function error(code: ErrorCode, message: string, ctx: ErrorContext = {}): Buffer {
@@ -87,6 +89,7 @@ export function error(code: ErrorCode, message: string, ctx: ErrorContext = {}):
   if (ctx.id !== undefined) frame.id = ctx.id;
   if (ctx.chat !== undefined) frame.chat_id = wireId(ctx.chat);
   frame.retryable = ERROR_CODES[code].retryable;
+  if (ctx.retryAfterMs !== undefined) frame.retry_after_ms = ctx.retryAfterMs;
   return encode(frame);
 }
 

@@ -220,7 +220,7 @@ export class Session implements Connection, WriteTurnMark {
         if (!this.closed) this.ws.resume();
       }, THROTTLE_MS).unref();
     }
-    throw new RequestError('rate_limited', 'too many requests; slow down');
+    throw new RequestError('rate_limited', 'too many requests; slow down', THROTTLE_MS);
   }
 
   /**
@@ -256,7 +256,7 @@ export class Session implements Connection, WriteTurnMark {
     }
     // Metric labels stay a closed set: unknown types count as "invalid".
     this.ctx.metrics.ops.inc({ type: feature?.type ?? 'invalid', result: error.code });
-    this.send(out.error(error.code, error.message, this.errorContext(feature, raw, implied)));
+    this.send(out.error(error.code, error.message, { ...this.errorContext(feature, raw, implied), retryAfterMs: error.retryAfterMs }));
     if (this.authFailuresInARow >= MAX_AUTH_FAILURES_IN_A_ROW) {
       this.ctx.log.info({ conn: this.id }, 'too many refused registers; connection closed');
       this.close(CLOSE.authFailures, 'too many refused registrations');

@@ -114,7 +114,7 @@ for (const mode of ENGINE_MODES) {
         assert.equal(ack.duplicate, false);
       }
       const err = await a.next({ type: 'error', id: ids[5] }, 3000, from);
-      assert.deepEqual(err, { type: 'error', code: 'rate_limited', message: err.message, op: 'message', id: ids[5], chat_id: chat, retryable: true });
+      assert.deepEqual(err, { type: 'error', code: 'rate_limited', message: err.message, op: 'message', id: ids[5], chat_id: chat, retryable: true, retry_after_ms: 1000 });
       // Over the limit the connection is not read for a second; what was read with it is dropped.
       await sleep(1300);
       await alive(a);
@@ -630,7 +630,7 @@ for (const mode of ENGINE_MODES) {
       a.send({ type: 'typing', chat_id: chat });
       a.send({ type: 'typing', chat_id: chat });
       const err = await a.request({ type: 'delete_message', data: { id: 'rl1' } }, { type: 'error' });
-      assert.deepEqual(err, { type: 'error', code: 'rate_limited', message: err.message, op: 'delete_message', id: 'rl1', chat_id: chat, retryable: true });
+      assert.deepEqual(err, { type: 'error', code: 'rate_limited', message: err.message, op: 'delete_message', id: 'rl1', chat_id: chat, retryable: true, retry_after_ms: 1000 });
       assert.equal(h.api.requests.filter((r) => r.op === 'delete' && r.path.endsWith('/rl1')).length, 0);
       await sleep(1100);
       await alive(a);

@@ -347,6 +347,8 @@ describe('protocol contract [memory]', () => {
       a.send({ type: 'message', data: { id: `q2-${chat}`, ciphertext: 'x' } });
       await a.next({ type: 'ack', id: `q2-${chat}` }, 3000, from);
       assert.deepEqual(rateLimited(from).map((f) => [f.id, f.message]), [[`q1-${chat}`, 'main API refused save (429)']]);
+      // Only the token bucket's pause is named on the wire: none of these dropped anything.
+      assert.deepEqual(a.all((f) => f.type === 'error' && f.code === 'rate_limited' && 'retry_after_ms' in f), []);
       a.close();
     });
 
@@ -356,7 +358,7 @@ describe('protocol contract [memory]', () => {
       // One tick: the two burst tokens, then four more frames read with the refused one.
       for (let i = 0; i < 6; i++) a.send({ type: 'ping' });
       const err = await a.next({ type: 'error' });
-      assert.deepEqual([err.code, err.op, err.message, err.retryable], ['rate_limited', 'ping', 'too many requests; slow down', true]);
+      assert.deepEqual([err.code, err.op, err.message, err.retryable, err.retry_after_ms], ['rate_limited', 'ping', 'too many requests; slow down', true, 1000]);
       await sleep(300);
       assert.equal(a.all({ type: 'pong' }).length, 2);
       assert.equal(a.all({ type: 'error' }).length, 1);

@@ -20,7 +20,16 @@ if (what === 'leave-with-held-edit') {
   url = `ws://127.0.0.1:${(server.address() as { port: number }).port}/ws`;
 }
 // Long timers everywhere: if any of them is left armed, the process outlives the test's bound.
-const client = createClient({ url, token, WebSocket, connectTimeoutMs: 60_000, pingIdleMs: 60_000, hold: { ms: 60_000 } });
+const hangingProvider = () => new Promise<string>(() => undefined);
+const client = createClient({
+  url,
+  token: what === 'leave-while-the-token-provider-hangs' ? hangingProvider : token,
+  WebSocket,
+  connectTimeoutMs: 60_000,
+  pingIdleMs: 60_000,
+  tokenTimeoutMs: 60_000,
+  hold: { ms: 60_000 },
+});
 const chat = client.chat(777001);
 switch (what) {
   case 'close-while-connecting':
@@ -40,6 +49,12 @@ switch (what) {
     await new Promise((r) => setTimeout(r, 100));
     chat.leave();
     server!.close();
+    break;
+  case 'leave-while-the-token-provider-hangs':
+    // Connected, the register waits for a token that never comes (tokenTimeoutMs 60 s); then the chat is left.
+    await new Promise<void>((resolve) => client.on('state', (e) => e.state === 'connected' && resolve()));
+    await new Promise((r) => setTimeout(r, 100));
+    chat.leave();
     break;
   default:
     throw new Error(`unknown case ${what}`);

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { WebSocketServer, WebSocket } from 'ws';
-import { createClient, MemoryStorage, type ClientOptions, type OutboxEntry } from '../../packages/client/src/index.js';
+import { ClientError, createClient, MemoryStorage, type ClientOptions, type OutboxEntry } from '../../packages/client/src/index.js';
 import { sleep } from '../support/client.js';
 import { uniqueChat, useHarness, waitFor } from '../support/harness.js';
 import { proxy, sdk, text } from './support.js';
@@ -71,13 +71,88 @@ describe('SDK lifecycle: leaving, closing, timers, the app\'s own callbacks [mem
 
   it('no SDK timer keeps a Node process alive: close or leave while connecting, close from a listener, leave with an edit held', async () => {
     const token = await h.token(1);
-    for (const what of ['close-while-connecting', 'leave-while-connecting', 'close-in-connected-listener', 'leave-with-held-edit']) {
+    for (const what of ['close-while-connecting', 'leave-while-connecting', 'close-in-connected-listener', 'leave-with-held-edit', 'leave-while-the-token-provider-hangs']) {
       const run = await lifetime(what, h.instances[0]!.wsUrl, token);
       assert.equal(run.code, 0, `${what}: ${run.out}`);
       assert.match(run.out, new RegExp(`${what}: done`));
       // The fixture arms 60 s timers; a process that lived that long kept one of them.
       assert.ok(run.ms < 20_000, `${what}: exited after ${run.ms} ms`);
     }
+  });
+
+  it('a chat left and opened again while its register is out is registered by that one register (no second one refused rate_limited)', async () => {
+    const chatId = uniqueChat();
+    const p = await proxy(h);
+    const a = await sdk(h, 1, { url: p.url });
+    await a.client.chat(uniqueChat()).ready();
+    h.api.addFault({ op: 'verify', delayMs: 800, times: 1 });
+    const first = a.client.chat(chatId);
+    await sleep(50);
+    first.leave();
+    const again = a.client.chat(chatId);
+    await again.ready();
+    const registers = p.links[0]!.fromClient.filter((f) => f.type === 'register' && f.chat_id === chatId);
+    assert.equal(registers.length, 1);
+    assert.equal(p.links[0]!.fromGateway.filter((f) => f.type === 'error' && f.chat_id === chatId).length, 0);
+    assert.equal((await again.send(text('registered'))).duplicate, false);
+  });
+
+  it('a chat opened from a `connected` listener is registered once', async () => {
+    const chatId = uniqueChat();
+    const p = await proxy(h);
+    const a = await sdk(h, 1, { url: p.url });
+    a.client.on('state', (e) => {
+      if (e.state === 'connected') a.client.chat(chatId);
+    });
+    await a.client.chat(uniqueChat()).ready();
+    await a.client.chat(chatId).ready();
+    assert.equal(p.links[0]!.fromClient.filter((f) => f.type === 'register' && f.chat_id === chatId).length, 1);
+  });
+
+  it('token provider failures in a row are counted anew after a quiet spell; a provider that says "logged out" during a refresh ends the client', async () => {
+    let fail = true;
+    const token = await h.token(1);
+    const a = await sdk(h, 1, {
+      reconnect: { minDelayMs: 20, maxDelayMs: 50 },
+      tokenGiveUpMs: 1000,
+      token: () => {
+        if (fail) throw new Error('token endpoint down');
+        return token;
+      },
+    });
+    const first = a.client.chat(uniqueChat());
+    await a.next('error');
+    first.leave();
+    await sleep(1500);
+    const second = a.client.chat(uniqueChat());
+    await sleep(100);
+    fail = false;
+    await second.ready(); // not ended by two failures 1.5 s apart
+    // Logged out: the provider's first token is a 3 s JWT; the refresh ahead of exp throws.
+    let calls = 0;
+    const b = await sdk(h, 2, {
+      token: async () => {
+        if (++calls === 1) return h.api.mintToken(2, { expiresInSec: 3 });
+        throw new ClientError('unauthorized', 'logged out');
+      },
+    });
+    await b.client.chat(uniqueChat()).ready();
+    const final = await b.next('state', (e) => e.retryInMs === null, 5000);
+    assert.equal(final.error?.message, 'logged out');
+    assert.equal(b.all('unregistered').filter((e) => e.reason === 'token_expired').length, 0, 'ended before the token expired');
+  });
+
+  it('a url function with nothing for a moment is a failed attempt, not the end; Infinity as a timeout is the longest timer', async () => {
+    let attempts = 0;
+    const a = await sdk(h, 1, {
+      url: () => (++attempts === 1 ? '' : h.instances[0]!.wsUrl),
+      reconnect: { minDelayMs: 20, maxDelayMs: 50 },
+      tokenTimeoutMs: Infinity,
+      token: async () => h.token(1),
+    });
+    assert.equal((await a.client.chat(uniqueChat()).ready()).userId, 1);
+    assert.ok(attempts >= 2);
+    assert.throws(() => createClient({ url: [], token: 't', WebSocket }), /no gateway URL/);
   });
 
   it('pings waiting in the pacing queue reject when the client closes', async () => {
@@ -145,7 +220,8 @@ describe('SDK lifecycle: leaving, closing, timers, the app\'s own callbacks [mem
   });
 
   it('a malformed outbox storage (load() returns no array, or junk entries) is reported, and sending still works', async () => {
-    for (const loaded of [undefined, [null, { key: 1 }]]) {
+    const badId = { key: 'k', op: 'message', chatId: 1, order: 1, data: { id: 'id with spaces', ciphertext: 'eA' } };
+    for (const loaded of [undefined, [null, { key: 1 }], [badId]]) {
       const storage = { load: () => loaded as unknown as OutboxEntry[], put: () => undefined, remove: () => undefined };
       const a = await sdk(h, 1, { storage });
       const chat = a.client.chat(uniqueChat());

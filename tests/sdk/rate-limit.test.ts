@@ -42,7 +42,7 @@ class ScriptedGateway {
         const id = (f.data as { id?: string } | undefined)?.id;
         if (n === this.script.limitAt) {
           pausedUntil = Date.now() + 1000;
-          return ws.send(JSON.stringify({ type: 'error', code: 'rate_limited', message: 'too many requests; slow down', op: f.type, ...(id ? { id } : {}), chat_id: chat, retryable: true }));
+          return ws.send(JSON.stringify({ type: 'error', code: 'rate_limited', message: 'too many requests; slow down', op: f.type, ...(id ? { id } : {}), chat_id: chat, retryable: true, retry_after_ms: 1000 }));
         }
         if (f.type === 'register') return ws.send(JSON.stringify({ type: 'registered', chat_id: chat, user_id: 1, online: [1], seq: this.seqs.get(String(chat)) ?? 0, epoch: 'e1' }));
         if (f.type === 'message') {

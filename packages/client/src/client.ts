@@ -2,7 +2,7 @@ import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from './backoff.js
 import { Chat, type ChatHost } from './chat.js';
 import { Emitter } from './emitter.js';
 import { ClientError, type ClientErrorCode } from './errors.js';
-import { MemoryStorage, Outbox, WRITE_OPS, type OutboxStorage, type Pending } from './outbox.js';
+import { MESSAGE_ID, MemoryStorage, Outbox, WRITE_OPS, type OutboxStorage, type Pending } from './outbox.js';
 import { Stream, type Delivery } from './stream.js';
 import type {
   Ack,
@@ -159,7 +159,6 @@ interface Outgoing {
   track?: Track | undefined;
 }
 
-const MESSAGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const TYPING_INTERVAL_MS = 1000;
 /**
  * Over its bucket the gateway answers one frame `rate_limited` and does not read the connection
@@ -168,6 +167,8 @@ const TYPING_INTERVAL_MS = 1000;
 const RATE_LIMIT_PAUSE_MS = 1100;
 /** After a `rate_limited`, the pacing is halved; each quiet period of this length doubles it back. */
 const PACE_RECOVERY_MS = 10_000;
+/** Chats left lately whose frames are still expected (see `left`). */
+const LEFT_KEYS = 1000;
 /** Keys of settled writes remembered, so a late second answer (to a resend) is recognised. */
 const SETTLED_KEYS = 1000;
 const RETRYABLE = new Set(['rate_limited', 'upstream_unavailable']);
@@ -200,6 +201,8 @@ export class Client extends Emitter<ClientEvents> {
     stableAfterMs: number;
   };
   private readonly chats = new Map<string, ChatState>();
+  /** Chats left lately (bounded): their frames still on the way are expected, not `unhandled`. */
+  private readonly left = new Set<string>();
   /** What removes each handle's listeners (`chat.on`): done once the handle is left for good. */
   private readonly handleListeners = new Map<Chat, Array<() => void>>();
   private readonly outbox: Outbox;
@@ -221,6 +224,7 @@ export class Client extends Emitter<ClientEvents> {
   /** Failed token provider calls in a row, since when, and when it may be asked again. */
   private providerFailures = 0;
   private providerFailingSince = 0;
+  private providerFailedAt = 0;
   private providerRetryAt = 0;
   /** Waits of provider calls (their pacing and timeout), cut short when the client ends. */
   private readonly waits = new Set<{ timer: Timer; reject(err: unknown): void }>();
@@ -279,17 +283,20 @@ export class Client extends Emitter<ClientEvents> {
     const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (WS === undefined) throw new TypeError('no WebSocket implementation: pass { WebSocket } (on Node 20: import { WebSocket } from "ws")');
     this.WS = WS;
-    this.backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
+    if (options.url === '' || (Array.isArray(options.url) && options.url.length === 0)) throw new TypeError('no gateway URL given');
+    const backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
+    this.backoff = { ...backoff, minDelayMs: timerMs(backoff.minDelayMs), maxDelayMs: timerMs(backoff.maxDelayMs) };
+    // Every duration is one `setTimeout` takes as given (longer ones, even Infinity, would fire at once).
     this.cfg = {
-      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
-      pingIdleMs: options.pingIdleMs ?? 15_000,
-      pongTimeoutMs: options.pongTimeoutMs ?? 10_000,
+      connectTimeoutMs: timerMs(options.connectTimeoutMs ?? 10_000),
+      pingIdleMs: timerMs(options.pingIdleMs ?? 15_000),
+      pongTimeoutMs: timerMs(options.pongTimeoutMs ?? 10_000),
       rateLimit: options.rateLimit ?? { perSec: 18, burst: 40 },
       maxInFlight: options.maxInFlight ?? 8,
-      requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
+      requestTimeoutMs: timerMs(options.requestTimeoutMs ?? 30_000),
       maxFrameBytes: options.maxFrameBytes ?? 65_536,
       maxAuthFailures: options.maxAuthFailures ?? 3,
-      tokenTimeoutMs: options.tokenTimeoutMs ?? 10_000,
+      tokenTimeoutMs: timerMs(options.tokenTimeoutMs ?? 10_000),
       tokenGiveUpMs: options.tokenGiveUpMs ?? 60_000,
       stableAfterMs: options.reconnect?.stableAfterMs ?? 10_000,
     };
@@ -318,11 +325,12 @@ export class Client extends Emitter<ClientEvents> {
       return existing.chat;
     }
     const hold = this.options.hold ?? {};
+    this.left.delete(key);
     const state: ChatState = {
       chat: new Chat(this.host, id),
       key,
       stream: new Stream(id, options.since ?? null, {
-        holdMs: hold.ms ?? 10_000,
+        holdMs: timerMs(hold.ms ?? 10_000),
         maxHeld: hold.max ?? 1000,
         maxIds: 10_000,
         maxUnfilled: 1000,
@@ -362,7 +370,7 @@ export class Client extends Emitter<ClientEvents> {
     if (isKnown === undefined) return undefined;
     return (chatId, messageId) => {
       try {
-        return isKnown(chatId, messageId) === true;
+        return Boolean(isKnown(chatId, messageId));
       } catch (err) {
         this.emit('error', { error: err, during: 'isKnownMessage' });
         return false;
@@ -484,10 +492,10 @@ export class Client extends Emitter<ClientEvents> {
   private nextUrl(): string {
     const source = this.options.url;
     const attempt = this.attempts++;
-    if (typeof source === 'function') return source(attempt);
-    if (typeof source === 'string') return source;
-    if (source.length === 0) throw new TypeError('the url list is empty');
-    return source[attempt % source.length]!;
+    const url = typeof source === 'function' ? source(attempt) : typeof source === 'string' ? source : source[attempt % source.length]!;
+    // An empty answer (service discovery with nothing to offer for a moment) is a failed attempt.
+    if (typeof url !== 'string' || url === '') throw new TypeError('no URL for this attempt');
+    return url;
   }
 
   private onOpen(): void {
@@ -503,7 +511,8 @@ export class Client extends Emitter<ClientEvents> {
     if (!this.isOpen()) return; // a listener closed the client or left the last chat
     this.armIdle();
     for (const state of this.chats.values()) {
-      if (state.status === 'gone') continue;
+      // `registering`: opened by a `state` listener above, its register already out.
+      if (state.status === 'gone' || state.status === 'registering') continue;
       state.status = 'idle';
       this.register(state);
     }
@@ -608,7 +617,12 @@ export class Client extends Emitter<ClientEvents> {
     if (this.token !== null && !this.tokenStale) return Promise.resolve(this.token);
     const provider = this.options.token;
     if (typeof provider === 'string') return Promise.resolve(provider);
-    this.tokenRequest ??= this.askProvider(provider).finally(() => (this.tokenRequest = null));
+    if (this.tokenRequest === null) {
+      const request = this.askProvider(provider).finally(() => {
+        if (this.tokenRequest === request) this.tokenRequest = null;
+      });
+      this.tokenRequest = request;
+    }
     return this.tokenRequest;
   }
 
@@ -651,9 +665,12 @@ export class Client extends Emitter<ClientEvents> {
    * the provider says the user is logged out (a `ClientError` unauthorized / forbidden).
    */
   private providerFailed(err: unknown): void {
-    if (this.ended) return;
-    if (err instanceof ClientError && (err.code === 'unauthorized' || err.code === 'forbidden')) return this.giveUp(err);
+    if (this.ended || err instanceof WaitCancelled) return;
+    if (loggedOut(err)) return this.giveUp(err);
     const now = Date.now();
+    // "In a row": a failure long after the last one (the chats were left meanwhile) starts anew.
+    if (this.providerFailures > 0 && now - this.providerFailedAt > this.cfg.tokenGiveUpMs) this.providerFailures = 0;
+    this.providerFailedAt = now;
     if (this.providerFailures++ === 0) this.providerFailingSince = now;
     const error = new ClientError('unauthorized', `the token provider failed: ${errorText(err)}`);
     if (now - this.providerFailingSince >= this.cfg.tokenGiveUpMs) return this.giveUp(error);
@@ -746,7 +763,11 @@ export class Client extends Emitter<ClientEvents> {
         if (!this.isOpen()) return this.useToken(token);
         this.sendRefresh(from, token);
       })
-      .catch((err: unknown) => this.refreshFailed(from, new ClientError('unauthorized', `token refresh: ${errorText(err)}`)));
+      .catch((err: unknown) => {
+        // The provider says the user is logged out: no more refreshes, no more chats.
+        if (loggedOut(err)) return this.giveUp(err);
+        this.refreshFailed(from, new ClientError('unauthorized', `token refresh: ${errorText(err)}`));
+      });
   }
 
   private sendRefresh(from: string, token: string): void {
@@ -1026,6 +1047,9 @@ export class Client extends Emitter<ClientEvents> {
     state.status = 'registering';
     const since = state.stream.position;
     state.askedSince = since !== null;
+    // The chat was left and opened again while its earlier register is still out: that one's
+    // answer registers it (a second register of a chat in flight is refused by the gateway).
+    if (this.requestPending(`r:${state.key}`)) return;
     const resend = () => {
       // Still waiting for this chat's answer: ask again (a register is idempotent).
       if (this.chats.get(state.key) !== state || state.status !== 'registering') return;
@@ -1033,6 +1057,11 @@ export class Client extends Emitter<ClientEvents> {
       this.register(state);
     };
     this.transmit(JSON.stringify({ type: 'register', token: this.token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }), false, { key: `r:${state.key}`, resend });
+  }
+
+  /** A request with this key is sent and unanswered, or queued to be sent, on this connection. */
+  private requestPending(key: string): boolean {
+    return this.outstanding.some((o) => o.key === key) || this.sendQueue.some((f) => f.track?.key === key);
   }
 
   /** Registers `state` again after `delayMs` (default: the chat's next backoff delay; its register was refused for now). */
@@ -1136,6 +1165,8 @@ export class Client extends Emitter<ClientEvents> {
     state.retryTimer = null;
     for (const w of state.waiters.splice(0)) w.reject(error);
     if (this.chats.get(state.key) === state) this.chats.delete(state.key);
+    this.left.add(state.key);
+    if (this.left.size > LEFT_KEYS) this.left.delete(this.left.values().next().value!);
     // The handle's listeners hear the events of this turn (`unregistered`, `failed`), then go.
     queueMicrotask(() => {
       for (const off of this.handleListeners.get(state.chat) ?? []) off();
@@ -1192,6 +1223,9 @@ export class Client extends Emitter<ClientEvents> {
     this.stopConnectionTimers();
     clearTimer(this.holdTimer); // no chat holds an edit any more
     this.holdTimer = null;
+    // No chat waits for a token: a provider call (or its pacing) is let go; the next chat asks anew.
+    this.endWaits(new WaitCancelled());
+    this.tokenRequest = null;
     this.dropOutstanding();
     this.abandonRefresh();
     if (ws !== null || reconnecting) this.setState({ state: 'disconnected', code: 1000, reason: 'no chats', retryInMs: null });
@@ -1295,8 +1329,10 @@ export class Client extends Emitter<ClientEvents> {
       if (request === undefined && !this.settledKeys.has(key)) this.emit('unhandled', frame);
       return;
     }
-    const seq = typeof frame.seq === 'number' ? frame.seq : undefined;
-    const epoch = typeof frame.epoch === 'string' ? frame.epoch : undefined;
+    // A position only if it is one (a bogus seq would hide every later broadcast).
+    const positioned = isPosition(frame.seq, frame.epoch);
+    const seq = positioned ? (frame.seq as number) : undefined;
+    const epoch = positioned ? (frame.epoch as string) : undefined;
     this.succeed(item, frame.duplicate === true, seq, epoch);
   }
 
@@ -1400,7 +1436,7 @@ export class Client extends Emitter<ClientEvents> {
       : WRITE_OPS.has(op) && typeof frame.id === 'string' ? writeKey(op, frame.id)
       : null;
     const request = key === null ? undefined : this.answered(key);
-    if (code === 'rate_limited') {
+    if (code === 'rate_limited' && isBucketPause(frame)) {
       // Which frame was refused tells which later ones the gateway may have dropped unread;
       // when it cannot be told (typing, a frame of sendRaw), every unanswered one is suspect.
       const no = request?.no ?? (op === 'typing' ? (this.chats.get(chatKey)?.lastTypingNo ?? 0) : 0);
@@ -1498,8 +1534,8 @@ export class Client extends Emitter<ClientEvents> {
         return request.onAnswer?.(true);
       }
     }
-    // A chat being left, or left with its unregister not answered yet: its frames are expected.
-    if (frame.chat_id !== undefined && (state?.leaving === true || this.outstanding.some((o) => o.key === `u:${chatKey}`))) return;
+    // A chat being left, or left lately (a replay, or frames before its unregister's answer): expected.
+    if (frame.chat_id !== undefined && (state?.leaving === true || (state === undefined && this.left.has(chatKey)))) return;
     this.emit('unhandled', frame);
   }
 
@@ -1577,6 +1613,9 @@ export class Client extends Emitter<ClientEvents> {
       online: (chat) => [...(stateOf(chat)?.online.values() ?? [])],
       listen: <K extends keyof ChatEvents>(chat: Chat, type: K, listener: (event: ChatEvents[K]) => void) => {
         const key = String(chat.id);
+        // A handle already left (not the chat's current one) hears nothing, and keeps nothing.
+        const current = this.chats.get(key);
+        if (current === undefined ? !this.handleListeners.has(chat) : current.chat !== chat) return () => undefined;
         const off = this.on(type, (event) => {
           if (String((event as { chatId: ChatId }).chatId) !== key) return;
           // A handle left and replaced by a newer one for the same chat hears nothing more.
@@ -1595,6 +1634,26 @@ export class Client extends Emitter<ClientEvents> {
 
 /** The provider handed back the token that was just refused. */
 class RefusedAgain extends Error {}
+
+/** A wait let go because no chat needs it any more (the last one was left). */
+class WaitCancelled extends Error {}
+
+/** What a token provider throws to say the user is logged out: the client ends at once. */
+function loggedOut(err: unknown): err is ClientError {
+  return err instanceof ClientError && (err.code === 'unauthorized' || err.code === 'forbidden');
+}
+
+/**
+ * A `rate_limited` from the gateway's token bucket: it stops reading the connection and drops
+ * what it had read with the refused frame. Such errors carry `retry_after_ms`; a gateway older
+ * than that field is recognised by its message, and an error without `op` can only be the
+ * bucket. Every other `rate_limited` (a register or refresh already in flight, the pending-writes
+ * cap, a main-API 429) drops nothing and is an ordinary answer.
+ */
+function isBucketPause(frame: Frame): boolean {
+  if (typeof frame.retry_after_ms === 'number') return true;
+  return typeof frame.op !== 'string' || (typeof frame.message === 'string' && /too many requests/i.test(frame.message));
+}
 
 /** A JWT's payload claims `exp` and `iat` in ms (decoded, not verified: only for timing); null for other tokens. */
 export function jwtClaims(token: string): { exp: number; iat: number | null } | null {
@@ -1628,6 +1687,11 @@ export function refreshDelay(token: string, leadMs: number | undefined, now: num
   if (left <= 0) return null;
   const lead = leadMs === undefined ? Math.min(REFRESH_LEAD_MS, lifetime * REFRESH_LEAD_SHARE) : Math.min(Math.max(0, leadMs), lifetime / 2);
   return Math.max(0, left - lead);
+}
+
+/** A duration `setTimeout` takes as given: at most 2^31−1 ms (~24.8 days), never NaN or negative. */
+function timerMs(ms: number): number {
+  return Number.isNaN(ms) ? 0 : Math.min(Math.max(0, ms), MAX_TIMER_MS);
 }
 
 /** Lets a Node process exit with this timer pending (browsers have no such notion). */

@@ -142,6 +142,9 @@ export class Outbox {
   }
 }
 
+/** What the gateway accepts as a message id. */
+export const MESSAGE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
 export const WRITE_OPS: ReadonlySet<unknown> = new Set<WriteOp>(['message', 'edit_message', 'delete_message']);
 
 /** The shape `add` stores (a storage may hand back anything: a hand-edited file, another version's data). */
@@ -153,8 +156,10 @@ function isEntry(value: unknown): value is OutboxEntry {
     typeof e.key === 'string' &&
     WRITE_OPS.has(e.op) &&
     (typeof e.chatId === 'string' || typeof e.chatId === 'number') &&
-    typeof e.order === 'number' &&
+    Number.isSafeInteger(e.order) &&
+    (e.order as number) >= 0 &&
     typeof data === 'object' && data !== null && !Array.isArray(data) &&
-    typeof data.id === 'string'
+    typeof data.id === 'string' &&
+    MESSAGE_ID.test(data.id)
   );
 }
