@@ -246,7 +246,7 @@ describe('Redis that is up but does not serve: readiness and logs tell', () => {
   it('stalled until not ready, then killed and restarted: ready again, and broadcasts flow again', async () => {
     const { chat, a, b } = await h.pair();
     h.redis!.signal('SIGSTOP');
-    await waitFor(async () => (await readyz()) === 503, 10_000, 'not ready during the stall');
+    await waitFor(async () => (await readyz()) === 503, 15_000, 'not ready during the stall');
     await h.redis!.stop(); // SIGKILL: its data is gone
     await h.redis!.startProcess();
     await waitFor(async () => (await readyz()) === 200, 10_000, 'ready again');
@@ -261,7 +261,7 @@ describe('Redis that is up but does not serve: readiness and logs tell', () => {
     assert.equal(await readyz(), 200);
     h.redis!.signal('SIGSTOP');
     try {
-      await waitFor(async () => (await readyz()) === 503, 8000, '/readyz 503 during the stall');
+      await waitFor(async () => (await readyz()) === 503, 15_000, '/readyz 503 during the stall'); // two probes time out: ~4–6 s, more on a busy machine
     } finally {
       h.redis!.signal('SIGCONT');
     }
