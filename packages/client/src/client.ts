@@ -1051,10 +1051,12 @@ export class Client extends Emitter<ClientEvents> {
     // answer registers it (a second register of a chat in flight is refused by the gateway).
     if (this.requestPending(`r:${state.key}`)) return;
     const resend = () => {
-      // Still waiting for this chat's answer: ask again (a register is idempotent).
-      if (this.chats.get(state.key) !== state || state.status !== 'registering') return;
-      state.status = 'idle';
-      this.register(state);
+      // Still waiting for this chat's answer — this state's, or that of the chat opened again
+      // since, which counts on this register — : ask again (a register is idempotent).
+      const current = this.chats.get(state.key);
+      if (current === undefined || current.status !== 'registering') return;
+      current.status = 'idle';
+      this.register(current);
     };
     this.transmit(JSON.stringify({ type: 'register', token: this.token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }), false, { key: `r:${state.key}`, resend });
   }
