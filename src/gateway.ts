@@ -216,7 +216,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
    * their acks; then clients are closed 1001 and work still queued on them is dropped. A main-API
    * call still running at the deadline is given up to UPSTREAM_TIMEOUT_MS more (its own
    * timeout): if it saves, the message is broadcast (the engine closes last), just not acked.
-   * So the drain takes at most SHUTDOWN_TIMEOUT_MS + UPSTREAM_TIMEOUT_MS + about 1.5 s.
+   * Every step is bounded, so the drain takes at most `drainBoundMs` (SHUTDOWN_TIMEOUT_MS +
+   * UPSTREAM_TIMEOUT_MS + 4.25 s).
    */
   async function drainAndClose(): Promise<void> {
     draining = true;
