@@ -11,6 +11,8 @@ interface HeldDelivery {
 
 /** Deliveries held per chat while catching up; past it the chat counts as lost. */
 const MAX_HELD = 10_000;
+/** A catch-up that failed is tried again this soon (while the engine stays connected). */
+const RETRY_MS = 500;
 /** A chat that held more than MAX_HELD deliveries: it is lost whatever the history says. */
 const OVERFLOWED = 'overflowed';
 
@@ -103,7 +105,11 @@ export class Resync {
     for (const chat of chats) if (!this.held.has(chat)) this.held.set(chat, []);
   }
 
-  /** The engine is back: catch every held chat up, one at a time; a new outage stops and resumes it. */
+  /**
+   * The engine is back: catch every held chat up, one at a time; a new outage stops and resumes
+   * it. A chat whose catch-up failed (connected, but Redis not serving yet) is tried again after
+   * RETRY_MS while the engine stays connected — never left holding until the next outage.
+   */
   async engineBack(): Promise<void> {
     if (this.held === null || this.running) return;
     this.running = true;
@@ -115,6 +121,7 @@ export class Resync {
     } finally {
       this.running = false;
       if (this.held?.size === 0) this.held = null;
+      else if (this.held !== null && this.engine.isConnected()) setTimeout(() => void this.engineBack(), RETRY_MS).unref();
     }
   }
 

@@ -97,6 +97,28 @@ describe('SDK lifecycle: leaving, closing, timers, the app\'s own callbacks [mem
     assert.equal((await again.send(text('registered'))).duplicate, false);
   });
 
+  it('a chat reopened with an older position while its earlier register is out gets everything after that position', async () => {
+    const chatId = uniqueChat();
+    const b = await sdk(h, 2);
+    const chatB = b.client.chat(chatId);
+    await chatB.ready();
+    const acks = [];
+    for (let i = 1; i <= 5; i++) acks.push(await chatB.send(text(`m${i}`), { id: `older-${chatId}-${i}` }));
+    const epoch = acks[0]!.epoch!;
+    const a = await sdk(h, 1);
+    await a.client.chat(uniqueChat()).ready();
+    h.api.addFault({ op: 'verify', delayMs: 600, times: 1 });
+    const first = a.client.chat(chatId, { since: { seq: 4, epoch } });
+    await sleep(50);
+    first.leave();
+    const again = a.client.chat(chatId, { since: { seq: 1, epoch } });
+    await waitFor(() => a.messageIds().length >= 4, 5000, `replay; got ${JSON.stringify(a.messageIds())}`);
+    await sleep(300);
+    assert.deepEqual(a.messageIds(), [2, 3, 4, 5].map((i) => `older-${chatId}-${i}`));
+    assert.deepEqual(a.all('gap'), []);
+    assert.deepEqual(again.position, { seq: 5, epoch });
+  });
+
   it('a chat opened from a `connected` listener is registered once', async () => {
     const chatId = uniqueChat();
     const p = await proxy(h);

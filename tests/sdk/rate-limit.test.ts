@@ -116,6 +116,14 @@ describe('SDK: requests the gateway never answers', () => {
     await waitFor(() => client.state === 'connected');
   });
 
+  it('a register left unanswered is resent after requestTimeoutMs', async () => {
+    const g: ScriptedGateway = await ScriptedGateway.start({ silently: (f) => f.type === 'register' && g.sent('register').length <= 2 });
+    const client = createClient({ url: g.url, token: 't', WebSocket, requestTimeoutMs: 300 });
+    clients.push(client);
+    await client.chat(1).ready();
+    assert.equal(g.sent('register').length, 3, 'two went unanswered, the third was answered');
+  });
+
   it('a ping dropped unread is resent: ping() still resolves', async () => {
     const g = await ScriptedGateway.start({ limitAt: 2 });
     const client = createClient({ url: g.url, token: 't', WebSocket });

@@ -123,6 +123,17 @@ interface ChatState {
   lastRegistered: RegisteredEvent | null;
   /** Number of the last `typing` frame sent (to place a `rate_limited` answer to it). */
   lastTypingNo: number;
+  /**
+   * Opened again (with a `since`) while the register of its earlier handle was out, carrying
+   * another position: once that register is answered, the chat registers again with its own.
+   */
+  registerAgain: boolean;
+  /**
+   * While it registers again so: its broadcasts, kept until that register is answered and then
+   * handed to the stream in `seq` order (the first answer's replay and the live frames after it
+   * would otherwise reach the app ahead of the older ones the second replay brings).
+   */
+  reordering: Frame[] | null;
 }
 
 /** What a request sent on the current connection needs to be matched with its answer or resent. */
@@ -133,6 +144,8 @@ interface Track {
   resend(): void;
   /** Pings: told whether a pong came. */
   onAnswer?: (answered: boolean) => void;
+  /** Registers: the position the register asks to resume from. */
+  since?: Position | null;
   /**
    * Writes: the outbox entry this send is of. Two writes can share a key (edits of one message),
    * and a request resent after a timeout is answered twice, so an answer belongs to the entry
@@ -167,6 +180,8 @@ const TYPING_INTERVAL_MS = 1000;
 const RATE_LIMIT_PAUSE_MS = 1100;
 /** After a `rate_limited`, the pacing is halved; each quiet period of this length doubles it back. */
 const PACE_RECOVERY_MS = 10_000;
+/** Broadcasts kept per chat while it registers again from an older position (see `reordering`). */
+const MAX_REORDERING = 10_000;
 /** Chats left lately whose frames are still expected (see `left`). */
 const LEFT_KEYS = 1000;
 /** Keys of settled writes remembered, so a late second answer (to a resend) is recognised. */
@@ -348,6 +363,8 @@ export class Client extends Emitter<ClientEvents> {
       waiters: [],
       lastRegistered: null,
       lastTypingNo: 0,
+      registerAgain: false,
+      reordering: null,
     };
     this.chats.set(key, state);
     this.noteOwnWrites(state);
@@ -541,6 +558,9 @@ export class Client extends Emitter<ClientEvents> {
     this.abandonRefresh();
     for (const state of this.chats.values()) {
       if (state.status !== 'gone') state.status = 'idle';
+      // The next connection registers it with its own position: nothing to reorder.
+      state.registerAgain = false;
+      state.reordering = null;
       clearTimer(state.retryTimer);
       state.retryTimer = null;
     }
@@ -1048,8 +1068,15 @@ export class Client extends Emitter<ClientEvents> {
     const since = state.stream.position;
     state.askedSince = since !== null;
     // The chat was left and opened again while its earlier register is still out: that one's
-    // answer registers it (a second register of a chat in flight is refused by the gateway).
-    if (this.requestPending(`r:${state.key}`)) return;
+    // answer registers it (a second register of a chat in flight is refused by the gateway) —
+    // and if this one resumes from another position, it registers again after that answer.
+    const pending = this.pendingRequest(`r:${state.key}`);
+    if (pending !== undefined) {
+      state.registerAgain = since !== null && !samePosition(since, pending.since ?? null);
+      if (state.registerAgain) state.reordering = [];
+      return;
+    }
+    state.registerAgain = false;
     const resend = () => {
       // Still waiting for this chat's answer — this state's, or that of the chat opened again
       // since, which counts on this register — : ask again (a register is idempotent).
@@ -1058,12 +1085,15 @@ export class Client extends Emitter<ClientEvents> {
       current.status = 'idle';
       this.register(current);
     };
-    this.transmit(JSON.stringify({ type: 'register', token: this.token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }), false, { key: `r:${state.key}`, resend });
+    this.transmit(JSON.stringify({ type: 'register', token: this.token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }), false, { key: `r:${state.key}`, resend, since });
   }
 
-  /** A request with this key is sent and unanswered, or queued to be sent, on this connection. */
-  private requestPending(key: string): boolean {
-    return this.outstanding.some((o) => o.key === key) || this.sendQueue.some((f) => f.track?.key === key);
+  /**
+   * The request with this key sent and unanswered, or queued to be sent, on this connection —
+   * not counting one overdue (`requestTimeoutMs`), whose resend is wanted.
+   */
+  private pendingRequest(key: string): Track | undefined {
+    return this.outstanding.find((o) => o.key === key && !o.resent) ?? this.sendQueue.find((f) => f.track?.key === key)?.track;
   }
 
   /** Registers `state` again after `delayMs` (default: the chat's next backoff delay; its register was refused for now). */
@@ -1083,6 +1113,11 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private onRegistered(state: ChatState, frame: Frame): void {
+    if (state.registerAgain) {
+      // The answer to its earlier handle's register, from another position: ask with its own.
+      state.status = 'idle';
+      return this.register(state);
+    }
     state.status = 'registered';
     clearTimer(state.retryTimer);
     state.retryTimer = null;
@@ -1093,6 +1128,11 @@ export class Client extends Emitter<ClientEvents> {
     const position = isPosition(frame.seq, frame.epoch) ? { seq: frame.seq as number, epoch: frame.epoch as string } : null;
     const recovered = typeof frame.recovered === 'boolean' ? frame.recovered : undefined;
     const reason = typeof frame.reason === 'string' ? frame.reason : undefined;
+    if (state.reordering !== null) {
+      const kept = state.reordering.sort((x, y) => Number(x.seq ?? 0) - Number(y.seq ?? 0));
+      state.reordering = null;
+      for (const f of kept) this.deliver(state.stream.onBroadcast(f, Date.now()));
+    }
     this.deliver(state.stream.onRegistered(position, recovered, reason, state.askedSince));
     state.online = new Map((Array.isArray(frame.online) ? (frame.online as UserId[]) : []).map((u) => [String(u), u]));
     const event: RegisteredEvent = {
@@ -1492,6 +1532,10 @@ export class Client extends Emitter<ClientEvents> {
       case 'delete_message':
       case 'event':
         if (live === undefined) break;
+        if (live.reordering !== null) {
+          if (live.reordering.length < MAX_REORDERING) live.reordering.push(frame);
+          return;
+        }
         this.deliver(live.stream.onBroadcast(frame, Date.now()));
         return;
       case 'presence':
@@ -1704,6 +1748,10 @@ function unref(timer: Timer): Timer {
 
 function writeKey(op: string, id: string): string {
   return `w:${op}:${id}`;
+}
+
+function samePosition(a: Position | null, b: Position | null): boolean {
+  return a === b || (a !== null && b !== null && a.seq === b.seq && a.epoch === b.epoch);
 }
 
 function isPosition(seq: unknown, epoch: unknown): boolean {

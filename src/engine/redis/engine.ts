@@ -29,6 +29,8 @@ const COMMAND_TIMEOUT_MS = 2000;
  * or not at all while every socket stays up, and only a probe tells readiness.
  */
 const PROBE_INTERVAL_MS = 2000;
+/** A recovery after an outage that failed with the connections up is tried again this soon. */
+const RESTORE_RETRY_MS = 1000;
 /** While a probe fails, the next one comes this soon. */
 const PROBE_RETRY_MS = 200;
 /** Presence entries refreshed per script call, at most. */
@@ -127,6 +129,8 @@ export class RedisEngine implements Engine {
   private responsive = true;
   /** Probes failed in a row; two make the instance not ready (one slow moment does not). */
   private probeFailures = 0;
+  /** A recovery after an outage is running (one at a time). */
+  private restoring = false;
   private probing = false;
   private probeTimer: NodeJS.Timeout | null = null;
   private readonly logLimit = new LogLimiter();
@@ -513,14 +517,20 @@ export class RedisEngine implements Engine {
   }
 
   private async restoreAfterOutage(): Promise<void> {
-    if (this.closing || !this.connectionsUp()) return;
+    if (this.closing || this.restoring || this.ready || !this.connectionsUp()) return;
+    this.restoring = true;
     try {
       await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
       await this.refreshPresence();
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'redis recovery failed; retrying on next reconnect');
+      // Connected but not serving (out of memory, a replica, still loading): tried again while
+      // the connections stay up — a reconnect would try again too, but none may ever come.
+      this.log.warn({ err: (err as Error).message }, 'redis recovery failed; retrying');
+      setTimeout(() => void this.restoreAfterOutage(), RESTORE_RETRY_MS).unref();
       return;
+    } finally {
+      this.restoring = false;
     }
     if (this.connectionsUp()) {
       if (this.everReady) this.log.info({ chats: this.subscribed.size, presence: this.entries.size }, 'redis back: subscriptions and presence restored');
