@@ -139,11 +139,6 @@ export class RedisEngine implements Engine {
     this.events = events;
     const options: RedisOptions = {
       enableOfflineQueue: false,
-      // A command sent but unanswered when a connection drops fails, and is not sent again on
-      // the next connection by ioredis: it may have run, and only the caller knows whether a
-      // second run is harmless (an append's retry looks for its token first; a resent first
-      // attempt would not, and would broadcast the operation twice).
-      autoResendUnfulfilledCommands: false,
       maxRetriesPerRequest: 1,
       commandTimeout: COMMAND_TIMEOUT_MS,
       autoResubscribe: false,
@@ -177,7 +172,12 @@ export class RedisEngine implements Engine {
       this.cmd.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message));
     } else {
       const url = this.config.urls[0]!;
-      this.cmd = new Redis(url, { ...options, enableAutoPipelining: true, connectionName: 'message-service' }) as Commands;
+      // A command sent but unanswered when the command connection drops is not sent again on the
+      // next one by ioredis (it fails by its timeout): it may have run, and only the caller knows
+      // whether a second run is harmless (an append's retry looks for its token first; a resent
+      // first attempt would not, and would broadcast the operation twice). The subscriber's
+      // (UN)SUBSCRIBEs are idempotent and still resent.
+      this.cmd = new Redis(url, { ...options, autoResendUnfulfilledCommands: false, enableAutoPipelining: true, connectionName: 'message-service' }) as Commands;
       this.sub = new Redis(url, { ...options, connectionName: 'message-service-sub' });
       this.sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message));
       this.watch(this.sub, 'subscriber');
