@@ -228,12 +228,12 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     await idleWithin(config.shutdownTimeoutMs);
     for (const s of [...sessions]) s.close(CLOSE.goingAway, 'server shutting down');
     // Saves at the main API finish and publish; presence leaves run as tracked work too.
-    await idleWithin(config.upstreamTimeoutMs + 1000);
-    await sleep(sessions.size === 0 ? 0 : 250);
+    await idleWithin(config.upstreamTimeoutMs + DRAIN.callsGraceMs);
+    await sleep(sessions.size === 0 ? 0 : DRAIN.closeGraceMs);
     for (const s of [...sessions]) s.terminate();
     clearInterval(heartbeat);
     ctx.deadlines.close();
-    await idleWithin(500);
+    await idleWithin(DRAIN.lastWorkMs);
     // The last steps talk to Redis and the main API, each of which may be stalled (a Redis
     // command waits up to 2 s): bounded together, so the drain's total stays what the docs say.
     const finished = await Promise.race([
@@ -245,10 +245,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         await engine.close().catch((err: Error) => log.warn({ err: err.message }, 'engine close failed'));
         return true;
       })(),
-      sleep(FINAL_STEPS_MS).then(() => false),
+      sleep(DRAIN.finalStepsMs).then(() => false),
     ]);
     if (!finished) {
-      log.warn({ ms: FINAL_STEPS_MS }, 'shutdown: Redis or the main API did not answer in time; closing anyway');
+      log.warn({ ms: DRAIN.finalStepsMs }, 'shutdown: Redis or the main API did not answer in time; closing anyway');
       hub.abandonLateNow();
     }
     wss.close();
@@ -274,15 +274,24 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   };
 }
 
-/** The drain's last steps (presence flush, late broadcasts, closing the engine and the pool), at most. */
-const FINAL_STEPS_MS = 2500;
+/** The bounded steps of `drainAndClose` after its two configured ones, in order. */
+const DRAIN = {
+  /** Beyond UPSTREAM_TIMEOUT_MS, for calls that just finished to publish and ack. */
+  callsGraceMs: 1000,
+  /** Between closing clients 1001 and terminating those still open. */
+  closeGraceMs: 250,
+  /** For work of terminated connections to settle. */
+  lastWorkMs: 500,
+  /** The last steps (presence flush, late broadcasts, closing the pool and the engine), together. */
+  finalStepsMs: 2500,
+} as const;
 
 /**
  * The longest a drain takes: the steps of `drainAndClose`, each bounded. `main.ts` exits the
  * process at this bound (plus a margin) whatever is still running; docs: README "Operations".
  */
 export function drainBoundMs(config: Pick<Config, 'shutdownTimeoutMs' | 'upstreamTimeoutMs'>): number {
-  return config.shutdownTimeoutMs + config.upstreamTimeoutMs + 1000 + 250 + 500 + FINAL_STEPS_MS;
+  return config.shutdownTimeoutMs + config.upstreamTimeoutMs + DRAIN.callsGraceMs + DRAIN.closeGraceMs + DRAIN.lastWorkMs + DRAIN.finalStepsMs;
 }
 
 function destroyOnError(this: import('node:stream').Duplex): void {

@@ -16,6 +16,19 @@ const RETRY_MS = 500;
 /** A chat that held more than MAX_HELD deliveries: it is lost whatever the history says. */
 const OVERFLOWED = 'overflowed';
 
+/** Whether the numbered frames among `held` are exactly every broadcast after `after` up to `upTo`, in order. */
+function covers(held: readonly HeldDelivery[], after: StreamPosition, upTo: StreamPosition): boolean {
+  if (after.epoch !== upTo.epoch) return false;
+  let next = after.seq + 1;
+  for (const { frame } of held) {
+    const at = positionOf(frame);
+    if (at === null || (at.epoch === after.epoch && at.seq < next)) continue; // not numbered, or before the gap
+    if (at.epoch !== after.epoch || at.seq !== next) return false;
+    next++;
+  }
+  return next > upTo.seq;
+}
+
 /**
  * Catching up after the engine was away. While a Redis connection is down, publications of other
  * instances do not reach this one, and nothing tells its clients: the next broadcast simply has a
@@ -36,19 +49,6 @@ const OVERFLOWED = 'overflowed';
  * the last one delivered here can only be one a catch-up already delivered from history (it was
  * published before the history was read, and arrived after): it is dropped, not delivered twice.
  */
-/** Whether the numbered frames among `held` are exactly every broadcast after `after` up to `upTo`, in order. */
-function covers(held: readonly HeldDelivery[], after: StreamPosition, upTo: StreamPosition): boolean {
-  if (after.epoch !== upTo.epoch) return false;
-  let next = after.seq + 1;
-  for (const { frame } of held) {
-    const at = positionOf(frame);
-    if (at === null || (at.epoch === after.epoch && at.seq < next)) continue; // not numbered, or before the gap
-    if (at.epoch !== after.epoch || at.seq !== next) return false;
-    next++;
-  }
-  return next > upTo.seq;
-}
-
 export class Resync {
   /**
    * Per chat, the position of the last numbered frame delivered here (read from its prefix, not
@@ -163,7 +163,7 @@ export class Resync {
     this.held!.delete(chat);
     // Only the command connection was lost (the subscription stayed up), say: what was held may
     // be every broadcast the history cannot give, and then nothing is missing.
-    if (uncovered !== null) lost = waiting === OVERFLOWED || !covers(waiting, uncovered.after, uncovered.upTo);
+    if (uncovered !== null && waiting !== OVERFLOWED) lost = !covers(waiting, uncovered.after, uncovered.upTo);
     if (lost || waiting === OVERFLOWED) {
       this.metrics.resyncs.inc({ outcome: 'lost' });
       this.log.warn({ chat }, 'broadcasts missed during an engine outage are not in history: closing the chat\'s connections so they recover');

@@ -72,8 +72,9 @@ interface Deadline {
  * UPSTREAM_TIMEOUT_MS bounds a whole call, not only each phase: undici's headers and body
  * timeouts measure idle time, so a main API trickling one byte a second held a save — and a
  * drain waiting for it — forever. One coarse sweep (a tenth of the timeout, between 20 and
- * 250 ms: a call ends at most 250 ms past its due time) aborts calls past their due time; calls start in time order, so it stops at the first that is
- * not due. No timer per call: the interval runs only while calls are in flight, and stops itself.
+ * 250 ms: a call ends at most 250 ms past its due time) aborts calls past their due time;
+ * calls start in time order, so it stops at the first that is not due. No timer per call: the
+ * interval runs only while calls are in flight, and stops itself.
  */
 class CallDeadlines {
   private readonly calls = new Set<Deadline>();

@@ -3,7 +3,7 @@ import { Chat, type ChatHost } from './chat.js';
 import { Emitter } from './emitter.js';
 import { ClientError, type ClientErrorCode } from './errors.js';
 import { MESSAGE_ID, MemoryStorage, Outbox, WRITE_OPS, type OutboxStorage, type Pending } from './outbox.js';
-import { Stream, type Delivery } from './stream.js';
+import { Stream, positionIn, type Delivery } from './stream.js';
 import type {
   Ack,
   ChatEvents,
@@ -1125,7 +1125,7 @@ export class Client extends Emitter<ClientEvents> {
     this.authFailures = 0;
     this.refusedToken = null;
     this.lastRefusal = null;
-    const position = isPosition(frame.seq, frame.epoch) ? { seq: frame.seq as number, epoch: frame.epoch as string } : null;
+    const position = positionIn(frame);
     const recovered = typeof frame.recovered === 'boolean' ? frame.recovered : undefined;
     const reason = typeof frame.reason === 'string' ? frame.reason : undefined;
     if (state.reordering !== null) {
@@ -1371,11 +1371,8 @@ export class Client extends Emitter<ClientEvents> {
       if (request === undefined && !this.settledKeys.has(key)) this.emit('unhandled', frame);
       return;
     }
-    // A position only if it is one (a bogus seq would hide every later broadcast).
-    const positioned = isPosition(frame.seq, frame.epoch);
-    const seq = positioned ? (frame.seq as number) : undefined;
-    const epoch = positioned ? (frame.epoch as string) : undefined;
-    this.succeed(item, frame.duplicate === true, seq, epoch);
+    const position = positionIn(frame);
+    this.succeed(item, frame.duplicate === true, position?.seq, position?.epoch);
   }
 
   private succeed(item: Pending, duplicate: boolean, seq?: number, epoch?: string): void {
@@ -1754,9 +1751,6 @@ function samePosition(a: Position | null, b: Position | null): boolean {
   return a === b || (a !== null && b !== null && a.seq === b.seq && a.epoch === b.epoch);
 }
 
-function isPosition(seq: unknown, epoch: unknown): boolean {
-  return typeof seq === 'number' && Number.isSafeInteger(seq) && seq >= 0 && typeof epoch === 'string' && epoch !== '';
-}
 
 function detach(ws: WebSocketLike): void {
   ws.onopen = ws.onmessage = ws.onclose = null;

@@ -77,10 +77,11 @@ export class Stream {
     const data = frame.data as Record<string, unknown> | undefined;
     if (typeof data !== 'object' || data === null || Array.isArray(data)) return out;
     if (frame.type !== 'event' && typeof data.id !== 'string') return out;
-    const { seq, epoch } = frame;
-    // A seq that is not a safe non-negative integer is not a position (one bogus huge seq would hide every later broadcast).
-    const numbered = typeof seq === 'number' && Number.isSafeInteger(seq) && seq >= 1 && typeof epoch === 'string' && epoch !== '';
+    const position = positionIn(frame);
+    // A broadcast's seq is 1 or more; anything else is not a place in the stream.
+    const numbered = position !== null && position.seq >= 1;
     if (numbered) {
+      const { seq, epoch } = position;
       if (this.pos === null) this.pos = { seq: seq - 1, epoch };
       else if (epoch !== this.pos.epoch) {
         // The stream restarted under a live connection (its history is gone): report, resume.
@@ -90,7 +91,7 @@ export class Stream {
       }
       if (!this.mark(seq, out, now)) return out;
     }
-    const at = numbered ? { seq, epoch } : {};
+    const at = numbered ? { seq: position.seq, epoch: position.epoch } : {};
     if (frame.type === 'event') {
       out.push({ type: 'event', event: { chatId: this.chatId, data, ...at } });
       return out;
@@ -276,4 +277,14 @@ export class Stream {
     this.heldCount -= held.events.length;
     return held.events;
   }
+}
+
+/**
+ * The position a frame carries (`seq` and `epoch` at its top level), or null when it carries none
+ * that is one: a seq that is not a safe integer ≥ 0, or no epoch (a bogus huge seq would otherwise
+ * hide every later broadcast).
+ */
+export function positionIn(frame: Record<string, unknown>): Position | null {
+  const { seq, epoch } = frame;
+  return typeof seq === 'number' && Number.isSafeInteger(seq) && seq >= 0 && typeof epoch === 'string' && epoch !== '' ? { seq, epoch } : null;
 }
