@@ -46,9 +46,21 @@ export const PresenceAnswer = Type.Object({
   chat_id: IdSchema,
   online: Type.Array(IdSchema, { description: 'Distinct users with a live registration, over every instance' }),
 });
-export const ErrorAnswer = Type.Object({
-  error: Type.Union([Type.Literal('bad_request'), Type.Literal('unauthorized'), Type.Literal('not_found'), Type.Literal('unavailable'), Type.Literal('internal')]),
-  message: Type.String(),
-});
+/** Shared by every route's error answers (`$id`: one component in the OpenAPI document). */
+export const ErrorAnswer = Type.Object(
+  {
+    error: Type.Union([
+      Type.Literal('bad_request'),
+      Type.Literal('unauthorized'),
+      Type.Literal('not_found'),
+      Type.Literal('too_large'),
+      Type.Literal('unsupported_media_type'),
+      Type.Literal('unavailable'),
+      Type.Literal('internal'),
+    ]),
+    message: Type.String(),
+  },
+  { $id: 'ErrorAnswer' },
+);
 
 export type RevokeAnswer = Static<typeof RevokeAnswer>;

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import swagger from '@fastify/swagger';
+import { Type } from '@sinclair/typebox';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { Engine } from '../engine/types.js';
@@ -14,6 +15,8 @@ import { ChatParams, DisconnectAnswer, DisconnectBody, ErrorAnswer, PresenceAnsw
 
 export const API_PREFIX = '/api/v1';
 const OPENAPI_PATH = `${API_PREFIX}/openapi.json`;
+/** The event is the `data` of its frame, one level down. */
+const MAX_EVENT_DEPTH = MAX_DEPTH - 1;
 
 export interface ServerApiOptions {
   apiKey: string;
@@ -73,6 +76,23 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
       components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'Authorization: Bearer <API_KEY>' } } },
       security: [{ apiKey: [] }],
     },
+    // @fastify/swagger marks every body required; the disconnect's is not (a bare POST is `{}`).
+    transformObject: (document) => {
+      if (!('openapiObject' in document)) return document.swaggerObject;
+      const disconnect = document.openapiObject.paths?.[`${API_PREFIX}/users/{user_id}/disconnect`]?.post;
+      if (disconnect?.requestBody !== undefined && 'required' in disconnect.requestBody) disconnect.requestBody.required = false;
+      return document.openapiObject;
+    },
+  });
+
+  // An empty JSON body (what many HTTP clients send with a bare POST) is no body, not a parse
+  // error: the disconnect's optional body then defaults to `{}`, and a route that needs a body
+  // says which field is missing. Anything else goes to Fastify's own parser (prototype-poisoning checks included).
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    if (body === '') return done(null, undefined);
+    parseJson(req, body as string, done);
   });
 
   // Constant time whatever the length: both sides are hashed first.
@@ -95,7 +115,9 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
     if (err instanceof ApiError) return reply.code(err.status).send({ error: err.code, message: err.message });
     if (err instanceof EngineUnavailableError) return reply.code(503).send({ error: 'unavailable', message: 'engine unavailable; retry shortly' });
     if (err.validation !== undefined || (err.statusCode !== undefined && err.statusCode < 500)) {
-      return reply.code(err.statusCode ?? 400).send({ error: 'bad_request', message: err.message });
+      const status = err.statusCode ?? 400;
+      const code = status === 413 ? 'too_large' : status === 415 ? 'unsupported_media_type' : 'bad_request';
+      return reply.code(status).send({ error: code, message: err.message });
     }
     log.error({ err: err.stack }, 'server API request failed');
     return reply.code(500).send({ error: 'internal', message: 'internal error' });
@@ -110,7 +132,10 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
     if (opts.isDraining()) throw new ApiError(503, 'unavailable', 'gateway is shutting down; retry on another instance');
     requireEngine();
   };
-  const errors = { 400: ErrorAnswer, 401: ErrorAnswer, 503: ErrorAnswer };
+  app.addSchema(ErrorAnswer);
+  const error = Type.Ref(ErrorAnswer);
+  const getErrors = { 400: error, 401: error, 404: error, 500: error, 503: error };
+  const errors = { ...getErrors, 413: error, 415: error };
 
   app.post(
     `${API_PREFIX}/chats/:chat_id/revoke`,
@@ -173,8 +198,8 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
       },
     },
     async (req) => {
-      // An event is broadcast and replayed like a message: bounded in depth like a client's frame.
-      if (nestedDeeperThan(req.body.event, MAX_DEPTH)) throw new ApiError(400, 'bad_request', `body/event is nested deeper than ${MAX_DEPTH} levels`);
+      // An event is broadcast and replayed like a message: its frame (one level more) is bounded in depth like a client's.
+      if (nestedDeeperThan(req.body.event, MAX_EVENT_DEPTH)) throw new ApiError(400, 'bad_request', `body/event is nested deeper than ${MAX_EVENT_DEPTH} levels`);
       requireAccepting();
       const chat = idKey(req.params.chat_id);
       const position = await engine.append(chat, out.event(chat, req.body.event), null).catch((err: unknown) => {
@@ -191,7 +216,7 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
       schema: {
         summary: 'Users online in a chat, over every instance',
         params: ChatParams,
-        response: { 200: PresenceAnswer, ...errors },
+        response: { 200: PresenceAnswer, ...getErrors },
       },
     },
     async (req) => {

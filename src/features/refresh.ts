@@ -3,6 +3,7 @@ import { RequestError, isAuthRefusal } from '../protocol/errors.js';
 import { idKey, type IdKey } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import { defineFeature } from './feature.js';
+import type { Session } from '../session/session.js';
 import { OptionalChatId, TokenSchema } from './schemas.js';
 
 /**
@@ -23,18 +24,14 @@ export const refresh = defineFeature({
     if (chats.length === 0 || chats.some((chat) => !session.chats.has(chat))) throw new RequestError('not_registered', 'not registered to this chat');
     session.refreshing = true;
     try {
-      let users: IdKey[];
+      const cached = chats.every((chat) => session.ctx.api.isCached(frame.token, chat));
       try {
-        users = await Promise.all(chats.map((chat) => session.verify(frame.token, chat)));
+        await verifyEvery(session, frame.token, chats);
       } catch (err) {
         if (isAuthRefusal(err)) session.noteAuthResult(true);
         throw err;
       }
-      if (users.some((user) => user !== session.user)) {
-        session.noteAuthResult(true);
-        throw new RequestError('forbidden', 'the new token belongs to another user');
-      }
-      session.noteAuthResult(false);
+      session.noteAuthResult(false, !cached);
       const switched = chats.filter((chat) => session.chats.has(chat));
       // Every chat it was for ended meanwhile (unregistered, revoked): nothing was refreshed.
       if (switched.length === 0) throw new RequestError('not_registered', 'not registered to this chat any more');
@@ -51,3 +48,30 @@ export const refresh = defineFeature({
     return 'ok' as const;
   },
 });
+
+/**
+ * Verifies `token` for each chat; throws at the first refusal, or `forbidden` for a token of
+ * another user. The first chat is asked alone, so a token the main API refuses costs one call,
+ * not one per registered chat; then at most MAX_UPSTREAM_PER_CONNECTION at a time, and none is
+ * started after a refusal.
+ */
+async function verifyEvery(session: Session, token: string, chats: readonly IdKey[]): Promise<void> {
+  const check = async (chat: IdKey): Promise<void> => {
+    if ((await session.verify(token, chat)) !== session.user) throw new RequestError('forbidden', 'the new token belongs to another user');
+  };
+  await check(chats[0]!);
+  let next = 1;
+  let stopped = false;
+  const worker = async (): Promise<void> => {
+    while (!stopped && next < chats.length) {
+      try {
+        await check(chats[next++]!);
+      } catch (err) {
+        stopped = true;
+        throw err;
+      }
+    }
+  };
+  const width = Math.min(session.ctx.config.maxUpstreamPerConnection, chats.length - 1);
+  await Promise.all(Array.from({ length: width }, worker));
+}

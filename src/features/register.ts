@@ -56,6 +56,7 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
   session.requireEngine();
   // The server API may revoke (user, chat) while this register is under way (see below).
   const asked = api.revision();
+  const cached = api.isCached(token, chat);
   let user: IdKey;
   try {
     user = await session.verify(token, chat);
@@ -82,7 +83,7 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
     session.noteAuthResult(true);
     throw new RequestError('forbidden', 'every registration of a connection must be the same user');
   }
-  session.noteAuthResult(false);
+  session.noteAuthResult(false, !cached);
   const existing = session.chats.get(chat);
   if (existing !== undefined) {
     // Idempotent: same subscription and presence; a fresh token replaces the old one — unless a
@@ -109,6 +110,7 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
   }
   // Attached holding: deliveries from here on wait until the replay and `registered` are sent.
   const reg = new Registration(session, chat, token);
+  reg.onlineAnnounced = !cameOnline;
   session.chats.add(reg);
   session.chats.doneRegistering(chat);
   session.registeredOnce();
@@ -125,11 +127,22 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
     throw err;
   }
   session.watchCredentials(reg);
-  // A registration that ended meanwhile (revoked during its re-check) may have had its offline
-  // announced already: then online only if the engine still has the user (another connection).
-  if (cameOnline && (session.chats.get(chat) === reg || (await engine.online(chat).catch((): IdKey[] => [])).includes(user))) {
+  // catchUp returned with the registration current (it throws otherwise), in this same tick.
+  if (cameOnline) {
+    reg.onlineAnnounced = true;
     await hub.announceOnline(chat, user, session.id);
   }
+}
+
+/**
+ * The answer to a register whose registration the gateway ended while the register was under
+ * way (revoked, token expired, refused on re-verify): `unregistered` has told the client why;
+ * the register itself still gets its one answer, an error.
+ */
+function endedMeanwhile(reg: Registration): Error {
+  if (reg.endedFor === null) return new CancelledError(); // the connection is closing
+  const code = reg.endedFor === 'revoked' ? 'forbidden' : reg.endedFor === 'token_expired' ? 'unauthorized' : reg.endedFor;
+  return new RequestError(code, `the registration ended while it was being made (${reg.endedFor})`);
 }
 
 /**
@@ -139,9 +152,9 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
  * (Holding and reading the engine's position instead would skip broadcasts the client never got.)
  */
 async function reanswer(session: Session, reg: Registration, online: readonly IdKey[]): Promise<void> {
-  if (session.chats.get(reg.chat) !== reg) return;
+  if (session.chats.get(reg.chat) !== reg) throw endedMeanwhile(reg);
   const position = reg.position(session.ctx.hub.deliveredPosition(reg.chat)) ?? (await session.ctx.engine.position(reg.chat));
-  if (session.chats.get(reg.chat) !== reg) return;
+  if (session.chats.get(reg.chat) !== reg) throw endedMeanwhile(reg);
   session.send(out.registered(reg.chat, reg.user, online, position, undefined));
 }
 
@@ -159,6 +172,7 @@ async function catchUp(session: Session, reg: Registration, online: readonly IdK
     position = await engine.position(reg.chat);
   } else {
     const result = await engine.recover(reg.chat, since, Math.floor(session.maxBufferedBytes / 2));
+    if (session.chats.get(reg.chat) !== reg) throw endedMeanwhile(reg);
     position = result.position;
     if (result.recovered) {
       for (const frame of result.frames) session.send(frame);
@@ -168,7 +182,7 @@ async function catchUp(session: Session, reg: Registration, online: readonly IdK
     }
     session.ctx.metrics.recoveries.inc({ outcome: result.recovered ? 'recovered' : result.reason });
   }
-  if (session.chats.get(reg.chat) !== reg) return;
+  if (session.chats.get(reg.chat) !== reg) throw endedMeanwhile(reg);
   session.ctx.hub.notePosition(reg.chat, position);
   session.send(out.registered(reg.chat, reg.user, online, position, recovery));
   reg.goLive(position);

@@ -150,11 +150,7 @@ export class Hub {
     }
   }
 
-  /**
-   * Undoes a `join` whose member was never attached. `offline` is published only if others
-   * could have seen the user online: when the join itself announced nothing (`cameOnline`),
-   * there is nothing to take back.
-   */
+  /** Undoes a `join` whose member was never attached (its `online` was never announced). */
   async undoJoin(chat: IdKey, user: IdKey, connId: string, cameOnline: boolean): Promise<void> {
     this.release(chat);
     await this.leavePresence(chat, user, connId, !cameOnline);
@@ -175,20 +171,29 @@ export class Hub {
     this.metrics.registrations.set(this.registry.registrations);
   }
 
-  /** Undoes `join` + `attach`; publishes `offline` when this was the user's last connection. */
-  async leave(chat: IdKey, user: IdKey, member: Member): Promise<void> {
+  /**
+   * Undoes `join` + `attach`; publishes `offline` when this was the user's last connection.
+   * `announced`: whether the chat has heard the user is online — false when this member's join
+   * brought the user online and it ended before announcing it (see `leavePresence`).
+   */
+  async leave(chat: IdKey, user: IdKey, member: Member, announced = true): Promise<void> {
     this.registry.remove(chat, member);
     this.metrics.registrations.set(this.registry.registrations);
     this.release(chat);
-    await this.leavePresence(chat, user, member.id, true);
+    await this.leavePresence(chat, user, member.id, announced);
   }
 
-  /** Removes one presence entry; publishes `offline` if it was the user's last and `announce`. */
-  private async leavePresence(chat: IdKey, user: IdKey, connId: string, announce: boolean): Promise<void> {
+  /**
+   * Removes one presence entry. `announced` false: this entry brought the user online and
+   * `online` was never published — every connection of the user that joined later found it
+   * there and announced nothing either. So its last entry leaving says nothing (nobody was told
+   * `online`), and leaving others behind publishes the `online` they never got.
+   */
+  private async leavePresence(chat: IdKey, user: IdKey, connId: string, announced: boolean): Promise<void> {
     try {
-      if ((await this.engine.leave(chat, user, connId)) && announce) {
-        await this.presence.announce(chat, user, 'offline', null);
-      }
+      const last = await this.engine.leave(chat, user, connId);
+      if (last && announced) await this.presence.announce(chat, user, 'offline', null);
+      else if (!last && !announced) await this.presence.announce(chat, user, 'online', null);
     } catch (err) {
       // The presence entry expires by itself (Redis TTL) and the sweep announces it then.
       this.log.warn({ chat, err: (err as Error).message }, 'presence leave failed');

@@ -46,6 +46,10 @@ export class Registration implements Member {
   deadline: number | null = null;
   /** Refreshes that switched its token: a re-register received before one must not put its older token back. */
   refreshes = 0;
+  /** False while its join brought the user online and `online` is not announced yet (see Hub.leave). */
+  onlineAnnounced = true;
+  /** Why it ended, once the gateway ended it (`unregistered` told the client). */
+  endedFor: UnregisterReason | null = null;
   /**
    * Live deliveries held while it catches up; `live` once they are sent at once; `ended` when the
    * registration has ended: nothing more of the chat reaches the connection through it.

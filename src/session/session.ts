@@ -423,10 +423,13 @@ export class Session implements Connection, WriteTurnMark {
   }
 
   /**
-   * Counts registers the main API refused in a row. At the fifth, every other main-API call of
-   * the connection is stopped at once; its error is then followed by close 4401 (see `reject`).
+   * Counts registers and refreshes the main API refused in a row. At the fifth, every other
+   * main-API call of the connection is stopped at once; its error is then followed by close 4401
+   * (see `reject`). Only an acceptance the main API was asked for breaks the row (`askedMainApi`):
+   * one served from the verify cache costs nothing, so it cannot buy further guesses.
    */
-  noteAuthResult(refused: boolean): void {
+  noteAuthResult(refused: boolean, askedMainApi = true): void {
+    if (!refused && !askedMainApi) return;
     this.authFailuresInARow = refused ? this.authFailuresInARow + 1 : 0;
     if (this.authFailuresInARow >= MAX_AUTH_FAILURES_IN_A_ROW) {
       this.aborted = true;
@@ -441,7 +444,7 @@ export class Session implements Connection, WriteTurnMark {
     this.chats.delete(reg.chat);
     this.retire(reg);
     if (this.chats.size === 0) this.armRegisterTimer();
-    await this.ctx.hub.leave(reg.chat, reg.user, reg);
+    await this.ctx.hub.leave(reg.chat, reg.user, reg, reg.onlineAnnounced);
   }
 
   /**
@@ -500,6 +503,7 @@ export class Session implements Connection, WriteTurnMark {
   /** Ends a registration the gateway has to take away, telling the client why. */
   endRegistration(reg: Registration, reason: out.UnregisterReason): void {
     if (this.chats.get(reg.chat) !== reg) return;
+    reg.endedFor = reason;
     void this.ctx.track(this.removeRegistration(reg));
     this.send(out.unregistered(reg.chat, reason));
   }

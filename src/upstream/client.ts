@@ -19,6 +19,8 @@ export type UpstreamOp = 'verify' | 'save' | 'edit' | 'delete';
 export interface MainApi {
   /** The verified user of `token` in `chat`. */
   verify(token: string, chat: IdKey, signal?: AbortSignal): Promise<IdKey>;
+  /** Whether a verify of (token, chat) would be answered from the cache, without asking the main API. */
+  isCached(token: string, chat: IdKey): boolean;
   /**
    * `duplicate` when the main API answered 409: already saved by an earlier send. `ownSaved`:
    * the 409's body says the saved message is `sender`'s, in `chat`, and not deleted — the only
@@ -242,6 +244,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   }
 
   return {
+    isCached: (token, chat) => cache.get(token, chat) !== undefined,
     async verify(token, chat, signal) {
       const cached = cache.get(token, chat);
       if (cached !== undefined) return cached;

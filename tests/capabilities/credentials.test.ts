@@ -118,6 +118,23 @@ for (const mode of ENGINE_MODES) {
       c.close();
     });
 
+    it('a refused refresh costs one main-API call, not one per registered chat', async () => {
+      const c = await h.connect();
+      const token = await h.token(1, { expiresInSec: 60 });
+      const chats = Array.from({ length: 12 }, () => uniqueChat());
+      for (const chat of chats) await c.register(token, chat);
+      const before = h.api.requests.filter((r) => r.op === 'verify').length;
+      assert.equal((await c.request({ type: 'refresh', token: 'junk' }, { type: 'error' })).code, 'unauthorized');
+      await new Promise((r) => setTimeout(r, 200)); // nothing more trails it
+      assert.equal(h.api.requests.filter((r) => r.op === 'verify').length, before + 1);
+      // A good one still covers every chat.
+      const fresh = await h.token(1, { expiresInSec: 61 });
+      const answer = await c.request({ type: 'refresh', token: fresh }, (f) => f.type === 'refreshed' || f.type === 'error');
+      assert.deepEqual(new Set(answer.chat_ids as number[]), new Set(chats));
+      assert.equal(h.api.requests.filter((r) => r.op === 'verify').length, before + 1 + chats.length);
+      c.close();
+    });
+
     it('an opaque token is verified again every AUTH_CACHE_TTL_MS; once the main API refuses it, the registration ends', async () => {
       const chat = uniqueChat();
       const watcher = await h.member(2, chat);

@@ -241,6 +241,21 @@ for (const mode of ENGINE_MODES) {
       steady.close();
     });
 
+    it('an acceptance served from the verify cache does not break the row: junk refreshes between cached good ones still close 4401', async () => {
+      const token = await h.token(1);
+      const chat = uniqueChat();
+      const c = await connect();
+      await c.register(token, chat); // the main API's acceptance: the row starts at 0
+      for (let i = 0; i < 4; i++) {
+        assert.equal((await c.request({ type: 'refresh', token: `junk-${i}` }, { type: 'error' })).code, 'unauthorized');
+        // Cached: it costs the main API nothing, so it must not buy the next guess.
+        assert.equal((await c.request({ type: 'refresh', token }, (f) => f.type === 'refreshed' || f.type === 'error')).type, 'refreshed');
+      }
+      assert.ok(c.isOpen);
+      await c.request({ type: 'refresh', token: 'junk-4' }, { type: 'error' });
+      assert.equal((await c.closed).code, 4401);
+    });
+
     it('queued writes are capped per connection (MAX_PENDING_WRITES=4): the rest get rate_limited at once, retryable', async () => {
       const { chat, a, b } = await h.pair();
       h.api.addFault({ op: 'save', delayMs: 400, times: 4 });

@@ -19,6 +19,17 @@ async function call(inst: Instance, method: string, path: string, body?: unknown
   return { status: res.status, body: text === '' ? {} : (JSON.parse(text) as Record<string, unknown>) };
 }
 
+/** POSTs `body` exactly as given (an empty string included) with the key. */
+async function raw(inst: Instance, path: string, body: string, type = 'application/json'): Promise<{ status: number; body: Record<string, unknown> }> {
+  const res = await fetch(`http://127.0.0.1:${inst.gateway.apiPort ?? inst.gateway.port}${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${API_KEY}`, 'content-type': type },
+    body,
+    signal: AbortSignal.timeout(10_000),
+  });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+}
+
 const verifiesOf = (h: Harness, chat: number) => h.api.requests.filter((r) => r.op === 'verify' && (r.body as { chat_id?: unknown })?.chat_id === chat).length;
 const STREAM_TYPES = new Set(['message', 'edit_message', 'delete_message', 'event']);
 const streamOf = (c: TestClient, chat: number) => c.all((f) => f.chat_id === chat && STREAM_TYPES.has(f.type));
@@ -91,6 +102,35 @@ for (const mode of ENGINE_MODES) {
       } finally {
         h.api.clearFaults();
         h.api.setMembers(chat, null);
+      }
+      watcher.close();
+    });
+
+    it('revoke while a register re-asks the main API: the register still gets its one answer, an error after `unregistered`; nobody is told offline for a user never announced online', async () => {
+      await ready();
+      const chat = uniqueChat();
+      const watcher = await h.member(2, chat, 0);
+      const before = verifiesOf(h, chat);
+      // The first "yes" is on its way when the first revoke runs (so the register asks again once
+      // attached); the second revoke finds the attached registration while that re-check is out.
+      h.api.addFault({ op: 'verify', delayMs: 500, status: 200, body: { user_id: 1 }, times: 1 });
+      h.api.addFault({ op: 'verify', delayMs: 1000, status: 200, body: { user_id: 1 }, times: 1 });
+      try {
+        const c = await h.connect(0);
+        const answer = c.request({ type: 'register', token: await h.token(1), chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error', 5000);
+        await new Promise((r) => setTimeout(r, 200));
+        assert.equal((await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 })).body.registrations, 0);
+        await waitFor(() => verifiesOf(h, chat) === before + 2, 3000, 'the re-check at the main API');
+        assert.equal((await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 })).body.registrations, 1);
+        const got = await answer;
+        assert.equal(got.type, 'error');
+        assert.equal(got.code, 'forbidden');
+        const types = c.frames.map((f) => f.type);
+        assert.ok(types.indexOf('unregistered') >= 0 && types.indexOf('unregistered') < types.indexOf('error'), types.join());
+        await expectNone(watcher, (f) => presence(1, 'online')(f) || presence(1, 'offline')(f), 500);
+        c.close();
+      } finally {
+        h.api.clearFaults();
       }
       watcher.close();
     });
@@ -217,6 +257,21 @@ for (const mode of ENGINE_MODES) {
       });
       assert.equal(tooDeep.status, 400);
       assert.match(String(((await tooDeep.json()) as { message: string }).message), /event/);
+      // The deepest event is one level less than a client's frame (32): its frame adds a level.
+      const nested = (levels: number) => `{"event":${'{"d":'.repeat(levels - 1)}{}${'}'.repeat(levels - 1)}}`;
+      assert.equal((await raw(h.instances[0]!, `/api/v1/chats/${chat}/publish`, nested(31))).status, 200);
+      const deeper = await raw(h.instances[0]!, `/api/v1/chats/${chat}/publish`, nested(32));
+      assert.equal(deeper.status, 400);
+      await a.next({ type: 'event', chat_id: chat }); // the 31-level event reached clients, whose limit it fits
+      // An empty JSON body (a bare POST from many HTTP clients) is no body: disconnect takes it as `{}`.
+      const bare = await raw(h.instances[0]!, '/api/v1/users/99/disconnect', '');
+      assert.deepEqual([bare.status, bare.body.connections], [200, 0]);
+      assert.equal((await raw(h.instances[0]!, `/api/v1/chats/${chat}/revoke`, '')).status, 400);
+      // Every status the OpenAPI document lists says what it is in `error`.
+      const big = await raw(h.instances[0]!, `/api/v1/chats/${chat}/publish`, JSON.stringify({ event: { pad: 'x'.repeat(70_000) } }));
+      assert.deepEqual([big.status, big.body.error], [413, 'too_large']);
+      const text = await raw(h.instances[0]!, '/api/v1/users/99/disconnect', '<a/>', 'application/xml');
+      assert.deepEqual([text.status, text.body.error], [415, 'unsupported_media_type']);
       const longReason = await call(h.instances[0]!, 'POST', '/api/v1/users/13/disconnect', { reason: 'x'.repeat(121) });
       assert.equal(longReason.status, 400);
       assert.match(String(longReason.body.message), /reason/);
