@@ -9,7 +9,13 @@
  * - The content key is wrapped once per recipient device: an ephemeral P-256 key pair per
  *   message, ECDH(ephemeral private, device public) → HKDF-SHA-256 (salt: the ephemeral public
  *   key; info: scheme, chat, message and device ids) → an AES-256-KW key that wraps the content
- *   key. `envelopes[device_id] = { alg, epk, key }`.
+ *   key. `envelopes[device_id] = { alg, key }`.
+ * - The ephemeral public key goes once per message, in front of the AES-GCM output inside
+ *   `ciphertext` (65 bytes raw): repeating it in every envelope cost 88 bytes per device and
+ *   capped a chat at ~270 devices in a 64 KiB frame. An edit passes no field but `ciphertext`,
+ *   `nonce` and `envelopes` through, so the ciphertext container is where it can go.
+ * - Messages of the first version (`LEGACY_ALG`: `epk` in every envelope, bare AES-GCM output)
+ *   still open.
  * - A device opens a message with its own envelope; no envelope means "cannot decrypt".
  */
 
@@ -18,8 +24,12 @@ const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Names this scheme in every envelope (and in the HKDF info), so a future one can coexist. */
-export const ALG = 'P256-HKDF-SHA256-A256KW';
-const AAD_LABEL = 'message-service chat-page v1';
+export const ALG = 'P256-HKDF-SHA256-A256KW-v2';
+/** The first version: the ephemeral key in every envelope (`epk`), `ciphertext` the bare AES-GCM output. Opened, never made. */
+export const LEGACY_ALG = 'P256-HKDF-SHA256-A256KW';
+const AAD_LABELS: Record<string, string> = { [ALG]: 'message-service chat-page v2', [LEGACY_ALG]: 'message-service chat-page v1' };
+/** Raw uncompressed P-256 point: 0x04 ‖ x ‖ y. */
+const EPK_BYTES = 65;
 const CURVE = { name: 'ECDH', namedCurve: 'P-256' } as const;
 
 /** One recipient device: its id (the envelope's key) and its base64 raw public key. */
@@ -30,13 +40,16 @@ export interface Recipient {
 
 export interface Envelope {
   alg: string;
-  /** Base64 raw ephemeral public key of the message. */
-  epk: string;
   /** Base64 AES-KW-wrapped content key (40 bytes). */
   key: string;
+  /** LEGACY_ALG only: base64 raw ephemeral public key of the message. */
+  epk?: string;
 }
 
-/** What goes on the wire as the message's `ciphertext`, `nonce` and `envelopes`. */
+/**
+ * What goes on the wire as the message's `ciphertext`, `nonce` and `envelopes`. `ciphertext` is
+ * base64 of the message's ephemeral public key (65 bytes) followed by the AES-GCM output.
+ */
 export interface Sealed {
   ciphertext: string;
   nonce: string;
@@ -107,16 +120,16 @@ export async function fingerprint(publicKey: string): Promise<string> {
 
 // --- sealing and opening -------------------------------------------------------------------------
 
-function additionalData(ref: MessageRef): Uint8Array<ArrayBuffer> {
-  return utf8.encode(`${AAD_LABEL}|${String(ref.chatId)}|${ref.messageId}|${String(ref.senderId)}`);
+function additionalData(alg: string, ref: MessageRef): Uint8Array<ArrayBuffer> {
+  return utf8.encode(`${AAD_LABELS[alg]!}|${String(ref.chatId)}|${ref.messageId}|${String(ref.senderId)}`);
 }
 
 /** The key-encryption key shared by the ephemeral key and one device (either side can derive it). */
-async function wrappingKey(privateKey: CryptoKey, publicKey: CryptoKey, epk: Uint8Array<ArrayBuffer>, ref: MessageRef, deviceId: string): Promise<CryptoKey> {
+async function wrappingKey(alg: string, privateKey: CryptoKey, publicKey: CryptoKey, epk: Uint8Array<ArrayBuffer>, ref: MessageRef, deviceId: string): Promise<CryptoKey> {
   const shared = await subtle.deriveBits({ name: 'ECDH', public: publicKey }, privateKey, 256);
   const ikm = await subtle.importKey('raw', shared, 'HKDF', false, ['deriveKey']);
   return subtle.deriveKey(
-    { name: 'HKDF', hash: 'SHA-256', salt: epk, info: utf8.encode(`${ALG}|${String(ref.chatId)}|${ref.messageId}|${String(ref.senderId)}|${deviceId}`) },
+    { name: 'HKDF', hash: 'SHA-256', salt: epk, info: utf8.encode(`${alg}|${String(ref.chatId)}|${ref.messageId}|${String(ref.senderId)}|${deviceId}`) },
     ikm,
     { name: 'AES-KW', length: 256 },
     false,
@@ -135,10 +148,12 @@ function importPublic(raw: Uint8Array<ArrayBuffer>): Promise<CryptoKey> {
 export async function seal(text: string, ref: MessageRef, recipients: readonly Recipient[]): Promise<Sealed> {
   const contentKey = await subtle.generateKey({ name: 'AES-GCM', length: 256 }, true, ['encrypt', 'decrypt']);
   const nonce = globalThis.crypto.getRandomValues(new Uint8Array(12));
-  const ciphertext = await subtle.encrypt({ name: 'AES-GCM', iv: nonce, additionalData: additionalData(ref) }, contentKey, utf8.encode(text));
+  const encrypted = new Uint8Array(await subtle.encrypt({ name: 'AES-GCM', iv: nonce, additionalData: additionalData(ALG, ref) }, contentKey, utf8.encode(text)));
   const ephemeral = await subtle.generateKey(CURVE, false, ['deriveBits']);
   const epk = new Uint8Array(await subtle.exportKey('raw', ephemeral.publicKey));
-  const epkText = toBase64(epk);
+  const ciphertext = new Uint8Array(epk.length + encrypted.length);
+  ciphertext.set(epk);
+  ciphertext.set(encrypted, epk.length);
   const envelopes: Record<string, Envelope> = {};
   for (const recipient of recipients) {
     let publicKey: CryptoKey;
@@ -147,8 +162,8 @@ export async function seal(text: string, ref: MessageRef, recipients: readonly R
     } catch {
       continue;
     }
-    const kek = await wrappingKey(ephemeral.privateKey, publicKey, epk, ref, recipient.device_id);
-    envelopes[recipient.device_id] = { alg: ALG, epk: epkText, key: toBase64(await subtle.wrapKey('raw', contentKey, kek, 'AES-KW')) };
+    const kek = await wrappingKey(ALG, ephemeral.privateKey, publicKey, epk, ref, recipient.device_id);
+    envelopes[recipient.device_id] = { alg: ALG, key: toBase64(await subtle.wrapKey('raw', contentKey, kek, 'AES-KW')) };
   }
   return { ciphertext: toBase64(ciphertext), nonce: toBase64(nonce), envelopes };
 }
@@ -160,17 +175,29 @@ export async function open(message: { ciphertext?: unknown; nonce?: unknown; env
   if (typeof envelope !== 'object' || envelope === null) throw new CannotDecrypt('no_envelope');
   const { alg, epk, key } = envelope as Partial<Envelope>;
   let contentKey: CryptoKey;
+  let encrypted: Uint8Array<ArrayBuffer>;
   try {
-    if (alg !== ALG || typeof epk !== 'string' || typeof key !== 'string') throw new Error('unknown envelope');
-    const epkBytes = fromBase64(epk);
-    const kek = await wrappingKey(device.privateKey, await importPublic(epkBytes), epkBytes, ref, device.id);
+    if ((alg !== ALG && alg !== LEGACY_ALG) || typeof key !== 'string') throw new Error('unknown envelope');
+    let epkBytes: Uint8Array<ArrayBuffer>;
+    if (alg === ALG) {
+      // The ephemeral key is the first 65 bytes of the ciphertext container.
+      const container = typeof message.ciphertext === 'string' ? fromBase64(message.ciphertext) : new Uint8Array(0);
+      if (container.length < EPK_BYTES + 16) throw new Error('no ephemeral key');
+      epkBytes = container.slice(0, EPK_BYTES);
+      encrypted = container.slice(EPK_BYTES);
+    } else {
+      if (typeof epk !== 'string') throw new Error('no ephemeral key');
+      epkBytes = fromBase64(epk);
+      encrypted = typeof message.ciphertext === 'string' ? fromBase64(message.ciphertext) : new Uint8Array(0);
+    }
+    const kek = await wrappingKey(alg, device.privateKey, await importPublic(epkBytes), epkBytes, ref, device.id);
     contentKey = await subtle.unwrapKey('raw', fromBase64(key), kek, 'AES-KW', { name: 'AES-GCM' }, false, ['decrypt']);
   } catch {
     throw new CannotDecrypt('bad_envelope');
   }
   try {
     if (typeof message.ciphertext !== 'string' || typeof message.nonce !== 'string') throw new Error('no ciphertext');
-    const plain = await subtle.decrypt({ name: 'AES-GCM', iv: fromBase64(message.nonce), additionalData: additionalData(ref) }, contentKey, fromBase64(message.ciphertext));
+    const plain = await subtle.decrypt({ name: 'AES-GCM', iv: fromBase64(message.nonce), additionalData: additionalData(alg, ref) }, contentKey, encrypted);
     return fromUtf8.decode(plain);
   } catch {
     throw new CannotDecrypt('bad_ciphertext');

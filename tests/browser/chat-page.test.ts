@@ -169,12 +169,12 @@ describe('the chat page in Chromium', () => {
 
   it('the main API stored only ciphertext, with an envelope for each device', async () => {
     const res = await fetch(`${h.api.url}/__messages`);
-    const stored = ((await res.json()) as Array<{ id: string; chat_id: number; ciphertext: string; nonce: string; envelopes: Record<string, { epk: string; key: string }> }>).filter((m) => m.chat_id === CHAT);
+    const stored = ((await res.json()) as Array<{ id: string; chat_id: number; ciphertext: string; nonce: string; envelopes: Record<string, { alg: string; key: string; epk?: string }> }>).filter((m) => m.chat_id === CHAT);
     assert.equal(stored.length, 4, 'hello bob, hi alice, two (edited), three; one was deleted');
     // Base64 fields are compared as the bytes they carry: a short word such as "two" turns up by
     // chance in ~1 % of runs in a few hundred random base64 characters, never in their bytes.
     const clearFields = JSON.stringify(stored.map(({ ciphertext: _c, nonce: _n, envelopes: _e, ...rest }) => rest));
-    const carried = stored.flatMap((m) => [m.ciphertext, m.nonce, ...Object.values(m.envelopes).flatMap((e) => [e.epk, e.key])].map((b64) => Buffer.from(b64, 'base64')));
+    const carried = stored.flatMap((m) => [m.ciphertext, m.nonce, ...Object.values(m.envelopes).map((e) => e.key)].map((b64) => Buffer.from(b64, 'base64')));
     for (const text of sent) {
       assert.ok(!clearFields.includes(text), `"${text}" is not stored in clear`);
       assert.ok(carried.every((bytes) => !bytes.includes(Buffer.from(text))), `"${text}" is not what a base64 field carries`);
@@ -182,8 +182,9 @@ describe('the chat page in Chromium', () => {
     const devices = [...h.api.devices.keys()].sort();
     for (const m of stored) {
       assert.deepEqual(Object.keys(m.envelopes).sort(), devices, `message ${m.id} has an envelope for each device`);
+      assert.ok(Object.values(m.envelopes).every((e) => e.epk === undefined), 'the ephemeral key is sent once, in the ciphertext, not per envelope');
       assert.equal(Buffer.from(m.nonce, 'base64').length, 12);
-      assert.ok(Buffer.from(m.ciphertext, 'base64').length >= 16 + 2, 'AES-GCM output: the text and a 16-byte tag');
+      assert.ok(Buffer.from(m.ciphertext, 'base64').length >= 65 + 16 + 2, 'the ephemeral key, then AES-GCM output: the text and a 16-byte tag');
     }
   });
 
