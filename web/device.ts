@@ -33,28 +33,69 @@ function openDb(): Promise<IDBDatabase> {
   return request(req);
 }
 
-/** The user's device in this browser, made (and stored) on first use. */
+type Stored = Omit<Device, 'persisted'>;
+
+function usable(record: unknown): record is Stored {
+  const r = record as Partial<Stored> | undefined;
+  return r?.privateKey instanceof CryptoKey && typeof r.publicKey === 'string' && typeof r.id === 'string';
+}
+
+/**
+ * The user's device in this browser, made (and stored) on first use. Two tabs logging in as a
+ * new user at once must end up with one device, so the look-up and the creation are one
+ * readwrite transaction (IndexedDB runs overlapping readwrite transactions on a store one after
+ * the other): the key pair is made first — a transaction cannot wait for WebCrypto — then `get`,
+ * and `add` only if there is nothing; the other tab's transaction then finds this record. If
+ * `add` still fails (ConstraintError: another record got there first), that record is read and used.
+ */
 export async function loadDevice(userId: string): Promise<Device> {
   let db: IDBDatabase | null = null;
   try {
     db = await openDb();
-    const stored = (await request(db.transaction(STORE).objectStore(STORE).get(userId))) as Omit<Device, 'persisted'> | undefined;
-    if (stored?.privateKey instanceof CryptoKey && typeof stored.publicKey === 'string') return { ...stored, persisted: true };
+    const existing = await request(db.transaction(STORE).objectStore(STORE).get(userId));
+    if (usable(existing)) return { ...existing, persisted: true };
   } catch {
     db = null; // no IndexedDB (some private modes): a device for this page only
   }
   const pair = await newDeviceKeys();
-  const device: Device = {
+  const made: Stored = {
     id: crypto.randomUUID(),
     userId,
     privateKey: pair.privateKey,
     publicKey: await exportPublicKey(pair.publicKey),
     createdAt: new Date().toISOString(),
-    persisted: db !== null,
   };
-  if (db) {
-    const { persisted: _, ...record } = device;
-    await request(db.transaction(STORE, 'readwrite').objectStore(STORE).put(record));
-  }
-  return device;
+  if (!db) return { ...made, persisted: false };
+  const record = await getOrAdd(db, made);
+  return { ...record, persisted: true };
+}
+
+/** In one readwrite transaction: the stored record if there is a usable one, else `made`, added. */
+function getOrAdd(db: IDBDatabase, made: Stored): Promise<Stored> {
+  return new Promise((resolve, reject) => {
+    const tx = db.transaction(STORE, 'readwrite');
+    const store = tx.objectStore(STORE);
+    let result: Stored = made;
+    const get = store.get(made.userId);
+    get.onsuccess = () => {
+      if (usable(get.result)) {
+        result = get.result;
+        return;
+      }
+      // A record that is not a usable device (an older shape) is replaced; none is added.
+      const write = get.result === undefined ? store.add(made) : store.put(made);
+      write.onerror = (event) => {
+        if (write.error?.name !== 'ConstraintError') return;
+        // Another tab added its device between two transactions that were not serialised: use it.
+        event.preventDefault();
+        const again = store.get(made.userId);
+        again.onsuccess = () => {
+          if (usable(again.result)) result = again.result;
+        };
+      };
+    };
+    tx.oncomplete = () => resolve(result);
+    tx.onabort = () => reject(tx.error ?? new Error('IndexedDB transaction aborted'));
+    tx.onerror = () => undefined; // reported by onabort unless prevented above
+  });
 }
