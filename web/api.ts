@@ -32,6 +32,17 @@ export class ApiError extends Error {
 
 const TIMEOUT_MS = 5000;
 
+/**
+ * A user id as the main API spells it: a canonical positive integer that a JS number holds
+ * exactly is a number; anything else (letters, or digits past 2^53, which Number() would round
+ * to another user's id) stays a string.
+ */
+export function userIdValue(id: string): string | number {
+  if (!/^[1-9][0-9]*$/.test(id)) return id;
+  const n = Number(id);
+  return Number.isSafeInteger(n) ? n : id;
+}
+
 export class Api {
   private token = '';
 
@@ -42,7 +53,7 @@ export class Api {
 
   /** Logs in: the dev API mints a token for any user id (there are no passwords here). */
   async login(): Promise<string> {
-    const res = await this.call('POST', '/dev/token', { user_id: /^[1-9][0-9]*$/.test(this.userId) ? Number(this.userId) : this.userId }, false);
+    const res = await this.call('POST', '/dev/token', { user_id: userIdValue(this.userId) }, false);
     this.token = (res as { token: string }).token;
     return this.token;
   }

@@ -5,9 +5,10 @@
  * encryption is web/crypto.ts. See docs/chat-page.md.
  */
 import { ClientError, createClient, type Chat, type ChatId, type Client, type ReceivedEdit, type ReceivedMessage, type StateEvent, type UserId } from '../packages/client/src/index.js';
-import { Api, type ChatDevice, type StoredMessage } from './api.js';
+import { Api, ApiError, type StoredMessage } from './api.js';
 import { CannotDecrypt, fingerprint, open, seal, type Recipient } from './crypto.js';
 import { loadDevice, type Device } from './device.js';
+import { mergeHistory, messageTime, offlineText, type Entry } from './model.js';
 
 const DEMO_USERS: ReadonlyArray<{ id: string; name: string }> = [
   { id: '1', name: 'Alice' },
@@ -21,29 +22,16 @@ const DEMO_CHATS: ReadonlyArray<{ id: number; name: string }> = [
 ];
 const TYPING_SHOWN_MS = 3000;
 const LOG_LINES = 60;
+/** Retries of a chat's device list while a write waits for it: 1 s, doubling up to this. */
+const DEVICES_RETRY_MAX_MS = 5000;
+/** The gateway's MAX_MESSAGE_BYTES (default): the SDK refuses larger writes `too_large`. */
+const MAX_FRAME_BYTES = 65_536;
 
 interface PageConfig {
   gatewayUrl: string;
 }
 
 // --- state ---------------------------------------------------------------------------------------
-
-interface Entry {
-  id: string;
-  senderId: string;
-  at: string;
-  /** The decrypted text, or null while decrypting or when it cannot be decrypted. */
-  text: string | null;
-  /** Why it cannot be shown ("cannot decrypt: …"), or a failed write. */
-  problem: string | null;
-  edited: boolean;
-  /** Bumped by every edit, so a slow decryption of an older version never overwrites a newer one. */
-  version: number;
-  /** Own writes: waiting for the ack, acked, or refused. */
-  sending: 'sending' | 'sent' | 'failed' | null;
-  /** performance.now() when it reached this page (history reloads keep newer entries). */
-  arrived: number;
-}
 
 class ChatView {
   readonly key: string;
@@ -58,12 +46,18 @@ class ChatView {
   everRegistered = false;
   /** The gateway refused the chat for good (not a member): it no longer counts for the state. */
   gone = false;
+  /** Why it is gone, shown instead of the history note (and the composer is disabled). */
+  goneReason = '';
   /** Broadcasts replayed since the connection came back (logged with the `registered`). */
   replayed = 0;
   /** Encryption runs in order before each write reaches the SDK, which keeps a chat's writes in order. */
   writes: Promise<void> = Promise.resolve();
-  /** The members' devices last fetched, used when the main API cannot be reached. */
-  devices: Recipient[] = [];
+  /** The members' devices last fetched (null: never loaded); used when the main API cannot be reached. */
+  devices: Recipient[] | null = null;
+  /** Writes waiting for a device list are woken when one loads. */
+  devicesLoaded: Array<() => void> = [];
+  /** Edits of messages not here yet while the history loads: applied once it is merged. */
+  readonly lateEdits = new Map<string, ReceivedEdit>();
 
   constructor(
     readonly chat: Chat,
@@ -84,6 +78,7 @@ class ChatView {
 }
 
 interface Session {
+  /** The user as the gateway knows it (`registered.user_id`; until then, what was logged in as). */
   userId: string;
   api: Api;
   device: Device;
@@ -91,7 +86,9 @@ interface Session {
   views: Map<string, ChatView>;
   current: ChatView | null;
   connection: StateEvent;
-  editing: { view: ChatView; id: string } | null;
+  /** Date.now() of the next connection attempt while disconnected. */
+  retryAt: number;
+  editing: { view: ChatView; id: string; draft: string } | null;
 }
 
 let config: PageConfig = { gatewayUrl: '' };
@@ -126,10 +123,6 @@ function canonicalId(text: string): string | number {
   return /^[1-9][0-9]{0,14}$/.test(text) ? Number(text) : text;
 }
 
-function clock(at: string | number = Date.now()): string {
-  const d = new Date(at);
-  return Number.isNaN(d.getTime()) ? '' : d.toTimeString().slice(0, 5);
-}
 
 function errorText(err: unknown): string {
   if (err instanceof ClientError) return `${err.code}: ${err.message}`;
@@ -150,8 +143,7 @@ function connectionState(s: Session): { state: string; text: string } {
   const c = s.connection;
   if (c.state === 'disconnected') {
     if (c.retryInMs === null || c.retryInMs === undefined) return { state: 'closed', text: c.error ? `closed: ${c.error.code}` : 'closed' };
-    const net = navigator.onLine ? '' : ', no network';
-    return { state: 'offline', text: `offline (${c.code ?? '?'}${net}) · retry in ${(c.retryInMs / 1000).toFixed(1)} s` };
+    return { state: 'offline', text: offlineText(c.code, navigator.onLine, s.retryAt, Date.now()) };
   }
   if (c.state === 'connecting') return { state: 'connecting', text: 'connecting' };
   const waiting = [...s.views.values()].filter((v) => !v.registered && !v.gone);
@@ -159,12 +151,24 @@ function connectionState(s: Session): { state: string; text: string } {
   return waiting.some((v) => v.everRegistered) ? { state: 'recovering', text: 'recovering' } : { state: 'connecting', text: 'joining' };
 }
 
+let countdown: ReturnType<typeof setInterval> | undefined;
+
 function renderState(): void {
-  if (!session) return;
+  if (!session) {
+    clearInterval(countdown);
+    countdown = undefined;
+    return;
+  }
   const { state, text } = connectionState(session);
   const pill = $('state');
   pill.dataset.state = state;
-  pill.textContent = text;
+  if (pill.textContent !== text) pill.textContent = text;
+  // While offline the retry countdown ticks; the SDK only says when the wait began.
+  if (state === 'offline') countdown ??= setInterval(renderState, 250);
+  else if (countdown !== undefined) {
+    clearInterval(countdown);
+    countdown = undefined;
+  }
 }
 
 // --- rendering -----------------------------------------------------------------------------------
@@ -177,10 +181,15 @@ function renderChats(): void {
   const keys = new Set([...DEMO_CHATS.map((c) => String(c.id)), ...s.views.keys()]);
   for (const key of keys) {
     const view = s.views.get(key);
-    const li = el('li', { className: s.current?.key === key ? 'current' : '' }, el('span', { text: `# ${chatName(key)}` }));
+    const current = s.current?.key === key;
+    const button = el('button', { className: 'chat' }, el('span', { text: `# ${chatName(key)}` }));
+    button.type = 'button';
+    button.dataset.chat = key;
+    if (current) button.setAttribute('aria-current', 'true');
+    if (view && view.unread > 0) button.append(el('span', { className: 'badge', text: String(view.unread) }), el('span', { className: 'sr-only', text: ' unread' }));
+    button.addEventListener('click', () => selectChat(canonicalId(key)));
+    const li = el('li', { className: current ? 'current' : '' }, button);
     li.dataset.chat = key;
-    if (view && view.unread > 0) li.append(el('span', { className: 'badge', text: String(view.unread) }));
-    li.addEventListener('click', () => selectChat(canonicalId(key)));
     list.append(li);
   }
 }
@@ -231,24 +240,42 @@ function renderMessagesNow(view: ChatView): void {
     return;
   }
   const me = session.userId;
+  const now = new Date();
   const list = $('messages');
+  const focused = document.activeElement instanceof HTMLElement && list.contains(document.activeElement) ? { id: document.activeElement.closest<HTMLElement>('li.msg')?.dataset.id, className: document.activeElement.className } : null;
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   list.replaceChildren();
   for (const id of view.order) {
     const entry = view.entries.get(id);
     if (!entry) continue;
     const mine = entry.senderId === me;
-    const meta = el('div', { className: 'meta' }, el('span', { className: 'who', text: userName(entry.senderId) }), el('time', { text: clock(entry.at) }));
+    const time = el('time', { text: messageTime(entry.at, now) });
+    time.dateTime = entry.at;
+    const meta = el('div', { className: 'meta' }, el('span', { className: 'who', text: userName(entry.senderId) }), time);
     if (entry.edited) meta.append(el('span', { className: 'edited', text: 'edited' }));
-    if (entry.sending) meta.append(el('span', { className: `status ${entry.sending}`, text: entry.sending === 'sent' ? '✓' : entry.sending === 'sending' ? 'sending…' : 'not sent' }));
-    if (mine && entry.text !== null) {
-      const edit = el('button', { className: 'edit', text: 'edit' });
-      edit.type = 'button';
-      edit.addEventListener('click', () => startEdit(view, id));
+    if (entry.sending) {
+      const status = { sent: '✓', sending: 'sending…', waiting: "waiting for the chat's devices…", failed: entry.failure ? `not sent: ${entry.failure}` : 'not sent' }[entry.sending];
+      const span = el('span', { className: `status ${entry.sending}`, text: status });
+      if (entry.sending === 'sent') span.setAttribute('aria-label', 'sent');
+      meta.append(span);
+    }
+    if (mine) {
+      // Always in the DOM (keyboard users reach them with Tab); shown on hover or focus.
+      const actions = el('span', { className: 'actions' });
+      if (entry.text !== null) {
+        const edit = el('button', { className: 'edit', text: 'edit' });
+        edit.type = 'button';
+        edit.setAttribute('aria-label', `edit: ${entry.text.slice(0, 40)}`);
+        edit.addEventListener('click', () => startEdit(view, id));
+        actions.append(edit);
+      }
+      // A delete needs no key: own messages this device cannot read can go too.
       const del = el('button', { className: 'delete', text: 'delete' });
       del.type = 'button';
+      del.setAttribute('aria-label', entry.text !== null ? `delete: ${entry.text.slice(0, 40)}` : 'delete this message');
       del.addEventListener('click', () => deleteMessage(view, id));
-      meta.append(el('span', { className: 'actions' }, edit, del));
+      actions.append(del);
+      meta.append(actions);
     }
     const body =
       entry.text !== null
@@ -261,8 +288,22 @@ function renderMessagesNow(view: ChatView): void {
     list.append(li);
   }
   if (atBottom) list.scrollTop = list.scrollHeight;
-  const note = view.history === 'loading' ? 'loading history…' : view.history === 'failed' ? 'history unavailable: showing new messages only' : '';
-  $('history-note').textContent = note;
+  // The list is rebuilt: give the focus back to the same button of the same message.
+  if (focused?.id) list.querySelector<HTMLElement>(`li.msg[data-id="${CSS.escape(focused.id)}"] button.${CSS.escape(focused.className.split(' ')[0] ?? '')}`)?.focus();
+  renderChatNote(view);
+}
+
+/** The note beside the chat's title, and the composer: disabled when the chat is gone. */
+function renderChatNote(view: ChatView): void {
+  if (session?.current !== view) return;
+  const note = view.gone ? view.goneReason : view.history === 'loading' ? 'loading history…' : view.history === 'failed' ? 'history unavailable: showing new messages only' : '';
+  const noteEl = $('history-note');
+  noteEl.textContent = note;
+  noteEl.classList.toggle('error', view.gone);
+  const input = $<HTMLInputElement>('text');
+  input.disabled = view.gone;
+  $<HTMLButtonElement>('send').disabled = view.gone;
+  input.placeholder = view.gone ? `You cannot write here: ${view.goneReason}` : 'Message (end-to-end encrypted)';
 }
 
 function renderAll(): void {
@@ -271,13 +312,21 @@ function renderAll(): void {
   renderChats();
   renderOnline();
   renderTyping();
-  if (session.current) renderMessages(session.current);
+  if (session.current) {
+    renderMessages(session.current);
+    renderChatNote(session.current);
+  }
   $('chat-title').textContent = session.current ? `# ${session.current.name}` : '';
 }
 
 // --- decrypting ----------------------------------------------------------------------------------
 
-async function decryptInto(view: ChatView, entry: Entry, content: { ciphertext?: unknown; nonce?: unknown; envelopes?: unknown }): Promise<void> {
+/** A screen reader hears new messages of the open chat here (the list itself is rebuilt on every change). */
+function announce(text: string): void {
+  $('announce').textContent = text;
+}
+
+async function decryptInto(view: ChatView, entry: Entry, content: { ciphertext?: unknown; nonce?: unknown; envelopes?: unknown }, live = false): Promise<void> {
   const s = session;
   if (!s) return;
   const version = entry.version;
@@ -293,6 +342,7 @@ async function decryptInto(view: ChatView, entry: Entry, content: { ciphertext?:
   entry.text = text;
   entry.problem = problem;
   renderMessages(view);
+  if (live && session.current === view) announce(`${userName(entry.senderId)}: ${text ?? problem ?? ''}`);
 }
 
 function entryFrom(message: { id: string; sender_id: UserId; created_at?: string; saved_at?: string; edited_at?: string }): Entry {
@@ -305,7 +355,7 @@ function entryFrom(message: { id: string; sender_id: UserId; created_at?: string
     edited: typeof message.edited_at === 'string',
     version: 0,
     sending: null,
-    arrived: performance.now(),
+    changed: performance.now(),
   };
 }
 
@@ -319,15 +369,39 @@ function onMessage(view: ChatView, message: ReceivedMessage): void {
   if (session?.current !== view) view.unread++;
   renderMessages(view);
   renderTyping();
-  void decryptInto(view, entry, message);
+  void decryptInto(view, entry, message, true);
 }
 
 function onEdit(view: ChatView, edit: ReceivedEdit): void {
   const entry = view.entries.get(edit.id);
-  if (!entry) return; // a message this page never had (deleted, or from before its history)
+  if (!entry) {
+    // Not here yet while the history loads: applied after the merge. Otherwise a message this
+    // page never had (deleted, or from before its history).
+    if (view.history === 'loading' && !view.deleted.has(edit.id)) view.lateEdits.set(edit.id, edit);
+    return;
+  }
+  // Only the author edits a message. The main API checks it and the gateway sets sender_id from
+  // the verified token; the page checks it too rather than trusting every broadcast.
+  if (String(edit.sender_id) !== entry.senderId) {
+    log(`${view.name}: ignored an edit of ${userName(entry.senderId)}'s message by ${userName(edit.sender_id)}`);
+    return;
+  }
   entry.version++;
   entry.edited = true;
+  entry.changed = performance.now();
   void decryptInto(view, entry, edit);
+}
+
+function onDelete(view: ChatView, id: string, deletedBy: UserId | undefined): void {
+  const entry = view.entries.get(id);
+  if (entry && deletedBy !== undefined && String(deletedBy) !== entry.senderId) {
+    log(`${view.name}: ignored a delete of ${userName(entry.senderId)}'s message by ${userName(deletedBy)}`);
+    return;
+  }
+  view.remove(id);
+  view.lateEdits.delete(id);
+  if (session?.editing?.id === id) stopEdit();
+  renderMessages(view);
 }
 
 /** Loads the chat's stored messages from the main API: on first open, and after a gap. */
@@ -348,50 +422,97 @@ async function loadHistory(view: ChatView, afterGap: boolean): Promise<void> {
     return;
   }
   if (session !== s) return;
-  // Entries that reached the page after the request went out are newer than the snapshot, and
-  // own writes not acked yet are not in it: both are kept. After a gap, anything else the
-  // snapshot lacks was deleted meanwhile.
-  const keep = (e: Entry | undefined): boolean => e !== undefined && (e.arrived >= started || e.sending === 'sending');
-  const order: string[] = [];
-  const fresh: Array<{ entry: Entry; message: StoredMessage }> = [];
-  for (const message of stored) {
-    if (view.deleted.has(message.id)) continue;
-    const existing = view.entries.get(message.id);
-    order.push(message.id);
-    if (keep(existing)) continue;
-    const entry = entryFrom(message as StoredMessage & { sender_id: UserId });
-    if (existing) entry.version = existing.version + 1;
-    view.entries.set(message.id, entry);
-    fresh.push({ entry, message });
-  }
-  const inSnapshot = new Set(order);
-  for (const id of view.order) {
-    if (inSnapshot.has(id)) continue;
-    if (!afterGap || keep(view.entries.get(id))) order.push(id);
-    else view.entries.delete(id);
-  }
-  view.order = order;
+  // Entries changed (arrived, or edited live) after the request went out are newer than the
+  // snapshot, and own writes not acked yet are not in it: both are kept (web/model.ts).
+  const fresh = mergeHistory(view, stored, started, afterGap, entryFrom);
   view.history = 'loaded';
   log(`${view.name}: ${stored.length} stored message(s) loaded${afterGap ? ' after a gap' : ''}`);
   renderMessages(view);
-  await Promise.all(fresh.map(({ entry, message }) => decryptInto(view, entry, message)));
+  const decrypting = fresh.map(({ entry, message }) => decryptInto(view, entry, message));
+  const late = [...view.lateEdits.values()];
+  view.lateEdits.clear();
+  for (const edit of late) onEdit(view, edit);
+  await Promise.all(decrypting);
 }
 
 // --- outgoing ------------------------------------------------------------------------------------
 
-/** The recipients of a write: every device of the chat's members, this one always included. */
-async function recipients(view: ChatView): Promise<Recipient[]> {
+/**
+ * How a device-list call failed: `unreachable` (no answer: the network, a timeout, or the page
+ * server's 502/504 for a main API it cannot reach), `refused` (403: not a member), or `error`
+ * (any other answer, e.g. a 500: the API is there but has no list for us now).
+ */
+function deviceListFailure(err: unknown): 'unreachable' | 'refused' | 'error' {
+  if (err instanceof ApiError) return err.status === 403 ? 'refused' : err.status === 502 || err.status === 504 ? 'unreachable' : 'error';
+  return 'unreachable'; // fetch threw: a network error or the timeout
+}
+
+/** Fetches the chat's device list and keeps it as the last known one; wakes writes waiting for it. */
+async function fetchDevices(view: ChatView): Promise<Recipient[]> {
   const s = session!;
-  let devices: ChatDevice[] | Recipient[];
-  try {
-    devices = await s.api.devices(view.chat.id);
-    view.devices = devices;
-  } catch (err) {
-    devices = view.devices; // offline: the last list we had
-    log(`${view.name}: device list unavailable (${errorText(err)}), using the last one`);
+  const list = (await s.api.devices(view.chat.id)).map(({ device_id, public_key }) => ({ device_id, public_key }));
+  if (session === s) {
+    view.devices = list;
+    const waiting = view.devicesLoaded;
+    view.devicesLoaded = [];
+    for (const wake of waiting) wake();
   }
-  const own = { device_id: s.device.id, public_key: s.device.publicKey };
-  return devices.some((d) => d.device_id === own.device_id) ? devices : [...devices, own];
+  return list;
+}
+
+/** Loads the device list ahead of any write: when the chat registers and when someone comes online. */
+function loadDevices(view: ChatView): void {
+  fetchDevices(view).catch((err: unknown) => log(`${view.name}: device list not loaded (${errorText(err)})`));
+}
+
+class Abandoned extends Error {}
+
+/**
+ * The recipients of a write: every device of the chat's members as the main API lists it now,
+ * this one always included. Encrypting to fewer devices than the chat has would send a message
+ * its members cannot read, so without a list the write waits (shown as "waiting for the chat's
+ * devices") and retries; only when the API is unreachable does it use the last list loaded.
+ */
+async function recipients(view: ChatView, entry: Entry): Promise<Recipient[]> {
+  const s = session!;
+  let delay = 1000;
+  let logged = false;
+  for (;;) {
+    if (session !== s || view.deleted.has(entry.id)) throw new Abandoned();
+    if (view.gone) throw new Error(view.goneReason);
+    let devices: Recipient[] | null = null;
+    try {
+      devices = await fetchDevices(view);
+    } catch (err) {
+      const failure = deviceListFailure(err);
+      if (failure === 'refused') throw new Error(`not a member of this chat (${errorText(err)})`);
+      if (failure === 'unreachable' && view.devices !== null) {
+        log(`${view.name}: device list unavailable (${errorText(err)}), using the last one`);
+        devices = view.devices;
+      } else if (!logged) {
+        logged = true;
+        log(`${view.name}: waiting for the chat's device list (${errorText(err)})`);
+      }
+    }
+    if (devices) {
+      if (entry.sending === 'waiting') entry.sending = 'sending';
+      const own = { device_id: s.device.id, public_key: s.device.publicKey };
+      return devices.some((d) => d.device_id === own.device_id) ? devices : [...devices, own];
+    }
+    if (entry.sending !== 'waiting') {
+      entry.sending = 'waiting';
+      renderMessages(view);
+    }
+    // Until the next retry, or sooner when another load gets the list.
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, delay);
+      view.devicesLoaded.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    delay = Math.min(delay * 2, DEVICES_RETRY_MAX_MS);
+  }
 }
 
 /** Runs `prepare` after the chat's earlier writes were handed to the SDK (which keeps their order). */
@@ -399,15 +520,27 @@ function queueWrite(view: ChatView, prepare: () => Promise<void>): void {
   view.writes = view.writes.then(prepare).catch((err: unknown) => log(`${view.name}: write failed: ${errorText(err)}`));
 }
 
+/** What the page shows for a refused write. */
+function failureText(view: ChatView, err: unknown): string {
+  if (err instanceof ClientError && err.code === 'too_large') {
+    const devices = view.devices?.length;
+    return `too large for the gateway (${MAX_FRAME_BYTES / 1024} KiB a frame${devices ? `, ${devices} devices in this chat` : ''}: a shorter text, or fewer devices)`;
+  }
+  return errorText(err);
+}
+
 function settle(view: ChatView, entry: Entry, ack: Promise<unknown>): void {
   ack.then(
     () => {
       entry.sending = 'sent';
+      entry.failure = undefined;
       renderMessages(view);
     },
     (err: unknown) => {
+      if (err instanceof Abandoned) return;
       entry.sending = 'failed';
-      log(`${view.name}: ${errorText(err)}`);
+      entry.failure = failureText(view, err);
+      log(`${view.name}: not sent: ${entry.failure}`);
       renderMessages(view);
     },
   );
@@ -416,13 +549,19 @@ function settle(view: ChatView, entry: Entry, ack: Promise<unknown>): void {
 function sendText(view: ChatView, text: string): void {
   const s = session!;
   const id = crypto.randomUUID();
-  const entry: Entry = { id, senderId: s.userId, at: new Date().toISOString(), text, problem: null, edited: false, version: 0, sending: 'sending', arrived: performance.now() };
+  // created_at is set here, once: the outbox resends the same bytes, so a resend keeps it.
+  const at = new Date().toISOString();
+  const senderId = s.userId;
+  const entry: Entry = { id, senderId, at, text, problem: null, edited: false, version: 0, sending: 'sending', handed: false, changed: performance.now() };
   view.add(entry);
   renderMessages(view);
   queueWrite(view, async () => {
     try {
-      const sealed = await seal(text, { chatId: view.chat.id, messageId: id, senderId: s.userId }, await recipients(view));
-      settle(view, entry, view.chat.send({ ...sealed, message_type: 'text' }, { id }));
+      const to = await recipients(view, entry);
+      const sealed = await seal(text, { chatId: view.chat.id, messageId: id, senderId }, to);
+      if (view.deleted.has(id)) throw new Abandoned();
+      entry.handed = true;
+      settle(view, entry, view.chat.send({ ...sealed, message_type: 'text', created_at: at }, { id }));
     } catch (err) {
       settle(view, entry, Promise.reject(err));
     }
@@ -435,12 +574,14 @@ function editText(view: ChatView, id: string, text: string): void {
   entry.text = text;
   entry.edited = true;
   entry.version++;
+  entry.changed = performance.now();
   entry.sending = 'sending';
   renderMessages(view);
   queueWrite(view, async () => {
     try {
       // A fresh content key and fresh envelopes: whoever the chat has now can read the new text.
-      const sealed = await seal(text, { chatId: view.chat.id, messageId: id, senderId: entry.senderId }, await recipients(view));
+      const sealed = await seal(text, { chatId: view.chat.id, messageId: id, senderId: entry.senderId }, await recipients(view, entry));
+      if (view.deleted.has(id)) throw new Abandoned();
       settle(view, entry, view.chat.edit(id, { ...sealed }));
     } catch (err) {
       settle(view, entry, Promise.reject(err));
@@ -449,9 +590,15 @@ function editText(view: ChatView, id: string, text: string): void {
 }
 
 function deleteMessage(view: ChatView, id: string): void {
+  // A message still waiting for the device list was never sent: nothing to delete but here.
+  const neverSent = view.entries.get(id)?.handed === false;
   view.remove(id);
   if (session?.editing?.id === id) stopEdit();
   renderMessages(view);
+  const wake = view.devicesLoaded;
+  view.devicesLoaded = [];
+  for (const w of wake) w(); // a waiting write sees the delete and gives up
+  if (neverSent) return;
   queueWrite(view, async () => {
     view.chat.delete(id).catch((err: unknown) => log(`${view.name}: delete failed: ${errorText(err)}`));
   });
@@ -460,17 +607,20 @@ function deleteMessage(view: ChatView, id: string): void {
 function startEdit(view: ChatView, id: string): void {
   const entry = view.entries.get(id);
   if (!session || !entry || entry.text === null) return;
-  session.editing = { view, id };
-  $('editing').hidden = false;
   const input = $<HTMLInputElement>('text');
+  // What was typed before "edit" comes back when the edit is done or cancelled.
+  const draft = session.editing ? session.editing.draft : input.value;
+  session.editing = { view, id, draft };
+  $('editing').hidden = false;
   input.value = entry.text;
   input.focus();
 }
 
 function stopEdit(): void {
+  const draft = session?.editing?.draft ?? '';
   if (session) session.editing = null;
   $('editing').hidden = true;
-  $<HTMLInputElement>('text').value = '';
+  $<HTMLInputElement>('text').value = draft;
 }
 
 // --- chats ---------------------------------------------------------------------------------------
@@ -485,6 +635,15 @@ function openChat(id: string | number): ChatView {
   chat.on('registered', (e) => {
     const first = !view.everRegistered;
     view.registered = view.everRegistered = true;
+    if (session === s && String(e.userId) !== s.userId) {
+      // The gateway's word on who this is (the login's spelling of the id may differ).
+      log(`the gateway knows this user as ${String(e.userId)}`);
+      s.userId = String(e.userId);
+      $('me').textContent = `${userName(s.userId)} (user ${s.userId})`;
+      renderMessages(view);
+    }
+    // The device list is loaded before any write needs it, and again on every (re)join.
+    loadDevices(view);
     if (first) {
       log(`${view.name}: joined, ${e.online.length} online`);
       void loadHistory(view, false);
@@ -503,11 +662,9 @@ function openChat(id: string | number): ChatView {
     if (!view.registered) view.replayed++;
     onEdit(view, edit);
   });
-  chat.on('delete', ({ id: messageId }) => {
+  chat.on('delete', ({ id: messageId, deletedBy }) => {
     if (!view.registered) view.replayed++;
-    view.remove(messageId);
-    if (session?.editing?.id === messageId) stopEdit();
-    renderMessages(view);
+    onDelete(view, messageId, deletedBy);
   });
   chat.on('event', ({ data }) => {
     // A system event the backend published through the server API (docs/server-api.md).
@@ -517,6 +674,8 @@ function openChat(id: string | number): ChatView {
   chat.on('presence', ({ userId, status }) => {
     log(`${view.name}: ${userName(userId)} ${status}`);
     if (status === 'offline') view.typing.delete(String(userId));
+    // Someone (maybe a new member, maybe on a new device) came online: refresh the device list.
+    else if (String(userId) !== s.userId) loadDevices(view);
     renderOnline();
     renderTyping();
   });
@@ -533,7 +692,14 @@ function openChat(id: string | number): ChatView {
     log(`${view.name}: removed (${errorText(error)})`);
     view.registered = false;
     view.gone = true;
+    view.goneReason =
+      error.code === 'forbidden' ? 'not a member of this chat' : error.code === 'revoked' ? 'you were removed from this chat' : `this chat is closed (${errorText(error)})`;
+    // Writes waiting for a device list give up.
+    const wake = view.devicesLoaded;
+    view.devicesLoaded = [];
+    for (const w of wake) w();
     renderState();
+    renderChatNote(view);
   });
   return view;
 }
@@ -543,10 +709,20 @@ function selectChat(id: string | number): void {
   if (!s) return;
   const view = openChat(id);
   if (s.editing) stopEdit();
+  if (s.current !== view) stopTyping();
   s.current = view;
   view.unread = 0;
+  showPanel('');
   renderAll();
-  $<HTMLInputElement>('text').focus();
+  const input = $<HTMLInputElement>('text');
+  if (!input.disabled) input.focus();
+}
+
+/** Narrow screens show one column: the chat, or the chat list (`chats`), or the log (`log`). */
+function showPanel(panel: '' | 'chats' | 'log'): void {
+  $('app').dataset.panel = panel;
+  $('show-chats').setAttribute('aria-expanded', String(panel === 'chats'));
+  $('show-log').setAttribute('aria-expanded', String(panel === 'log'));
 }
 
 // --- login / logout ------------------------------------------------------------------------------
@@ -578,10 +754,11 @@ async function login(userId: string): Promise<void> {
       reconnect: { maxDelayMs: 5000 },
       isKnownMessage: (chatId, messageId) => views.get(String(chatId))?.entries.has(messageId) ?? false,
     });
-    session = { userId, api, device, client, views, current: null, connection: { state: 'connecting' }, editing: null };
+    session = { userId, api, device, client, views, current: null, connection: { state: 'connecting' }, retryAt: 0, editing: null };
     const s = session;
     client.on('state', (e) => {
       s.connection = e;
+      if (e.state === 'disconnected' && typeof e.retryInMs === 'number') s.retryAt = Date.now() + e.retryInMs;
       if (e.state !== 'connected') for (const v of s.views.values()) v.registered = false;
       if (e.state === 'disconnected') {
         log(e.retryInMs === null || e.retryInMs === undefined ? `closed${e.error ? `: ${errorText(e.error)}` : ''}` : `offline (${e.code ?? '?'}${e.reason ? ` ${e.reason}` : ''}), retry in ${(e.retryInMs / 1000).toFixed(1)} s`);
@@ -623,6 +800,8 @@ async function login(userId: string): Promise<void> {
 function logout(): void {
   session?.client.close();
   session = null;
+  stopTyping();
+  renderState();
   $('app').hidden = true;
   $('login').hidden = false;
   $('messages').replaceChildren();
@@ -638,21 +817,26 @@ let typingTimer: ReturnType<typeof setTimeout> | undefined;
 
 /**
  * Tells the chat this user is typing. A keystroke inside the SDK's one-second window would be
- * dropped, so one trailing `typing` goes out when the window ends if the user is still at it.
+ * dropped, so one trailing `typing` goes out when the window ends if the user is still at it —
+ * in the chat typed in: if another chat was opened meanwhile, the trailing one is dropped.
  */
-function typing(input: HTMLInputElement): void {
-  const chat = session?.current?.chat;
-  if (!chat || input.value === '' || session?.editing) return;
+function typing(input: HTMLInputElement, view: ChatView | null | undefined = session?.current): void {
+  if (!view || session?.current !== view || view.gone || input.value === '' || session?.editing) return;
   const wait = lastTypingAt + TYPING_EVERY_MS - Date.now();
   if (wait <= 0) {
     lastTypingAt = Date.now();
-    chat.typing();
+    view.chat.typing();
   } else {
     typingTimer ??= setTimeout(() => {
       typingTimer = undefined;
-      typing(input);
+      typing(input, view);
     }, wait);
   }
+}
+
+function stopTyping(): void {
+  clearTimeout(typingTimer);
+  typingTimer = undefined;
 }
 
 // --- wiring --------------------------------------------------------------------------------------
@@ -691,12 +875,14 @@ function wire(): void {
       editText(s.editing.view, s.editing.id, text);
       stopEdit();
     } else {
-      clearTimeout(typingTimer);
-      typingTimer = undefined;
+      if (s.current.gone) return;
+      stopTyping();
       sendText(s.current, text);
       input.value = '';
     }
   });
+  $('show-chats').addEventListener('click', () => showPanel($('app').dataset.panel === 'chats' ? '' : 'chats'));
+  $('show-log').addEventListener('click', () => showPanel($('app').dataset.panel === 'log' ? '' : 'log'));
   $('cancel-edit').addEventListener('click', stopEdit);
   input.addEventListener('keydown', (event) => {
     if (event.key === 'Escape' && session?.editing) stopEdit();

@@ -1,0 +1,434 @@
+/**
+ * The chat page (web/) in Chromium, at its edges: a device list that has not loaded, a phone's
+ * viewport, user ids past 2^53, chats with hundreds of devices, two tabs logging in at once, a
+ * forged edit, keyboard and screen-reader use, drafts, chats the user may not join, old
+ * messages, reconnect countdowns and typing across chats. Same set-up as chat-page.test.ts (the
+ * dev API, an in-memory gateway and the page server in this process); every test uses its own
+ * chat and users.
+ *
+ * SCREENSHOT_DIR=dir also writes the phone and desktop screenshots there (to look at);
+ * UPDATE_SCREENSHOT=1 writes docs/chat-page-mobile.png.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { webcrypto } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { startChatPage, type ChatPage } from '../../web/server.js';
+import { Harness, uniqueChat } from '../support/harness.js';
+import { ROOT } from '../support/process.js';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const WAIT_MS = 10_000;
+
+const h = new Harness('memory');
+let server: ChatPage;
+let browser: Browser;
+const contexts: BrowserContext[] = [];
+const pageErrors: string[] = [];
+
+async function eventually<T>(what: string, read: () => Promise<T>, done: (value: T) => boolean, timeoutMs = WAIT_MS): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  let value = await read();
+  while (!done(value)) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}; last saw ${JSON.stringify(value)}`);
+    await new Promise((r) => setTimeout(r, 50));
+    value = await read();
+  }
+  return value;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const texts = (page: Page) => page.$$eval('#messages li.msg .text', (els) => els.map((e) => e.textContent ?? ''));
+const stateText = (page: Page) => page.$eval('#state', (e) => e.textContent ?? '');
+const state = (page: Page) => page.$eval('#state', (e) => (e as HTMLElement).dataset.state ?? '');
+const logText = (page: Page) => page.$eval('#log', (e) => e.textContent ?? '');
+const storedIn = (chat: number) => [...h.api.messages.values()].filter((m) => String(m.chat_id) === String(chat));
+
+async function context(viewport = { width: 1200, height: 720 }): Promise<BrowserContext> {
+  const ctx = await browser.newContext({ viewport });
+  contexts.push(ctx);
+  return ctx;
+}
+
+async function newPage(ctx?: BrowserContext, prepare?: (page: Page) => Promise<void>): Promise<Page> {
+  const page = await (ctx ?? (await context())).newPage();
+  page.on('pageerror', (err) => pageErrors.push(`${err.name}: ${err.message}`));
+  await prepare?.(page);
+  return page;
+}
+
+/** Opens the page logged in as `user` (the `?user=` link) with `chat` open. */
+async function loginTo(page: Page, user: string, chat?: number): Promise<void> {
+  await page.goto(`${server.url}?user=${encodeURIComponent(user)}`);
+  await page.waitForSelector('body[data-ready="true"]');
+  await eventually('the page to be open', () => state(page), (s) => s === 'open');
+  if (chat !== undefined) await openChat(page, chat);
+}
+
+async function openChat(page: Page, chat: number): Promise<void> {
+  await page.fill('#chat-id', String(chat));
+  await page.press('#chat-id', 'Enter');
+  await eventually(`chat ${chat} open`, () => page.textContent('#chat-title'), (t) => t === `# chat ${chat}`);
+  await eventually('the chat joined', () => state(page), (s) => s === 'open');
+  await eventually('its history', () => page.textContent('#history-note'), (t) => t === '');
+}
+
+async function type(page: Page, text: string): Promise<void> {
+  await page.fill('#text', text);
+  await page.press('#text', 'Enter');
+}
+
+async function sent(page: Page, text: string): Promise<void> {
+  await page.locator('#messages li.msg.mine', { hasText: text }).locator('.status.sent').waitFor({ timeout: WAIT_MS });
+}
+
+async function waitText(page: Page, text: string): Promise<void> {
+  await eventually(`"${text}" shown`, () => texts(page), (t) => t.includes(text));
+}
+
+async function publicKey(): Promise<string> {
+  const pair = (await webcrypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, true, ['deriveBits'])) as CryptoKeyPair;
+  return Buffer.from(await webcrypto.subtle.exportKey('raw', pair.publicKey)).toString('base64');
+}
+
+before(async () => {
+  await h.start();
+  const gateway = await h.gateway();
+  server = await startChatPage({ gatewayUrl: gateway.wsUrl, apiUrl: h.api.url });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  await h.close();
+});
+
+describe('the chat page at its edges', () => {
+  it('a message sent before the chat\'s device list ever loaded waits for it, then every member can read it', async () => {
+    const chat = uniqueChat();
+    const alice = await newPage();
+    await loginTo(alice, '11', chat);
+    // Bob's page cannot reach the device list at all (as on a flaky network): no list, ever.
+    let blocked = true;
+    const bob = await newPage(undefined, async (page) => {
+      await page.route(`**/api/chats/${chat}/devices`, (route) => (blocked ? route.abort('internetdisconnected') : route.continue()));
+    });
+    await loginTo(bob, '12', chat);
+    await type(bob, 'sent before any device list');
+    const status = bob.locator('#messages li.msg.mine', { hasText: 'sent before any device list' }).locator('.status');
+    await eventually('the waiting state', () => status.textContent(), (t) => t === "waiting for the chat's devices…");
+    await sleep(1500);
+    assert.equal(storedIn(chat).length, 0, 'nothing was sent meanwhile (it would have been encrypted to Bob alone)');
+
+    blocked = false;
+    await sent(bob, 'sent before any device list');
+    await waitText(alice, 'sent before any device list');
+    const [stored] = storedIn(chat);
+    const envelopes = Object.keys((stored as unknown as { envelopes: Record<string, unknown> }).envelopes).sort();
+    const devices = [...h.api.devices.values()].filter((d) => ['11', '12'].includes(String(d.user_id))).map((d) => d.device_id).sort();
+    assert.deepEqual(envelopes, devices, 'an envelope for Alice\'s device and Bob\'s');
+
+    // Refused (403) is not "unreachable": a write is not encrypted to a stale list, it fails.
+    await bob.unroute(`**/api/chats/${chat}/devices`);
+    await bob.route(`**/api/chats/${chat}/devices`, (route) => route.fulfill({ status: 403, contentType: 'application/json', body: '{"error":"not a member of this chat"}' }));
+    await type(bob, 'after a refusal');
+    await bob.locator('#messages li.msg.mine', { hasText: 'after a refusal' }).locator('.status.failed').waitFor({ timeout: WAIT_MS });
+    assert.equal(storedIn(chat).length, 1);
+    await alice.context().close();
+    await bob.context().close();
+  });
+
+  it('on a 390 px phone the chat takes the screen; the chat list and the log are toggled from the header', async () => {
+    const chat = uniqueChat();
+    const phone = await newPage(await context({ width: 390, height: 844 }));
+    await phone.goto(server.url);
+    await phone.waitForSelector('body[data-ready="true"]');
+    const loginWidth = await phone.evaluate(() => [document.documentElement.scrollWidth, document.querySelector('.card')!.getBoundingClientRect().width]);
+    assert.ok(loginWidth[0]! <= 390 && loginWidth[1]! <= 390, `the login card fits: ${JSON.stringify(loginWidth)}`);
+    await phone.click('#user-buttons button[data-user="3"]');
+    await eventually('the page to be open', () => state(phone), (s) => s === 'open');
+    const box = (sel: string) => phone.$eval(sel, (e) => { const r = e.getBoundingClientRect(); return { x: Math.round(r.x), width: Math.round(r.width), height: Math.round(r.height) }; });
+    assert.ok((await box('main')).width >= 380, `the message pane is wide: ${JSON.stringify(await box('main'))}`);
+    assert.ok((await box('#text')).width >= 250, 'the composer is usable');
+    assert.equal(await phone.evaluate(() => document.documentElement.scrollWidth), 390, 'nothing sticks out sideways');
+    assert.equal(await phone.isVisible('#sidebar'), false);
+    assert.equal(await phone.isVisible('#connection'), false);
+    await type(phone, 'a message from Carol on a phone, long enough to wrap over a few lines of its bubble');
+    await sent(phone, 'a message from Carol on a phone');
+    const header = await box('header');
+    assert.ok(header.height < 120, `the header stays small: ${header.height}`);
+    const shot = await phone.screenshot();
+    if (process.env.SCREENSHOT_DIR) await writeFile(join(process.env.SCREENSHOT_DIR, 'phone-chat.png'), shot);
+    if (process.env.UPDATE_SCREENSHOT === '1') await writeFile(`${ROOT}docs/chat-page-mobile.png`, shot);
+
+    await phone.click('#show-chats');
+    assert.equal(await phone.getAttribute('#show-chats', 'aria-expanded'), 'true');
+    assert.ok((await box('#sidebar')).width >= 380, 'the chat list takes the screen');
+    assert.equal(await phone.isVisible('main'), false);
+    if (process.env.SCREENSHOT_DIR) await writeFile(join(process.env.SCREENSHOT_DIR, 'phone-chats.png'), await phone.screenshot());
+    await phone.fill('#chat-id', String(chat));
+    await phone.press('#chat-id', 'Enter');
+    await eventually('back to the chat', () => phone.isVisible('main'), (v) => v);
+    assert.equal(await phone.textContent('#chat-title'), `# chat ${chat}`);
+    await phone.click('#show-log');
+    assert.ok((await box('#connection')).width >= 380, 'the log takes the screen');
+    if (process.env.SCREENSHOT_DIR) await writeFile(join(process.env.SCREENSHOT_DIR, 'phone-log.png'), await phone.screenshot());
+    await phone.click('#show-log');
+    assert.equal(await phone.isVisible('main'), true);
+
+    // The desktop layout is unchanged: three columns, the toggles hidden.
+    await phone.setViewportSize({ width: 1200, height: 720 });
+    assert.equal(await phone.isVisible('#show-chats'), false);
+    assert.equal(await phone.isVisible('#sidebar'), true);
+    assert.equal(await phone.isVisible('#connection'), true);
+    if (process.env.SCREENSHOT_DIR) await writeFile(join(process.env.SCREENSHOT_DIR, 'desktop.png'), await phone.screenshot());
+    await phone.context().close();
+  });
+
+  it('a user id past 2^53 stays exact: the page\'s own messages are its own and decrypt', async () => {
+    const chat = uniqueChat();
+    const big = '12345678901234567891';
+    const page = await newPage();
+    await loginTo(page, big, chat);
+    const other = await newPage();
+    await loginTo(other, '14', chat);
+    await type(page, 'from a big id');
+    await sent(page, 'from a big id');
+    assert.equal(await page.getAttribute('#messages li.msg.mine', 'data-sender'), big);
+    await waitText(other, 'from a big id');
+    assert.equal(await other.getAttribute('#messages li.msg', 'data-sender'), big);
+    assert.equal(String(storedIn(chat)[0]?.sender_id), big);
+    await page.context().close();
+    await other.context().close();
+  });
+
+  it('a chat with 300 devices can send (the ephemeral key goes once); past the frame limit the error says why', async () => {
+    const chat = uniqueChat();
+    const member = await h.member(77, chat); // joins the chat: its devices get envelopes
+    for (let i = 0; i < 300; i++) {
+      const id = webcrypto.randomUUID();
+      h.api.devices.set(id, { device_id: id, user_id: 77, public_key: await publicKey(), updated_at: new Date().toISOString() });
+    }
+    const page = await newPage();
+    await loginTo(page, '15', chat);
+    await type(page, 'to a big chat');
+    await sent(page, 'to a big chat');
+    assert.equal(Object.keys((storedIn(chat)[0] as unknown as { envelopes: object }).envelopes).length, 301);
+
+    for (let i = 0; i < 300; i++) {
+      const id = webcrypto.randomUUID();
+      h.api.devices.set(id, { device_id: id, user_id: 77, public_key: await publicKey(), updated_at: new Date().toISOString() });
+    }
+    await type(page, 'to a chat too big');
+    const status = page.locator('#messages li.msg.mine', { hasText: 'to a chat too big' }).locator('.status.failed');
+    await status.waitFor({ timeout: WAIT_MS });
+    assert.match((await status.textContent()) ?? '', /not sent: too large for the gateway \(64 KiB a frame, 601 devices in this chat/);
+    assert.equal(await state(page), 'open', 'the connection was not closed for it');
+    member.close();
+    await page.context().close();
+  });
+
+  it('two tabs logging in as a new user at the same moment share one device', async () => {
+    for (let round = 0; round < 3; round++) {
+      const user = `tabs${round}x${Date.now() % 100_000}`;
+      const ctx = await context();
+      // Both tabs get their token at the same moment, so both look for the device together.
+      const held: Array<() => Promise<void>> = [];
+      await ctx.route('**/api/dev/token', async (route) => {
+        held.push(() => route.continue());
+        if (held.length === 2) await Promise.all(held.map((go) => go()));
+      });
+      const [one, two] = [await newPage(ctx), await newPage(ctx)];
+      for (const tab of [one, two]) {
+        await tab.goto(server.url);
+        await tab.waitForSelector('body[data-ready="true"]');
+        await tab.fill('#user-id', user);
+      }
+      await Promise.all([one.press('#user-id', 'Enter'), two.press('#user-id', 'Enter')]);
+      for (const tab of [one, two]) await eventually('open', () => state(tab), (s) => s === 'open');
+      const device = (tab: Page) => tab.$eval('#device', (e) => (e as HTMLElement).innerText.split('\n')[0]);
+      assert.equal(await device(one), await device(two), `round ${round}: one device id`);
+      assert.equal([...h.api.devices.values()].filter((d) => String(d.user_id) === user).length, 1, `round ${round}: one published device`);
+      await ctx.close();
+    }
+  });
+
+  it('an edit broadcast under another user\'s name is not applied', async () => {
+    const chat = uniqueChat();
+    const alice = await newPage();
+    await loginTo(alice, '21', chat);
+    let forge = false;
+    const bob = await newPage(undefined, async (page) => {
+      // Between the gateway and Bob's page: when `forge` is on, an edit's sender_id is rewritten.
+      await page.routeWebSocket(/\/ws$/, (ws) => {
+        const gateway = ws.connectToServer();
+        ws.onMessage((m) => gateway.send(m));
+        gateway.onMessage((m) => {
+          const frame = JSON.parse(String(m)) as { type?: string; data?: { sender_id?: unknown } };
+          if (forge && frame.type === 'edit_message' && frame.data) {
+            frame.data.sender_id = 23;
+            return ws.send(JSON.stringify(frame));
+          }
+          ws.send(m);
+        });
+      });
+    });
+    await loginTo(bob, '22', chat);
+    await type(alice, 'original text');
+    await sent(alice, 'original text');
+    await waitText(bob, 'original text');
+    forge = true;
+    const item = alice.locator('#messages li.msg.mine', { hasText: 'original text' });
+    await item.hover();
+    await item.locator('button.edit').click();
+    await alice.fill('#text', 'changed text');
+    await alice.press('#text', 'Enter');
+    await sent(alice, 'changed text');
+    await eventually('Bob to log the forged edit', () => logText(bob), (t) => t.includes("ignored an edit of user 21's message by user 23"));
+    assert.deepEqual(await texts(bob), ['original text']);
+    forge = false;
+    await alice.context().close();
+    await bob.context().close();
+  });
+
+  it('works from the keyboard and tells a screen reader what changes; an edit keeps the draft', async () => {
+    const chat = uniqueChat();
+    const dave = await newPage();
+    await loginTo(dave, '24', chat);
+    const peer = await newPage();
+    await loginTo(peer, '25', chat);
+    await type(dave, 'dave writes');
+    await sent(dave, 'dave writes');
+    await dave.mouse.move(5, 700);
+
+    // Labels, live regions, chats as buttons.
+    for (const id of ['text', 'chat-id']) assert.equal(await dave.$eval(`#${id}`, (e) => (e as HTMLInputElement).labels?.length ?? 0), 1, `#${id} has a label`);
+    assert.equal(await dave.getAttribute('#state', 'aria-live'), 'polite');
+    assert.ok((await dave.$$('#chats button.chat')).length >= 3, 'chats are buttons');
+    assert.equal(await dave.getAttribute(`#chats button[data-chat="${chat}"]`, 'aria-current'), 'true');
+    await type(peer, 'a reply');
+    await eventually('the reply announced', () => dave.textContent('#announce'), (t) => t === 'user 25: a reply');
+
+    // Tab from the header reaches the message's edit button, and Enter starts the edit.
+    await dave.focus('#logout');
+    let reached = false;
+    for (let i = 0; i < 20 && !reached; i++) {
+      await dave.keyboard.press('Tab');
+      reached = await dave.evaluate(() => document.activeElement?.matches('li.msg.mine button.edit') ?? false);
+    }
+    assert.ok(reached, 'Tab reaches the edit button');
+    assert.equal(await dave.$eval('li.msg.mine .actions', (e) => getComputedStyle(e).opacity), '1', 'shown while focused');
+
+    // A draft survives an edit, cancelled or sent.
+    await dave.fill('#text', 'my unsent draft');
+    await dave.focus('li.msg.mine button.edit');
+    await dave.keyboard.press('Enter');
+    assert.equal(await dave.inputValue('#text'), 'dave writes');
+    await dave.click('#cancel-edit');
+    assert.equal(await dave.inputValue('#text'), 'my unsent draft');
+    await dave.locator('li.msg.mine').hover();
+    await dave.click('li.msg.mine button.edit');
+    await dave.fill('#text', 'dave wrote');
+    await dave.press('#text', 'Enter');
+    assert.equal(await dave.inputValue('#text'), 'my unsent draft');
+    await waitText(peer, 'dave wrote');
+
+    // The page also logs in from the keyboard: the user id field has its label too.
+    await dave.click('#logout');
+    assert.equal(await dave.$eval('#user-id', (e) => (e as HTMLInputElement).labels?.length ?? 0), 1);
+    await dave.context().close();
+    await peer.context().close();
+  });
+
+  it('a chat the user is not a member of says so and disables the composer', async () => {
+    const chat = uniqueChat();
+    h.api.setMembers(chat, [31]);
+    const page = await newPage();
+    await loginTo(page, '32');
+    await page.fill('#chat-id', String(chat));
+    await page.press('#chat-id', 'Enter');
+    await eventually('the refusal', () => page.textContent('#history-note'), (t) => t === 'not a member of this chat');
+    assert.equal(await page.isDisabled('#text'), true);
+    assert.equal(await page.isDisabled('#send'), true);
+    assert.equal(await state(page), 'open', 'the other chats carry on');
+    await page.click('#chats li[data-chat="1"]');
+    await eventually('another chat can be written to', () => page.isDisabled('#text'), (d) => !d);
+    await page.context().close();
+  });
+
+  it('sends created_at, shows the date of a message not from today, and lets its author delete what it cannot decrypt', async () => {
+    const chat = uniqueChat();
+    const first = await newPage();
+    await loginTo(first, '33', chat);
+    const before = Date.now();
+    await type(first, 'when was this');
+    await sent(first, 'when was this');
+    const createdAt = Date.parse(String((storedIn(chat)[0] as unknown as { created_at?: string }).created_at));
+    assert.ok(createdAt >= before - 5 && createdAt <= Date.now(), 'created_at is the time of the send');
+
+    const old = await h.member(34, chat);
+    await old.request({ type: 'message', data: { id: 'old-1', ciphertext: 'AAAA', envelopes: {}, created_at: '2021-03-04T12:06:07Z' } }, { type: 'ack' });
+    old.close();
+    const time = first.locator('li.msg[data-id="old-1"] time');
+    await time.waitFor({ timeout: WAIT_MS });
+    assert.match((await time.textContent()) ?? '', /^4 Mar 2021 \d\d:\d\d$/);
+    assert.match((await first.locator('li.msg.mine time').textContent()) ?? '', /^\d\d:\d\d$/, 'today: the time only');
+
+    // The same user on a new browser: its old message does not decrypt there, but can be deleted.
+    const second = await newPage();
+    await loginTo(second, '33', chat);
+    const mine = second.locator('li.msg.mine[data-problem="undecryptable"]');
+    await mine.waitFor({ timeout: WAIT_MS });
+    assert.equal(await mine.locator('button.edit').count(), 0, 'nothing to edit without the text');
+    await mine.hover();
+    await mine.locator('button.delete').click();
+    await eventually('the delete to reach the first page', () => texts(first), (t) => !t.includes('when was this'));
+    await first.context().close();
+    await second.context().close();
+  });
+
+  it('the trailing typing goes to the chat typed in, not to the one opened since', async () => {
+    const [c1, c2] = [uniqueChat(), uniqueChat()];
+    const alice = await newPage();
+    await loginTo(alice, '41', c1);
+    await openChat(alice, c2);
+    const bob = await newPage();
+    await loginTo(bob, '42', c1);
+    await openChat(bob, c2); // Bob looks at c2
+    await alice.click(`#chats li[data-chat="${c1}"]`);
+    await alice.type('#text', 'a'); // typing → c1 now
+    await sleep(200);
+    await alice.type('#text', 'b'); // inside the SDK's window: a trailing typing is due in ~0.9 s
+    await alice.click(`#chats li[data-chat="${c2}"]`);
+    const until = Date.now() + 2000;
+    while (Date.now() < until) {
+      assert.equal(await bob.textContent('#typing'), '', 'Bob, in the other chat, never sees Alice typing');
+      await sleep(50);
+    }
+    await alice.context().close();
+    await bob.context().close();
+  });
+
+  it('offline, the retry countdown ticks', async () => {
+    const page = await newPage(undefined, async (p) => {
+      // Every connection is closed by "the gateway" at once: the SDK backs off, up to 5 s.
+      await p.routeWebSocket(/\/ws$/, (ws) => ws.close({ code: 1013, reason: 'try again later' }));
+    });
+    await page.goto(`${server.url}?user=43`);
+    await page.waitForSelector('body[data-ready="true"]');
+    const seconds = (t: string) => Number(/retry in (\d+) s/.exec(t)?.[1] ?? NaN);
+    const first = await eventually('a retry 3 s or more away', () => stateText(page), (t) => seconds(t) >= 3, 20_000);
+    await sleep(1100);
+    const later = await stateText(page);
+    assert.ok(seconds(later) < seconds(first), `counted down: "${first}" then "${later}"`);
+    await page.context().close();
+  });
+
+  it('no uncaught error in any page', () => {
+    assert.deepEqual(pageErrors, []);
+  });
+});

@@ -1,0 +1,97 @@
+/**
+ * The chat page's pure pieces (no DOM, no network): a chat's message entries and how a history
+ * reload merges into them, and the texts that depend on the clock. web/app.ts uses them; the
+ * tests run them on Node (tests/browser/page-model.test.ts).
+ */
+
+export interface Entry {
+  id: string;
+  senderId: string;
+  /** When it was written (`created_at`, else when the main API saved it). */
+  at: string;
+  /** The decrypted text, or null while decrypting or when it cannot be decrypted. */
+  text: string | null;
+  /** Why it cannot be shown ("cannot decrypt: …"). */
+  problem: string | null;
+  edited: boolean;
+  /** Bumped by every edit, so a slow decryption of an older version never overwrites a newer one. */
+  version: number;
+  /** Own writes: waiting for the chat's device list, handed to the SDK and waiting for the ack, acked, or refused. */
+  sending: 'waiting' | 'sending' | 'sent' | 'failed' | null;
+  /** Why an own write was not sent, shown beside "not sent". */
+  failure?: string;
+  /** Own new messages: false until the write is handed to the SDK (a delete before that sends nothing). */
+  handed?: boolean;
+  /**
+   * performance.now() of the last change this page saw: the entry reached it, or a live edit did.
+   * A history reload keeps entries changed after its request went out (newer than the snapshot).
+   */
+  changed: number;
+}
+
+/** What a history reload needs of a chat's state: the entries, their order, the ids deleted. */
+export interface Messages {
+  entries: Map<string, Entry>;
+  order: string[];
+  deleted: Set<string>;
+}
+
+export interface StoredLike {
+  id: string;
+}
+
+/**
+ * Merges a history snapshot into `view` (in place). Entries changed after the request went out
+ * (`started`) are newer than the snapshot and kept, and so are own writes not acked yet (not in
+ * it); everything else takes the snapshot's version. After a gap, what the snapshot lacks was
+ * deleted meanwhile and goes; on a first load it stays (it arrived live). Returns the entries
+ * taken from the snapshot, to be decrypted.
+ */
+export function mergeHistory<M extends StoredLike>(
+  view: Messages,
+  stored: readonly M[],
+  started: number,
+  afterGap: boolean,
+  entryOf: (message: M) => Entry,
+): Array<{ entry: Entry; message: M }> {
+  const keep = (e: Entry | undefined): boolean => e !== undefined && (e.changed >= started || e.sending === 'sending' || e.sending === 'waiting');
+  const order: string[] = [];
+  const fresh: Array<{ entry: Entry; message: M }> = [];
+  const seen = new Set<string>();
+  for (const message of stored) {
+    if (view.deleted.has(message.id) || seen.has(message.id)) continue;
+    seen.add(message.id);
+    const existing = view.entries.get(message.id);
+    order.push(message.id);
+    if (keep(existing)) continue;
+    const entry = entryOf(message);
+    if (existing) entry.version = existing.version + 1;
+    view.entries.set(message.id, entry);
+    fresh.push({ entry, message });
+  }
+  for (const id of view.order) {
+    if (seen.has(id)) continue;
+    if (!afterGap || keep(view.entries.get(id))) order.push(id);
+    else view.entries.delete(id);
+  }
+  view.order = order;
+  return fresh;
+}
+
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+/** A message's time as shown: `14:05` today, `3 Jan 14:05` earlier this year, `3 Jan 2024 14:05` before (local time). */
+export function messageTime(at: string | number, now: Date = new Date()): string {
+  const d = new Date(at);
+  if (Number.isNaN(d.getTime())) return '';
+  const time = `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
+  if (d.getFullYear() === now.getFullYear() && d.getMonth() === now.getMonth() && d.getDate() === now.getDate()) return time;
+  const day = `${d.getDate()} ${MONTHS[d.getMonth()]!}`;
+  return d.getFullYear() === now.getFullYear() ? `${day} ${time}` : `${day} ${d.getFullYear()} ${time}`;
+}
+
+/** The header's text while disconnected: counts down to the next attempt (`retryAt`, Date.now() ms). */
+export function offlineText(code: number | undefined, online: boolean, retryAt: number, now: number): string {
+  const seconds = Math.max(0, Math.ceil((retryAt - now) / 1000));
+  return `offline (${code ?? '?'}${online ? '' : ', no network'}) · ${seconds === 0 ? 'retrying' : `retry in ${seconds} s`}`;
+}
