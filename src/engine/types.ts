@@ -1,5 +1,5 @@
 import type { IdKey } from '../protocol/ids.js';
-import type { ChatStream } from './stream.js';
+import type { ChatStream, StreamPosition } from './stream.js';
 import type { CommandResult, ControlCommand } from './control.js';
 
 /**
@@ -63,6 +63,12 @@ export interface EngineEvents {
    */
   presenceRestored(chat: IdKey, users: IdKey[]): void;
   readyChange(ready: boolean): void;
+  /**
+   * Where the chat's stream stands, read now and then apart from the subscription (an engine
+   * that can lose publications without losing its connection reports it; the hub catches up
+   * when it has delivered less).
+   */
+  streamAt(chat: IdKey, position: StreamPosition): void;
   /** Acts on a command of the server API on this instance; returns the connections acted on. */
   command(command: ControlCommand): number;
 }

@@ -126,6 +126,7 @@ export class Hub {
         // Catch up on what other instances published meanwhile first, then publish our own late ones.
         void this.resync.engineBack().then(() => this.publishLate());
       },
+      streamAt: (chat, position) => this.resync.check(chat, position),
       command: onCommand,
     };
   }

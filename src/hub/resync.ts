@@ -15,6 +15,11 @@ const MAX_HELD = 10_000;
 const RETRY_MS = 500;
 /** A chat that held more than MAX_HELD deliveries: it is lost whatever the history says. */
 const OVERFLOWED = 'overflowed';
+/**
+ * A stream found ahead of what was delivered here is looked at again this much later: a
+ * broadcast numbered just before the position was read may still be on its way.
+ */
+const BEHIND_GRACE_MS = 1000;
 
 /** Whether the numbered frames among `held` are exactly every broadcast after `after` up to `upTo`, in order. */
 function covers(held: readonly HeldDelivery[], after: StreamPosition, upTo: StreamPosition): boolean {
@@ -48,6 +53,12 @@ function covers(held: readonly HeldDelivery[], after: StreamPosition, upTo: Stre
  * Publications of a chat reach this instance in `seq` order, so a numbered frame at or before
  * the last one delivered here can only be one a catch-up already delivered from history (it was
  * published before the history was read, and arrived after): it is dropped, not delivered twice.
+ *
+ * A subscription can also lose publications while every connection looks up — a Redis Cluster's
+ * sharded subscriber reconnected by the client library, a chat's slot moved to another master.
+ * Two things notice: a broadcast whose seq skips ahead in the same epoch (the chat is held and
+ * caught up at once, the skipping frame held with it), and, for a chat that went quiet after
+ * the loss, the engine's periodic read of the stream's position (`check`).
  */
 export class Resync {
   /**
@@ -106,9 +117,37 @@ export class Resync {
   }
 
   /**
-   * The engine is back: catch every held chat up, one at a time; a new outage stops and resumes
-   * it. A chat whose catch-up failed (connected, but Redis not serving yet) is tried again after
-   * RETRY_MS while the engine stays connected — never left holding until the next outage.
+   * The engine read the chat's stream at `position` (see the class comment). Ahead of what was
+   * delivered here, and still ahead BEHIND_GRACE_MS later: the chat catches up from history.
+   */
+  check(chat: IdKey, position: StreamPosition): void {
+    if (!this.behind(chat, position)) return;
+    setTimeout(() => {
+      if (this.behind(chat, position)) this.gapFound(chat, null);
+    }, BEHIND_GRACE_MS).unref();
+  }
+
+  private behind(chat: IdKey, position: StreamPosition): boolean {
+    if (this.held?.has(chat) === true) return false; // catching up already
+    const delivered = this.last.get(chat) ?? this.noted.get(chat);
+    if (delivered === undefined) return false; // no local member (or nothing to compare with yet)
+    return position.epoch === delivered.epoch ? position.seq > delivered.seq : position.seq > 0;
+  }
+
+  /** Broadcasts of `chat` were lost on their way here: hold it (with `first`, the frame that showed it) and catch up. */
+  private gapFound(chat: IdKey, first: HeldDelivery | null): void {
+    this.metrics.resyncs.inc({ outcome: 'gap' });
+    this.log.warn({ chat }, 'broadcasts lost by the subscription; catching up from history');
+    this.held ??= new Map();
+    this.held.set(chat, first === null ? [] : [first]);
+    if (this.engine.isConnected()) void this.engineBack();
+  }
+
+  /**
+   * The engine is back (or a chat found a gap): catch every held chat up, one at a time; a new
+   * outage stops and resumes it. A chat whose catch-up failed (connected, but Redis not serving
+   * yet) — or that was held while one ran — is tried again after RETRY_MS while the engine stays
+   * connected: never left holding until the next outage.
    */
   async engineBack(): Promise<void> {
     if (this.held === null || this.running) return;
@@ -131,6 +170,7 @@ export class Resync {
       const last = this.last.get(chat);
       if (last === undefined) this.noted.delete(chat);
       else if (atOrBefore(at, last)) return; // delivered by a catch-up
+      else if (at.epoch === last.epoch && at.seq > last.seq + 1) return this.gapFound(chat, { frame, exceptConn });
       this.last.set(chat, at);
     }
     this.deliver(chat, frame, at, exceptConn);

@@ -72,7 +72,7 @@ export function createMetrics() {
     }),
     resyncs: new Counter({
       name: 'message_service_resyncs_total',
-      help: 'Chats caught up after an engine outage: recovered from history, or lost (their connections closed 1012 to recover)',
+      help: 'Chats caught up after an engine outage or a gap in the subscription: gap (a lost publication noticed; its catch-up counts again), recovered from history, or lost (their connections closed 1012 to recover)',
       labelNames: ['outcome'] as const,
       registers,
     }),

@@ -166,6 +166,35 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     sender.close();
   });
 
+  it('broadcasts the subscription lost while its connection stayed up are caught up from history: at once when a later one skips ahead, within a maintenance round when the chat went quiet', async () => {
+    // A Redis Cluster's sharded subscriber reconnected by the client library, or a slot moved,
+    // loses publications with no connection event: here the subscription is dropped behind the
+    // engine's back on instance 0 (which runs presence maintenance every 300 ms).
+    const chat = uniqueChat();
+    const receiver = await h.member(2, chat, 0);
+    const sender = await h.member(1, chat, 1);
+    const sub = (h.instances[0]!.gateway.engine as unknown as { sub: { subscribe(ch: string): Promise<unknown>; unsubscribe(ch: string): Promise<unknown> } }).sub;
+    const channel = `ms:chat:{${chat}}`;
+    const send = (id: string) => sender.request({ type: 'message', data: { id: `${id}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await send('g0');
+    await receiver.next({ type: 'message' });
+    await sub.unsubscribe(channel);
+    await send('g1');
+    await send('g2');
+    await sub.subscribe(channel);
+    await send('g3'); // seq skips from 1 to 4 on instance 0
+    await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === `g3-${chat}`, 3000);
+    await sub.unsubscribe(channel);
+    await send('g4'); // and then nothing more
+    await sub.subscribe(channel);
+    await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === `g4-${chat}`, 5000);
+    assert.deepEqual(ids(receiver, chat), ['g0', 'g1', 'g2', 'g3', 'g4'].map((id) => `${id}-${chat}`));
+    assert.deepEqual(receiver.all({ type: 'message' }).map((f) => f.seq), [1, 2, 3, 4, 5]);
+    assert.equal(receiver.isOpen, true);
+    sender.close();
+    receiver.close();
+  });
+
   it('when Redis lost the stream itself, what other instances published in the new epoch meanwhile is delivered from its history; nothing is closed', async () => {
     const chat = uniqueChat();
     const sender = await h.member(1, chat, 0);
@@ -188,6 +217,57 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     assert.equal(receiver.isOpen, true);
     sender.close();
     receiver.close();
+  });
+});
+
+describe('Redis restarted from an older copy of its data (a snapshot, a replica that was behind)', () => {
+  const h = useHarness('redis');
+  before(() => h.gateway());
+
+  it('the stream starts a new epoch: what is numbered after the restart is delivered, and a position past the copy is refused, never resumed across the difference', async () => {
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat, 0);
+    const receiver = await h.member(2, chat, 1);
+    const send = (id: string) => sender.request({ type: 'message', data: { id: `${id}-${chat}`, ciphertext: 'x' } }, { type: 'ack' }, 5000);
+    for (const id of ['r1', 'r2', 'r3']) await send(id);
+    await cli(h.redis!.port, 'SAVE'); // the copy: seq 3
+    let last: Frame = await send('r4');
+    for (const id of ['r5', 'r6']) last = await send(id);
+    await receiver.next((f) => f.type === 'message' && f.seq === 6);
+    await h.redis!.stop();
+    await h.redis!.startProcess(); // loads the snapshot: the same epoch at seq 3
+    for (const inst of h.instances) await waitFor(() => inst.gateway.engine.isReady(), 10_000, 'ready again');
+    const after = await send('r7');
+    assert.notEqual(after.epoch, last.epoch);
+    const got = await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === `r7-${chat}`, 5000);
+    assert.deepEqual([got.seq, got.epoch], [after.seq, after.epoch]);
+    const resumed = await h.connect(1);
+    const reg = await resumed.request({ type: 'register', token: await h.token(3), chat_id: chat, since: { seq: 5, epoch: last.epoch } }, { type: 'registered' }, 5000);
+    assert.deepEqual([reg.recovered, reg.reason], [false, 'epoch_changed']);
+    for (const c of [sender, receiver, resumed]) c.close();
+  });
+});
+
+describe('Redis restarted without its data while a user left', () => {
+  const h = useHarness('redis');
+  before(() => h.gateway());
+
+  it('a leave that failed during the outage runs once Redis is back: the user is announced offline, not left online forever', async () => {
+    const chat = uniqueChat();
+    const observer = await h.member(1, chat, 1);
+    const leaver = await h.member(2, chat, 0);
+    await observer.next(presence(2, 'online'));
+    await h.redis!.stop();
+    await waitFor(() => !h.instances[0]!.gateway.engine.isReady(), 5000, 'the outage');
+    leaver.close();
+    await leaver.closed;
+    await new Promise((r) => setTimeout(r, 200)); // its leave has failed
+    await h.redis!.startProcess(); // empty: the entry the leave was for is gone with the data
+    await observer.next(presence(2, 'offline'), 10_000);
+    const newcomer = await h.member(3, chat, 1);
+    assert.equal((newcomer.all({ type: 'registered' })[0]!.online as number[]).includes(2), false);
+    observer.close();
+    newcomer.close();
   });
 });
 

@@ -20,6 +20,8 @@ interface Recorder extends EngineEvents {
   got: Array<{ chat: string; frame: string; except: string | null }>;
   expired: Array<{ chat: string; users: string[] }>;
   restored: Array<{ chat: string; users: string[] }>;
+  /** Stream positions the engine's maintenance read. */
+  positions: Array<{ chat: string; seq: number; epoch: string }>;
   /** Deliveries and commands in the order they arrived. */
   log: string[];
   commands: ControlCommand[];
@@ -33,6 +35,7 @@ function recorder(): Recorder {
     got: [],
     expired: [],
     restored: [],
+    positions: [],
     log: [],
     commands: [],
     acted: 0,
@@ -48,6 +51,7 @@ function recorder(): Recorder {
     presenceExpired: (chat, users) => r.expired.push({ chat, users }),
     presenceRestored: (chat, users) => r.restored.push({ chat, users }),
     readyChange: (ready) => r.onReadyChange?.(ready),
+    streamAt: (chat, position) => r.positions.push({ chat, ...position }),
   };
   return r;
 }

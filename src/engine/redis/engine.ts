@@ -40,7 +40,7 @@ const SPACE = 0x20;
 
 type PresenceCommands = {
   msLeave(chatKey: string, userKey: string, now: number, conn: string, user: string, held: number): Promise<number>;
-  msSweep(chatKey: string, now: number, userPrefix: string): Promise<string[]>;
+  msSweep(chatKey: string, streamKey: string, now: number, userPrefix: string): Promise<[number, string, ...string[]]>;
   msWriteEntries(chatKey: string, now: number, expiresAt: number, keyTtl: number, userPrefix: string, ...userConnPairs: string[]): Promise<number[]>;
   msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string, number, string?]>;
   msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
@@ -105,6 +105,8 @@ export class RedisEngine implements Engine {
   private readonly replyChannel = `ms:reply:{${this.origin}}`;
   /** This instance's presence entries, refreshed every PRESENCE_TTL_MS / 3. */
   private readonly entries = new Map<string, PresenceEntry>();
+  /** Entries whose leave failed (Redis unreachable), keyed like `entries`: see `replayLeaves`. */
+  private readonly failedLeaves = new Map<string, PresenceEntry>();
   /** Entries a refresh re-created (see refreshPresence) whose `online` is not announced yet. */
   private restored: PresenceEntry[] = [];
   private pending: Array<{ op: 'subscribe' | 'unsubscribe'; chat: IdKey; done: (err?: Error) => void }> = [];
@@ -184,7 +186,7 @@ export class RedisEngine implements Engine {
     }
     this.watch(this.cmd, 'command');
     this.cmd.defineCommand('msLeave', { numberOfKeys: 2, lua: LEAVE });
-    this.cmd.defineCommand('msSweep', { numberOfKeys: 1, lua: SWEEP });
+    this.cmd.defineCommand('msSweep', { numberOfKeys: 2, lua: SWEEP });
     this.cmd.defineCommand('msWriteEntries', { numberOfKeys: 1, lua: WRITE_ENTRIES });
     this.cmd.defineCommand('msAppend', { numberOfKeys: 2, lua: APPEND });
     this.cmd.defineCommand('msRecover', { numberOfKeys: 2, lua: RECOVER });
@@ -406,12 +408,38 @@ export class RedisEngine implements Engine {
     const entry = { chat, user, conn };
     const cameOnline = await this.whenReady(() => this.writeEntries(chat, [entry], Date.now()));
     this.entries.set(entryKey(entry), entry);
+    this.failedLeaves.delete(entryKey(entry)); // joined again: an earlier leave must not take it away
     return cameOnline.length === 1;
   }
 
   async leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
-    const held = this.entries.delete(entryKey({ chat, user, conn })) ? 1 : 0;
-    return (await this.whenReady(() => this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, held))) === 1;
+    const entry = { chat, user, conn };
+    const key = entryKey(entry);
+    const held = this.entries.delete(key) ? 1 : 0;
+    try {
+      return (await this.whenReady(() => this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, held))) === 1;
+    } catch (err) {
+      // Its entry may outlast the outage in Redis (it then expires, and the sweep announces the
+      // user offline) or be lost with Redis's data (then nothing ever would): run once Redis is back.
+      if (held === 1) this.failedLeaves.set(key, entry);
+      throw err;
+    }
+  }
+
+  /**
+   * Runs the leaves that failed during an outage; returns, per chat, the users they took offline
+   * (Redis lost the entry, or still had it: either way that was the user's last connection).
+   */
+  private async replayLeaves(): Promise<Map<IdKey, IdKey[]>> {
+    const offline = new Map<IdKey, IdKey[]>();
+    await Promise.all(
+      [...this.failedLeaves].map(async ([key, { chat, user, conn }]) => {
+        const last = await this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, 1);
+        this.failedLeaves.delete(key);
+        if (last === 1) offline.set(chat, [...(offline.get(chat) ?? []), user]);
+      }),
+    );
+    return offline;
   }
 
   async online(chat: IdKey): Promise<IdKey[]> {
@@ -519,10 +547,12 @@ export class RedisEngine implements Engine {
   private async restoreAfterOutage(): Promise<void> {
     if (this.closing || this.restoring || this.ready || !this.connectionsUp()) return;
     this.restoring = true;
+    let wentOffline: Map<IdKey, IdKey[]>;
     try {
       await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
       await this.refreshPresence();
+      wentOffline = await this.replayLeaves();
     } catch (err) {
       // Connected but not serving (out of memory, a replica, still loading): tried again while
       // the connections stay up — a reconnect would try again too, but none may ever come.
@@ -537,6 +567,7 @@ export class RedisEngine implements Engine {
       this.everReady = true;
       this.setReady(true);
       this.announceRestored(); // only now: the hub publishes `online`, which needs a ready engine
+      for (const [chat, users] of wentOffline) this.events?.presenceExpired(chat, users);
     }
   }
 
@@ -633,8 +664,9 @@ export class RedisEngine implements Engine {
       const now = Date.now();
       await Promise.all(
         [...this.subscribed.keys()].map(async (chat) => {
-          const gone = await this.cmd.msSweep(presenceKey(chat), now, userPrefix(chat));
+          const [seq, epoch, ...gone] = await this.cmd.msSweep(presenceKey(chat), streamKey(chat), now, userPrefix(chat));
           if (gone.length > 0) this.events?.presenceExpired(chat, gone);
+          if (epoch !== '') this.events?.streamAt(chat, { seq, epoch });
         }),
       );
     } catch (err) {

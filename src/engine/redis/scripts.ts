@@ -48,12 +48,16 @@ return 1
 `;
 
 /**
- * KEYS: chat zset. ARGV: now, user-key prefix. Removes expired connections; returns the users
- * left with none (their instance died without a leave).
+ * KEYS: chat zset, the chat's stream hash. ARGV: now, user-key prefix. Removes expired
+ * connections; returns the chat stream's seq and epoch (0 and '' when it has none), then the
+ * users left with no connection (their instance died without a leave). The position lets an
+ * instance notice broadcasts its subscription lost without the connection dropping (see
+ * Resync.check); read here, it costs no extra call.
  */
 export const SWEEP = `
+local head = redis.call('HMGET', KEYS[2], 'seq', 'epoch')
+local gone = {tonumber(head[1] or '0'), head[2] or ''}
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local gone = {}
 for _, user in ipairs(stale) do
   local ukey = ARGV[2] .. user
   redis.call('ZREMRANGEBYSCORE', ukey, '-inf', ARGV[1])

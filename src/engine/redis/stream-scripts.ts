@@ -1,19 +1,32 @@
 /**
  * The chat stream in Redis, per chat (both keys share the `{chat}` hash tag, so one Cluster slot,
  * the same as the chat's channel):
- *   ms:stream:{chat}   HASH  epoch, seq — lost together, so a lost stream always gets a new epoch
+ *   ms:stream:{chat}   HASH  epoch, seq — lost together, so a lost stream always gets a new epoch;
+ *                            run: the run_id of the Redis process that created the epoch (below)
  *   ms:history:{chat}  STREAM entry id 0-<seq>, fields t (ms), f (the numbered frame), then for
  *                      broadcasts of a message, edit or delete k (its message id; see CONTAINS),
  *                      and o (the operation's token, which makes a retried append idempotent)
  * Numbering, storing and publishing are one script, so seq order is the channel's order.
  */
 
-/** Shared head: the chat's epoch, created (with an empty history) when the stream is missing. */
+/**
+ * Shared head: the chat's epoch, created (with an empty history) when the stream is missing —
+ * or when another Redis process wrote it. A restart from a snapshot or an `everysec` AOF, or a
+ * failover to a replica that was behind, brings back an older copy: the same epoch with a lower
+ * seq, whose numbers would be given again to other broadcasts, and positions clients hold
+ * would "recover" across the difference. Redis cannot tell such a copy from a complete one, but
+ * every process has its own run_id: a stream written by another one starts a new epoch, so
+ * every old position is refused (clients fetch the gap from the main API) and never silently
+ * resumed. The cost: after any restart or failover, even a lossless one, each chat's next use
+ * starts a new epoch; and reading the run_id (INFO server) is ~10 µs of Redis per call.
+ */
 const EPOCH = `
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+local head = redis.call('HMGET', KEYS[1], 'epoch', 'run')
+local epoch = head[1]
+if not epoch or head[2] ~= run then
   epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'run', run)
   redis.call('DEL', KEYS[2])
 end
 `;
