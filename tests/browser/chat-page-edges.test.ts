@@ -322,6 +322,7 @@ describe('the chat page at its edges', () => {
     }
     assert.ok(reached, 'Tab reaches the edit button');
     assert.equal(await dave.$eval('li.msg.mine .actions', (e) => getComputedStyle(e).opacity), '1', 'shown while focused');
+    if (process.env.SCREENSHOT_DIR) await writeFile(join(process.env.SCREENSHOT_DIR, 'desktop-actions.png'), await dave.screenshot());
 
     // A draft survives an edit, cancelled or sent.
     await dave.fill('#text', 'my unsent draft');
