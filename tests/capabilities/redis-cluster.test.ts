@@ -124,6 +124,30 @@ describe('Redis Cluster: sharded pub/sub across three masters', () => {
     watcher.close();
   });
 
+  it('a sharded subscriber killed on the chat\'s master (ioredis resubscribes with no event): every instance still delivers every seq, once, in order, nothing closed', async () => {
+    const [g1, g2] = gateways as [GatewayProcess, GatewayProcess];
+    const chat = 7373;
+    const owner = await ownerOf(Number(await cli(nodes[0]!.port, 'cluster', 'keyslot', `{${chat}}`)));
+    const sender = await TestClient.connect(g1.wsUrl);
+    await sender.register(await api.mintToken(31), chat);
+    const receivers = [await TestClient.connect(g1.wsUrl), await TestClient.connect(g2.wsUrl)];
+    for (const [i, c] of receivers.entries()) await c.register(await api.mintToken(32 + i), chat);
+    let last: Record<string, unknown> = {};
+    for (let n = 0; n < 60; n++) {
+      if (n === 15) await cli(owner, 'client', 'kill', 'type', 'pubsub');
+      last = await sender.request({ type: 'message', data: { id: `k${n}`, ciphertext: 'x' } }, { type: 'ack', id: `k${n}` }, 5000);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    for (const c of receivers) {
+      await c.next((f) => f.type === 'message' && f.seq === last.seq && f.epoch === last.epoch, 5000);
+      const seqs = c.all({ type: 'message' }).map((f) => f.seq as number);
+      assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => seqs[0]! + i), 'a gap or a duplicate');
+      assert.equal(seqs.length, 60);
+      assert.equal(c.isOpen, true);
+    }
+    for (const c of [sender, ...receivers]) c.close();
+  });
+
   /** The port of the master serving `slot`, read from CLUSTER NODES ("… ip:port@bus … master … 0-5460"). */
   async function ownerOf(slot: number): Promise<number> {
     for (const line of (await cli(nodes[0]!.port, 'cluster', 'nodes')).split('\n')) {
