@@ -54,6 +54,7 @@ class ChatView {
   writes: Promise<void> = Promise.resolve();
   /** The members' devices last fetched (null: never loaded); used when the main API cannot be reached. */
   devices: Recipient[] | null = null;
+  devicesLoading = false;
   /** Writes waiting for a device list are woken when one loads. */
   devicesLoaded: Array<() => void> = [];
   /** Edits of messages not here yet while the history loads: applied once it is merged. */
@@ -462,7 +463,11 @@ async function fetchDevices(view: ChatView): Promise<Recipient[]> {
 
 /** Loads the device list ahead of any write: when the chat registers and when someone comes online. */
 function loadDevices(view: ChatView): void {
-  fetchDevices(view).catch((err: unknown) => log(`${view.name}: device list not loaded (${errorText(err)})`));
+  if (view.devicesLoading) return; // one at a time: a burst of presence needs one list
+  view.devicesLoading = true;
+  fetchDevices(view)
+    .catch((err: unknown) => log(`${view.name}: device list not loaded (${errorText(err)})`))
+    .finally(() => (view.devicesLoading = false));
 }
 
 class Abandoned extends Error {}
