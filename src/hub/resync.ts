@@ -214,8 +214,10 @@ export class Resync {
     }
     this.metrics.resyncs.inc({ outcome: 'recovered' });
     if (missed.length > 0) this.log.info({ chat, broadcasts: missed.length }, 'broadcasts missed during an engine outage delivered from history');
-    for (const frame of missed) this.pass(chat, frame, null);
+    // Through `receive`: should these show a gap again, the chat is held again, and the rest
+    // of them waits with it rather than skipping past.
+    for (const frame of missed) this.receive(chat, frame, null);
     // What was held meanwhile, minus what the history covered (`pass` drops those).
-    for (const { frame, exceptConn } of waiting) this.pass(chat, frame, exceptConn);
+    for (const { frame, exceptConn } of waiting) this.receive(chat, frame, exceptConn);
   }
 }
