@@ -59,6 +59,7 @@ const presenceKey = (chat: IdKey) => `ms:presence:{${chat}}`;
 const userPrefix = (chat: IdKey) => `ms:presence:{${chat}}:u:`;
 const streamKey = (chat: IdKey) => `ms:stream:{${chat}}`;
 const historyKey = (chat: IdKey) => `ms:history:{${chat}}`;
+const runIdOf = (info: string) => /run_id:([0-9a-f]+)/.exec(info)?.[1] ?? '';
 const unavailable = (err: unknown) =>
   err instanceof EngineUnavailableError ? err : new EngineUnavailableError(`redis: ${(err as Error).message}`);
 
@@ -105,6 +106,12 @@ export class RedisEngine implements Engine {
   private readonly replyChannel = `ms:reply:{${this.origin}}`;
   /** This instance's presence entries, refreshed every PRESENCE_TTL_MS / 3. */
   private readonly entries = new Map<string, PresenceEntry>();
+  /**
+   * The run_id of the Redis process the command connection is on, read each time it became
+   * ready, before any stream script is sent; '' while unknown and in a Cluster (see epochHead in
+   * stream-scripts.ts: the scripts then ask Redis itself).
+   */
+  private runId = '';
   /** Entries whose leave failed (Redis unreachable), keyed like `entries`: see `replayLeaves`. */
   private readonly failedLeaves = new Map<string, PresenceEntry>();
   /** Entries a refresh re-created (see refreshPresence) whose `online` is not announced yet. */
@@ -282,7 +289,7 @@ export class RedisEngine implements Engine {
       chat,
       exceptConn,
       (header) =>
-        this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS, key, attempt?.token ?? '', attempt?.retry === true ? '1' : '', attempt?.firstAt ?? 0),
+        this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS, key, attempt?.token ?? '', attempt?.retry === true ? '1' : '', attempt?.firstAt ?? 0, this.runId),
       // An earlier attempt appended it: nothing was published now, so no echo comes.
       ([, , found]) => found !== 1,
     );
@@ -374,7 +381,7 @@ export class RedisEngine implements Engine {
 
   private async readStream(chat: IdKey, sinceSeq: number, sinceEpoch: string, maxBytes: number): Promise<Recovery> {
     const reply = await this.whenReady(() =>
-      this.cmd.msRecoverBuffer(streamKey(chat), historyKey(chat), newEpoch(), sinceSeq, sinceEpoch, Date.now() - this.history.ttlMs, maxBytes, this.history.size, STREAM_TTL_MS),
+      this.cmd.msRecoverBuffer(streamKey(chat), historyKey(chat), newEpoch(), sinceSeq, sinceEpoch, Date.now() - this.history.ttlMs, maxBytes, this.history.size, STREAM_TTL_MS, this.runId),
     );
     const [seq, epoch, outcome, ...frames] = reply;
     const position = { seq, epoch: epoch.toString('latin1') };
@@ -534,6 +541,7 @@ export class RedisEngine implements Engine {
     conn.on('ready', () => void this.restoreAfterOutage());
     for (const event of ['close', 'end', 'reconnecting']) {
       conn.on(event, () => {
+        if (conn === this.cmd) this.runId = ''; // the next connection may be to another process
         if (this.ready) this.log.warn({ role, event }, 'redis connection lost');
         this.setReady(false);
       });
@@ -549,6 +557,7 @@ export class RedisEngine implements Engine {
     this.restoring = true;
     let wentOffline: Map<IdKey, IdKey[]>;
     try {
+      if (!this.config.cluster) this.runId = runIdOf(await this.cmd.info('server'));
       await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
       await this.refreshPresence();

@@ -18,16 +18,24 @@
  * every process has its own run_id: a stream written by another one starts a new epoch, so
  * every old position is refused (clients fetch the gap from the main API) and never silently
  * resumed. The cost: after any restart or failover, even a lossless one, each chat's next use
- * starts a new epoch; and reading the run_id (INFO server) is ~10 µs of Redis per call.
+ * starts a new epoch.
+ *
+ * `ARGV[runArg]` is the run_id the caller believes it is talking to: read on its connection
+ * each time it (re)connected, before it sent any script on it — so it can only be wrong where
+ * it cannot be known (a Cluster, where one command may land on several nodes; then ''). When it
+ * matches the stream's, that is the answer; otherwise INFO server, which costs Redis a quarter
+ * of the whole append (bench:redis-cost), says what the process really is.
  */
-const EPOCH = `
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+const epochHead = (runArg: number) => `
 local head = redis.call('HMGET', KEYS[1], 'epoch', 'run')
 local epoch = head[1]
-if not epoch or head[2] ~= run then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'run', run)
-  redis.call('DEL', KEYS[2])
+if not epoch or head[2] ~= ARGV[${runArg}] or ARGV[${runArg}] == '' then
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+  if not epoch or head[2] ~= run then
+    epoch = ARGV[1]
+    redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'run', run)
+    redis.call('DEL', KEYS[2])
+  end
 end
 `;
 
@@ -36,7 +44,8 @@ end
  * prefix (bytes put before the frame in the pub/sub message), channel, publish command
  * (PUBLISH or SPUBLISH), now ms, history size, history ttl ms, stream ttl ms, key ('' for none),
  * operation token ('' for none), retry ('1': first look for an entry with that token), the
- * operation's first attempt ms (a retry's look-up stops at entries a minute older than it).
+ * operation's first attempt ms (a retry's look-up stops at entries a minute older than it), the
+ * caller's run_id of Redis ('' if unknown: see epochHead).
  * Returns {seq, epoch, 0}, or {seq, epoch, 1, frame} for a retry whose operation an earlier
  * attempt appended: nothing is appended or published again, and the numbered frame as stored
  * is returned (the sender of a late broadcast never got it).
@@ -48,7 +57,7 @@ end
  * (clocks of instances may differ a little), or after HISTORY_SIZE entries: so it costs a few
  * entries, not a copy of the whole history, however long that is.
  */
-export const APPEND = `${EPOCH}
+export const APPEND = `${epochHead(14)}
 local history = tonumber(ARGV[7]) > 0
 local key = ARGV[10] or ''
 local token = ARGV[11] or ''
@@ -91,11 +100,11 @@ return {seq, epoch, 0}
 
 /**
  * KEYS: stream hash, history. ARGV: newEpoch, since seq (-1: position only), since epoch,
- * oldest replayable ms, max bytes, history size, stream ttl ms.
+ * oldest replayable ms, max bytes, history size, stream ttl ms, the caller's run_id of Redis.
  * Returns {seq, epoch, outcome, frames...}; outcome is position, ok, epoch_changed,
  * too_far_behind or no_history.
  */
-export const RECOVER = `${EPOCH}
+export const RECOVER = `${epochHead(8)}
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
 local since = tonumber(ARGV[2])
