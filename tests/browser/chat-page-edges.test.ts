@@ -18,10 +18,8 @@ import { chromium, type Browser, type BrowserContext, type Page } from 'playwrig
 import { startChatPage, type ChatPage } from '../../web/server.js';
 import { Harness, uniqueChat } from '../support/harness.js';
 import { ROOT } from '../support/process.js';
+import { CHROMIUM, CHROMIUM_ARGS, WAIT_MS, eventually, sent, texts } from './page-kit.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
-const WAIT_MS = 10_000;
 
 const h = new Harness('memory');
 let server: ChatPage;
@@ -29,19 +27,8 @@ let browser: Browser;
 const contexts: BrowserContext[] = [];
 const pageErrors: string[] = [];
 
-async function eventually<T>(what: string, read: () => Promise<T>, done: (value: T) => boolean, timeoutMs = WAIT_MS): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  let value = await read();
-  while (!done(value)) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}; last saw ${JSON.stringify(value)}`);
-    await new Promise((r) => setTimeout(r, 50));
-    value = await read();
-  }
-  return value;
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const texts = (page: Page) => page.$$eval('#messages li.msg .text', (els) => els.map((e) => e.textContent ?? ''));
 const stateText = (page: Page) => page.$eval('#state', (e) => e.textContent ?? '');
 const state = (page: Page) => page.$eval('#state', (e) => (e as HTMLElement).dataset.state ?? '');
 const logText = (page: Page) => page.$eval('#log', (e) => e.textContent ?? '');
@@ -81,9 +68,6 @@ async function type(page: Page, text: string): Promise<void> {
   await page.press('#text', 'Enter');
 }
 
-async function sent(page: Page, text: string): Promise<void> {
-  await page.locator('#messages li.msg.mine', { hasText: text }).locator('.status.sent').waitFor({ timeout: WAIT_MS });
-}
 
 async function waitText(page: Page, text: string): Promise<void> {
   await eventually(`"${text}" shown`, () => texts(page), (t) => t.includes(text));

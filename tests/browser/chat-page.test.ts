@@ -19,12 +19,10 @@ import { startChatPage, type ChatPage } from '../../web/server.js';
 import { RelayProxy } from '../sdk/proxy.js';
 import { Harness } from '../support/harness.js';
 import { ROOT } from '../support/process.js';
+import { CHROMIUM, CHROMIUM_ARGS, WAIT_MS, eventually, sent, texts } from './page-kit.js';
 import type { TestClient } from '../support/client.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
 const CHAT = 1; // "General", the chat the page opens first
-const WAIT_MS = 10_000;
 
 const h = new Harness('memory');
 let proxy: RelayProxy;
@@ -36,19 +34,7 @@ let alice: Page;
 let bob: Page;
 const pageErrors: string[] = [];
 
-/** Polls `read` until `done` holds for its value; the failure names the last value seen. */
-async function eventually<T>(what: string, read: () => Promise<T>, done: (value: T) => boolean, timeoutMs = WAIT_MS): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  let value = await read();
-  while (!done(value)) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}; last saw ${JSON.stringify(value)}`);
-    await new Promise((r) => setTimeout(r, 50));
-    value = await read();
-  }
-  return value;
-}
 
-const texts = (page: Page) => page.$$eval('#messages li.msg .text', (els) => els.map((e) => e.textContent ?? ''));
 const state = (page: Page) => page.$eval('#state', (e) => (e as HTMLElement).dataset.state ?? '');
 const online = (page: Page) => page.$$eval('#online li', (els) => els.map((e) => (e as HTMLElement).dataset.user ?? ''));
 const logText = (page: Page) => page.$eval('#log', (e) => e.textContent ?? '');
@@ -76,8 +62,7 @@ async function login(page: Page, userId: string): Promise<void> {
 async function send(page: Page, text: string): Promise<void> {
   await page.fill('#text', text);
   await page.press('#text', 'Enter');
-  // Acked: the main API saved it (the ✓ of own messages).
-  await page.locator('#messages li.msg.mine', { hasText: text }).locator('.status.sent').waitFor({ timeout: WAIT_MS });
+  await sent(page, text);
 }
 
 async function messageAction(page: Page, text: string, action: 'edit' | 'delete'): Promise<void> {
