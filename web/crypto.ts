@@ -74,12 +74,20 @@ export interface MessageRef {
   senderId: string | number;
 }
 
-export type OpenFailure = 'no_envelope' | 'bad_envelope' | 'bad_ciphertext';
+export type OpenFailure = 'no_envelope' | 'bad_envelope' | 'bad_ciphertext' | 'malformed';
 
 /** Why a message could not be opened; `reason` is what the page shows. */
 export class CannotDecrypt extends Error {
   constructor(readonly reason: OpenFailure) {
-    super(reason === 'no_envelope' ? 'not encrypted for this device' : reason === 'bad_envelope' ? 'the key envelope for this device does not open' : 'the ciphertext does not authenticate');
+    super(
+      reason === 'no_envelope'
+        ? 'not encrypted for this device'
+        : reason === 'bad_envelope'
+          ? 'the key envelope for this device does not open'
+          : reason === 'malformed'
+            ? 'malformed message'
+            : 'the ciphertext does not authenticate',
+    );
     this.name = 'CannotDecrypt';
   }
 }
@@ -176,13 +184,21 @@ export async function open(message: { ciphertext?: unknown; nonce?: unknown; env
   const { alg, epk, key } = envelope as Partial<Envelope>;
   let contentKey: CryptoKey;
   let encrypted: Uint8Array<ArrayBuffer>;
+  let container: Uint8Array<ArrayBuffer> | null = null;
+  if (alg === ALG) {
+    // The ephemeral key is the first 65 bytes of the ciphertext container, the GCM tag its last 16:
+    // shorter (or not base64) is no message of this scheme, whatever its envelope.
+    try {
+      container = typeof message.ciphertext === 'string' ? fromBase64(message.ciphertext) : null;
+    } catch {
+      container = null;
+    }
+    if (container === null || container.length < EPK_BYTES + 16) throw new CannotDecrypt('malformed');
+  }
   try {
     if ((alg !== ALG && alg !== LEGACY_ALG) || typeof key !== 'string') throw new Error('unknown envelope');
     let epkBytes: Uint8Array<ArrayBuffer>;
-    if (alg === ALG) {
-      // The ephemeral key is the first 65 bytes of the ciphertext container.
-      const container = typeof message.ciphertext === 'string' ? fromBase64(message.ciphertext) : new Uint8Array(0);
-      if (container.length < EPK_BYTES + 16) throw new Error('no ephemeral key');
+    if (container !== null) {
       epkBytes = container.slice(0, EPK_BYTES);
       encrypted = container.slice(EPK_BYTES);
     } else {
