@@ -8,7 +8,7 @@ import { ClientError, createClient, type Chat, type ChatId, type Client, type Re
 import { Api, ApiError, type StoredMessage } from './api.js';
 import { CannotDecrypt, fingerprint, open, seal, type Recipient } from './crypto.js';
 import { loadDevice, type Device } from './device.js';
-import { mergeHistory, messageTime, offlineText, type Entry } from './model.js';
+import { checkedTime, mergeHistory, messageTime, offlineText, type Entry } from './model.js';
 
 const DEMO_USERS: ReadonlyArray<{ id: string; name: string }> = [
   { id: '1', name: 'Alice' },
@@ -24,6 +24,12 @@ const TYPING_SHOWN_MS = 3000;
 const LOG_LINES = 60;
 /** Retries of a chat's device list while a write waits for it: 1 s, doubling up to this. */
 const DEVICES_RETRY_MAX_MS = 5000;
+/**
+ * After the device list could not be reached (a timeout is 5 s), writes use the last list for
+ * this long without asking again, so messages queued behind one another do not each wait out
+ * their own timeout. A load that succeeds ends it sooner.
+ */
+const DEVICES_REUSE_MS = 10_000;
 /** The gateway's MAX_MESSAGE_BYTES (default): the SDK refuses larger writes `too_large`. */
 const MAX_FRAME_BYTES = 65_536;
 
@@ -50,11 +56,18 @@ class ChatView {
   goneReason = '';
   /** Broadcasts replayed since the connection came back (logged with the `registered`). */
   replayed = 0;
+  /** New messages among them: announced once, as a count, after the `registered`. */
+  missedNew = 0;
   /** Encryption runs in order before each write reaches the SDK, which keeps a chat's writes in order. */
   writes: Promise<void> = Promise.resolve();
   /** The members' devices last fetched (null: never loaded); used when the main API cannot be reached. */
   devices: Recipient[] | null = null;
-  devicesLoading = false;
+  /** The device-list request in flight: every write and load waiting for a list shares it. */
+  devicesRequest: Promise<Recipient[]> | null = null;
+  /** performance.now() of the last "unreachable" failure of the list (0: none since the last load). */
+  devicesUnreachableAt = 0;
+  /** Own writes queued and not yet handed to the SDK (behind a waiting one they show "waiting…"). */
+  readonly queued = new Set<Entry>();
   /** Writes waiting for a device list are woken when one loads. */
   devicesLoaded: Array<() => void> = [];
   /** Edits of messages not here yet while the history loads: applied once it is merged. */
@@ -89,7 +102,10 @@ interface Session {
   connection: StateEvent;
   /** Date.now() of the next connection attempt while disconnected. */
   retryAt: number;
-  editing: { view: ChatView; id: string; draft: string } | null;
+  /** Date.now() when the connection was last lost: a replay may bring messages written since. */
+  lostAt: number;
+  /** An edit in progress: its message, what was in the composer before, the message's text. */
+  editing: { view: ChatView; id: string; draft: string; original: string } | null;
 }
 
 let config: PageConfig = { gatewayUrl: '' };
@@ -140,11 +156,12 @@ function log(line: string): void {
 // --- connection state ----------------------------------------------------------------------------
 
 /** connecting · open · recovering · offline · closed, from the SDK's `state` and `registered` events. */
-function connectionState(s: Session): { state: string; text: string } {
+function connectionState(s: Session): { state: string; text: string; retry?: string } {
   const c = s.connection;
   if (c.state === 'disconnected') {
     if (c.retryInMs === null || c.retryInMs === undefined) return { state: 'closed', text: c.error ? `closed: ${c.error.code}` : 'closed' };
-    return { state: 'offline', text: offlineText(c.code, navigator.onLine, s.retryAt, Date.now()) };
+    const { state: text, retry } = offlineText(c.code, navigator.onLine, s.retryAt, Date.now());
+    return { state: 'offline', text, retry };
   }
   if (c.state === 'connecting') return { state: 'connecting', text: 'connecting' };
   const waiting = [...s.views.values()].filter((v) => !v.registered && !v.gone);
@@ -160,10 +177,15 @@ function renderState(): void {
     countdown = undefined;
     return;
   }
-  const { state, text } = connectionState(session);
-  const pill = $('state');
-  pill.dataset.state = state;
-  if (pill.textContent !== text) pill.textContent = text;
+  const { state, text, retry } = connectionState(session);
+  $('state').dataset.state = state;
+  // The live region (#state-text) changes with the state only; the countdown ticks beside it,
+  // aria-hidden and outside it, or a screen reader would say it every second.
+  const label = $('state-text');
+  if (label.textContent !== text) label.textContent = text;
+  const countdownText = retry ? ` · ${retry}` : '';
+  const ticking = $('retry');
+  if (ticking.textContent !== countdownText) ticking.textContent = countdownText;
   // While offline the retry countdown ticks; the SDK only says when the wait began.
   if (state === 'offline') countdown ??= setInterval(renderState, 250);
   else if (countdown !== undefined) {
@@ -183,8 +205,9 @@ function renderChats(): void {
   for (const key of keys) {
     const view = s.views.get(key);
     const current = s.current?.key === key;
-    const button = el('button', { className: 'chat' }, el('span', { text: `# ${chatName(key)}` }));
+    const button = el('button', { className: 'chat' }, el('span', { className: 'name', text: `# ${chatName(key)}` }));
     button.type = 'button';
+    button.title = `# ${chatName(key)}`;
     button.dataset.chat = key;
     if (current) button.setAttribute('aria-current', 'true');
     if (view && view.unread > 0) button.append(el('span', { className: 'badge', text: String(view.unread) }), el('span', { className: 'sr-only', text: ' unread' }));
@@ -252,11 +275,24 @@ function renderMessagesNow(view: ChatView): void {
     const mine = entry.senderId === me;
     const time = el('time', { text: messageTime(entry.at, now) });
     time.dateTime = entry.at;
-    const meta = el('div', { className: 'meta' }, el('span', { className: 'who', text: userName(entry.senderId) }), time);
+    const who = el('span', { className: 'who', text: userName(entry.senderId) });
+    who.title = userName(entry.senderId);
+    const meta = el('div', { className: 'meta' }, who, time);
+    if (entry.claimed !== undefined) {
+      // The sender's clock is far off (or lying): the time shown is when the page (live) or the
+      // main API (history) got it, and the claim is shown as a claim.
+      time.title = 'when this arrived';
+      const claim = el('span', { className: 'claimed', text: `sender says ${messageTime(entry.claimed, now) || entry.claimed}` });
+      claim.title = `created_at from the sender: ${entry.claimed}`;
+      meta.append(claim);
+    }
     if (entry.edited) meta.append(el('span', { className: 'edited', text: 'edited' }));
     if (entry.sending) {
-      const status = { sent: '✓', sending: 'sending…', waiting: "waiting for the chat's devices…", failed: entry.failure ? `not sent: ${entry.failure}` : 'not sent' }[entry.sending];
-      const span = el('span', { className: `status ${entry.sending}`, text: status });
+      // Queued behind a write that waits for the device list: waiting too, not sending yet.
+      const behind = entry.sending === 'sending' && view.queued.has(entry) && [...view.queued].some((e) => e.sending === 'waiting');
+      const sending = behind ? 'queued' : entry.sending;
+      const status = { sent: '✓', sending: 'sending…', queued: 'waiting…', waiting: "waiting for the chat's devices…", failed: entry.failure ? `not sent: ${entry.failure}` : 'not sent' }[sending];
+      const span = el('span', { className: `status ${behind ? 'waiting' : entry.sending}`, text: status });
       if (entry.sending === 'sent') span.setAttribute('aria-label', 'sent');
       meta.append(span);
     }
@@ -346,11 +382,19 @@ async function decryptInto(view: ChatView, entry: Entry, content: { ciphertext?:
   if (live && session.current === view) announce(`${userName(entry.senderId)}: ${text ?? problem ?? ''}`);
 }
 
-function entryFrom(message: { id: string; sender_id: UserId; created_at?: string; saved_at?: string; edited_at?: string }): Entry {
+/**
+ * A received message's entry. Its time is the sender's `created_at` checked against `reference`
+ * (when the page got it live, or when the main API saved it: `saved_at`); see checkedTime.
+ */
+function entryFrom(message: { id: string; sender_id: UserId; created_at?: string; saved_at?: string; edited_at?: string }, reference?: number, pastSlackMs = 0): Entry {
+  const saved = typeof message.saved_at === 'string' ? Date.parse(message.saved_at) : NaN;
+  // History without a saved_at: only a claim in the future can be told wrong.
+  const { at, claimed } = reference !== undefined ? checkedTime(message.created_at, reference, pastSlackMs) : Number.isNaN(saved) ? checkedTime(message.created_at, Date.now(), Infinity) : checkedTime(message.created_at, saved);
   return {
     id: message.id,
     senderId: String(message.sender_id),
-    at: message.created_at ?? message.saved_at ?? new Date().toISOString(),
+    at,
+    ...(claimed === undefined ? {} : { claimed }),
     text: null,
     problem: null,
     edited: typeof message.edited_at === 'string',
@@ -364,13 +408,17 @@ function entryFrom(message: { id: string; sender_id: UserId; created_at?: string
 
 function onMessage(view: ChatView, message: ReceivedMessage): void {
   if (view.deleted.has(message.id) || view.entries.has(message.id)) return; // already from history
-  const entry = entryFrom(message);
+  // A replay after a reconnect (before the chat's `registered`) brings what was written while
+  // the page was away: older than now by up to that long. It is announced once, as a count.
+  const replay = !view.registered;
+  const entry = entryFrom(message, Date.now(), replay && session ? Date.now() - session.lostAt : 0);
   view.add(entry);
   view.typing.delete(entry.senderId);
   if (session?.current !== view) view.unread++;
+  if (replay) view.missedNew++;
   renderMessages(view);
   renderTyping();
-  void decryptInto(view, entry, message, true);
+  void decryptInto(view, entry, message, !replay);
 }
 
 function onEdit(view: ChatView, edit: ReceivedEdit): void {
@@ -401,7 +449,7 @@ function onDelete(view: ChatView, id: string, deletedBy: UserId | undefined): vo
   }
   view.remove(id);
   view.lateEdits.delete(id);
-  if (session?.editing?.id === id) stopEdit();
+  if (session?.editing?.view === view && session.editing.id === id) abandonEdit('the message was deleted');
   renderMessages(view);
 }
 
@@ -425,8 +473,9 @@ async function loadHistory(view: ChatView, afterGap: boolean): Promise<void> {
   if (session !== s) return;
   // Entries changed (arrived, or edited live) after the request went out are newer than the
   // snapshot, and own writes not acked yet are not in it: both are kept (web/model.ts).
-  const fresh = mergeHistory(view, stored, started, afterGap, entryFrom);
+  const fresh = mergeHistory(view, stored, started, afterGap, (m) => entryFrom(m));
   view.history = 'loaded';
+  if (s.editing?.view === view && !view.entries.has(s.editing.id)) abandonEdit('the message is no longer in the chat (deleted elsewhere)');
   log(`${view.name}: ${stored.length} stored message(s) loaded${afterGap ? ' after a gap' : ''}`);
   renderMessages(view);
   const decrypting = fresh.map(({ entry, message }) => decryptInto(view, entry, message));
@@ -448,26 +497,40 @@ function deviceListFailure(err: unknown): 'unreachable' | 'refused' | 'error' {
   return 'unreachable'; // fetch threw: a network error or the timeout
 }
 
-/** Fetches the chat's device list and keeps it as the last known one; wakes writes waiting for it. */
-async function fetchDevices(view: ChatView): Promise<Recipient[]> {
+/**
+ * Fetches the chat's device list and keeps it as the last known one; wakes writes waiting for it.
+ * One request at a time per chat: whoever asks while one is in flight (a burst of presence, the
+ * writes queued behind one another) shares it, so a hanging API costs them one timeout, not one each.
+ */
+function fetchDevices(view: ChatView): Promise<Recipient[]> {
   const s = session!;
-  const list = (await s.api.devices(view.chat.id)).map(({ device_id, public_key }) => ({ device_id, public_key }));
-  if (session === s) {
-    view.devices = list;
-    const waiting = view.devicesLoaded;
-    view.devicesLoaded = [];
-    for (const wake of waiting) wake();
-  }
-  return list;
+  view.devicesRequest ??= s.api
+    .devices(view.chat.id)
+    .then(
+      (devices) => {
+        const list = devices.map(({ device_id, public_key }) => ({ device_id, public_key }));
+        if (session === s) {
+          view.devices = list;
+          view.devicesUnreachableAt = 0;
+          const waiting = view.devicesLoaded;
+          view.devicesLoaded = [];
+          for (const wake of waiting) wake();
+        }
+        return list;
+      },
+      (err: unknown) => {
+        if (deviceListFailure(err) === 'unreachable') view.devicesUnreachableAt = performance.now();
+        throw err;
+      },
+    )
+    .finally(() => (view.devicesRequest = null));
+  return view.devicesRequest;
 }
 
 /** Loads the device list ahead of any write: when the chat registers and when someone comes online. */
 function loadDevices(view: ChatView): void {
-  if (view.devicesLoading) return; // one at a time: a burst of presence needs one list
-  view.devicesLoading = true;
-  fetchDevices(view)
-    .catch((err: unknown) => log(`${view.name}: device list not loaded (${errorText(err)})`))
-    .finally(() => (view.devicesLoading = false));
+  if (view.devicesRequest) return; // one at a time: a burst of presence needs one list
+  fetchDevices(view).catch((err: unknown) => log(`${view.name}: device list not loaded (${errorText(err)})`));
 }
 
 class Abandoned extends Error {}
@@ -487,7 +550,9 @@ async function recipients(view: ChatView, entry: Entry): Promise<Recipient[]> {
     if (view.gone) throw new Error(view.goneReason);
     let devices: Recipient[] | null = null;
     try {
-      devices = await fetchDevices(view);
+      // The list could not be reached a moment ago: the last one, without waiting again.
+      if (view.devices !== null && view.devicesUnreachableAt > 0 && performance.now() - view.devicesUnreachableAt < DEVICES_REUSE_MS) devices = view.devices;
+      else devices = await fetchDevices(view);
     } catch (err) {
       const failure = deviceListFailure(err);
       if (failure === 'refused') throw new Error(`not a member of this chat (${errorText(err)})`);
@@ -521,8 +586,13 @@ async function recipients(view: ChatView, entry: Entry): Promise<Recipient[]> {
 }
 
 /** Runs `prepare` after the chat's earlier writes were handed to the SDK (which keeps their order). */
-function queueWrite(view: ChatView, prepare: () => Promise<void>): void {
-  view.writes = view.writes.then(prepare).catch((err: unknown) => log(`${view.name}: write failed: ${errorText(err)}`));
+function queueWrite(view: ChatView, entry: Entry | null, prepare: () => Promise<void>): void {
+  view.writes = view.writes
+    .then(prepare)
+    .catch((err: unknown) => log(`${view.name}: write failed: ${errorText(err)}`))
+    .finally(() => {
+      if (entry && view.queued.delete(entry)) renderMessages(view);
+    });
 }
 
 /** What the page shows for a refused write. */
@@ -559,8 +629,9 @@ function sendText(view: ChatView, text: string): void {
   const senderId = s.userId;
   const entry: Entry = { id, senderId, at, text, problem: null, edited: false, version: 0, sending: 'sending', handed: false, changed: performance.now() };
   view.add(entry);
+  view.queued.add(entry);
   renderMessages(view);
-  queueWrite(view, async () => {
+  queueWrite(view, entry, async () => {
     try {
       const to = await recipients(view, entry);
       const sealed = await seal(text, { chatId: view.chat.id, messageId: id, senderId }, to);
@@ -573,16 +644,18 @@ function sendText(view: ChatView, text: string): void {
   });
 }
 
-function editText(view: ChatView, id: string, text: string): void {
+/** Sends an edit; false when the message is not here any more (nothing is sent). */
+function editText(view: ChatView, id: string, text: string): boolean {
   const entry = view.entries.get(id);
-  if (!entry) return;
+  if (!entry) return false;
   entry.text = text;
   entry.edited = true;
   entry.version++;
   entry.changed = performance.now();
   entry.sending = 'sending';
+  view.queued.add(entry);
   renderMessages(view);
-  queueWrite(view, async () => {
+  queueWrite(view, entry, async () => {
     try {
       // A fresh content key and fresh envelopes: whoever the chat has now can read the new text.
       const sealed = await seal(text, { chatId: view.chat.id, messageId: id, senderId: entry.senderId }, await recipients(view, entry));
@@ -592,19 +665,20 @@ function editText(view: ChatView, id: string, text: string): void {
       settle(view, entry, Promise.reject(err));
     }
   });
+  return true;
 }
 
 function deleteMessage(view: ChatView, id: string): void {
   // A message still waiting for the device list was never sent: nothing to delete but here.
   const neverSent = view.entries.get(id)?.handed === false;
   view.remove(id);
-  if (session?.editing?.id === id) stopEdit();
+  if (session?.editing?.view === view && session.editing.id === id) abandonEdit('you deleted the message');
   renderMessages(view);
   const wake = view.devicesLoaded;
   view.devicesLoaded = [];
   for (const w of wake) w(); // a waiting write sees the delete and gives up
   if (neverSent) return;
-  queueWrite(view, async () => {
+  queueWrite(view, null, async () => {
     view.chat.delete(id).catch((err: unknown) => log(`${view.name}: delete failed: ${errorText(err)}`));
   });
 }
@@ -615,8 +689,9 @@ function startEdit(view: ChatView, id: string): void {
   const input = $<HTMLInputElement>('text');
   // What was typed before "edit" comes back when the edit is done or cancelled.
   const draft = session.editing ? session.editing.draft : input.value;
-  session.editing = { view, id, draft };
+  session.editing = { view, id, draft, original: entry.text };
   $('editing').hidden = false;
+  notice('');
   input.value = entry.text;
   input.focus();
 }
@@ -626,6 +701,33 @@ function stopEdit(): void {
   if (session) session.editing = null;
   $('editing').hidden = true;
   $<HTMLInputElement>('text').value = draft;
+}
+
+/** A line under the composer about what just happened to it (empty: hidden). */
+function notice(text: string): void {
+  const el = $('notice');
+  el.textContent = text;
+  el.hidden = text === '';
+}
+
+/**
+ * Ends an edit that cannot go on (its message was deleted, here or elsewhere, or is gone after a
+ * history reload, or another chat was opened) without losing what was typed: a changed text stays
+ * in the composer (Send sends it as a new message); an unchanged one gives the draft back. Says
+ * why, in the log, under the composer, and to a screen reader.
+ */
+function abandonEdit(why: string): void {
+  const s = session;
+  if (!s?.editing) return;
+  const input = $<HTMLInputElement>('text');
+  const typed = input.value;
+  const changed = typed !== s.editing.original && typed.trim() !== '';
+  stopEdit();
+  if (changed) input.value = typed;
+  const text = `Edit ended: ${why}.${changed ? ' Your text is still in the composer; Send sends it as a new message.' : ''}`;
+  log(text);
+  notice(text);
+  announce(text);
 }
 
 // --- chats ---------------------------------------------------------------------------------------
@@ -644,7 +746,7 @@ function openChat(id: string | number): ChatView {
       // The gateway's word on who this is (the login's spelling of the id may differ).
       log(`the gateway knows this user as ${String(e.userId)}`);
       s.userId = String(e.userId);
-      $('me').textContent = `${userName(s.userId)} (user ${s.userId})`;
+      showMe(s.userId);
       renderMessages(view);
     }
     // The device list is loaded before any write needs it, and again on every (re)join.
@@ -654,8 +756,11 @@ function openChat(id: string | number): ChatView {
       void loadHistory(view, false);
     } else {
       log(`${view.name}: ${e.recovered === false ? 'rejoined, not recovered' : `recovered, ${view.replayed} missed update(s) replayed`}`);
+      // One announcement for the replay, not one per message (a screen reader would read them all).
+      if (view.missedNew > 0 && s.current === view) announce(`${view.missedNew} new message${view.missedNew === 1 ? '' : 's'} in ${view.name}`);
     }
     view.replayed = 0;
+    view.missedNew = 0;
     renderState();
     renderOnline();
   });
@@ -713,8 +818,11 @@ function selectChat(id: string | number): void {
   const s = session;
   if (!s) return;
   const view = openChat(id);
-  if (s.editing) stopEdit();
-  if (s.current !== view) stopTyping();
+  if (s.current !== view) {
+    notice('');
+    if (s.editing) abandonEdit(`you opened ${view.name}`);
+    stopTyping();
+  }
   s.current = view;
   view.unread = 0;
   showPanel('');
@@ -731,6 +839,13 @@ function showPanel(panel: '' | 'chats' | 'log'): void {
 }
 
 // --- login / logout ------------------------------------------------------------------------------
+
+/** Who is logged in, in the header (a long id ends in "…" there; the title has it whole). */
+function showMe(userId: string): void {
+  const me = $('me');
+  me.textContent = `${userName(userId)} (user ${userId})`;
+  me.title = me.textContent;
+}
 
 let loggingIn = false;
 
@@ -759,9 +874,10 @@ async function login(userId: string): Promise<void> {
       reconnect: { maxDelayMs: 5000 },
       isKnownMessage: (chatId, messageId) => views.get(String(chatId))?.entries.has(messageId) ?? false,
     });
-    session = { userId, api, device, client, views, current: null, connection: { state: 'connecting' }, retryAt: 0, editing: null };
+    session = { userId, api, device, client, views, current: null, connection: { state: 'connecting' }, retryAt: 0, lostAt: Date.now(), editing: null };
     const s = session;
     client.on('state', (e) => {
+      if (s.connection.state === 'connected' && e.state !== 'connected') s.lostAt = Date.now();
       s.connection = e;
       if (e.state === 'disconnected' && typeof e.retryInMs === 'number') s.retryAt = Date.now() + e.retryInMs;
       if (e.state !== 'connected') for (const v of s.views.values()) v.registered = false;
@@ -777,7 +893,7 @@ async function login(userId: string): Promise<void> {
       }
       renderState();
     });
-    $('me').textContent = `${userName(userId)} (user ${userId})`;
+    showMe(userId);
     const print = await fingerprint(device.publicKey);
     $('device').replaceChildren(
       el('span', { text: `device ${device.id.slice(0, 8)}…` }),
@@ -876,9 +992,11 @@ function wire(): void {
     const s = session;
     const text = input.value;
     if (!s?.current || text.trim() === '') return;
+    notice('');
     if (s.editing) {
-      editText(s.editing.view, s.editing.id, text);
-      stopEdit();
+      // The message may have gone meanwhile (a reload dropped it): say so, keep the text.
+      if (editText(s.editing.view, s.editing.id, text)) stopEdit();
+      else abandonEdit('the message is no longer in the chat');
     } else {
       if (s.current.gone) return;
       stopTyping();
@@ -890,7 +1008,21 @@ function wire(): void {
   $('show-log').addEventListener('click', () => showPanel($('app').dataset.panel === 'log' ? '' : 'log'));
   $('cancel-edit').addEventListener('click', stopEdit);
   input.addEventListener('keydown', (event) => {
-    if (event.key === 'Escape' && session?.editing) stopEdit();
+    if (event.key === 'Escape' && session?.editing) {
+      stopEdit();
+      event.stopPropagation(); // only the edit: an open panel stays
+    }
+  });
+  // Escape closes the Chats / Log panel of a narrow screen, and gives the focus back to its button.
+  document.addEventListener('keydown', (event) => {
+    const panel = $('app').dataset.panel;
+    if (event.key !== 'Escape' || !panel) return;
+    showPanel('');
+    $(panel === 'chats' ? 'show-chats' : 'show-log').focus();
+  });
+  // Widened past the phone layout: every column is shown, so no panel is open (or expanded).
+  matchMedia('(max-width: 760px)').addEventListener('change', (event) => {
+    if (!event.matches) showPanel('');
   });
   window.addEventListener('online', () => {
     log('the browser is online again');

@@ -7,8 +7,13 @@
 export interface Entry {
   id: string;
   senderId: string;
-  /** When it was written (`created_at`, else when the main API saved it). */
+  /**
+   * When it was written as shown: the sender's `created_at` when it agrees with when the page got
+   * it (live) or the main API saved it (history), else that time (see `checkedTime`).
+   */
   at: string;
+  /** The sender's `created_at` when it was not believed (shown as "sender says …"). */
+  claimed?: string;
   /** The decrypted text, or null while decrypting or when it cannot be decrypted. */
   text: string | null;
   /** Why it cannot be shown ("cannot decrypt: …"). */
@@ -90,8 +95,30 @@ export function messageTime(at: string | number, now: Date = new Date()): string
   return d.getFullYear() === now.getFullYear() ? `${day} ${time}` : `${day} ${d.getFullYear()} ${time}`;
 }
 
-/** The header's text while disconnected: counts down to the next attempt (`retryAt`, Date.now() ms). */
-export function offlineText(code: number | undefined, online: boolean, retryAt: number, now: number): string {
+/**
+ * The header's texts while disconnected: the state (`offline (1006)`, said by the live region
+ * when it changes) and the countdown to the next attempt (`retryAt`, Date.now() ms), which ticks
+ * every second outside the live region.
+ */
+export function offlineText(code: number | undefined, online: boolean, retryAt: number, now: number): { state: string; retry: string } {
   const seconds = Math.max(0, Math.ceil((retryAt - now) / 1000));
-  return `offline (${code ?? '?'}${online ? '' : ', no network'}) · ${seconds === 0 ? 'retrying' : `retry in ${seconds} s`}`;
+  return { state: `offline (${code ?? '?'}${online ? '' : ', no network'})`, retry: seconds === 0 ? 'retrying' : `retry in ${seconds} s` };
+}
+
+/** How far a sender's clock may be from the reference before its `created_at` is not believed. */
+export const CLOCK_SLACK_MS = 5 * 60_000;
+
+/**
+ * The time to show for a message whose sender claims `createdAt` (anyone can write any valid
+ * RFC 3339 instant: year 9999, year 0). `reference` is when the page got it live, or when the
+ * main API saved it (history), in ms; `pastSlackMs` widens the window into the past (a replay
+ * after being offline delivers messages written while the page was away). Within the window the
+ * claim is shown; outside it, or unparseable, the reference is shown and the claim kept aside.
+ */
+export function checkedTime(createdAt: unknown, reference: number, pastSlackMs = 0): { at: string; claimed?: string } {
+  const ref = new Date(reference).toISOString();
+  if (typeof createdAt !== 'string') return { at: ref };
+  const claimed = Date.parse(createdAt);
+  if (Number.isNaN(claimed) || claimed > reference + CLOCK_SLACK_MS || claimed < reference - CLOCK_SLACK_MS - pastSlackMs) return { at: ref, claimed: createdAt };
+  return { at: createdAt };
 }

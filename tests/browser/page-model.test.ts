@@ -4,7 +4,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mergeHistory, messageTime, offlineText, type Entry, type Messages } from '../../web/model.js';
+import { CLOCK_SLACK_MS, checkedTime, mergeHistory, messageTime, offlineText, type Entry, type Messages } from '../../web/model.js';
 import { userIdValue } from '../../web/api.js';
 
 function entry(id: string, text: string, changed: number, extra: Partial<Entry> = {}): Entry {
@@ -60,10 +60,31 @@ describe('clock texts', () => {
 
   it('the offline text counts down to the next attempt', () => {
     const at = 10_000;
-    assert.equal(offlineText(1006, true, at + 4200, at), 'offline (1006) · retry in 5 s');
-    assert.equal(offlineText(1006, true, at + 4200, at + 1000), 'offline (1006) · retry in 4 s');
-    assert.equal(offlineText(undefined, false, at + 4200, at + 3500), 'offline (?, no network) · retry in 1 s');
-    assert.equal(offlineText(1006, true, at + 4200, at + 5000), 'offline (1006) · retrying');
+    // The state (spoken when it changes) and the ticking countdown (never spoken) apart.
+    assert.deepEqual(offlineText(1006, true, at + 4200, at), { state: 'offline (1006)', retry: 'retry in 5 s' });
+    assert.deepEqual(offlineText(1006, true, at + 4200, at + 1000), { state: 'offline (1006)', retry: 'retry in 4 s' });
+    assert.deepEqual(offlineText(undefined, false, at + 4200, at + 3500), { state: 'offline (?, no network)', retry: 'retry in 1 s' });
+    assert.deepEqual(offlineText(1006, true, at + 4200, at + 5000), { state: 'offline (1006)', retry: 'retrying' });
+  });
+});
+
+describe('checkedTime (a sender\'s created_at)', () => {
+  const ref = Date.parse('2026-06-01T12:00:00Z');
+  it('believes a claim within a few minutes of when the page got it', () => {
+    assert.deepEqual(checkedTime('2026-06-01T11:58:30Z', ref), { at: '2026-06-01T11:58:30Z' });
+    assert.deepEqual(checkedTime('2026-06-01T12:04:00Z', ref), { at: '2026-06-01T12:04:00Z' });
+  });
+  it('shows the reference time for year 9999, year 0, or anything unparseable, and keeps the claim aside', () => {
+    for (const claim of ['9999-12-31T23:59:59Z', '0000-01-01T00:00:00Z', 'yesterday', new Date(ref + CLOCK_SLACK_MS + 1000).toISOString(), new Date(ref - CLOCK_SLACK_MS - 1000).toISOString()]) {
+      assert.deepEqual(checkedTime(claim, ref), { at: '2026-06-01T12:00:00.000Z', claimed: claim }, claim);
+    }
+    assert.deepEqual(checkedTime(undefined, ref), { at: '2026-06-01T12:00:00.000Z' }, 'no claim: the reference');
+  });
+  it('a replay after an hour offline may be an hour old, never in the future', () => {
+    const hour = 3_600_000;
+    assert.deepEqual(checkedTime('2026-06-01T11:10:00Z', ref, hour), { at: '2026-06-01T11:10:00Z' });
+    assert.equal(checkedTime('2026-06-01T10:50:00Z', ref, hour).claimed, '2026-06-01T10:50:00Z');
+    assert.equal(checkedTime('2026-06-01T12:30:00Z', ref, hour).claimed, '2026-06-01T12:30:00Z');
   });
 });
 
