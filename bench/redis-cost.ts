@@ -1,8 +1,8 @@
 /**
  * npm run bench:redis-cost — what one message costs Redis: a bare PUBLISH (the hand-written
  * peers), the gateway's append script (number, store in history, publish: src/engine/redis/
- * stream-scripts.ts), the same without history, the same when the run_id of Redis is not known
- * (a Cluster: the script reads INFO server each call), and an empty script that only publishes.
+ * stream-scripts.ts), the same without history, the same when the identity of Redis is not known
+ * (a Cluster: the script reads INFO each call), and an empty script that only publishes.
  *
  * Each is called BENCH_CALLS times (default 20,000), one at a time, on a private redis-server
  * with two subscribers, and Redis's CPU time is read from /proc before and after:
@@ -37,8 +37,9 @@ const sha = {
   empty: (await client.script('LOAD', `redis.call(ARGV[5], ARGV[4], ARGV[3] .. ARGV[2]) return {1, ARGV[1]}`)) as string,
 };
 // As the Redis engine calls it: the message id as key, the operation's token, not a retry, and
-// the run_id the engine read when it connected ('' in a Cluster: the script then reads INFO).
-const runId = /run_id:([0-9a-f]+)/.exec(await client.info('server'))?.[1] ?? '';
+// the identity of Redis the engine read when it connected ('' in a Cluster: the script then reads INFO).
+const info = await client.info();
+const runId = `${/run_id:([0-9a-f]+)/.exec(info)?.[1]}:${/master_replid:([0-9a-f]+)/.exec(info)?.[1]}`;
 let op = 0;
 const append = (script: string, chat: string, history: number, run = runId) => () =>
   client.evalsha(script, 2, `ms:stream:{${chat}}`, `ms:history:{${chat}}`, 'E1', frame, '', 'ch', 'PUBLISH', Date.now(), history, 300_000, 86_400_000, 'mmmmmmmmmmmmmmmmmmmmmmmm', `~bench${(++op).toString(36)}`, '', 0, run);
@@ -46,7 +47,7 @@ const variants: Array<[string, () => Promise<unknown>]> = [
   ['PUBLISH (hand-written peers)', () => client.publish('ch', frame)],
   ['append script, HISTORY_SIZE=100 (the gateway)', append(sha.append, 'a', 100)],
   ['append script, HISTORY_SIZE=0', append(sha.append, 'b', 0)],
-  ['append script, run_id unknown (Cluster)', append(sha.append, 'd', 100, '')],
+  ['append script, identity unknown (Cluster)', append(sha.append, 'd', 100, '')],
   ['script that only publishes', append(sha.empty, 'c', 100)],
 ];
 

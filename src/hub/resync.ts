@@ -168,9 +168,11 @@ export class Resync {
     const at = positionOf(frame);
     if (at !== null) {
       const last = this.last.get(chat);
+      if (last !== undefined && atOrBefore(at, last)) return; // delivered by a catch-up
+      // Skipping ahead of the last delivered — or, before any, of where the first registration went live.
+      const base = last ?? this.noted.get(chat);
+      if (base !== undefined && at.epoch === base.epoch && at.seq > base.seq + 1) return this.gapFound(chat, { frame, exceptConn });
       if (last === undefined) this.noted.delete(chat);
-      else if (atOrBefore(at, last)) return; // delivered by a catch-up
-      else if (at.epoch === last.epoch && at.seq > last.seq + 1) return this.gapFound(chat, { frame, exceptConn });
       this.last.set(chat, at);
     }
     this.deliver(chat, frame, at, exceptConn);

@@ -6,6 +6,7 @@ import { TestClient, sleep, presence, type Frame } from '../support/client.js';
 import { uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
 import { GatewayProcess } from '../support/process.js';
 import { drainBoundMs } from '../../src/gateway.js';
+import { RedisServer } from '../support/redis.js';
 
 const run = promisify(execFile);
 const cli = async (port: number, ...args: string[]) => (await run('redis-cli', ['-p', String(port), ...args])).stdout.trim();
@@ -195,6 +196,22 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     receiver.close();
   });
 
+  it('a gap right after a registration (nothing delivered to the chat yet) is caught up too', async () => {
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat, 1);
+    const receiver = await h.member(2, chat, 0); // instance 0 has delivered nothing of the chat
+    const sub = (h.instances[0]!.gateway.engine as unknown as { sub: { subscribe(ch: string): Promise<unknown>; unsubscribe(ch: string): Promise<unknown> } }).sub;
+    const channel = `ms:chat:{${chat}}`;
+    await sub.unsubscribe(channel);
+    for (const id of ['n1', 'n2']) await sender.request({ type: 'message', data: { id: `${id}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await sub.subscribe(channel);
+    await sender.request({ type: 'message', data: { id: `n3-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === `n3-${chat}`, 3000);
+    assert.deepEqual(ids(receiver, chat), ['n1', 'n2', 'n3'].map((id) => `${id}-${chat}`));
+    sender.close();
+    receiver.close();
+  });
+
   it('when Redis lost the stream itself, what other instances published in the new epoch meanwhile is delivered from its history; nothing is closed', async () => {
     const chat = uniqueChat();
     const sender = await h.member(1, chat, 0);
@@ -245,6 +262,43 @@ describe('Redis restarted from an older copy of its data (a snapshot, a replica 
     const reg = await resumed.request({ type: 'register', token: await h.token(3), chat_id: chat, since: { seq: 5, epoch: last.epoch } }, { type: 'registered' }, 5000);
     assert.deepEqual([reg.recovered, reg.reason], [false, 'epoch_changed']);
     for (const c of [sender, receiver, resumed]) c.close();
+  });
+});
+
+describe('Redis failed back to a node that resynchronised from a replica that was behind', () => {
+  const h = useHarness('redis');
+  let replica: RedisServer;
+  before(async () => {
+    replica = await RedisServer.start(['--repl-diskless-sync-delay', '0']);
+  });
+  after(() => replica.close());
+
+  it('the same process, now serving the older copy, starts a new epoch: what is numbered after is delivered', async () => {
+    const primary = h.redis!.port;
+    await cli(primary, 'config', 'set', 'repl-diskless-sync-delay', '0');
+    await cli(replica.port, 'replicaof', '127.0.0.1', String(primary));
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat);
+    const receiver = await h.member(2, chat);
+    const send = (id: string) => sender.request({ type: 'message', data: { id: `${id}-${chat}`, ciphertext: 'x' } }, (f) => f.type === 'ack' || f.type === 'error', 5000);
+    for (const id of ['f1', 'f2', 'f3']) await send(id);
+    await waitFor(async () => (await cli(replica.port, 'hget', `ms:stream:{${chat}}`, 'seq')) === '3', 10_000, 'the replica at seq 3');
+    await cli(replica.port, 'replicaof', 'no', 'one'); // left behind at seq 3
+    let last: Frame = { type: '' };
+    for (const id of ['f4', 'f5']) last = await send(id);
+    await receiver.next((f) => f.type === 'message' && f.seq === 5);
+    // The primary is demoted, takes the replica's copy in a full resynchronisation, and comes back.
+    await cli(primary, 'replicaof', '127.0.0.1', String(replica.port));
+    await waitFor(async () => (await cli(primary, 'info', 'replication')).includes('master_link_status:up'), 10_000, 'the full resynchronisation');
+    await cli(primary, 'replicaof', 'no', 'one');
+    await waitFor(() => h.instances[0]!.gateway.engine.isReady(), 10_000, 'ready');
+    let after: Frame = { type: '' };
+    await waitFor(async () => (after = await send(`f6-${Date.now()}`)).type === 'ack', 10_000, 'a message acked again');
+    assert.notEqual(after.epoch, last.epoch);
+    const got = await receiver.next((f) => f.type === 'message' && f.epoch === after.epoch, 5000);
+    assert.equal(got.seq, after.seq);
+    sender.close();
+    receiver.close();
   });
 });
 

@@ -59,7 +59,14 @@ const presenceKey = (chat: IdKey) => `ms:presence:{${chat}}`;
 const userPrefix = (chat: IdKey) => `ms:presence:{${chat}}:u:`;
 const streamKey = (chat: IdKey) => `ms:stream:{${chat}}`;
 const historyKey = (chat: IdKey) => `ms:history:{${chat}}`;
-const runIdOf = (info: string) => /run_id:([0-9a-f]+)/.exec(info)?.[1] ?? '';
+/** `run_id:replid` from INFO's server and replication sections, as the stream scripts spell it. */
+const identityOf = (info: string) => {
+  const run = /run_id:([0-9a-f]+)/.exec(info)?.[1];
+  const replid = /master_replid:([0-9a-f]+)/.exec(info)?.[1];
+  return run === undefined || replid === undefined ? '' : `${run}:${replid}`;
+};
+/** Replies that say the node is not (or not yet) the writable copy it was. */
+const ROLE_CHANGED = /^(READONLY|MASTERDOWN|LOADING)\b/;
 const unavailable = (err: unknown) =>
   err instanceof EngineUnavailableError ? err : new EngineUnavailableError(`redis: ${(err as Error).message}`);
 
@@ -107,13 +114,16 @@ export class RedisEngine implements Engine {
   /** This instance's presence entries, refreshed every PRESENCE_TTL_MS / 3. */
   private readonly entries = new Map<string, PresenceEntry>();
   /**
-   * The run_id of the Redis process the command connection is on, read each time it became
-   * ready, before any stream script is sent; '' while unknown and in a Cluster (see epochHead in
-   * stream-scripts.ts: the scripts then ask Redis itself).
+   * Which copy of the data the command connection is on — the Redis process's run_id and its
+   * replication id (see epochHead in stream-scripts.ts) — read when the connection became ready
+   * (before any stream script is sent) and again after every probe; '' while unknown, after an
+   * error that says the node's role changed, and in a Cluster: the scripts then ask Redis itself.
    */
-  private runId = '';
+  private identity = '';
   /** Entries whose leave failed (Redis unreachable), keyed like `entries`: see `replayLeaves`. */
   private readonly failedLeaves = new Map<string, PresenceEntry>();
+  /** Per chat, users replayed leaves took offline, announced once the engine is ready again. */
+  private readonly leftOffline = new Map<IdKey, IdKey[]>();
   /** Entries a refresh re-created (see refreshPresence) whose `online` is not announced yet. */
   private restored: PresenceEntry[] = [];
   private pending: Array<{ op: 'subscribe' | 'unsubscribe'; chat: IdKey; done: (err?: Error) => void }> = [];
@@ -225,10 +235,12 @@ export class RedisEngine implements Engine {
     this.probing = true;
     try {
       await this.cmd.set(`ms:probe:{${this.origin}}`, Date.now(), 'PX', 3 * PROBE_INTERVAL_MS);
+      await this.readIdentity();
       if (!this.responsive) this.log.info('redis answers again: ready');
       this.responsive = true;
       this.probeFailures = 0;
     } catch (err) {
+      if (ROLE_CHANGED.test((err as Error).message)) this.identity = '';
       if (++this.probeFailures >= 2 && this.responsive) {
         this.log.error({ err: (err as Error).message }, 'redis does not answer writes: not ready until it does');
         this.responsive = false;
@@ -238,6 +250,17 @@ export class RedisEngine implements Engine {
     }
     // A failure is probed again soon: confirmed (or not) quickly, and ready within a moment of Redis serving again.
     if (this.probeFailures > 0 && !this.closing) setTimeout(() => void this.probe(), PROBE_RETRY_MS).unref();
+  }
+
+  /**
+   * Reads which copy of the data the command connection is on (see `identity`). Between two
+   * reads a node may stop being the master and come back as another copy (a fail-back after a
+   * full resynchronisation); a write in between is refused READONLY, which clears the belief at
+   * once — and the probes are writes, every PROBE_INTERVAL_MS.
+   */
+  private async readIdentity(): Promise<void> {
+    if (this.config.cluster) return;
+    this.identity = identityOf(await this.cmd.info());
   }
 
   async subscribe(chat: IdKey): Promise<void> {
@@ -289,7 +312,7 @@ export class RedisEngine implements Engine {
       chat,
       exceptConn,
       (header) =>
-        this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS, key, attempt?.token ?? '', attempt?.retry === true ? '1' : '', attempt?.firstAt ?? 0, this.runId),
+        this.cmd.msAppend(streamKey(chat), historyKey(chat), newEpoch(), frame, header, channelOf(chat), this.config.cluster ? 'SPUBLISH' : 'PUBLISH', Date.now(), size, ttlMs, STREAM_TTL_MS, key, attempt?.token ?? '', attempt?.retry === true ? '1' : '', attempt?.firstAt ?? 0, this.identity),
       // An earlier attempt appended it: nothing was published now, so no echo comes.
       ([, , found]) => found !== 1,
     );
@@ -381,7 +404,7 @@ export class RedisEngine implements Engine {
 
   private async readStream(chat: IdKey, sinceSeq: number, sinceEpoch: string, maxBytes: number): Promise<Recovery> {
     const reply = await this.whenReady(() =>
-      this.cmd.msRecoverBuffer(streamKey(chat), historyKey(chat), newEpoch(), sinceSeq, sinceEpoch, Date.now() - this.history.ttlMs, maxBytes, this.history.size, STREAM_TTL_MS, this.runId),
+      this.cmd.msRecoverBuffer(streamKey(chat), historyKey(chat), newEpoch(), sinceSeq, sinceEpoch, Date.now() - this.history.ttlMs, maxBytes, this.history.size, STREAM_TTL_MS, this.identity),
     );
     const [seq, epoch, outcome, ...frames] = reply;
     const position = { seq, epoch: epoch.toString('latin1') };
@@ -434,19 +457,18 @@ export class RedisEngine implements Engine {
   }
 
   /**
-   * Runs the leaves that failed during an outage; returns, per chat, the users they took offline
-   * (Redis lost the entry, or still had it: either way that was the user's last connection).
+   * Runs the leaves that failed during an outage. Those that took a user's last connection
+   * (Redis lost the entry, or still had it) are kept in `leftOffline` as each one runs — so a
+   * round in which another leave fails loses none of them — and announced once ready.
    */
-  private async replayLeaves(): Promise<Map<IdKey, IdKey[]>> {
-    const offline = new Map<IdKey, IdKey[]>();
+  private async replayLeaves(): Promise<void> {
     await Promise.all(
       [...this.failedLeaves].map(async ([key, { chat, user, conn }]) => {
         const last = await this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, 1);
         this.failedLeaves.delete(key);
-        if (last === 1) offline.set(chat, [...(offline.get(chat) ?? []), user]);
+        if (last === 1) this.leftOffline.set(chat, [...(this.leftOffline.get(chat) ?? []), user]);
       }),
     );
-    return offline;
   }
 
   async online(chat: IdKey): Promise<IdKey[]> {
@@ -541,7 +563,7 @@ export class RedisEngine implements Engine {
     conn.on('ready', () => void this.restoreAfterOutage());
     for (const event of ['close', 'end', 'reconnecting']) {
       conn.on(event, () => {
-        if (conn === this.cmd) this.runId = ''; // the next connection may be to another process
+        if (conn === this.cmd) this.identity = ''; // the next connection may be to another copy
         if (this.ready) this.log.warn({ role, event }, 'redis connection lost');
         this.setReady(false);
       });
@@ -555,13 +577,12 @@ export class RedisEngine implements Engine {
   private async restoreAfterOutage(): Promise<void> {
     if (this.closing || this.restoring || this.ready || !this.connectionsUp()) return;
     this.restoring = true;
-    let wentOffline: Map<IdKey, IdKey[]>;
     try {
-      if (!this.config.cluster) this.runId = runIdOf(await this.cmd.info('server'));
+      await this.readIdentity();
       await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
       await this.refreshPresence();
-      wentOffline = await this.replayLeaves();
+      await this.replayLeaves();
     } catch (err) {
       // Connected but not serving (out of memory, a replica, still loading): tried again while
       // the connections stay up — a reconnect would try again too, but none may ever come.
@@ -576,7 +597,8 @@ export class RedisEngine implements Engine {
       this.everReady = true;
       this.setReady(true);
       this.announceRestored(); // only now: the hub publishes `online`, which needs a ready engine
-      for (const [chat, users] of wentOffline) this.events?.presenceExpired(chat, users);
+      for (const [chat, users] of this.leftOffline) this.events?.presenceExpired(chat, users);
+      this.leftOffline.clear();
     }
   }
 
@@ -608,6 +630,7 @@ export class RedisEngine implements Engine {
 
   private logCommandError(err: unknown): void {
     const message = err instanceof Error ? err.message : String(err);
+    if (ROLE_CHANGED.test(message)) this.identity = ''; // until a probe reads it again
     const replied = err instanceof Error && err.name === 'ReplyError';
     const kind = replied ? (message.split(' ', 1)[0] ?? 'error') : /timed out/i.test(message) ? 'timeout' : 'other';
     const admitted = this.logLimit.admit(`command ${kind}`);

@@ -2,7 +2,7 @@
  * The chat stream in Redis, per chat (both keys share the `{chat}` hash tag, so one Cluster slot,
  * the same as the chat's channel):
  *   ms:stream:{chat}   HASH  epoch, seq — lost together, so a lost stream always gets a new epoch;
- *                            run: the run_id of the Redis process that created the epoch (below)
+ *                            run: the copy of the data that started the epoch (below)
  *   ms:history:{chat}  STREAM entry id 0-<seq>, fields t (ms), f (the numbered frame), then for
  *                      broadcasts of a message, edit or delete k (its message id; see CONTAINS),
  *                      and o (the operation's token, which makes a retried append idempotent)
@@ -11,26 +11,29 @@
 
 /**
  * Shared head: the chat's epoch, created (with an empty history) when the stream is missing —
- * or when another Redis process wrote it. A restart from a snapshot or an `everysec` AOF, or a
- * failover to a replica that was behind, brings back an older copy: the same epoch with a lower
- * seq, whose numbers would be given again to other broadcasts, and positions clients hold
- * would "recover" across the difference. Redis cannot tell such a copy from a complete one, but
- * every process has its own run_id: a stream written by another one starts a new epoch, so
- * every old position is refused (clients fetch the gap from the main API) and never silently
- * resumed. The cost: after any restart or failover, even a lossless one, each chat's next use
- * starts a new epoch.
+ * or when it was written on another copy of the data. A restart from a snapshot or an
+ * `everysec` AOF, a failover to a replica that was behind, or a fail-back to a node that had to
+ * resynchronise from one, brings back an older copy: the same epoch with a lower seq, whose
+ * numbers would be given again to other broadcasts, and positions clients hold would "recover"
+ * across the difference. Redis cannot tell such a copy from a complete one, but it names the
+ * copy it serves: a process's run_id (new at every start) and its replication id (new at every
+ * promotion and start, taken over from the master at a full resynchronisation). A stream written
+ * under another `run_id:replid` starts a new epoch, so every old position is refused (clients
+ * fetch the gap from the main API) and never silently resumed. The cost: after any restart or
+ * failover, even a lossless one, each chat's next use starts a new epoch.
  *
- * `ARGV[runArg]` is the run_id the caller believes it is talking to: read on its connection
- * each time it (re)connected, before it sent any script on it — so it can only be wrong where
- * it cannot be known (a Cluster, where one command may land on several nodes; then ''). When it
- * matches the stream's, that is the answer; otherwise INFO server, which costs Redis a quarter
- * of the whole append (bench:redis-cost), says what the process really is.
+ * `ARGV[runArg]` is the identity the caller believes it is talking to (read on its connection
+ * when it became ready and after each probe; '' when unknown, as in a Cluster, where one
+ * command may land on several nodes). When it matches the stream's, that is the answer;
+ * otherwise INFO, which costs Redis a quarter of the whole append (bench:redis-cost), says
+ * what the copy really is.
  */
 const epochHead = (runArg: number) => `
 local head = redis.call('HMGET', KEYS[1], 'epoch', 'run')
 local epoch = head[1]
 if not epoch or head[2] ~= ARGV[${runArg}] or ARGV[${runArg}] == '' then
-  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+  local run = (string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '') .. ':' ..
+    (string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '')
   if not epoch or head[2] ~= run then
     epoch = ARGV[1]
     redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'run', run)
@@ -45,7 +48,7 @@ end
  * (PUBLISH or SPUBLISH), now ms, history size, history ttl ms, stream ttl ms, key ('' for none),
  * operation token ('' for none), retry ('1': first look for an entry with that token), the
  * operation's first attempt ms (a retry's look-up stops at entries a minute older than it), the
- * caller's run_id of Redis ('' if unknown: see epochHead).
+ * caller's identity of Redis ('' if unknown: see epochHead).
  * Returns {seq, epoch, 0}, or {seq, epoch, 1, frame} for a retry whose operation an earlier
  * attempt appended: nothing is appended or published again, and the numbered frame as stored
  * is returned (the sender of a late broadcast never got it).
@@ -100,7 +103,7 @@ return {seq, epoch, 0}
 
 /**
  * KEYS: stream hash, history. ARGV: newEpoch, since seq (-1: position only), since epoch,
- * oldest replayable ms, max bytes, history size, stream ttl ms, the caller's run_id of Redis.
+ * oldest replayable ms, max bytes, history size, stream ttl ms, the caller's identity of Redis.
  * Returns {seq, epoch, outcome, frames...}; outcome is position, ok, epoch_changed,
  * too_far_behind or no_history.
  */
