@@ -288,6 +288,7 @@ describe('the chat page when things go wrong', () => {
     assert.equal(await one.isVisible('#notice'), true);
     assert.match((await one.textContent('#announce')) ?? '', /Edit ended: the message was deleted/);
     assert.match(await logText(one), /Edit ended: the message was deleted/);
+    if (process.env.SCREENSHOT_DIR) await writeFile(join(process.env.SCREENSHOT_DIR, 'edit-ended.png'), await one.screenshot());
     // Sent now, it is a new message.
     await one.press('#text', 'Enter');
     await sent(one, 'a long carefully typed EDIT');
@@ -341,6 +342,7 @@ describe('the chat page when things go wrong', () => {
       const honest = await shown(p, 'honest');
       assert.match(honest.time ?? '', today);
       assert.equal(honest.claim, null, 'a clock a minute off is believed');
+      if (process.env.SCREENSHOT_DIR) await writeFile(join(process.env.SCREENSHOT_DIR, `claimed-time-${p === page ? 'live' : 'history'}.png`), await p.screenshot());
     }
     await page.context().close();
     await later.context().close();
