@@ -109,7 +109,8 @@ Mint a token yourself (user 1, one hour) for your own client:
   curl -s -X POST ${apiUrl}/dev/token -H 'content-type: application/json' -d '{"user_id":1}'
 then send {"type":"register","token":"<token>","chat_id":1} over ${ws}.
 
-The backend's server API (docs/server-api.md) is on, with API_KEY=${config.apiKey}:
+The backend's server API (docs/server-api.md) is on. Its key, for the README's examples:
+  export API_KEY=${config.apiKey}
   curl -s -H 'Authorization: Bearer ${config.apiKey}' ${config.apiPort === null ? http : `http://localhost:${gateway.apiPort}`}/api/v1/chats/1/presence
   curl -s -H 'Authorization: Bearer ${config.apiKey}' -H 'content-type: application/json' \\
     -d '{"event":{"kind":"renamed","title":"General"}}' ${config.apiPort === null ? http : `http://localhost:${gateway.apiPort}`}/api/v1/chats/1/publish
