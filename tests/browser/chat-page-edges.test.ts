@@ -14,11 +14,11 @@ import assert from 'node:assert/strict';
 import { webcrypto } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
-import { startChatPage, type ChatPage } from '../../web/server.js';
+import { type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { ChatPage } from '../../web/server.js';
 import { Harness, uniqueChat } from '../support/harness.js';
 import { ROOT } from '../support/process.js';
-import { CHROMIUM, CHROMIUM_ARGS, WAIT_MS, eventually, sent, texts } from './page-kit.js';
+import { WAIT_MS, eventually, sent, startPage, stopPage, texts } from './page-kit.js';
 
 
 const h = new Harness('memory');
@@ -78,18 +78,8 @@ async function publicKey(): Promise<string> {
   return Buffer.from(await webcrypto.subtle.exportKey('raw', pair.publicKey)).toString('base64');
 }
 
-before(async () => {
-  await h.start();
-  const gateway = await h.gateway();
-  server = await startChatPage({ gatewayUrl: gateway.wsUrl, apiUrl: h.api.url });
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-  await h.close();
-});
+before(async () => ({ server, browser } = await startPage(h)));
+after(() => stopPage(h, server, browser));
 
 describe('the chat page at its edges', () => {
   it('a message sent before the chat\'s device list ever loaded waits for it, then every member can read it', async () => {
