@@ -260,7 +260,15 @@ export class RedisEngine implements Engine {
    */
   private async readIdentity(): Promise<void> {
     if (this.config.cluster) return;
-    this.identity = identityOf(await this.cmd.info());
+    try {
+      this.identity = identityOf(await this.cmd.info());
+    } catch (err) {
+      // An ACL that denies INFO: the scripts then do without it too (see epochHead).
+      this.identity = '';
+      if (!/NOPERM/.test((err as Error).message)) throw err;
+      const admitted = this.logLimit.admit('info denied');
+      if (admitted !== null) this.log.warn({ err: (err as Error).message }, 'redis denies INFO: a restart or failover that brings back an older copy of a chat stream cannot be told from the original');
+    }
   }
 
   async subscribe(chat: IdKey): Promise<void> {

@@ -32,8 +32,12 @@ const epochHead = (runArg: number) => `
 local head = redis.call('HMGET', KEYS[1], 'epoch', 'run')
 local epoch = head[1]
 if not epoch or head[2] ~= ARGV[${runArg}] or ARGV[${runArg}] == '' then
-  local run = (string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '') .. ':' ..
-    (string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '')
+  -- pcall: a user whose ACL denies INFO still appends, only without this protection (':').
+  local function info(section, field)
+    local text = redis.pcall('INFO', section)
+    return type(text) == 'string' and string.match(text, field .. ':(%x+)') or ''
+  end
+  local run = info('server', 'run_id') .. ':' .. info('replication', 'master_replid')
   if not epoch or head[2] ~= run then
     epoch = ARGV[1]
     redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0, 'run', run)
