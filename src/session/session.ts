@@ -582,7 +582,7 @@ export class Session implements Connection, WriteTurnMark {
     this.chats.clear();
     for (const reg of regs) {
       this.retire(reg);
-      void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, reg));
+      void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, reg, reg.onlineAnnounced));
     }
   }
 }

@@ -135,6 +135,42 @@ for (const mode of ENGINE_MODES) {
       watcher.close();
     });
 
+    it('a connection closed while its register re-asks the main API: no offline for an online never announced; a second connection of the user that stays is announced online', async () => {
+      await ready();
+      const chat = uniqueChat();
+      const watcher = await h.member(2, chat, 0);
+      const isUser1 = (f: Record<string, unknown>) => presence(1, 'online')(f as never) || presence(1, 'offline')(f as never);
+      // Held like above: a revoke during the first verify makes the register ask again once attached.
+      const hold = async () => {
+        h.api.addFault({ op: 'verify', delayMs: 400, status: 200, body: { user_id: 1 }, times: 1 });
+        h.api.addFault({ op: 'verify', delayMs: 1500, status: 200, body: { user_id: 1 }, times: 1 });
+        const c = await h.connect(0);
+        c.send({ type: 'register', token: await h.token(1), chat_id: chat });
+        await new Promise((r) => setTimeout(r, 150));
+        await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 });
+        await new Promise((r) => setTimeout(r, 500)); // joined (the user came online with it), re-checking
+        return c;
+      };
+      try {
+        const lone = await hold();
+        lone.close();
+        await lone.closed;
+        await expectNone(watcher, isUser1, 800);
+        h.api.clearFaults();
+        const held = await hold();
+        h.api.clearFaults();
+        const stays = await h.member(1, chat, 0); // finds the user online already: announces nothing
+        held.close();
+        await held.closed;
+        await watcher.next(presence(1, 'online'), 3000);
+        assert.equal(watcher.all((f) => presence(1, 'offline')(f)).length, 0);
+        stays.close();
+      } finally {
+        h.api.clearFaults();
+      }
+      watcher.close();
+    });
+
     it('disconnect: every connection of the user is closed 4403 on every instance; others stay', async () => {
       await ready();
       const chat = uniqueChat();
