@@ -135,14 +135,15 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
 }
 
 /**
- * The answer to a register whose registration the gateway ended while the register was under
- * way (revoked, token expired, refused on re-verify): `unregistered` has told the client why;
- * the register itself still gets its one answer, an error.
+ * Throws the answer to a register whose registration the gateway ended while the register was
+ * under way (revoked, token expired, refused on re-verify): `unregistered` has told the client
+ * why; the register itself still gets its one answer, an error.
  */
-function endedMeanwhile(reg: Registration): Error {
-  if (reg.endedFor === null) return new CancelledError(); // the connection is closing
+function requireCurrent(session: Session, reg: Registration): void {
+  if (session.chats.get(reg.chat) === reg) return;
+  if (reg.endedFor === null) throw new CancelledError(); // the connection is closing
   const code = reg.endedFor === 'revoked' ? 'forbidden' : reg.endedFor === 'token_expired' ? 'unauthorized' : reg.endedFor;
-  return new RequestError(code, `the registration ended while it was being made (${reg.endedFor})`);
+  throw new RequestError(code, `the registration ended while it was being made (${reg.endedFor})`);
 }
 
 /**
@@ -152,9 +153,9 @@ function endedMeanwhile(reg: Registration): Error {
  * (Holding and reading the engine's position instead would skip broadcasts the client never got.)
  */
 async function reanswer(session: Session, reg: Registration, online: readonly IdKey[]): Promise<void> {
-  if (session.chats.get(reg.chat) !== reg) throw endedMeanwhile(reg);
+  requireCurrent(session, reg);
   const position = reg.position(session.ctx.hub.deliveredPosition(reg.chat)) ?? (await session.ctx.engine.position(reg.chat));
-  if (session.chats.get(reg.chat) !== reg) throw endedMeanwhile(reg);
+  requireCurrent(session, reg);
   session.send(out.registered(reg.chat, reg.user, online, position, undefined));
 }
 
@@ -172,7 +173,7 @@ async function catchUp(session: Session, reg: Registration, online: readonly IdK
     position = await engine.position(reg.chat);
   } else {
     const result = await engine.recover(reg.chat, since, Math.floor(session.maxBufferedBytes / 2));
-    if (session.chats.get(reg.chat) !== reg) throw endedMeanwhile(reg);
+    requireCurrent(session, reg);
     position = result.position;
     if (result.recovered) {
       for (const frame of result.frames) session.send(frame);
@@ -182,7 +183,7 @@ async function catchUp(session: Session, reg: Registration, online: readonly IdK
     }
     session.ctx.metrics.recoveries.inc({ outcome: result.recovered ? 'recovered' : result.reason });
   }
-  if (session.chats.get(reg.chat) !== reg) throw endedMeanwhile(reg);
+  requireCurrent(session, reg);
   session.ctx.hub.notePosition(reg.chat, position);
   session.send(out.registered(reg.chat, reg.user, online, position, recovery));
   reg.goLive(position);

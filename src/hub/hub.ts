@@ -177,7 +177,7 @@ export class Hub {
    * `announced`: whether the chat has heard the user is online — false when this member's join
    * brought the user online and it ended before announcing it (see `leavePresence`).
    */
-  async leave(chat: IdKey, user: IdKey, member: Member, announced = true): Promise<void> {
+  async leave(chat: IdKey, user: IdKey, member: Member, announced: boolean): Promise<void> {
     this.registry.remove(chat, member);
     this.metrics.registrations.set(this.registry.registrations);
     this.release(chat);

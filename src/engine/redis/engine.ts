@@ -474,7 +474,10 @@ export class RedisEngine implements Engine {
       [...this.failedLeaves].map(async ([key, { chat, user, conn }]) => {
         const last = await this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, 1);
         this.failedLeaves.delete(key);
-        if (last === 1) this.leftOffline.set(chat, [...(this.leftOffline.get(chat) ?? []), user]);
+        if (last !== 1) return;
+        const users = this.leftOffline.get(chat);
+        if (users === undefined) this.leftOffline.set(chat, [user]);
+        else users.push(user);
       }),
     );
   }
