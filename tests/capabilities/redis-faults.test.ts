@@ -13,7 +13,8 @@ const cli = async (port: number, ...args: string[]) => (await run('redis-cli', [
 const online = (f: Record<string, unknown>) => [...(f.online as number[])].sort();
 
 /** Instance `i`'s subscriber connection (the engine's internals): cut it, later bring it back. */
-const subscriber = (h: Harness, i: number) => (h.instances[i]!.gateway.engine as unknown as { sub: { disconnect(reconnect: boolean): void; connect(): Promise<void> } }).sub;
+const subscriber = (h: Harness, i: number) =>
+  (h.instances[i]!.gateway.engine as unknown as { sub: { disconnect(reconnect: boolean): void; connect(): Promise<void>; subscribe(ch: string): Promise<unknown>; unsubscribe(ch: string): Promise<unknown> } }).sub;
 
 /**
  * `receiver` (on instance 1) misses `missed` broadcasts `sender` makes while instance 1's
@@ -174,7 +175,7 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     const chat = uniqueChat();
     const receiver = await h.member(2, chat, 0);
     const sender = await h.member(1, chat, 1);
-    const sub = (h.instances[0]!.gateway.engine as unknown as { sub: { subscribe(ch: string): Promise<unknown>; unsubscribe(ch: string): Promise<unknown> } }).sub;
+    const sub = subscriber(h, 0);
     const channel = `ms:chat:{${chat}}`;
     const send = (id: string) => sender.request({ type: 'message', data: { id: `${id}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
     await send('g0');
@@ -200,7 +201,7 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     const chat = uniqueChat();
     const sender = await h.member(1, chat, 1);
     const receiver = await h.member(2, chat, 0); // instance 0 has delivered nothing of the chat
-    const sub = (h.instances[0]!.gateway.engine as unknown as { sub: { subscribe(ch: string): Promise<unknown>; unsubscribe(ch: string): Promise<unknown> } }).sub;
+    const sub = subscriber(h, 0);
     const channel = `ms:chat:{${chat}}`;
     await sub.unsubscribe(channel);
     for (const id of ['n1', 'n2']) await sender.request({ type: 'message', data: { id: `${id}-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
@@ -237,9 +238,15 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
   });
 });
 
-describe('Redis restarted from an older copy of its data (a snapshot, a replica that was behind)', () => {
+describe('Redis restarted or failed over to another copy of its data', () => {
   const h = useHarness('redis');
   before(() => h.gateway());
+  /** A replica of the harness's Redis for the fail-back (attached by that test). */
+  let replica: RedisServer;
+  before(async () => {
+    replica = await RedisServer.start(['--repl-diskless-sync-delay', '0']);
+  });
+  after(() => replica.close());
 
   it('the stream starts a new epoch: what is numbered after the restart is delivered, and a position past the copy is refused, never resumed across the difference', async () => {
     const chat = uniqueChat();
@@ -263,15 +270,6 @@ describe('Redis restarted from an older copy of its data (a snapshot, a replica 
     assert.deepEqual([reg.recovered, reg.reason], [false, 'epoch_changed']);
     for (const c of [sender, receiver, resumed]) c.close();
   });
-});
-
-describe('Redis failed back to a node that resynchronised from a replica that was behind', () => {
-  const h = useHarness('redis');
-  let replica: RedisServer;
-  before(async () => {
-    replica = await RedisServer.start(['--repl-diskless-sync-delay', '0']);
-  });
-  after(() => replica.close());
 
   it('the same process, now serving the older copy, starts a new epoch: what is numbered after is delivered', async () => {
     const primary = h.redis!.port;
@@ -300,11 +298,6 @@ describe('Redis failed back to a node that resynchronised from a replica that wa
     sender.close();
     receiver.close();
   });
-});
-
-describe('Redis restarted without its data while a user left', () => {
-  const h = useHarness('redis');
-  before(() => h.gateway());
 
   it('a leave that failed during the outage runs once Redis is back: the user is announced offline, not left online forever', async () => {
     const chat = uniqueChat();

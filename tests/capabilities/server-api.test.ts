@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { TestClient, expectNone, presence } from '../support/client.js';
+import { TestClient, expectNone, presence, type Frame } from '../support/client.js';
 import { ENGINE_MODES, Harness, uniqueChat, useHarness, waitFor, type Instance } from '../support/harness.js';
 
 const API_KEY = 'test-api-key-0123456789';
@@ -41,6 +41,27 @@ for (const mode of ENGINE_MODES) {
     const spread = mode === 'redis' ? [0, 1, 2] : [0, 0, 0];
     const ready = async () => {
       while (h.instances.length < Math.max(...spread) + 1) await h.gateway();
+    };
+
+    /** User 1 online or offline in `f` (a `presence` or a `presence_batch`). */
+    const presenceOf1 = (f: Frame) => presence(1, 'online')(f) || presence(1, 'offline')(f);
+
+    /**
+     * A connection of user 1 whose register for `chat` is held attached while it asks the main
+     * API again: the first "yes" is on its way when a revoke runs, so the register re-checks once
+     * attached (the user came online with its join, not announced yet). Returns once that re-check
+     * is at the main API (it answers 1.5 s later); the revoke's answer says it found nothing yet.
+     */
+    const registerHeldInRecheck = async (chat: number): Promise<TestClient> => {
+      const before = verifiesOf(h, chat);
+      h.api.addFault({ op: 'verify', delayMs: 400, status: 200, body: { user_id: 1 }, times: 1 });
+      h.api.addFault({ op: 'verify', delayMs: 1500, status: 200, body: { user_id: 1 }, times: 1 });
+      const c = await h.connect(0);
+      c.send({ type: 'register', token: await h.token(1), chat_id: chat });
+      await new Promise((r) => setTimeout(r, 150));
+      assert.equal((await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 })).body.registrations, 0);
+      await waitFor(() => verifiesOf(h, chat) === before + 2, 3000, 'the re-check at the main API');
+      return c;
     };
 
     it('revoke: every registration of the user in the chat ends on every instance; nothing more of the chat reaches it; a new register asks the main API', async () => {
@@ -110,24 +131,15 @@ for (const mode of ENGINE_MODES) {
       await ready();
       const chat = uniqueChat();
       const watcher = await h.member(2, chat, 0);
-      const before = verifiesOf(h, chat);
-      // The first "yes" is on its way when the first revoke runs (so the register asks again once
-      // attached); the second revoke finds the attached registration while that re-check is out.
-      h.api.addFault({ op: 'verify', delayMs: 500, status: 200, body: { user_id: 1 }, times: 1 });
-      h.api.addFault({ op: 'verify', delayMs: 1000, status: 200, body: { user_id: 1 }, times: 1 });
       try {
-        const c = await h.connect(0);
-        const answer = c.request({ type: 'register', token: await h.token(1), chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error', 5000);
-        await new Promise((r) => setTimeout(r, 200));
-        assert.equal((await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 })).body.registrations, 0);
-        await waitFor(() => verifiesOf(h, chat) === before + 2, 3000, 'the re-check at the main API');
+        const c = await registerHeldInRecheck(chat);
         assert.equal((await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 })).body.registrations, 1);
-        const got = await answer;
+        const got = await c.next((f) => f.type === 'registered' || f.type === 'error', 5000);
         assert.equal(got.type, 'error');
         assert.equal(got.code, 'forbidden');
         const types = c.frames.map((f) => f.type);
         assert.ok(types.indexOf('unregistered') >= 0 && types.indexOf('unregistered') < types.indexOf('error'), types.join());
-        await expectNone(watcher, (f) => presence(1, 'online')(f) || presence(1, 'offline')(f), 500);
+        await expectNone(watcher, presenceOf1, 500);
         c.close();
       } finally {
         h.api.clearFaults();
@@ -139,25 +151,13 @@ for (const mode of ENGINE_MODES) {
       await ready();
       const chat = uniqueChat();
       const watcher = await h.member(2, chat, 0);
-      const isUser1 = (f: Record<string, unknown>) => presence(1, 'online')(f as never) || presence(1, 'offline')(f as never);
-      // Held like above: a revoke during the first verify makes the register ask again once attached.
-      const hold = async () => {
-        h.api.addFault({ op: 'verify', delayMs: 400, status: 200, body: { user_id: 1 }, times: 1 });
-        h.api.addFault({ op: 'verify', delayMs: 1500, status: 200, body: { user_id: 1 }, times: 1 });
-        const c = await h.connect(0);
-        c.send({ type: 'register', token: await h.token(1), chat_id: chat });
-        await new Promise((r) => setTimeout(r, 150));
-        await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 });
-        await new Promise((r) => setTimeout(r, 500)); // joined (the user came online with it), re-checking
-        return c;
-      };
       try {
-        const lone = await hold();
+        const lone = await registerHeldInRecheck(chat);
         lone.close();
         await lone.closed;
-        await expectNone(watcher, isUser1, 800);
+        await expectNone(watcher, presenceOf1, 800);
         h.api.clearFaults();
-        const held = await hold();
+        const held = await registerHeldInRecheck(chat);
         h.api.clearFaults();
         const stays = await h.member(1, chat, 0); // finds the user online already: announces nothing
         held.close();
