@@ -18,20 +18,16 @@ import { type Browser, type BrowserContext, type Page } from 'playwright-core';
 import type { ChatPage } from '../../web/server.js';
 import { Harness, uniqueChat } from '../support/harness.js';
 import { ROOT } from '../support/process.js';
-import { WAIT_MS, eventually, sent, startPage, stopPage, texts } from './page-kit.js';
-
+import { WAIT_MS, eventually, logText, openAs, openChat, openOffline, retrySeconds, sent, sleep, startPage, state, stateText, stopPage, texts, type } from './page-kit.js';
 
 const h = new Harness('memory');
 let server: ChatPage;
 let browser: Browser;
 const contexts: BrowserContext[] = [];
 const pageErrors: string[] = [];
+/** Opens the page as `user` (the `?user=` link), with `chat` open if given. */
+const loginTo = (page: Page, user: string, chat?: number | string) => openAs(page, server.url, user, chat);
 
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const stateText = (page: Page) => page.$eval('#state', (e) => e.textContent ?? '');
-const state = (page: Page) => page.$eval('#state', (e) => (e as HTMLElement).dataset.state ?? '');
-const logText = (page: Page) => page.$eval('#log', (e) => e.textContent ?? '');
 const storedIn = (chat: number) => [...h.api.messages.values()].filter((m) => String(m.chat_id) === String(chat));
 
 async function context(viewport = { width: 1200, height: 720 }): Promise<BrowserContext> {
@@ -46,28 +42,6 @@ async function newPage(ctx?: BrowserContext, prepare?: (page: Page) => Promise<v
   await prepare?.(page);
   return page;
 }
-
-/** Opens the page logged in as `user` (the `?user=` link) with `chat` open. */
-async function loginTo(page: Page, user: string, chat?: number): Promise<void> {
-  await page.goto(`${server.url}?user=${encodeURIComponent(user)}`);
-  await page.waitForSelector('body[data-ready="true"]');
-  await eventually('the page to be open', () => state(page), (s) => s === 'open');
-  if (chat !== undefined) await openChat(page, chat);
-}
-
-async function openChat(page: Page, chat: number): Promise<void> {
-  await page.fill('#chat-id', String(chat));
-  await page.press('#chat-id', 'Enter');
-  await eventually(`chat ${chat} open`, () => page.textContent('#chat-title'), (t) => t === `# chat ${chat}`);
-  await eventually('the chat joined', () => state(page), (s) => s === 'open');
-  await eventually('its history', () => page.textContent('#history-note'), (t) => t === '');
-}
-
-async function type(page: Page, text: string): Promise<void> {
-  await page.fill('#text', text);
-  await page.press('#text', 'Enter');
-}
-
 
 async function waitText(page: Page, text: string): Promise<void> {
   await eventually(`"${text}" shown`, () => texts(page), (t) => t.includes(text));
@@ -395,17 +369,12 @@ describe('the chat page at its edges', () => {
   });
 
   it('offline, the retry countdown ticks', async () => {
-    const page = await newPage(undefined, async (p) => {
-      // Every connection is closed by "the gateway" at once: the SDK backs off, up to 5 s.
-      await p.routeWebSocket(/\/ws$/, (ws) => ws.close({ code: 1013, reason: 'try again later' }));
-    });
-    await page.goto(`${server.url}?user=43`);
-    await page.waitForSelector('body[data-ready="true"]');
-    const seconds = (t: string) => Number(/retry in (\d+) s/.exec(t)?.[1] ?? NaN);
-    const first = await eventually('a retry 3 s or more away', () => stateText(page), (t) => seconds(t) >= 3, 20_000);
+    const page = await newPage();
+    await openOffline(page, server.url, '43');
+    const first = await eventually('a retry 3 s or more away', () => stateText(page), (t) => retrySeconds(t) >= 3, 20_000);
     await sleep(1100);
     const later = await stateText(page);
-    assert.ok(seconds(later) < seconds(first), `counted down: "${first}" then "${later}"`);
+    assert.ok(retrySeconds(later) < retrySeconds(first), `counted down: "${first}" then "${later}"`);
     await page.context().close();
   });
 

@@ -14,45 +14,20 @@ import { join } from 'node:path';
 import { type Browser, type BrowserContext, type Page, type WebSocketRoute } from 'playwright-core';
 import type { ChatPage } from '../../web/server.js';
 import { Harness, uniqueChat } from '../support/harness.js';
-import { WAIT_MS, eventually, sent, startPage, stopPage, texts } from './page-kit.js';
+import { WAIT_MS, eventually, logText, openAs, openChat, openOffline, retrySeconds, sent, sleep, startPage, state, stateText, stopPage, texts, type } from './page-kit.js';
 
 const h = new Harness('memory');
 let server: ChatPage;
 let browser: Browser;
 const pageErrors: string[] = [];
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const state = (page: Page) => page.$eval('#state', (e) => (e as HTMLElement).dataset.state ?? '');
-const stateText = (page: Page) => page.$eval('#state', (e) => e.textContent ?? '');
-const logText = (page: Page) => page.$eval('#log', (e) => e.textContent ?? '');
+/** Opens the page as `user` (the `?user=` link), with `chat` open if given. */
+const loginTo = (page: Page, user: string, chat?: number | string) => openAs(page, server.url, user, chat);
 
 async function newPage(viewport = { width: 1200, height: 720 }, prepare?: (page: Page) => Promise<void>, ctx?: BrowserContext): Promise<Page> {
   const page = await (ctx ?? (await browser.newContext({ viewport }))).newPage();
   page.on('pageerror', (err) => pageErrors.push(`${err.name}: ${err.message}`));
   await prepare?.(page);
   return page;
-}
-
-async function loginTo(page: Page, user: string, chat?: number | string): Promise<void> {
-  await page.goto(`${server.url}?user=${encodeURIComponent(user)}`);
-  await page.waitForSelector('body[data-ready="true"]');
-  await eventually('the page to be open', () => state(page), (s) => s === 'open');
-  if (chat !== undefined) await openChat(page, chat);
-}
-
-async function openChat(page: Page, chat: number | string, joins = true): Promise<void> {
-  if (await page.isVisible('#show-chats')) await page.click('#show-chats');
-  await page.fill('#chat-id', String(chat));
-  await page.press('#chat-id', 'Enter');
-  await eventually(`chat ${chat} open`, () => page.textContent('#chat-title'), (t) => t === `# chat ${chat}`);
-  if (!joins) return;
-  await eventually('the chat joined', () => state(page), (s) => s === 'open');
-  await eventually('its history', () => page.textContent('#history-note'), (t) => t === '');
-}
-
-async function type(page: Page, text: string): Promise<void> {
-  await page.fill('#text', text);
-  await page.press('#text', 'Enter');
 }
 
 /** Records every change of the page's live regions (what a screen reader would be told). */
@@ -100,22 +75,18 @@ describe('the chat page when things go wrong', () => {
   });
 
   it('offline, the countdown ticks outside the live region: nothing is said while it counts', async () => {
-    const page = await newPage(undefined, async (p) => {
-      await p.routeWebSocket(/\/ws$/, (ws) => ws.close({ code: 1013, reason: 'try again later' }));
-    });
-    await page.goto(`${server.url}?user=52`);
-    await page.waitForSelector('body[data-ready="true"]');
+    const page = await newPage();
+    await openOffline(page, server.url, '52');
     const live = await watchLiveRegions(page);
-    const seconds = (t: string) => Number(/retry in (\d+) s/.exec(t)?.[1] ?? NaN);
     // "retry in 4 s" or more (the countdown rounds up: 3 s or more to go), watched for 1.1 s:
     // a tick is seen, and a loaded machine's slow timers still leave the retry itself (whose
     // "connecting" the live region rightly says) out of the window.
-    const first = await eventually('a retry 4 s or more away', () => stateText(page), (t) => seconds(t) >= 4, 30_000);
+    const first = await eventually('a retry 4 s or more away', () => stateText(page), (t) => retrySeconds(t) >= 4, 30_000);
     await live();
     await sleep(1100);
     const said = await live();
     const later = await stateText(page);
-    assert.ok(seconds(later) < seconds(first), `the countdown still ticks on screen: "${first}" then "${later}"`);
+    assert.ok(retrySeconds(later) < retrySeconds(first), `the countdown still ticks on screen: "${first}" then "${later}"`);
     assert.deepEqual(said, [], 'the live regions stayed quiet while only the seconds changed');
     assert.equal(await page.$eval('#retry', (e) => e.closest('[aria-live]') === null && e.getAttribute('aria-hidden') === 'true'), true);
     assert.equal(await page.getAttribute('#state-text', 'aria-live'), 'polite');

@@ -19,6 +19,50 @@ export async function eventually<T>(what: string, read: () => Promise<T>, done: 
   return value;
 }
 
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** The connection state the page shows (`open`, `offline`, …: the pill's data-state). */
+export const state = (page: Page) => page.$eval('#state', (e) => (e as HTMLElement).dataset.state ?? '');
+export const stateText = (page: Page) => page.$eval('#state', (e) => e.textContent ?? '');
+export const logText = (page: Page) => page.$eval('#log', (e) => e.textContent ?? '');
+
+/** Opens the page at `url` logged in as `user` (the `?user=` link), with `chat` open if given. */
+export async function openAs(page: Page, url: string, user: string, chat?: number | string): Promise<void> {
+  await page.goto(`${url}?user=${encodeURIComponent(user)}`);
+  await page.waitForSelector('body[data-ready="true"]');
+  await eventually('the page to be open', () => state(page), (s) => s === 'open');
+  if (chat !== undefined) await openChat(page, chat);
+}
+
+/** Opens `chat` from the chat list (shown first on a phone); `joins`: waits until it is registered and its history loaded. */
+export async function openChat(page: Page, chat: number | string, joins = true): Promise<void> {
+  if (await page.isVisible('#show-chats')) await page.click('#show-chats');
+  await page.fill('#chat-id', String(chat));
+  await page.press('#chat-id', 'Enter');
+  await eventually(`chat ${chat} open`, () => page.textContent('#chat-title'), (t) => t === `# chat ${chat}`);
+  if (!joins) return;
+  await eventually('the chat joined', () => state(page), (s) => s === 'open');
+  await eventually('its history', () => page.textContent('#history-note'), (t) => t === '');
+}
+
+/**
+ * Opens `page` at `url` as `user` with every WebSocket closed 1013 at once by "the gateway": the
+ * page stays offline, its SDK backing off (up to 5 s) and the header counting down to each retry.
+ */
+export async function openOffline(page: Page, url: string, user: string): Promise<void> {
+  await page.routeWebSocket(/\/ws$/, (ws) => ws.close({ code: 1013, reason: 'try again later' }));
+  await page.goto(`${url}?user=${user}`);
+  await page.waitForSelector('body[data-ready="true"]');
+}
+
+/** N of the header's "retry in N s" (NaN when it shows none). */
+export const retrySeconds = (text: string) => Number(/retry in (\d+) s/.exec(text)?.[1] ?? NaN);
+
+/** Types `text` into the composer and presses Enter. */
+export async function type(page: Page, text: string): Promise<void> {
+  await page.fill('#text', text);
+  await page.press('#text', 'Enter');
+}
+
 /** The texts of the messages the page shows, in order. */
 export const texts = (page: Page) => page.$$eval('#messages li.msg .text', (els) => els.map((e) => e.textContent ?? ''));
 
