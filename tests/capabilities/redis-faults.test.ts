@@ -321,6 +321,52 @@ describe('Redis restarted or failed over to another copy of its data', () => {
 describe('Redis stalled past the command timeout: a retried append is not broadcast twice', () => {
   const h = useHarness('redis');
 
+  /** Pauses Redis (SIGSTOP: every socket stays up) for `ms` while `during` runs. */
+  async function stalled(ms: number, during: () => Promise<void> | void): Promise<void> {
+    h.redis!.signal('SIGSTOP');
+    try {
+      await during();
+      await sleep(ms);
+    } finally {
+      h.redis!.signal('SIGCONT');
+    }
+  }
+
+  it('a leave that timed out during a stall, which Redis ran when it woke, still announces offline', async () => {
+    const { chat, a, b } = await h.pair(0);
+    await a.next(presence(2, 'online'));
+    const mark = a.frames.length;
+    // The leave's command times out after 2 s and is logged as failed; Redis runs it on SIGCONT,
+    // so the entry is gone and no sweep will ever find it: only running the leave again tells.
+    await stalled(3000, () => b.close());
+    await a.next(presence(2, 'offline'), 10_000, mark);
+    const c = await h.member(3, chat, 0);
+    assert.deepEqual(online(c.all({ type: 'registered' })[0]!), [1, 3]);
+    await sleep(500);
+    assert.equal(a.all({ type: 'presence', user_id: 2 }).filter((f) => f.status === 'offline').length, 1, 'announced once');
+    a.close();
+    c.close();
+  });
+
+  it('a register whose presence write timed out during a stall leaves no entry behind once Redis wakes', async () => {
+    const chat = uniqueChat();
+    const a = await h.member(1, chat, 0);
+    const b = await h.connect(0);
+    const token = await h.token(2);
+    let answer: Frame | undefined;
+    await stalled(500, async () => {
+      await sleep(100);
+      answer = await b.request({ type: 'register', token, chat_id: chat }, { type: 'error' }, 2900);
+    });
+    assert.equal(answer!.code, 'upstream_unavailable');
+    // The join ran when Redis woke, for a member never attached; undone, nobody is left online
+    // for the presence TTL (60 s by default) — and b, still connected, is not registered.
+    await waitFor(async () => (await cli(h.redis!.port, 'zrange', `ms:presence:{${chat}}`, '0', '-1')) === '1', 8000, 'only user 1 has a presence entry');
+    const c = await h.member(3, chat, 0);
+    assert.deepEqual(online(c.all({ type: 'registered' })[0]!), [1, 3]);
+    for (const x of [a, b, c]) x.close();
+  });
+
   it('a message sent while Redis is paused 5 s is saved once, broadcast once, stored once; the ack names that position', async () => {
     const { chat, a, b } = await h.pair(0);
     const id = `stall-${chat}`;

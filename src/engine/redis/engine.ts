@@ -120,8 +120,13 @@ export class RedisEngine implements Engine {
    * error that says the node's role changed, and in a Cluster: the scripts then ask Redis itself.
    */
   private identity = '';
-  /** Entries whose leave failed (Redis unreachable), keyed like `entries`: see `replayLeaves`. */
-  private readonly failedLeaves = new Map<string, PresenceEntry>();
+  /**
+   * Entries whose leave (or join) failed — Redis unreachable or stalled — keyed like `entries`,
+   * with the leave's `held` (0 for a failed join: the entry is removed only if Redis has it): see
+   * `replayLeaves`.
+   */
+  private readonly failedLeaves = new Map<string, PresenceEntry & { held: 0 | 1 }>();
+  private leavesReplay: Promise<void> | null = null;
   /** Per chat, users replayed leaves took offline, announced once the engine is ready again. */
   private readonly leftOffline = new Map<IdKey, IdKey[]>();
   /** Entries a refresh re-created (see refreshPresence) whose `online` is not announced yet. */
@@ -239,6 +244,10 @@ export class RedisEngine implements Engine {
       if (!this.responsive) this.log.info('redis answers again: ready');
       this.responsive = true;
       this.probeFailures = 0;
+      if (this.failedLeaves.size > 0 && this.ready) {
+        await this.replayLeaves();
+        this.announceLeftOffline();
+      }
     } catch (err) {
       if (ROLE_CHANGED.test((err as Error).message)) this.identity = '';
       if (++this.probeFailures >= 2 && this.responsive) {
@@ -444,9 +453,18 @@ export class RedisEngine implements Engine {
 
   async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
     const entry = { chat, user, conn };
-    const cameOnline = await this.whenReady(() => this.writeEntries(chat, [entry], Date.now()));
-    this.entries.set(entryKey(entry), entry);
-    this.failedLeaves.delete(entryKey(entry)); // joined again: an earlier leave must not take it away
+    const key = entryKey(entry);
+    this.failedLeaves.delete(key); // joined again: an earlier leave must not take it away (sent before it)
+    let cameOnline: number[];
+    try {
+      cameOnline = await this.whenReady(() => this.writeEntries(chat, [entry], Date.now()));
+    } catch (err) {
+      // A write that timed out on a stalled Redis still runs when it wakes, for a member the hub
+      // never attached: a leave undoes it then (a no-op if it never ran; see `failedLeaves`).
+      this.failedLeaves.set(key, { ...entry, held: 0 });
+      throw err;
+    }
+    this.entries.set(key, entry);
     return cameOnline.length === 1;
   }
 
@@ -458,28 +476,42 @@ export class RedisEngine implements Engine {
       return (await this.whenReady(() => this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, held))) === 1;
     } catch (err) {
       // Its entry may outlast the outage in Redis (it then expires, and the sweep announces the
-      // user offline) or be lost with Redis's data (then nothing ever would): run once Redis is back.
-      if (held === 1) this.failedLeaves.set(key, entry);
+      // user offline), be lost with Redis's data, or be removed by this very leave once a stalled
+      // Redis wakes (then nothing would ever announce it): run again once Redis serves.
+      if (held === 1) this.failedLeaves.set(key, { ...entry, held });
       throw err;
     }
   }
 
   /**
-   * Runs the leaves that failed during an outage. Those that took a user's last connection
-   * (Redis lost the entry, or still had it) are kept in `leftOffline` as each one runs — so a
-   * round in which another leave fails loses none of them — and announced once ready.
+   * Runs the leaves that failed during an outage or a stall: after a reconnect, and after a probe
+   * answers (a stall drops no connection). Those that took a user's last connection (Redis lost
+   * the entry, still had it, or the timed-out leave had removed it meanwhile) are kept in
+   * `leftOffline` as each one runs — so a round in which another leave fails loses none of them —
+   * and announced once ready. One round at a time: a leave run twice would find its entry gone.
    */
-  private async replayLeaves(): Promise<void> {
-    await Promise.all(
-      [...this.failedLeaves].map(async ([key, { chat, user, conn }]) => {
-        const last = await this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, 1);
-        this.failedLeaves.delete(key);
+  private replayLeaves(): Promise<void> {
+    this.leavesReplay ??= Promise.all(
+      [...this.failedLeaves].map(async ([key, failed]) => {
+        const { chat, user, conn, held } = failed;
+        const last = await this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, held);
+        if (this.failedLeaves.get(key) === failed) this.failedLeaves.delete(key);
         if (last !== 1) return;
         const users = this.leftOffline.get(chat);
         if (users === undefined) this.leftOffline.set(chat, [user]);
         else users.push(user);
       }),
+    ).then(
+      () => { this.leavesReplay = null; },
+      (err: unknown) => { this.leavesReplay = null; throw err; },
     );
+    return this.leavesReplay;
+  }
+
+  /** Publishes the `offline`s replayed leaves found (see `replayLeaves`). */
+  private announceLeftOffline(): void {
+    for (const [chat, users] of this.leftOffline) this.events?.presenceExpired(chat, users);
+    this.leftOffline.clear();
   }
 
   async online(chat: IdKey): Promise<IdKey[]> {
@@ -608,8 +640,7 @@ export class RedisEngine implements Engine {
       this.everReady = true;
       this.setReady(true);
       this.announceRestored(); // only now: the hub publishes `online`, which needs a ready engine
-      for (const [chat, users] of this.leftOffline) this.events?.presenceExpired(chat, users);
-      this.leftOffline.clear();
+      this.announceLeftOffline();
     }
   }
 
