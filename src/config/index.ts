@@ -62,6 +62,8 @@ export class ConfigError extends Error {
 
 type Env = Record<string, string | undefined>;
 
+/** RFC 3986: "/" then path characters, an optional "?" query; no fragment. */
+const URL_PATH = /^\/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*(?:\?(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*)?$/;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Real environment variables win over the optional `.env` file. */
@@ -89,9 +91,19 @@ export function loadConfig(env: Env = readEnv()): Config {
     if (n < min || n > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${n}`);
     return n;
   };
-  const path = (name: string, def: string): string => {
+  /** A main-API path: absolute, URL characters only (an optional query), no dot segments. `slots`: its placeholders, each exactly once. */
+  const path = (name: string, def: string, slots: readonly string[] = []): string => {
     const v = get(name) ?? def;
     if (!v.startsWith('/')) throw new ConfigError(name, `must start with "/", got "${v}"`);
+    let bare = v;
+    for (const slot of slots) {
+      if (v.split(slot).length !== 2) throw new ConfigError(name, `must contain ${slot} exactly once, got "${v}"`);
+      bare = bare.replace(slot, 'x');
+    }
+    // A space or a brace would be sent as it is (or refused by the HTTP client) on every call: refused here, once.
+    if (!URL_PATH.test(bare)) throw new ConfigError(name, `must be a URL path (letters, digits, -._~!$&'()*+,;=:@/ and %XX; an optional ?query; no #), got "${v}"`);
+    // A proxy that normalises "/./" or "/../" would call another route than the one configured.
+    if (/(^|\/)\.\.?(\/|\?|$)/.test(bare.split('?')[0]!)) throw new ConfigError(name, `must not contain "." or ".." segments, got "${v}"`);
     return v;
   };
   const bool = (name: string, def: boolean): boolean => {
@@ -121,10 +133,7 @@ export function loadConfig(env: Env = readEnv()): Config {
     throw new ConfigError('AUTH_HOST', 'must be a base URL without path, query or fragment (paths are set by *_PATH)');
   }
 
-  const messagePath = path('MESSAGE_PATH', '/chat/{chat_id}/messages/{message_id}');
-  if (!messagePath.includes('{chat_id}') || !messagePath.includes('{message_id}')) {
-    throw new ConfigError('MESSAGE_PATH', 'must contain {chat_id} and {message_id}');
-  }
+  const messagePath = path('MESSAGE_PATH', '/chat/{chat_id}/messages/{message_id}', ['{chat_id}', '{message_id}']);
 
   const logLevel = get('LOG_LEVEL') ?? 'info';
   if (!LOG_LEVELS.includes(logLevel)) {

@@ -55,6 +55,25 @@ describe('config', () => {
     }
   });
 
+  it('*_PATH: a URL path with each placeholder once — a space, a fragment, a dot segment or a repeated placeholder is refused at start-up', () => {
+    for (const [name, value] of [
+      ['AUTH_VERIFY_PATH', '/auth/verify x'],
+      ['AUTH_VERIFY_PATH', '/auth/verify#frag'],
+      ['MESSAGE_SAVE_PATH', '/chat/../massage'],
+      ['MESSAGE_SAVE_PATH', '/chat/{chat_id}'],
+      ['MESSAGE_PATH', '/chat/{chat_id}/messages/{message_id}/{chat_id}'],
+      ['MESSAGE_PATH', '/chat/{chat_id}/messages'],
+      ['MESSAGE_PATH', '/chat/{chat_id}/./{message_id}'],
+      ['MESSAGE_PATH', '/chat/{chat_id}/{message_id}/%zz'],
+    ]) {
+      assert.throws(() => loadConfig({ [name!]: value! }), (err: unknown) => err instanceof ConfigError && err.variable === name, `${name}=${value}`);
+    }
+    const c = loadConfig({ AUTH_VERIFY_PATH: '/v2/auth/verify?scope=chat', MESSAGE_PATH: '/m/{message_id}?chat={chat_id}', MESSAGE_SAVE_PATH: '/api/chat%20messages' });
+    assert.equal(c.authVerifyPath, '/v2/auth/verify?scope=chat');
+    assert.equal(c.messagePath, '/m/{message_id}?chat={chat_id}');
+    assert.equal(c.messageSavePath, '/api/chat%20messages');
+  });
+
   it('ALLOWED_ORIGINS is a trimmed list', () => {
     assert.deepEqual(loadConfig({ ALLOWED_ORIGINS: 'https://a.example, http://b.example:8080' }).allowedOrigins, ['https://a.example', 'http://b.example:8080']);
   });
