@@ -20,16 +20,24 @@ export const refresh = defineFeature({
   async handle(session, frame) {
     session.requireAccepting();
     if (session.refreshing) throw new RequestError('rate_limited', 'a refresh is already in progress; wait for its answer');
+    const wait = Math.ceil(session.refreshPacedUntil - performance.now());
+    if (wait > 0) throw new RequestError('rate_limited', `refreshes are paced at RATE_LIMIT_PER_SEC main-API verifies a second; refresh again in ${wait} ms`);
     const chats: IdKey[] = frame.chat_id === undefined ? [...session.chats.keys()] : [idKey(frame.chat_id)];
     if (chats.length === 0 || chats.some((chat) => !session.chats.has(chat))) throw new RequestError('not_registered', 'not registered to this chat');
     session.refreshing = true;
     try {
       const cached = chats.every((chat) => session.ctx.api.isCached(frame.token, chat));
+      const asked = { calls: 0 };
       try {
-        await verifyEvery(session, frame.token, chats);
+        await verifyEvery(session, frame.token, chats, asked);
       } catch (err) {
         if (isAuthRefusal(err)) session.noteAuthResult(true);
         throw err;
+      } finally {
+        // One frame, many main-API calls: the calls beyond the first (which the frame's token
+        // paid for) pace the next refresh at the token bucket's rate, so refreshing with fresh
+        // tokens cannot multiply the bucket's bound by the number of registered chats.
+        session.refreshPacedUntil = performance.now() + (Math.max(0, asked.calls - 1) * 1000) / session.ctx.config.rateLimitPerSec;
       }
       session.noteAuthResult(false, !cached);
       const switched = chats.filter((chat) => session.chats.has(chat));
@@ -53,10 +61,11 @@ export const refresh = defineFeature({
  * Verifies `token` for each chat; throws at the first refusal, or `forbidden` for a token of
  * another user. The first chat is asked alone, so a token the main API refuses costs one call,
  * not one per registered chat; then at most MAX_UPSTREAM_PER_CONNECTION at a time, and none is
- * started after a refusal.
+ * started after a refusal. `asked` counts the calls that were not answered from the cache.
  */
-async function verifyEvery(session: Session, token: string, chats: readonly IdKey[]): Promise<void> {
+async function verifyEvery(session: Session, token: string, chats: readonly IdKey[], asked: { calls: number }): Promise<void> {
   const check = async (chat: IdKey): Promise<void> => {
+    if (!session.ctx.api.isCached(token, chat)) asked.calls++;
     if ((await session.verify(token, chat)) !== session.user) throw new RequestError('forbidden', 'the new token belongs to another user');
   };
   await check(chats[0]!);

@@ -80,6 +80,8 @@ export class Session implements Connection, WriteTurnMark {
   writeTurn = -1;
   /** A `refresh` is in flight (one at a time): an expiry that comes meanwhile waits for its outcome. */
   refreshing = false;
+  /** `performance.now()` before which a `refresh` is refused: see refresh.ts. */
+  refreshPacedUntil = 0;
   /**
    * While a handler's synchronous part runs (onFrame): null until `targetChat` resolves the
    * request's chat, then that chat. undefined at any other time. Read back right after the call,

@@ -47,6 +47,29 @@ for (const mode of ENGINE_MODES) {
       c.close();
     });
 
+    it('refresh with fresh tokens cannot multiply the verify rate by the chats: the calls past the first pace the next refresh at RATE_LIMIT_PER_SEC', async () => {
+      const c = await connect();
+      const chats = Array.from({ length: 21 }, () => uniqueChat());
+      for (const chat of chats) await c.register(await h.token(1), chat);
+      const asked = () => h.api.requests.filter((r) => r.op === 'verify').length;
+      const before = asked();
+      const first = await c.request({ type: 'refresh', token: await h.token(1, { expiresInSec: 120 }) }, (f) => f.type === 'refreshed' || f.type === 'error');
+      assert.equal(first.type, 'refreshed');
+      assert.equal(asked(), before + 21);
+      // 20 calls beyond the first at 20 a second: the next refresh comes after a second.
+      const paced = await c.request({ type: 'refresh', token: await h.token(1, { expiresInSec: 121 }) }, { type: 'error' });
+      assert.equal(paced.code, 'rate_limited');
+      assert.equal(paced.op, 'refresh');
+      assert.equal(paced.retry_after_ms, undefined, 'nothing was dropped: not the bucket\'s pause');
+      assert.match(paced.message as string, /refresh again in \d+ ms/);
+      assert.equal(asked(), before + 21, 'a paced refresh asks nothing');
+      await sleep(1100);
+      const later = await c.request({ type: 'refresh', token: await h.token(1, { expiresInSec: 122 }) }, (f) => f.type === 'refreshed' || f.type === 'error');
+      assert.equal(later.type, 'refreshed');
+      assert.equal(asked(), before + 42);
+      c.close();
+    });
+
     it('a peer that ignores the close frame and keeps sending is dropped at once, not after the grace period', async () => {
       const inst = await h.gateway({ REGISTER_TIMEOUT_MS: '300' });
       const client = new ws.WebSocket(inst.wsUrl);
