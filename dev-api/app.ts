@@ -13,13 +13,17 @@
  *           no broadcast of that id: then the first gateway died before broadcasting), so 409
  *           must only ever mean "already saved".
  *   edit    PATCH  /chat/{chat_id}/messages/{id}     → 2xx · 401 · 403 not the sender · 404 · 422
- *   delete  DELETE /chat/{chat_id}/messages/{id}     → 2xx · 401 · 403 not the sender · 404
+ *   delete  DELETE /chat/{chat_id}/messages/{id}     → 2xx · 401 · 403 not the sender · 404; a
+ *           second delete by the one who deleted it: 404 {"deleted":true,"chat_id","deleted_by"} —
+ *           the gateway acks it as a duplicate and broadcasts the delete unless the chat's history
+ *           shows it was (the first answer or broadcast was lost), so say "deleted" only then.
  *
  * For clients (the chat page in web/, not the gateway) it also keeps device public keys and lists
  * a chat's messages — see "Routes for clients" below; they are neither recorded nor faulted.
  *
  * Deleting a message keeps its id as a tombstone: a resend of a deleted id is 409 (never saved
- * and broadcast again), and edit/delete of it are 404 like an unknown id.
+ * and broadcast again), and edit/delete of it are 404 like an unknown id (the deleter's delete
+ * with the body above).
  *
  * The gateway maps upstream statuses to client error codes: 400/422 bad_request,
  * 401 unauthorized, 403 forbidden, 404 not_found, 413 too_large, 429 rate_limited and
@@ -94,6 +98,12 @@ export interface StoredMessage {
   [field: string]: unknown;
 }
 
+/** What a deleted message leaves: its chat and who deleted it (a repeated delete is told, see DELETE). */
+export interface Tombstone {
+  chat_id: string | number;
+  deleted_by: string | number;
+}
+
 /** A device's public key as published by a client (`PUT /devices/{device_id}/key`). */
 export interface DeviceKey {
   device_id: string;
@@ -110,8 +120,8 @@ export interface DevApi {
   requests: RecordedRequest[];
   /** Live (not deleted) messages by id. */
   messages: Map<string, StoredMessage>;
-  /** Tombstones: ids of deleted messages. A save of one is 409; edit/delete of one is 404. */
-  deleted: Set<string>;
+  /** Tombstones: deleted messages' ids, with their chat and who deleted them. A save of one is 409; edit/delete of one is 404. */
+  deleted: Map<string, Tombstone>;
   /** Published device public keys by device id (the chat page's end-to-end encryption). */
   devices: Map<string, DeviceKey>;
   mintToken(userId: string | number, opts?: { expiresInSec?: number; expired?: boolean }): Promise<string>;
@@ -393,7 +403,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
    * bounded — this is a dev server). Without them a resend of a deleted id would be saved and
    * broadcast again.
    */
-  const deleted = new Set<string>();
+  const deleted = new Map<string, Tombstone>();
   const members = new Map<string, Set<string>>();
   /** Device public keys by device id, and who joined each open chat (a successful verify). */
   const devices = new Map<string, DeviceKey>();
@@ -663,10 +673,19 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     return message;
   });
 
-  app.delete<MessageParams>(MESSAGE_PATH, { config: { op: 'delete' } }, async (req) => {
+  app.delete<MessageParams>(MESSAGE_PATH, { config: { op: 'delete' } }, async (req, reply) => {
+    // Deleted already, by this caller: the gateway's resend after a lost answer. The body says
+    // so (only to the deleter, in its chat), and the gateway broadcasts it if nobody heard it.
+    const tomb = deleted.get(req.params.message_id);
+    if (tomb !== undefined && String(tomb.chat_id) === req.params.chat_id) {
+      const sub = await authenticate(bearerToken(req));
+      if (String(tomb.deleted_by) === sub && isMember(req.params.chat_id, sub)) {
+        return reply.code(404).send({ error: 'deleted', deleted: true, chat_id: tomb.chat_id, deleted_by: tomb.deleted_by });
+      }
+    }
     const message = await authorizeChange(req);
     messages.delete(message.id);
-    deleted.add(message.id); // tombstone: the id stays taken for save (409)
+    deleted.set(message.id, { chat_id: message.chat_id, deleted_by: message.sender_id }); // tombstone: the id stays taken for save (409)
     return { id: message.id, deleted: true };
   });
 

@@ -4,7 +4,19 @@ import * as out from '../protocol/outbound.js';
 import { defineFeature } from './feature.js';
 import { OptionalChatId } from './schemas.js';
 
-/** delete_message: the main API decides who may delete; on success `deleted_by` is broadcast. */
+/**
+ * A delete's history key: not a message id (those have no ':'), so `contains` tells a message's
+ * broadcast from its delete's.
+ */
+const deleteKey = (id: string) => `d:${id}`;
+
+/**
+ * delete_message: the main API decides who may delete; on success `deleted_by` is broadcast.
+ * A resend of a delete the main API already carried out (its answer timed out, or the instance
+ * died before broadcasting) gets the main API's "deleted, by you" 404: acked as a duplicate, and
+ * broadcast unless the chat's history shows it was — a delete the others never hear of would
+ * leave the message on their screens.
+ */
 export const deleteMessage = defineFeature({
   type: 'delete_message',
   impliedChat: true,
@@ -18,11 +30,12 @@ export const deleteMessage = defineFeature({
     const reg = session.registration(chat);
     const { id } = frame.data;
     return session.enqueueWrite(reg, async () => {
-      const { hub, api } = session.ctx;
-      await session.upstream(() => api.remove(reg.token, chat, id));
-      const position = await hub.append(chat, out.broadcast('delete_message', chat, { id, deleted_by: wireId(reg.user) }), session.id, id);
-      session.send(out.ack('delete_message', id, chat, false, position));
-      return 'ok' as const;
+      const { hub, api, engine } = session.ctx;
+      const { alreadyDeleted } = await session.upstream(() => api.remove(reg.token, chat, reg.user, id));
+      const broadcast = !alreadyDeleted || !(await engine.contains(chat, deleteKey(id)).catch(() => false));
+      const position = broadcast ? await hub.append(chat, out.broadcast('delete_message', chat, { id, deleted_by: wireId(reg.user) }), session.id, deleteKey(id)) : null;
+      session.send(out.ack('delete_message', id, chat, alreadyDeleted, position));
+      return alreadyDeleted ? ('duplicate' as const) : ('ok' as const);
     });
   },
 });

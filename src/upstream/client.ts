@@ -29,7 +29,12 @@ export interface MainApi {
    */
   save(token: string, chat: IdKey, sender: IdKey, message: string): Promise<{ duplicate: boolean; ownSaved: boolean }>;
   edit(token: string, chat: IdKey, messageId: string, body: object): Promise<void>;
-  remove(token: string, chat: IdKey, messageId: string): Promise<void>;
+  /**
+   * `alreadyDeleted`: the main API answered 404 with a body saying the message is deleted, in
+   * `chat`, by `user` — this delete's earlier send was carried out, and its answer or broadcast
+   * may have been lost (features/delete-message.ts). Any other 404 is `not_found`.
+   */
+  remove(token: string, chat: IdKey, user: IdKey, messageId: string): Promise<{ alreadyDeleted: boolean }>;
   /** Forgets cached verifies of `user` (in `chat`, or everywhere when null): the next verify asks the main API. */
   forget(user: IdKey, chat: IdKey | null): void;
   /** The server API disconnected `user`: forgets its cached verifies, and remembers when (`disconnectedSince`). */
@@ -136,8 +141,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       const headers: Record<string, string> = { authorization: `Bearer ${token}`, 'x-request-id': requestId, accept: 'application/json' };
       if (body !== undefined) headers['content-type'] = 'application/json';
       const payload = body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body);
-      // Only a verify's answer body is read, and a save's 409 (what it says was saved).
-      const readBody = op === 'verify' ? () => true : op === 'save' ? (status: number) => status === 409 : () => false;
+      // Only a verify's answer body is read, a save's 409 (what it says was saved) and a delete's 404 (whether it says "deleted").
+      const readBody = op === 'verify' ? () => true : op === 'save' ? (status: number) => status === 409 : op === 'delete' ? (status: number) => status === 404 : () => false;
       const answer = await exchange({ method, path, headers, body: payload }, readBody, op === 'verify', cancel);
       outcome = String(answer.status);
       if (answer.status >= 500) {
@@ -270,9 +275,11 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       const { status } = await call('edit', 'PATCH', messagePath(chat, messageId), token, body);
       if (!ok(status)) fail('edit', status, token, chat);
     },
-    async remove(token, chat, messageId) {
-      const { status } = await call('delete', 'DELETE', messagePath(chat, messageId), token);
+    async remove(token, chat, user, messageId) {
+      const { status, body } = await call('delete', 'DELETE', messagePath(chat, messageId), token);
+      if (status === 404 && deletedBy(body, user, chat)) return { alreadyDeleted: true };
       if (!ok(status)) fail('delete', status, token, chat);
+      return { alreadyDeleted: false };
     },
     forget: (user, chat) => cache.forgetUser(user, chat),
     disconnected: (user) => cache.disconnectUser(user),
@@ -301,6 +308,16 @@ function isTimeout(err: unknown): boolean {
 function savedBy(body: string, sender: IdKey, chat: IdKey): boolean {
   const v = jsonObject(body);
   return v !== null && parseId(v.sender_id) === sender && parseId(v.chat_id) === chat && v.deleted !== true;
+}
+
+/**
+ * Whether a delete's 404 body (`{"deleted": true, "chat_id", "deleted_by"}`, as the main-API
+ * guide asks) says the message was deleted, in `chat`, by `user`. Anything else is an ordinary
+ * 404: a client must never get a broadcast out of a delete it did not make.
+ */
+function deletedBy(body: string, user: IdKey, chat: IdKey): boolean {
+  const v = jsonObject(body);
+  return v !== null && v.deleted === true && parseId(v.chat_id) === chat && parseId(v.deleted_by) === user;
 }
 
 /** `user_id`, else `id`, `sub`, or `user.id`. */

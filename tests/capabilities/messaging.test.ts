@@ -112,7 +112,7 @@ for (const mode of ENGINE_MODES) {
       const moved = await a.request({ type: 'message', data: { id: elsewhere, ciphertext: 'x' } }, { type: 'ack' });
       assert.deepEqual([moved.duplicate, moved.seq], [true, undefined]);
       // Its own id, deleted since: a late resend must not bring it back.
-      h.api.deleted.add(`gone-${chat}`);
+      h.api.deleted.set(`gone-${chat}`, { chat_id: chat, deleted_by: 1 });
       const gone = await a.request({ type: 'message', data: { id: `gone-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
       assert.deepEqual([gone.duplicate, gone.seq], [true, undefined]);
       // A 409 whose body does not say whose message it is.
@@ -136,6 +136,52 @@ for (const mode of ENGINE_MODES) {
       await expectNone(b, { type: 'message' }, 200);
       a.close();
       b.close();
+    });
+
+    it('a delete the main API carried out after the gateway gave up on it: the resend is acked duplicate and broadcast, once', async () => {
+      const inst = await h.gateway({ UPSTREAM_TIMEOUT_MS: '400' });
+      const i = h.instances.indexOf(inst);
+      const chat = uniqueChat();
+      const a = await h.member(1, chat, i);
+      const b = await h.member(2, chat, i);
+      const id = `lost-del-${chat}`;
+      await a.request({ type: 'message', data: { id, ciphertext: 'x' } }, { type: 'ack' });
+      await b.next({ type: 'message' });
+      // The main API deletes it, but answers after the gateway's timeout.
+      h.api.addFault({ op: 'delete', delayMs: 700, times: 1 });
+      const timedOut = await a.request({ type: 'delete_message', data: { id } }, { type: 'error' });
+      assert.deepEqual([timedOut.code, timedOut.retryable], ['upstream_unavailable', true]);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.ok(h.api.deleted.has(id), 'the main API did delete it');
+      // The resend, as the docs advise: the main API says "deleted, by you"; nobody heard of it, so it is broadcast now.
+      const ack = await a.request({ type: 'delete_message', data: { id } }, { type: 'ack' });
+      assert.equal(ack.duplicate, true);
+      assert.equal(typeof ack.seq, 'number', 'broadcast in place of the lost one');
+      const got = await b.next({ type: 'delete_message' });
+      assert.deepEqual([got.data, got.seq], [{ id, deleted_by: 1 }, ack.seq]);
+      // Now the history holds it: a further resend is a plain duplicate.
+      const again = await a.request({ type: 'delete_message', data: { id } }, { type: 'ack' });
+      assert.deepEqual([again.duplicate, again.seq], [true, undefined]);
+      await expectNone(b, { type: 'delete_message' }, 200, b.frames.indexOf(got) + 1);
+      a.close();
+      b.close();
+    });
+
+    it('only the one who deleted a message gets a broadcast out of deleting it again; anyone else, and another chat, get not_found', async () => {
+      const { chat, a, b } = await h.pair();
+      const id = `del-twice-${chat}`;
+      await a.request({ type: 'message', data: { id, ciphertext: 'x' } }, { type: 'ack' });
+      await a.request({ type: 'delete_message', data: { id } }, { type: 'ack' });
+      await b.next({ type: 'delete_message' });
+      const mark = b.frames.length;
+      assert.equal((await b.request({ type: 'delete_message', data: { id } }, { type: 'error' })).code, 'not_found');
+      const c = await h.member(1, chat + 1);
+      assert.equal((await c.request({ type: 'delete_message', data: { id } }, { type: 'error' })).code, 'not_found');
+      // A 404 that does not say "deleted" is not_found for the deleter too.
+      h.api.addFault({ op: 'delete', status: 404, times: 1 });
+      assert.equal((await a.request({ type: 'delete_message', data: { id } }, { type: 'error' })).code, 'not_found');
+      await expectNone(b, { type: 'delete_message' }, 200, mark);
+      for (const x of [a, b, c]) x.close();
     });
 
     it('edit and delete: saved upstream, acked, broadcast with sender and deleted_by', async () => {

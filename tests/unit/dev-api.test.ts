@@ -221,6 +221,13 @@ describe('edit and delete', () => {
     assert.equal(api.messages.has('m1'), false);
     const second = await call(messagePath(5, 'm1'), { method: 'DELETE', token });
     assert.equal(second.status, 404);
+    assert.deepEqual(second.json, { error: 'deleted', deleted: true, chat_id: 5, deleted_by: 1 }, 'the deleter is told: its resend after a lost answer');
+    const byOther = await call(messagePath(5, 'm1'), { method: 'DELETE', token: await api.mintToken(2) });
+    assert.equal(byOther.status, 404);
+    assert.notEqual((byOther.json as { deleted?: unknown }).deleted, true, 'nobody else learns who deleted it');
+    const elsewhere = await call(messagePath(6, 'm1'), { method: 'DELETE', token });
+    assert.equal(elsewhere.status, 404);
+    assert.notEqual((elsewhere.json as { deleted?: unknown }).deleted, true);
   });
 
   test('a resend of a deleted id is 409 duplicate and does not resurrect the message', async () => {
