@@ -9,10 +9,11 @@ ARG NODE_IMAGE=node:24-bookworm-slim
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
-# --ignore-scripts: the only install scripts are esbuild's (for tsx, unused in images) and those of
-# ws's native accelerators bufferutil / utf-8-validate. Those ship linux-x64 prebuilds that load
-# without a script, and fall back to plain JavaScript elsewhere (e.g. arm64), so this slim image
-# never needs python/make/g++.
+# --ignore-scripts: the install scripts are esbuild's (for tsx, unused in images), @scarf/scarf's
+# (telemetry, through the dev dependency @asyncapi/parser: not wanted) and those of ws's native
+# accelerators bufferutil / utf-8-validate. Those ship linux-x64 prebuilds that load without a
+# script, and fall back to plain JavaScript elsewhere (e.g. arm64), so this slim image never
+# needs python/make/g++.
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
@@ -36,7 +37,8 @@ ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
-COPY --from=build /app/dist ./dist
+# The gateway only: dist/dev-api needs dev dependencies (jose) this stage does not install.
+COPY --from=build /app/dist/src ./dist/src
 # Files stay owned by root: the gateway only reads them.
 USER node
 EXPOSE 3000
@@ -45,5 +47,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD node -e "fetch('http://127.0.0.1:${APP_PORT:-3000}/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
 # main.ts drains on SIGTERM in at most SHUTDOWN_TIMEOUT_MS + UPSTREAM_TIMEOUT_MS + 4.25 s: give it
 # + 5 s (20 s by default), e.g. `docker stop -t 20` or `stop_grace_period: 20s` in compose.
+# Run it under an init (`docker run --init`, `init: true` in compose, or your orchestrator's):
+# node as PID 1 would lose a SIGTERM that comes before its handlers are installed (~0.2 s).
 STOPSIGNAL SIGTERM
 CMD ["node", "dist/src/main.js"]
