@@ -13,11 +13,12 @@
  * (repeat 1 of every system, then repeat 2), reported as min / median with the ratio of medians
  * to the `ws` floor of the same run.
  *
- * Writes bench/results/<quick|full|custom>.json and .md (and latest.json / latest.md).
+ * Writes bench/results/local/<quick|full|custom>.json and .md (git-ignored), or with --out=NAME
+ * bench/results/NAME.json and .md (a run to keep and cite), and bench/results/local/latest.*.
  */
 import { execSync } from 'node:child_process';
 import { cpus } from 'node:os';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { GeneratorPool } from './lib/generators.js';
 import { PAYLOAD_BYTES } from './lib/payload.js';
 import { HAS_TASKSET, loadAverage, GENERATOR_CORE, setNice } from './lib/procs.js';
@@ -31,7 +32,8 @@ const USAGE = `usage: npm run bench -- [options]   (no options: every scenario a
   --systems=LIST     ${Object.keys(SYSTEMS).join(',')}
   --repeats=N        repeats of every cell (default 2)
   --merge=FILE       start from that run's results; the scenarios run now replace theirs
-  --out=NAME         write bench/results/NAME.json / .md (default: quick, full or custom)
+  --out=NAME         write bench/results/NAME.json / .md, a run to keep (default: bench/results/local/,
+                     git-ignored, as quick, full or custom)
   --report           run nothing: recompute the tables, model and plan from --merge's file
   --only=TEXT        only the rows whose key contains TEXT
   --profile          sample the servers' CPU during fan-out (bench/results/profiles/)
@@ -200,10 +202,14 @@ const json = {
   model: check,
   capacity: plan,
 };
-const dir = new URL('./results/', import.meta.url);
-for (const name of [mode, 'latest']) {
-  writeFileSync(new URL(`${name}.json`, dir), `${JSON.stringify(json, null, 2)}\n`);
-  writeFileSync(new URL(`${name}.md`, dir), `${header}\n${md.join('\n')}`);
+// An ordinary run does not touch the committed results (docs/benchmarks.md cites them by name).
+const local = new URL('./results/local/', import.meta.url);
+mkdirSync(local, { recursive: true });
+const kept = opt('out') !== undefined;
+const written = [`${kept ? '' : 'local/'}${mode}`, 'local/latest'];
+for (const name of written) {
+  writeFileSync(new URL(`./results/${name}.json`, import.meta.url), `${JSON.stringify(json, null, 2)}\n`);
+  writeFileSync(new URL(`./results/${name}.md`, import.meta.url), `${header}\n${md.join('\n')}`);
 }
-log(`written to bench/results/${mode}.json and .md (and latest.*)`);
+log(`written to bench/results/${written[0]}.json and .md (and local/latest.*)`);
 process.exit(0);

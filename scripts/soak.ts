@@ -25,18 +25,41 @@
 import { parseArgs } from 'node:util';
 import { Backend, ChatApp, converge, sleep, table, type AppReport, type EngineKind } from '../tests/sdk/fault-kit.js';
 
-const { values } = parseArgs({
-  options: {
-    seconds: { type: 'string', default: '60' },
-    redis: { type: 'boolean', default: false },
-    cluster: { type: 'boolean', default: false },
-    instances: { type: 'string' },
-    clients: { type: 'string', default: '5' },
-    chats: { type: 'string', default: '2' },
-    rate: { type: 'string', default: '5' },
-    seed: { type: 'string' },
-  },
-});
+const USAGE = `usage: npm run soak -- [--seconds N] [--redis | --cluster] [--instances N] [--clients N] [--chats N] [--rate N] [--seed N]
+  --seconds N     how long to send (60)
+  --redis         two (--instances) gateway processes on one redis-server; --cluster: a 3-master Redis Cluster
+  --instances N   gateway processes with --redis / --cluster (2)
+  --clients N     SDK apps (5)        --chats N   shared chats (2)
+  --rate N        messages/s per client and chat (5)
+  --seed N        the fault schedule (random unless given)
+exit status: 0 all good; 1 a message duplicated or lost (or worse); 3 only messages never broadcast`;
+
+function options() {
+  return parseArgs({
+    options: {
+      seconds: { type: 'string', default: '60' },
+      redis: { type: 'boolean', default: false },
+      cluster: { type: 'boolean', default: false },
+      instances: { type: 'string' },
+      clients: { type: 'string', default: '5' },
+      chats: { type: 'string', default: '2' },
+      rate: { type: 'string', default: '5' },
+      seed: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  }).values;
+}
+let values: ReturnType<typeof options>;
+try {
+  values = options();
+} catch (err) {
+  process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
+  process.exit(2);
+}
+if (values.help) {
+  process.stdout.write(`${USAGE}\n`);
+  process.exit(0);
+}
 
 const engine: EngineKind = values.cluster ? 'cluster' : values.redis ? 'redis' : 'memory';
 const seconds = Number(values.seconds);
