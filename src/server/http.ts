@@ -2,11 +2,11 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Registry } from 'prom-client';
 
-/** Plain HTTP endpoints. */
+/** Plain HTTP endpoints. Errors are `{"error": <code>, "message"}`, the server API's shape. */
 export function createRequestHandler(opts: { isReady: () => boolean; describe: () => object; metrics: Registry }) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?', 1)[0];
-    if (req.method !== 'GET' && req.method !== 'HEAD') return reply(res, 404, { error: 'not found' });
+    if (req.method !== 'GET' && req.method !== 'HEAD') return reply(res, 404, NOT_FOUND);
     switch (path) {
       case '/healthz':
         return reply(res, 200, { status: 'ok' });
@@ -20,16 +20,18 @@ export function createRequestHandler(opts: { isReady: () => boolean; describe: (
             res.writeHead(200, { 'content-type': opts.metrics.contentType });
             res.end(text);
           },
-          () => reply(res, 500, { error: 'metrics unavailable' }),
+          () => reply(res, 500, { error: 'internal', message: 'metrics unavailable' }),
         );
         return;
       case '/ws':
-        return reply(res, 426, { error: 'WebSocket upgrade required' });
+        return reply(res, 426, { error: 'upgrade_required', message: 'WebSocket upgrade required' });
       default:
-        return reply(res, 404, { error: 'not found' });
+        return reply(res, 404, NOT_FOUND);
     }
   };
 }
+
+const NOT_FOUND = { error: 'not_found', message: 'no such route' };
 
 function reply(res: ServerResponse, status: number, body: object): void {
   const text = JSON.stringify(body);

@@ -140,11 +140,14 @@ for (const mode of ENGINE_MODES) {
       }
       assert.equal((await get(gw(), '/healthz', { method: 'POST', body: '{}' })).status, 404, 'POST /healthz');
       assert.equal((await get(gw(), '/metrics', { method: 'DELETE' })).status, 404, 'DELETE /metrics');
+      // The server API's error shape, on the same port.
+      assert.deepEqual(JSON.parse((await get(gw(), '/nope')).body), { error: 'not_found', message: 'no such route' });
     });
 
     it('GET /ws without an upgrade → 426', async () => {
       const res = await get(gw(), '/ws');
       assert.equal(res.status, 426);
+      assert.deepEqual(JSON.parse(res.body), { error: 'upgrade_required', message: 'WebSocket upgrade required' });
     });
 
     it('an upgrade on another path → 404; on /ws it is accepted (101)', async () => {
