@@ -41,7 +41,7 @@ function frames(): Frame[] {
     type,
     action: 'receive',
     schema: feature.schema,
-    ...(feature.impliedChat ? { note: "`chat_id` may be omitted (at the top level and in `data`) when the connection holds exactly one completed registration (a register still in flight does not count): that chat is meant." } : {}),
+    ...(feature.impliedChat ? { note: "`chat_id` may be omitted (at the top level, and in `data` where the frame has one) when the connection holds exactly one completed registration (a register still in flight does not count): that chat is meant." } : {}),
   }));
   const outbound: Frame[] = Object.entries(OUTBOUND_SCHEMAS).map(([type, schema]) => ({ key: outboundKey(type), type, action: 'send', schema }));
   for (const f of [...inbound, ...outbound]) {

@@ -21,7 +21,7 @@ export const message = defineFeature({
   schema: Type.Object({
     type: Type.Literal('message'),
     chat_id: OptionalChatId,
-    data: Type.Object({ ...EncryptedContent, created_at: Type.Optional(Type.String({ maxLength: 64 })) }),
+    data: Type.Object({ ...EncryptedContent, created_at: Type.Optional(Type.String({ maxLength: 64, description: 'RFC 3339 date-time with a zone: 2026-12-01T10:00:00Z, 2026-12-01T12:00:00.5+02:00; anything else (a leap second :60, a date that does not exist) is bad_request' })) }),
   }),
   async handle(session, frame) {
     const reg = authorRegistration(session, frame);
