@@ -29,8 +29,9 @@ interface LateBroadcast {
   at: number;
 }
 
-/** Broadcasts waiting for the engine at once, at most; more are dropped (and counted). */
+/** Broadcasts waiting for the engine at once, at most, and their bytes; more are dropped (and counted). */
 const MAX_LATE = 10_000;
+const MAX_LATE_BYTES = 64 * 1024 * 1024;
 /** While some wait, how often the engine is tried again (also at once when it reports ready). */
 const LATE_RETRY_MS = 1000;
 
@@ -56,6 +57,7 @@ export class Hub {
   readonly registry = new Registry<Member>();
   private readonly subscriptions = new Map<IdKey, Subscription>();
   private readonly late: LateBroadcast[] = [];
+  private lateBytes = 0;
   private lateTimer: NodeJS.Timeout | null = null;
   private flushingLate = false;
   /** Names each appended operation (see `append`): this hub's random prefix and a counter. */
@@ -254,13 +256,18 @@ export class Hub {
   }
 
   private deferLate(entry: LateBroadcast, why: string): void {
-    if (this.late.length >= MAX_LATE) {
+    if (this.late.length >= MAX_LATE || this.lateBytes + entry.frame.length > MAX_LATE_BYTES) {
       this.dropLate(entry, 'too many broadcasts waiting for the engine');
       return;
     }
     this.log.warn({ chat: entry.chat, err: why, waiting: this.late.length + 1 }, 'saved operation not broadcast yet: engine failing; it will be published late');
     this.late.push(entry);
+    this.lateBytes += entry.frame.length;
     this.scheduleLate();
+  }
+
+  private shiftLate(): void {
+    this.lateBytes -= this.late.shift()!.frame.length;
   }
 
   private dropLate(entry: LateBroadcast, why: string): void {
@@ -288,7 +295,7 @@ export class Hub {
       while (this.late.length > 0) {
         const entry = this.late[0]!;
         if (Date.now() - entry.at > this.limits.lateMaxAgeMs) {
-          this.late.shift();
+          this.shiftLate();
           this.dropLate(entry, 'waited longer than HISTORY_TTL_MS for the engine');
           continue;
         }
@@ -298,7 +305,7 @@ export class Hub {
         } catch {
           break;
         }
-        this.late.shift();
+        this.shiftLate();
         if (result.earlier === undefined) this.metrics.publishLate.inc();
         // An attempt that timed out had appended it after all, without its sender: tell the
         // sender now (its ack had no position), and no one else (they got it then).
@@ -320,6 +327,7 @@ export class Hub {
   abandonLateNow(): void {
     if (this.lateTimer !== null) clearTimeout(this.lateTimer);
     this.lateTimer = null;
+    this.lateBytes = 0;
     for (const entry of this.late.splice(0)) this.dropLate(entry, 'instance shutting down');
   }
 

@@ -11,9 +11,15 @@ interface HeldDelivery {
 
 /** Deliveries held per chat while catching up; past it the chat counts as lost. */
 const MAX_HELD = 10_000;
+/**
+ * Bytes held by every chat together: a chat whose next delivery would pass it counts as lost
+ * (its connections resume), so an outage of the command connection alone — every other
+ * instance's broadcasts still arriving — cannot grow memory without bound.
+ */
+const MAX_HELD_BYTES = 64 * 1024 * 1024;
 /** A catch-up that failed is tried again this soon (while the engine stays connected). */
 const RETRY_MS = 500;
-/** A chat that held more than MAX_HELD deliveries: it is lost whatever the history says. */
+/** A chat that held more than MAX_HELD deliveries (or MAX_HELD_BYTES): it is lost whatever the history says. */
 const OVERFLOWED = 'overflowed';
 /**
  * A stream found ahead of what was delivered here is looked at again this much later: a
@@ -71,6 +77,8 @@ export class Resync {
   private readonly noted = new Map<IdKey, StreamPosition>();
   /** Chats holding their deliveries until caught up; null while the engine has not been lost. */
   private held: Map<IdKey, HeldDelivery[] | typeof OVERFLOWED> | null = null;
+  /** The frames in `held`, in bytes (see MAX_HELD_BYTES). */
+  private heldBytes = 0;
   private running = false;
 
   constructor(
@@ -89,8 +97,21 @@ export class Resync {
     const waiting = this.held?.get(chat);
     if (waiting === undefined) return this.pass(chat, frame, exceptConn);
     if (waiting === OVERFLOWED) return;
-    if (waiting.length < MAX_HELD) waiting.push({ frame, exceptConn });
-    else this.held!.set(chat, OVERFLOWED);
+    if (waiting.length < MAX_HELD && this.heldBytes + frame.length <= MAX_HELD_BYTES) {
+      // A copy: a received frame is a slice of the Redis client's read buffer, which it would keep alive.
+      waiting.push({ frame: Buffer.from(frame), exceptConn });
+      this.heldBytes += frame.length;
+    } else {
+      this.release(chat);
+      this.held!.set(chat, OVERFLOWED);
+    }
+  }
+
+  /** Takes `chat`'s held deliveries out of the count (they are delivered, dropped, or overflowed). */
+  private release(chat: IdKey): void {
+    const waiting = this.held?.get(chat);
+    if (waiting === undefined || waiting === OVERFLOWED) return;
+    for (const { frame } of waiting) this.heldBytes -= frame.length;
   }
 
   /** A position this instance is known to be at (a registration read it when it went live). */
@@ -107,6 +128,7 @@ export class Resync {
   forget(chat: IdKey): void {
     this.last.delete(chat);
     this.noted.delete(chat);
+    this.release(chat);
     this.held?.delete(chat);
   }
 
@@ -139,7 +161,8 @@ export class Resync {
     this.metrics.resyncs.inc({ outcome: 'gap' });
     this.log.warn({ chat }, 'broadcasts lost by the subscription; catching up from history');
     this.held ??= new Map();
-    this.held.set(chat, first === null ? [] : [first]);
+    this.held.set(chat, []);
+    if (first !== null) this.receive(chat, first.frame, first.exceptConn);
     if (this.engine.isConnected()) void this.engineBack();
   }
 
@@ -202,6 +225,7 @@ export class Resync {
     }
     const waiting = this.held?.get(chat);
     if (waiting === undefined) return; // forgotten meanwhile
+    this.release(chat);
     this.held!.delete(chat);
     // Only the command connection was lost (the subscription stayed up), say: what was held may
     // be every broadcast the history cannot give, and then nothing is missing.
