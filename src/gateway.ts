@@ -20,6 +20,7 @@ import { Deadlines } from './session/deadlines.js';
 import { RateLimit } from './session/rate-limit.js';
 import type { Registration } from './session/registration.js';
 import { SessionSocket } from './session/socket.js';
+import { UserConnections } from './session/user-connections.js';
 import { createMainApi } from './upstream/client.js';
 import { FairScheduler } from './upstream/scheduler.js';
 
@@ -80,6 +81,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     features: createFeatureTable(),
     rateLimit: new RateLimit(config.rateLimitPerSec, config.rateLimitBurst),
     deadlines: new Deadlines<Registration>((reg) => reg.credentialsDue()),
+    userConnections: new UserConnections(config.maxConnectionsPerUser),
     isDraining: () => draining,
     track,
   };

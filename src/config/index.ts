@@ -18,6 +18,8 @@ export interface Config {
   rateLimitBurst: number;
   registerTimeoutMs: number;
   maxChatsPerConnection: number;
+  /** Connections bound to one user on this instance; 0: no limit. */
+  maxConnectionsPerUser: number;
   /** Writes (message, edit, delete) queued or in flight per connection; more get `rate_limited`. */
   maxPendingWrites: number;
   /** Main-API calls in flight per connection; the rest wait their turn in the connection's queue. */
@@ -185,6 +187,7 @@ export function loadConfig(env: Env = readEnv()): Config {
     rateLimitBurst: int('RATE_LIMIT_BURST', 50, 1, 1_000_000),
     registerTimeoutMs: ms('REGISTER_TIMEOUT_MS', 10000),
     maxChatsPerConnection: int('MAX_CHATS_PER_CONNECTION', 100, 1, 100_000),
+    maxConnectionsPerUser: int('MAX_CONNECTIONS_PER_USER', 100, 0, 1_000_000),
     maxPendingWrites: int('MAX_PENDING_WRITES', 16, 1, 10_000),
     maxUpstreamPerConnection: int('MAX_UPSTREAM_PER_CONNECTION', 4, 1, 1000),
     pingIntervalMs: ms('PING_INTERVAL_MS', 25000, 10),

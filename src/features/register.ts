@@ -78,6 +78,10 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
       session.close(CLOSE.disconnected, 'disconnected by the server API');
       throw new CancelledError();
     }
+    const { userConnections } = session.ctx;
+    if (!userConnections.bind(user)) {
+      throw new RequestError('rate_limited', `this user has ${userConnections.max} connections on this instance (MAX_CONNECTIONS_PER_USER); close one first`);
+    }
     session.user = user;
   } else if (session.user !== user) {
     session.noteAuthResult(true);

@@ -9,6 +9,7 @@ import type { FeatureTable } from '../features/index.js';
 import type { Deadlines } from './deadlines.js';
 import type { RateLimit } from './rate-limit.js';
 import type { Registration } from './registration.js';
+import type { UserConnections } from './user-connections.js';
 
 /** What a session needs of the running gateway. */
 export interface GatewayContext {
@@ -23,6 +24,8 @@ export interface GatewayContext {
   readonly features: FeatureTable;
   /** The per-connection rate limit (RATE_LIMIT_PER_SEC, RATE_LIMIT_BURST); each connection keeps its bucket. */
   readonly rateLimit: RateLimit;
+  /** Connections bound to each user on this instance (MAX_CONNECTIONS_PER_USER). */
+  readonly userConnections: UserConnections;
   /** Credentials deadlines of every registration (one timer for the gateway). */
   readonly deadlines: Deadlines<Registration>;
   isDraining(): boolean;

@@ -576,6 +576,7 @@ export class Session implements Connection, WriteTurnMark {
   onClosed(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.user !== null) this.ctx.userConnections.unbind(this.user);
     this.registeredOnce();
     this.aborted = true;
     this.closing?.abort();

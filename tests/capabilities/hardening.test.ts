@@ -70,6 +70,28 @@ for (const mode of ENGINE_MODES) {
       c.close();
     });
 
+    it('MAX_CONNECTIONS_PER_USER: one connection too many of a user is refused at its register; another user, or a slot freed by a close, is not', async () => {
+      const inst = await h.gateway({ MAX_CONNECTIONS_PER_USER: '2' });
+      const chat = uniqueChat();
+      const open = async () => TestClient.connect(inst.wsUrl);
+      const [a, b, c] = [await open(), await open(), await open()];
+      await a.register(await h.token(1), chat);
+      await b.register(await h.token(1), uniqueChat());
+      const refused = await c.request({ type: 'register', token: await h.token(1), chat_id: chat }, { type: 'error' });
+      assert.deepEqual([refused.code, refused.op, refused.retryable], ['rate_limited', 'register', true]);
+      assert.match(refused.message as string, /MAX_CONNECTIONS_PER_USER/);
+      assert.equal(refused.retry_after_ms, undefined, 'nothing was dropped');
+      // Nobody was told the refused connection came online, and another user is not limited.
+      const other = await open();
+      const reg = await other.register(await h.token(2), chat);
+      assert.deepEqual([...(reg.online as number[])].sort(), [1, 2]);
+      // Closing one frees its slot.
+      a.close();
+      await a.closed;
+      await waitFor(async () => (await c.request({ type: 'register', token: await h.token(1), chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error')).type === 'registered', 3000, 'the freed slot');
+      for (const x of [b, c, other]) x.close();
+    });
+
     it('a peer that ignores the close frame and keeps sending is dropped at once, not after the grace period', async () => {
       const inst = await h.gateway({ REGISTER_TIMEOUT_MS: '300' });
       const client = new ws.WebSocket(inst.wsUrl);
