@@ -190,6 +190,42 @@ describe('SDK stream bookkeeping', () => {
     assert.deepEqual(feed(s, [{ type: 'event', seq: 7, epoch: E, chat_id: 1, data: 'not an object' }]), [], 'malformed: ignored');
   });
 
+  it('the position never passes an edit still held, nor deliveries kept back while muted; resuming goes on from where the stream stands', () => {
+    const s = new Stream(1, null, opts);
+    s.onRegistered({ seq: 2, epoch: E }, undefined, undefined, false);
+    assert.deepEqual(feed(s, [edit(3, 'old'), msg(4, 'a')]), ['message:a']);
+    assert.deepEqual(s.position, { seq: 2, epoch: E }, 'below the held edit (seq 3)');
+    assert.deepEqual(s.resumeFrom, { seq: 4, epoch: E }, 'its own register resumes from the top: the held edit is in memory');
+    assert.deepEqual(show(s.expire(1000)), ['edit:old']);
+    assert.deepEqual(s.position, { seq: 4, epoch: E });
+    // Muted (the chat is being left): kept back, the position stays below; unmuted: handed over in order.
+    s.mute();
+    assert.deepEqual(feed(s, [msg(5, 'b'), edit(6, 'b')]), []);
+    assert.deepEqual(s.position, { seq: 4, epoch: E });
+    assert.deepEqual(show(s.onRegistered({ seq: 9, epoch: E }, false, 'too_far_behind', true)), []);
+    assert.deepEqual(s.position, { seq: 4, epoch: E });
+    assert.deepEqual(show(s.unmute()), ['message:b', 'edit:b', 'gap:6-9:too_far_behind']);
+    assert.deepEqual(s.position, { seq: 9, epoch: E });
+  });
+
+  it('recovered:false reports only what was not delivered: broadcasts delivered above a hole split the gap', () => {
+    const s = new Stream(1, { seq: 1, epoch: E }, opts);
+    assert.deepEqual(feed(s, [msg(5, 'e'), msg(6, 'f'), msg(8, 'h')]), ['message:e', 'message:f', 'message:h']);
+    assert.deepEqual(show(s.onRegistered({ seq: 10, epoch: E }, false, 'too_far_behind', true)), ['gap:1-4:too_far_behind', 'gap:6-7:too_far_behind', 'gap:8-10:too_far_behind']);
+    assert.deepEqual(s.position, { seq: 10, epoch: E });
+  });
+
+  it("an own ack in a new epoch that overtakes that epoch's earlier broadcasts counts once the stream gets there (no gap for it)", () => {
+    const s = new Stream(1, null, { ...opts, ownUnanswered: () => 0, holeGraceMs: 2000 });
+    s.onRegistered({ seq: 3, epoch: E }, undefined, undefined, false);
+    s.noteSending('mine');
+    const out: Delivery[] = [];
+    s.noteAck('message', 'mine', 3, 'new', out, 0);
+    assert.deepEqual(show(out), []);
+    assert.deepEqual(feed(s, [msg(1, 'x', 'new'), msg(2, 'y', 'new'), msg(4, 'z', 'new')], 5000), ['gap:3-0:epoch_changed', 'message:x', 'message:y', 'message:z']);
+    assert.deepEqual(s.position, { seq: 4, epoch: 'new' }, 'seq 3 (ours) is no hole');
+  });
+
   it('backoff: full jitter within [0, min(max, min·2^n)]', () => {
     const b = { minDelayMs: 250, maxDelayMs: 30_000 };
     assert.equal(backoffDelay(0, b, () => 0.999), 249);

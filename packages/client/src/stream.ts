@@ -53,6 +53,10 @@ export class Stream {
   private heldCount = 0;
   /** Since when a hole our own writes cannot account for has been open; null when none is. */
   private holeSince: number | null = null;
+  /** While muted (the chat is being left): what would have been handed to the app, in order. */
+  private deferred: Delivery[] | null = null;
+  /** Seqs of this client's own acked writes in an epoch the stream has not reached yet. */
+  private ownAhead: { epoch: string; seqs: Set<number> } | null = null;
 
   constructor(
     readonly chatId: ChatId,
@@ -62,9 +66,49 @@ export class Stream {
     this.pos = since === null ? null : { ...since };
   }
 
-  /** The last position the app has seen everything up to (what `since` asks to resume from). */
+  /**
+   * Everything up to this position was handed to the app (or was this client's own acked write):
+   * what the app may persist. It never passes a broadcast the stream still keeps from the app — an
+   * edit held for its message, or a delivery deferred while the chat is being left — so a client
+   * closed meanwhile, resuming from it, gets that broadcast replayed instead of losing it.
+   */
   get position(): Position | null {
+    if (this.pos === null) return null;
+    let best: Position = { ...this.pos };
+    const below = (p: Position | null): boolean => {
+      if (p === null) return false;
+      // Something kept back from an earlier epoch: the app is still there.
+      if (p.epoch !== best.epoch) return (best = { ...p }), true;
+      if (p.seq < best.seq) best = { ...p };
+      return false;
+    };
+    for (const d of this.deferred ?? []) if (below(d.type === 'gap' ? d.event.from : before(d.event))) return best;
+    for (const held of this.held.values()) for (const e of held.events) if (e.epoch === this.pos.epoch) below(before(e));
+    return best;
+  }
+
+  /** Where this client stands in the stream (what its own next register resumes from): held and deferred broadcasts are in its memory. */
+  get resumeFrom(): Position | null {
     return this.pos === null ? null : { ...this.pos };
+  }
+
+  /** The chat is being left: deliveries are kept from the app (see `unmute`) while the bookkeeping goes on. */
+  mute(): void {
+    this.deferred ??= [];
+  }
+
+  /** Opened again before the leave completed: what was kept back, to hand over now, in order. */
+  unmute(): Delivery[] {
+    const out = this.deferred ?? [];
+    this.deferred = null;
+    return out;
+  }
+
+  /** Deliveries for the app: handed back, or kept while muted. */
+  private hand(out: Delivery[]): Delivery[] {
+    if (this.deferred === null) return out;
+    this.deferred.push(...out);
+    return [];
   }
 
   /**
@@ -73,6 +117,10 @@ export class Stream {
    * published) has no message id: it is deduped by its position alone.
    */
   onBroadcast(frame: Record<string, unknown>, now: number): Delivery[] {
+    return this.hand(this.broadcast(frame, now));
+  }
+
+  private broadcast(frame: Record<string, unknown>, now: number): Delivery[] {
     const out: Delivery[] = [];
     const data = frame.data as Record<string, unknown> | undefined;
     if (typeof data !== 'object' || data === null || Array.isArray(data)) return out;
@@ -133,13 +181,28 @@ export class Stream {
    * the position sent as `since` was replayed (the replayed frames came just before it).
    */
   onRegistered(now: Position | null, recovered: boolean | undefined, reason: string | undefined, askedSince: boolean, at = Date.now()): Delivery[] {
+    return this.hand(this.registered(now, recovered, reason, askedSince, at));
+  }
+
+  private registered(now: Position | null, recovered: boolean | undefined, reason: string | undefined, askedSince: boolean, at: number): Delivery[] {
     if (now === null) return []; // a gateway that does not number broadcasts
     const out: Delivery[] = [];
     const from = this.pos;
     // Exactly at the top: nothing was missed, even if the gateway keeps no history to replay.
     const caughtUp = from !== null && from.epoch === now.epoch && from.seq === now.seq;
     const missed = askedSince && from !== null && recovered !== true && !caughtUp;
-    if (missed) out.push(this.gap(from, now, reason ?? 'no_history'));
+    if (missed) {
+      // Only what was not delivered: broadcasts above a hole were (a chat reopened from an older
+      // position hands over those it kept), so the gaps run between them.
+      let start = from;
+      if (from.epoch === now.epoch) {
+        for (const seq of [...this.above].filter((q) => q <= now.seq).sort((x, y) => x - y)) {
+          if (seq - 1 > start.seq) out.push(this.gap(start, { seq: seq - 1, epoch: now.epoch }, reason ?? 'no_history'));
+          start = { seq, epoch: now.epoch };
+        }
+      }
+      if (start.epoch !== now.epoch || start.seq !== now.seq) out.push(this.gap(start, now, reason ?? 'no_history'));
+    }
     if (missed || from === null || from.epoch !== now.epoch) {
       this.reset(now);
       return out;
@@ -163,22 +226,38 @@ export class Stream {
 
   /** This client's write was acked: the sender never receives its own broadcast live. */
   noteAck(op: string, id: string, seq: number | undefined, epoch: string | undefined, out: Delivery[], now = Date.now()): void {
+    const mine: Delivery[] = [];
     if (op === 'delete_message') {
       this.remember(id, 'deleted');
       this.release(id);
     }
     if (op === 'message') this.noteSending(id);
-    if (seq !== undefined && this.pos !== null && epoch === this.pos.epoch) this.mark(seq, out, now);
-    else this.checkHoles(out, now); // one write fewer that may own a hole
+    if (seq !== undefined && this.pos !== null && epoch === this.pos.epoch) this.mark(seq, mine, now);
+    else {
+      // An ack in an epoch the stream has not reached yet (the stream restarted and this ack
+      // overtook the new epoch's earlier broadcasts): counted once the stream gets there.
+      if (seq !== undefined && epoch !== undefined && this.pos !== null && seq >= 1) {
+        if (this.ownAhead?.epoch !== epoch) this.ownAhead = { epoch, seqs: new Set() };
+        this.ownAhead.seqs.add(seq);
+      }
+      this.checkHoles(mine, now); // one write fewer that may own a hole
+    }
+    out.push(...this.hand(mine));
   }
 
   /** One of this client's writes failed: it owns no hole any more. */
   noteFailed(out: Delivery[], now = Date.now()): void {
-    this.checkHoles(out, now);
+    const mine: Delivery[] = [];
+    this.checkHoles(mine, now);
+    out.push(...this.hand(mine));
   }
 
   /** Hands over edits held longer than `holdMs` (their message may predate this client), and reports holes past their grace. */
   expire(now: number): Delivery[] {
+    return this.hand(this.expired(now));
+  }
+
+  private expired(now: number): Delivery[] {
     const out: Delivery[] = [];
     for (const [id, held] of this.held) {
       if (now - held.since < this.opts.holdMs) break; // insertion order = age order
@@ -246,6 +325,12 @@ export class Stream {
   private reset(to: Position): void {
     this.pos = { ...to };
     this.above.clear();
+    const ahead = this.ownAhead;
+    if (ahead !== null && ahead.epoch === to.epoch) {
+      this.ownAhead = null;
+      for (const seq of ahead.seqs) if (seq > to.seq) this.above.add(seq);
+      this.advance();
+    }
   }
 
   private gap(from: Position, to: Position, reason: string): Delivery {
@@ -277,6 +362,11 @@ export class Stream {
     this.heldCount -= held.events.length;
     return held.events;
   }
+}
+
+/** The position just before a numbered delivery (null for one without a position). */
+function before(event: { seq?: number | undefined; epoch?: string | undefined }): Position | null {
+  return event.seq === undefined || event.epoch === undefined ? null : { seq: event.seq - 1, epoch: event.epoch };
 }
 
 /**
