@@ -10,8 +10,21 @@ type Frame = Record<string, unknown> & { type: string };
 interface Script {
   /** This frame (1-based, per connection) is refused `rate_limited`; frames in the next second are dropped. */
   limitAt?: number;
+  /**
+   * Or: the first frame this matches is refused `rate_limited`, its answer held back until a
+   * frame `limitAnswerOn` matches arrives (so that frame was surely sent after the refused one).
+   */
+  limitWhen?: (f: Frame) => boolean;
+  limitAnswerOn?: (f: Frame) => boolean;
+  /**
+   * Frames arriving during the pause are not dropped but read once it ends (the real gateway
+   * drops only what it read together with the refused frame; what waits in the socket is read later).
+   */
+  readAfterPause?: boolean;
   /** Frames dropped without any answer. */
   silently?: (f: Frame) => boolean;
+  /** Edits, answered in order after `delayMs` each; `refuse` answers the n-th edit read (1-based) with that error code. */
+  edits?: { delayMs: number; refuse?: { nth: number; code: string } };
 }
 
 /**
@@ -23,6 +36,9 @@ interface Script {
 class ScriptedGateway {
   readonly received: Frame[] = [];
   readonly dropped: Frame[] = [];
+  /** Ciphertexts of the edits applied, in order; and how many edits were read. */
+  readonly editsApplied: string[] = [];
+  editsRead = 0;
   private readonly saved = new Set<string>();
   private readonly seqs = new Map<string, number>();
 
@@ -33,16 +49,31 @@ class ScriptedGateway {
     server.on('connection', (ws) => {
       let n = 0;
       let pausedUntil = 0;
-      ws.on('message', (data) => {
-        const f = JSON.parse(data.toString()) as Frame;
-        this.received.push(f);
-        n++;
-        if (Date.now() < pausedUntil || this.script.silently?.(f)) return void this.dropped.push(f);
+      let limited = false;
+      let heldRefusal: string | null = null;
+      let chain = Promise.resolve();
+      const handle = (f: Frame) => {
         const chat = f.chat_id as number;
         const id = (f.data as { id?: string } | undefined)?.id;
-        if (n === this.script.limitAt) {
+        if (n === this.script.limitAt || (!limited && this.script.limitWhen?.(f))) {
+          limited = true;
           pausedUntil = Date.now() + 1000;
-          return ws.send(JSON.stringify({ type: 'error', code: 'rate_limited', message: 'too many requests; slow down', op: f.type, ...(id ? { id } : {}), chat_id: chat, retryable: true, retry_after_ms: 1000 }));
+          const refusal = JSON.stringify({ type: 'error', code: 'rate_limited', message: 'too many requests; slow down', op: f.type, ...(id ? { id } : {}), chat_id: chat, retryable: true, retry_after_ms: 1000 });
+          if (this.script.limitAnswerOn === undefined) return ws.send(refusal);
+          return void (heldRefusal = refusal);
+        }
+        if (f.type === 'edit_message' && this.script.edits) {
+          const { delayMs, refuse } = this.script.edits;
+          const nth = ++this.editsRead;
+          chain = chain.then(async () => {
+            await new Promise((r) => setTimeout(r, delayMs));
+            if (refuse?.nth === nth) return ws.send(JSON.stringify({ type: 'error', code: refuse.code, message: 'refused', op: 'edit_message', id, chat_id: chat, retryable: false }));
+            this.editsApplied.push((f.data as { ciphertext: string }).ciphertext);
+            const seq = (this.seqs.get(String(chat)) ?? 0) + 1;
+            this.seqs.set(String(chat), seq);
+            ws.send(JSON.stringify({ type: 'ack', op: 'edit_message', id, chat_id: chat, duplicate: false, seq, epoch: 'e1' }));
+          });
+          return;
         }
         if (f.type === 'register') return ws.send(JSON.stringify({ type: 'registered', chat_id: chat, user_id: 1, online: [1], seq: this.seqs.get(String(chat)) ?? 0, epoch: 'e1' }));
         if (f.type === 'message') {
@@ -53,6 +84,20 @@ class ScriptedGateway {
           return ws.send(JSON.stringify({ type: 'ack', op: 'message', id, chat_id: chat, duplicate, ...(duplicate ? {} : { seq, epoch: 'e1' }) }));
         }
         if (f.type === 'ping') return ws.send('{"type":"pong"}');
+      };
+      ws.on('message', (data) => {
+        const f = JSON.parse(data.toString()) as Frame;
+        this.received.push(f);
+        n++;
+        if (heldRefusal !== null && this.script.limitAnswerOn?.(f)) {
+          ws.send(heldRefusal);
+          heldRefusal = null;
+        }
+        if (this.script.silently?.(f)) return void this.dropped.push(f);
+        const paused = pausedUntil - Date.now();
+        if (paused > 0 && !this.script.readAfterPause) return void this.dropped.push(f);
+        if (paused > 0) return void setTimeout(() => handle(f), paused);
+        handle(f);
       });
     });
   }
@@ -135,5 +180,40 @@ describe('SDK: requests the gateway never answers', () => {
     await assert.rejects(first, { code: 'disconnected' }, 'a refused ping rejects');
     assert.equal(typeof (await second), 'number', 'the dropped one was resent and answered');
     assert.equal(g.sent('ping').length, 3);
+  });
+
+  it("a write resent after a pause that the gateway had read after all is answered twice; the second answer never settles the next edit of the same message", async () => {
+    // The refusal of the ping comes after edit A was sent (it waits for A to arrive): the SDK
+    // resends it after the pause, but the gateway read it after its pause too (it was waiting in
+    // the socket, not dropped) and answers both sends. Edit B is refused 403: it must reject.
+    const g = await ScriptedGateway.start({ limitWhen: (f) => f.type === 'ping', limitAnswerOn: (f) => f.type === 'edit_message', readAfterPause: true, edits: { delayMs: 200, refuse: { nth: 3, code: 'forbidden' } } });
+    const unhandled: unknown[] = [];
+    const client = createClient({ url: g.url, token: 't', WebSocket });
+    clients.push(client);
+    client.on('unhandled', (f) => unhandled.push(f));
+    const chat = client.chat(1);
+    await chat.send({ ciphertext: 'djA' }, { id: 'm' });
+    void client.ping().catch(() => undefined);
+    const a = chat.edit('m', { ciphertext: 'QQ' });
+    const b = chat.edit('m', { ciphertext: 'Qg' });
+    assert.equal((await a).duplicate, false);
+    await assert.rejects(b, { code: 'forbidden' }, "B is the third edit the gateway read: its refusal is B's answer");
+    assert.deepEqual(g.editsApplied, ['QQ', 'QQ'], 'A was read twice (the send after the refused frame and its resend), B refused');
+    assert.deepEqual(unhandled, []);
+  });
+
+  it('a write resent after a pause whose first send was dropped: the next edit of the same message still goes out (once the dropped send is overdue)', async () => {
+    const g = await ScriptedGateway.start({ limitWhen: (f) => f.type === 'ping', limitAnswerOn: (f) => f.type === 'edit_message', edits: { delayMs: 50 } });
+    const client = createClient({ url: g.url, token: 't', WebSocket, requestTimeoutMs: 1500 });
+    clients.push(client);
+    const chat = client.chat(1);
+    await chat.send({ ciphertext: 'djA' }, { id: 'm' });
+    void client.ping().catch(() => undefined);
+    const a = chat.edit('m', { ciphertext: 'QQ' });
+    const b = chat.edit('m', { ciphertext: 'Qg' });
+    const acks = await Promise.all([a, b]);
+    assert.deepEqual(acks.map((x) => x.seq), [2, 3]);
+    assert.deepEqual(g.editsApplied, ['QQ', 'Qg']);
+    assert.equal(g.dropped.filter((f) => f.type === 'edit_message').length, 1, "A's first send was dropped unread");
   });
 });

@@ -61,7 +61,11 @@ export class Chat {
     return this.host.listen(this, type, listener);
   }
 
-  /** Everything up to this position was delivered: persist it and pass it as `since` next time. */
+  /**
+   * Everything up to this position was delivered: persist it and pass it as `since` next time.
+   * It stays below a broadcast the SDK still keeps from the app (an edit held for its message), so
+   * a client closed meanwhile gets that broadcast replayed instead of losing it.
+   */
   get position(): Position | null {
     return this.host.position(this);
   }

@@ -134,6 +134,11 @@ interface ChatState {
    * would otherwise reach the app ahead of the older ones the second replay brings).
    */
   reordering: Frame[] | null;
+  /**
+   * Its registration expired (`token_expired`) while a register of it was out: that register's
+   * `unauthorized` answer is the expiry's (docs/protocol.md), not a refusal of the token.
+   */
+  expiredWhileRegistering: boolean;
 }
 
 /** What a request sent on the current connection needs to be matched with its answer or resent. */
@@ -199,6 +204,10 @@ const HOLE_GRACE_MS = 2000;
 /** The longest delay `setTimeout` takes as given. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const utf8 = new TextEncoder();
+/** The gateway refuses frames nested deeper than this (the frame object is level 1), before it reads which request they are. */
+const MAX_DEPTH = 32;
+/** A chat id the gateway accepts (docs/protocol.md, "Ids"): a safe integer ≥ 1, or 1–64 of these characters, not only dots. */
+const CHAT_ID = /^(?!\.+$)[A-Za-z0-9_.:-]{1,64}$/;
 
 export function createClient(options: ClientOptions): Client {
   return new Client(options);
@@ -227,6 +236,8 @@ export class Client extends Emitter<ClientEvents> {
   private current: ConnectionState = 'disconnected';
   /** Set once the client is closed or gave up: nothing happens after it. */
   private ended: ClientError | null = null;
+  /** Set once the client's final events are out: nothing is emitted any more. */
+  private silenced = false;
   private reconnectAttempt = 0;
   private reconnectTimer: Timer | null = null;
   /** Abandons an attempt that has not opened in time. */
@@ -260,7 +271,9 @@ export class Client extends Emitter<ClientEvents> {
   /** Refresh attempts for the current token. */
   private refreshAttempts = 0;
   /** The `refresh` in flight on the current connection: the token it hands over, the one it replaces. */
-  private refreshing: { token: string; from: string } | null = null;
+  private refreshing: { token: string; from: string; sends: number } | null = null;
+  /** Answers still expected to refreshes already settled (a resend's second answer): recognised, dropped. */
+  private refreshEchoes = 0;
 
   private lastFrameAt = 0;
   private idleTimer: Timer | null = null;
@@ -269,11 +282,21 @@ export class Client extends Emitter<ClientEvents> {
   private connectionNo = 0;
   /** Connection attempts so far (the `url` function's argument; the index into a URL list). */
   private attempts = 0;
+  /** Entries of a URL list the WebSocket constructor refused (skipped from then on). */
+  private readonly unusableUrls = new Set<string>();
   /** Frames sent on the current connection. */
   private framesSent = 0;
   /** Requests sent on the current connection and not answered yet, in send order. */
   private outstanding: Outstanding[] = [];
   private requestTimer: Timer | null = null;
+  /**
+   * Errors the gateway could not attach to a request (no `op`: a frame it could not parse or
+   * nested too deep) and which were not its bucket's pause, on this connection: a write that
+   * gets no other answer takes one as its refusal when it is overdue (`requestTimeoutMs`).
+   */
+  private anonymous: Array<{ at: number; error: ClientError }> = [];
+  /** Writes resent after a pause (`resume`): one of their sends may have been dropped unread. */
+  private readonly mayBeDropped = new WeakSet<Pending>();
   /** Writes settled lately (`op:id`): a second answer for one (to a resend) is expected, not unhandled. */
   private readonly settledKeys = new Set<string>();
 
@@ -333,10 +356,20 @@ export class Client extends Emitter<ClientEvents> {
   /** The chat's handle; registers it (connecting if needed) unless it is already open. */
   chat(id: ChatId, options: ChatOptions = {}): Chat {
     if (this.ended) throw this.ended;
+    // The gateway refuses such an id without being able to name the chat in its error: the
+    // register could never be answered. Refused here, at once.
+    if (!isChatId(id)) throw new ClientError('bad_request', `not a chat id: ${JSON.stringify(id) ?? String(id)} (a safe integer ≥ 1, or 1-64 characters [A-Za-z0-9_.:-], not only dots)`, { op: 'register' });
     const key = String(id);
     const existing = this.chats.get(key);
     if (existing !== undefined && existing.status !== 'gone') {
-      existing.leaving = false; // opened again before its leave completed
+      if (existing.leaving) {
+        // Opened again before its leave completed: what reached it meanwhile is handed over
+        // (after this call returns, so the app can listen first) — unless it is left again.
+        existing.leaving = false;
+        queueMicrotask(() => {
+          if (!existing.leaving && existing.status !== 'gone' && !this.ended) this.deliver(existing.stream.unmute());
+        });
+      }
       return existing.chat;
     }
     const hold = this.options.hold ?? {};
@@ -365,6 +398,7 @@ export class Client extends Emitter<ClientEvents> {
       lastTypingNo: 0,
       registerAgain: false,
       reordering: null,
+      expiredWhileRegistering: false,
     };
     this.chats.set(key, state);
     this.noteOwnWrites(state);
@@ -460,9 +494,18 @@ export class Client extends Emitter<ClientEvents> {
     try {
       ws = new this.WS(url);
     } catch (err) {
-      // A URL the runtime refuses will never work.
-      this.giveUp(new ClientError('disconnected', `cannot open ${url || 'the gateway URL'}: ${errorText(err)}`));
-      return;
+      // A URL the runtime refuses will never work: a list moves on to its next entry (and skips
+      // this one from now on), a function is asked again (a failed attempt); a single URL, or a
+      // list with no usable entry left, ends the client.
+      const error = new ClientError('disconnected', `cannot open ${url || 'the gateway URL'}: ${errorText(err)}`);
+      const source = this.options.url;
+      if (typeof source === 'string') return this.giveUp(error);
+      if (typeof source !== 'function') {
+        this.unusableUrls.add(url);
+        if (source.every((u) => this.unusableUrls.has(u))) return this.giveUp(error);
+      }
+      this.lastSocketError = error.message;
+      return this.scheduleReconnect(1006, this.lastSocketError);
     }
     this.ws = ws;
     this.lastSocketError = '';
@@ -509,7 +552,16 @@ export class Client extends Emitter<ClientEvents> {
   private nextUrl(): string {
     const source = this.options.url;
     const attempt = this.attempts++;
-    const url = typeof source === 'function' ? source(attempt) : typeof source === 'string' ? source : source[attempt % source.length]!;
+    let url: string;
+    if (typeof source === 'function') url = source(attempt);
+    else if (typeof source === 'string') url = source;
+    else {
+      // The next entry the runtime did not refuse (see `connect`).
+      let i = attempt;
+      while (this.unusableUrls.has(source[i % source.length]!) && i < attempt + source.length) i++;
+      this.attempts += i - attempt;
+      url = source[i % source.length]!;
+    }
     // An empty answer (service discovery with nothing to offer for a moment) is a failed attempt.
     if (typeof url !== 'string' || url === '') throw new TypeError('no URL for this attempt');
     return url;
@@ -791,10 +843,10 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private sendRefresh(from: string, token: string): void {
-    const attempt = { token, from };
+    const attempt = { token, from, sends: 1 };
     this.refreshing = attempt;
     const text = JSON.stringify({ type: 'refresh', token });
-    const track: Track = { key: 'f', resend: () => void (this.refreshing === attempt && this.transmit(text, false, track)) };
+    const track: Track = { key: 'f', resend: () => void (this.refreshing === attempt && this.transmit(text, false, track) && attempt.sends++) };
     this.transmit(text, false, track);
   }
 
@@ -810,8 +862,12 @@ export class Client extends Emitter<ClientEvents> {
   private onRefreshed(): boolean {
     const request = this.answered('f');
     const attempt = this.refreshing;
-    if (attempt === null) return request !== undefined;
+    if (attempt === null) {
+      if (this.refreshEchoes > 0) return this.refreshEchoes--, true;
+      return request !== undefined;
+    }
     this.refreshing = null;
+    this.refreshEchoes += attempt.sends - 1;
     if (this.token === attempt.from && !this.tokenStale) this.useToken(attempt.token);
     return true;
   }
@@ -821,6 +877,7 @@ export class Client extends Emitter<ClientEvents> {
     const attempt = this.refreshing;
     if (attempt === null) return;
     this.refreshing = null;
+    this.refreshEchoes += attempt.sends - 1;
     // No registration holds the old token (they ended meanwhile): the new one is for the next registers.
     if (error.code === 'not_registered') {
       if (this.token === attempt.from && !this.tokenStale) this.useToken(attempt.token);
@@ -874,6 +931,12 @@ export class Client extends Emitter<ClientEvents> {
     // Unacked writes stay in the storage: a persistent outbox sends them from the next client.
     for (const item of [...this.outbox.all()]) this.fail(item, error, false);
     this.setState({ state: 'disconnected', retryInMs: null, error, ...(code === undefined ? {} : { code }), ...(reason ? { reason } : {}) });
+    this.silenced = true;
+  }
+
+  /** After the final `disconnected` of `close()` or giving up, no event is emitted (late storage or timer callbacks included). */
+  protected override emit<K extends keyof ClientEvents>(type: K, event: ClientEvents[K]): void {
+    if (!this.silenced) super.emit(type, event);
   }
 
   private stopConnectionTimers(): void {
@@ -891,6 +954,8 @@ export class Client extends Emitter<ClientEvents> {
 
   /** The connection is gone: nothing sent on it will be answered (pings are told so). */
   private dropOutstanding(): void {
+    this.anonymous = [];
+    this.refreshEchoes = 0;
     for (const o of this.outstanding.splice(0)) o.onAnswer?.(false);
   }
 
@@ -1020,9 +1085,21 @@ export class Client extends Emitter<ClientEvents> {
     const after = this.suspectAfter;
     this.suspectAfter = Infinity;
     if (!this.isOpen()) return;
-    const suspects = this.outstanding.filter((o) => o.no > after);
-    this.outstanding = this.outstanding.filter((o) => o.no <= after);
-    for (const o of suspects) o.resend();
+    const suspects = this.outstanding.filter((o) => o.no > after && !o.resent);
+    // A write's suspect send stays listed: the gateway may have read it after all (it drops only
+    // what it read together with the refused frame; what waited in the socket is read after the
+    // pause), and then answers it as well as the resend. Each of the two answers then finds a send
+    // of this write, and the next write with the same key waits until both sends are accounted for
+    // (see `pump`) — never taking the late one for its own. Other requests are matched by key
+    // alone, and a second answer to them is harmless (see `onMessage`).
+    this.outstanding = this.outstanding.filter((o) => o.no <= after || o.owner !== undefined);
+    for (const o of suspects) {
+      if (o.owner !== undefined) {
+        o.resent = true;
+        this.mayBeDropped.add(o.owner);
+      }
+      o.resend();
+    }
     if (this.sendQueue.length > 0) this.schedulePacing();
   }
 
@@ -1033,19 +1110,47 @@ export class Client extends Emitter<ClientEvents> {
    */
   private armRequestTimer(): void {
     if (this.requestTimer !== null) return;
-    const oldest = this.outstanding.find((o) => !o.resent);
+    const oldest = this.outstanding.find((o) => !o.resent || this.lostIfOverdue(o));
     if (oldest === undefined) return;
     const due = oldest.sentAt + this.cfg.requestTimeoutMs - Date.now();
     this.requestTimer = setTimeout(() => {
       this.requestTimer = null;
       if (!this.isOpen()) return;
       const limit = Date.now() - this.cfg.requestTimeoutMs;
+      // A send of a write that is settled, still unanswered when overdue, was dropped unread:
+      // its answer is not coming, and a later write with the same key may go.
+      const lost = this.outstanding.filter((o) => o.sentAt <= limit && this.lostIfOverdue(o));
+      if (lost.length > 0) this.outstanding = this.outstanding.filter((o) => !lost.includes(o));
       for (const o of this.outstanding.filter((o) => !o.resent && o.sentAt <= limit)) {
         o.resent = true;
-        o.resend();
+        // The gateway refused a frame without naming it (see `anonymous`) after this write was
+        // sent, and the write got no other answer: that refusal was its answer. Resending the
+        // same bytes would only be refused again, holding the chat's later writes forever.
+        const refusal = o.owner?.inFlight === true ? this.anonymousRefusal(o.sentAt) : undefined;
+        if (refusal === undefined) o.resend();
+        else {
+          this.outstanding = this.outstanding.filter((x) => x.owner !== o.owner);
+          this.onWriteError(o.owner!, new ClientError(refusal.code, refusal.message, { ...refusal.details, op: o.owner!.entry.op, id: o.owner!.entry.data.id, chatId: o.owner!.entry.chatId }));
+        }
       }
       this.armRequestTimer();
+      if (lost.length > 0) this.pump();
     }, Math.max(0, due));
+  }
+
+  /** The oldest refusal without a name received since `sentAt` (consumed); undefined when none. */
+  private anonymousRefusal(sentAt: number): ClientError | undefined {
+    const i = this.anonymous.findIndex((a) => a.at >= sentAt);
+    if (i < 0) return undefined;
+    return this.anonymous.splice(i, 1)[0]!.error;
+  }
+
+  /**
+   * A send of a settled write that was resent after a pause: if it is still unanswered when
+   * overdue, it was the one dropped unread, and is let go (a later write with its key may go).
+   */
+  private lostIfOverdue(o: Outstanding): boolean {
+    return o.owner !== undefined && this.mayBeDropped.has(o.owner) && !this.outbox.all().includes(o.owner);
   }
 
   // --- chats -----------------------------------------------------------------------------------
@@ -1065,7 +1170,7 @@ export class Client extends Emitter<ClientEvents> {
       return;
     }
     state.status = 'registering';
-    const since = state.stream.position;
+    const since = state.stream.resumeFrom;
     state.askedSince = since !== null;
     // The chat was left and opened again while its earlier register is still out: that one's
     // answer registers it (a second register of a chat in flight is refused by the gateway) —
@@ -1106,10 +1211,11 @@ export class Client extends Emitter<ClientEvents> {
     }, Math.max(0, delayMs));
   }
 
-  private onPresence(live: ChatState, user: UserId, status: 'online' | 'offline'): void {
-    if (status === 'online') live.online.set(String(user), user);
-    else live.online.delete(String(user));
-    this.emit('presence', { chatId: live.chat.id, userId: user, status });
+  /** Keeps the chat's online list; a chat being left is not told (its list stays true in case it is opened again). */
+  private onPresence(state: ChatState, user: UserId, status: 'online' | 'offline'): void {
+    if (status === 'online') state.online.set(String(user), user);
+    else state.online.delete(String(user));
+    if (!state.leaving) this.emit('presence', { chatId: state.chat.id, userId: user, status });
   }
 
   private onRegistered(state: ChatState, frame: Frame): void {
@@ -1119,6 +1225,7 @@ export class Client extends Emitter<ClientEvents> {
       return this.register(state);
     }
     state.status = 'registered';
+    state.expiredWhileRegistering = false;
     clearTimer(state.retryTimer);
     state.retryTimer = null;
     state.registerAttempts = 0;
@@ -1151,6 +1258,13 @@ export class Client extends Emitter<ClientEvents> {
   /** A `register` answered with an error. */
   private registerRefused(state: ChatState, error: ClientError): void {
     if (state.status === 'gone' || this.ended) return;
+    if (state.expiredWhileRegistering && error.code === 'unauthorized') {
+      // The answer to a register whose registration expired meanwhile: registered again, the
+      // expiry does not count toward maxAuthFailures.
+      state.expiredWhileRegistering = false;
+      return this.retryRegister(state, 0);
+    }
+    state.expiredWhileRegistering = false;
     if (error.code === 'unauthorized' || error.code === 'forbidden') this.lastRefusal = error.code;
     if (RETRYABLE.has(error.code)) return this.retryRegister(state);
     if (error.code === 'unauthorized' && typeof this.options.token !== 'string') {
@@ -1177,6 +1291,8 @@ export class Client extends Emitter<ClientEvents> {
     const provider = typeof this.options.token !== 'string';
     if (reason === 'token_expired' && provider) {
       if (this.token === null || (jwtClaims(this.token)?.exp ?? 0) - Date.now() < EXPIRY_MARGIN_MS) this.tokenStale = true;
+      // A register of it still out is answered `unauthorized` next: the expiry's echo, not a refusal.
+      if (this.pendingRequest(`r:${state.key}`) !== undefined) state.expiredWhileRegistering = true;
       this.register(state);
       return;
     }
@@ -1223,6 +1339,9 @@ export class Client extends Emitter<ClientEvents> {
   private leave(state: ChatState): void {
     if (state.status === 'gone' || state.leaving) return;
     state.leaving = true;
+    // Its broadcasts are still read (and kept back): opened again before the leave completes,
+    // the chat hands them over; otherwise they go with it.
+    state.stream.mute();
     for (const w of state.waiters.splice(0)) w.reject(new ClientError('closed', 'left the chat', { chatId: state.chat.id }));
     this.finishLeaving(state);
   }
@@ -1292,14 +1411,24 @@ export class Client extends Emitter<ClientEvents> {
     if (op !== 'delete_message' && (typeof data.ciphertext !== 'string' || data.ciphertext === '')) {
       return Promise.reject(new ClientError('bad_request', 'ciphertext must be a non-empty string', context));
     }
+    // What the gateway refuses before it can tell which request it was (so its error names no
+    // request, and nothing could settle this one): refused here, never sent.
+    let text: string;
+    try {
+      text = JSON.stringify({ type: op, chat_id: state.chat.id, data });
+    } catch (err) {
+      return Promise.reject(new ClientError('bad_request', `the content cannot be sent as JSON: ${errorText(err)}`, context));
+    }
+    if (utf8.encode(text).length > this.cfg.maxFrameBytes) return Promise.reject(new ClientError('too_large', `the frame is larger than ${this.cfg.maxFrameBytes} bytes`, context));
+    if (nestedDeeperThan(JSON.parse(text), MAX_DEPTH)) {
+      return Promise.reject(new ClientError('bad_request', `the content is nested deeper than the gateway accepts (${MAX_DEPTH} levels, the frame itself and its data included)`, context));
+    }
     return new Promise<Ack>((resolve, reject) => {
       const item = this.outbox.add(op, state.chat.id, data, { resolve, reject });
-      if (utf8.encode(item.text).length > this.cfg.maxFrameBytes) {
-        this.outbox.remove(item);
-        return reject(new ClientError('too_large', `the frame is larger than ${this.cfg.maxFrameBytes} bytes`, context));
-      }
       if (op === 'message') state.stream.noteSending(data.id);
       void this.outbox.store(item).then((stored) => {
+        // Settled meanwhile (the client was closed or gave up): nothing more to say about it.
+        if (this.ended || !this.outbox.all().includes(item)) return;
         if (stored) return this.pump();
         this.fail(item, new ClientError('internal', 'the outbox storage failed', context));
       });
@@ -1320,12 +1449,27 @@ export class Client extends Emitter<ClientEvents> {
       seen.add(key);
       if (item.inFlight || !item.stored || item.retryTimer !== null) continue;
       if (this.chats.get(key)?.status !== 'registered') continue;
+      // An earlier write with the same op and id (an edit of the same message) may still be
+      // answered (a send of it whose answer may come: see `resume`): its answer would be taken
+      // for this one's. Sent once that send is answered or overdue (`requestTimeoutMs`).
+      if (this.awaitedElsewhere(item)) continue;
       if (inFlight >= this.cfg.maxInFlight) return;
       item.inFlight = true;
       item.attempts++;
       inFlight++;
       this.sendWrite(item);
     }
+  }
+
+  /**
+   * A send of another write with this write's key is still listed, and that write was resent
+   * after a pause: one of its sends may have been dropped, so the number of answers to come is
+   * unknown. (Sends that are all read — a resend after `requestTimeoutMs` — are each answered, in
+   * order: later writes need not wait for them.)
+   */
+  private awaitedElsewhere(item: Pending): boolean {
+    const key = writeKey(item.entry.op, item.entry.data.id);
+    return this.outstanding.some((o) => o.key === key && o.owner !== item && this.mayBeDropped.has(o.owner!));
   }
 
   private sendWrite(item: Pending): void {
@@ -1367,8 +1511,10 @@ export class Client extends Emitter<ClientEvents> {
     const request = this.answered(key);
     const item = this.answeredWrite(request, String(frame.op), String(frame.id), false);
     if (item === undefined) {
-      // The second answer to a write sent twice (a resend after a drop or timeout) is expected.
+      // The second answer to a write sent twice (a resend after a drop or timeout) is expected;
+      // the next write with the same key may have waited for it (see `pump`).
       if (request === undefined && !this.settledKeys.has(key)) this.emit('unhandled', frame);
+      if (request !== undefined) this.pump();
       return;
     }
     const position = positionIn(frame);
@@ -1427,6 +1573,7 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private storageFailed(err: unknown): void {
+    if (this.ended) return; // after close(): no more events (the storage keeps what it keeps)
     this.emit('error', { error: err, during: 'outbox storage' });
   }
 
@@ -1489,14 +1636,23 @@ export class Client extends Emitter<ClientEvents> {
       const item = this.answeredWrite(request, op, frame.id, true);
       if (item) return this.onWriteError(item, error);
       // A late answer to an earlier send of a write that is retried, or settled, already.
-      if (request !== undefined || this.settledKeys.has(key!) || this.sentWrite(op, frame.id, false)) return;
+      if (request !== undefined) return this.pump();
+      if (this.settledKeys.has(key!) || this.sentWrite(op, frame.id, false)) return;
     } else if (op === 'ping') {
       // A refused ping gets no pong. (The error itself proves the link is alive.)
       return request?.onAnswer?.(false);
     } else if (op === 'refresh') {
+      // A refresh resent (after a pause or a timeout) whose first send the gateway did read is
+      // answered "a refresh is already in progress": the first send's answer is still to come.
+      const attempt = this.refreshing;
+      if (attempt !== null && attempt.sends > 1 && code === 'rate_limited' && !isBucketPause(frame)) return void attempt.sends--;
       if (request !== undefined || this.refreshing !== null) return this.onRefreshError(error);
+      if (this.refreshEchoes > 0) return void this.refreshEchoes--;
     } else if (op === 'typing' || op === 'unregister') {
       return; // typing is best effort; an unregistered chat is forgotten either way
+    } else if (op === '' && !(code === 'rate_limited' && isBucketPause(frame))) {
+      this.anonymous.push({ at: Date.now(), error });
+      if (this.anonymous.length > 100) this.anonymous.shift();
     }
     this.emit('unhandled', frame);
   }
@@ -1521,28 +1677,30 @@ export class Client extends Emitter<ClientEvents> {
     if (typeof frame !== 'object' || frame === null || typeof frame.type !== 'string') return;
     const chatKey = String(frame.chat_id);
     const state = frame.chat_id === undefined ? undefined : this.chats.get(chatKey);
-    // A chat being left gets no more events, but its registration still answers.
-    const live = state !== undefined && state.status !== 'gone' && !state.leaving ? state : undefined;
+    // A chat being left gets no more events, but its registration still answers, and its stream
+    // and presence are still kept (muted): opened again before the leave completes, it goes on.
+    const open = state !== undefined && state.status !== 'gone' ? state : undefined;
+    const live = open !== undefined && !open.leaving ? open : undefined;
     switch (frame.type) {
       case 'message':
       case 'edit_message':
       case 'delete_message':
       case 'event':
-        if (live === undefined) break;
-        if (live.reordering !== null) {
-          if (live.reordering.length < MAX_REORDERING) live.reordering.push(frame);
+        if (open === undefined) break;
+        if (open.reordering !== null) {
+          if (open.reordering.length < MAX_REORDERING) open.reordering.push(frame);
           return;
         }
-        this.deliver(live.stream.onBroadcast(frame, Date.now()));
+        this.deliver(open.stream.onBroadcast(frame, Date.now()));
         return;
       case 'presence':
-        if (live === undefined) break;
-        this.onPresence(live, frame.user_id as UserId, frame.status === 'online' ? 'online' : 'offline');
+        if (open === undefined) break;
+        this.onPresence(open, frame.user_id as UserId, frame.status === 'online' ? 'online' : 'offline');
         return;
       case 'presence_batch':
-        if (live === undefined) break;
-        for (const user of Array.isArray(frame.online) ? (frame.online as UserId[]) : []) this.onPresence(live, user, 'online');
-        for (const user of Array.isArray(frame.offline) ? (frame.offline as UserId[]) : []) this.onPresence(live, user, 'offline');
+        if (open === undefined) break;
+        for (const user of Array.isArray(frame.online) ? (frame.online as UserId[]) : []) this.onPresence(open, user, 'online');
+        for (const user of Array.isArray(frame.offline) ? (frame.offline as UserId[]) : []) this.onPresence(open, user, 'offline');
         return;
       case 'typing':
         if (live === undefined) break;
@@ -1741,6 +1899,19 @@ function timerMs(ms: number): number {
 function unref(timer: Timer): Timer {
   (timer as { unref?: () => void }).unref?.();
   return timer;
+}
+
+/** Whether a JSON value has objects or arrays nested deeper than `limit` levels (as the gateway counts them). */
+function nestedDeeperThan(value: unknown, limit: number): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  if (limit === 0) return true;
+  for (const key in value) if (nestedDeeperThan((value as Record<string, unknown>)[key], limit - 1)) return true;
+  return false;
+}
+
+/** A chat id the gateway accepts. */
+export function isChatId(id: unknown): id is ChatId {
+  return typeof id === 'number' ? Number.isSafeInteger(id) && id >= 1 : typeof id === 'string' && CHAT_ID.test(id);
 }
 
 function writeKey(op: string, id: string): string {
