@@ -105,7 +105,7 @@ export function loadConfig(env: Env = readEnv()): Config {
     // A space or a brace would be sent as it is (or refused by the HTTP client) on every call: refused here, once.
     if (!URL_PATH.test(bare)) throw new ConfigError(name, `must be a URL path (letters, digits, -._~!$&'()*+,;=:@/ and %XX; an optional ?query; no #), got "${v}"`);
     // A proxy that normalises "/./" or "/../" would call another route than the one configured.
-    if (/(^|\/)\.\.?(\/|\?|$)/.test(bare.split('?')[0]!)) throw new ConfigError(name, `must not contain "." or ".." segments, got "${v}"`);
+    if (/(^|\/)\.\.?(\/|\?|$)/.test(bare.split('?')[0]!.replace(/%2e/gi, '.'))) throw new ConfigError(name, `must not contain "." or ".." segments, got "${v}"`);
     return v;
   };
   const bool = (name: string, def: boolean): boolean => {

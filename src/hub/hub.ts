@@ -58,6 +58,8 @@ export class Hub {
   private readonly subscriptions = new Map<IdKey, Subscription>();
   private readonly late: LateBroadcast[] = [];
   private lateBytes = 0;
+  /** Shutting down: nothing more waits (see abandonLateNow). */
+  private lateAbandoned = false;
   private lateTimer: NodeJS.Timeout | null = null;
   private flushingLate = false;
   /** Names each appended operation (see `append`): this hub's random prefix and a counter. */
@@ -256,6 +258,10 @@ export class Hub {
   }
 
   private deferLate(entry: LateBroadcast, why: string): void {
+    if (this.lateAbandoned) {
+      this.dropLate(entry, 'instance shutting down');
+      return;
+    }
     if (this.late.length >= MAX_LATE || this.lateBytes + entry.frame.length > MAX_LATE_BYTES) {
       this.dropLate(entry, 'too many broadcasts waiting for the engine');
       return;
@@ -276,7 +282,7 @@ export class Hub {
   }
 
   private scheduleLate(): void {
-    if (this.lateTimer !== null || this.late.length === 0) return;
+    if (this.lateTimer !== null || this.late.length === 0 || this.lateAbandoned) return;
     this.lateTimer = setTimeout(() => {
       this.lateTimer = null;
       void this.publishLate();
@@ -303,13 +309,16 @@ export class Hub {
         try {
           result = await this.timed(() => this.engine.append(entry.chat, entry.frame, null, entry.key, entry.attempt));
         } catch {
+          if (this.lateAbandoned) this.dropLateFrom(0); // its last try failed: dropped and counted now
           break;
         }
+        // Still first: a shutdown meanwhile (abandonLateNow) keeps the one in flight for this outcome.
         this.shiftLate();
         if (result.earlier === undefined) this.metrics.publishLate.inc();
         // An attempt that timed out had appended it after all, without its sender: tell the
         // sender now (its ack had no position), and no one else (they got it then).
         else if (entry.sender !== null) this.deliverTo(entry.chat, entry.sender, result.earlier, result);
+        if (this.lateAbandoned) break;
       }
     } finally {
       this.flushingLate = false;
@@ -325,10 +334,18 @@ export class Hub {
 
   /** At shutdown, without a last try (the engine did not answer in time): what waits is dropped and counted. */
   abandonLateNow(): void {
+    this.lateAbandoned = true;
     if (this.lateTimer !== null) clearTimeout(this.lateTimer);
     this.lateTimer = null;
-    this.lateBytes = 0;
-    for (const entry of this.late.splice(0)) this.dropLate(entry, 'instance shutting down');
+    // One being published right now is left to its outcome (published, or dropped when it fails).
+    this.dropLateFrom(this.flushingLate ? 1 : 0);
+  }
+
+  private dropLateFrom(index: number): void {
+    for (const entry of this.late.splice(index)) {
+      this.lateBytes -= entry.frame.length;
+      this.dropLate(entry, 'instance shutting down');
+    }
   }
 
   /** For broadcasts whose failure only deserves a log line (presence, typing after the fact). */

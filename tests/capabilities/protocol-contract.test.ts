@@ -242,7 +242,7 @@ describe('protocol contract [memory]', () => {
       watcher.close();
     });
 
-    it('resending an edit broadcasts it again under a new seq; resending a delete that worked is not_found', async () => {
+    it('resending an edit broadcasts it again under a new seq; resending a delete that worked is acked duplicate, not broadcast again', async () => {
       const { chat, a, b } = await h.pair();
       const id = `re-${chat}`;
       await a.request({ type: 'message', data: { id, ciphertext: 'x' } }, { type: 'ack' });
@@ -254,7 +254,9 @@ describe('protocol contract [memory]', () => {
       const del = { type: 'delete_message', data: { id } };
       assert.equal((await a.request(del, errorOrAck(id))).type, 'ack');
       const d2 = await a.request(del, errorOrAck(id));
-      assert.deepEqual([d2.type, d2.code], ['error', 'not_found']);
+      assert.deepEqual([d2.type, d2.duplicate, d2.seq], ['ack', true, undefined]);
+      await sleep(200);
+      assert.equal(b.all({ type: 'delete_message' }).length, 1);
       a.close();
       b.close();
     });

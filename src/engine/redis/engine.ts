@@ -454,9 +454,14 @@ export class RedisEngine implements Engine {
   async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
     const entry = { chat, user, conn };
     const key = entryKey(entry);
+    const pending = this.failedLeaves.get(key);
     this.failedLeaves.delete(key); // joined again: an earlier leave must not take it away (sent before it)
     let cameOnline: number[];
     try {
+      // An earlier join of this connection timed out (a client retrying its register): its write
+      // may have run since, and this one would then find the user online and announce nothing.
+      // Undone first, on the same connection, so `cameOnline` tells the truth.
+      if (pending?.held === 0) await this.whenReady(() => this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, 0));
       cameOnline = await this.whenReady(() => this.writeEntries(chat, [entry], Date.now()));
     } catch (err) {
       // A write that timed out on a stalled Redis still runs when it wakes, for a member the hub
@@ -496,7 +501,8 @@ export class RedisEngine implements Engine {
         const { chat, user, conn, held } = failed;
         const last = await this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, held);
         if (this.failedLeaves.get(key) === failed) this.failedLeaves.delete(key);
-        if (last !== 1) return;
+        // An undone join (held 0) was never announced online: its last entry leaving says nothing.
+        if (last !== 1 || held === 0) return;
         const users = this.leftOffline.get(chat);
         if (users === undefined) this.leftOffline.set(chat, [user]);
         else users.push(user);
