@@ -8,7 +8,11 @@ export interface RawFrame {
   readonly [key: string]: unknown;
 }
 
-/** Parses one text frame. Throws `RequestError('bad_request')` for anything that is not a typed JSON object. */
+/**
+ * Parses one text frame. Throws `RequestError('bad_request')` for anything that is not a typed
+ * JSON object. Its depth is checked apart (`checkDepth`), once the caller holds the frame, so
+ * that error can still name the request.
+ */
 export function parseFrame(text: string): RawFrame {
   let value: unknown;
   try {
@@ -23,10 +27,14 @@ export function parseFrame(text: string): RawFrame {
   if (typeof type !== 'string') {
     throw new RequestError('bad_request', 'frame has no string "type"');
   }
-  if (nestedDeeperThan(value, MAX_DEPTH)) {
+  return value as RawFrame;
+}
+
+/** Throws `RequestError('bad_request')` for a frame nested deeper than MAX_DEPTH (see nestedDeeperThan). */
+export function checkDepth(frame: RawFrame): void {
+  if (nestedDeeperThan(frame, MAX_DEPTH)) {
     throw new RequestError('bad_request', `frame is nested deeper than ${MAX_DEPTH} levels`);
   }
-  return value as RawFrame;
 }
 
 /**

@@ -519,7 +519,9 @@ for (const mode of ENGINE_MODES) {
         const from = a.frames.length;
         a.sendRaw(raw);
         const err = await a.next({ type: 'error' }, 3000, from);
-        if (!clientFault(err)) problems.push(`${name}: ${JSON.stringify(err)}`);
+        // Refused before any field is used, and still named, so a client can match it.
+        const [op, id] = [name.split(' ')[0], /"id":"(deep\d)"/.exec(raw)![1]];
+        if (!clientFault(err) || err.op !== op || err.id !== id || err.chat_id !== chat) problems.push(`${name}: ${JSON.stringify(err)}`);
         await alive(a);
       }
       // Tokens that cannot travel in an Authorization header.
