@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -38,6 +38,29 @@ describe('config', () => {
         ping: 25000, buf: 4194304, origins: null, shutdown: 10000, ttl: 60000, batch: 200, log: 'info',
       },
     );
+  });
+
+  it('the README configuration table lists every variable the gateway reads, and each default it states is the one in force', () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const table = readme.slice(readme.indexOf('| variable | meaning | default |')).split('\n\n')[0]!.split('\n').slice(2);
+    const ticked = (cell: string) => [...cell.matchAll(/`([^`]+)`/g)].map((m) => m[1]!);
+    const documented = new Set<string>();
+    const base = loadConfig({});
+    for (const row of table) {
+      const cells = row.split(' | ');
+      const names = ticked(cells[0]!);
+      const defaults = ticked(cells.at(-1)!);
+      for (const name of names) documented.add(name);
+      if (cells.at(-1)!.includes('unset')) continue;
+      assert.equal(defaults.length, names.length, row);
+      // Setting the stated default changes nothing.
+      names.forEach((name, i) => assert.deepEqual(loadConfig({ [name]: defaults[i]! }), base, `${name}=${defaults[i]}`));
+    }
+    const source = readFileSync(new URL('../../src/config/index.ts', import.meta.url), 'utf8');
+    const read = new Set([...source.matchAll(/\('([A-Z][A-Z0-9_]+)'/g)].map((m) => m[1]!));
+    assert.ok(read.size > 20, 'the variables are found in the source');
+    assert.deepEqual([...read].filter((name) => !documented.has(name)), [], 'read but not in the README');
+    assert.deepEqual([...documented].filter((name) => !read.has(name)), [], 'in the README but not read');
   });
 
   it('REDIS_HOST: URL, bare host:port, password kept, cluster seeds', () => {
