@@ -79,6 +79,24 @@ describe('SDK: what the gateway refuses without naming the request, leaving and 
     assert.equal(gw.received.filter((f) => (f.data as { id?: string } | undefined)?.id === 'bad1').length, 1, 'not resent');
   });
 
+  it("an error without op that answers the app's sendRaw never fails a slow write: the write gets its own ack", { timeout: 20_000 }, async () => {
+    const chatId = uniqueChat();
+    const a = await sdk(h, 1, { requestTimeoutMs: 1000 });
+    const b = await sdk(h, 2);
+    const chatA = a.client.chat(chatId);
+    await chatA.ready();
+    await b.client.chat(chatId).ready();
+    h.api.addFault({ op: 'save', delayMs: 2500, times: 1 }); // slow, but within UPSTREAM_TIMEOUT_MS (5 s)
+    const slow = chatA.send(text('slow'), { id: `slow-${chatId}` });
+    await sleep(200);
+    a.client.sendRaw('this is not json'); // answered bad_request without op
+    const ack = await slow; // overdue at 1 s: resent, never failed by the sendRaw's answer
+    assert.equal(ack.id, `slow-${chatId}`);
+    await waitFor(() => b.messageIds().includes(`slow-${chatId}`), 3000, 'b gets it');
+    assert.deepEqual(a.all('failed'), []);
+    assert.equal(a.all('unhandled', (f) => f.type === 'error' && f.code === 'bad_request').length, 1, "the sendRaw's answer is the app's");
+  });
+
   it('a chat id the protocol forbids is refused by chat() at once (bad_request), before anything is sent', { timeout: 15_000 }, async () => {
     const a = await sdk(h, 1);
     for (const id of [0, -1, 1.5, Number.MAX_SAFE_INTEGER + 1, '', '.', '..', 'a b', 'x'.repeat(65), 'é']) {

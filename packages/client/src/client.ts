@@ -290,11 +290,16 @@ export class Client extends Emitter<ClientEvents> {
   private outstanding: Outstanding[] = [];
   private requestTimer: Timer | null = null;
   /**
-   * Errors the gateway could not attach to a request (no `op`: a frame it could not parse or
-   * nested too deep) and which were not its bucket's pause, on this connection: a write that
-   * gets no other answer takes one as its refusal when it is overdue (`requestTimeoutMs`).
+   * Errors the gateway could not attach to a request (no `op`: a frame it could not parse) and
+   * which were not its bucket's pause, on this connection, each with the one write it can only be
+   * the answer to: kept only when that write's sends were all that was unanswered and the app sent no frame of
+   * its own (`sendRaw`) on the connection. That write, if it gets no other answer, takes the error
+   * as its refusal when it is overdue (`requestTimeoutMs`). Never a guess: an error that might
+   * answer something else fails no write.
    */
-  private anonymous: Array<{ at: number; error: ClientError }> = [];
+  private anonymous: Array<{ owner: Pending; error: ClientError }> = [];
+  /** The app sent a frame of its own (`sendRaw`) on the current connection: an error without `op` may be its answer. */
+  private rawSent = false;
   /** Writes resent after a pause (`resume`): one of their sends may have been dropped unread. */
   private readonly mayBeDropped = new WeakSet<Pending>();
   /** Writes settled lately (`op:id`): a second answer for one (to a resend) is expected, not unhandled. */
@@ -443,7 +448,9 @@ export class Client extends Emitter<ClientEvents> {
    * the app as `unhandled` events unless they belong to something the SDK tracks.
    */
   sendRaw(text: string): boolean {
-    return this.transmit(text);
+    const sent = this.transmit(text);
+    if (sent) this.rawSent = true;
+    return sent;
   }
 
   /** Closes the connection for good; every pending promise rejects with `closed`. */
@@ -572,6 +579,7 @@ export class Client extends Emitter<ClientEvents> {
     this.lastFrameAt = this.openedAt;
     this.connectionNo++;
     this.framesSent = 0;
+    this.rawSent = false;
     this.pausedUntil = 0;
     this.refill();
     this.tokens = this.pace.burst; // a new connection has a full bucket at the gateway
@@ -1123,10 +1131,11 @@ export class Client extends Emitter<ClientEvents> {
       if (lost.length > 0) this.outstanding = this.outstanding.filter((o) => !lost.includes(o));
       for (const o of this.outstanding.filter((o) => !o.resent && o.sentAt <= limit)) {
         o.resent = true;
-        // The gateway refused a frame without naming it (see `anonymous`) after this write was
-        // sent, and the write got no other answer: that refusal was its answer. Resending the
-        // same bytes would only be refused again, holding the chat's later writes forever.
-        const refusal = o.owner?.inFlight === true ? this.anonymousRefusal(o.sentAt) : undefined;
+        // The gateway refused a frame without naming it (see `anonymous`) while this write's sends
+        // were all that was unanswered and no frame of the app's was sent, and the write got no other
+        // answer: that refusal was its answer. Resending the same bytes would only be refused
+        // again, holding the chat's later writes forever.
+        const refusal = o.owner?.inFlight === true ? this.anonymousRefusal(o) : undefined;
         if (refusal === undefined) o.resend();
         else {
           this.outstanding = this.outstanding.filter((x) => x.owner !== o.owner);
@@ -1138,9 +1147,9 @@ export class Client extends Emitter<ClientEvents> {
     }, Math.max(0, due));
   }
 
-  /** The oldest refusal without a name received since `sentAt` (consumed); undefined when none. */
-  private anonymousRefusal(sentAt: number): ClientError | undefined {
-    const i = this.anonymous.findIndex((a) => a.at >= sentAt);
+  /** The refusal without a name that can only be the answer to a send of this write (consumed); undefined when none. */
+  private anonymousRefusal(send: Outstanding): ClientError | undefined {
+    const i = this.anonymous.findIndex((a) => a.owner === send.owner);
     if (i < 0) return undefined;
     return this.anonymous.splice(i, 1)[0]!.error;
   }
@@ -1651,8 +1660,13 @@ export class Client extends Emitter<ClientEvents> {
     } else if (op === 'typing' || op === 'unregister') {
       return; // typing is best effort; an unregistered chat is forgotten either way
     } else if (op === '' && !(code === 'rate_limited' && isBucketPause(frame))) {
-      this.anonymous.push({ at: Date.now(), error });
-      if (this.anonymous.length > 100) this.anonymous.shift();
+      // Which request it answers is known only when a single write's sends are unanswered and no frame of
+      // the app's (`sendRaw`, answered by such errors too) was sent on this connection.
+      const owner = this.outstanding[0]?.owner;
+      if (owner !== undefined && !this.rawSent && this.outstanding.every((o) => o.owner === owner)) {
+        this.anonymous.push({ owner, error });
+        if (this.anonymous.length > 100) this.anonymous.shift();
+      }
     }
     this.emit('unhandled', frame);
   }
