@@ -180,6 +180,43 @@ describe('SDK: what the gateway refuses without naming the request, leaving and 
     assert.deepEqual(a.all('gap'), []);
   });
 
+  it('a chat left while its write keeps being retried keeps at most 10,000 deliveries; opened again, it resumes from the gateway: all of them, once, in order', { timeout: 90_000 }, async () => {
+    const chatId = uniqueChat();
+    const fastGw = await h.gateway({ RATE_LIMIT_PER_SEC: '5000', RATE_LIMIT_BURST: '5000', MAX_PENDING_WRITES: '1000' });
+    const quick = { url: fastGw.wsUrl, rateLimit: { perSec: 4000, burst: 4000 } };
+    const a = await sdk(h, 1, quick);
+    const chatA = a.client.chat(chatId);
+    await chatA.ready();
+    const senders = await Promise.all([2, 3, 4].map((u) => sdk(h, u, quick)));
+    const chats = senders.map((x) => x.client.chat(chatId));
+    await Promise.all(chats.map((c) => c.ready()));
+    const mine = await chatA.send(text('m0'));
+    h.api.addFault({ op: 'edit', status: 503 }); // every edit refused for now: A's edit is retried
+    try {
+      chatA.edit(mine.id, text('m0 edited')).catch(() => undefined);
+      await sleep(200);
+      chatA.leave(); // still registered (its edit is out), muted
+      const N = 10_050;
+      await Promise.all(chats.map(async (c, k) => {
+        for (let i = k; i < N; i += chats.length) await c.send(text(`n${i}`));
+      }));
+      await sleep(300);
+      const stream = (a.client as unknown as { chats: Map<string, { stream: { deferred: unknown[] | null } }> }).chats.get(String(chatId))!.stream;
+      assert.equal(stream.deferred?.length, 10_000, 'kept no more than the bound');
+      assert.deepEqual(a.messageIds(), [], 'nothing while left');
+      const again = a.client.chat(chatId);
+      assert.equal(again, chatA, 'the leave had not completed');
+      await waitFor(() => a.messageIds().length >= N, 20_000, `all ${N}; got ${a.messageIds().length}`);
+      await sleep(300);
+      const got = a.all('message');
+      assert.equal(got.length, N, 'each once');
+      assert.ok(got.every((m, i) => i === 0 || m.seq! > got[i - 1]!.seq!), 'in order');
+      assert.deepEqual(a.all('gap'), []);
+    } finally {
+      h.api.clearFaults();
+    }
+  });
+
   it('after leave(), no event of the chat: an edit held before it is not released to the app', { timeout: 15_000 }, async () => {
     const chatId = uniqueChat();
     const b = await sdk(h, 2);

@@ -187,6 +187,11 @@ const RATE_LIMIT_PAUSE_MS = 1100;
 const PACE_RECOVERY_MS = 10_000;
 /** Broadcasts kept per chat while it registers again from an older position (see `reordering`). */
 const MAX_REORDERING = 10_000;
+/**
+ * Deliveries kept per chat while it is being left (see `leave`); past it nothing more is kept
+ * and its position stands still: opened again, the chat resumes from there with a register.
+ */
+const MAX_KEPT_WHILE_LEAVING = 10_000;
 /** Chats left lately whose frames are still expected (see `left`). */
 const LEFT_KEYS = 1000;
 /** Keys of settled writes remembered, so a late second answer (to a resend) is recognised. */
@@ -372,7 +377,11 @@ export class Client extends Emitter<ClientEvents> {
         // (after this call returns, so the app can listen first) — unless it is left again.
         existing.leaving = false;
         queueMicrotask(() => {
-          if (!existing.leaving && existing.status !== 'gone' && !this.ended) this.deliver(existing.stream.unmute());
+          if (existing.leaving || existing.status === 'gone' || this.ended) return;
+          // More reached it than was kept: the rest comes from the gateway, from where it stood.
+          const resume = existing.stream.overflowed;
+          this.deliver(existing.stream.unmute());
+          if (resume) this.resumeKept(existing);
         });
       }
       return existing.chat;
@@ -387,6 +396,7 @@ export class Client extends Emitter<ClientEvents> {
         maxHeld: hold.max ?? 1000,
         maxIds: 10_000,
         maxUnfilled: 1000,
+        maxDeferred: MAX_KEPT_WHILE_LEAVING,
         ownUnanswered: () => this.ownUnanswered(key),
         holeGraceMs: HOLE_GRACE_MS,
         isKnown: this.guardedIsKnown(),
@@ -410,6 +420,25 @@ export class Client extends Emitter<ClientEvents> {
     if (this.isOpen()) this.register(state);
     else this.connectSoon();
     return state.chat;
+  }
+
+  /**
+   * A chat opened again after more reached it while it was being left than was kept: its stream
+   * stood still, so it registers again from its position (the gateway replays the rest, or a gap
+   * is reported), keeping its broadcasts until the answer and handing them over in `seq` order.
+   * A register already out was sent from the same position, but what it replayed was not kept:
+   * its answer is followed by another register.
+   */
+  private resumeKept(state: ChatState): void {
+    if (state.status === 'registering') {
+      state.registerAgain = true;
+      state.reordering ??= [];
+    } else if (state.status === 'registered' && this.isOpen()) {
+      state.status = 'idle';
+      state.reordering = [];
+      this.register(state);
+    }
+    // idle: its next register (a reconnect, a retry) resumes from the position anyway.
   }
 
   /**

@@ -27,6 +27,12 @@ export interface StreamOptions {
   ownUnanswered?: (() => number) | undefined;
   /** How long a hole no write of ours can own may wait to be filled before it is a gap (default 0). */
   holeGraceMs?: number | undefined;
+  /**
+   * Most deliveries kept while muted (default: no limit). Past it the stream stops keeping — and
+   * stops moving: its position stays where it was, so the chat, opened again, resumes from there
+   * (`overflowed`: the gateway replays from its history, or a gap is reported).
+   */
+  maxDeferred?: number | undefined;
   /** The app's own answer to "do you have this message?" (e.g. loaded from history). */
   isKnown?: ((chatId: ChatId, messageId: string) => boolean) | undefined;
 }
@@ -55,6 +61,12 @@ export class Stream {
   private holeSince: number | null = null;
   /** While muted (the chat is being left): what would have been handed to the app, in order. */
   private deferred: Delivery[] | null = null;
+  /**
+   * Muted and past `maxDeferred`: nothing more is kept and the stream stands still (no broadcast,
+   * answer or ack moves its position) until `unmute`, after which the chat must resume from
+   * `resumeFrom` (registered again with it as `since`).
+   */
+  private stalled = false;
   /** Seqs of this client's own acked writes in an epoch the stream has not reached yet. */
   private ownAhead: { epoch: string; seqs: Set<number> } | null = null;
 
@@ -101,7 +113,22 @@ export class Stream {
   unmute(): Delivery[] {
     const out = this.deferred ?? [];
     this.deferred = null;
+    this.stalled = false;
     return out;
+  }
+
+  /**
+   * More reached the chat while muted than `maxDeferred`: the rest was not kept and the position
+   * stayed where it was. Once unmuted, the chat must be registered again from `resumeFrom`.
+   */
+  get overflowed(): boolean {
+    return this.stalled;
+  }
+
+  /** Muted and full: nothing more is kept, nothing moves. */
+  private standingStill(): boolean {
+    if (!this.stalled && this.deferred !== null && this.deferred.length >= (this.opts.maxDeferred ?? Infinity)) this.stalled = true;
+    return this.stalled;
   }
 
   /** Deliveries for the app: handed back, or kept while muted. */
@@ -117,6 +144,7 @@ export class Stream {
    * published) has no message id: it is deduped by its position alone.
    */
   onBroadcast(frame: Record<string, unknown>, now: number): Delivery[] {
+    if (this.standingStill()) return [];
     return this.hand(this.broadcast(frame, now));
   }
 
@@ -181,6 +209,7 @@ export class Stream {
    * the position sent as `since` was replayed (the replayed frames came just before it).
    */
   onRegistered(now: Position | null, recovered: boolean | undefined, reason: string | undefined, askedSince: boolean, at = Date.now()): Delivery[] {
+    if (this.standingStill()) return [];
     return this.hand(this.registered(now, recovered, reason, askedSince, at));
   }
 
@@ -232,6 +261,7 @@ export class Stream {
       this.release(id);
     }
     if (op === 'message') this.noteSending(id);
+    if (this.standingStill()) return; // its broadcast is replayed when the chat resumes (and known by id)
     if (seq !== undefined && this.pos !== null && epoch === this.pos.epoch) this.mark(seq, mine, now);
     else {
       // An ack in an epoch the stream has not reached yet (the stream restarted and this ack
@@ -247,6 +277,7 @@ export class Stream {
 
   /** One of this client's writes failed: it owns no hole any more. */
   noteFailed(out: Delivery[], now = Date.now()): void {
+    if (this.standingStill()) return;
     const mine: Delivery[] = [];
     this.checkHoles(mine, now);
     out.push(...this.hand(mine));
@@ -254,6 +285,7 @@ export class Stream {
 
   /** Hands over edits held longer than `holdMs` (their message may predate this client), and reports holes past their grace. */
   expire(now: number): Delivery[] {
+    if (this.standingStill()) return [];
     return this.hand(this.expired(now));
   }
 
@@ -269,6 +301,7 @@ export class Stream {
 
   /** When `expire` has something to do: the oldest held edit is due, or a hole's grace ends; null when neither. */
   nextExpiry(): number | null {
+    if (this.stalled) return null;
     const oldest = this.held.values().next().value; // insertion order = age order
     const hole = this.holeSince === null ? Infinity : this.holeSince + (this.opts.holeGraceMs ?? 0);
     const next = Math.min(hole, oldest === undefined ? Infinity : oldest.since + this.opts.holdMs);
