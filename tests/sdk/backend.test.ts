@@ -373,3 +373,36 @@ for (const mode of ENGINE_MODES) {
     });
   });
 }
+
+describe('SDK: refreshes paced by the gateway [memory]', () => {
+  const h = useHarness('memory');
+
+  it('a refresh answered "refresh again in <n> ms" is sent again after n ms, not counted as a failed attempt: 100 chats keep their registrations', { timeout: 60_000 }, async () => {
+    const u = user();
+    const p = await proxy(h);
+    const tokens: string[] = [];
+    const a = await sdk(h, u, {
+      url: p.url,
+      refreshLeadMs: 12_000,
+      token: async () => {
+        tokens.push(await h.token(u, { expiresInSec: 20 }));
+        return tokens.at(-1)!;
+      },
+    });
+    const chats = Array.from({ length: 100 }, () => uniqueChat());
+    await Promise.all(chats.map((c) => a.client.chat(c).ready()));
+    // The refresh's first 99 verifies pass, its 100th meets a main-API blip: the refresh fails,
+    // and the gateway paces the next one by its 99 extra verifies (4.95 s at 20 a second).
+    h.api.addFault({ op: 'verify', times: 99 });
+    h.api.addFault({ op: 'verify', status: 503, times: 1 });
+    const link = p.links[0]!;
+    await waitFor(() => link.fromGateway.some((f) => f.type === 'refreshed'), 30_000, `refreshed; got ${JSON.stringify(link.fromGateway.filter((f) => f.op === 'refresh'))}`);
+    const answers = link.fromGateway.filter((f) => f.op === 'refresh').map((f) => String(f.message));
+    assert.ok(answers.some((m) => /refresh again in \d+ ms/.test(m)), `paced at least once: ${JSON.stringify(answers)}`);
+    assert.deepEqual(a.all('error'), [], 'the refresh did not give up');
+    assert.equal(a.all('registered').length, 100, 'nothing re-registered');
+    assert.deepEqual(link.fromGateway.filter((f) => f.type === 'unregistered'), []);
+    const refreshes = link.fromClient.filter((f) => f.type === 'refresh');
+    assert.equal(refreshes.at(-1)!.token, refreshes.at(-2)!.token, 'the paced token is sent again, the provider not asked again');
+  });
+});

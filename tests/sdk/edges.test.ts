@@ -317,4 +317,28 @@ describe('SDK: answers the real gateway gives only in races (scripted gateway)',
     assert.equal(calls, 2, 'the provider: once for the register, once for the refresh');
     assert.ok(gw.received.filter((f) => f.type === 'refresh').length >= 2, 'the refresh was resent');
   });
+
+  it('a resent refresh answered "refresh again in <n> ms" (its first send was dropped) is sent again after n ms; later tokens are refreshed too', { timeout: 25_000 }, async () => {
+    const gw = await scripted((f, n) => {
+      if (f.type === 'register') return [{ type: 'registered', chat_id: f.chat_id, user_id: 1, online: [1], seq: 0, epoch: 'e' }];
+      if (f.type !== 'refresh') return [];
+      const refreshes = gw.received.slice(0, n).filter((x) => x.type === 'refresh').length;
+      // Dropped unread over the bucket (an earlier frame refused: no op, so every unanswered request is suspect): resent after the pause.
+      if (refreshes === 1) return [{ type: 'error', code: 'rate_limited', message: 'too many requests; slow down', retry_after_ms: 1000, retryable: true }];
+      if (refreshes === 2) return [{ type: 'error', code: 'rate_limited', message: 'refreshes are paced at RATE_LIMIT_PER_SEC main-API verifies a second; refresh again in 400 ms', op: 'refresh', retryable: true }];
+      return [{ type: 'refreshed', chat_ids: [1] }];
+    });
+    let calls = 0;
+    const errors: unknown[] = [];
+    const client = createClient({ url: gw.url, token: () => fakeJwt(10, ++calls), WebSocket, refreshLeadMs: 5000 });
+    clients.push(client);
+    client.on('error', (e) => errors.push(e));
+    await client.chat(1).ready();
+    // Each 10 s token is refreshed 5 s before its exp: the second one's refresh comes too.
+    await waitFor(() => gw.received.filter((f) => f.type === 'refresh').length >= 4, 15_000, 'four refreshes');
+    const refreshes = gw.received.filter((f) => f.type === 'refresh').map((f) => f.token);
+    assert.equal(refreshes[2], refreshes[1], 'after the pace, the same new token');
+    assert.notEqual(refreshes[3], refreshes[2], "the next token's own refresh");
+    assert.deepEqual(errors, []);
+  });
 });

@@ -202,6 +202,8 @@ const REFRESH_LEAD_MS = 30_000;
 const REFRESH_LEAD_SHARE = 0.1;
 /** Refresh attempts for one token (a provider failing, the gateway refusing) before letting it expire. */
 const REFRESH_ATTEMPTS = 3;
+/** Added to the wait a paced refresh names (timers and clocks are not exact). */
+const REFRESH_PACE_MARGIN_MS = 50;
 /** A token expiring sooner than this is not used again to register a chat whose token expired. */
 const EXPIRY_MARGIN_MS = 1000;
 /** A hole in a chat's seqs that no write of ours can own is reported as a gap after this long. */
@@ -275,6 +277,8 @@ export class Client extends Emitter<ClientEvents> {
   private refreshTimer: Timer | null = null;
   /** Refresh attempts for the current token. */
   private refreshAttempts = 0;
+  /** Refreshes of the current token answered "refresh again in <n> ms" without a usable <n> (backoff for the next). */
+  private refreshPaced = 0;
   /** The `refresh` in flight on the current connection: the token it hands over, the one it replaces. */
   private refreshing: { token: string; from: string; sends: number } | null = null;
   /** Answers still expected to refreshes already settled (a resend's second answer): recognised, dropped. */
@@ -833,6 +837,7 @@ export class Client extends Emitter<ClientEvents> {
     clearTimer(this.refreshTimer);
     this.refreshTimer = null;
     this.refreshAttempts = 0;
+    this.refreshPaced = 0;
     if (this.ended || typeof this.options.token === 'string' || this.token === null) return;
     const delay = refreshDelay(this.token, this.options.refreshLeadMs, Date.now());
     if (delay === null) return;
@@ -920,16 +925,30 @@ export class Client extends Emitter<ClientEvents> {
       if (this.token === attempt.from && !this.tokenStale) this.useToken(attempt.token);
       return;
     }
-    this.refreshFailed(attempt.from, error);
+    this.refreshFailed(attempt.from, error, attempt.token);
   }
 
   /**
    * Tries again a little later, a few times; then lets the token expire: the gateway ends the
    * registrations (`token_expired`) and the SDK registers them again with a new token and `since`.
    */
-  private refreshFailed(from: string, error: ClientError): void {
+  private refreshFailed(from: string, error: ClientError, token?: string): void {
     if (this.ended || this.token !== from || this.tokenStale) return;
     const left = (jwtClaims(from)?.exp ?? 0) - Date.now();
+    const paced = refreshPacedFor(error);
+    if (paced !== undefined && token !== undefined) {
+      // The gateway paces refreshes (its verifies of the last one): not a failed attempt. The same
+      // new token is sent again when it says, if the current one is still valid then.
+      const wait = paced ?? Math.min(1000 * 2 ** this.refreshPaced++, 30_000);
+      if (wait + REFRESH_PACE_MARGIN_MS < left - EXPIRY_MARGIN_MS) {
+        if (this.refreshAttempts > 0) this.refreshAttempts--;
+        clearTimer(this.refreshTimer);
+        this.refreshTimer = unref(setTimeout(() => this.refreshAgain(from, token), wait + REFRESH_PACE_MARGIN_MS));
+        return;
+      }
+      this.emit('error', { error, during: 'token refresh (paced by the gateway past the token\'s expiry: the registrations will expire and be registered again)' });
+      return;
+    }
     if (this.refreshAttempts >= REFRESH_ATTEMPTS || left <= 0) {
       this.emit('error', { error, during: 'token refresh (the registrations will expire and be registered again)' });
       return;
@@ -937,6 +956,20 @@ export class Client extends Emitter<ClientEvents> {
     const delay = Math.min(1000 * 2 ** (this.refreshAttempts - 1), left / 3);
     clearTimer(this.refreshTimer);
     this.refreshTimer = unref(setTimeout(() => this.refreshToken(), delay));
+  }
+
+  /** After a paced refresh: the same new token, sent again (the provider is not asked again). */
+  private refreshAgain(from: string, token: string): void {
+    this.refreshTimer = null;
+    if (this.ended || this.token !== from || this.tokenStale) return;
+    // The connection dropped meanwhile: the registers of the next one carry the new token.
+    if (!this.isOpen()) return this.useToken(token);
+    if (this.refreshing !== null) {
+      this.refreshTimer = unref(setTimeout(() => this.refreshAgain(from, token), 250));
+      return;
+    }
+    this.refreshAttempts++; // given back if it is paced again
+    this.sendRefresh(from, token);
   }
 
   /** Ends the client: no reconnect; every pending promise rejects with `error`. */
@@ -1682,8 +1715,10 @@ export class Client extends Emitter<ClientEvents> {
     } else if (op === 'refresh') {
       // A refresh resent (after a pause or a timeout) whose first send the gateway did read is
       // answered "a refresh is already in progress": the first send's answer is still to come.
+      // Any other answer (a paced "refresh again in <n> ms" included: then nothing is in progress,
+      // the first send was dropped) is the refresh's.
       const attempt = this.refreshing;
-      if (attempt !== null && attempt.sends > 1 && code === 'rate_limited' && !isBucketPause(frame)) return void attempt.sends--;
+      if (attempt !== null && attempt.sends > 1 && code === 'rate_limited' && refreshInProgress(frame)) return void attempt.sends--;
       if (request !== undefined || this.refreshing !== null) return this.onRefreshError(error);
       if (this.refreshEchoes > 0) return void this.refreshEchoes--;
     } else if (op === 'typing' || op === 'unregister') {
@@ -1897,6 +1932,21 @@ function loggedOut(err: unknown): err is ClientError {
 function isBucketPause(frame: Frame): boolean {
   if (typeof frame.retry_after_ms === 'number') return true;
   return typeof frame.op !== 'string' || (typeof frame.message === 'string' && /too many requests/i.test(frame.message));
+}
+
+/** The answer to a `refresh` sent while another is verified: that one's answer is still to come. */
+function refreshInProgress(frame: Frame): boolean {
+  return !isBucketPause(frame) && typeof frame.message === 'string' && /already in progress/i.test(frame.message);
+}
+
+/**
+ * A refresh answered `rate_limited` because refreshes are paced (`refresh again in <n> ms`): the
+ * wait it names, null when it names none; undefined for any other error.
+ */
+function refreshPacedFor(error: ClientError): number | null | undefined {
+  if (error.code !== 'rate_limited' || !/refreshes are paced|refresh again in/i.test(error.message)) return undefined;
+  const ms = /refresh again in (\d+) ?ms/i.exec(error.message);
+  return ms === null ? null : Number(ms[1]);
 }
 
 /** A JWT's payload claims `exp` and `iat` in ms (decoded, not verified: only for timing); null for other tokens. */
