@@ -139,6 +139,8 @@ interface ChatState {
    * `unauthorized` answer is the expiry's (docs/protocol.md), not a refusal of the token.
    */
   expiredWhileRegistering: boolean;
+  /** Its registers keep being refused for now (retried with backoff), and the app was told so (`error`), once until one succeeds. */
+  refusalReported: boolean;
 }
 
 /** What a request sent on the current connection needs to be matched with its answer or resent. */
@@ -418,6 +420,7 @@ export class Client extends Emitter<ClientEvents> {
       registerAgain: false,
       reordering: null,
       expiredWhileRegistering: false,
+      refusalReported: false,
     };
     this.chats.set(key, state);
     this.noteOwnWrites(state);
@@ -1297,6 +1300,7 @@ export class Client extends Emitter<ClientEvents> {
     }
     state.status = 'registered';
     state.expiredWhileRegistering = false;
+    state.refusalReported = false;
     clearTimer(state.retryTimer);
     state.retryTimer = null;
     state.registerAttempts = 0;
@@ -1337,13 +1341,33 @@ export class Client extends Emitter<ClientEvents> {
     }
     state.expiredWhileRegistering = false;
     if (error.code === 'unauthorized' || error.code === 'forbidden') this.lastRefusal = error.code;
-    if (RETRYABLE.has(error.code)) return this.retryRegister(state);
+    if (RETRYABLE.has(error.code)) {
+      this.reportRetriedRegister(state, error);
+      return this.retryRegister(state);
+    }
     if (error.code === 'unauthorized' && typeof this.options.token !== 'string') {
       this.tokenRefused(error);
       if (!this.ended) this.retryRegister(state);
       return;
     }
     this.drop(state, error);
+  }
+
+  /**
+   * A register refused for now is retried with backoff, for as long as it takes; the app is told
+   * once per chat (until it registers): at once when the user has too many connections on the
+   * instance (MAX_CONNECTIONS_PER_USER: only closing one helps), else from the third refusal in a
+   * row (a main API down or answering 429).
+   */
+  private reportRetriedRegister(state: ChatState, error: ClientError): void {
+    if (state.refusalReported || state.leaving) return;
+    const tooManyConnections = error.code === 'rate_limited' && /MAX_CONNECTIONS_PER_USER|connections on this instance/.test(error.message);
+    if (!tooManyConnections && state.registerAttempts < 2) return;
+    state.refusalReported = true;
+    const during = tooManyConnections
+      ? "register (this user's connections on the gateway instance are at MAX_CONNECTIONS_PER_USER: retried with backoff until one closes)"
+      : 'register (refused for now: retried with backoff)';
+    this.emit('error', { error: new ClientError(error.code, error.message, { ...error.details, chatId: state.chat.id }), during });
   }
 
   /**
