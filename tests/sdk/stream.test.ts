@@ -226,6 +226,16 @@ describe('SDK stream bookkeeping', () => {
     assert.deepEqual(s.position, { seq: 4, epoch: 'new' }, 'seq 3 (ours) is no hole');
   });
 
+  it('own acks in an epoch the stream never reaches are kept up to maxUnfilled (the lowest go first)', () => {
+    const s = new Stream(1, null, { ...opts, ownUnanswered: () => 0 });
+    s.onRegistered({ seq: 3, epoch: E }, undefined, undefined, false);
+    for (let seq = 1; seq <= 20; seq++) s.noteAck('message', `mine${seq}`, seq, 'new', [], 0);
+    const ahead = (s as unknown as { ownAhead: { seqs: Set<number> } }).ownAhead.seqs;
+    assert.deepEqual([...ahead], [16, 17, 18, 19, 20]);
+    assert.deepEqual(feed(s, [msg(15, 'x', 'new')]), ['gap:3-14:epoch_changed', 'message:x']);
+    assert.deepEqual(s.position, { seq: 20, epoch: 'new' });
+  });
+
   it('backoff: full jitter within [0, min(max, min·2^n)]', () => {
     const b = { minDelayMs: 250, maxDelayMs: 30_000 };
     assert.equal(backoffDelay(0, b, () => 0.999), 249);

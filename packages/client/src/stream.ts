@@ -269,6 +269,9 @@ export class Stream {
       if (seq !== undefined && epoch !== undefined && this.pos !== null && seq >= 1) {
         if (this.ownAhead?.epoch !== epoch) this.ownAhead = { epoch, seqs: new Set() };
         this.ownAhead.seqs.add(seq);
+        // Bounded like the seqs kept past a hole: past it the lowest goes (the stream, once it
+        // gets to that epoch, most likely starts above it; if not, it is a hole reported as a gap).
+        if (this.ownAhead.seqs.size > this.opts.maxUnfilled) this.ownAhead.seqs.delete(Math.min(...this.ownAhead.seqs));
       }
       this.checkHoles(mine, now); // one write fewer that may own a hole
     }
