@@ -230,6 +230,33 @@ for (const mode of ENGINE_MODES) {
       await waitFor(() => a.client.chat(chatId).position?.seq === e3.seq, 5000, "the sender's position past the last event");
     });
 
+    it('resumed from a position held below an edit, what was delivered after it comes again: events too, with the same (epoch, seq) to dedupe by', async () => {
+      const chatId = uniqueChat();
+      const [u1, u2] = [user(), user()];
+      const b = await sdk(h, u2);
+      const chatB = b.client.chat(chatId);
+      await chatB.ready();
+      const old = await chatB.send(text('v1'), { id: `old-${chatId}` }); // from before A's time
+      const a = await sdk(h, u1);
+      const chatA = a.client.chat(chatId);
+      const start = (await chatA.ready()).position!;
+      const edited = await chatB.edit(old.id, text('v2')); // held by A (its message is unknown to it)
+      const e1 = await publish(h, chatId, { name: 'renamed' });
+      const m = await chatB.send(text('after'), { id: `after-${chatId}` });
+      await a.next('message', (e) => e.message.id === m.id);
+      const first = a.all('event');
+      assert.deepEqual(first.map((e) => [e.epoch, e.seq]), [[e1.epoch, e1.seq]]);
+      assert.deepEqual(chatA.position, start, 'held below the edit');
+      a.client.close();
+      const a2 = await sdk(h, u1, { hold: { ms: 200 } });
+      a2.client.chat(chatId, { since: chatA.position! });
+      await a2.next('message', (e) => e.message.id === m.id);
+      await a2.next('edit', (e) => e.seq === edited.seq, 3000);
+      // The event has no id: only its (epoch, seq) — the same as when first delivered — tells it is a repeat.
+      assert.deepEqual(a2.all('event').map((e) => [e.epoch, e.seq]), [[e1.epoch, e1.seq]]);
+      assert.deepEqual(a2.all('gap'), []);
+    });
+
     it('a static token that expires: the chat gets token_expired and is dropped (told, not registered again)', async () => {
       const chatId = uniqueChat();
       const u = user();
