@@ -24,7 +24,9 @@ if (files.length === 0) {
   process.exit(1);
 }
 const concurrency = process.env.TEST_CONCURRENCY ?? '2';
-const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-timeout=120000', ...files], {
+// The timeout bounds each test and each file as a whole: a browser file of a dozen Chromium
+// tests takes ~100 s alone, more beside three other files on two cores.
+const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-timeout=180000', ...files], {
   stdio: 'inherit',
 });
 process.exit(result.status ?? 1);

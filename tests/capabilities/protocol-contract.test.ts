@@ -159,7 +159,7 @@ describe('protocol contract [memory]', () => {
   });
 
   describe('what an error carries', () => {
-    it('a frame nested deeper than 32 levels: bad_request with no op, id or chat_id; 32 levels pass', async () => {
+    it('a frame nested deeper than 32 levels: bad_request naming its op, id and chat_id; 32 levels pass', async () => {
       const { chat, a, b } = await h.pair();
       // frame (1) → data (2) → data.deep (3 …)
       const ok = await a.request({ type: 'message', chat_id: chat, data: { id: `d32-${chat}`, ciphertext: 'x', deep: nested(30) } }, errorOrAck(`d32-${chat}`));
@@ -167,7 +167,7 @@ describe('protocol contract [memory]', () => {
       const from = a.frames.length;
       a.send({ type: 'message', chat_id: chat, data: { id: `d33-${chat}`, ciphertext: 'x', deep: nested(31) } });
       const err = await a.next({ type: 'error' }, 3000, from);
-      assert.deepEqual(err, { type: 'error', code: 'bad_request', message: err.message, retryable: false });
+      assert.deepEqual(err, { type: 'error', code: 'bad_request', message: err.message, op: 'message', id: `d33-${chat}`, chat_id: chat, retryable: false });
       await b.next((f) => f.type === 'message' && idOf(f) === `d32-${chat}`);
       await expectNone(b, (f) => f.type === 'message' && idOf(f) === `d33-${chat}`, 200);
       a.close();
