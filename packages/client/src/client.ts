@@ -139,8 +139,6 @@ interface ChatState {
    * `unauthorized` answer is the expiry's (docs/protocol.md), not a refusal of the token.
    */
   expiredWhileRegistering: boolean;
-  /** Its registers keep being refused for now (retried with backoff), and the app was told so (`error`), once until one succeeds. */
-  refusalReported: boolean;
 }
 
 /** What a request sent on the current connection needs to be matched with its answer or resent. */
@@ -311,6 +309,8 @@ export class Client extends Emitter<ClientEvents> {
   private anonymous: Array<{ owner: Pending; error: ClientError }> = [];
   /** The app sent a frame of its own (`sendRaw`) on the current connection: an error without `op` may be its answer. */
   private rawSent = false;
+  /** Causes of refused registers the app was told of since a chat last registered (see reportRetriedRegister). */
+  private readonly registerRefusalsReported = new Set<'connections' | 'refused'>();
   /** Writes resent after a pause (`resume`): one of their sends may have been dropped unread. */
   private readonly mayBeDropped = new WeakSet<Pending>();
   /** Writes settled lately (`op:id`): a second answer for one (to a resend) is expected, not unhandled. */
@@ -420,7 +420,6 @@ export class Client extends Emitter<ClientEvents> {
       registerAgain: false,
       reordering: null,
       expiredWhileRegistering: false,
-      refusalReported: false,
     };
     this.chats.set(key, state);
     this.noteOwnWrites(state);
@@ -1300,7 +1299,7 @@ export class Client extends Emitter<ClientEvents> {
     }
     state.status = 'registered';
     state.expiredWhileRegistering = false;
-    state.refusalReported = false;
+    this.registerRefusalsReported.clear(); // a later outage is told again
     clearTimer(state.retryTimer);
     state.retryTimer = null;
     state.registerAttempts = 0;
@@ -1355,15 +1354,17 @@ export class Client extends Emitter<ClientEvents> {
 
   /**
    * A register refused for now is retried with backoff, for as long as it takes; the app is told
-   * once per chat (until it registers): at once when the user has too many connections on the
-   * instance (MAX_CONNECTIONS_PER_USER: only closing one helps), else from the third refusal in a
-   * row (a main API down or answering 429).
+   * once per cause until a chat registers (one fact, not one event per chat, nor per reconnect): at
+   * once when the user has too many connections on the instance (MAX_CONNECTIONS_PER_USER: only
+   * closing one helps), else from a chat's third refusal in a row (a main API down or answering 429).
    */
   private reportRetriedRegister(state: ChatState, error: ClientError): void {
-    if (state.refusalReported || state.leaving) return;
+    if (state.leaving) return;
     const tooManyConnections = error.code === 'rate_limited' && /MAX_CONNECTIONS_PER_USER|connections on this instance/.test(error.message);
     if (!tooManyConnections && state.registerAttempts < 2) return;
-    state.refusalReported = true;
+    const cause = tooManyConnections ? 'connections' : 'refused';
+    if (this.registerRefusalsReported.has(cause)) return;
+    this.registerRefusalsReported.add(cause);
     const during = tooManyConnections
       ? "register (this user's connections on the gateway instance are at MAX_CONNECTIONS_PER_USER: retried with backoff until one closes)"
       : 'register (refused for now: retried with backoff)';
