@@ -966,10 +966,15 @@ export class Client extends Emitter<ClientEvents> {
     if (this.ended || this.token !== from || this.tokenStale) return;
     // The connection dropped meanwhile: the registers of the next one carry the new token.
     if (!this.isOpen()) return this.useToken(token);
-    if (this.refreshing !== null) {
+    // A refresh still out, or a new connection whose registers (with the old token) are under
+    // way: like refreshToken, wait for them, so the refresh covers every registration.
+    const registering = [...this.chats.values()].some((state) => state.status === 'registering');
+    if (this.refreshing !== null || (registering && (jwtClaims(from)?.exp ?? 0) > Date.now())) {
       this.refreshTimer = unref(setTimeout(() => this.refreshAgain(from, token), 250));
       return;
     }
+    // No registration holds the old token any more: the next registers carry the new one.
+    if (![...this.chats.values()].some((state) => state.status === 'registered')) return this.useToken(token);
     this.refreshAttempts++; // given back if it is paced again
     this.sendRefresh(from, token);
   }
