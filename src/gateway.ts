@@ -238,9 +238,16 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     await idleWithin(DRAIN.lastWorkMs);
     // The last steps talk to Redis and the main API, each of which may be stalled (a Redis
     // command waits up to 2 s): bounded together, so the drain's total stays what the docs say.
+    // Presence gets most of the budget; the flush that follows it needs a moment too.
+    const settleBy = Date.now() + DRAIN.finalStepsMs - 500;
     const finished = await Promise.race([
       (async () => {
         await hub.flushPresence();
+        // Leaves that failed in a Redis stall or outage: run again if Redis serves in time.
+        if (engine.settlePresence !== undefined) {
+          await engine.settlePresence(settleBy);
+          await hub.flushPresence();
+        }
         await hub.abandonLate();
         await api.close().catch(() => undefined);
         // Last: everything above may still publish or leave presence through it.

@@ -90,6 +90,13 @@ export interface Engine extends Broker, PresenceManager, ChatStream, Commands {
    * refuses writes loses nothing on the subscription; only a lost connection does.
    */
   isConnected(): boolean;
+  /**
+   * At shutdown, before `close`: presence leaves that failed (the engine stalled or away) are run
+   * again if it serves before `deadline`, and the offlines they find reach `presenceExpired` —
+   * an instance that exits with them would leave their users online for good when the store lost
+   * or already removed their entries. Engines whose leaves cannot fail leave it out.
+   */
+  settlePresence?(deadline: number): Promise<void>;
   /** Removes this instance's presence and subscriptions, then disconnects. */
   close(): Promise<void>;
 }

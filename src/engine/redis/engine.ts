@@ -514,6 +514,24 @@ export class RedisEngine implements Engine {
     return this.leavesReplay;
   }
 
+  async settlePresence(deadline: number): Promise<void> {
+    while (this.failedLeaves.size > 0 && !this.closing && Date.now() < deadline) {
+      if (this.connectionsUp()) {
+        try {
+          await this.replayLeaves();
+          // Announced through a publish, which needs the engine ready (a recovery may still run).
+          while (!this.isReady() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+          this.announceLeftOffline();
+          return;
+        } catch {
+          // Still not serving (a stall past the command timeout): try again while time is left.
+        }
+      } else {
+        await new Promise((r) => setTimeout(r, 100)); // reconnecting: restoreAfterOutage may run them first
+      }
+    }
+  }
+
   /** Publishes the `offline`s replayed leaves found (see `replayLeaves`). */
   private announceLeftOffline(): void {
     for (const [chat, users] of this.leftOffline) this.events?.presenceExpired(chat, users);
