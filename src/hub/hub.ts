@@ -278,7 +278,8 @@ export class Hub {
 
   private dropLate(entry: LateBroadcast, why: string): void {
     this.metrics.publishDropped.inc();
-    this.log.error({ chat: entry.chat, why }, 'saved operation never broadcast');
+    // "Not confirmed": an attempt that timed out on a stalled Redis may still run when it wakes.
+    this.log.error({ chat: entry.chat, why }, 'saved operation not broadcast (or not confirmed)');
   }
 
   private scheduleLate(): void {

@@ -83,7 +83,7 @@ export function createMetrics() {
     }),
     publishDropped: new Counter({
       name: 'message_service_publish_dropped_total',
-      help: 'Saved operations never broadcast: more than 10,000 waiting for the engine, waiting longer than HISTORY_TTL_MS, or still waiting at shutdown',
+      help: 'Saved operations given up without a confirmed broadcast: more than 10,000 (or 64 MiB) waiting for the engine, waiting longer than HISTORY_TTL_MS, or still waiting at shutdown (an attempt that timed out on a stalled Redis may still have run)',
       registers,
     }),
     apiRequests: new Counter({
