@@ -31,6 +31,8 @@ const COMMAND_TIMEOUT_MS = 2000;
 const PROBE_INTERVAL_MS = 2000;
 /** A recovery after an outage that failed with the connections up is tried again this soon. */
 const RESTORE_RETRY_MS = 1000;
+/** After a recovery, how long the offlines of replayed leaves wait (see restoreAfterOutage). */
+const LEFT_OFFLINE_DELAY_MS = 2000;
 /** While a probe fails, the next one comes this soon. */
 const PROBE_RETRY_MS = 200;
 /** Presence entries refreshed per script call, at most. */
@@ -664,7 +666,9 @@ export class RedisEngine implements Engine {
       this.everReady = true;
       this.setReady(true);
       this.announceRestored(); // only now: the hub publishes `online`, which needs a ready engine
-      this.announceLeftOffline();
+      // A moment later: the other instances lost Redis too, and hear it only once they have
+      // subscribed again (presence is not replayed); their reconnects may lag ours by a retry step.
+      setTimeout(() => !this.closing && this.announceLeftOffline(), LEFT_OFFLINE_DELAY_MS).unref();
     }
   }
 
