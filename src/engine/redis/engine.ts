@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { RedisConfig } from '../../config/index.js';
 import { redactUrl } from '../../config/index.js';
@@ -463,7 +464,7 @@ export class RedisEngine implements Engine {
       // An earlier join of this connection timed out (a client retrying its register): its write
       // may have run since, and this one would then find the user online and announce nothing.
       // Undone first, on the same connection, so `cameOnline` tells the truth.
-      if (pending?.held === 0) await this.whenReady(() => this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, 0));
+      if (pending?.held === 0) await this.whenReady(() => this.removeEntry(pending));
       cameOnline = await this.whenReady(() => this.writeEntries(chat, [entry], Date.now()));
     } catch (err) {
       // A write that timed out on a stalled Redis still runs when it wakes, for a member the hub
@@ -480,7 +481,7 @@ export class RedisEngine implements Engine {
     const key = entryKey(entry);
     const held = this.entries.delete(key) ? 1 : 0;
     try {
-      return (await this.whenReady(() => this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, held))) === 1;
+      return (await this.whenReady(() => this.removeEntry({ ...entry, held }))) === 1;
     } catch (err) {
       // Its entry may outlast the outage in Redis (it then expires, and the sweep announces the
       // user offline), be lost with Redis's data, or be removed by this very leave once a stalled
@@ -500,8 +501,8 @@ export class RedisEngine implements Engine {
   private replayLeaves(): Promise<void> {
     this.leavesReplay ??= Promise.all(
       [...this.failedLeaves].map(async ([key, failed]) => {
-        const { chat, user, conn, held } = failed;
-        const last = await this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, held);
+        const { chat, user, held } = failed;
+        const last = await this.removeEntry(failed);
         if (this.failedLeaves.get(key) === failed) this.failedLeaves.delete(key);
         // An undone join (held 0) was never announced online: its last entry leaving says nothing.
         if (last !== 1 || held === 0) return;
@@ -522,16 +523,21 @@ export class RedisEngine implements Engine {
         try {
           await this.replayLeaves();
           // Announced through a publish, which needs the engine ready (a recovery may still run).
-          while (!this.isReady() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+          while (!this.isReady() && Date.now() < deadline) await sleep(50);
           this.announceLeftOffline();
           return;
         } catch {
           // Still not serving (a stall past the command timeout): try again while time is left.
         }
       } else {
-        await new Promise((r) => setTimeout(r, 100)); // reconnecting: restoreAfterOutage may run them first
+        await sleep(100); // reconnecting: restoreAfterOutage may run them first
       }
     }
+  }
+
+  /** The LEAVE script for one entry: 1 if it took the user's last live connection (see scripts.ts for `held`). */
+  private removeEntry({ chat, user, conn, held }: PresenceEntry & { held: 0 | 1 }): Promise<number> {
+    return this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, held);
   }
 
   /** Publishes the `offline`s replayed leaves found (see `replayLeaves`). */
