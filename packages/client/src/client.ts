@@ -1,9 +1,13 @@
-import { DEFAULT_BACKOFF, backoffDelay, type BackoffOptions } from './backoff.js';
+import { backoffDelay } from './backoff.js';
 import { Chat, type ChatHost } from './chat.js';
 import { Emitter } from './emitter.js';
-import { ClientError, type ClientErrorCode } from './errors.js';
+import { ClientError, errorText, type ClientErrorCode } from './errors.js';
+import { isChatId, newId } from './ids.js';
+import { jwtClaims, refreshDelay } from './jwt.js';
+import { resolveConfig, type ChatOptions, type ClientOptions, type Config } from './options.js';
 import { MESSAGE_ID, MemoryStorage, Outbox, WRITE_OPS, type OutboxStorage, type Pending } from './outbox.js';
 import { Stream, positionIn, type Delivery } from './stream.js';
+import { MAX_TIMER_MS, clearTimer, timerMs, unref, type Timer } from './timers.js';
 import type {
   Ack,
   ChatEvents,
@@ -20,90 +24,8 @@ import type {
   WriteOp,
 } from './types.js';
 
-/**
- * A token, or a function the SDK calls for one: for the first register, again after the gateway
- * refused the token (`unauthorized`, 4401) or the backend disconnected the user (4403), after a
- * registration's token expired, and ahead of a JWT's `exp` to refresh it (see `refreshLeadMs`).
- */
-export type TokenSource = string | (() => string | Promise<string>);
-
-/**
- * Where to connect: one URL; several (each lost or failed connection moves on to the next, so a
- * client whose instance died reconnects to another); or a function asked on every attempt.
- */
-export type UrlSource = string | readonly string[] | ((attempt: number) => string);
-
-export interface ClientOptions {
-  /**
-   * The gateway's WebSocket URL, e.g. `wss://chat.example.com/ws`; or a list of them (tried in
-   * turn: after a lost or failed connection the next one); or `(attempt) => url`, called for
-   * every connection attempt (`attempt` counts them from 0).
-   */
-  url: UrlSource;
-  token: TokenSource;
-  /** Required where there is no global `WebSocket` (Node 20: `import { WebSocket } from 'ws'`). */
-  WebSocket?: WebSocketConstructor;
-  /** Where unacked writes are kept (default: memory). */
-  storage?: OutboxStorage;
-  /** Reconnect delays: full jitter in [0, min(maxDelayMs, minDelayMs·2^n)]; default 250 ms → 30 s. */
-  reconnect?: Partial<BackoffOptions> & {
-    /** A connection open this long resets the backoff (default 10 s). */
-    stableAfterMs?: number;
-  };
-  /** Give up on a connection attempt that has not opened after this (default 10 s). */
-  connectTimeoutMs?: number;
-  /** Send a `ping` after this long without any frame from the gateway (default 15 s). */
-  pingIdleMs?: number;
-  /** …and drop the connection if nothing arrives within this after the ping (default 10 s). */
-  pongTimeoutMs?: number;
-  /**
-   * Client-side pacing of every frame, below the gateway's bucket (20/s, burst 50), so that
-   * re-registering many chats after a reconnect is not refused (default 18/s, burst 40).
-   */
-  rateLimit?: { perSec: number; burst: number };
-  /** Writes in flight at once on a connection, below the gateway's 16 (default 8). */
-  maxInFlight?: number;
-  /**
-   * A request (write, register, ping, unregister) without an answer for this long is sent again
-   * with the same id (default 30 s). A safety net: the gateway answers every request it reads,
-   * and the frames it drops unread after a `rate_limited` are resent as soon as it reads again.
-   */
-  requestTimeoutMs?: number;
-  /** Writes larger than this are refused `too_large` without sending (the gateway's MAX_MESSAGE_BYTES, default 65536). */
-  maxFrameBytes?: number;
-  /**
-   * Refused tokens in a row before giving up (default 3). A 4403 counts, and so does a provider
-   * handing back the very token that was just refused.
-   */
-  maxAuthFailures?: number;
-  /** A token provider call that has not answered after this is abandoned and asked again later (default 10 s). */
-  tokenTimeoutMs?: number;
-  /**
-   * A token provider that keeps failing (throws, times out, returns no string) is asked again
-   * with the reconnect backoff; after failing for this long in a row the client gives up
-   * (default 60 s). A provider that throws a `ClientError` with code `unauthorized` or
-   * `forbidden` (the user is logged out) ends the client at once.
-   */
-  tokenGiveUpMs?: number;
-  /**
-   * With a token provider and a JWT token (one with `exp`): how long before `exp` the SDK asks
-   * the provider for a new token and hands it to the gateway (`refresh`), so registrations never
-   * expire. Default: 30 s, or 10 % of the token's lifetime when that is shorter; a value given
-   * here is capped at half the lifetime. Static tokens are never refreshed.
-   */
-  refreshLeadMs?: number;
-  /** Edits of a message not seen yet are held this long, at most `max` per chat (default 10 s, 1000). */
-  hold?: { ms?: number; max?: number };
-  /** Tells the SDK the app already has a message (e.g. from history), so its edits are not held. */
-  isKnownMessage?: (chatId: ChatId, messageId: string) => boolean;
-}
-
-export interface ChatOptions {
-  /** Resume after this position (persisted from `chat.position`): what was missed is replayed or reported as a gap. */
-  since?: Position;
-}
-
-type Timer = ReturnType<typeof setTimeout>;
+// The SDK's tests reach these through this module.
+export { jwtClaims, refreshDelay } from './jwt.js';
 
 /** One chat's state inside the client. */
 interface ChatState {
@@ -197,9 +119,6 @@ const LEFT_KEYS = 1000;
 /** Keys of settled writes remembered, so a late second answer (to a resend) is recognised. */
 const SETTLED_KEYS = 1000;
 const RETRYABLE = new Set(['rate_limited', 'upstream_unavailable']);
-/** The default `refreshLeadMs`, and the share of a token's lifetime it is limited to. */
-const REFRESH_LEAD_MS = 30_000;
-const REFRESH_LEAD_SHARE = 0.1;
 /** Refresh attempts for one token (a provider failing, the gateway refusing) before letting it expire. */
 const REFRESH_ATTEMPTS = 3;
 /** Added to the wait a paced refresh names (timers and clocks are not exact). */
@@ -208,12 +127,9 @@ const REFRESH_PACE_MARGIN_MS = 50;
 const EXPIRY_MARGIN_MS = 1000;
 /** A hole in a chat's seqs that no write of ours can own is reported as a gap after this long. */
 const HOLE_GRACE_MS = 2000;
-/** The longest delay `setTimeout` takes as given. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 const utf8 = new TextEncoder();
 /** The gateway refuses frames nested deeper than this (the frame object is level 1), before it reads which request they are. */
 const MAX_DEPTH = 32;
-/** A chat id the gateway accepts (docs/protocol.md, "Ids"): a safe integer ≥ 1, or 1–64 of these characters, not only dots. */
 const CHAT_ID = /^(?!\.+$)[A-Za-z0-9_.:-]{1,64}$/;
 
 export function createClient(options: ClientOptions): Client {
@@ -227,10 +143,7 @@ export function createClient(options: ClientOptions): Client {
  */
 export class Client extends Emitter<ClientEvents> {
   private readonly WS: WebSocketConstructor;
-  private readonly backoff: BackoffOptions;
-  private readonly cfg: Required<Pick<ClientOptions, 'connectTimeoutMs' | 'pingIdleMs' | 'pongTimeoutMs' | 'rateLimit' | 'maxInFlight' | 'maxFrameBytes' | 'maxAuthFailures' | 'requestTimeoutMs' | 'tokenTimeoutMs' | 'tokenGiveUpMs'>> & {
-    stableAfterMs: number;
-  };
+  private readonly cfg: Config;
   private readonly chats = new Map<string, ChatState>();
   /** Chats left lately (bounded): their frames still on the way are expected, not `unhandled`. */
   private readonly left = new Set<string>();
@@ -338,22 +251,7 @@ export class Client extends Emitter<ClientEvents> {
     if (WS === undefined) throw new TypeError('no WebSocket implementation: pass { WebSocket } (on Node 20: import { WebSocket } from "ws")');
     this.WS = WS;
     if (options.url === '' || (Array.isArray(options.url) && options.url.length === 0)) throw new TypeError('no gateway URL given');
-    const backoff = { ...DEFAULT_BACKOFF, ...options.reconnect };
-    this.backoff = { ...backoff, minDelayMs: timerMs(backoff.minDelayMs), maxDelayMs: timerMs(backoff.maxDelayMs) };
-    // Every duration is one `setTimeout` takes as given (longer ones, even Infinity, would fire at once).
-    this.cfg = {
-      connectTimeoutMs: timerMs(options.connectTimeoutMs ?? 10_000),
-      pingIdleMs: timerMs(options.pingIdleMs ?? 15_000),
-      pongTimeoutMs: timerMs(options.pongTimeoutMs ?? 10_000),
-      rateLimit: options.rateLimit ?? { perSec: 18, burst: 40 },
-      maxInFlight: options.maxInFlight ?? 8,
-      requestTimeoutMs: timerMs(options.requestTimeoutMs ?? 30_000),
-      maxFrameBytes: options.maxFrameBytes ?? 65_536,
-      maxAuthFailures: options.maxAuthFailures ?? 3,
-      tokenTimeoutMs: timerMs(options.tokenTimeoutMs ?? 10_000),
-      tokenGiveUpMs: options.tokenGiveUpMs ?? 60_000,
-      stableAfterMs: options.reconnect?.stableAfterMs ?? 10_000,
-    };
+    this.cfg = resolveConfig(options);
     this.pace = this.cfg.rateLimit;
     this.token = typeof options.token === 'string' ? options.token : null;
     this.outbox = new Outbox(options.storage ?? new MemoryStorage(), (err) => this.storageFailed(err));
@@ -698,7 +596,7 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private scheduleReconnect(code: number, reason: string): void {
-    const delay = backoffDelay(this.reconnectAttempt++, this.backoff);
+    const delay = backoffDelay(this.reconnectAttempt++, this.cfg.backoff);
     // Armed before the event, so a listener that calls close() cancels it.
     this.reconnectTimer = setTimeout(() => this.connect(), delay);
     this.setState({ state: 'disconnected', code, reason, retryInMs: delay });
@@ -789,7 +687,7 @@ export class Client extends Emitter<ClientEvents> {
     if (this.providerFailures++ === 0) this.providerFailingSince = now;
     const error = new ClientError('unauthorized', `the token provider failed: ${errorText(err)}`);
     if (now - this.providerFailingSince >= this.cfg.tokenGiveUpMs) return this.giveUp(error);
-    this.providerRetryAt = now + Math.max(this.backoff.minDelayMs, backoffDelay(this.providerFailures - 1, this.backoff));
+    this.providerRetryAt = now + Math.max(this.cfg.backoff.minDelayMs, backoffDelay(this.providerFailures - 1, this.cfg.backoff));
     this.emit('error', { error, during: 'token provider (asked again after a backoff delay)' });
   }
 
@@ -1280,7 +1178,7 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   /** Registers `state` again after `delayMs` (default: the chat's next backoff delay; its register was refused for now). */
-  private retryRegister(state: ChatState, delayMs = backoffDelay(state.registerAttempts++, this.backoff)): void {
+  private retryRegister(state: ChatState, delayMs = backoffDelay(state.registerAttempts++, this.cfg.backoff)): void {
     state.status = 'idle';
     clearTimer(state.retryTimer);
     state.retryTimer = setTimeout(() => {
@@ -1687,7 +1585,7 @@ export class Client extends Emitter<ClientEvents> {
       item.retryTimer = setTimeout(() => {
         item.retryTimer = null;
         this.pump();
-      }, backoffDelay(item.attempts - 1, this.backoff));
+      }, backoffDelay(item.attempts - 1, this.cfg.backoff));
       return;
     }
     // A delete resent after a lost ack finds its message gone: that is the delete having worked.
@@ -1979,62 +1877,12 @@ function refreshPacedFor(error: ClientError): number | null | undefined {
   return ms === null ? null : Number(ms[1]);
 }
 
-/** A JWT's payload claims `exp` and `iat` in ms (decoded, not verified: only for timing); null for other tokens. */
-export function jwtClaims(token: string): { exp: number; iat: number | null } | null {
-  const parts = token.split('.');
-  if (parts.length !== 3 || !parts[1]) return null;
-  try {
-    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
-    const binary = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
-    const payload: unknown = JSON.parse(new TextDecoder().decode(Uint8Array.from(binary, (c) => c.charCodeAt(0))));
-    if (typeof payload !== 'object' || payload === null) return null;
-    const { exp, iat } = payload as { exp?: unknown; iat?: unknown };
-    if (typeof exp !== 'number' || !Number.isFinite(exp)) return null;
-    return { exp: exp * 1000, iat: typeof iat === 'number' && Number.isFinite(iat) ? iat * 1000 : null };
-  } catch {
-    return null;
-  }
-}
-
-/**
- * How long until a token should be refreshed (null: never — not a JWT, or expired already).
- * The time left is this clock's `exp - now`, but never more than the lifetime `exp - iat` (a
- * clock behind the issuer's would refresh too late). The lead is `leadMs` capped at half the
- * lifetime, or by default 30 s capped at 10 % of it.
- */
-export function refreshDelay(token: string, leadMs: number | undefined, now: number): number | null {
-  const claims = jwtClaims(token);
-  if (claims === null) return null;
-  let left = claims.exp - now;
-  const lifetime = claims.iat !== null && claims.exp > claims.iat ? claims.exp - claims.iat : left;
-  left = Math.min(left, lifetime);
-  if (left <= 0) return null;
-  const lead = leadMs === undefined ? Math.min(REFRESH_LEAD_MS, lifetime * REFRESH_LEAD_SHARE) : Math.min(Math.max(0, leadMs), lifetime / 2);
-  return Math.max(0, left - lead);
-}
-
-/** A duration `setTimeout` takes as given: at most 2^31−1 ms (~24.8 days), never NaN or negative. */
-function timerMs(ms: number): number {
-  return Number.isNaN(ms) ? 0 : Math.min(Math.max(0, ms), MAX_TIMER_MS);
-}
-
-/** Lets a Node process exit with this timer pending (browsers have no such notion). */
-function unref(timer: Timer): Timer {
-  (timer as { unref?: () => void }).unref?.();
-  return timer;
-}
-
 /** Whether a JSON value has objects or arrays nested deeper than `limit` levels (as the gateway counts them). */
 function nestedDeeperThan(value: unknown, limit: number): boolean {
   if (typeof value !== 'object' || value === null) return false;
   if (limit === 0) return true;
   for (const key in value) if (nestedDeeperThan((value as Record<string, unknown>)[key], limit - 1)) return true;
   return false;
-}
-
-/** A chat id the gateway accepts. */
-export function isChatId(id: unknown): id is ChatId {
-  return typeof id === 'number' ? Number.isSafeInteger(id) && id >= 1 : typeof id === 'string' && CHAT_ID.test(id);
 }
 
 function writeKey(op: string, id: string): string {
@@ -2045,26 +1893,8 @@ function samePosition(a: Position | null, b: Position | null): boolean {
   return a === b || (a !== null && b !== null && a.seq === b.seq && a.epoch === b.epoch);
 }
 
-
 function detach(ws: WebSocketLike): void {
   ws.onopen = ws.onmessage = ws.onclose = null;
   // Some implementations (ws) throw on an 'error' event nobody listens to.
   ws.onerror = () => undefined;
-}
-
-function clearTimer(timer: Timer | null): void {
-  if (timer !== null) clearTimeout(timer);
-}
-
-function errorText(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  return typeof err === 'string' ? err : JSON.stringify(err) ?? String(err);
-}
-
-/** A message id: a UUID where the runtime offers one (randomUUID needs a secure context in browsers). */
-export function newId(): string {
-  const c = (globalThis as { crypto?: Crypto }).crypto;
-  if (c === undefined) throw new Error('no crypto.getRandomValues in this runtime: pass message ids yourself');
-  if (typeof c.randomUUID === 'function') return c.randomUUID();
-  return Array.from(c.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
 }

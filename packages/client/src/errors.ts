@@ -50,3 +50,9 @@ export class ClientError extends Error {
     return this.details.retryable === true;
   }
 }
+
+/** The message of anything thrown, for an error the SDK reports. */
+export function errorText(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return typeof err === 'string' ? err : JSON.stringify(err) ?? String(err);
+}

@@ -1,4 +1,6 @@
-export { Client, createClient, newId, type ChatOptions, type ClientOptions, type TokenSource, type UrlSource } from './client.js';
+export { Client, createClient } from './client.js';
+export { newId } from './ids.js';
+export type { ChatOptions, ClientOptions, TokenSource, UrlSource } from './options.js';
 export { Chat } from './chat.js';
 export { ClientError, type ClientErrorCode, type GatewayErrorCode } from './errors.js';
 export { MemoryStorage, type OutboxEntry, type OutboxStorage } from './outbox.js';
