@@ -6,6 +6,7 @@ import { isChatId, newId } from './ids.js';
 import { jwtClaims, refreshDelay } from './jwt.js';
 import { resolveConfig, type ChatOptions, type ClientOptions, type Config } from './options.js';
 import { MESSAGE_ID, MemoryStorage, Outbox, WRITE_OPS, type OutboxStorage, type Pending } from './outbox.js';
+import { Pacer, RATE_LIMIT_PAUSE_MS } from './pacer.js';
 import { Stream, positionIn, type Delivery } from './stream.js';
 import { MAX_TIMER_MS, clearTimer, timerMs, unref, type Timer } from './timers.js';
 import type {
@@ -100,13 +101,6 @@ interface Outgoing {
 }
 
 const TYPING_INTERVAL_MS = 1000;
-/**
- * Over its bucket the gateway answers one frame `rate_limited` and does not read the connection
- * for 1 s, dropping unanswered what it had already read: the client sends nothing for this long.
- */
-const RATE_LIMIT_PAUSE_MS = 1100;
-/** After a `rate_limited`, the pacing is halved; each quiet period of this length doubles it back. */
-const PACE_RECOVERY_MS = 10_000;
 /** Broadcasts kept per chat while it registers again from an older position (see `reordering`). */
 const MAX_REORDERING = 10_000;
 /**
@@ -229,18 +223,10 @@ export class Client extends Emitter<ClientEvents> {
   /** Writes settled lately (`op:id`): a second answer for one (to a resend) is expected, not unhandled. */
   private readonly settledKeys = new Set<string>();
 
-  private tokens = 0;
-  private refilledAt = 0;
-  /** The pacing in force: `rateLimit`, halved after each `rate_limited`, restored while quiet. */
-  private pace: { perSec: number; burst: number };
-  private paceChangedAt = 0;
-  /** Nothing is sent before this (the gateway is not reading: see RATE_LIMIT_PAUSE_MS). */
-  private pausedUntil = 0;
   /** Requests sent after the frame numbered this may have been dropped unread; resent at resume. */
   private suspectAfter = Infinity;
   private resumeTimer: Timer | null = null;
-  private readonly sendQueue: Outgoing[] = [];
-  private paceTimer: Timer | null = null;
+  private readonly pacer: Pacer<Outgoing>;
   private holdTimer: Timer | null = null;
   /** Stored entries come first: nothing is sent before they are loaded. */
   private outboxLoaded = false;
@@ -252,7 +238,7 @@ export class Client extends Emitter<ClientEvents> {
     this.WS = WS;
     if (options.url === '' || (Array.isArray(options.url) && options.url.length === 0)) throw new TypeError('no gateway URL given');
     this.cfg = resolveConfig(options);
-    this.pace = this.cfg.rateLimit;
+    this.pacer = new Pacer(this.cfg.rateLimit, (frame) => this.rawSend(frame));
     this.token = typeof options.token === 'string' ? options.token : null;
     this.outbox = new Outbox(options.storage ?? new MemoryStorage(), (err) => this.storageFailed(err));
     this.host = this.chatHost();
@@ -513,10 +499,7 @@ export class Client extends Emitter<ClientEvents> {
     this.connectionNo++;
     this.framesSent = 0;
     this.rawSent = false;
-    this.pausedUntil = 0;
-    this.refill();
-    this.tokens = this.pace.burst; // a new connection has a full bucket at the gateway
-    this.refilledAt = this.openedAt;
+    this.pacer.restart(this.openedAt);
     this.setState({ state: 'connected' });
     if (!this.isOpen()) return; // a listener closed the client or left the last chat
     this.armIdle();
@@ -918,13 +901,12 @@ export class Client extends Emitter<ClientEvents> {
     clearTimer(this.connectTimer);
     clearTimer(this.idleTimer);
     clearTimer(this.pongTimer);
-    clearTimer(this.paceTimer);
     clearTimer(this.resumeTimer);
     clearTimer(this.requestTimer);
-    this.connectTimer = this.idleTimer = this.pongTimer = this.paceTimer = this.resumeTimer = this.requestTimer = null;
+    this.connectTimer = this.idleTimer = this.pongTimer = this.resumeTimer = this.requestTimer = null;
     this.suspectAfter = Infinity;
     // Frames still queued are never sent on this connection: pings among them get no pong.
-    for (const frame of this.sendQueue.splice(0)) frame.track?.onAnswer?.(false);
+    for (const frame of this.pacer.stop()) frame.track?.onAnswer?.(false);
   }
 
   /** The connection is gone: nothing sent on it will be answered (pings are told so). */
@@ -965,50 +947,7 @@ export class Client extends Emitter<ClientEvents> {
    */
   private transmit(text: string, droppable = false, track?: Track): boolean {
     if (!this.isOpen()) return false;
-    this.refill();
-    if (this.sendQueue.length === 0 && this.tokens >= 1 && Date.now() >= this.pausedUntil) {
-      this.tokens--;
-      this.rawSend({ text, track });
-      return true;
-    }
-    if (droppable) return false;
-    this.sendQueue.push({ text, track });
-    this.schedulePacing();
-    return true;
-  }
-
-  private refill(): void {
-    const now = Date.now();
-    this.relaxPace(now);
-    const { perSec, burst } = this.pace;
-    this.tokens = Math.min(burst, this.tokens + ((now - this.refilledAt) * perSec) / 1000);
-    this.refilledAt = now;
-  }
-
-  /** Doubles a reduced pacing back (up to `rateLimit`) for every quiet PACE_RECOVERY_MS. */
-  private relaxPace(now: number): void {
-    const full = this.cfg.rateLimit;
-    if (this.pace === full || now - this.paceChangedAt < PACE_RECOVERY_MS) return;
-    const perSec = Math.min(full.perSec, this.pace.perSec * 2);
-    const burst = Math.min(full.burst, this.pace.burst * 2);
-    this.pace = perSec === full.perSec && burst === full.burst ? full : { perSec, burst };
-    this.paceChangedAt = now;
-  }
-
-  private schedulePacing(): void {
-    if (this.paceTimer !== null) return;
-    const paused = this.pausedUntil - Date.now();
-    const wait = Math.max(1, paused, Math.ceil(((1 - this.tokens) * 1000) / this.pace.perSec));
-    this.paceTimer = setTimeout(() => {
-      this.paceTimer = null;
-      if (Date.now() < this.pausedUntil) return this.schedulePacing();
-      this.refill();
-      while (this.sendQueue.length > 0 && this.tokens >= 1) {
-        this.tokens--;
-        this.rawSend(this.sendQueue.shift()!);
-      }
-      if (this.sendQueue.length > 0) this.schedulePacing();
-    }, wait);
+    return this.pacer.offer({ text, track }, droppable);
   }
 
   private rawSend(frame: Outgoing): void {
@@ -1044,12 +983,7 @@ export class Client extends Emitter<ClientEvents> {
    * answer to one is recognised and ignored).
    */
   private rateLimited(no: number): void {
-    const now = Date.now();
-    this.pausedUntil = now + RATE_LIMIT_PAUSE_MS;
-    this.tokens = 0;
-    this.refilledAt = now;
-    this.pace = { perSec: Math.max(1, this.pace.perSec / 2), burst: Math.max(1, Math.floor(this.pace.burst / 2)) };
-    this.paceChangedAt = now;
+    this.pacer.pause();
     this.suspectAfter = Math.min(this.suspectAfter, no);
     clearTimer(this.resumeTimer);
     this.resumeTimer = setTimeout(() => this.resume(), RATE_LIMIT_PAUSE_MS);
@@ -1075,7 +1009,7 @@ export class Client extends Emitter<ClientEvents> {
       }
       o.resend();
     }
-    if (this.sendQueue.length > 0) this.schedulePacing();
+    this.pacer.flush();
   }
 
   /**
@@ -1174,7 +1108,7 @@ export class Client extends Emitter<ClientEvents> {
    * not counting one overdue (`requestTimeoutMs`), whose resend is wanted.
    */
   private pendingRequest(key: string): Track | undefined {
-    return this.outstanding.find((o) => o.key === key && !o.resent) ?? this.sendQueue.find((f) => f.track?.key === key)?.track;
+    return this.outstanding.find((o) => o.key === key && !o.resent) ?? this.pacer.find((f) => f.track?.key === key)?.track;
   }
 
   /** Registers `state` again after `delayMs` (default: the chat's next backoff delay; its register was refused for now). */
