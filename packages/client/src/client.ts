@@ -6,7 +6,8 @@ import { isChatId, newId } from './ids.js';
 import { jwtClaims, refreshDelay } from './jwt.js';
 import { resolveConfig, type ChatOptions, type ClientOptions, type Config } from './options.js';
 import { MESSAGE_ID, MemoryStorage, Outbox, WRITE_OPS, type OutboxStorage, type Pending } from './outbox.js';
-import { Pacer, RATE_LIMIT_PAUSE_MS } from './pacer.js';
+import { Pacer } from './pacer.js';
+import { Requests, writeKey, type Outgoing, type Outstanding, type Track } from './requests.js';
 import { Stream, positionIn, type Delivery } from './stream.js';
 import { MAX_TIMER_MS, clearTimer, timerMs, unref, type Timer } from './timers.js';
 import type {
@@ -62,42 +63,6 @@ interface ChatState {
    * `unauthorized` answer is the expiry's (docs/protocol.md), not a refusal of the token.
    */
   expiredWhileRegistering: boolean;
-}
-
-/** What a request sent on the current connection needs to be matched with its answer or resent. */
-interface Track {
-  /** What answers it: `w:<op>:<id>` (writes), `r:<chat>` (register), `u:<chat>` (unregister), `p` (ping). */
-  key: string;
-  /** Sends it again (it was dropped unread, or its answer is overdue); a no-op once it no longer matters. */
-  resend(): void;
-  /** Pings: told whether a pong came. */
-  onAnswer?: (answered: boolean) => void;
-  /** Registers: the position the register asks to resume from. */
-  since?: Position | null;
-  /**
-   * Writes: the outbox entry this send is of. Two writes can share a key (edits of one message),
-   * and a request resent after a timeout is answered twice, so an answer belongs to the entry
-   * of the send it answers — never to a later write with the same key.
-   */
-  owner?: Pending;
-}
-
-/**
- * A request sent on the current connection and not answered yet. The gateway answers every
- * frame it reads, in order per chat, so each send is matched with one answer — except the frames
- * it dropped unread after a `rate_limited` (see `rateLimited`), which are removed and resent.
- */
-interface Outstanding extends Track {
-  /** Its number among the frames sent on this connection (1, 2, …). */
-  no: number;
-  sentAt: number;
-  /** Overdue and sent again: still answered (the resend is another entry), never resent again. */
-  resent: boolean;
-}
-
-interface Outgoing {
-  text: string;
-  track?: Track | undefined;
 }
 
 const TYPING_INTERVAL_MS = 1000;
@@ -200,33 +165,12 @@ export class Client extends Emitter<ClientEvents> {
   private attempts = 0;
   /** Entries of a URL list the WebSocket constructor refused (skipped from then on). */
   private readonly unusableUrls = new Set<string>();
-  /** Frames sent on the current connection. */
-  private framesSent = 0;
-  /** Requests sent on the current connection and not answered yet, in send order. */
-  private outstanding: Outstanding[] = [];
-  private requestTimer: Timer | null = null;
-  /**
-   * Errors the gateway could not attach to a request (no `op`: a frame it could not parse) and
-   * which were not its bucket's pause, on this connection, each with the one write it can only be
-   * the answer to: kept only when that write's sends were all that was unanswered and the app sent no frame of
-   * its own (`sendRaw`) on the connection. That write, if it gets no other answer, takes the error
-   * as its refusal when it is overdue (`requestTimeoutMs`). Never a guess: an error that might
-   * answer something else fails no write.
-   */
-  private anonymous: Array<{ owner: Pending; error: ClientError }> = [];
-  /** The app sent a frame of its own (`sendRaw`) on the current connection: an error without `op` may be its answer. */
-  private rawSent = false;
   /** Causes of refused registers the app was told of since a chat last registered (see reportRetriedRegister). */
   private readonly registerRefusalsReported = new Set<'connections' | 'refused'>();
-  /** Writes resent after a pause (`resume`): one of their sends may have been dropped unread. */
-  private readonly mayBeDropped = new WeakSet<Pending>();
   /** Writes settled lately (`op:id`): a second answer for one (to a resend) is expected, not unhandled. */
   private readonly settledKeys = new Set<string>();
 
-  /** Requests sent after the frame numbered this may have been dropped unread; resent at resume. */
-  private suspectAfter = Infinity;
-  private resumeTimer: Timer | null = null;
-  private readonly pacer: Pacer<Outgoing>;
+  private readonly requests: Requests;
   private holdTimer: Timer | null = null;
   /** Stored entries come first: nothing is sent before they are loaded. */
   private outboxLoaded = false;
@@ -238,7 +182,13 @@ export class Client extends Emitter<ClientEvents> {
     this.WS = WS;
     if (options.url === '' || (Array.isArray(options.url) && options.url.length === 0)) throw new TypeError('no gateway URL given');
     this.cfg = resolveConfig(options);
-    this.pacer = new Pacer(this.cfg.rateLimit, (frame) => this.rawSend(frame));
+    const pacer = new Pacer<Outgoing>(this.cfg.rateLimit, (frame) => this.rawSend(frame));
+    this.requests = new Requests(this.cfg.requestTimeoutMs, pacer, {
+      isOpen: () => this.isOpen(),
+      isPending: (write) => this.outbox.all().includes(write),
+      writeRefused: (write, error) => this.onWriteError(write, error),
+      writesMayGo: () => this.pump(),
+    });
     this.token = typeof options.token === 'string' ? options.token : null;
     this.outbox = new Outbox(options.storage ?? new MemoryStorage(), (err) => this.storageFailed(err));
     this.host = this.chatHost();
@@ -368,7 +318,7 @@ export class Client extends Emitter<ClientEvents> {
    */
   sendRaw(text: string): boolean {
     const sent = this.transmit(text);
-    if (sent) this.rawSent = true;
+    if (sent) this.requests.onRawSend();
     return sent;
   }
 
@@ -497,9 +447,7 @@ export class Client extends Emitter<ClientEvents> {
     this.openedAt = Date.now();
     this.lastFrameAt = this.openedAt;
     this.connectionNo++;
-    this.framesSent = 0;
-    this.rawSent = false;
-    this.pacer.restart(this.openedAt);
+    this.requests.restart(this.openedAt);
     this.setState({ state: 'connected' });
     if (!this.isOpen()) return; // a listener closed the client or left the last chat
     this.armIdle();
@@ -785,7 +733,7 @@ export class Client extends Emitter<ClientEvents> {
 
   /** `refreshed`: the connection's registrations hold the new token now. */
   private onRefreshed(): boolean {
-    const request = this.answered('f');
+    const request = this.requests.answered('f');
     const attempt = this.refreshing;
     if (attempt === null) {
       if (this.refreshEchoes > 0) return this.refreshEchoes--, true;
@@ -901,19 +849,14 @@ export class Client extends Emitter<ClientEvents> {
     clearTimer(this.connectTimer);
     clearTimer(this.idleTimer);
     clearTimer(this.pongTimer);
-    clearTimer(this.resumeTimer);
-    clearTimer(this.requestTimer);
-    this.connectTimer = this.idleTimer = this.pongTimer = this.resumeTimer = this.requestTimer = null;
-    this.suspectAfter = Infinity;
-    // Frames still queued are never sent on this connection: pings among them get no pong.
-    for (const frame of this.pacer.stop()) frame.track?.onAnswer?.(false);
+    this.connectTimer = this.idleTimer = this.pongTimer = null;
+    this.requests.stop();
   }
 
   /** The connection is gone: nothing sent on it will be answered (pings are told so). */
   private dropOutstanding(): void {
-    this.anonymous = [];
     this.refreshEchoes = 0;
-    for (const o of this.outstanding.splice(0)) o.onAnswer?.(false);
+    this.requests.drop();
   }
 
   // --- liveness --------------------------------------------------------------------------------
@@ -947,15 +890,11 @@ export class Client extends Emitter<ClientEvents> {
    */
   private transmit(text: string, droppable = false, track?: Track): boolean {
     if (!this.isOpen()) return false;
-    return this.pacer.offer({ text, track }, droppable);
+    return this.requests.send({ text, track }, droppable);
   }
 
   private rawSend(frame: Outgoing): void {
-    const no = ++this.framesSent;
-    if (frame.track !== undefined) {
-      this.outstanding.push({ ...frame.track, no, sentAt: Date.now(), resent: false });
-      this.armRequestTimer();
-    }
+    this.requests.onSend(frame.track);
     try {
       this.ws?.send(frame.text);
     } catch {
@@ -966,101 +905,6 @@ export class Client extends Emitter<ClientEvents> {
   private sendPing(onAnswer: (answered: boolean) => void = () => undefined): void {
     const track: Track = { key: 'p', onAnswer, resend: () => this.transmit('{"type":"ping"}', false, track) };
     this.transmit('{"type":"ping"}', false, track);
-  }
-
-  /** The oldest request still waiting for an answer like `key`; removed: it is answered now. */
-  private answered(key: string): Outstanding | undefined {
-    const i = this.outstanding.findIndex((o) => o.key === key);
-    if (i < 0) return undefined;
-    return this.outstanding.splice(i, 1)[0];
-  }
-
-  /**
-   * The gateway answered a frame (number `no`; 0 if unknown) `rate_limited`. Over its bucket it
-   * then reads nothing for a second and drops, unanswered, what it had already read after that
-   * frame. So: send nothing until it reads again, slow down, and then resend every request sent
-   * after that frame that is still unanswered (same ids: resends are idempotent, and a second
-   * answer to one is recognised and ignored).
-   */
-  private rateLimited(no: number): void {
-    this.pacer.pause();
-    this.suspectAfter = Math.min(this.suspectAfter, no);
-    clearTimer(this.resumeTimer);
-    this.resumeTimer = setTimeout(() => this.resume(), RATE_LIMIT_PAUSE_MS);
-  }
-
-  private resume(): void {
-    this.resumeTimer = null;
-    const after = this.suspectAfter;
-    this.suspectAfter = Infinity;
-    if (!this.isOpen()) return;
-    const suspects = this.outstanding.filter((o) => o.no > after && !o.resent);
-    // A write's suspect send stays listed: the gateway may have read it after all (it drops only
-    // what it read together with the refused frame; what waited in the socket is read after the
-    // pause), and then answers it as well as the resend. Each of the two answers then finds a send
-    // of this write, and the next write with the same key waits until both sends are accounted for
-    // (see `pump`) — never taking the late one for its own. Other requests are matched by key
-    // alone, and a second answer to them is harmless (see `onMessage`).
-    this.outstanding = this.outstanding.filter((o) => o.no <= after || o.owner !== undefined);
-    for (const o of suspects) {
-      if (o.owner !== undefined) {
-        o.resent = true;
-        this.mayBeDropped.add(o.owner);
-      }
-      o.resend();
-    }
-    this.pacer.flush();
-  }
-
-  /**
-   * Requests unanswered for `requestTimeoutMs` are sent again (a safety net; see the option).
-   * The overdue send stays listed: the gateway still answers it, and that answer must not be
-   * taken for the resend's — or for a later request with the same key.
-   */
-  private armRequestTimer(): void {
-    if (this.requestTimer !== null) return;
-    const oldest = this.outstanding.find((o) => !o.resent || this.lostIfOverdue(o));
-    if (oldest === undefined) return;
-    const due = oldest.sentAt + this.cfg.requestTimeoutMs - Date.now();
-    this.requestTimer = setTimeout(() => {
-      this.requestTimer = null;
-      if (!this.isOpen()) return;
-      const limit = Date.now() - this.cfg.requestTimeoutMs;
-      // A send of a write that is settled, still unanswered when overdue, was dropped unread:
-      // its answer is not coming, and a later write with the same key may go.
-      const lost = this.outstanding.filter((o) => o.sentAt <= limit && this.lostIfOverdue(o));
-      if (lost.length > 0) this.outstanding = this.outstanding.filter((o) => !lost.includes(o));
-      for (const o of this.outstanding.filter((o) => !o.resent && o.sentAt <= limit)) {
-        o.resent = true;
-        // The gateway refused a frame without naming it (see `anonymous`) while this write's sends
-        // were all that was unanswered and no frame of the app's was sent, and the write got no other
-        // answer: that refusal was its answer. Resending the same bytes would only be refused
-        // again, holding the chat's later writes forever.
-        const refusal = o.owner?.inFlight === true ? this.anonymousRefusal(o) : undefined;
-        if (refusal === undefined) o.resend();
-        else {
-          this.outstanding = this.outstanding.filter((x) => x.owner !== o.owner);
-          this.onWriteError(o.owner!, new ClientError(refusal.code, refusal.message, { ...refusal.details, op: o.owner!.entry.op, id: o.owner!.entry.data.id, chatId: o.owner!.entry.chatId }));
-        }
-      }
-      this.armRequestTimer();
-      if (lost.length > 0) this.pump();
-    }, Math.max(0, due));
-  }
-
-  /** The refusal without a name that can only be the answer to a send of this write (consumed); undefined when none. */
-  private anonymousRefusal(send: Outstanding): ClientError | undefined {
-    const i = this.anonymous.findIndex((a) => a.owner === send.owner);
-    if (i < 0) return undefined;
-    return this.anonymous.splice(i, 1)[0]!.error;
-  }
-
-  /**
-   * A send of a settled write that was resent after a pause: if it is still unanswered when
-   * overdue, it was the one dropped unread, and is let go (a later write with its key may go).
-   */
-  private lostIfOverdue(o: Outstanding): boolean {
-    return o.owner !== undefined && this.mayBeDropped.has(o.owner) && !this.outbox.all().includes(o.owner);
   }
 
   // --- chats -----------------------------------------------------------------------------------
@@ -1085,7 +929,7 @@ export class Client extends Emitter<ClientEvents> {
     // The chat was left and opened again while its earlier register is still out: that one's
     // answer registers it (a second register of a chat in flight is refused by the gateway) —
     // and if this one resumes from another position, it registers again after that answer.
-    const pending = this.pendingRequest(`r:${state.key}`);
+    const pending = this.requests.pending(`r:${state.key}`);
     if (pending !== undefined) {
       state.registerAgain = since !== null && !samePosition(since, pending.since ?? null);
       if (state.registerAgain) state.reordering = [];
@@ -1101,14 +945,6 @@ export class Client extends Emitter<ClientEvents> {
       this.register(current);
     };
     this.transmit(JSON.stringify({ type: 'register', token: this.token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }), false, { key: `r:${state.key}`, resend, since });
-  }
-
-  /**
-   * The request with this key sent and unanswered, or queued to be sent, on this connection —
-   * not counting one overdue (`requestTimeoutMs`), whose resend is wanted.
-   */
-  private pendingRequest(key: string): Track | undefined {
-    return this.outstanding.find((o) => o.key === key && !o.resent) ?? this.pacer.find((f) => f.track?.key === key)?.track;
   }
 
   /** Registers `state` again after `delayMs` (default: the chat's next backoff delay; its register was refused for now). */
@@ -1225,7 +1061,7 @@ export class Client extends Emitter<ClientEvents> {
     if (reason === 'token_expired' && provider) {
       if (this.token === null || (jwtClaims(this.token)?.exp ?? 0) - Date.now() < EXPIRY_MARGIN_MS) this.tokenStale = true;
       // A register of it still out is answered `unauthorized` next: the expiry's echo, not a refusal.
-      if (this.pendingRequest(`r:${state.key}`) !== undefined) state.expiredWhileRegistering = true;
+      if (this.requests.pending(`r:${state.key}`) !== undefined) state.expiredWhileRegistering = true;
       this.register(state);
       return;
     }
@@ -1330,7 +1166,7 @@ export class Client extends Emitter<ClientEvents> {
     if (state.status !== 'registered' || state.leaving || now - state.lastTypingAt < TYPING_INTERVAL_MS) return;
     if (this.transmit(JSON.stringify({ type: 'typing', chat_id: state.chat.id }), true)) {
       state.lastTypingAt = now;
-      state.lastTypingNo = this.framesSent; // sent at once (droppable frames are never queued)
+      state.lastTypingNo = this.requests.framesSent; // sent at once (droppable frames are never queued)
     }
   }
 
@@ -1385,24 +1221,13 @@ export class Client extends Emitter<ClientEvents> {
       // An earlier write with the same op and id (an edit of the same message) may still be
       // answered (a send of it whose answer may come: see `resume`): its answer would be taken
       // for this one's. Sent once that send is answered or overdue (`requestTimeoutMs`).
-      if (this.awaitedElsewhere(item)) continue;
+      if (this.requests.awaitedElsewhere(item)) continue;
       if (inFlight >= this.cfg.maxInFlight) return;
       item.inFlight = true;
       item.attempts++;
       inFlight++;
       this.sendWrite(item);
     }
-  }
-
-  /**
-   * A send of another write with this write's key is still listed, and that write was resent
-   * after a pause: one of its sends may have been dropped, so the number of answers to come is
-   * unknown. (Sends that are all read — a resend after `requestTimeoutMs` — are each answered, in
-   * order: later writes need not wait for them.)
-   */
-  private awaitedElsewhere(item: Pending): boolean {
-    const key = writeKey(item.entry.op, item.entry.data.id);
-    return this.outstanding.some((o) => o.key === key && o.owner !== item && this.mayBeDropped.has(o.owner!));
   }
 
   private sendWrite(item: Pending): void {
@@ -1441,7 +1266,7 @@ export class Client extends Emitter<ClientEvents> {
 
   private onAck(frame: Frame): void {
     const key = writeKey(String(frame.op), String(frame.id));
-    const request = this.answered(key);
+    const request = this.requests.answered(key);
     const item = this.answeredWrite(request, String(frame.op), String(frame.id), false);
     if (item === undefined) {
       // The second answer to a write sent twice (a resend after a drop or timeout) is expected;
@@ -1554,12 +1379,12 @@ export class Client extends Emitter<ClientEvents> {
       : op === 'refresh' ? 'f'
       : WRITE_OPS.has(op) && typeof frame.id === 'string' ? writeKey(op, frame.id)
       : null;
-    const request = key === null ? undefined : this.answered(key);
+    const request = key === null ? undefined : this.requests.answered(key);
     if (code === 'rate_limited' && isBucketPause(frame)) {
       // Which frame was refused tells which later ones the gateway may have dropped unread;
       // when it cannot be told (typing, a frame of sendRaw), every unanswered one is suspect.
       const no = request?.no ?? (op === 'typing' ? (this.chats.get(chatKey)?.lastTypingNo ?? 0) : 0);
-      this.rateLimited(no);
+      this.requests.rateLimited(no);
     }
     if (op === 'register') {
       const state = this.chats.get(chatKey);
@@ -1586,13 +1411,7 @@ export class Client extends Emitter<ClientEvents> {
     } else if (op === 'typing' || op === 'unregister') {
       return; // typing is best effort; an unregistered chat is forgotten either way
     } else if (op === '' && !(code === 'rate_limited' && isBucketPause(frame))) {
-      // Which request it answers is known only when a single write's sends are unanswered and no frame of
-      // the app's (`sendRaw`, answered by such errors too) was sent on this connection.
-      const owner = this.outstanding[0]?.owner;
-      if (owner !== undefined && !this.rawSent && this.outstanding.every((o) => o.owner === owner)) {
-        this.anonymous.push({ owner, error });
-        if (this.anonymous.length > 100) this.anonymous.shift();
-      }
+      this.requests.onUnnamedError(error);
     }
     this.emit('unhandled', frame);
   }
@@ -1647,7 +1466,7 @@ export class Client extends Emitter<ClientEvents> {
         this.emit('typing', { chatId: live.chat.id, userId: frame.user_id as UserId });
         return;
       case 'registered': {
-        const request = this.answered(`r:${chatKey}`);
+        const request = this.requests.answered(`r:${chatKey}`);
         if (state === undefined || state.status === 'gone') {
           // The chat was left while its register was out: the gateway registered it all the same.
           if (request !== undefined && frame.chat_id !== undefined) return this.unregister(frame.chat_id as ChatId, chatKey);
@@ -1659,7 +1478,7 @@ export class Client extends Emitter<ClientEvents> {
       }
       case 'unregistered':
         // Without a reason it answers our own `unregister`: the chat is already forgotten.
-        if (typeof frame.reason !== 'string') return void this.answered(`u:${chatKey}`);
+        if (typeof frame.reason !== 'string') return void this.requests.answered(`u:${chatKey}`);
         if (state === undefined || state.status === 'gone') break;
         return this.onUnregistered(state, frame.reason);
       case 'refreshed':
@@ -1670,7 +1489,7 @@ export class Client extends Emitter<ClientEvents> {
       case 'error':
         return this.onError(frame);
       case 'pong': {
-        const request = this.answered('p');
+        const request = this.requests.answered('p');
         if (request === undefined) break;
         return request.onAnswer?.(true);
       }
@@ -1817,10 +1636,6 @@ function nestedDeeperThan(value: unknown, limit: number): boolean {
   if (limit === 0) return true;
   for (const key in value) if (nestedDeeperThan((value as Record<string, unknown>)[key], limit - 1)) return true;
   return false;
-}
-
-function writeKey(op: string, id: string): string {
-  return `w:${op}:${id}`;
 }
 
 function samePosition(a: Position | null, b: Position | null): boolean {
