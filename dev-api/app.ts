@@ -44,6 +44,7 @@ import { Type, type SchemaOptions, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest, type FastifySchemaCompiler } from 'fastify';
 import { SignJWT, jwtVerify, errors as joseErrors } from 'jose';
+import { MISDIRECTED, isLoopbackAddress, isLoopbackHostHeader } from './loopback.js';
 
 // ---------------------------------------------------------------------------------------------
 // Public types (the gateway's tests depend on these shapes)
@@ -558,6 +559,16 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
   }
 
   app.addHook('onRequest', async (req, reply) => logWhenDone(req.raw, reply.raw, pathOf(req), opOf(req)));
+  // DNS rebinding (dev-api/loopback.ts): bound to a loopback address, the server answers only
+  // requests addressed to a loopback name; a web page under a rebound name gets 421 (neither
+  // recorded nor faulted). Bound elsewhere (docker compose: HOST=0.0.0.0, the gateway calls
+  // http://dev-api:8000) there is no check: other machines reach it under names of their own.
+  const host = opts.host ?? '127.0.0.1';
+  if (isLoopbackAddress(host)) {
+    app.addHook('onRequest', async (req, reply) => {
+      if (!isLoopbackHostHeader(req.headers.host)) return reply.code(MISDIRECTED.status).send({ error: MISDIRECTED.error });
+    });
+  }
   // The control routes are for tests and curl, never for a browser: a request with an Origin
   // header is one, and any web page the developer has open could otherwise reset the store or
   // inject faults with a simple cross-site POST (bodies are read as JSON whatever their type).
@@ -770,7 +781,6 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     return { chat_id: chatId, user_ids: userIds === null ? null : userIds.map(String) };
   });
 
-  const host = opts.host ?? '127.0.0.1';
   await app.listen({ port: opts.port ?? 0, host });
   const port = (app.server.address() as AddressInfo).port;
 

@@ -10,6 +10,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { MISDIRECTED, isLoopbackAddress, isLoopbackHostHeader } from '../dev-api/loopback.js';
 
 const WEB_DIR = fileURLToPath(new URL('.', import.meta.url));
 const BODY_LIMIT = 64 * 1024;
@@ -32,7 +33,10 @@ export interface ChatPageOptions {
   /** The development main API's base URL (server side). */
   apiUrl: string;
   port?: number;
-  /** Bind address (default 127.0.0.1: /api mints tokens for anyone). */
+  /**
+   * Bind address (default 127.0.0.1: /api mints tokens for anyone). Bound to a loopback address,
+   * the server answers 421 unless `Host` is localhost, 127.0.0.1 or [::1] (DNS rebinding).
+   */
   host?: string;
 }
 
@@ -138,7 +142,12 @@ export async function startChatPage(opts: ChatPageOptions): Promise<ChatPage> {
     reply(res, upstream.status, upstream.headers.get('content-type') ?? 'application/json; charset=utf-8', await upstream.text());
   }
 
+  const host = opts.host ?? '127.0.0.1';
+  /** DNS rebinding (dev-api/loopback.ts): a page under another name must not reach /api. */
+  const loopbackOnly = isLoopbackAddress(host);
+
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (loopbackOnly && !isLoopbackHostHeader(req.headers.host)) return json(res, MISDIRECTED.status, { error: MISDIRECTED.error });
     const method = req.method ?? 'GET';
     const [path = '/', query = ''] = (req.url ?? '/').split(/(?=\?)/);
     if (path.startsWith('/api/')) return forward(req, res, method, path.slice('/api'.length), query);
@@ -154,7 +163,6 @@ export async function startChatPage(opts: ChatPageOptions): Promise<ChatPage> {
       else res.destroy();
     });
   });
-  const host = opts.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port ?? 0, host, () => {

@@ -21,10 +21,10 @@ after(async () => {
   await api.close();
 });
 
-/** One request with `path` sent exactly as written. */
-function raw(method: string, path: string, body?: string): Promise<number> {
+/** One request with `path` sent exactly as written, with these headers (a `host` as a browser would send it). */
+function raw(method: string, path: string, body?: string, headers: Record<string, string> = {}): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port: page.port, method, path, headers: body === undefined ? {} : { 'content-type': 'application/json' } }, (res) => {
+    const req = request({ host: '127.0.0.1', port: page.port, method, path, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers } }, (res) => {
       res.resume();
       res.on('end', () => resolve(res.statusCode ?? 0));
     });
@@ -47,5 +47,24 @@ describe('chat page server: /api reaches only the page\'s routes', () => {
 
   it('the page\'s own routes still work', async () => {
     assert.equal(await raw('POST', '/api/dev/token', '{"user_id":1}'), 200);
+  });
+});
+
+describe('chat page server: DNS rebinding', () => {
+  it('a request addressed to another name than localhost, 127.0.0.1 or [::1] is 421, and reaches nothing', async () => {
+    const rebound = { host: `rebind.example:${page.port}` };
+    assert.equal(await raw('GET', '/', undefined, rebound), 421);
+    assert.equal(await raw('POST', '/api/dev/token', '{"user_id":1}', rebound), 421);
+    assert.equal(await raw('GET', '/api/chats/1/messages', undefined, rebound), 421);
+    assert.equal(await raw('GET', '/', undefined, { host: `127.0.0.2:${page.port}` }), 421);
+    // With a real token and key, the key is published only when the Host is a loopback name.
+    const pair = await crypto.subtle.generateKey({ name: 'ECDH', namedCurve: 'P-256' }, true, ['deriveBits']);
+    const key = JSON.stringify({ public_key: Buffer.from(await crypto.subtle.exportKey('raw', pair.publicKey)).toString('base64') });
+    const authorization = `Bearer ${await api.mintToken(1)}`;
+    assert.equal(await raw('PUT', '/api/devices/rebound-1/key', key, { ...rebound, authorization }), 421);
+    assert.equal(api.devices.has('rebound-1'), false, 'the key did not reach the dev API');
+    for (const name of ['localhost', '127.0.0.1', '[::1]']) assert.equal(await raw('GET', '/', undefined, { host: `${name}:${page.port}` }), 200, name);
+    assert.equal(await raw('PUT', '/api/devices/rebound-1/key', key, { host: `localhost:${page.port}`, authorization }), 200);
+    assert.equal(api.devices.has('rebound-1'), true);
   });
 });

@@ -4,6 +4,7 @@
  */
 import { after, before, beforeEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { request } from 'node:http';
 import { startDevApi, type DevApi } from '../../dev-api/app.js';
 
 let api: DevApi;
@@ -545,6 +546,49 @@ describe('routes for clients: device keys and chat history', () => {
     assert.equal(api.devices.size, 0);
     const res = await call('/chats/9/devices', { method: 'GET', token: alice });
     assert.deepEqual((res.json as { devices: unknown[] }).devices, []);
+  });
+});
+
+/** One request to `port` on 127.0.0.1 with the `Host` header given (fetch sets its own). */
+function withHost(port: number, host: string, method: string, path: string, body?: string): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, method, path, headers: { host, ...(body === undefined ? {} : { 'content-type': 'application/json' }) } }, (res) => {
+      let text = '';
+      res.on('data', (d: Buffer) => (text += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+describe('DNS rebinding', () => {
+  test('bound to a loopback address, a request addressed to another name is 421: no token, no key, nothing recorded', async () => {
+    const rebound = `rebind.example:${api.port}`;
+    const minted = await withHost(api.port, rebound, 'POST', '/dev/token', '{"user_id":1}');
+    assert.equal(minted.status, 421);
+    assert.doesNotMatch(minted.text, /token"/);
+    const token = await api.mintToken(1);
+    const key = Buffer.alloc(65, 0).toString('base64');
+    assert.equal((await withHost(api.port, rebound, 'PUT', '/devices/d1/key', JSON.stringify({ public_key: key }))).status, 421);
+    assert.equal((await withHost(api.port, rebound, 'POST', '/auth/verify', JSON.stringify({ token, chat_id: 1 }))).status, 421);
+    for (const other of ['localhost.', `127.0.0.2:${api.port}`, `evil.localhost:${api.port}`]) {
+      assert.equal((await withHost(api.port, other, 'GET', '/healthz')).status, 421, `Host: ${other}`);
+    }
+    assert.equal(api.requests.length, 0, 'a refused gateway call is not recorded');
+    for (const name of ['localhost', '127.0.0.1', '[::1]', 'LOCALHOST']) {
+      assert.equal((await withHost(api.port, `${name}:${api.port}`, 'GET', '/healthz')).status, 200, name);
+    }
+    assert.equal((await withHost(api.port, 'localhost', 'GET', '/healthz')).status, 200, 'no port');
+  });
+
+  test('bound to every interface (docker compose: HOST=0.0.0.0, called as http://dev-api:8000), any Host is answered', async () => {
+    const open = await startDevApi({ port: 0, host: '0.0.0.0' });
+    try {
+      assert.equal((await withHost(open.port, 'dev-api:8000', 'GET', '/healthz')).status, 200);
+    } finally {
+      await open.close();
+    }
   });
 });
 
