@@ -1,15 +1,17 @@
 import { backoffDelay } from './backoff.js';
 import { Chat, type ChatHost } from './chat.js';
+import type { Core } from './core.js';
 import { Emitter } from './emitter.js';
 import { ClientError, errorText, type ClientErrorCode } from './errors.js';
 import { isChatId, newId } from './ids.js';
-import { jwtClaims, refreshDelay } from './jwt.js';
 import { resolveConfig, type ChatOptions, type ClientOptions, type Config } from './options.js';
-import { MESSAGE_ID, MemoryStorage, Outbox, WRITE_OPS, type OutboxStorage, type Pending } from './outbox.js';
+import { MESSAGE_ID, MemoryStorage, Outbox, WRITE_OPS, type Pending } from './outbox.js';
 import { Pacer } from './pacer.js';
 import { Requests, writeKey, type Outgoing, type Outstanding, type Track } from './requests.js';
 import { Stream, positionIn, type Delivery } from './stream.js';
-import { MAX_TIMER_MS, clearTimer, timerMs, unref, type Timer } from './timers.js';
+import { clearTimer, timerMs, type Timer } from './timers.js';
+import { RefusedAgain, TokenKeeper } from './token.js';
+import { TokenRefresh } from './token-refresh.js';
 import type {
   Ack,
   ChatEvents,
@@ -78,18 +80,11 @@ const LEFT_KEYS = 1000;
 /** Keys of settled writes remembered, so a late second answer (to a resend) is recognised. */
 const SETTLED_KEYS = 1000;
 const RETRYABLE = new Set(['rate_limited', 'upstream_unavailable']);
-/** Refresh attempts for one token (a provider failing, the gateway refusing) before letting it expire. */
-const REFRESH_ATTEMPTS = 3;
-/** Added to the wait a paced refresh names (timers and clocks are not exact). */
-const REFRESH_PACE_MARGIN_MS = 50;
-/** A token expiring sooner than this is not used again to register a chat whose token expired. */
-const EXPIRY_MARGIN_MS = 1000;
 /** A hole in a chat's seqs that no write of ours can own is reported as a gap after this long. */
 const HOLE_GRACE_MS = 2000;
 const utf8 = new TextEncoder();
 /** The gateway refuses frames nested deeper than this (the frame object is level 1), before it reads which request they are. */
 const MAX_DEPTH = 32;
-const CHAT_ID = /^(?!\.+$)[A-Za-z0-9_.:-]{1,64}$/;
 
 export function createClient(options: ClientOptions): Client {
   return new Client(options);
@@ -124,37 +119,10 @@ export class Client extends Emitter<ClientEvents> {
   private openedAt = 0;
   private lastSocketError = '';
 
-  private token: string | null;
-  private tokenRequest: Promise<string> | null = null;
-  /** Failed token provider calls in a row, since when, and when it may be asked again. */
-  private providerFailures = 0;
-  private providerFailingSince = 0;
-  private providerFailedAt = 0;
-  private providerRetryAt = 0;
-  /** Waits of provider calls (their pacing and timeout), cut short when the client ends. */
-  private readonly waits = new Set<{ timer: Timer; reject(err: unknown): void }>();
-  private tokenStale = false;
-  /** The last token counted as refused (so N chats refusing one token count once). */
-  private refusedToken: string | null = null;
-  /** Why `refusedToken` was refused (a provider that hands it back again gives up with this). */
-  private refusal: ClientError | null = null;
-  /** The kind of the latest refused register since the last successful one. */
-  private lastRefusal: 'unauthorized' | 'forbidden' | null = null;
-  private authFailures = 0;
   /** After 4403: no new connection before the provider handed over a token other than the refused one. */
   private renewBeforeConnect = false;
   /** That token is being asked for (nothing connects meanwhile). */
   private renewing = false;
-  /** When the current token (a provider's JWT) is to be refreshed; armed whenever a token is adopted. */
-  private refreshTimer: Timer | null = null;
-  /** Refresh attempts for the current token. */
-  private refreshAttempts = 0;
-  /** Refreshes of the current token answered "refresh again in <n> ms" without a usable <n> (backoff for the next). */
-  private refreshPaced = 0;
-  /** The `refresh` in flight on the current connection: the token it hands over, the one it replaces. */
-  private refreshing: { token: string; from: string; sends: number } | null = null;
-  /** Answers still expected to refreshes already settled (a resend's second answer): recognised, dropped. */
-  private refreshEchoes = 0;
 
   private lastFrameAt = 0;
   private idleTimer: Timer | null = null;
@@ -171,6 +139,8 @@ export class Client extends Emitter<ClientEvents> {
   private readonly settledKeys = new Set<string>();
 
   private readonly requests: Requests;
+  private readonly keeper: TokenKeeper;
+  private readonly refresh: TokenRefresh;
   private holdTimer: Timer | null = null;
   /** Stored entries come first: nothing is sent before they are loaded. */
   private outboxLoaded = false;
@@ -189,7 +159,21 @@ export class Client extends Emitter<ClientEvents> {
       writeRefused: (write, error) => this.onWriteError(write, error),
       writesMayGo: () => this.pump(),
     });
-    this.token = typeof options.token === 'string' ? options.token : null;
+    const core: Core = {
+      cfg: this.cfg,
+      emit: (type, event) => this.emit(type, event),
+      ended: () => this.ended,
+      giveUp: (error, code) => this.giveUp(error, code),
+      isOpen: () => this.isOpen(),
+      transmit: (text, droppable, track) => this.transmit(text, droppable, track),
+      requests: this.requests,
+      connectionNo: () => this.connectionNo,
+    };
+    this.keeper = new TokenKeeper(core, options.token, () => this.refresh.arm());
+    this.refresh = new TokenRefresh(core, this.keeper, options.refreshLeadMs, {
+      anyRegistered: () => [...this.chats.values()].some((state) => state.status === 'registered'),
+      anyRegistering: () => [...this.chats.values()].some((state) => state.status === 'registering'),
+    });
     this.outbox = new Outbox(options.storage ?? new MemoryStorage(), (err) => this.storageFailed(err));
     this.host = this.chatHost();
     void this.outbox.loaded.then(() => {
@@ -411,7 +395,7 @@ export class Client extends Emitter<ClientEvents> {
    */
   private renewThenConnect(): void {
     this.renewing = true;
-    this.freshToken().then(
+    this.keeper.fresh().then(
       () => {
         this.renewing = false;
         this.renewBeforeConnect = false;
@@ -479,7 +463,7 @@ export class Client extends Emitter<ClientEvents> {
     if (this.openedAt !== 0 && Date.now() - this.openedAt >= this.cfg.stableAfterMs) this.reconnectAttempt = 0;
     this.openedAt = 0;
     this.dropOutstanding();
-    this.abandonRefresh();
+    this.refresh.abandon();
     for (const state of this.chats.values()) {
       if (state.status !== 'gone') state.status = 'idle';
       // The next connection registers it with its own position: nothing to reorder.
@@ -505,18 +489,15 @@ export class Client extends Emitter<ClientEvents> {
     if (code === 4403) {
       // The backend disconnected the user (logout everywhere, a ban): never the same token again.
       const error = new ClientError('disconnected', `the server disconnected this user (4403${reason ? `: ${reason}` : ''}): a new token is needed`, { closeCode: code });
-      if (typeof this.options.token === 'string') return this.giveUp(error, code, reason);
-      this.tokenStale = true;
-      this.refusedToken = this.token;
-      this.refusal = error;
+      if (this.keeper.provider === null) return this.giveUp(error, code, reason);
       this.renewBeforeConnect = true;
-      this.authFailed(error, code);
+      this.keeper.revoked(error, code);
       if (this.ended) return;
     }
     // 4401 also follows five `forbidden` registers: those chats are dropped already and the
     // token is fine, so only refusals of the token itself make it a token problem.
-    if (code === 4401 && this.lastRefusal !== 'forbidden') {
-      this.tokenRefused(new ClientError('unauthorized', 'the gateway refused the token too often (4401): a new token is needed', { closeCode: code }), code);
+    if (code === 4401 && this.keeper.lastRefusal !== 'forbidden') {
+      this.keeper.refused(new ClientError('unauthorized', 'the gateway refused the token too often (4401): a new token is needed', { closeCode: code }), code);
       if (this.ended) return;
     }
     if (!this.wanted()) {
@@ -531,281 +512,6 @@ export class Client extends Emitter<ClientEvents> {
     // Armed before the event, so a listener that calls close() cancels it.
     this.reconnectTimer = setTimeout(() => this.connect(), delay);
     this.setState({ state: 'disconnected', code, reason, retryInMs: delay });
-  }
-
-  /**
-   * The gateway refused the current token (a register or registration `unauthorized`, 4401).
-   * Final with a static token; with a provider the next register asks it for a new one. Each
-   * token counts once, however many chats it was refused for.
-   */
-  private tokenRefused(error: ClientError, code?: number): void {
-    if (typeof this.options.token === 'string') return this.giveUp(error, code);
-    this.tokenStale = true;
-    if (this.refusedToken === this.token) return;
-    this.refusedToken = this.token;
-    this.refusal = error;
-    this.authFailed(error, code);
-  }
-
-  /** Refused tokens in a row: past `maxAuthFailures` the client gives up. */
-  private authFailed(error: ClientError, code?: number): void {
-    if (++this.authFailures >= this.cfg.maxAuthFailures) this.giveUp(error, code);
-  }
-
-  /**
-   * The token to register with: the static one, or the provider's (asked again once refused or
-   * expired; one call at a time, shared by every chat waiting). A provider handing back the token
-   * that was just refused counts as a refusal; a provider that fails is asked again later.
-   */
-  private freshToken(): Promise<string> {
-    if (this.token !== null && !this.tokenStale) return Promise.resolve(this.token);
-    const provider = this.options.token;
-    if (typeof provider === 'string') return Promise.resolve(provider);
-    if (this.tokenRequest === null) {
-      const request = this.askProvider(provider).finally(() => {
-        if (this.tokenRequest === request) this.tokenRequest = null;
-      });
-      this.tokenRequest = request;
-    }
-    return this.tokenRequest;
-  }
-
-  private async askProvider(provider: () => string | Promise<string>): Promise<string> {
-    await this.wait(this.providerRetryAt - Date.now()).done;
-    const token = await this.callProvider(provider).catch((err: unknown) => {
-      this.providerFailed(err);
-      throw err;
-    });
-    if (token === this.refusedToken) {
-      const refusal = this.refusal ?? new ClientError('unauthorized', 'the token was refused');
-      this.authFailed(new ClientError(refusal.code, `${refusal.message}; the token provider returned the refused token again`, refusal.details), refusal.details.closeCode);
-      throw new RefusedAgain();
-    }
-    this.useToken(token);
-    return token;
-  }
-
-  /** One provider call, bounded by `tokenTimeoutMs`; its answer must be a non-empty string. */
-  private async callProvider(provider: () => string | Promise<string>): Promise<string> {
-    const limit = this.wait(this.cfg.tokenTimeoutMs);
-    const timeout = limit.done.then(() => {
-      throw new Error(`no answer within ${this.cfg.tokenTimeoutMs} ms`);
-    });
-    timeout.catch(() => undefined);
-    try {
-      const token: unknown = await Promise.race([Promise.resolve().then(provider), timeout]);
-      if (typeof token !== 'string' || token === '') throw new Error('not a non-empty string');
-      this.providerFailures = 0;
-      this.providerRetryAt = 0;
-      return token;
-    } finally {
-      limit.cancel();
-    }
-  }
-
-  /**
-   * A provider call failed: asked again after a backoff delay (the chats waiting for it share
-   * the next call), and given up on after `tokenGiveUpMs` of failures in a row — or at once when
-   * the provider says the user is logged out (a `ClientError` unauthorized / forbidden).
-   */
-  private providerFailed(err: unknown): void {
-    if (this.ended || err instanceof WaitCancelled) return;
-    if (loggedOut(err)) return this.giveUp(err);
-    const now = Date.now();
-    // "In a row": a failure long after the last one (the chats were left meanwhile) starts anew.
-    if (this.providerFailures > 0 && now - this.providerFailedAt > this.cfg.tokenGiveUpMs) this.providerFailures = 0;
-    this.providerFailedAt = now;
-    if (this.providerFailures++ === 0) this.providerFailingSince = now;
-    const error = new ClientError('unauthorized', `the token provider failed: ${errorText(err)}`);
-    if (now - this.providerFailingSince >= this.cfg.tokenGiveUpMs) return this.giveUp(error);
-    this.providerRetryAt = now + Math.max(this.cfg.backoff.minDelayMs, backoffDelay(this.providerFailures - 1, this.cfg.backoff));
-    this.emit('error', { error, during: 'token provider (asked again after a backoff delay)' });
-  }
-
-  /**
-   * `done` resolves after `ms` (at once for ≤ 0) and rejects if the client ends first, so no
-   * wait keeps a Node process alive after `close()`; `cancel()` drops it (it never settles then).
-   */
-  private wait(ms: number): { done: Promise<void>; cancel(): void } {
-    if (this.ended) return { done: Promise.reject(this.ended), cancel: () => undefined };
-    if (ms <= 0) return { done: Promise.resolve(), cancel: () => undefined };
-    let entry!: { timer: Timer; reject(err: unknown): void };
-    const done = new Promise<void>((resolve, reject) => {
-      entry = { timer: setTimeout(() => (this.waits.delete(entry), resolve()), ms), reject };
-    });
-    this.waits.add(entry);
-    const cancel = () => {
-      clearTimeout(entry.timer);
-      this.waits.delete(entry);
-    };
-    return { done, cancel };
-  }
-
-  /** The client ended: every wait rejects with `error`. */
-  private endWaits(error: unknown): void {
-    for (const entry of this.waits) {
-      clearTimeout(entry.timer);
-      entry.reject(error);
-    }
-    this.waits.clear();
-  }
-
-  /** The token from now on (for registers, reconnects and the next refresh). */
-  private useToken(token: string): void {
-    this.token = token;
-    this.tokenStale = false;
-    this.armRefresh();
-  }
-
-  // --- token refresh ---------------------------------------------------------------------------
-
-  /**
-   * With a provider and a JWT: the SDK asks the provider for a new token `refreshLeadMs` before
-   * `exp` and hands it to the gateway (`refresh`), which switches every registration of the
-   * connection to it. The timer does not keep a Node process alive.
-   */
-  private armRefresh(): void {
-    clearTimer(this.refreshTimer);
-    this.refreshTimer = null;
-    this.refreshAttempts = 0;
-    this.refreshPaced = 0;
-    if (this.ended || typeof this.options.token === 'string' || this.token === null) return;
-    const delay = refreshDelay(this.token, this.options.refreshLeadMs, Date.now());
-    if (delay === null) return;
-    // Timers overflow past 2^31-1 ms (~24.8 days) and fire at once: a long-lived token waits in steps.
-    if (delay > MAX_TIMER_MS) this.refreshTimer = unref(setTimeout(() => this.armRefresh(), MAX_TIMER_MS));
-    else this.refreshTimer = unref(setTimeout(() => this.refreshToken(), delay));
-  }
-
-  private refreshToken(): void {
-    this.refreshTimer = null;
-    const from = this.token;
-    const provider = this.options.token;
-    if (this.ended || this.tokenStale || from === null || typeof provider === 'string') return;
-    if (this.refreshing !== null) {
-      // The refresh of an earlier token is still out: this one's comes after its answer.
-      this.refreshTimer = unref(setTimeout(() => this.refreshToken(), 250));
-      return;
-    }
-    const statuses = [...this.chats.values()].map((state) => state.status);
-    if (!this.isOpen() || !statuses.includes('registered')) {
-      if (this.isOpen() && statuses.includes('registering') && (jwtClaims(from)?.exp ?? 0) > Date.now()) {
-        // Just reconnected: refresh once a registration holds the token.
-        this.refreshTimer = unref(setTimeout(() => this.refreshToken(), 250));
-        return;
-      }
-      // No registration holds the token: the next register asks the provider for a new one.
-      this.tokenStale = true;
-      return;
-    }
-    this.refreshAttempts++;
-    this.callProvider(provider)
-      .then((token) => {
-        if (this.ended || this.token !== from || this.tokenStale) return; // replaced meanwhile
-        if (typeof token !== 'string' || token === '') throw new Error('the token provider returned no token');
-        if (token === from) throw new Error('the token provider returned the current token again');
-        // The connection dropped meanwhile: the registers of the next one carry the new token.
-        if (!this.isOpen()) return this.useToken(token);
-        this.sendRefresh(from, token);
-      })
-      .catch((err: unknown) => {
-        // The provider says the user is logged out: no more refreshes, no more chats.
-        if (loggedOut(err)) return this.giveUp(err);
-        this.refreshFailed(from, new ClientError('unauthorized', `token refresh: ${errorText(err)}`));
-      });
-  }
-
-  private sendRefresh(from: string, token: string): void {
-    const attempt = { token, from, sends: 1 };
-    this.refreshing = attempt;
-    const text = JSON.stringify({ type: 'refresh', token });
-    const track: Track = { key: 'f', resend: () => void (this.refreshing === attempt && this.transmit(text, false, track) && attempt.sends++) };
-    this.transmit(text, false, track);
-  }
-
-  /** The connection closed before the answer (sent or still queued): the new token is for the next one. */
-  private abandonRefresh(): void {
-    const attempt = this.refreshing;
-    if (attempt === null) return;
-    this.refreshing = null;
-    if (this.token === attempt.from && !this.tokenStale) this.useToken(attempt.token);
-  }
-
-  /** `refreshed`: the connection's registrations hold the new token now. */
-  private onRefreshed(): boolean {
-    const request = this.requests.answered('f');
-    const attempt = this.refreshing;
-    if (attempt === null) {
-      if (this.refreshEchoes > 0) return this.refreshEchoes--, true;
-      return request !== undefined;
-    }
-    this.refreshing = null;
-    this.refreshEchoes += attempt.sends - 1;
-    if (this.token === attempt.from && !this.tokenStale) this.useToken(attempt.token);
-    return true;
-  }
-
-  /** A `refresh` answered with an error. */
-  private onRefreshError(error: ClientError): void {
-    const attempt = this.refreshing;
-    if (attempt === null) return;
-    this.refreshing = null;
-    this.refreshEchoes += attempt.sends - 1;
-    // No registration holds the old token (they ended meanwhile): the new one is for the next registers.
-    if (error.code === 'not_registered') {
-      if (this.token === attempt.from && !this.tokenStale) this.useToken(attempt.token);
-      return;
-    }
-    this.refreshFailed(attempt.from, error, attempt.token);
-  }
-
-  /**
-   * Tries again a little later, a few times; then lets the token expire: the gateway ends the
-   * registrations (`token_expired`) and the SDK registers them again with a new token and `since`.
-   */
-  private refreshFailed(from: string, error: ClientError, token?: string): void {
-    if (this.ended || this.token !== from || this.tokenStale) return;
-    const left = (jwtClaims(from)?.exp ?? 0) - Date.now();
-    const paced = refreshPacedFor(error);
-    if (paced !== undefined && token !== undefined) {
-      // The gateway paces refreshes (its verifies of the last one): not a failed attempt. The same
-      // new token is sent again when it says, if the current one is still valid then.
-      const wait = paced ?? Math.min(1000 * 2 ** this.refreshPaced++, 30_000);
-      if (wait + REFRESH_PACE_MARGIN_MS < left - EXPIRY_MARGIN_MS) {
-        if (this.refreshAttempts > 0) this.refreshAttempts--;
-        clearTimer(this.refreshTimer);
-        this.refreshTimer = unref(setTimeout(() => this.refreshAgain(from, token), wait + REFRESH_PACE_MARGIN_MS));
-        return;
-      }
-      this.emit('error', { error, during: 'token refresh (paced by the gateway past the token\'s expiry: the registrations will expire and be registered again)' });
-      return;
-    }
-    if (this.refreshAttempts >= REFRESH_ATTEMPTS || left <= 0) {
-      this.emit('error', { error, during: 'token refresh (the registrations will expire and be registered again)' });
-      return;
-    }
-    const delay = Math.min(1000 * 2 ** (this.refreshAttempts - 1), left / 3);
-    clearTimer(this.refreshTimer);
-    this.refreshTimer = unref(setTimeout(() => this.refreshToken(), delay));
-  }
-
-  /** After a paced refresh: the same new token, sent again (the provider is not asked again). */
-  private refreshAgain(from: string, token: string): void {
-    this.refreshTimer = null;
-    if (this.ended || this.token !== from || this.tokenStale) return;
-    // The connection dropped meanwhile: the registers of the next one carry the new token.
-    if (!this.isOpen()) return this.useToken(token);
-    // A refresh still out, or a new connection whose registers (with the old token) are under
-    // way: like refreshToken, wait for them, so the refresh covers every registration.
-    const registering = [...this.chats.values()].some((state) => state.status === 'registering');
-    if (this.refreshing !== null || (registering && (jwtClaims(from)?.exp ?? 0) > Date.now())) {
-      this.refreshTimer = unref(setTimeout(() => this.refreshAgain(from, token), 250));
-      return;
-    }
-    // No registration holds the old token any more: the next registers carry the new one.
-    if (![...this.chats.values()].some((state) => state.status === 'registered')) return this.useToken(token);
-    this.refreshAttempts++; // given back if it is paced again
-    this.sendRefresh(from, token);
   }
 
   /** Ends the client: no reconnect; every pending promise rejects with `error`. */
@@ -823,12 +529,11 @@ export class Client extends Emitter<ClientEvents> {
       }
     }
     this.stopConnectionTimers();
-    this.endWaits(error);
+    this.keeper.end(error);
     clearTimer(this.reconnectTimer);
     clearTimer(this.holdTimer);
-    clearTimer(this.refreshTimer);
-    this.reconnectTimer = this.holdTimer = this.refreshTimer = null;
-    this.refreshing = null;
+    this.reconnectTimer = this.holdTimer = null;
+    this.refresh.stop();
     this.dropOutstanding();
     for (const state of this.chats.values()) {
       clearTimer(state.retryTimer);
@@ -855,7 +560,6 @@ export class Client extends Emitter<ClientEvents> {
 
   /** The connection is gone: nothing sent on it will be answered (pings are told so). */
   private dropOutstanding(): void {
-    this.refreshEchoes = 0;
     this.requests.drop();
   }
 
@@ -911,14 +615,15 @@ export class Client extends Emitter<ClientEvents> {
 
   private register(state: ChatState): void {
     if (!this.isOpen() || state.status !== 'idle' || state.retryTimer !== null) return;
-    if (this.token === null || this.tokenStale) {
+    const token = this.keeper.usable;
+    if (token === null) {
       // The first register, or the token was refused: ask the provider (one call for all chats).
-      this.freshToken().then(
+      this.keeper.fresh().then(
         () => this.register(state),
         (err: unknown) => {
           if (this.ended || state.status !== 'idle') return;
           // A failed provider call paces the next one itself; a refused token waits the chat's backoff.
-          this.retryRegister(state, err instanceof RefusedAgain ? undefined : this.providerRetryAt - Date.now());
+          this.retryRegister(state, err instanceof RefusedAgain ? undefined : this.keeper.retryAt - Date.now());
         },
       );
       return;
@@ -944,7 +649,7 @@ export class Client extends Emitter<ClientEvents> {
       current.status = 'idle';
       this.register(current);
     };
-    this.transmit(JSON.stringify({ type: 'register', token: this.token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }), false, { key: `r:${state.key}`, resend, since });
+    this.transmit(JSON.stringify({ type: 'register', token, chat_id: state.chat.id, ...(since === null ? {} : { since }) }), false, { key: `r:${state.key}`, resend, since });
   }
 
   /** Registers `state` again after `delayMs` (default: the chat's next backoff delay; its register was refused for now). */
@@ -976,9 +681,7 @@ export class Client extends Emitter<ClientEvents> {
     clearTimer(state.retryTimer);
     state.retryTimer = null;
     state.registerAttempts = 0;
-    this.authFailures = 0;
-    this.refusedToken = null;
-    this.lastRefusal = null;
+    this.keeper.accepted();
     const position = positionIn(frame);
     const recovered = typeof frame.recovered === 'boolean' ? frame.recovered : undefined;
     const reason = typeof frame.reason === 'string' ? frame.reason : undefined;
@@ -1012,13 +715,13 @@ export class Client extends Emitter<ClientEvents> {
       return this.retryRegister(state, 0);
     }
     state.expiredWhileRegistering = false;
-    if (error.code === 'unauthorized' || error.code === 'forbidden') this.lastRefusal = error.code;
+    this.keeper.registerRefused(error);
     if (RETRYABLE.has(error.code)) {
       this.reportRetriedRegister(state, error);
       return this.retryRegister(state);
     }
-    if (error.code === 'unauthorized' && typeof this.options.token !== 'string') {
-      this.tokenRefused(error);
+    if (error.code === 'unauthorized' && this.keeper.provider !== null) {
+      this.keeper.refused(error);
       if (!this.ended) this.retryRegister(state);
       return;
     }
@@ -1057,9 +760,9 @@ export class Client extends Emitter<ClientEvents> {
    */
   private onUnregistered(state: ChatState, reason: string): void {
     state.status = 'idle';
-    const provider = typeof this.options.token !== 'string';
+    const provider = this.keeper.provider !== null;
     if (reason === 'token_expired' && provider) {
-      if (this.token === null || (jwtClaims(this.token)?.exp ?? 0) - Date.now() < EXPIRY_MARGIN_MS) this.tokenStale = true;
+      this.keeper.expired();
       // A register of it still out is answered `unauthorized` next: the expiry's echo, not a refusal.
       if (this.requests.pending(`r:${state.key}`) !== undefined) state.expiredWhileRegistering = true;
       this.register(state);
@@ -1071,7 +774,7 @@ export class Client extends Emitter<ClientEvents> {
       : reason === 'token_expired' ? new ClientError('token_expired', 'the token expired (static token: it cannot be renewed)', { chatId })
       : new ClientError(reason === 'unauthorized' ? 'unauthorized' : 'forbidden', `the gateway ended the registration (${reason})`, { chatId });
     if (reason === 'unauthorized' && provider) {
-      this.tokenRefused(error);
+      this.keeper.refused(error);
       if (!this.ended) this.register(state);
       return;
     }
@@ -1154,10 +857,9 @@ export class Client extends Emitter<ClientEvents> {
     clearTimer(this.holdTimer); // no chat holds an edit any more
     this.holdTimer = null;
     // No chat waits for a token: a provider call (or its pacing) is let go; the next chat asks anew.
-    this.endWaits(new WaitCancelled());
-    this.tokenRequest = null;
+    this.keeper.letGo();
     this.dropOutstanding();
-    this.abandonRefresh();
+    this.refresh.abandon();
     if (ws !== null || reconnecting) this.setState({ state: 'disconnected', code: 1000, reason: 'no chats', retryInMs: null });
   }
 
@@ -1400,14 +1102,7 @@ export class Client extends Emitter<ClientEvents> {
       // A refused ping gets no pong. (The error itself proves the link is alive.)
       return request?.onAnswer?.(false);
     } else if (op === 'refresh') {
-      // A refresh resent (after a pause or a timeout) whose first send the gateway did read is
-      // answered "a refresh is already in progress": the first send's answer is still to come.
-      // Any other answer (a paced "refresh again in <n> ms" included: then nothing is in progress,
-      // the first send was dropped) is the refresh's.
-      const attempt = this.refreshing;
-      if (attempt !== null && attempt.sends > 1 && code === 'rate_limited' && refreshInProgress(frame)) return void attempt.sends--;
-      if (request !== undefined || this.refreshing !== null) return this.onRefreshError(error);
-      if (this.refreshEchoes > 0) return void this.refreshEchoes--;
+      if (this.refresh.onError(error, request !== undefined, code === 'rate_limited' && refreshInProgress(frame))) return;
     } else if (op === 'typing' || op === 'unregister') {
       return; // typing is best effort; an unregistered chat is forgotten either way
     } else if (op === '' && !(code === 'rate_limited' && isBucketPause(frame))) {
@@ -1482,7 +1177,7 @@ export class Client extends Emitter<ClientEvents> {
         if (state === undefined || state.status === 'gone') break;
         return this.onUnregistered(state, frame.reason);
       case 'refreshed':
-        if (this.onRefreshed()) return;
+        if (this.refresh.onRefreshed()) return;
         break;
       case 'ack':
         return this.onAck(frame);
@@ -1592,17 +1287,6 @@ export class Client extends Emitter<ClientEvents> {
   }
 }
 
-/** The provider handed back the token that was just refused. */
-class RefusedAgain extends Error {}
-
-/** A wait let go because no chat needs it any more (the last one was left). */
-class WaitCancelled extends Error {}
-
-/** What a token provider throws to say the user is logged out: the client ends at once. */
-function loggedOut(err: unknown): err is ClientError {
-  return err instanceof ClientError && (err.code === 'unauthorized' || err.code === 'forbidden');
-}
-
 /**
  * A `rate_limited` from the gateway's token bucket: it stops reading the connection and drops
  * what it had read with the refused frame. Such errors carry `retry_after_ms`; a gateway older
@@ -1618,16 +1302,6 @@ function isBucketPause(frame: Frame): boolean {
 /** The answer to a `refresh` sent while another is verified: that one's answer is still to come. */
 function refreshInProgress(frame: Frame): boolean {
   return !isBucketPause(frame) && typeof frame.message === 'string' && /already in progress/i.test(frame.message);
-}
-
-/**
- * A refresh answered `rate_limited` because refreshes are paced (`refresh again in <n> ms`): the
- * wait it names, null when it names none; undefined for any other error.
- */
-function refreshPacedFor(error: ClientError): number | null | undefined {
-  if (error.code !== 'rate_limited' || !/refreshes are paced|refresh again in/i.test(error.message)) return undefined;
-  const ms = /refresh again in (\d+) ?ms/i.exec(error.message);
-  return ms === null ? null : Number(ms[1]);
 }
 
 /** Whether a JSON value has objects or arrays nested deeper than `limit` levels (as the gateway counts them). */

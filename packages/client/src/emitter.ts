@@ -32,3 +32,6 @@ export class Emitter<Events extends object> {
     }
   }
 }
+
+/** An emitter's `emit`, for the parts of its owner that tell the events. */
+export type Emit<Events extends object> = <K extends keyof Events>(type: K, event: Events[K]) => void;
