@@ -75,7 +75,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     log,
     metrics,
     api,
-    upstreamScheduler: new FairScheduler(config.upstreamConnections),
+    upstreamScheduler: new FairScheduler(config.upstreamConnections, config.upstreamTimeoutMs),
     engine,
     hub,
     features: createFeatureTable(),

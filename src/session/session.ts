@@ -385,7 +385,8 @@ export class Session implements Connection, WriteTurnMark {
    * after five refused registers) makes no more calls.
    */
   upstream<T>(call: () => Promise<T>): Promise<T> {
-    const party = this.user ?? `conn:${this.id}`;
+    // Before its first register a connection is its own anonymous party ("#": never in a user id).
+    const party = this.user === null ? { key: `#${this.id}`, anonymous: true } : { key: this.user, anonymous: false };
     // Let go once idle (an idle Slots is the same as a new one): idle connections keep none (~40 bytes each).
     this.slots ??= new Slots(this.ctx.config.maxUpstreamPerConnection, (idle) => {
       if (this.slots === idle) this.slots = null;

@@ -92,6 +92,40 @@ for (const mode of ENGINE_MODES) {
       for (const x of [b, c, other]) x.close();
     });
 
+    if (mode === 'memory') {
+      it('connections that never registered hold at most half the main-API pool: a user\'s save is not queued behind their hanging verifies', async () => {
+        const inst = await h.gateway({ UPSTREAM_CONNECTIONS: '8', UPSTREAM_TIMEOUT_MS: '4000' });
+        const chat = uniqueChat();
+        const user = await TestClient.connect(inst.wsUrl);
+        await user.register(await h.token(1), chat);
+        h.api.addFault({ op: 'verify', hang: true });
+        const attackers: TestClient[] = [];
+        try {
+          // 6 connections × 4 registers with junk tokens (MAX_UPSTREAM_PER_CONNECTION each): 24 hanging verifies wanted.
+          const junkChats = new Set<number>();
+          for (let i = 0; i < 6; i++) {
+            const c = await TestClient.connect(inst.wsUrl);
+            attackers.push(c);
+            for (let j = 0; j < 4; j++) {
+              const junkChat = uniqueChat();
+              junkChats.add(junkChat);
+              c.send({ type: 'register', token: `junk-${i}-${j}`, chat_id: junkChat });
+            }
+          }
+          await waitFor(() => verifiesFor(h, junkChats) >= 4, 5000, 'the anonymous share of the pool in use');
+          await sleep(300);
+          assert.equal(verifiesFor(h, junkChats), 4, 'verifies of unregistered connections at the main API (half of UPSTREAM_CONNECTIONS=8)');
+          const ack = await user.request({ type: 'message', data: { id: `fair-${chat}`, ciphertext: 'x' } }, (f) => f.type === 'ack' || f.type === 'error', 3500);
+          assert.equal(ack.type, 'ack');
+          // Before any hanging verify timed out (each would be answered with an error): the save did not wait for one.
+          assert.equal(attackers.flatMap((c) => c.all({ type: 'error' })).length, 0);
+        } finally {
+          h.api.clearFaults();
+          for (const c of [user, ...attackers]) c.close();
+        }
+      });
+    }
+
     it('a peer that ignores the close frame and keeps sending is dropped at once, not after the grace period', async () => {
       const inst = await h.gateway({ REGISTER_TIMEOUT_MS: '300' });
       const client = new ws.WebSocket(inst.wsUrl);
