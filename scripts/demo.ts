@@ -5,10 +5,19 @@
  *   DEV_API_PORT    dev API port                  (default 8000)
  *   APP_PORT        gateway port                  (default 3000)
  *   CHAT_PAGE_PORT  chat page port                (default 8080; if taken, the demo runs without the page)
+ *   DEV_API_SECRET  the dev tokens' HS256 secret  (default: a random one for this run)
+ *   ALLOWED_ORIGINS the gateway's browser origins (default: the chat page's, http://localhost:<port>
+ *                   and http://127.0.0.1:<port>; set it empty to allow any)
  *   LOG_LEVEL     gateway log level               (default warn here, so the guide stays readable)
  *   any other gateway variable is honoured, except AUTH_HOST, which points at the dev API.
+ *
+ * The gateway listens on every interface, so the demo does not use the dev API's published
+ * default secret (anyone could sign tokens with it, from the network or from a web page's script)
+ * and lets browsers in from the chat page only. The CLI client mints its tokens through the dev
+ * API (POST /dev/token on loopback) and sends no Origin, so it needs neither.
  */
 import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
 import { startDevApi, type DevApi } from '../dev-api/app.js';
 import { ConfigError, loadConfig, readEnv, type Config } from '../src/config/index.js';
 import { startGateway, type Gateway } from '../src/gateway.js';
@@ -30,15 +39,31 @@ const rawApiPort = env.DEV_API_PORT ?? '8000';
 const apiPort = Number(rawApiPort);
 if (!/^[0-9]+$/.test(rawApiPort) || apiPort > 65535) fail(`DEV_API_PORT must be an integer 0-65535, got "${rawApiPort}"`, 2);
 const rawPagePort = env.CHAT_PAGE_PORT ?? '8080';
-const pagePort = Number(rawPagePort);
-if (!/^[0-9]+$/.test(rawPagePort) || pagePort > 65535) fail(`CHAT_PAGE_PORT must be an integer 0-65535, got "${rawPagePort}"`, 2);
+if (!/^[0-9]+$/.test(rawPagePort) || Number(rawPagePort) > 65535) fail(`CHAT_PAGE_PORT must be an integer 0-65535, got "${rawPagePort}"`, 2);
+// The gateway's ALLOWED_ORIGINS name the page's port, so it is known before the gateway starts:
+// CHAT_PAGE_PORT=0 takes a free port now.
+const pagePort = Number(rawPagePort) === 0 ? await freePort() : Number(rawPagePort);
+const pageOrigins = `http://localhost:${pagePort},http://127.0.0.1:${pagePort}`;
+
+/** A port free on 127.0.0.1 right now (the OS picks it). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolve(port));
+    });
+  });
+}
 
 let config: Config;
 try {
   // Validate before starting anything; AUTH_HOST is fixed below once the dev API's port is known.
   // The server API is on in the demo, with a fresh random key printed below (set API_KEY to
   // choose it): the gateway listens on every interface, so a fixed key would open it to anyone.
-  config = loadConfig({ LOG_LEVEL: 'warn', API_KEY: `demo-${randomBytes(18).toString('base64url')}`, ...env, AUTH_HOST: `http://127.0.0.1:${apiPort}` });
+  // Browsers only from the chat page (a missing Origin, as from the CLI client, stays allowed).
+  config = loadConfig({ LOG_LEVEL: 'warn', API_KEY: `demo-${randomBytes(18).toString('base64url')}`, ALLOWED_ORIGINS: pageOrigins, ...env, AUTH_HOST: `http://127.0.0.1:${apiPort}` });
 } catch (err) {
   if (err instanceof ConfigError) fail(`invalid configuration: ${err.message}`, 2);
   throw err;
@@ -52,7 +77,8 @@ let api: DevApi;
 try {
   api = await startDevApi({
     port: apiPort,
-    ...(env.DEV_API_SECRET ? { secret: env.DEV_API_SECRET } : {}),
+    // Not the published default: with it, anyone could sign tokens the gateway accepts.
+    secret: env.DEV_API_SECRET || randomBytes(32).toString('base64url'),
     ...(verbose ? { log: (line: object) => log.info({ dev_api: line }, 'dev-api request') } : {}),
   });
 } catch (err) {
@@ -108,6 +134,9 @@ Type a line and press Enter to send it; /help lists the commands (/edit, /delete
 Mint a token yourself (user 1, one hour) for your own client:
   curl -s -X POST ${apiUrl}/dev/token -H 'content-type: application/json' -d '{"user_id":1}'
 then send {"type":"register","token":"<token>","chat_id":1} over ${ws}.
+Tokens are signed with ${env.DEV_API_SECRET ? 'your DEV_API_SECRET' : 'a secret made for this run (DEV_API_SECRET chooses one)'}, and ${
+  config.allowedOrigins === null ? 'browsers from any origin\nmay connect to the gateway (ALLOWED_ORIGINS is empty)' : `browsers may connect\nto the gateway from ${config.allowedOrigins.join(' and ')} only (ALLOWED_ORIGINS)`
+}.
 
 The backend's server API (docs/server-api.md) is on. Its key, for the README's examples:
   export API_KEY=${config.apiKey}

@@ -1,12 +1,18 @@
 /**
  * The chat page's server forwards /api to three development-main-API routes and nothing else,
- * whatever spelling of a path it is sent (raw HTTP: fetch would normalize the path itself).
+ * whatever spelling of a path it is sent (raw HTTP: fetch would normalize the path itself), and
+ * answers only requests addressed to a loopback name. And `npm run demo`, which serves it: what
+ * the demo's gateway lets in.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
-import { startDevApi, type DevApi } from '../../dev-api/app.js';
+import { SignJWT } from 'jose';
+import WebSocket from 'ws';
+import { DEFAULT_SECRET, startDevApi, type DevApi } from '../../dev-api/app.js';
 import { startChatPage, type ChatPage } from '../../web/server.js';
+import { ROOT } from '../support/process.js';
 
 let api: DevApi;
 let page: ChatPage;
@@ -66,5 +72,59 @@ describe('chat page server: DNS rebinding', () => {
     for (const name of ['localhost', '127.0.0.1', '[::1]']) assert.equal(await raw('GET', '/', undefined, { host: `${name}:${page.port}` }), 200, name);
     assert.equal(await raw('PUT', '/api/devices/rebound-1/key', key, { host: `localhost:${page.port}`, authorization }), 200);
     assert.equal(api.devices.has('rebound-1'), true);
+  });
+});
+
+/** Opens a WebSocket to `url` (with `origin`, as a browser sends it), registers `token` to chat 1: the first answer, or the refused upgrade. */
+function registerOver(url: string, token: string, origin?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, origin === undefined ? {} : { headers: { origin } });
+    ws.once('unexpected-response', (_req, res) => resolve(`http ${res.statusCode ?? 0}`));
+    ws.once('error', reject);
+    ws.once('open', () => ws.send(JSON.stringify({ type: 'register', token, chat_id: 1 })));
+    ws.once('message', (data: Buffer) => {
+      const frame = JSON.parse(data.toString()) as { type: string; code?: string };
+      resolve(frame.code ? `${frame.type} ${frame.code}` : frame.type);
+      ws.close();
+    });
+  });
+}
+
+describe('npm run demo: neither a website nor the network can use it', () => {
+  it('tokens signed with the published default secret are refused, browsers only from the chat page, the CLI path still works', async () => {
+    const demo = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), `${ROOT}/scripts/demo.ts`], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', APP_PORT: '0', DEV_API_PORT: '0', CHAT_PAGE_PORT: '0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    demo.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    demo.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const exited = new Promise<number | null>((resolve) => demo.once('exit', resolve));
+    try {
+      const until = Date.now() + 30_000;
+      while (!/Ctrl-C stops/.test(output)) {
+        if (Date.now() > until) throw new Error(`the demo did not start: ${output}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const gateway = /gateway +(ws:\S+)/.exec(output)![1]!;
+      const devApi = /dev API +(http:\S+)/.exec(output)![1]!;
+      const page = new URL(/chat page +(http:\S+)/.exec(output)![1]!);
+
+      // What a website's script or a LAN host could do with the dev API's published default secret.
+      const forged = await new SignJWT({}).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setSubject('1').setIssuedAt().setExpirationTime('1h').sign(new TextEncoder().encode(DEFAULT_SECRET));
+      assert.equal(await registerOver(gateway, forged), 'error unauthorized', 'a token signed with the default secret');
+
+      // The CLI client's way: a token minted by the dev API (on loopback), no Origin.
+      const minted = ((await (await fetch(`${devApi}/dev/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"user_id":1}' })).json()) as { token: string }).token;
+      assert.equal(await registerOver(gateway, minted), 'registered', 'no Origin (the CLI client)');
+      assert.equal(await registerOver(gateway, minted, 'http://evil.example'), 'http 403', 'another website');
+      assert.equal(await registerOver(gateway, minted, `http://localhost:${Number(page.port) + 1}`), 'http 403', 'another port of localhost');
+      for (const host of ['localhost', '127.0.0.1']) assert.equal(await registerOver(gateway, minted, `http://${host}:${page.port}`), 'registered', `the chat page at ${host}`);
+      demo.kill('SIGTERM');
+      assert.equal(await exited, 0, output);
+    } finally {
+      demo.kill('SIGKILL');
+    }
   });
 });
