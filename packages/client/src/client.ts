@@ -1,19 +1,20 @@
 import { backoffDelay } from './backoff.js';
 import { Chat, type ChatHost } from './chat.js';
+import type { ChatState } from './chat-state.js';
 import type { Core } from './core.js';
 import { Emitter } from './emitter.js';
 import { ClientError, errorText, type ClientErrorCode } from './errors.js';
 import { isChatId, newId } from './ids.js';
 import { resolveConfig, type ChatOptions, type ClientOptions, type Config } from './options.js';
-import { MESSAGE_ID, MemoryStorage, Outbox, WRITE_OPS, type Pending } from './outbox.js';
+import { MemoryStorage, WRITE_OPS } from './outbox.js';
 import { Pacer } from './pacer.js';
-import { Requests, writeKey, type Outgoing, type Outstanding, type Track } from './requests.js';
+import { Requests, writeKey, type Outgoing, type Track } from './requests.js';
 import { Stream, positionIn, type Delivery } from './stream.js';
 import { clearTimer, timerMs, type Timer } from './timers.js';
 import { RefusedAgain, TokenKeeper } from './token.js';
 import { TokenRefresh } from './token-refresh.js';
+import { Writes } from './writes.js';
 import type {
-  Ack,
   ChatEvents,
   ChatId,
   ClientEvents,
@@ -25,47 +26,10 @@ import type {
   UserId,
   WebSocketConstructor,
   WebSocketLike,
-  WriteOp,
 } from './types.js';
 
 // The SDK's tests reach these through this module.
 export { jwtClaims, refreshDelay } from './jwt.js';
-
-/** One chat's state inside the client. */
-interface ChatState {
-  chat: Chat;
-  key: string;
-  stream: Stream;
-  status: 'idle' | 'registering' | 'registered' | 'gone';
-  /** `leave()` was called: no more events; unregistered once its queued writes are answered. */
-  leaving: boolean;
-  /** The pending register carried `since`. */
-  askedSince: boolean;
-  registerAttempts: number;
-  retryTimer: Timer | null;
-  lastTypingAt: number;
-  online: Map<string, UserId>;
-  waiters: Array<{ resolve(e: RegisteredEvent): void; reject(e: ClientError): void }>;
-  lastRegistered: RegisteredEvent | null;
-  /** Number of the last `typing` frame sent (to place a `rate_limited` answer to it). */
-  lastTypingNo: number;
-  /**
-   * Opened again (with a `since`) while the register of its earlier handle was out, carrying
-   * another position: once that register is answered, the chat registers again with its own.
-   */
-  registerAgain: boolean;
-  /**
-   * While it registers again so: its broadcasts, kept until that register is answered and then
-   * handed to the stream in `seq` order (the first answer's replay and the live frames after it
-   * would otherwise reach the app ahead of the older ones the second replay brings).
-   */
-  reordering: Frame[] | null;
-  /**
-   * Its registration expired (`token_expired`) while a register of it was out: that register's
-   * `unauthorized` answer is the expiry's (docs/protocol.md), not a refusal of the token.
-   */
-  expiredWhileRegistering: boolean;
-}
 
 const TYPING_INTERVAL_MS = 1000;
 /** Broadcasts kept per chat while it registers again from an older position (see `reordering`). */
@@ -77,14 +41,9 @@ const MAX_REORDERING = 10_000;
 const MAX_KEPT_WHILE_LEAVING = 10_000;
 /** Chats left lately whose frames are still expected (see `left`). */
 const LEFT_KEYS = 1000;
-/** Keys of settled writes remembered, so a late second answer (to a resend) is recognised. */
-const SETTLED_KEYS = 1000;
 const RETRYABLE = new Set(['rate_limited', 'upstream_unavailable']);
 /** A hole in a chat's seqs that no write of ours can own is reported as a gap after this long. */
 const HOLE_GRACE_MS = 2000;
-const utf8 = new TextEncoder();
-/** The gateway refuses frames nested deeper than this (the frame object is level 1), before it reads which request they are. */
-const MAX_DEPTH = 32;
 
 export function createClient(options: ClientOptions): Client {
   return new Client(options);
@@ -103,7 +62,7 @@ export class Client extends Emitter<ClientEvents> {
   private readonly left = new Set<string>();
   /** What removes each handle's listeners (`chat.on`): done once the handle is left for good. */
   private readonly handleListeners = new Map<Chat, Array<() => void>>();
-  private readonly outbox: Outbox;
+  private readonly writes: Writes;
   private readonly host: ChatHost;
 
   private ws: WebSocketLike | null = null;
@@ -135,15 +94,11 @@ export class Client extends Emitter<ClientEvents> {
   private readonly unusableUrls = new Set<string>();
   /** Causes of refused registers the app was told of since a chat last registered (see reportRetriedRegister). */
   private readonly registerRefusalsReported = new Set<'connections' | 'refused'>();
-  /** Writes settled lately (`op:id`): a second answer for one (to a resend) is expected, not unhandled. */
-  private readonly settledKeys = new Set<string>();
 
   private readonly requests: Requests;
   private readonly keeper: TokenKeeper;
   private readonly refresh: TokenRefresh;
   private holdTimer: Timer | null = null;
-  /** Stored entries come first: nothing is sent before they are loaded. */
-  private outboxLoaded = false;
 
   constructor(private readonly options: ClientOptions) {
     super();
@@ -155,9 +110,9 @@ export class Client extends Emitter<ClientEvents> {
     const pacer = new Pacer<Outgoing>(this.cfg.rateLimit, (frame) => this.rawSend(frame));
     this.requests = new Requests(this.cfg.requestTimeoutMs, pacer, {
       isOpen: () => this.isOpen(),
-      isPending: (write) => this.outbox.all().includes(write),
-      writeRefused: (write, error) => this.onWriteError(write, error),
-      writesMayGo: () => this.pump(),
+      isPending: (write) => this.writes.isPending(write),
+      writeRefused: (write, error) => this.writes.refused(write, error),
+      writesMayGo: () => this.writes.pump(),
     });
     const core: Core = {
       cfg: this.cfg,
@@ -174,13 +129,17 @@ export class Client extends Emitter<ClientEvents> {
       anyRegistered: () => [...this.chats.values()].some((state) => state.status === 'registered'),
       anyRegistering: () => [...this.chats.values()].some((state) => state.status === 'registering'),
     });
-    this.outbox = new Outbox(options.storage ?? new MemoryStorage(), (err) => this.storageFailed(err));
-    this.host = this.chatHost();
-    void this.outbox.loaded.then(() => {
-      this.outboxLoaded = true;
-      for (const state of this.chats.values()) this.noteOwnWrites(state);
-      this.pump();
+    this.writes = new Writes(core, options.storage ?? new MemoryStorage(), {
+      get: (key) => this.chats.get(key),
+      values: () => this.chats.values(),
+      reregister: (state) => {
+        state.status = 'idle';
+        this.register(state);
+      },
+      deliver: (deliveries) => this.deliver(deliveries),
+      finishLeaving: (state) => this.finishLeaving(state),
     });
+    this.host = this.chatHost();
   }
 
   get state(): ConnectionState {
@@ -221,7 +180,7 @@ export class Client extends Emitter<ClientEvents> {
         maxIds: 10_000,
         maxUnfilled: 1000,
         maxDeferred: MAX_KEPT_WHILE_LEAVING,
-        ownUnanswered: () => this.ownUnanswered(key),
+        ownUnanswered: () => this.writes.ownUnanswered(key),
         holeGraceMs: HOLE_GRACE_MS,
         isKnown: this.guardedIsKnown(),
       }),
@@ -240,7 +199,7 @@ export class Client extends Emitter<ClientEvents> {
       expiredWhileRegistering: false,
     };
     this.chats.set(key, state);
-    this.noteOwnWrites(state);
+    this.writes.noteOwnWrites(state);
     if (this.isOpen()) this.register(state);
     else this.connectSoon();
     return state.chat;
@@ -263,14 +222,6 @@ export class Client extends Emitter<ClientEvents> {
       this.register(state);
     }
     // idle: its next register (a reconnect, a retry) resumes from the position anyway.
-  }
-
-  /**
-   * Messages of the chat waiting in the outbox — restored from storage after a restart too — are
-   * this client's own: a replay of one (saved before the ack was lost) is not shown to it.
-   */
-  private noteOwnWrites(state: ChatState): void {
-    for (const p of this.outbox.all()) if (p.entry.op === 'message' && String(p.entry.chatId) === state.key) state.stream.noteSending(p.entry.data.id);
   }
 
   /** The app's `isKnownMessage`; one that throws is reported and answers "not known". */
@@ -472,16 +423,7 @@ export class Client extends Emitter<ClientEvents> {
       clearTimer(state.retryTimer);
       state.retryTimer = null;
     }
-    const inFlight = this.outbox.all().filter((p) => p.inFlight);
-    for (const item of inFlight) {
-      item.inFlight = false;
-      item.maybeApplied = true; // it may have been saved; the resend is answered `duplicate`
-    }
-    if (code === 1009) {
-      // The gateway refused a frame as too large; the largest write in flight is the one.
-      const largest = inFlight.sort((a, b) => b.text.length - a.text.length)[0];
-      if (largest) this.fail(largest, new ClientError('too_large', 'the gateway closed the connection: frame too large (1009)', { op: largest.entry.op, id: largest.entry.data.id, closeCode: code }));
-    }
+    this.writes.disconnected(code);
     if (code === 1008) {
       this.giveUp(new ClientError('disconnected', `the gateway closed the connection for flooding (1008${reason ? `: ${reason}` : ''})`, { closeCode: code }), code, reason);
       return;
@@ -539,8 +481,7 @@ export class Client extends Emitter<ClientEvents> {
       clearTimer(state.retryTimer);
       for (const w of state.waiters.splice(0)) w.reject(error);
     }
-    // Unacked writes stay in the storage: a persistent outbox sends them from the next client.
-    for (const item of [...this.outbox.all()]) this.fail(item, error, false);
+    this.writes.end(error);
     this.setState({ state: 'disconnected', retryInMs: null, error, ...(code === undefined ? {} : { code }), ...(reason ? { reason } : {}) });
     this.silenced = true;
   }
@@ -702,7 +643,7 @@ export class Client extends Emitter<ClientEvents> {
     state.lastRegistered = event;
     for (const w of state.waiters.splice(0)) w.resolve(event);
     if (!state.leaving) this.emit('registered', event);
-    this.pump();
+    this.writes.pump();
   }
 
   /** A `register` answered with an error. */
@@ -784,7 +725,7 @@ export class Client extends Emitter<ClientEvents> {
   /** A chat that cannot be (re)registered: its writes fail, and the app is told. */
   private drop(state: ChatState, error: ClientError, reason?: string): void {
     this.forget(state, error);
-    for (const item of [...this.outbox.all()]) if (String(item.entry.chatId) === state.key) this.fail(item, error);
+    this.writes.failWritesTo(state.key, error);
     this.emit('unregistered', { chatId: state.chat.id, error, ...(reason === undefined ? {} : { reason }) });
     this.closeIfIdle();
   }
@@ -819,7 +760,7 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private finishLeaving(state: ChatState | undefined): void {
-    if (state === undefined || !state.leaving || this.outbox.all().some((p) => String(p.entry.chatId) === state.key)) return;
+    if (state === undefined || !state.leaving || this.writes.hasWritesTo(state.key)) return;
     // A register still out is unregistered when its answer comes (see onMessage, `registered`).
     if (state.status === 'registered') this.unregister(state.chat.id, state.key);
     this.forget(state, new ClientError('closed', 'left the chat', { chatId: state.chat.id }));
@@ -872,196 +813,7 @@ export class Client extends Emitter<ClientEvents> {
     }
   }
 
-  // --- writes ----------------------------------------------------------------------------------
-
-  private write(state: ChatState, op: WriteOp, data: { id: string } & Record<string, unknown>): Promise<Ack> {
-    const context = { op, id: data.id, chatId: state.chat.id };
-    if (this.ended) return Promise.reject(this.ended);
-    if (state.status === 'gone' || state.leaving) return Promise.reject(new ClientError('closed', 'the chat was left', context));
-    if (typeof data.id !== 'string' || !MESSAGE_ID.test(data.id)) return Promise.reject(new ClientError('bad_request', 'a message id is 1-64 characters [A-Za-z0-9_-]', context));
-    if (op !== 'delete_message' && (typeof data.ciphertext !== 'string' || data.ciphertext === '')) {
-      return Promise.reject(new ClientError('bad_request', 'ciphertext must be a non-empty string', context));
-    }
-    // What the gateway refuses before it can tell which request it was (so its error names no
-    // request, and nothing could settle this one): refused here, never sent.
-    let text: string;
-    try {
-      text = JSON.stringify({ type: op, chat_id: state.chat.id, data });
-    } catch (err) {
-      return Promise.reject(new ClientError('bad_request', `the content cannot be sent as JSON: ${errorText(err)}`, context));
-    }
-    if (utf8.encode(text).length > this.cfg.maxFrameBytes) return Promise.reject(new ClientError('too_large', `the frame is larger than ${this.cfg.maxFrameBytes} bytes`, context));
-    if (nestedDeeperThan(JSON.parse(text), MAX_DEPTH)) {
-      return Promise.reject(new ClientError('bad_request', `the content is nested deeper than the gateway accepts (${MAX_DEPTH} levels, the frame itself and its data included)`, context));
-    }
-    return new Promise<Ack>((resolve, reject) => {
-      const item = this.outbox.add(op, state.chat.id, data, { resolve, reject });
-      if (op === 'message') state.stream.noteSending(data.id);
-      void this.outbox.store(item).then((stored) => {
-        // Settled meanwhile (the client was closed or gave up): nothing more to say about it.
-        if (this.ended || !this.outbox.all().includes(item)) return;
-        if (stored) return this.pump();
-        this.fail(item, new ClientError('internal', 'the outbox storage failed', context));
-      });
-    });
-  }
-
-  /**
-   * Sends what may go now: per chat only its oldest unacked write (so a retry never lets a
-   * later write overtake it), once the chat is registered, at most `maxInFlight` at a time.
-   */
-  private pump(): void {
-    if (!this.isOpen() || !this.outboxLoaded) return;
-    let inFlight = this.outbox.all().filter((p) => p.inFlight).length;
-    const seen = new Set<string>();
-    for (const item of this.outbox.all()) {
-      const key = String(item.entry.chatId);
-      if (seen.has(key)) continue;
-      seen.add(key);
-      if (item.inFlight || !item.stored || item.retryTimer !== null) continue;
-      if (this.chats.get(key)?.status !== 'registered') continue;
-      // An earlier write with the same op and id (an edit of the same message) may still be
-      // answered (a send of it whose answer may come: see `resume`): its answer would be taken
-      // for this one's. Sent once that send is answered or overdue (`requestTimeoutMs`).
-      if (this.requests.awaitedElsewhere(item)) continue;
-      if (inFlight >= this.cfg.maxInFlight) return;
-      item.inFlight = true;
-      item.attempts++;
-      inFlight++;
-      this.sendWrite(item);
-    }
-  }
-
-  private sendWrite(item: Pending): void {
-    item.sentOn = this.connectionNo;
-    const track: Track = {
-      key: writeKey(item.entry.op, item.entry.data.id),
-      owner: item,
-      // Only while this attempt is the one in flight: a settled or retrying write is not resent.
-      resend: () => void (item.inFlight && item.sentOn === this.connectionNo && this.outbox.all().includes(item) && this.transmit(item.text, false, track)),
-    };
-    this.transmit(item.text, false, track);
-  }
-
-  /**
-   * The write an answer belongs to: the entry of the send it answers (`request`), while that
-   * entry is pending — an answer to an earlier entry with the same key that is settled is nobody's;
-   * without a matching send, by `op` and `id`: the one in flight, else — for an ack — one sent on
-   * this connection that is waiting to be retried (an earlier send of it was answered late).
-   */
-  private answeredWrite(request: Outstanding | undefined, op: string, id: string, inFlightOnly: boolean): Pending | undefined {
-    const owner = request?.owner;
-    if (owner === undefined) return this.sentWrite(op, id, inFlightOnly);
-    if (owner.sentOn !== this.connectionNo || !this.outbox.all().includes(owner)) return undefined;
-    return inFlightOnly && !owner.inFlight ? undefined : owner;
-  }
-
-  private sentWrite(op: string, id: string, inFlightOnly: boolean): Pending | undefined {
-    let fallback: Pending | undefined;
-    for (const p of this.outbox.all()) {
-      if (p.entry.op !== op || p.entry.data.id !== id || p.sentOn !== this.connectionNo) continue;
-      if (p.inFlight) return p;
-      fallback ??= p;
-    }
-    return inFlightOnly ? undefined : fallback;
-  }
-
-  private onAck(frame: Frame): void {
-    const key = writeKey(String(frame.op), String(frame.id));
-    const request = this.requests.answered(key);
-    const item = this.answeredWrite(request, String(frame.op), String(frame.id), false);
-    if (item === undefined) {
-      // The second answer to a write sent twice (a resend after a drop or timeout) is expected;
-      // the next write with the same key may have waited for it (see `pump`).
-      if (request === undefined && !this.settledKeys.has(key)) this.emit('unhandled', frame);
-      if (request !== undefined) this.pump();
-      return;
-    }
-    const position = positionIn(frame);
-    this.succeed(item, frame.duplicate === true, position?.seq, position?.epoch);
-  }
-
-  private succeed(item: Pending, duplicate: boolean, seq?: number, epoch?: string): void {
-    const { op, chatId, data } = item.entry;
-    this.outbox.remove(item);
-    this.noteSettled(item);
-    const ack: Ack = { op, id: data.id, chatId, duplicate, ...(seq === undefined ? {} : { seq }), ...(epoch === undefined ? {} : { epoch }) };
-    const state = this.chats.get(String(chatId));
-    if (state !== undefined) {
-      const out: Delivery[] = [];
-      state.stream.noteAck(op, data.id, seq, epoch, out);
-      this.deliver(out);
-    }
-    item.settle?.resolve(ack);
-    this.emit('sent', { chatId, ack });
-    this.finishLeaving(state);
-    this.pump();
-  }
-
-  /**
-   * Writes to chat `key` sent on this connection and not answered yet (each may own a hole in the
-   * chat's stream until its ack brings the position); Infinity while the chat is not registered.
-   */
-  private ownUnanswered(key: string): number {
-    if (this.chats.get(key)?.status !== 'registered') return Infinity;
-    let n = 0;
-    for (const p of this.outbox.all()) if (p.sentOn === this.connectionNo && String(p.entry.chatId) === key) n++;
-    return n;
-  }
-
-  /** Settles an entry with an error; `removeStored` false keeps it in the storage. */
-  private fail(item: Pending, error: ClientError, removeStored = true): void {
-    if (removeStored) this.outbox.remove(item);
-    else this.outbox.forget(item);
-    this.noteSettled(item);
-    const state = this.chats.get(String(item.entry.chatId));
-    if (state !== undefined) {
-      const out: Delivery[] = [];
-      state.stream.noteFailed(out);
-      this.deliver(out);
-    }
-    item.settle?.reject(error);
-    this.emit('failed', { chatId: item.entry.chatId, op: item.entry.op, id: item.entry.data.id, error });
-    this.finishLeaving(this.chats.get(String(item.entry.chatId))); // looked up again: a 'failed' handler may have left the chat
-  }
-
-  private noteSettled(item: Pending): void {
-    const key = writeKey(item.entry.op, item.entry.data.id);
-    this.settledKeys.delete(key);
-    this.settledKeys.add(key);
-    if (this.settledKeys.size > SETTLED_KEYS) this.settledKeys.delete(this.settledKeys.values().next().value!);
-  }
-
-  private storageFailed(err: unknown): void {
-    if (this.ended) return; // after close(): no more events (the storage keeps what it keeps)
-    this.emit('error', { error: err, during: 'outbox storage' });
-  }
-
-  private onWriteError(item: Pending, error: ClientError): void {
-    item.inFlight = false;
-    const state = this.chats.get(String(item.entry.chatId));
-    // The main API may have applied it after the gateway stopped waiting.
-    if (error.code === 'upstream_unavailable') item.maybeApplied = true;
-    if (error.retryable) {
-      item.retryTimer = setTimeout(() => {
-        item.retryTimer = null;
-        this.pump();
-      }, backoffDelay(item.attempts - 1, this.cfg.backoff));
-      return;
-    }
-    // A delete resent after a lost ack finds its message gone: that is the delete having worked.
-    if (error.code === 'not_found' && item.entry.op === 'delete_message' && item.maybeApplied) return this.succeed(item, true);
-    // The registration is gone but is being restored (not_registered, or a token being renewed): keep it.
-    const restoring = state !== undefined && state.status !== 'gone' && state.status !== 'registered';
-    if (error.code === 'not_registered' && state?.status === 'registered') {
-      state.status = 'idle';
-      this.register(state);
-      return;
-    }
-    if (restoring && (error.code === 'not_registered' || error.code === 'unauthorized')) return;
-    this.fail(item, error);
-    this.pump();
-  }
+  // --- errors ---------------------------------------------------------------------------------
 
   private onError(frame: Frame): void {
     const op = typeof frame.op === 'string' ? frame.op : '';
@@ -1093,11 +845,7 @@ export class Client extends Emitter<ClientEvents> {
       if (state?.status === 'registering') return this.registerRefused(state, error);
       if (request !== undefined) return; // a second answer to a register sent twice
     } else if (WRITE_OPS.has(op) && typeof frame.id === 'string') {
-      const item = this.answeredWrite(request, op, frame.id, true);
-      if (item) return this.onWriteError(item, error);
-      // A late answer to an earlier send of a write that is retried, or settled, already.
-      if (request !== undefined) return this.pump();
-      if (this.settledKeys.has(key!) || this.sentWrite(op, frame.id, false)) return;
+      if (this.writes.onError(request, op, frame.id, error)) return;
     } else if (op === 'ping') {
       // A refused ping gets no pong. (The error itself proves the link is alive.)
       return request?.onAnswer?.(false);
@@ -1180,7 +928,7 @@ export class Client extends Emitter<ClientEvents> {
         if (this.refresh.onRefreshed()) return;
         break;
       case 'ack':
-        return this.onAck(frame);
+        return this.writes.onAck(frame);
       case 'error':
         return this.onError(frame);
       case 'pong': {
@@ -1246,7 +994,7 @@ export class Client extends Emitter<ClientEvents> {
     return {
       write: (chat, op, data) => {
         const state = stateOf(chat);
-        if (state !== undefined) return this.write(state, op, data);
+        if (state !== undefined) return this.writes.write(state, op, data);
         return Promise.reject(this.ended ?? new ClientError('closed', 'the chat was left', { op, id: data.id, chatId: chat.id }));
       },
       typing: (chat) => {
@@ -1302,14 +1050,6 @@ function isBucketPause(frame: Frame): boolean {
 /** The answer to a `refresh` sent while another is verified: that one's answer is still to come. */
 function refreshInProgress(frame: Frame): boolean {
   return !isBucketPause(frame) && typeof frame.message === 'string' && /already in progress/i.test(frame.message);
-}
-
-/** Whether a JSON value has objects or arrays nested deeper than `limit` levels (as the gateway counts them). */
-function nestedDeeperThan(value: unknown, limit: number): boolean {
-  if (typeof value !== 'object' || value === null) return false;
-  if (limit === 0) return true;
-  for (const key in value) if (nestedDeeperThan((value as Record<string, unknown>)[key], limit - 1)) return true;
-  return false;
 }
 
 function samePosition(a: Position | null, b: Position | null): boolean {
