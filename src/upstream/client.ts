@@ -48,12 +48,19 @@ export interface MainApi {
   close(): Promise<void>;
 }
 
-/** The largest answer body read (a verify's); a longer one fails the call. */
+/** The largest verify answer read; a longer one fails the call. */
 const MAX_ANSWER_BYTES = 64 * 1024;
 
 class AnswerTooLarge extends Error {
   constructor() {
     super(`main API answered with more than ${MAX_ANSWER_BYTES} bytes`);
+  }
+}
+
+/** A body nobody reads, past this size, is not drained: the connection is dropped instead. */
+class UnreadBodyTooLarge extends Error {
+  constructor() {
+    super(`main API sent more than ${MAX_ANSWER_BYTES} bytes of a body the gateway does not read`);
   }
 }
 
@@ -131,6 +138,9 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   const deadlines = new CallDeadlines(config.upstreamTimeoutMs);
   // A main API that is down fails every call: one line per call and outcome every 10 s, not one per frame.
   const logLimit = new LogLimiter();
+  // A save's 409 or a delete's 404 may echo the stored message: read up to twice the largest one
+  // (its JSON escaping grows it) before taking the answer as saying nothing.
+  const maxWriteAnswerBytes = Math.max(MAX_ANSWER_BYTES, 2 * config.maxMessageBytes);
 
   /** `body`: an object to send as JSON, or JSON already serialized. */
   async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object | string, cancel?: AbortSignal): Promise<Answer> {
@@ -143,7 +153,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       const payload = body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body);
       // Only a verify's answer body is read, a save's 409 (what it says was saved) and a delete's 404 (whether it says "deleted").
       const readBody = op === 'verify' ? () => true : op === 'save' ? (status: number) => status === 409 : op === 'delete' ? (status: number) => status === 404 : () => false;
-      const answer = await exchange({ method, path, headers, body: payload }, readBody, op === 'verify', cancel);
+      const answer = await exchange({ method, path, headers, body: payload }, readBody, op === 'verify' ? MAX_ANSWER_BYTES : maxWriteAnswerBytes, op === 'verify', cancel);
       outcome = String(answer.status);
       if (answer.status >= 500) {
         const admitted = logLimit.admit(`${op} ${answer.status}`);
@@ -177,7 +187,13 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
    * whole, by `deadlines`. No per-call timer on the hot path, only the connection's own signal
    * when it may close.
    */
-  function exchange(request: Dispatcher.DispatchOptions, readBody: (status: number) => boolean, refuseOversize: boolean, cancel?: AbortSignal): Promise<Answer> {
+  function exchange(
+    request: Dispatcher.DispatchOptions,
+    readBody: (status: number) => boolean,
+    maxBytes: number,
+    refuseOversize: boolean,
+    cancel?: AbortSignal,
+  ): Promise<Answer> {
     return new Promise<Answer>((resolve, reject) => {
       let status = 0;
       let reading = false;
@@ -207,18 +223,24 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
         onResponseStart(_controller, statusCode) {
           status = statusCode;
           reading = readBody(statusCode);
+          // Where the body is not read, the status is the whole answer: a 201 whose body then
+          // trickles, never ends or is cut off was still carried out, and is reported so (it
+          // used to fail as unreachable, and the saved message was never broadcast). The body
+          // drains behind it, within the call's deadline.
+          if (!reading) resolve({ status, body: '' });
         },
         onResponseData(controller, chunk) {
-          if (!reading) return;
           size += chunk.length;
-          if (size > MAX_ANSWER_BYTES) {
-            // A verify answered with megabytes is a lying main API: refused rather than held. A
-            // save's 409 may echo the stored message: it stays a 409, read as saying nothing.
-            if (refuseOversize) return controller.abort(new AnswerTooLarge());
-            reading = false;
-            chunks = null;
-            size = 0;
+          if (!reading) {
+            if (size > MAX_ANSWER_BYTES) controller.abort(new UnreadBodyTooLarge());
             return;
+          }
+          if (size > maxBytes) {
+            // A verify answered with megabytes is a lying main API: refused rather than held. A
+            // save's 409 or a delete's 404 past its bound stays what its status says, read as saying nothing.
+            if (refuseOversize) return controller.abort(new AnswerTooLarge());
+            resolve({ status, body: '' });
+            return controller.abort(new UnreadBodyTooLarge());
           }
           (chunks ??= []).push(chunk);
         },
@@ -260,6 +282,11 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       if (user === null) {
         log.error({ op: 'verify', status }, 'main API verify answer has no usable user id');
         throw new RequestError('internal', 'main API answered verify without a usable user id');
+      }
+      if (!answersFor(body, chat)) {
+        // A misrouted or mixed-up answer about another chat admits nobody to this one.
+        log.error({ op: 'verify', status, chat }, 'main API verify answer names another chat');
+        throw new RequestError('internal', 'main API answered verify for another chat');
       }
       // An answer the server API revoked while it was on its way must not be cached.
       if (!cache.forgottenSince(user, chat, asked)) cache.set(token, chat, user);
@@ -318,6 +345,12 @@ function savedBy(body: string, sender: IdKey, chat: IdKey): boolean {
 function deletedBy(body: string, user: IdKey, chat: IdKey): boolean {
   const v = jsonObject(body);
   return v !== null && v.deleted === true && parseId(v.chat_id) === chat && parseId(v.deleted_by) === user;
+}
+
+/** Whether a verify answer is about `chat`: it names no chat (most do not), or names this one. */
+function answersFor(body: string, chat: IdKey): boolean {
+  const named = jsonObject(body)?.chat_id;
+  return named === undefined || named === null || parseId(named) === chat;
 }
 
 /** `user_id`, else `id`, `sub`, or `user.id`. */
