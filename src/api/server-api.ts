@@ -53,12 +53,22 @@ const digest = (s: string) => createHash('sha256').update(s).digest();
  */
 export async function createServerApi(opts: ServerApiOptions): Promise<FastifyInstance> {
   const { engine, log } = opts;
+  // Constant time whatever the length: both sides are hashed first.
+  const expected = digest(opts.apiKey);
+  const authorized = (header: string | undefined) =>
+    header !== undefined && header.startsWith('Bearer ') && timingSafeEqual(digest(header.slice('Bearer '.length)), expected);
+  const UNAUTHORIZED = 'missing or wrong API key (Authorization: Bearer <API_KEY>)';
+
   const app = Fastify({
     logger: false,
     bodyLimit: opts.bodyLimit,
-    // A path the router cannot decode (`%ZZ`) gets the API's own error shape, like any bad input.
-    frameworkErrors: (err, _req, reply) => {
-      void (reply as FastifyReply).code(400).send({ error: 'bad_request', message: err.message });
+    // A path the router cannot take (`%ZZ`, a parameter over 100 characters) fails before any
+    // hook runs: without the key it is still 401, as everywhere; with it, 400 in the API's own
+    // error shape — without echoing the path back.
+    frameworkErrors: (_err, req, reply) => {
+      const r = reply as FastifyReply;
+      if (!authorized(req.headers.authorization)) return void r.code(401).send({ error: 'unauthorized', message: UNAUTHORIZED });
+      void r.code(400).send({ error: 'bad_request', message: 'malformed path: a parameter that is not valid percent-encoding, or longer than 100 characters' });
     },
     // Our routes are exact; /api/v1/x/ is not /api/v1/x.
     ...(opts.serverFactory === undefined ? {} : { serverFactory: opts.serverFactory }),
@@ -92,13 +102,14 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
     if (body === '') return done(null, undefined);
-    parseJson(req, body as string, done);
+    parseJson(req, body as string, (err, value) => {
+      // Fastify's parser refuses these keys (prototype poisoning) as "not valid JSON": say why.
+      if (err !== null && /"(__proto__|constructor)"/.test(body as string)) {
+        return done(Object.assign(new Error('a "__proto__" key, or a "constructor" with a "prototype" key, is refused anywhere in the body'), { statusCode: 400 }), undefined);
+      }
+      done(err, value);
+    });
   });
-
-  // Constant time whatever the length: both sides are hashed first.
-  const expected = digest(opts.apiKey);
-  const authorized = (header: string | undefined) =>
-    header !== undefined && header.startsWith('Bearer ') && timingSafeEqual(digest(header.slice('Bearer '.length)), expected);
 
   app.addHook('onRequest', async (req) => {
     // Decided by the route the router matched, never by the raw URL: the router decodes the path
@@ -106,7 +117,7 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
     // The document is public; a path that matches no route is simply not found.
     const route = req.routeOptions.url;
     if (route === undefined || route === OPENAPI_PATH) return;
-    if (!authorized(req.headers.authorization)) throw new ApiError(401, 'unauthorized', 'missing or wrong API key (Authorization: Bearer <API_KEY>)');
+    if (!authorized(req.headers.authorization)) throw new ApiError(401, 'unauthorized', UNAUTHORIZED);
   });
   app.addHook('onResponse', async (req, reply) => {
     opts.metrics.apiRequests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });

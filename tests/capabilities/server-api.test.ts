@@ -308,6 +308,10 @@ for (const mode of ENGINE_MODES) {
       assert.deepEqual([big.status, big.body.error], [413, 'too_large']);
       const text = await raw(h.instances[0]!, '/api/v1/users/99/disconnect', '<a/>', 'application/xml');
       assert.deepEqual([text.status, text.body.error], [415, 'unsupported_media_type']);
+      // Prototype-poisoning keys are refused, and the answer says so (not "not valid JSON").
+      const poisoned = await raw(h.instances[0]!, `/api/v1/chats/${chat}/publish`, '{"event":{"__proto__":{"admin":true}}}');
+      assert.deepEqual([poisoned.status, poisoned.body.error], [400, 'bad_request']);
+      assert.match(String(poisoned.body.message), /__proto__/);
       const longReason = await call(h.instances[0]!, 'POST', '/api/v1/users/13/disconnect', { reason: 'x'.repeat(121) });
       assert.equal(longReason.status, 400);
       assert.match(String(longReason.body.message), /reason/);
@@ -337,8 +341,13 @@ describe('server API: where it is served', () => {
       }
       const encoded = await call(own, 'POST', '/%61pi/v1/users/1/disconnect', {}, null);
       assert.equal(encoded.status, 401);
-      const undecodable = await call(own, 'GET', '/api/v1/chats/%ZZ/presence');
-      assert.deepEqual([undecodable.status, undecodable.body.error], [400, 'bad_request']);
+      // A path the router cannot take: 400 with the key, without echoing it back; 401 without the key, as everywhere.
+      for (const path of ['/api/v1/chats/%ZZ/presence', `/api/v1/chats/${'a'.repeat(120)}/presence`]) {
+        const undecodable = await call(own, 'GET', path);
+        assert.deepEqual([undecodable.status, undecodable.body.error], [400, 'bad_request'], path);
+        assert.ok(!String(undecodable.body.message).includes('/api/v1'), 'the path is echoed back');
+        assert.equal((await call(own, 'GET', path, undefined, null)).status, 401, `${path} without the key`);
+      }
       const publicPort = await fetch(`${own.gateway.url}/api/v1/chats/1/presence`, { headers: { authorization: `Bearer ${API_KEY}` } });
       assert.equal(publicPort.status, 404);
       assert.equal((await fetch(`${own.gateway.url}/healthz`)).status, 200);
