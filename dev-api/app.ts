@@ -362,6 +362,16 @@ type ChatParams = { Params: { chat_id: string } };
 /** Device ids as the page makes them (UUIDs); also the keys of a message's `envelopes`. */
 const DEVICE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
+/**
+ * Devices kept per user. Every device of a chat costs ~141 bytes in each message's envelopes, and
+ * the gateway's frame limit (64 KiB) allows ~460: without a bound one member publishing hundreds of
+ * devices would stop everyone in the chat from sending. A user's next device evicts its least
+ * recently published one (a login publishes again), rather than being refused: a refusal would
+ * lock out for good a user who cleared ten browsers, and eviction only ever costs that user's own
+ * stale devices (docs/dev-api.md). The chat page keeps at most as many per user (web/model.ts).
+ */
+export const MAX_DEVICES_PER_USER = 10;
+
 /** A base64 raw P-256 point that WebCrypto accepts as an ECDH public key. */
 async function isP256PublicKey(value: unknown): Promise<boolean> {
   if (typeof value !== 'string' || !/^[A-Za-z0-9+/]{86}[A-Za-z0-9+/=]{2}$/.test(value)) return false;
@@ -719,7 +729,12 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     const owner = devices.get(deviceId);
     if (owner && String(owner.user_id) !== sub) refuse(403, 'this device belongs to another user');
     const device: DeviceKey = { device_id: deviceId, user_id: userIdFromSub(sub), public_key: publicKey as string, updated_at: new Date().toISOString() };
+    // Map order is publish order: a device published again moves to the end, and the user's
+    // devices past MAX_DEVICES_PER_USER go from the front (the least recently published).
+    devices.delete(deviceId);
     devices.set(deviceId, device);
+    const own = [...devices.values()].filter((d) => String(d.user_id) === sub);
+    for (const stale of own.slice(0, Math.max(0, own.length - MAX_DEVICES_PER_USER))) devices.delete(stale.device_id);
     return device;
   });
 

@@ -8,7 +8,7 @@ import { ClientError, createClient, type Chat, type ChatId, type Client, type Re
 import { Api, ApiError, type StoredMessage } from './api.js';
 import { CannotDecrypt, fingerprint, open, seal, type Recipient } from './crypto.js';
 import { loadDevice, type Device } from './device.js';
-import { checkedTime, mergeHistory, messageTime, offlineText, type Entry } from './model.js';
+import { boundDevices, checkedTime, mergeHistory, messageTime, offlineText, type Entry } from './model.js';
 
 const DEMO_USERS: ReadonlyArray<{ id: string; name: string }> = [
   { id: '1', name: 'Alice' },
@@ -508,7 +508,8 @@ function fetchDevices(view: ChatView): Promise<Recipient[]> {
     .devices(view.chat.id)
     .then(
       (devices) => {
-        const list = devices.map(({ device_id, public_key }) => ({ device_id, public_key }));
+        // Hundreds of devices of one member would make every message too large for the gateway.
+        const list = boundDevices(devices).map(({ device_id, public_key }) => ({ device_id, public_key }));
         if (session === s) {
           view.devices = list;
           view.devicesUnreachableAt = 0;

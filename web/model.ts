@@ -83,6 +83,43 @@ export function mergeHistory<M extends StoredLike>(
   return fresh;
 }
 
+/**
+ * Devices of one user that a message is encrypted to, at most. The dev API keeps as many per user
+ * (MAX_DEVICES_PER_USER in dev-api/app.ts); the page does not rely on it: each device costs ~141
+ * bytes of every message, and a chat list with hundreds of one member's devices would make every
+ * message too large for the gateway.
+ */
+export const DEVICES_PER_USER = 10;
+
+export interface ListedDevice {
+  device_id: string;
+  user_id: string | number;
+  public_key: string;
+}
+
+/**
+ * A chat's device list as the page uses it: at most `perUser` devices per user, the last listed
+ * (the dev API lists in publish order), and each public key once per user.
+ * A key listed under two users is kept for both: dropping one would let a member who copies
+ * someone's public key under its own device take that person's envelope away.
+ */
+export function boundDevices<D extends ListedDevice>(devices: readonly D[], perUser = DEVICES_PER_USER): D[] {
+  const kept: D[] = [];
+  const perUserCount = new Map<string, number>();
+  const keys = new Set<string>();
+  for (let i = devices.length - 1; i >= 0; i--) {
+    const device = devices[i]!;
+    const user = String(device.user_id);
+    const key = JSON.stringify([user, device.public_key]);
+    const count = perUserCount.get(user) ?? 0;
+    if (count >= perUser || keys.has(key)) continue;
+    keys.add(key);
+    perUserCount.set(user, count + 1);
+    kept.push(device);
+  }
+  return kept.reverse();
+}
+
 const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 
 /** A message's time as shown: `14:05` today, `3 Jan 14:05` earlier this year, `3 Jan 2024 14:05` before (local time). */

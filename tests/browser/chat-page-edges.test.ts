@@ -1,7 +1,7 @@
 /**
  * The chat page (web/) in Chromium, at its edges: a device list that has not loaded, a phone's
- * viewport, user ids past 2^53, chats with hundreds of devices, two tabs logging in at once, a
- * forged edit, keyboard and screen-reader use, drafts, chats the user may not join, old
+ * viewport, user ids past 2^53, a member's flood of devices and chats with hundreds, two tabs
+ * logging in at once, a forged edit, keyboard and screen-reader use, drafts, chats the user may not join, old
  * messages, reconnect countdowns and typing across chats. Same set-up as chat-page.test.ts (the
  * dev API, an in-memory gateway and the page server in this process); every test uses its own
  * chat and users.
@@ -159,29 +159,34 @@ describe('the chat page at its edges', () => {
     await other.context().close();
   });
 
-  it('a chat with 300 devices can send (the ephemeral key goes once); past the frame limit the error says why', async () => {
+  it('a member\'s flood of devices costs one envelope per key and at most 10 per user; a chat of 300 devices can send; past the frame limit the error says why', async () => {
     const chat = uniqueChat();
-    const member = await h.member(77, chat); // joins the chat: its devices get envelopes
-    for (let i = 0; i < 300; i++) {
-      const id = webcrypto.randomUUID();
-      h.api.devices.set(id, { device_id: id, user_id: 77, public_key: await publicKey(), updated_at: new Date().toISOString() });
-    }
+    // Devices put straight into the dev API's store, past its own cap of 10 per user: the page
+    // must not rely on the server to keep a chat's messages small enough to send.
+    const put = (user: number, id: string, key: string) => h.api.devices.set(id, { device_id: id, user_id: user, public_key: key, updated_at: new Date().toISOString() });
+    const keys = await Promise.all(Array.from({ length: 15 }, () => publicKey()));
+    const flooder = await publicKey();
+    for (let i = 0; i < 420; i++) put(66, `flood-${String(i).padStart(58, 'm')}`, flooder); // one member, 420 devices, one key
+    for (let i = 0; i < 15; i++) put(67, `many-${i}`, keys[i]!); // one member, 15 devices
+    const users = (from: number) => Array.from({ length: 30 }, (_, u) => from + u);
+    for (const user of users(1000)) for (let i = 0; i < 10; i++) put(user, `d${user}-${i}`, keys[i]!); // 30 members × 10
+    h.api.setMembers(chat, [15, 66, 67, ...users(1000)]);
     const page = await newPage();
     await loginTo(page, '15', chat);
     await type(page, 'to a big chat');
     await sent(page, 'to a big chat');
-    assert.equal(Object.keys((storedIn(chat)[0] as unknown as { envelopes: object }).envelopes).length, 301);
+    const envelopes = Object.keys((storedIn(chat)[0] as unknown as { envelopes: object }).envelopes);
+    assert.equal(envelopes.filter((id) => id.startsWith('flood-')).length, 1, 'one envelope for 420 devices with one key');
+    assert.deepEqual(envelopes.filter((id) => id.startsWith('many-')).sort(), Array.from({ length: 10 }, (_, i) => `many-${i + 5}`).sort(), 'the 10 last published of 15');
+    assert.equal(envelopes.length, 1 + 10 + 300 + 1, 'and 300 devices of 30 members, and this one');
 
-    for (let i = 0; i < 300; i++) {
-      const id = webcrypto.randomUUID();
-      h.api.devices.set(id, { device_id: id, user_id: 77, public_key: await publicKey(), updated_at: new Date().toISOString() });
-    }
+    for (const user of users(2000)) for (let i = 0; i < 10; i++) put(user, `d${user}-${i}`, keys[i]!);
+    h.api.setMembers(chat, [15, 66, 67, ...users(1000), ...users(2000)]);
     await type(page, 'to a chat too big');
     const status = page.locator('#messages li.msg.mine', { hasText: 'to a chat too big' }).locator('.status.failed');
     await status.waitFor({ timeout: WAIT_MS });
-    assert.match((await status.textContent()) ?? '', /not sent: too large for the gateway \(64 KiB a frame, 601 devices in this chat/);
+    assert.match((await status.textContent()) ?? '', /not sent: too large for the gateway \(64 KiB a frame, 612 devices in this chat/);
     assert.equal(await state(page), 'open', 'the connection was not closed for it');
-    member.close();
     await page.context().close();
   });
 

@@ -1,10 +1,11 @@
 /**
  * The chat page's pure pieces (web/model.ts, web/api.ts's id spelling) on Node: how a history
- * reload merges into what the page has, and the clock-dependent texts.
+ * reload merges into what the page has, which devices a message is encrypted to, and the
+ * clock-dependent texts.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { CLOCK_SLACK_MS, checkedTime, mergeHistory, messageTime, offlineText, type Entry, type Messages } from '../../web/model.js';
+import { CLOCK_SLACK_MS, DEVICES_PER_USER, boundDevices, checkedTime, mergeHistory, messageTime, offlineText, type Entry, type Messages } from '../../web/model.js';
 import { userIdValue } from '../../web/api.js';
 
 function entry(id: string, text: string, changed: number, extra: Partial<Entry> = {}): Entry {
@@ -96,5 +97,23 @@ describe('user ids', () => {
     assert.equal(userIdValue('12345678901234567891'), '12345678901234567891');
     assert.equal(userIdValue('007'), '007');
     assert.equal(userIdValue('alice'), 'alice');
+  });
+});
+
+describe('boundDevices (what a message is encrypted to)', () => {
+  const device = (id: string, user: number | string, key = `key-${id}`) => ({ device_id: id, user_id: user, public_key: key });
+
+  it('a flood of one user\'s devices with one key is one device; at most DEVICES_PER_USER per user, the last listed', () => {
+    const flood = Array.from({ length: 420 }, (_, i) => device(`m${i}`, 66, 'same key'));
+    const many = Array.from({ length: 15 }, (_, i) => device(`c${i}`, 3));
+    const kept = boundDevices([device('a1', 1), ...flood, ...many, device('b1', '2')]);
+    assert.deepEqual(kept.filter((d) => d.user_id === 66).map((d) => d.device_id), ['m419']);
+    assert.deepEqual(kept.filter((d) => d.user_id === 3).map((d) => d.device_id), Array.from({ length: DEVICES_PER_USER }, (_, i) => `c${i + 5}`));
+    assert.deepEqual(kept.map((d) => d.device_id).filter((id) => /^[ab]/.test(id)), ['a1', 'b1']);
+  });
+
+  it('a key listed under two users is kept for both: a copied key must not take its owner\'s envelope away', () => {
+    const kept = boundDevices([device('alice-1', 1, 'alice key'), device('copy', 66, 'alice key')]);
+    assert.deepEqual(kept.map((d) => d.device_id), ['alice-1', 'copy']);
   });
 });

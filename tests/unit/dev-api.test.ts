@@ -5,7 +5,7 @@
 import { after, before, beforeEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
-import { startDevApi, type DevApi } from '../../dev-api/app.js';
+import { MAX_DEVICES_PER_USER, startDevApi, type DevApi } from '../../dev-api/app.js';
 
 let api: DevApi;
 
@@ -481,6 +481,23 @@ describe('routes for clients: device keys and chat history', () => {
     assert.equal((await call('/devices/dev-a1/key', { method: 'PUT', token: bob, body: { public_key: key } })).status, 403);
     assert.equal(api.devices.get('dev-a1')?.public_key, replaced);
     assert.equal(api.requests.length, 0, 'client routes are not recorded as gateway calls');
+  });
+
+  test('a user keeps at most MAX_DEVICES_PER_USER devices: a new one evicts the least recently published', async () => {
+    const [alice, bob, key] = [await api.mintToken(1), await api.mintToken(2), await publicKey()];
+    const publish = async (token: string, id: string) => assert.equal((await call(`/devices/${id}/key`, { method: 'PUT', token, body: { public_key: key } })).status, 200, id);
+    await publish(bob, 'b0');
+    for (let i = 0; i < MAX_DEVICES_PER_USER + 2; i++) await publish(alice, `a${i}`);
+    const aliceDevices = () => [...api.devices.values()].filter((d) => d.user_id === 1).map((d) => d.device_id);
+    assert.deepEqual(aliceDevices(), Array.from({ length: MAX_DEVICES_PER_USER }, (_, i) => `a${i + 2}`), 'a0 and a1 were evicted');
+    await publish(alice, 'a2'); // a login publishes again: a2 is now the most recent
+    await publish(alice, 'new');
+    assert.equal(aliceDevices().length, MAX_DEVICES_PER_USER);
+    assert.ok(!aliceDevices().includes('a3') && aliceDevices().includes('a2'), 'a3, not a2, was the least recently published');
+    assert.ok(api.devices.has('b0'), "another user's devices are not touched");
+    assert.equal((await verify(bob, 5)).status, 200);
+    const listed = await call('/chats/5/devices', { method: 'GET', token: alice });
+    assert.equal((listed.json as { devices: unknown[] }).devices.length, MAX_DEVICES_PER_USER + 1, "a chat lists at most MAX_DEVICES_PER_USER of a user's devices");
   });
 
   test('device keys are validated: 401 without a token, 422 for anything but a P-256 point, 400 for a bad id', async () => {
