@@ -8,6 +8,9 @@
  *   - slow down only the attackers' saves (BENCH_SLOW_SAVE_MS, 300): the dev API's faults are
  *     global per op. Slow saves keep the attackers' MAX_PENDING_WRITES queues full and their
  *     MAX_UPSTREAM_PER_CONNECTION calls in flight;
+ *   - slow down only the attackers' verifies (BENCH_SLOW_VERIFY_MS, 0): a main API slow to
+ *     refuse junk tokens, which with hundreds of junk-token sockets (BENCH_ATTACKERS=300
+ *     BENCH_ROLES=junk) tests that unregistered connections cannot take the whole pool;
  *   - count main-API calls in flight per attacker connection (its token or message id names it)
  *     and time the ordinary user's saves (send → main API → ack).
  * Every main-API call also gets a 5 ms delay fault (BENCH_BASE_DELAY_MS) on the dev API: a
@@ -53,6 +56,8 @@ const SEND_EVERY_MS = 50;
 const ATTACKERS = Number(process.env.BENCH_ATTACKERS ?? 20);
 const BASE_DELAY_MS = Number(process.env.BENCH_BASE_DELAY_MS ?? 5);
 const SLOW_SAVE_MS = Number(process.env.BENCH_SLOW_SAVE_MS ?? 300);
+/** A main API slow to refuse the attackers' junk tokens (a tarpit, or a slow database): their verifies take this long. */
+const SLOW_VERIFY_MS = Number(process.env.BENCH_SLOW_VERIFY_MS ?? 0);
 /** Gateway defaults the verdict checks against (the bench does not override them). */
 const MAX_UPSTREAM_PER_CONNECTION = 4;
 const MAX_AUTH_FAILURES = 5;
@@ -61,20 +66,24 @@ const ORDINARY_CHAT = 1;
 const SENDER = 1;
 const RECEIVER = 2;
 
-type Role = 'junk' | 'churn' | 'garbage' | 'ping' | 'flood-steady' | 'flood-blast' | 'oversize' | 'deaf';
+type Role = 'junk' | 'churn' | 'garbage' | 'ping' | 'flood-steady' | 'flood-blast' | 'oversize' | 'deaf' | 'anon';
 /** 20 slots: mixed so that any prefix (a smaller BENCH_ATTACKERS) still has every kind. */
 const ROLE_CYCLE: Role[] = [
   'junk', 'flood-steady', 'churn', 'garbage', 'ping', 'flood-blast', 'oversize', 'junk', 'churn', 'flood-steady',
   'garbage', 'junk', 'flood-blast', 'ping', 'churn', 'flood-steady', 'junk', 'garbage', 'flood-blast', 'oversize',
 ];
 /**
- * BENCH_ROLES=junk,ping keeps only those kinds (to see which one hurts). `deaf` is only run when
- * named: a raw-TCP client that never reads, so it never sees the gateway's close frame and keeps
- * sending pings after its 1008.
+ * BENCH_ROLES=junk,ping keeps only those kinds (to see which one hurts). `deaf` and `anon` are
+ * only run when named. `deaf`: a raw-TCP client that never reads, so it never sees the gateway's
+ * close frame and keeps sending pings after its 1008. `anon`: registers with junk tokens, four at
+ * a time (MAX_UPSTREAM_PER_CONNECTION), the next four once those are answered, reconnecting when
+ * closed 4401 — few frames, all of them main-API calls: with BENCH_SLOW_VERIFY_MS and hundreds of
+ * them, what unregistered connections can take of the main-API pool.
  */
 const ROLE_FILTER = process.env.BENCH_ROLES?.split(',').map((r) => r.trim());
-const ROLES: Role[] = ROLE_FILTER ? [...ROLE_CYCLE.filter((r) => ROLE_FILTER.includes(r)), ...(ROLE_FILTER.includes('deaf') ? (['deaf'] as const) : [])] : ROLE_CYCLE;
-if (ROLES.length === 0) throw new Error(`BENCH_ROLES matches none of ${[...new Set(ROLE_CYCLE)].join(', ')}, deaf`);
+const NAMED_ONLY: Role[] = ['deaf', 'anon'];
+const ROLES: Role[] = ROLE_FILTER ? [...ROLE_CYCLE.filter((r) => ROLE_FILTER.includes(r)), ...NAMED_ONLY.filter((r) => ROLE_FILTER.includes(r))] : ROLE_CYCLE;
+if (ROLES.length === 0) throw new Error(`BENCH_ROLES matches none of ${[...new Set(ROLE_CYCLE), ...NAMED_ONLY].join(', ')}`);
 const roleOf = (slot: number): Role => ROLES[slot % ROLES.length]!;
 /** Flooders and churners hold real tokens. Flooders share a few users; churners are one user each (so presence flips). */
 const userOf = (slot: number): number | null => {
@@ -159,6 +168,7 @@ async function attackerMain(input: WorkerInput): Promise<void> {
       stats.connections++;
       open.add(ws);
       const registered: string[] = [];
+      let answered = 0;
       let onRegistered: (() => void) | null = null;
       ws.on('message', (data: Buffer, isBinary: boolean) => {
         if (isBinary) return;
@@ -168,7 +178,10 @@ async function attackerMain(input: WorkerInput): Promise<void> {
         } catch {
           return;
         }
-        if (f.type === 'error') stats.errors[f.code ?? '?'] = (stats.errors[f.code ?? '?'] ?? 0) + 1;
+        if (f.type === 'error') {
+          stats.errors[f.code ?? '?'] = (stats.errors[f.code ?? '?'] ?? 0) + 1;
+          answered++;
+        }
         else if (f.type === 'ack') stats.acks++;
         else if (f.type === 'registered') {
           stats.registered++;
@@ -226,6 +239,13 @@ async function attackerMain(input: WorkerInput): Promise<void> {
             break;
           case 'ping':
             await blast(3000, () => '{"type":"ping"}');
+            break;
+          case 'anon':
+            for (let n = 0; alive(); ) {
+              const asked = answered + 4;
+              for (let k = 0; k < 4; k++, n++) send(JSON.stringify({ type: 'register', token: `junk-${slot}-${gen}-${n}`, chat_id: `j${slot}x${n}` }));
+              while (alive() && answered < asked) await sleep(10);
+            }
             break;
           case 'oversize':
             // Frames just under the limit (parsed, validated, refused), then one over it: 1009.
@@ -453,6 +473,7 @@ async function startProxy(target: string, tokenOwner: Map<string, Who>): Promise
         up.end(body);
       };
       if (who.kind === 'attacker' && op === 'save' && SLOW_SAVE_MS > 0) setTimeout(forward, SLOW_SAVE_MS);
+      else if (who.kind === 'attacker' && op === 'verify' && SLOW_VERIFY_MS > 0) setTimeout(forward, SLOW_VERIFY_MS);
       else forward();
     });
   });
@@ -686,7 +707,7 @@ async function main(): Promise<void> {
   try {
     await gw.listening();
     for (let i = 0; i < 100 && (await fetch(`${gw.httpUrl}/readyz`)).status !== 200; i++) await sleep(50);
-    console.log(`engine=${ENGINE} attackers=${ATTACKERS} base delay=${BASE_DELAY_MS} ms, attacker saves +${SLOW_SAVE_MS} ms, ${pinned ? 'gateway on core 1, generator on core 0' : 'not pinned'}`);
+    console.log(`engine=${ENGINE} attackers=${ATTACKERS} base delay=${BASE_DELAY_MS} ms, attacker saves +${SLOW_SAVE_MS} ms, attacker verifies +${SLOW_VERIFY_MS} ms, ${pinned ? 'gateway on core 1, generator on core 0' : 'not pinned'}`);
 
     const sender = await TestClient.connect(gw.wsUrl);
     const receiver = await TestClient.connect(gw.wsUrl);
@@ -896,7 +917,7 @@ async function main(): Promise<void> {
       /** 1-minute load average of the machine at the end: other work on a shared machine skews everything. */
       load_average_1m: Number(loadavg()[0]!.toFixed(2)),
       engine: ENGINE,
-      settings: { attackers: ATTACKERS, roles: process.env.BENCH_ROLES ?? 'all', quiet_ms: QUIET_MS, abuse_ms: ABUSE_MS, send_every_ms: SEND_EVERY_MS, base_delay_ms: BASE_DELAY_MS, attacker_save_delay_ms: SLOW_SAVE_MS },
+      settings: { attackers: ATTACKERS, roles: process.env.BENCH_ROLES ?? 'all', quiet_ms: QUIET_MS, abuse_ms: ABUSE_MS, send_every_ms: SEND_EVERY_MS, base_delay_ms: BASE_DELAY_MS, attacker_save_delay_ms: SLOW_SAVE_MS, attacker_verify_delay_ms: SLOW_VERIFY_MS },
       phases: [quiet, abuse],
       ack_p99_ratio: Number(ratio.toFixed(2)),
       checks,
