@@ -322,7 +322,7 @@ export class Chats {
     state.status = 'idle';
     const provider = this.keeper.provider !== null;
     if (reason === 'token_expired' && provider) {
-      this.keeper.expired();
+      this.keeper.registrationExpired();
       // A register of it still out is answered `unauthorized` next: the expiry's echo, not a refusal.
       if (this.core.requests.pending(`r:${state.key}`) !== undefined) state.expiredWhileRegistering = true;
       this.register(state);

@@ -300,7 +300,7 @@ export class Client extends Emitter<ClientEvents> {
       const error = new ClientError('disconnected', `the server disconnected this user (4403${reason ? `: ${reason}` : ''}): a new token is needed`, { closeCode: code });
       if (this.keeper.provider === null) return this.giveUp(error, code, reason);
       this.renewBeforeConnect = true;
-      this.keeper.revoked(error, code);
+      this.keeper.userDisconnected(error, code);
       if (this.ended) return;
     }
     // 4401 also follows five `forbidden` registers: those chats are dropped already and the

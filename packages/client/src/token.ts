@@ -42,7 +42,6 @@ export class TokenKeeper {
   private refusedToken: string | null = null;
   /** Why `refusedToken` was refused (a provider that hands it back again gives up with this). */
   private refusal: ClientError | null = null;
-  /** The kind of the latest refused register since the last successful one. */
   private refusedAs: 'unauthorized' | 'forbidden' | null = null;
   private authFailures = 0;
 
@@ -85,8 +84,8 @@ export class TokenKeeper {
     this.stale = true;
   }
 
-  /** A registration's token expired: one expiring this soon is not used again (the provider is asked). */
-  expired(): void {
+  /** A registration's token expired: a token expiring this soon is not used again (the provider is asked). */
+  registrationExpired(): void {
     if (this.token === null || (jwtClaims(this.token)?.exp ?? 0) - Date.now() < EXPIRY_MARGIN_MS) this.stale = true;
   }
 
@@ -117,7 +116,7 @@ export class TokenKeeper {
   }
 
   /** The backend disconnected the user (4403): never this token again, and it counts as refused. */
-  revoked(error: ClientError, code: number): void {
+  userDisconnected(error: ClientError, code: number): void {
     this.stale = true;
     this.refusedToken = this.token;
     this.refusal = error;
