@@ -372,6 +372,9 @@ const DEVICE_ID = /^[A-Za-z0-9_-]{1,64}$/;
  */
 export const MAX_DEVICES_PER_USER = 10;
 
+/** The most messages `GET /chats/{id}/messages` answers (the newest; `more` says there are older). */
+export const HISTORY_LIMIT = 1000;
+
 /** A base64 raw P-256 point that WebCrypto accepts as an ECDH public key. */
 async function isP256PublicKey(value: unknown): Promise<boolean> {
   if (typeof value !== 'string' || !/^[A-Za-z0-9+/]{86}[A-Za-z0-9+/=]{2}$/.test(value)) return false;
@@ -717,8 +720,10 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
   //   GET /chats/{chat_id}/devices   → 200 {"chat_id","devices":[{device_id,user_id,public_key}]}:
   //       the devices of the chat's members (its member list, or for an open chat everyone who
   //       joined it — a successful verify — plus the caller) · 401 · 403 not a member
-  //   GET /chats/{chat_id}/messages  → 200 {"chat_id","messages":[…]}: the stored (encrypted)
-  //       messages of the chat in save order, deleted ones left out · 401 · 403 not a member
+  //   GET /chats/{chat_id}/messages[?limit=N]  → 200 {"chat_id","messages":[…],"more"}: the
+  //       newest N (default and at most HISTORY_LIMIT) stored (encrypted) messages of the chat in
+  //       save order, deleted ones left out; more: it has older ones · 401 · 403 not a member ·
+  //       400 bad limit
 
   app.put<{ Params: { device_id: string } }>('/devices/:device_id(.+)/key', async (req) => {
     const sub = await authenticate(bearerToken(req));
@@ -754,10 +759,13 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     return { chat_id: chatId, devices: list };
   });
 
-  app.get<ChatParams>('/chats/:chat_id(.+)/messages', async (req) => {
+  app.get<ChatParams & { Querystring: { limit?: string } }>('/chats/:chat_id(.+)/messages', async (req) => {
     await chatMember(req);
+    const raw = req.query.limit;
+    const limit = raw === undefined ? HISTORY_LIMIT : /^[1-9][0-9]{0,5}$/.test(raw) && Number(raw) <= HISTORY_LIMIT ? Number(raw) : refuse(400, `limit must be an integer 1-${HISTORY_LIMIT}`);
     const chatId = req.params.chat_id;
-    return { chat_id: chatId, messages: [...messages.values()].filter((m) => String(m.chat_id) === chatId) };
+    const all = [...messages.values()].filter((m) => String(m.chat_id) === chatId);
+    return { chat_id: chatId, messages: all.slice(-limit), more: all.length > limit };
   });
 
   // --- dev conveniences and fault knobs over HTTP ---------------------------------------------

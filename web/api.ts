@@ -71,8 +71,10 @@ export class Api {
     return ((await this.call('GET', `/chats/${encodeURIComponent(String(chatId))}/devices`)) as { devices: ChatDevice[] }).devices;
   }
 
-  async messages(chatId: string | number): Promise<StoredMessage[]> {
-    return ((await this.call('GET', `/chats/${encodeURIComponent(String(chatId))}/messages`)) as { messages: StoredMessage[] }).messages;
+  /** The chat's newest `limit` stored messages, oldest first; `more`: it has older ones. */
+  async messages(chatId: string | number, limit: number): Promise<{ messages: StoredMessage[]; more: boolean }> {
+    const res = (await this.call('GET', `/chats/${encodeURIComponent(String(chatId))}/messages?limit=${limit}`)) as { messages: StoredMessage[]; more?: unknown };
+    return { messages: res.messages, more: res.more === true };
   }
 
   /** One JSON call; a 401 (the token expired) logs in again and retries once. */

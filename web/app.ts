@@ -8,7 +8,7 @@ import { ClientError, createClient, type Chat, type ChatId, type Client, type Re
 import { Api, ApiError, type StoredMessage } from './api.js';
 import { CannotDecrypt, fingerprint, open, seal, type Recipient } from './crypto.js';
 import { loadDevice, type Device } from './device.js';
-import { boundDevices, checkedTime, mergeHistory, messageTime, offlineText, type Entry } from './model.js';
+import { MESSAGES_KEPT, boundDevices, checkedTime, mergeHistory, messageTime, offlineText, trimMessages, type Entry } from './model.js';
 
 const DEMO_USERS: ReadonlyArray<{ id: string; name: string }> = [
   { id: '1', name: 'Alice' },
@@ -72,6 +72,10 @@ class ChatView {
   devicesLoaded: Array<() => void> = [];
   /** Edits of messages not here yet while the history loads: applied once it is merged. */
   readonly lateEdits = new Map<string, ReceivedEdit>();
+  /** Older messages than those kept exist (dropped past MESSAGES_KEPT, or left in the main API): a line says so. */
+  trimmed = false;
+  /** Each shown message's <li> and what it was built from (renderMessagesNow rebuilds only what changed). */
+  readonly rows = new Map<string, { li: HTMLLIElement; built: string }>();
 
   constructor(
     readonly chat: Chat,
@@ -80,9 +84,11 @@ class ChatView {
     this.key = String(chat.id);
   }
 
+  /** Adds (or replaces) an entry; past MESSAGES_KEPT the oldest go. */
   add(entry: Entry): void {
     if (!this.entries.has(entry.id)) this.order.push(entry.id);
     this.entries.set(entry.id, entry);
+    if (trimMessages(this) > 0) this.trimmed = true;
   }
 
   remove(id: string): void {
@@ -258,6 +264,16 @@ function renderMessages(view: ChatView): void {
   }, RENDER_MS);
 }
 
+/** The chat whose rows #messages holds now (another one's are swapped in when it is opened). */
+let shownView: ChatView | null = null;
+/** The first line of a chat that has older messages than it shows. */
+const olderNote = el('li', { className: 'older', text: `Older messages are not shown: this page keeps the newest ${MESSAGES_KEPT.toLocaleString('en')} of a chat.` });
+
+/**
+ * Brings the list up to date: an entry's <li> is rebuilt only when what it shows changed, new ones
+ * are inserted, gone ones removed, and the rest left alone — a chat receiving hundreds of messages
+ * a second rebuilt every <li> on each render, and fell thousands of messages behind.
+ */
 function renderMessagesNow(view: ChatView): void {
   if (!session || session.current !== view) {
     renderChats();
@@ -265,69 +281,102 @@ function renderMessagesNow(view: ChatView): void {
   }
   const me = session.userId;
   const now = new Date();
+  const day = now.toDateString(); // a message's time shows its date unless it is from today
   const list = $('messages');
+  if (shownView !== view) {
+    list.replaceChildren();
+    shownView = view;
+  }
   const focused = document.activeElement instanceof HTMLElement && list.contains(document.activeElement) ? { id: document.activeElement.closest<HTMLElement>('li.msg')?.dataset.id, className: document.activeElement.className } : null;
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  list.replaceChildren();
+  // Queued behind a write that waits for the device list: waiting too, not sending yet.
+  const anyWaiting = [...view.queued].some((e) => e.sending === 'waiting');
+  for (const [id, row] of view.rows) {
+    if (view.entries.has(id)) continue;
+    row.li.remove();
+    view.rows.delete(id);
+  }
+  const wanted: HTMLLIElement[] = view.trimmed ? [olderNote] : [];
   for (const id of view.order) {
     const entry = view.entries.get(id);
     if (!entry) continue;
     const mine = entry.senderId === me;
-    const time = el('time', { text: messageTime(entry.at, now) });
-    time.dateTime = entry.at;
-    const who = el('span', { className: 'who', text: userName(entry.senderId) });
-    who.title = userName(entry.senderId);
-    const meta = el('div', { className: 'meta' }, who, time);
-    if (entry.claimed !== undefined) {
-      // The sender's clock is far off (or lying): the time shown is when the page (live) or the
-      // main API (history) got it, and the claim is shown as a claim.
-      time.title = 'when this arrived';
-      const claim = el('span', { className: 'claimed', text: `sender says ${messageTime(entry.claimed, now) || entry.claimed}` });
-      claim.title = `created_at from the sender: ${entry.claimed}`;
-      meta.append(claim);
+    const behind = entry.sending === 'sending' && anyWaiting && view.queued.has(entry);
+    const built = JSON.stringify([day, mine, behind, entry.text, entry.problem, entry.edited, entry.at, entry.claimed, entry.sending, entry.failure]);
+    let row = view.rows.get(id);
+    if (row?.built !== built) {
+      const li = messageItem(view, entry, mine, behind, now);
+      if (row?.li.parentNode === list) row.li.replaceWith(li);
+      row = { li, built };
+      view.rows.set(id, row);
     }
-    if (entry.edited) meta.append(el('span', { className: 'edited', text: 'edited' }));
-    if (entry.sending) {
-      // Queued behind a write that waits for the device list: waiting too, not sending yet.
-      const behind = entry.sending === 'sending' && view.queued.has(entry) && [...view.queued].some((e) => e.sending === 'waiting');
-      const sending = behind ? 'queued' : entry.sending;
-      const status = { sent: '✓', sending: 'sending…', queued: 'waiting…', waiting: "waiting for the chat's devices…", failed: entry.failure ? `not sent: ${entry.failure}` : 'not sent' }[sending];
-      const span = el('span', { className: `status ${behind ? 'waiting' : entry.sending}`, text: status });
-      if (entry.sending === 'sent') span.setAttribute('aria-label', 'sent');
-      meta.append(span);
-    }
-    if (mine) {
-      // Always in the DOM (keyboard users reach them with Tab); shown on hover or focus.
-      const actions = el('span', { className: 'actions' });
-      if (entry.text !== null) {
-        const edit = el('button', { className: 'edit', text: 'edit' });
-        edit.type = 'button';
-        edit.setAttribute('aria-label', `edit: ${entry.text.slice(0, 40)}`);
-        edit.addEventListener('click', () => startEdit(view, id));
-        actions.append(edit);
-      }
-      // A delete needs no key: own messages this device cannot read can go too.
-      const del = el('button', { className: 'delete', text: 'delete' });
-      del.type = 'button';
-      del.setAttribute('aria-label', entry.text !== null ? `delete: ${entry.text.slice(0, 40)}` : 'delete this message');
-      del.addEventListener('click', () => deleteMessage(view, id));
-      actions.append(del);
-      meta.append(actions);
-    }
-    const body =
-      entry.text !== null
-        ? el('div', { className: 'text', text: entry.text })
-        : el('div', { className: 'text locked', text: entry.problem ?? 'decrypting…' });
-    const li = el('li', { className: `msg ${mine ? 'mine' : 'theirs'}` }, meta, body);
-    li.dataset.id = id;
-    li.dataset.sender = entry.senderId;
-    if (entry.problem && entry.text === null) li.dataset.problem = 'undecryptable';
-    list.append(li);
+    wanted.push(row.li);
+  }
+  // In order with the fewest moves: what is in place stays, the rest is inserted before it.
+  let cursor = list.firstElementChild;
+  for (const li of wanted) {
+    if (cursor === li) cursor = cursor.nextElementSibling;
+    else list.insertBefore(li, cursor);
+  }
+  while (cursor) {
+    const next = cursor.nextElementSibling;
+    cursor.remove();
+    cursor = next;
   }
   if (atBottom) list.scrollTop = list.scrollHeight;
-  // The list is rebuilt: give the focus back to the same button of the same message.
-  if (focused?.id) list.querySelector<HTMLElement>(`li.msg[data-id="${CSS.escape(focused.id)}"] button.${CSS.escape(focused.className.split(' ')[0] ?? '')}`)?.focus();
+  // A rebuilt <li> took the focus with it: give it back to the same button of the same message.
+  if (focused?.id && !list.contains(document.activeElement)) list.querySelector<HTMLElement>(`li.msg[data-id="${CSS.escape(focused.id)}"] button.${CSS.escape(focused.className.split(' ')[0] ?? '')}`)?.focus();
   renderChatNote(view);
+}
+
+/** One message's <li>. */
+function messageItem(view: ChatView, entry: Entry, mine: boolean, behind: boolean, now: Date): HTMLLIElement {
+  const { id } = entry;
+  const time = el('time', { text: messageTime(entry.at, now) });
+  time.dateTime = entry.at;
+  const who = el('span', { className: 'who', text: userName(entry.senderId) });
+  who.title = userName(entry.senderId);
+  const meta = el('div', { className: 'meta' }, who, time);
+  if (entry.claimed !== undefined) {
+    // The sender's clock is far off (or lying): the time shown is when the page (live) or the
+    // main API (history) got it, and the claim is shown as a claim.
+    time.title = 'when this arrived';
+    const claim = el('span', { className: 'claimed', text: `sender says ${messageTime(entry.claimed, now) || entry.claimed}` });
+    claim.title = `created_at from the sender: ${entry.claimed}`;
+    meta.append(claim);
+  }
+  if (entry.edited) meta.append(el('span', { className: 'edited', text: 'edited' }));
+  if (entry.sending) {
+    const sending = behind ? 'queued' : entry.sending;
+    const status = { sent: '✓', sending: 'sending…', queued: 'waiting…', waiting: "waiting for the chat's devices…", failed: entry.failure ? `not sent: ${entry.failure}` : 'not sent' }[sending];
+    const span = el('span', { className: `status ${behind ? 'waiting' : entry.sending}`, text: status });
+    if (entry.sending === 'sent') span.setAttribute('aria-label', 'sent');
+    meta.append(span);
+  }
+  if (mine) {
+    // Always in the DOM (keyboard users reach them with Tab); shown on hover or focus.
+    const actions = el('span', { className: 'actions' });
+    if (entry.text !== null) {
+      const edit = el('button', { className: 'edit', text: 'edit' });
+      edit.type = 'button';
+      edit.setAttribute('aria-label', `edit: ${entry.text.slice(0, 40)}`);
+      edit.addEventListener('click', () => startEdit(view, id));
+      actions.append(edit);
+    }
+    // A delete needs no key: own messages this device cannot read can go too.
+    const del = el('button', { className: 'delete', text: 'delete' });
+    del.type = 'button';
+    del.setAttribute('aria-label', entry.text !== null ? `delete: ${entry.text.slice(0, 40)}` : 'delete this message');
+    del.addEventListener('click', () => deleteMessage(view, id));
+    actions.append(del);
+    meta.append(actions);
+  }
+  const body = entry.text !== null ? el('div', { className: 'text', text: entry.text }) : el('div', { className: 'text locked', text: entry.problem ?? 'decrypting…' });
+  const li = el('li', { className: `msg ${mine ? 'mine' : 'theirs'}` }, meta, body);
+  li.dataset.id = id;
+  li.dataset.sender = entry.senderId;
+  if (entry.problem && entry.text === null) li.dataset.problem = 'undecryptable';
+  return li;
 }
 
 /** The note beside the chat's title, and the composer: disabled when the chat is gone. */
@@ -358,7 +407,7 @@ function renderAll(): void {
 
 // --- decrypting ----------------------------------------------------------------------------------
 
-/** A screen reader hears new messages of the open chat here (the list itself is rebuilt on every change). */
+/** A screen reader hears new messages of the open chat here (the list is no live region: a history load would be read out whole). */
 function announce(text: string): void {
   $('announce').textContent = text;
 }
@@ -461,8 +510,10 @@ async function loadHistory(view: ChatView, afterGap: boolean): Promise<void> {
   view.history = 'loading';
   renderMessages(view);
   let stored: StoredMessage[];
+  let more: boolean;
   try {
-    stored = await s.api.messages(view.chat.id);
+    // The newest MESSAGES_KEPT: a chat flooded with thousands would take long to decrypt and show.
+    ({ messages: stored, more } = await s.api.messages(view.chat.id, MESSAGES_KEPT));
   } catch (err) {
     if (session !== s) return;
     view.history = 'failed';
@@ -474,11 +525,12 @@ async function loadHistory(view: ChatView, afterGap: boolean): Promise<void> {
   // Entries changed (arrived, or edited live) after the request went out are newer than the
   // snapshot, and own writes not acked yet are not in it: both are kept (web/model.ts).
   const fresh = mergeHistory(view, stored, started, afterGap, (m) => entryFrom(m));
+  view.trimmed = trimMessages(view) > 0 || more;
   view.history = 'loaded';
   if (s.editing?.view === view && !view.entries.has(s.editing.id)) abandonEdit('the message is no longer in the chat (deleted elsewhere)');
-  log(`${view.name}: ${stored.length} stored message(s) loaded${afterGap ? ' after a gap' : ''}`);
+  log(`${view.name}: ${stored.length} stored message(s) loaded${afterGap ? ' after a gap' : ''}${more ? ' (older ones not)' : ''}`);
   renderMessages(view);
-  const decrypting = fresh.map(({ entry, message }) => decryptInto(view, entry, message));
+  const decrypting = fresh.filter(({ entry }) => view.entries.get(entry.id) === entry).map(({ entry, message }) => decryptInto(view, entry, message));
   const late = [...view.lateEdits.values()];
   view.lateEdits.clear();
   for (const edit of late) onEdit(view, edit);
@@ -927,6 +979,7 @@ function logout(): void {
   $('app').hidden = true;
   $('login').hidden = false;
   $('messages').replaceChildren();
+  shownView = null;
   history.replaceState(null, '', location.pathname);
 }
 

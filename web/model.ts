@@ -84,6 +84,23 @@ export function mergeHistory<M extends StoredLike>(
 }
 
 /**
+ * Messages a chat keeps in the page: the newest. A member can post a message every 50 ms on each of
+ * a hundred connections; a page that kept (and rendered) them all fell thousands behind and froze.
+ */
+export const MESSAGES_KEPT = 1000;
+
+/**
+ * Drops the oldest entries of `view` past `max` (in place); returns how many went. A dropped id is
+ * not remembered as deleted: a history reload may bring it back in its place.
+ */
+export function trimMessages(view: Messages, max = MESSAGES_KEPT): number {
+  const excess = view.order.length - max;
+  if (excess <= 0) return 0;
+  for (const id of view.order.splice(0, excess)) view.entries.delete(id);
+  return excess;
+}
+
+/**
  * Devices of one user that a message is encrypted to, at most. The dev API keeps as many per user
  * (MAX_DEVICES_PER_USER in dev-api/app.ts); the page does not rely on it: each device costs ~141
  * bytes of every message, and a chat list with hundreds of one member's devices would make every

@@ -312,6 +312,41 @@ describe('the chat page when things go wrong', () => {
     await later.context().close();
   });
 
+  it('a flooded chat keeps the newest 1,000 messages, says older ones are not shown, and adds a message without rebuilding the others', async () => {
+    const chat = uniqueChat();
+    const savedAt = new Date().toISOString();
+    for (let i = 0; i < 1100; i++) h.api.messages.set(`old-${chat}-${i}`, { id: `old-${chat}-${i}`, chat_id: chat, sender_id: 61, ciphertext: 'AAAA', envelopes: {}, created_at: savedAt, saved_at: savedAt });
+    const page = await newPage();
+    await loginTo(page, '62', chat);
+    const shown = () => page.$$eval('#messages li.msg', (els) => els.map((e) => (e as HTMLElement).dataset.id));
+    await eventually('the newest 1,000 of the history', shown, (ids) => ids.length === 1000 && ids[0] === `old-${chat}-100`);
+    assert.match((await page.textContent('#messages li.older')) ?? '', /^Older messages are not shown: this page keeps the newest 1,000 of a chat\.$/);
+
+    // A flood arrives live: each message adds its <li> (and the oldest goes); the others stay as they are.
+    await page.$eval(`li.msg[data-id="old-${chat}-1099"]`, (li) => ((li as HTMLElement).dataset.probe = 'kept'));
+    await page.evaluate(() => {
+      const w = window as unknown as { __added: number };
+      w.__added = 0;
+      new MutationObserver((records) => (w.__added += records.reduce((n, r) => n + r.addedNodes.length, 0))).observe(document.getElementById('messages')!, { childList: true });
+    });
+    // Two connections: each may send a burst of 50, ten at a time in flight.
+    const flooders = [await h.member(61, chat), await h.member(61, chat)];
+    for (let batch = 0; batch < 6; batch++) {
+      const ids = Array.from({ length: 10 }, (_, i) => `new-${chat}-${batch * 10 + i}`);
+      const flooder = flooders[batch % 2]!;
+      await Promise.all(ids.map((id) => flooder.request({ type: 'message', data: { id, ciphertext: 'AAAA', envelopes: {} } }, (f) => f.type === 'ack' && f.id === id)));
+    }
+    for (const flooder of flooders) flooder.close();
+    await eventually('the flood shown', shown, (ids) => ids.at(-1) === `new-${chat}-59` && ids.length === 1000);
+    assert.equal((await shown())[0], `old-${chat}-160`, 'the oldest went');
+    assert.equal(await page.$eval(`li.msg[data-id="old-${chat}-1099"]`, (li) => (li as HTMLElement).dataset.probe), 'kept', 'an unchanged message keeps its <li>');
+    const added = await page.evaluate(() => (window as unknown as { __added: number }).__added);
+    assert.ok(added <= 60 * 3, `60 new messages added ${added} <li>s (each new one, and once more when it is decrypted), not the whole list again`);
+    await type(page, 'still answering');
+    await sent(page, 'still answering');
+    await page.context().close();
+  });
+
   it('no uncaught error in any page', () => {
     assert.deepEqual(pageErrors, []);
   });

@@ -5,7 +5,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { CLOCK_SLACK_MS, DEVICES_PER_USER, boundDevices, checkedTime, mergeHistory, messageTime, offlineText, type Entry, type Messages } from '../../web/model.js';
+import { CLOCK_SLACK_MS, DEVICES_PER_USER, boundDevices, checkedTime, mergeHistory, trimMessages, messageTime, offlineText, type Entry, type Messages } from '../../web/model.js';
 import { userIdValue } from '../../web/api.js';
 
 function entry(id: string, text: string, changed: number, extra: Partial<Entry> = {}): Entry {
@@ -97,6 +97,15 @@ describe('user ids', () => {
     assert.equal(userIdValue('12345678901234567891'), '12345678901234567891');
     assert.equal(userIdValue('007'), '007');
     assert.equal(userIdValue('alice'), 'alice');
+  });
+});
+
+describe('trimMessages (what a chat keeps)', () => {
+  it('drops the oldest past the bound and says how many; a dropped id is not taken for deleted', () => {
+    const v = view(entry('a', 'a', 1), entry('b', 'b', 2), entry('c', 'c', 3));
+    assert.equal(trimMessages(v, 5), 0);
+    assert.equal(trimMessages(v, 2), 1);
+    assert.deepEqual([v.order, [...v.entries.keys()], v.deleted.size], [['b', 'c'], ['b', 'c'], 0]);
   });
 });
 

@@ -5,7 +5,7 @@
 import { after, before, beforeEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
-import { MAX_DEVICES_PER_USER, startDevApi, type DevApi } from '../../dev-api/app.js';
+import { HISTORY_LIMIT, MAX_DEVICES_PER_USER, startDevApi, type DevApi } from '../../dev-api/app.js';
 
 let api: DevApi;
 
@@ -553,6 +553,21 @@ describe('routes for clients: device keys and chat history', () => {
     assert.deepEqual(messages.map((m) => [m.id, m.ciphertext]), [['m1', 'c2'], ['m3', 'c1']]);
     assert.deepEqual(messages[0]?.envelopes, { d: {} });
     assert.equal((await call('/chats/7/messages', { method: 'GET', token: 'nope' })).status, 401);
+  });
+
+  test('GET /chats/{id}/messages answers the newest HISTORY_LIMIT, or ?limit=N, and says when there are older ones', async () => {
+    for (let i = 0; i < HISTORY_LIMIT + 5; i++) api.messages.set(`h${i}`, { ...message(`h${i}`, 11, 1), ciphertext: `c${i}` } as never);
+    const token = await api.mintToken(1);
+    const page = async (query: string) => (await call(`/chats/11/messages${query}`, { method: 'GET', token })).json as { messages: Array<{ id: string }>; more: boolean };
+    const all = await page('');
+    assert.equal(all.messages.length, HISTORY_LIMIT);
+    assert.deepEqual([all.messages[0]?.id, all.messages.at(-1)?.id, all.more], ['h5', `h${HISTORY_LIMIT + 4}`, true]);
+    const three = await page('?limit=3');
+    assert.deepEqual([three.messages.map((m) => m.id), three.more], [[`h${HISTORY_LIMIT + 2}`, `h${HISTORY_LIMIT + 3}`, `h${HISTORY_LIMIT + 4}`], true]);
+    assert.equal((await page(`?limit=${HISTORY_LIMIT + 5}`)).more, undefined, 'past the limit: 400');
+    for (const bad of ['0', '-1', 'x', `${HISTORY_LIMIT + 1}`]) assert.equal((await call(`/chats/11/messages?limit=${bad}`, { method: 'GET', token })).status, 400, bad);
+    api.messages.clear();
+    assert.deepEqual(await page('?limit=3'), { chat_id: '11', messages: [], more: false } as never);
   });
 
   test('reset() forgets device keys and who joined', async () => {
