@@ -7,7 +7,7 @@
 import { ClientError, createClient, type Chat, type ChatId, type Client, type ReceivedEdit, type ReceivedMessage, type StateEvent, type UserId } from '../packages/client/src/index.js';
 import { Api, ApiError, type StoredMessage } from './api.js';
 import { CannotDecrypt, fingerprint, open, seal, type Recipient } from './crypto.js';
-import { loadDevice, type Device } from './device.js';
+import { loadDevice, replaceDevice, type Device } from './device.js';
 import { MESSAGES_KEPT, boundDevices, checkedTime, mergeHistory, messageTime, offlineText, trimMessages, type Entry } from './model.js';
 
 const DEMO_USERS: ReadonlyArray<{ id: string; name: string }> = [
@@ -910,8 +910,18 @@ async function login(userId: string): Promise<void> {
   try {
     const api = new Api(userId);
     await api.login();
-    const device = await loadDevice(userId);
-    await api.publishKey(device.id, device.publicKey);
+    let device = await loadDevice(userId);
+    let replaced = '';
+    try {
+      await api.publishKey(device.id, device.publicKey);
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 403)) throw err;
+      // The device id is another user's now (the dev API forgot it in a restart and a member who
+      // saw it in an envelope published it first): this device could never log in again. A new one.
+      replaced = device.id;
+      device = await replaceDevice(userId, device.id);
+      await api.publishKey(device.id, device.publicKey);
+    }
     const views = new Map<string, ChatView>();
     const client = createClient({
       url: config.gatewayUrl,
@@ -957,6 +967,7 @@ async function login(userId: string): Promise<void> {
     $('login').hidden = true;
     $('app').hidden = false;
     $('log').replaceChildren();
+    if (replaced) log(`device ${replaced.slice(0, 8)} is another user's now: made a new one (messages sent to the old one cannot be decrypted here)`);
     log(`logged in as ${userName(userId)}, device ${device.id.slice(0, 8)}`);
     selectChat(DEMO_CHATS[0]!.id);
   } catch (err) {

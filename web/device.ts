@@ -49,11 +49,25 @@ function usable(record: unknown): record is Stored {
  * `add` still fails (ConstraintError: another record got there first), that record is read and used.
  */
 export async function loadDevice(userId: string): Promise<Device> {
+  return makeDevice(userId, null);
+}
+
+/**
+ * A new device in place of `staleId`, whose id the main API now gives to another user (the dev API
+ * forgot it in a restart, and a member who saw it in an envelope published it first): the page
+ * could never publish its key again. If another tab replaced it already, that tab's device is used.
+ */
+export function replaceDevice(userId: string, staleId: string): Promise<Device> {
+  return makeDevice(userId, staleId);
+}
+
+/** The stored device of `userId` unless it is missing, unusable or `replacing`; else a new one, stored. */
+async function makeDevice(userId: string, replacing: string | null): Promise<Device> {
   let db: IDBDatabase | null = null;
   try {
     db = await openDb();
     const existing = await request(db.transaction(STORE).objectStore(STORE).get(userId));
-    if (usable(existing)) return { ...existing, persisted: true };
+    if (usable(existing) && existing.id !== replacing) return { ...existing, persisted: true };
   } catch {
     db = null; // no IndexedDB (some private modes): a device for this page only
   }
@@ -66,23 +80,23 @@ export async function loadDevice(userId: string): Promise<Device> {
     createdAt: new Date().toISOString(),
   };
   if (!db) return { ...made, persisted: false };
-  const record = await getOrAdd(db, made);
+  const record = await getOrAdd(db, made, replacing);
   return { ...record, persisted: true };
 }
 
-/** In one readwrite transaction: the stored record if there is a usable one, else `made`, added. */
-function getOrAdd(db: IDBDatabase, made: Stored): Promise<Stored> {
+/** In one readwrite transaction: the stored record if there is a usable one (other than `replacing`), else `made`, stored. */
+function getOrAdd(db: IDBDatabase, made: Stored, replacing: string | null): Promise<Stored> {
   return new Promise((resolve, reject) => {
     const tx = db.transaction(STORE, 'readwrite');
     const store = tx.objectStore(STORE);
     let result: Stored = made;
     const get = store.get(made.userId);
     get.onsuccess = () => {
-      if (usable(get.result)) {
+      if (usable(get.result) && get.result.id !== replacing) {
         result = get.result;
         return;
       }
-      // A record that is not a usable device (an older shape) is replaced; none is added.
+      // A record that is not a usable device (an older shape), or the one replaced, is overwritten; none is added.
       const write = get.result === undefined ? store.add(made) : store.put(made);
       write.onerror = (event) => {
         if (write.error?.name !== 'ConstraintError') return;

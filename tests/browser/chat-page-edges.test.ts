@@ -1,8 +1,9 @@
 /**
  * The chat page (web/) in Chromium, at its edges: a device list that has not loaded, a phone's
  * viewport, user ids past 2^53, a member's flood of devices and chats with hundreds, two tabs
- * logging in at once, a forged edit, keyboard and screen-reader use, drafts, chats the user may not join, old
- * messages, reconnect countdowns and typing across chats. Same set-up as chat-page.test.ts (the
+ * logging in at once, a device id taken by another user, a forged edit, keyboard and
+ * screen-reader use, drafts, chats the user may not join, old messages, reconnect countdowns and
+ * typing across chats. Same set-up as chat-page.test.ts (the
  * dev API, an in-memory gateway and the page server in this process); every test uses its own
  * chat and users.
  *
@@ -213,6 +214,34 @@ describe('the chat page at its edges', () => {
       assert.equal([...h.api.devices.values()].filter((d) => String(d.user_id) === user).length, 1, `round ${round}: one published device`);
       await ctx.close();
     }
+  });
+
+  it('a device id another user took while the dev API forgot it is replaced by a new device at the next login', async () => {
+    const chat = uniqueChat();
+    const user = `squat${Date.now() % 100_000}`;
+    const ctx = await context();
+    const one = await newPage(ctx);
+    await loginTo(one, user, chat);
+    const devicesOf = (who: string) => [...h.api.devices.values()].filter((d) => String(d.user_id) === who).map((d) => d.device_id);
+    const [old] = devicesOf(user);
+    assert.ok(old);
+    // The dev API restarted (it keeps device keys in memory only), and a member who saw the id in
+    // an envelope published it first, under itself.
+    h.api.devices.delete(old);
+    const squat = await fetch(`${h.api.url}/devices/${old}/key`, { method: 'PUT', headers: { authorization: `Bearer ${await h.token(68)}`, 'content-type': 'application/json' }, body: JSON.stringify({ public_key: await publicKey() }) });
+    assert.equal(squat.status, 200);
+    await one.reload();
+    await one.waitForSelector('body[data-ready="true"]');
+    await eventually('logged in again', () => state(one), (s) => s === 'open');
+    const [fresh] = devicesOf(user);
+    assert.ok(fresh && fresh !== old && devicesOf(user).length === 1, `a new device: ${JSON.stringify(devicesOf(user))}`);
+    assert.match(await logText(one), /is another user's now: made a new one/);
+    // Kept in IndexedDB: a second tab of this browser uses it, and nothing is replaced again.
+    const two = await newPage(ctx);
+    await loginTo(two, user, chat);
+    assert.deepEqual(devicesOf(user), [fresh]);
+    assert.equal(String(h.api.devices.get(old)?.user_id), '68', 'the squatter keeps the id; its key gets nothing of this user');
+    await ctx.close();
   });
 
   it('an edit broadcast under another user\'s name is not applied', async () => {
