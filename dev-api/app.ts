@@ -660,8 +660,11 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     const existing = messages.get(body.id);
     if (existing !== undefined) return reply.code(409).send({ error: 'duplicate', sender_id: existing.sender_id, chat_id: existing.chat_id, deleted: false });
     if (deleted.has(body.id)) return reply.code(409).send({ error: 'duplicate', deleted: true });
+    // A new message has not been edited: a sender's own edited_at would show it as edited in
+    // the history (only an edit sets it). Every other field is stored as received.
+    const { edited_at: _notEdited, ...fields } = body;
     const stored: StoredMessage = {
-      ...body,
+      ...fields,
       id: body.id,
       chat_id: body.chat_id,
       sender_id: body.sender_id,

@@ -461,6 +461,9 @@ function onMessage(view: ChatView, message: ReceivedMessage): void {
   // the page was away: older than now by up to that long. It is announced once, as a count.
   const replay = !view.registered;
   const entry = entryFrom(message, Date.now(), replay && session ? Date.now() - session.lostAt : 0);
+  // A new message is not edited, whatever its sender put in it (the gateway passes unknown data
+  // fields through): only an edit broadcast sets `edited`.
+  entry.edited = false;
   view.add(entry);
   view.typing.delete(entry.senderId);
   if (session?.current !== view) view.unread++;

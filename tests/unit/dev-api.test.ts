@@ -139,6 +139,15 @@ describe('save', () => {
     assert.deepEqual(again.json, { error: 'duplicate', sender_id: 1, chat_id: 5, deleted: false });
   });
 
+  test('a new message is stored without an edited_at its sender put in (only an edit sets it); other fields as received', async () => {
+    const token = await api.mintToken(1);
+    const res = await save(token, { ...message('fresh', 5, 1), edited_at: '2020-01-01T00:00:00Z', extra: { x: 1 } });
+    assert.equal(res.status, 201);
+    assert.equal('edited_at' in (res.json as object), false);
+    assert.equal('edited_at' in api.messages.get('fresh')!, false);
+    assert.deepEqual(api.messages.get('fresh')!.extra, { x: 1 });
+  });
+
   test('a sender_id other than the token user is 403 and nothing is stored', async () => {
     const token = await api.mintToken(1);
     const res = await save(token, message('m2', 5, 2));
