@@ -271,12 +271,7 @@ export class Client extends Emitter<ClientEvents> {
   /** Stops listening to `ws` (it may never report its close: a dead link) and treats it as closed. */
   private abandon(ws: WebSocketLike, why: string): void {
     if (this.ws !== ws) return;
-    detach(ws);
-    try {
-      ws.close(4000, why);
-    } catch {
-      // already closing
-    }
+    shut(ws, 4000, why);
     this.onClose(1006, why);
   }
 
@@ -329,14 +324,7 @@ export class Client extends Emitter<ClientEvents> {
     this.ended = error;
     const ws = this.ws;
     this.ws = null;
-    if (ws !== null) {
-      detach(ws);
-      try {
-        ws.close(1000, error.code === 'closed' ? 'bye' : 'giving up');
-      } catch {
-        // already closing
-      }
-    }
+    if (ws !== null) shut(ws, 1000, error.code === 'closed' ? 'bye' : 'giving up');
     this.stopConnectionTimers();
     this.keeper.end(error);
     clearTimer(this.reconnectTimer);
@@ -387,11 +375,7 @@ export class Client extends Emitter<ClientEvents> {
 
   // --- outgoing frames -------------------------------------------------------------------------
 
-  /**
-   * Sends a frame within the client's token bucket; queued (in order) when out of tokens or
-   * while the gateway is not reading, or dropped if `droppable` (typing). False when it was not
-   * sent or queued. A `track`ed frame is a request: matched with its answer, resent if dropped.
-   */
+  /** See `Core.transmit`. */
   private transmit(text: string, droppable = false, track?: Track): boolean {
     if (!this.isOpen()) return false;
     return this.requests.send({ text, track }, droppable);
@@ -419,14 +403,7 @@ export class Client extends Emitter<ClientEvents> {
     this.reconnectTimer = null;
     const ws = this.ws;
     this.ws = null;
-    if (ws !== null) {
-      detach(ws);
-      try {
-        ws.close(1000, 'no chats');
-      } catch {
-        // already closing
-      }
-    }
+    if (ws !== null) shut(ws, 1000, 'no chats');
     this.stopConnectionTimers();
     this.deliverer.stop(); // no chat holds an edit any more
     // No chat waits for a token: a provider call (or its pacing) is let go; the next chat asks anew.
@@ -454,4 +431,14 @@ function detach(ws: WebSocketLike): void {
   ws.onopen = ws.onmessage = ws.onclose = null;
   // Some implementations (ws) throw on an 'error' event nobody listens to.
   ws.onerror = () => undefined;
+}
+
+/** Stops listening to `ws` and closes it. */
+function shut(ws: WebSocketLike, code: number, reason: string): void {
+  detach(ws);
+  try {
+    ws.close(code, reason);
+  } catch {
+    // already closing
+  }
 }
