@@ -593,7 +593,7 @@ class Abandoned extends Error {}
 
 /**
  * The recipients of a write: every device of the chat's members as the main API lists it now,
- * this one always included. Encrypting to fewer devices than the chat has would send a message
+ * this one always included, with its own key. Encrypting to fewer devices than the chat has would send a message
  * its members cannot read, so without a list the write waits (shown as "waiting for the chat's
  * devices") and retries; only when the API is unreachable does it use the last list loaded.
  */
@@ -622,8 +622,10 @@ async function recipients(view: ChatView, entry: Entry): Promise<Recipient[]> {
     }
     if (devices) {
       if (entry.sending === 'waiting') entry.sending = 'sending';
+      // This device with its own key, whatever key the list gives its id: an envelope wrapped
+      // for another key would be one this device (and its other tabs) cannot open.
       const own = { device_id: s.device.id, public_key: s.device.publicKey };
-      return devices.some((d) => d.device_id === own.device_id) ? devices : [...devices, own];
+      return [...devices.filter((d) => d.device_id !== own.device_id), own];
     }
     if (entry.sending !== 'waiting') {
       entry.sending = 'waiting';

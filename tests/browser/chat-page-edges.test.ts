@@ -216,7 +216,7 @@ describe('the chat page at its edges', () => {
     }
   });
 
-  it('a device id another user took while the dev API forgot it is replaced by a new device at the next login', async () => {
+  it('a device id another user took while the dev API forgot it is replaced by a new device at the next login; a write uses the device\'s own key', async () => {
     const chat = uniqueChat();
     const user = `squat${Date.now() % 100_000}`;
     const ctx = await context();
@@ -241,6 +241,18 @@ describe('the chat page at its edges', () => {
     await loginTo(two, user, chat);
     assert.deepEqual(devicesOf(user), [fresh]);
     assert.equal(String(h.api.devices.get(old)?.user_id), '68', 'the squatter keeps the id; its key gets nothing of this user');
+
+    // A device list that gives this device's id another key (a server swapping it): the page
+    // encrypts to its own key, so its other tab (the same device) reads what it sent.
+    await one.route(`**/api/chats/${chat}/devices`, async (route) =>
+      route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify({ chat_id: String(chat), devices: [{ device_id: fresh, user_id: user, public_key: await publicKey() }] }) }),
+    );
+    await one.bringToFront();
+    await openChat(one, chat); // the reload opened General
+    await type(one, 'read in my other tab');
+    await sent(one, 'read in my other tab');
+    await two.bringToFront(); // a background tab's timers (its renders) are throttled
+    await eventually('the other tab decrypts it', () => texts(two), (t) => t.includes('read in my other tab'));
     await ctx.close();
   });
 
