@@ -81,6 +81,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     features: createFeatureTable(),
     rateLimit: new RateLimit(config.rateLimitPerSec, config.rateLimitBurst),
     deadlines: new Deadlines<Registration>((reg) => reg.credentialsDue()),
+    connectionLogLimit: new LogLimiter(),
     userConnections: new UserConnections(config.maxConnectionsPerUser),
     isDraining: () => draining,
     track,

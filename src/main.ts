@@ -25,7 +25,9 @@ const gateway = await startGateway(config, { log }).catch((err: Error) => {
 });
 
 let signalled = false;
-for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+// SIGHUP drains too: a terminal hangup of `npm start`, or a supervisor's reload, would otherwise
+// kill the process at once (Node's default), with saved messages never acked nor broadcast.
+for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
   process.on(signal, () => {
     if (signalled) {
       log.warn({ signal }, 'second signal: exiting now');

@@ -69,6 +69,8 @@ const URL_PATH = /^\/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*(?:\?(?:
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Real environment variables win over the optional `.env` file. */
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
 export function readEnv(env: Env = process.env, dotenvPath = '.env'): Env {
   if (!existsSync(dotenvPath)) return env;
   let fromFile: Env;
@@ -76,6 +78,11 @@ export function readEnv(env: Env = process.env, dotenvPath = '.env'): Env {
     fromFile = parseEnv(readFileSync(dotenvPath, 'utf8'));
   } catch (err) {
     throw new ConfigError('.env', `cannot be read: ${(err as Error).message}`);
+  }
+  // parseEnv never throws: a malformed line (an unterminated quote) silently swallows the lines
+  // after it into one odd name, and the variables there would go unchecked. Names are refused instead.
+  for (const name of Object.keys(fromFile)) {
+    if (!ENV_NAME.test(name)) throw new ConfigError('.env', `a line cannot be parsed near ${JSON.stringify(name.slice(0, 60))}`);
   }
   return { ...fromFile, ...env };
 }

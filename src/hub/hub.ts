@@ -9,6 +9,7 @@ import { Registry, type Member } from './registry.js';
 import { PresenceAnnouncer } from './presence-announcer.js';
 import { Resync } from './resync.js';
 import { whenSettled } from '../util/settled.js';
+import { LogLimiter } from '../util/log-limit.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -57,6 +58,7 @@ export class Hub {
   readonly registry = new Registry<Member>();
   private readonly subscriptions = new Map<IdKey, Subscription>();
   private readonly late: LateBroadcast[] = [];
+  private readonly logLimit = new LogLimiter();
   private lateBytes = 0;
   /** Shutting down: nothing more waits (see abandonLateNow). */
   private lateAbandoned = false;
@@ -201,8 +203,18 @@ export class Hub {
       else if (!last && !announced) await this.presence.announce(chat, user, 'online', null);
     } catch (err) {
       // The presence entry expires by itself (Redis TTL) and the sweep announces it then.
-      this.log.warn({ chat, err: (err as Error).message }, 'presence leave failed');
+      this.logLimited('warn', 'leave', { chat, err: (err as Error).message }, 'presence leave failed');
     }
+  }
+
+  /**
+   * Lines an engine outage causes once per connection or operation (every leave, every saved
+   * broadcast of a draining instance): one per kind every 10 s, with how many were left out;
+   * `publish_dropped_total` keeps the count of what matters.
+   */
+  private logLimited(level: 'warn' | 'error', kind: string, fields: Record<string, unknown>, msg: string): void {
+    const admitted = this.logLimit.admit(kind);
+    if (admitted !== null) this.log[level]({ ...fields, suppressed: admitted.suppressed }, msg);
   }
 
   publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
@@ -266,7 +278,7 @@ export class Hub {
       this.dropLate(entry, 'too many broadcasts waiting for the engine');
       return;
     }
-    this.log.warn({ chat: entry.chat, err: why, waiting: this.late.length + 1 }, 'saved operation not broadcast yet: engine failing; it will be published late');
+    this.logLimited('warn', 'late', { chat: entry.chat, err: why, waiting: this.late.length + 1 }, 'saved operation not broadcast yet: engine failing; it will be published late');
     this.late.push(entry);
     this.lateBytes += entry.frame.length;
     this.scheduleLate();
@@ -279,7 +291,7 @@ export class Hub {
   private dropLate(entry: LateBroadcast, why: string): void {
     this.metrics.publishDropped.inc();
     // "Not confirmed": an attempt that timed out on a stalled Redis may still run when it wakes.
-    this.log.error({ chat: entry.chat, why }, 'saved operation not broadcast (or not confirmed)');
+    this.logLimited('error', 'dropped', { chat: entry.chat, why }, 'saved operation not broadcast (or not confirmed)');
   }
 
   private scheduleLate(): void {
@@ -354,7 +366,7 @@ export class Hub {
     try {
       await this.publish(chat, frame, exceptConn);
     } catch (err) {
-      this.log.warn({ chat, err: (err as Error).message }, 'publish failed');
+      this.logLimited('warn', 'publish', { chat, err: (err as Error).message }, 'publish failed');
     }
   }
 

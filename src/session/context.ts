@@ -10,6 +10,7 @@ import type { Deadlines } from './deadlines.js';
 import type { RateLimit } from './rate-limit.js';
 import type { Registration } from './registration.js';
 import type { UserConnections } from './user-connections.js';
+import type { LogLimiter } from '../util/log-limit.js';
 
 /** What a session needs of the running gateway. */
 export interface GatewayContext {
@@ -28,6 +29,8 @@ export interface GatewayContext {
   readonly userConnections: UserConnections;
   /** Credentials deadlines of every registration (one timer for the gateway). */
   readonly deadlines: Deadlines<Registration>;
+  /** Lines a client can cause once per connection at will (a close, an expiry): one per kind every 10 s. */
+  readonly connectionLogLimit: LogLimiter;
   isDraining(): boolean;
   /** Counts work that graceful shutdown must let finish. */
   track<T>(work: Promise<T>): Promise<T>;

@@ -326,6 +326,20 @@ for (const mode of ENGINE_MODES) {
       steady.close();
     });
 
+    if (mode === 'memory') {
+      it('a client that keeps getting closed 4401 writes one log line per 10 s, not one per connection (the metric counts them all)', async () => {
+        const inst = await h.gateway({ MAX_CHATS_PER_CONNECTION: '100' });
+        const lines = () => inst.logs.join('').split('\n').filter((l) => l.includes('too many refused registers')).length;
+        for (let n = 0; n < 6; n++) {
+          const c = await TestClient.connect(inst.wsUrl);
+          for (let i = 0; i < 5; i++) c.send({ type: 'register', token: `junk-${n}-${i}`, chat_id: uniqueChat() });
+          assert.equal((await c.closed).code, 4401);
+        }
+        assert.equal(await metric(inst, 'message_service_connection_closes_total', { code: '4401' }), 6);
+        assert.equal(lines(), 1);
+      });
+    }
+
     it('an acceptance served from the verify cache does not break the row: junk refreshes between cached good ones still close 4401', async () => {
       const token = await h.token(1);
       const chat = uniqueChat();

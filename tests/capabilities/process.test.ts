@@ -51,24 +51,25 @@ describe('graceful shutdown and logs (real process, real signals)', () => {
   });
   after(() => api.close());
 
-  it('SIGTERM with a save in flight: the message is acked and broadcast, clients get 1001, exit 0', async () => {
+  // SIGHUP (a terminal hangup, a supervisor's reload) drains like SIGTERM: Node's default kills at once.
+  for (const [signal, chat] of [['SIGTERM', 77], ['SIGHUP', 76]] as const) it(`${signal} with a save in flight: the message is acked and broadcast, clients get 1001, exit 0`, async () => {
     const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, SHUTDOWN_TIMEOUT_MS: '5000' });
     await gw.listening();
     const a = await TestClient.connect(gw.wsUrl);
     const b = await TestClient.connect(gw.wsUrl);
-    await a.register(await api.mintToken(1), 77);
-    await b.register(await api.mintToken(2), 77);
+    await a.register(await api.mintToken(1), chat);
+    await b.register(await api.mintToken(2), chat);
     api.addFault({ op: 'save', delayMs: 700, times: 1 });
     const before = api.requests.length;
-    a.send({ type: 'message', data: { id: 'inflight-1', ciphertext: 'x' } });
+    a.send({ type: 'message', data: { id: `inflight-${chat}`, ciphertext: 'x' } });
     await api.waitForRequests(before + 1);
-    gw.kill('SIGTERM');
+    gw.kill(signal);
     // Readiness flips and new upgrades are refused while draining.
     await new Promise((r) => setTimeout(r, 150));
     const ready = await fetch(`${gw.httpUrl}/readyz`);
     assert.equal(ready.status, 503);
     await assert.rejects(TestClient.connect(gw.wsUrl), (err: { status?: number }) => err.status === 503);
-    const ack = await a.next({ type: 'ack', id: 'inflight-1' }, 5000);
+    const ack = await a.next({ type: 'ack', id: `inflight-${chat}` }, 5000);
     assert.equal(ack.duplicate, false);
     await b.next({ type: 'message' }, 5000);
     assert.equal((await a.closed).code, 1001);

@@ -28,7 +28,7 @@ export class GatewayProcess {
   }
 
   /** Resolves with the port once the gateway logs that it listens. */
-  async listening(timeoutMs = 15_000): Promise<number> {
+  async listening(timeoutMs = 30_000): Promise<number> {
     const until = Date.now() + timeoutMs;
     while (Date.now() < until) {
       const m = /"port":(\d+)[^\n]*"msg":"gateway listening"/.exec(this.output);

@@ -114,6 +114,16 @@ describe('config', () => {
     assert.equal(loadConfig(readEnv({}, join(dir, 'missing.env'))).appPort, 3000);
   });
 
+  it('a malformed .env line is refused, naming .env, instead of swallowing the lines after it unchecked', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ms-cfg-'));
+    const file = join(dir, '.env');
+    writeFileSync(file, 'APP_PORT=4000\nBROKEN LINE "unterminated\nLOG_LEVEL=nope\n');
+    assert.throws(() => readEnv({}, file), (err: unknown) => err instanceof ConfigError && err.message.includes('.env') && /cannot be parsed/.test(err.message));
+    // `export NAME=…` and spaces around `=` are fine.
+    writeFileSync(file, 'export APP_PORT=4001\n  LOG_LEVEL = debug\n');
+    assert.equal(loadConfig(readEnv({}, file)).appPort, 4001);
+  });
+
   it('redactUrl hides everything between :// and the last @ (a password may contain @)', () => {
     assert.equal(redactUrl('redis://user:secret@h:1'), 'redis://***@h:1');
     assert.equal(redactUrl('redis://:hunter2@secret@redis host:6379'), 'redis://***@redis host:6379');
