@@ -348,13 +348,15 @@ for (const mode of ENGINE_MODES) {
       let calls = 0;
       const a = await sdk(h, u, {
         url: p.url,
-        refreshLeadMs: 1500,
+        // 6 s tokens refreshed 3 s ahead: the three attempts fit before the expiry on a loaded
+        // machine too (3 s tokens and 1.5 s left them too little room there).
+        refreshLeadMs: 3000,
         token: () => {
           calls++;
           // The first token; three failed refresh attempts (the provider throws, then gives
           // another user's token twice, which the gateway refuses); a token after the expiry.
           if (calls === 2) throw new Error('identity provider down');
-          return h.token(calls === 3 || calls === 4 ? u + 1000 : u, { expiresInSec: calls === 5 ? 60 : 3 });
+          return h.token(calls === 3 || calls === 4 ? u + 1000 : u, { expiresInSec: calls === 5 ? 60 : 6 });
         },
       });
       const chatA = a.client.chat(chatId);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
-import { after, describe, it } from 'node:test';
+import { after, afterEach, describe, it } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
 import { ClientError, createClient, type Client, type OutboxStorage } from '../../packages/client/src/index.js';
 import { sleep } from '../support/client.js';
@@ -42,6 +42,25 @@ function fakeJwt(sec: number, n: number): string {
 
 describe('SDK: what the gateway refuses without naming the request, leaving and reopening, events after leave/close [memory]', () => {
   const h = useHarness('memory');
+  // A test that timed out never reaches its own `finally`: its faults must not refuse the next test's calls.
+  afterEach(() => h.api.clearFaults());
+
+  it('one message id written to two chats at once: each answer settles the write of the chat it names', { timeout: 15_000 }, async () => {
+    const a = await sdk(h, 1);
+    const [idA, idB] = [uniqueChat(), uniqueChat()];
+    const chatA = a.client.chat(idA);
+    const chatB = a.client.chat(idB);
+    await Promise.all([chatA.ready(), chatB.ready()]);
+    h.api.addFault({ op: 'save', delayMs: 400, times: 1 }); // chat A's save: B's is saved first
+    const id = `same-${idA}`;
+    const sentA = chatA.send(text('a'), { id });
+    await waitFor(() => h.api.requests.some((r) => r.op === 'save' && (r.body as { id?: string }).id === id), 3000, "chat A's save at the main API");
+    const sentB = chatB.send(text('b'), { id });
+    const [ackA, ackB] = await Promise.all([sentA, sentB]);
+    assert.equal(String(h.api.messages.get(id)?.chat_id), String(idB), 'saved in chat B');
+    assert.deepEqual([ackA.chatId, ackA.duplicate, ackA.seq], [idA, true, undefined], 'chat A: the id was taken (409), nothing broadcast');
+    assert.deepEqual([ackB.chatId, ackB.duplicate, ackB.seq], [idB, false, 1]);
+  });
 
   it('content nested deeper than the gateway accepts is refused bad_request without being sent; the chat carries on', { timeout: 15_000 }, async () => {
     const p = await proxy(h);

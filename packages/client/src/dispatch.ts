@@ -104,7 +104,7 @@ export class Dispatcher {
       : op === 'unregister' ? `u:${chatKey}`
       : op === 'ping' ? 'p'
       : op === 'refresh' ? 'f'
-      : WRITE_OPS.has(op) && typeof frame.id === 'string' ? writeKey(op, frame.id)
+      : WRITE_OPS.has(op) && typeof frame.id === 'string' && frame.chat_id !== undefined ? writeKey(chatKey, op, frame.id)
       : null;
     const request = key === null ? undefined : requests.answered(key);
     if (code === 'rate_limited' && isBucketPause(frame)) {
@@ -118,7 +118,7 @@ export class Dispatcher {
       if (state?.status === 'registering') return this.chats.registerRefused(state, error);
       if (request !== undefined) return; // a second answer to a register sent twice
     } else if (WRITE_OPS.has(op) && typeof frame.id === 'string') {
-      if (this.writes.onError(request, op, frame.id, error)) return;
+      if (this.writes.onError(request, op, frame.id, frame.chat_id === undefined ? undefined : chatKey, error)) return;
     } else if (op === 'ping') {
       // A refused ping gets no pong. (The error itself proves the link is alive.)
       return request?.onAnswer?.(false);

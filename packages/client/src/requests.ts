@@ -52,9 +52,13 @@ export interface RequestsHost {
   writesMayGo(): void;
 }
 
-/** The key that answers a write: its op and message id. */
-export function writeKey(op: string, id: string): string {
-  return `w:${op}:${id}`;
+/**
+ * The key that answers a write: its op, message id and chat — the chat too, because the same id
+ * may be written to two chats at once, and each answer (it names its chat) settles its own.
+ * Ops and message ids hold no `:`, so the chat, last, may.
+ */
+export function writeKey(chat: string, op: string, id: string): string {
+  return `w:${op}:${id}:${chat}`;
 }
 
 /**
@@ -143,7 +147,7 @@ export class Requests {
    * order: later writes need not wait for them.)
    */
   awaitedElsewhere(item: Pending): boolean {
-    const key = writeKey(item.entry.op, item.entry.data.id);
+    const key = writeKey(String(item.entry.chatId), item.entry.op, item.entry.data.id);
     return this.outstanding.some((o) => o.key === key && o.owner !== item && this.mayBeDropped.has(o.owner!));
   }
 

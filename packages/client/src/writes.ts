@@ -141,9 +141,10 @@ export class Writes {
   }
 
   onAck(frame: Frame): void {
-    const key = writeKey(String(frame.op), String(frame.id));
+    const chat = String(frame.chat_id);
+    const key = writeKey(chat, String(frame.op), String(frame.id));
     const request = this.core.requests.answered(key);
-    const item = this.answeredWrite(request, String(frame.op), String(frame.id), false);
+    const item = this.answeredWrite(request, String(frame.op), String(frame.id), chat, false);
     if (item === undefined) {
       // The second answer to a write sent twice (a resend after a drop or timeout) is expected;
       // the next write with the same key may have waited for it (see `pump`).
@@ -159,8 +160,8 @@ export class Writes {
    * A write answered with an error (`request`: the send it answers, if one was waiting). False
    * when it answers no write of this client's.
    */
-  onError(request: Outstanding | undefined, op: string, id: string, error: ClientError): boolean {
-    const item = this.answeredWrite(request, op, id, true);
+  onError(request: Outstanding | undefined, op: string, id: string, chat: string | undefined, error: ClientError): boolean {
+    const item = this.answeredWrite(request, op, id, chat, true);
     if (item) {
       this.refused(item, error);
       return true;
@@ -170,7 +171,7 @@ export class Writes {
       this.pump();
       return true;
     }
-    return this.settledKeys.has(writeKey(op, id)) || this.sentWrite(op, id, false) !== undefined;
+    return this.wasSettled(op, id, chat) || this.sentWrite(op, id, chat, false) !== undefined;
   }
 
   /** The write was refused: retried if the gateway says so, kept while its chat registers again, else failed. */
@@ -223,7 +224,7 @@ export class Writes {
   private send(item: Pending): void {
     item.sentOn = this.core.connectionNo();
     const track: Track = {
-      key: writeKey(item.entry.op, item.entry.data.id),
+      key: writeKey(String(item.entry.chatId), item.entry.op, item.entry.data.id),
       owner: item,
       // Only while this attempt is the one in flight: a settled or retrying write is not resent.
       resend: () => void (item.inFlight && item.sentOn === this.core.connectionNo() && this.outbox.all().includes(item) && this.core.transmit(item.text, false, track)),
@@ -237,18 +238,20 @@ export class Writes {
    * without a matching send, by `op` and `id`: the one in flight, else — for an ack — one sent on
    * this connection that is waiting to be retried (an earlier send of it was answered late).
    */
-  private answeredWrite(request: Outstanding | undefined, op: string, id: string, inFlightOnly: boolean): Pending | undefined {
+  private answeredWrite(request: Outstanding | undefined, op: string, id: string, chat: string | undefined, inFlightOnly: boolean): Pending | undefined {
     const owner = request?.owner;
-    if (owner === undefined) return this.sentWrite(op, id, inFlightOnly);
+    if (owner === undefined) return this.sentWrite(op, id, chat, inFlightOnly);
     if (owner.sentOn !== this.core.connectionNo() || !this.outbox.all().includes(owner)) return undefined;
     return inFlightOnly && !owner.inFlight ? undefined : owner;
   }
 
-  private sentWrite(op: string, id: string, inFlightOnly: boolean): Pending | undefined {
+  /** `chat` undefined: an answer that names no chat, matched by op and id alone. */
+  private sentWrite(op: string, id: string, chat: string | undefined, inFlightOnly: boolean): Pending | undefined {
     let fallback: Pending | undefined;
     const connectionNo = this.core.connectionNo();
     for (const p of this.outbox.all()) {
       if (p.entry.op !== op || p.entry.data.id !== id || p.sentOn !== connectionNo) continue;
+      if (chat !== undefined && String(p.entry.chatId) !== chat) continue;
       if (p.inFlight) return p;
       fallback ??= p;
     }
@@ -288,8 +291,16 @@ export class Writes {
     this.chats.finishLeaving(this.chats.get(String(item.entry.chatId))); // looked up again: a 'failed' handler may have left the chat
   }
 
+  /** Whether a write of `op` and `id` (in `chat`, or in any chat when the answer names none) was settled lately. */
+  private wasSettled(op: string, id: string, chat: string | undefined): boolean {
+    if (chat !== undefined) return this.settledKeys.has(writeKey(chat, op, id));
+    const prefix = writeKey('', op, id);
+    for (const key of this.settledKeys) if (key.startsWith(prefix)) return true;
+    return false;
+  }
+
   private noteSettled(item: Pending): void {
-    const key = writeKey(item.entry.op, item.entry.data.id);
+    const key = writeKey(String(item.entry.chatId), item.entry.op, item.entry.data.id);
     this.settledKeys.delete(key);
     this.settledKeys.add(key);
     if (this.settledKeys.size > SETTLED_KEYS) this.settledKeys.delete(this.settledKeys.values().next().value!);
