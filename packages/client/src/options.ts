@@ -47,7 +47,7 @@ export interface ClientOptions {
   /** Writes in flight at once on a connection, below the gateway's 16 (default 8). */
   maxInFlight?: number;
   /**
-   * A request (write, register, ping, unregister) without an answer for this long is sent again
+   * A request (write, register, ping, unregister, refresh) without an answer for this long is sent again
    * with the same id (default 30 s). A safety net: the gateway answers every request it reads,
    * and the frames it drops unread after a `rate_limited` are resent as soon as it reads again.
    */
