@@ -15,10 +15,16 @@ function find(dir) {
 const filters = process.argv.slice(2);
 // TEST_EXCLUDE: comma-separated path parts of files to leave out (.ci/run's second Node version).
 const excluded = (process.env.TEST_EXCLUDE ?? '').split(',').filter(Boolean);
-const files = find('tests')
+const sorted = find('tests')
   .filter((f) => filters.length === 0 || filters.some((x) => f.includes(x)))
   .filter((f) => !excluded.some((x) => f.includes(x)))
   .sort();
+// The chat page's Chromium files are the longest and the most CPU-hungry: four of them at once
+// on two cores slowed each down. Two start first, the others after the next few files, so the
+// rest of the suite (mostly waiting on timers and processes) fills the cores beside them.
+const browser = sorted.filter((f) => f.includes('chat-page') && f.startsWith(join('tests', 'browser')));
+const others = sorted.filter((f) => !browser.includes(f));
+const files = [...browser.slice(0, 2), ...others.slice(0, 8), ...browser.slice(2), ...others.slice(8)];
 if (files.length === 0) {
   console.error('no test files matched');
   process.exit(1);
