@@ -13,9 +13,10 @@ for (const mode of ENGINE_MODES) {
       const chat = uniqueChat();
       const watcher = await h.member(2, chat);
       const c = await h.connect();
-      await c.register(await h.token(1, { expiresInSec: 2 }), chat);
+      // 3 s: registered well before exp on a loaded machine too (a 2 s token once expired first).
+      await c.register(await h.token(1, { expiresInSec: 3 }), chat);
       await watcher.next(presence(1, 'online'));
-      const ended = await c.next({ type: 'unregistered', chat_id: chat }, 4000);
+      const ended = await c.next({ type: 'unregistered', chat_id: chat }, 5000);
       assert.equal(ended.reason, 'token_expired');
       await watcher.next(presence(1, 'offline'));
       const from = c.frames.length;
@@ -28,11 +29,11 @@ for (const mode of ENGINE_MODES) {
     it('refresh before exp keeps the registration past it; the new token is used from then on', async () => {
       const chat = uniqueChat();
       const c = await h.connect();
-      await c.register(await h.token(1, { expiresInSec: 2 }), chat);
+      await c.register(await h.token(1, { expiresInSec: 3 }), chat);
       const fresh = await h.token(1, { expiresInSec: 60 });
       const answer = await c.request({ type: 'refresh', token: fresh }, (f) => f.type === 'refreshed' || f.type === 'error');
       assert.deepEqual(answer, { type: 'refreshed', chat_ids: [chat] });
-      await new Promise((r) => setTimeout(r, 2500));
+      await new Promise((r) => setTimeout(r, 3500));
       assert.equal(c.all({ type: 'unregistered' }).length, 0, 'the refreshed registration expired');
       await c.request({ type: 'message', data: { id: `fresh-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
       const save = h.api.requests.filter((r) => r.op === 'save').at(-1)!;
