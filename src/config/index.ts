@@ -79,8 +79,9 @@ export function readEnv(env: Env = process.env, dotenvPath = '.env'): Env {
   } catch (err) {
     throw new ConfigError('.env', `cannot be read: ${(err as Error).message}`);
   }
-  // parseEnv never throws: a malformed line (an unterminated quote) silently swallows the lines
-  // after it into one odd name, and the variables there would go unchecked. Names are refused instead.
+  // parseEnv never throws: on Node 20 a malformed line (an unterminated quote) swallows the lines
+  // after it into one odd name, and the variables there would go unchecked — such names are
+  // refused. (Node 24 skips the broken line alone; the lines after it are read and checked.)
   for (const name of Object.keys(fromFile)) {
     if (!ENV_NAME.test(name)) throw new ConfigError('.env', `a line cannot be parsed near ${JSON.stringify(name.slice(0, 60))}`);
   }
