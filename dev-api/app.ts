@@ -79,6 +79,8 @@ export interface Fault {
    * API that is alive but stuck: every idle timeout is met, only a bound on the whole call ends it).
    */
   trickleMs?: number;
+  /** Send `103 Early Hints` first, then answer as usual (a 1xx is not the answer). */
+  earlyHints?: boolean;
   /**
    * Response body. JSON-encoded, except a string, which is sent verbatim so that tests can
    * send malformed JSON or an HTML error page (pass '"text"' for a JSON string).
@@ -161,7 +163,7 @@ const DEFAULT_WAIT_MS = 2000;
 const KEEP_ALIVE_TIMEOUT_MS = 65_000;
 
 const OPS: readonly Op[] = ['verify', 'save', 'edit', 'delete'];
-const FAULT_KEYS = new Set(['op', 'delayMs', 'status', 'hang', 'trickleMs', 'body', 'times']);
+const FAULT_KEYS = new Set(['op', 'delayMs', 'status', 'hang', 'trickleMs', 'earlyHints', 'body', 'times']);
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -223,7 +225,7 @@ export function parseFault(input: unknown): Fault {
     // Reject typos such as "delay" — a silently ignored knob makes a test pass for the wrong reason.
     if (!FAULT_KEYS.has(key)) throw new TypeError(`unknown fault field "${key}"`);
   }
-  const { op, delayMs, status, hang, trickleMs, body, times } = input;
+  const { op, delayMs, status, hang, trickleMs, earlyHints, body, times } = input;
   const fault: Fault = {};
   if (op !== undefined) {
     if (op !== 'any' && !OPS.includes(op as Op)) throw new TypeError('fault.op must be verify|save|edit|delete|any');
@@ -248,6 +250,10 @@ export function parseFault(input: unknown): Fault {
   if (trickleMs !== undefined) {
     if (typeof trickleMs !== 'number' || !Number.isFinite(trickleMs) || trickleMs < 1) throw new TypeError('fault.trickleMs must be a number >= 1');
     fault.trickleMs = trickleMs;
+  }
+  if (earlyHints !== undefined) {
+    if (typeof earlyHints !== 'boolean') throw new TypeError('fault.earlyHints must be a boolean');
+    fault.earlyHints = earlyHints;
   }
   if (body !== undefined) fault.body = body;
   if (times !== undefined) {
@@ -602,6 +608,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
       // Faults stand in for the network and the upstream, so they act before any validation.
       const fault = op === 'other' ? undefined : takeFault(op);
       if (fault) {
+        if (fault.earlyHints) reply.raw.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
         if (fault.delayMs) await sleep(fault.delayMs);
         if (fault.hang) await new Promise(() => {}); // never answers; close() destroys the socket
         if (fault.trickleMs !== undefined) return trickle(reply, fault.trickleMs);

@@ -25,9 +25,13 @@ const gateway = await startGateway(config, { log }).catch((err: Error) => {
 });
 
 let signalled = false;
-// SIGHUP drains too: a terminal hangup of `npm start`, or a supervisor's reload, would otherwise
-// kill the process at once (Node's default), with saved messages never acked nor broadcast.
-for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+// SIGHUP drains too (a supervisor's reload, a hangup with the logs going to a file or a pipe),
+// where Node's default would kill the process at once, saved messages never acked nor broadcast.
+// Not when the logs go to a terminal: its hangup makes every log write fail (EIO), which pino
+// retries with the event loop blocked, so a drain — even process.exit — would freeze for good.
+// There Node's default stays: the process dies at once, and its clients reconnect elsewhere.
+const signals = process.stdout.isTTY ? (['SIGTERM', 'SIGINT'] as const) : (['SIGTERM', 'SIGINT', 'SIGHUP'] as const);
+for (const signal of signals) {
   process.on(signal, () => {
     if (signalled) {
       log.warn({ signal }, 'second signal: exiting now');

@@ -221,6 +221,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
           else if (deadline.expired !== null) started.abort(deadline.expired);
         },
         onResponseStart(_controller, statusCode) {
+          // A 1xx (103 Early Hints) comes before the answer: it is not the answer.
+          if (statusCode < 200) return;
           status = statusCode;
           reading = readBody(statusCode);
           // Where the body is not read, the status is the whole answer: a 201 whose body then
@@ -350,7 +352,10 @@ function deletedBy(body: string, user: IdKey, chat: IdKey): boolean {
 /** Whether a verify answer is about `chat`: it names no chat (most do not), or names this one. */
 function answersFor(body: string, chat: IdKey): boolean {
   const named = jsonObject(body)?.chat_id;
-  return named === undefined || named === null || parseId(named) === chat;
+  if (named === undefined || named === null) return true;
+  // A 64-bit id echoed as a JSON number past 2^53 cannot be read exactly: not "another chat".
+  if (typeof named === 'number' && !Number.isSafeInteger(named)) return Number(chat) === named;
+  return parseId(named) === chat;
 }
 
 /** `user_id`, else `id`, `sub`, or `user.id`. */

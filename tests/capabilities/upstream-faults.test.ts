@@ -46,6 +46,18 @@ for (const mode of ENGINE_MODES) {
       b.close();
     });
 
+    it('103 Early Hints before the answer is not the answer: the save is acked and broadcast, the verify admits', async () => {
+      const { chat, a, b } = await h.pair();
+      h.api.addFault({ op: 'save', earlyHints: true, times: 1 });
+      const ack = await a.request({ type: 'message', data: { id: `hints-${chat}`, ciphertext: 'x' } }, (f) => f.type === 'ack' || f.type === 'error');
+      assert.deepEqual([ack.type, ack.duplicate], ['ack', false]);
+      await b.next({ type: 'message' });
+      h.api.addFault({ op: 'verify', earlyHints: true, times: 1 });
+      const c = await h.connect();
+      assert.equal((await c.request({ type: 'register', token: await h.token(3), chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error')).type, 'registered');
+      for (const x of [a, b, c]) x.close();
+    });
+
     it('a 409 that echoes the stored message past 64 KiB still names its sender: the resend stands in for the lost broadcast', async () => {
       const { chat, a, b } = await h.pair();
       const id = `echo409-${chat}`;
@@ -109,7 +121,7 @@ for (const mode of ENGINE_MODES) {
 
     it('verify that lies (200 without a user id, a bad one, or about another chat) → internal, not registered', async () => {
       // The last: an answer about another chat (a misrouted or mixed-up one) admits nobody to this one.
-      for (const body of [{}, { user_id: { x: 1 } }, { user_id: 'has space' }, 'not json', { user_id: 1, chat_id: 'another-chat' }]) {
+      for (const body of [{}, { user_id: { x: 1 } }, { user_id: 'has space' }, 'not json', { user_id: 1, chat_id: 'another-chat' }, { user_id: 1, chat_id: 7 }]) {
         h.api.clearFaults();
         h.api.addFault({ op: 'verify', body });
         const c = await h.connect();
@@ -151,6 +163,14 @@ for (const mode of ENGINE_MODES) {
       // The chat was not registered: a message to it is refused.
       const refused = await c.request({ type: 'message', chat_id: chat, data: { id: 'big-1', ciphertext: 'AA==', nonce: 'AA==' } }, { type: 'error' });
       assert.equal(refused.code, 'not_registered');
+      c.close();
+    });
+
+    it('a verify answer echoing a 64-bit chat id as a JSON number past 2^53 (inexact) is not "another chat"', async () => {
+      h.api.addFault({ op: 'verify', body: '{"user_id":5,"chat_id":9007199254740993}', times: 1 });
+      const c = await h.connect();
+      const reg = await c.request({ type: 'register', token: await h.token(5), chat_id: '9007199254740993' }, (f) => f.type === 'registered' || f.type === 'error');
+      assert.equal(reg.type, 'registered');
       c.close();
     });
 
