@@ -31,7 +31,7 @@ export const deleteMessage = defineFeature({
     const { id } = frame.data;
     return session.enqueueWrite(reg, async () => {
       const { hub, api, engine } = session.ctx;
-      const { alreadyDeleted } = await session.upstream(() => api.remove(reg.token, chat, reg.user, id));
+      const { alreadyDeleted } = await session.upstream((hold) => api.remove(reg.token, chat, reg.user, id, hold));
       const broadcast = !alreadyDeleted || !(await engine.contains(chat, deleteKey(id)).catch(() => false));
       const position = broadcast ? await hub.append(chat, out.broadcast('delete_message', chat, { id, deleted_by: wireId(reg.user) }), session.id, deleteKey(id)) : null;
       session.send(out.ack('delete_message', id, chat, alreadyDeleted, position));

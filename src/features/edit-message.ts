@@ -26,7 +26,7 @@ export const editMessage = defineFeature({
     };
     return session.enqueueWrite(reg, async () => {
       const { hub, api } = session.ctx;
-      await session.upstream(() => api.edit(reg.token, chat, data.id, edit));
+      await session.upstream((hold) => api.edit(reg.token, chat, data.id, edit, hold));
       const broadcast = { id: data.id, ...edit, sender_id: wireId(reg.user) };
       const position = await hub.append(chat, out.broadcast('edit_message', chat, broadcast), session.id, data.id);
       session.send(out.ack('edit_message', data.id, chat, false, position));

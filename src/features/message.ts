@@ -34,7 +34,7 @@ export const message = defineFeature({
     const json = savedBody(data, wireId(chat), wireId(reg.user));
     return session.enqueueWrite(reg, async () => {
       const { hub, api, engine, config } = session.ctx;
-      const { duplicate, ownSaved } = await session.upstream(() => api.save(reg.token, chat, reg.user, json));
+      const { duplicate, ownSaved } = await session.upstream((hold) => api.save(reg.token, chat, reg.user, json, hold));
       const broadcast = !duplicate || (ownSaved && config.historySize > 0 && !(await engine.contains(chat, data.id).catch(() => false)));
       const position = broadcast ? await hub.append(chat, out.broadcast('message', chat, json), session.id, data.id) : null;
       session.send(out.ack('message', data.id, chat, duplicate, position));

@@ -14,6 +14,7 @@ import { Chats } from './chats.js';
 import { RateLimit } from './rate-limit.js';
 import { Slots } from './slots.js';
 import { jwtExpiryMs } from '../upstream/verify-cache.js';
+import type { Hold } from '../upstream/scheduler.js';
 import { whenSettled } from '../util/settled.js';
 
 
@@ -384,7 +385,7 @@ export class Session implements Connection, WriteTurnMark {
    * fair turn in the pool. Checked again when it starts: a connection closed (or about to be,
    * after five refused registers) makes no more calls.
    */
-  upstream<T>(call: () => Promise<T>): Promise<T> {
+  upstream<T>(call: (hold: Hold) => Promise<T>): Promise<T> {
     // Before its first register a connection is its own anonymous party ("#": never in a user id).
     const party = this.user === null ? { key: `#${this.id}`, anonymous: true } : { key: this.user, anonymous: false };
     // Let go once idle (an idle Slots is the same as a new one): idle connections keep none (~40 bytes each).
@@ -392,9 +393,9 @@ export class Session implements Connection, WriteTurnMark {
       if (this.slots === idle) this.slots = null;
     });
     return this.slots.run(() =>
-      this.ctx.upstreamScheduler.run(party, () => {
+      this.ctx.upstreamScheduler.run(party, (hold) => {
         if (this.closed || this.aborted) throw new CancelledError();
-        return call();
+        return call(hold);
       }),
     );
   }

@@ -8,6 +8,7 @@ import { parseId, wireId, type IdKey } from '../protocol/ids.js';
 import { errorCodeForStatus } from './status.js';
 import { VerifyCache } from './verify-cache.js';
 import { LogLimiter } from '../util/log-limit.js';
+import type { Hold } from './scheduler.js';
 
 export type UpstreamOp = 'verify' | 'save' | 'edit' | 'delete';
 
@@ -27,14 +28,14 @@ export interface MainApi {
    * case in which a resend may stand in for a broadcast that never happened (features/message.ts).
    * `message` is the body's JSON, serialized once by the caller (it broadcasts the same bytes).
    */
-  save(token: string, chat: IdKey, sender: IdKey, message: string): Promise<{ duplicate: boolean; ownSaved: boolean }>;
-  edit(token: string, chat: IdKey, messageId: string, body: object): Promise<void>;
+  save(token: string, chat: IdKey, sender: IdKey, message: string, hold?: Hold): Promise<{ duplicate: boolean; ownSaved: boolean }>;
+  edit(token: string, chat: IdKey, messageId: string, body: object, hold?: Hold): Promise<void>;
   /**
    * `alreadyDeleted`: the main API answered 404 with a body saying the message is deleted, in
    * `chat`, by `user` — this delete's earlier send was carried out, and its answer or broadcast
    * may have been lost (features/delete-message.ts). Any other 404 is `not_found`.
    */
-  remove(token: string, chat: IdKey, user: IdKey, messageId: string): Promise<{ alreadyDeleted: boolean }>;
+  remove(token: string, chat: IdKey, user: IdKey, messageId: string, hold?: Hold): Promise<{ alreadyDeleted: boolean }>;
   /** Forgets cached verifies of `user` (in `chat`, or everywhere when null): the next verify asks the main API. */
   forget(user: IdKey, chat: IdKey | null): void;
   /** The server API disconnected `user`: forgets its cached verifies, and remembers when (`disconnectedSince`). */
@@ -143,7 +144,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   const maxWriteAnswerBytes = Math.max(MAX_ANSWER_BYTES, 2 * config.maxMessageBytes);
 
   /** `body`: an object to send as JSON, or JSON already serialized. */
-  async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object | string, cancel?: AbortSignal): Promise<Answer> {
+  /** `hold`: given the end of a body still streaming in after the answer (see `exchange`), so the pool place stays taken until then. */
+  async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object | string, cancel?: AbortSignal, hold?: Hold): Promise<Answer> {
     const requestId = randomUUID();
     const started = performance.now();
     let outcome = 'error';
@@ -153,7 +155,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       const payload = body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body);
       // Only a verify's answer body is read, a save's 409 (what it says was saved) and a delete's 404 (whether it says "deleted").
       const readBody = op === 'verify' ? () => true : op === 'save' ? (status: number) => status === 409 : op === 'delete' ? (status: number) => status === 404 : () => false;
-      const answer = await exchange({ method, path, headers, body: payload }, readBody, op === 'verify' ? MAX_ANSWER_BYTES : maxWriteAnswerBytes, op === 'verify', cancel);
+      const answer = await exchange({ method, path, headers, body: payload }, readBody, op === 'verify' ? MAX_ANSWER_BYTES : maxWriteAnswerBytes, op === 'verify', cancel, hold);
       outcome = String(answer.status);
       if (answer.status >= 500) {
         const admitted = logLimit.admit(`${op} ${answer.status}`);
@@ -193,6 +195,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     maxBytes: number,
     refuseOversize: boolean,
     cancel?: AbortSignal,
+    hold?: Hold,
   ): Promise<Answer> {
     return new Promise<Answer>((resolve, reject) => {
       let status = 0;
@@ -202,9 +205,16 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       let controller: Dispatcher.DispatchController | null = null;
       const deadline = deadlines.start();
       const onAbort = () => controller?.abort(cancel!.reason);
+      let drained: (() => void) | null = null;
       const settle = () => {
         deadlines.done(deadline);
         cancel?.removeEventListener('abort', onAbort);
+        drained?.();
+      };
+      /** Answered before the body ended: the pool connection stays busy until it does (the fair scheduler keeps its place). */
+      const answerEarly = (answer: Answer) => {
+        hold?.(new Promise<void>((r) => (drained = r)));
+        resolve(answer);
       };
       if (cancel !== undefined) {
         if (cancel.aborted) {
@@ -229,7 +239,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
           // trickles, never ends or is cut off was still carried out, and is reported so (it
           // used to fail as unreachable, and the saved message was never broadcast). The body
           // drains behind it, within the call's deadline.
-          if (!reading) resolve({ status, body: '' });
+          if (!reading) answerEarly({ status, body: '' });
         },
         onResponseData(controller, chunk) {
           size += chunk.length;
@@ -241,7 +251,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
             // A verify answered with megabytes is a lying main API: refused rather than held. A
             // save's 409 or a delete's 404 past its bound stays what its status says, read as saying nothing.
             if (refuseOversize) return controller.abort(new AnswerTooLarge());
-            resolve({ status, body: '' });
+            answerEarly({ status, body: '' });
             return controller.abort(new UnreadBodyTooLarge());
           }
           (chunks ??= []).push(chunk);
@@ -294,18 +304,18 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       if (!cache.forgottenSince(user, chat, asked)) cache.set(token, chat, user);
       return user;
     },
-    async save(token, chat, sender, message) {
-      const { status, body } = await call('save', 'POST', config.messageSavePath, token, message);
+    async save(token, chat, sender, message, hold) {
+      const { status, body } = await call('save', 'POST', config.messageSavePath, token, message, undefined, hold);
       if (status === 409) return { duplicate: true, ownSaved: savedBy(body, sender, chat) };
       if (!ok(status)) fail('save', status, token, chat);
       return { duplicate: false, ownSaved: false };
     },
-    async edit(token, chat, messageId, body) {
-      const { status } = await call('edit', 'PATCH', messagePath(chat, messageId), token, body);
+    async edit(token, chat, messageId, body, hold) {
+      const { status } = await call('edit', 'PATCH', messagePath(chat, messageId), token, body, undefined, hold);
       if (!ok(status)) fail('edit', status, token, chat);
     },
-    async remove(token, chat, user, messageId) {
-      const { status, body } = await call('delete', 'DELETE', messagePath(chat, messageId), token);
+    async remove(token, chat, user, messageId, hold) {
+      const { status, body } = await call('delete', 'DELETE', messagePath(chat, messageId), token, undefined, undefined, hold);
       if (status === 404 && deletedBy(body, user, chat)) return { alreadyDeleted: true };
       if (!ok(status)) fail('delete', status, token, chat);
       return { alreadyDeleted: false };

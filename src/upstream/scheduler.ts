@@ -1,6 +1,13 @@
 import { RequestError } from '../protocol/errors.js';
 import { whenSettled } from '../util/settled.js';
 
+/**
+ * Given to a call: `hold(drained)` keeps its place in the pool after the call has answered, until
+ * `drained` settles — a write answered at its status line whose body still streams in holds a
+ * pool connection until the body ends (or its deadline cuts it).
+ */
+export type Hold = (drained: Promise<unknown>) => void;
+
 /** Who a main-API call is for: a user, or a connection not yet bound to one (`anonymous`). */
 export interface Party {
   readonly key: string;
@@ -47,7 +54,7 @@ export class FairScheduler {
   ) {}
 
   /** Plain promise chains, not an async function: this runs for every main-API call (fewer ticks and promises). */
-  run<T>(party: Party, call: () => Promise<T>): Promise<T> {
+  run<T>(party: Party, call: (hold: Hold) => Promise<T>): Promise<T> {
     if (this.waiting.size === 0 && this.hasRoom(party.anonymous)) {
       this.take(party.anonymous);
       return this.start(party.anonymous, call);
@@ -74,12 +81,20 @@ export class FairScheduler {
     if (anonymous) this.runningAnonymous++;
   }
 
-  private start<T>(anonymous: boolean, call: () => Promise<T>): Promise<T> {
-    return whenSettled(call, () => {
+  private start<T>(anonymous: boolean, call: (hold: Hold) => Promise<T>): Promise<T> {
+    let drained: Promise<unknown> | null = null;
+    const release = () => {
       this.running--;
       if (anonymous) this.runningAnonymous--;
       this.pump();
-    });
+    };
+    return whenSettled(
+      () => call((p) => (drained = p)),
+      () => {
+        if (drained === null) release();
+        else void drained.then(release, release);
+      },
+    );
   }
 
   private enqueue(party: Party, waiter: Waiter): void {

@@ -47,6 +47,25 @@ describe('the main-API pool is shared fairly', () => {
     assert.deepEqual(order, ['a0', 'b', 'a1', 'a2']);
   });
 
+  it('a call answered before its body ended keeps its place until the body is drained (hold)', async () => {
+    const pool = new FairScheduler(1, 10_000);
+    let drain!: () => void;
+    const answered = await pool.run(user('a'), async (hold) => {
+      hold(new Promise<void>((r) => (drain = r)));
+      return 'answer';
+    });
+    assert.equal(answered, 'answer', 'the answer is not held');
+    const next = call();
+    const done = pool.run(user('b'), next.run);
+    await settle();
+    assert.equal(next.started, false, 'started while the first call\'s connection was still draining');
+    drain();
+    await settle();
+    assert.equal(next.started, true);
+    next.finish();
+    await done;
+  });
+
   it('a call that waited past the timeout for its place is refused upstream_unavailable, never started late', async () => {
     const pool = new FairScheduler(1, 50);
     const slow = call();
