@@ -103,8 +103,9 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
     if (body === '') return done(null, undefined);
     parseJson(req, body as string, (err, value) => {
-      // Fastify's parser refuses these keys (prototype poisoning) as "not valid JSON": say why.
-      if (err !== null && /"(__proto__|constructor)"/.test(body as string)) {
+      // Fastify's parser refuses these keys (prototype poisoning) as "not valid JSON": say why —
+      // when the body is valid JSON after all (a malformed one that mentions them is just malformed).
+      if (err !== null && /"(__proto__|constructor)"/.test(body as string) && isJson(body as string)) {
         return done(Object.assign(new Error('a "__proto__" key, or a "constructor" with a "prototype" key, is refused anywhere in the body'), { statusCode: 400 }), undefined);
       }
       done(err, value);
@@ -246,4 +247,13 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
 /** The OpenAPI document of the server API, as served at /api/v1/openapi.json (and checked in as docs/openapi.json). */
 export function openApiText(app: FastifyInstance): string {
   return `${JSON.stringify(app.swagger(), null, 2)}\n`;
+}
+
+function isJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
 }
