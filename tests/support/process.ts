@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { reaped } from './children.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 /** Absolute, so a child started in another working directory still finds the loader. */
@@ -19,11 +20,11 @@ export class GatewayProcess {
 
   /** Spawns with exactly `env` (plus PATH/HOME) so the machine's own settings never leak in. */
   static spawn(env: Record<string, string>, cwd = ROOT, nodeArgs: string[] = []): GatewayProcess {
-    const proc = spawn(process.execPath, [...nodeArgs, '--import', TSX, `${ROOT}/src/main.ts`], {
+    const proc = reaped(spawn(process.execPath, [...nodeArgs, '--import', TSX, `${ROOT}/src/main.ts`], {
       cwd,
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    }));
     return new GatewayProcess(proc);
   }
 

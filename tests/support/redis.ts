@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { reaped } from './children.js';
 
 /** A free TCP port on loopback (the OS picks; we release it just before use). */
 export function freePort(): Promise<number> {
@@ -38,7 +39,7 @@ export class RedisServer {
 
   async startProcess(): Promise<void> {
     const args = ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', this.dir, ...this.extraArgs];
-    const proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = reaped(spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] }));
     this.proc = proc;
     await new Promise<void>((resolve, reject) => {
       let out = '';
