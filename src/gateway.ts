@@ -144,8 +144,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     const origin = req.headers.origin;
     if (config.allowedOrigins !== null && origin !== undefined && !config.allowedOrigins.includes(normalizeOrigin(origin) ?? '')) {
       // Anyone can send these: one line per 10 s, with a bounded piece of what was sent.
-      const admitted = upgradeLogLimit.admit('origin');
-      if (admitted !== null) log.info({ origin: origin.slice(0, 200), suppressed: admitted.suppressed }, 'upgrade refused: origin not allowed');
+      upgradeLogLimit.log(log, 'info', 'origin', { origin: origin.slice(0, 200) }, 'upgrade refused: origin not allowed');
       return refuseUpgrade(socket, 403, 'Forbidden');
     }
     wss.handleUpgrade(req, socket, head, (ws) => {

@@ -58,6 +58,11 @@ export class Hub {
   readonly registry = new Registry<Member>();
   private readonly subscriptions = new Map<IdKey, Subscription>();
   private readonly late: LateBroadcast[] = [];
+  /**
+   * Lines an engine outage causes once per connection or operation (every leave, every saved
+   * broadcast of a draining instance): one per kind every 10 s; `publish_dropped_total` counts
+   * what matters.
+   */
   private readonly logLimit = new LogLimiter();
   private lateBytes = 0;
   /** Shutting down: nothing more waits (see abandonLateNow). */
@@ -203,18 +208,8 @@ export class Hub {
       else if (!last && !announced) await this.presence.announce(chat, user, 'online', null);
     } catch (err) {
       // The presence entry expires by itself (Redis TTL) and the sweep announces it then.
-      this.logLimited('warn', 'leave', { chat, err: (err as Error).message }, 'presence leave failed');
+      this.logLimit.log(this.log, 'warn', 'leave', { chat, err: (err as Error).message }, 'presence leave failed');
     }
-  }
-
-  /**
-   * Lines an engine outage causes once per connection or operation (every leave, every saved
-   * broadcast of a draining instance): one per kind every 10 s, with how many were left out;
-   * `publish_dropped_total` keeps the count of what matters.
-   */
-  private logLimited(level: 'warn' | 'error', kind: string, fields: Record<string, unknown>, msg: string): void {
-    const admitted = this.logLimit.admit(kind);
-    if (admitted !== null) this.log[level]({ ...fields, suppressed: admitted.suppressed }, msg);
   }
 
   publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
@@ -278,7 +273,7 @@ export class Hub {
       this.dropLate(entry, 'too many broadcasts waiting for the engine');
       return;
     }
-    this.logLimited('warn', 'late', { chat: entry.chat, err: why, waiting: this.late.length + 1 }, 'saved operation not broadcast yet: engine failing; it will be published late');
+    this.logLimit.log(this.log, 'warn', 'late', { chat: entry.chat, err: why, waiting: this.late.length + 1 }, 'saved operation not broadcast yet: engine failing; it will be published late');
     this.late.push(entry);
     this.lateBytes += entry.frame.length;
     this.scheduleLate();
@@ -291,7 +286,7 @@ export class Hub {
   private dropLate(entry: LateBroadcast, why: string): void {
     this.metrics.publishDropped.inc();
     // "Not confirmed": an attempt that timed out on a stalled Redis may still run when it wakes.
-    this.logLimited('error', 'dropped', { chat: entry.chat, why }, 'saved operation not broadcast (or not confirmed)');
+    this.logLimit.log(this.log, 'error', 'dropped', { chat: entry.chat, why }, 'saved operation not broadcast (or not confirmed)');
   }
 
   private scheduleLate(): void {
@@ -366,7 +361,7 @@ export class Hub {
     try {
       await this.publish(chat, frame, exceptConn);
     } catch (err) {
-      this.logLimited('warn', 'publish', { chat, err: (err as Error).message }, 'publish failed');
+      this.logLimit.log(this.log, 'warn', 'publish', { chat, err: (err as Error).message }, 'publish failed');
     }
   }
 

@@ -115,7 +115,7 @@ export class Session implements Connection, WriteTurnMark {
   /** A slow consumer: closed 1013 and dropped at once, so its backlog is freed now. */
   overflow(): void {
     this.ctx.metrics.slowConsumerCloses.inc();
-    this.logPerConnection('slow-consumer', { conn: this.id, buffered: this.ws.bufferedAmount }, 'slow consumer closed');
+    this.ctx.connectionLogLimit.log(this.ctx.log, 'info', 'slow-consumer', { conn: this.id, buffered: this.ws.bufferedAmount }, 'slow consumer closed');
     this.close(CLOSE.tryAgainLater, 'slow consumer', true);
   }
 
@@ -263,7 +263,7 @@ export class Session implements Connection, WriteTurnMark {
     this.ctx.metrics.ops.inc({ type: feature?.type ?? 'invalid', result: error.code });
     this.send(out.error(error.code, error.message, { ...this.errorContext(feature, raw, implied), retryAfterMs: error.retryAfterMs }));
     if (this.authFailuresInARow >= MAX_AUTH_FAILURES_IN_A_ROW) {
-      this.logPerConnection('auth-failures', { conn: this.id }, 'too many refused registers; connection closed');
+      this.ctx.connectionLogLimit.log(this.ctx.log, 'info', 'auth-failures', { conn: this.id }, 'too many refused registers; connection closed');
       this.close(CLOSE.authFailures, 'too many refused registrations');
     }
   }
@@ -387,13 +387,14 @@ export class Session implements Connection, WriteTurnMark {
    */
   upstream<T>(call: (hold: Hold) => Promise<T>): Promise<T> {
     // Before its first register a connection is its own anonymous party ("#": never in a user id).
-    const party = this.user === null ? { key: `#${this.id}`, anonymous: true } : { key: this.user, anonymous: false };
+    const anonymous = this.user === null;
+    const party = this.user ?? `#${this.id}`;
     // Let go once idle (an idle Slots is the same as a new one): idle connections keep none (~40 bytes each).
     this.slots ??= new Slots(this.ctx.config.maxUpstreamPerConnection, (idle) => {
       if (this.slots === idle) this.slots = null;
     });
     return this.slots.run(() =>
-      this.ctx.upstreamScheduler.run(party, (hold) => {
+      this.ctx.upstreamScheduler.run(party, anonymous, (hold) => {
         if (this.closed || this.aborted) throw new CancelledError();
         return call(hold);
       }),
@@ -479,7 +480,7 @@ export class Session implements Connection, WriteTurnMark {
     // A refresh under way may replace the token: look again once it has had its say (it re-arms
     // the deadline when it switches; UPSTREAM_TIMEOUT_MS bounds how long it can take).
     if (this.refreshing) return this.ctx.deadlines.set(reg, Date.now());
-    this.logPerConnection('token-expired', { conn: this.id, chat: reg.chat }, 'token expired; registration ended');
+    this.ctx.connectionLogLimit.log(this.ctx.log, 'info', 'token-expired', { conn: this.id, chat: reg.chat }, 'token expired; registration ended');
     this.endRegistration(reg, 'token_expired');
   }
 
@@ -539,7 +540,7 @@ export class Session implements Connection, WriteTurnMark {
     if (this.closed) return;
     const read = this.socket.bytesRead;
     if (read === this.readAtPing) {
-      this.logPerConnection('no-pong', { conn: this.id }, 'no pong; connection dropped');
+      this.ctx.connectionLogLimit.log(this.ctx.log, 'info', 'no-pong', { conn: this.id }, 'no pong; connection dropped');
       this.terminate();
       return;
     }
@@ -551,15 +552,6 @@ export class Session implements Connection, WriteTurnMark {
    * Closes with `code`. `terminate` drops the socket at once (slow consumers: the backlog is
    * freed now rather than after the peer reads it).
    */
-  /**
-   * A line each connection can cause (a client opening connections to be closed): at most one
-   * per kind every 10 s across the gateway, with how many were left out; the close metrics count them all.
-   */
-  private logPerConnection(kind: string, fields: Record<string, unknown>, msg: string): void {
-    const admitted = this.ctx.connectionLogLimit.admit(kind);
-    if (admitted !== null) this.ctx.log.info({ ...fields, suppressed: admitted.suppressed }, msg);
-  }
-
   close(code: number, reason: string, terminate = false): void {
     if (this.closed) return;
     this.ctx.metrics.closes.inc({ code: String(code) });

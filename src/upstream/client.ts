@@ -143,8 +143,10 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   // (its JSON escaping grows it) before taking the answer as saying nothing.
   const maxWriteAnswerBytes = Math.max(MAX_ANSWER_BYTES, 2 * config.maxMessageBytes);
 
-  /** `body`: an object to send as JSON, or JSON already serialized. */
-  /** `hold`: given the end of a body still streaming in after the answer (see `exchange`), so the pool place stays taken until then. */
+  /**
+   * `body`: an object to send as JSON, or JSON already serialized. `hold`: given the end of a body
+   * still streaming in after the answer (see `exchange`), so the pool place stays taken until then.
+   */
   async function call(op: UpstreamOp, method: 'POST' | 'PATCH' | 'DELETE', path: string, token: string, body?: object | string, cancel?: AbortSignal, hold?: Hold): Promise<Answer> {
     const requestId = randomUUID();
     const started = performance.now();
@@ -157,10 +159,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       const readBody = op === 'verify' ? () => true : op === 'save' ? (status: number) => status === 409 : op === 'delete' ? (status: number) => status === 404 : () => false;
       const answer = await exchange({ method, path, headers, body: payload }, readBody, op === 'verify' ? MAX_ANSWER_BYTES : maxWriteAnswerBytes, op === 'verify', cancel, hold);
       outcome = String(answer.status);
-      if (answer.status >= 500) {
-        const admitted = logLimit.admit(`${op} ${answer.status}`);
-        if (admitted !== null) log.warn({ op, status: answer.status, requestId, suppressed: admitted.suppressed }, 'main API error');
-      }
+      if (answer.status >= 500) logLimit.log(log, 'warn', `${op} ${answer.status}`, { op, status: answer.status, requestId }, 'main API error');
       return answer;
     } catch (err) {
       if (cancel?.aborted) {
@@ -173,8 +172,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
         throw new RequestError('internal', err.message);
       }
       outcome = isTimeout(err) ? 'timeout' : 'unreachable';
-      const admitted = logLimit.admit(`${op} ${outcome}`);
-      if (admitted !== null) log.warn({ op, requestId, outcome, err: (err as Error).message, suppressed: admitted.suppressed }, 'main API unreachable');
+      logLimit.log(log, 'warn', `${op} ${outcome}`, { op, requestId, outcome, err: (err as Error).message }, 'main API unreachable');
       throw new RequestError('upstream_unavailable', outcome === 'timeout' ? 'main API timed out' : 'main API unreachable');
     } finally {
       metrics.upstreamLatency.observe({ op, outcome }, (performance.now() - started) / 1000);

@@ -8,12 +8,6 @@ import { whenSettled } from '../util/settled.js';
  */
 export type Hold = (drained: Promise<unknown>) => void;
 
-/** Who a main-API call is for: a user, or a connection not yet bound to one (`anonymous`). */
-export interface Party {
-  readonly key: string;
-  readonly anonymous: boolean;
-}
-
 interface Waiter {
   readonly start: () => void;
   readonly refuse: (err: Error) => void;
@@ -53,16 +47,19 @@ export class FairScheduler {
     private readonly anonymousCapacity = Math.max(1, Math.floor(capacity / 2)),
   ) {}
 
-  /** Plain promise chains, not an async function: this runs for every main-API call (fewer ticks and promises). */
-  run<T>(party: Party, call: (hold: Hold) => Promise<T>): Promise<T> {
-    if (this.waiting.size === 0 && this.hasRoom(party.anonymous)) {
-      this.take(party.anonymous);
-      return this.start(party.anonymous, call);
+  /**
+   * Runs `call` for `party` (a user, or a connection not yet bound to one: `anonymous`). Plain
+   * promise chains, not an async function: this runs for every main-API call (fewer ticks and promises).
+   */
+  run<T>(party: string, anonymous: boolean, call: (hold: Hold) => Promise<T>): Promise<T> {
+    if (this.waiting.size === 0 && this.hasRoom(anonymous)) {
+      this.take(anonymous);
+      return this.start(anonymous, call);
     }
-    const started = new Promise<void>((start, refuse) => this.enqueue(party, { start, refuse, since: performance.now() }));
+    const started = new Promise<void>((start, refuse) => this.enqueue(party, anonymous, { start, refuse, since: performance.now() }));
     // The pool may have room for this party while others wait (anonymous ones past their share).
     this.pump();
-    return started.then(() => this.start(party.anonymous, call));
+    return started.then(() => this.start(anonymous, call));
   }
 
   /** Calls waiting for a place in the pool. */
@@ -83,23 +80,28 @@ export class FairScheduler {
 
   private start<T>(anonymous: boolean, call: (hold: Hold) => Promise<T>): Promise<T> {
     let drained: Promise<unknown> | null = null;
-    const release = () => {
-      this.running--;
-      if (anonymous) this.runningAnonymous--;
-      this.pump();
-    };
     return whenSettled(
       () => call((p) => (drained = p)),
       () => {
-        if (drained === null) release();
-        else void drained.then(release, release);
+        if (drained === null) this.release(anonymous);
+        else {
+          const release = () => this.release(anonymous);
+          void drained.then(release, release);
+        }
       },
     );
   }
 
-  private enqueue(party: Party, waiter: Waiter): void {
-    const queue = this.waiting.get(party.key);
-    if (queue === undefined) this.waiting.set(party.key, { anonymous: party.anonymous, calls: [waiter] });
+  /** A call's place is free again: the next waiting call in turn may take it. */
+  private release(anonymous: boolean): void {
+    this.running--;
+    if (anonymous) this.runningAnonymous--;
+    this.pump();
+  }
+
+  private enqueue(party: string, anonymous: boolean, waiter: Waiter): void {
+    const queue = this.waiting.get(party);
+    if (queue === undefined) this.waiting.set(party, { anonymous, calls: [waiter] });
     else queue.calls.push(waiter);
   }
 

@@ -4,6 +4,8 @@
  * kind; the next line of that kind says how many were left out meanwhile. So a flood costs a
  * few lines a minute, and the first occurrence is always seen.
  */
+import type { Logger } from '../log.js';
+
 export class LogLimiter {
   private readonly kinds = new Map<string, { until: number; suppressed: number }>();
 
@@ -12,6 +14,12 @@ export class LogLimiter {
     /** Kinds tracked at once, at most (a kind is chosen by code, never by a client). */
     private readonly maxKinds = 64,
   ) {}
+
+  /** Writes the line unless its kind was written within the interval; it carries `suppressed`. */
+  log(logger: Logger, level: 'info' | 'warn' | 'error', kind: string, fields: Record<string, unknown>, msg: string): void {
+    const admitted = this.admit(kind);
+    if (admitted !== null) logger[level]({ ...fields, suppressed: admitted.suppressed }, msg);
+  }
 
   /** null: leave this one out; else log it, with `suppressed` (how many were left out since the last one). */
   admit(kind: string, now = Date.now()): { suppressed: number } | null {

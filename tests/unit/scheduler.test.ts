@@ -12,19 +12,17 @@ function call() {
   return c;
 }
 
-const user = (key: string) => ({ key, anonymous: false });
-const anonymous = (key: string) => ({ key, anonymous: true });
 const settle = () => new Promise<void>((r) => setImmediate(r));
 
 describe('the main-API pool is shared fairly', () => {
   it('unregistered connections together hold at most their share; a user\'s call takes a free place while they wait', async () => {
     const pool = new FairScheduler(4, 10_000, 2);
     const anon = Array.from({ length: 5 }, () => call());
-    anon.forEach((c, i) => void pool.run(anonymous(`#${i}`), c.run));
+    anon.forEach((c, i) => void pool.run(`#${i}`, true, c.run));
     await settle();
     assert.deepEqual(anon.map((c) => c.started), [true, true, false, false, false]);
     const save = call();
-    const saved = pool.run(user('alice'), save.run);
+    const saved = pool.run('alice', false, save.run);
     await settle();
     assert.equal(save.started, true, 'the user waited although the pool had room');
     save.finish();
@@ -39,9 +37,9 @@ describe('the main-API pool is shared fairly', () => {
     const pool = new FairScheduler(1, 10_000);
     const order: string[] = [];
     const first = call();
-    void pool.run(user('a'), first.run);
-    const backlog = Array.from({ length: 3 }, (_, i) => pool.run(user('a'), async () => void order.push(`a${i}`)));
-    const other = pool.run(user('b'), async () => void order.push('b'));
+    void pool.run('a', false, first.run);
+    const backlog = Array.from({ length: 3 }, (_, i) => pool.run('a', false, async () => void order.push(`a${i}`)));
+    const other = pool.run('b', false, async () => void order.push('b'));
     first.finish();
     await Promise.all([...backlog, other]);
     assert.deepEqual(order, ['a0', 'b', 'a1', 'a2']);
@@ -50,13 +48,13 @@ describe('the main-API pool is shared fairly', () => {
   it('a call answered before its body ended keeps its place until the body is drained (hold)', async () => {
     const pool = new FairScheduler(1, 10_000);
     let drain!: () => void;
-    const answered = await pool.run(user('a'), async (hold) => {
+    const answered = await pool.run('a', false, async (hold) => {
       hold(new Promise<void>((r) => (drain = r)));
       return 'answer';
     });
     assert.equal(answered, 'answer', 'the answer is not held');
     const next = call();
-    const done = pool.run(user('b'), next.run);
+    const done = pool.run('b', false, next.run);
     await settle();
     assert.equal(next.started, false, 'started while the first call\'s connection was still draining');
     drain();
@@ -69,12 +67,12 @@ describe('the main-API pool is shared fairly', () => {
   it('a call that waited past the timeout for its place is refused upstream_unavailable, never started late', async () => {
     const pool = new FairScheduler(1, 50);
     const slow = call();
-    void pool.run(user('a'), slow.run);
+    void pool.run('a', false, slow.run);
     const late = call();
-    const refused = pool.run(user('b'), late.run);
+    const refused = pool.run('b', false, late.run);
     await sleep(80);
     const fresh = call();
-    const answered = pool.run(user('c'), fresh.run);
+    const answered = pool.run('c', false, fresh.run);
     slow.finish();
     await assert.rejects(refused, (err: unknown) => err instanceof RequestError && err.code === 'upstream_unavailable');
     assert.equal(late.started, false);

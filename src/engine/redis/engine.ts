@@ -632,8 +632,7 @@ export class RedisEngine implements Engine {
   private watch(conn: Redis | Cluster, role: string): void {
     // Before the first connection too: a wrong host or password must show at the default level.
     conn.on('error', (err: Error) => {
-      const admitted = this.logLimit.admit(`connection ${role}`);
-      if (admitted !== null) this.log.warn({ role, err: err.message, suppressed: admitted.suppressed }, 'redis connection error');
+      this.logLimit.log(this.log, 'warn', `connection ${role}`, { role, err: err.message }, 'redis connection error');
     });
     conn.on('ready', () => void this.restoreAfterOutage());
     for (const event of ['close', 'end', 'reconnecting']) {
