@@ -25,8 +25,8 @@ const CALLS = Number(process.env.BENCH_CALLS ?? 20_000);
 const frame = `{"type":"message","chat_id":1,"data":${JSON.stringify({ id: 'm'.repeat(24), sender_id: 7, envelopes: { d1: 'x'.repeat(300) } })}}`;
 
 const redis = await Redis.start(SERVER_CORE);
-const client = new Client(redis.url);
-const subscribers = [new Client(redis.url), new Client(redis.url)];
+const client = new Client(redis.url, { protocol: 2 });
+const subscribers = [new Client(redis.url, { protocol: 2 }), new Client(redis.url, { protocol: 2 })];
 let received = 0;
 for (const s of subscribers) {
   await s.subscribe('ch');

@@ -17,7 +17,7 @@ const io = new Server(server, { transports: ['websocket'], serveClient: false, p
 
 const redisUrl = process.env.REDIS_URL;
 if (redisUrl !== undefined && redisUrl !== '') {
-  io.adapter(createAdapter(new Redis(redisUrl), new Redis(redisUrl)));
+  io.adapter(createAdapter(new Redis(redisUrl, { protocol: 2 }), new Redis(redisUrl, { protocol: 2 })));
 }
 
 io.on('connection', (socket) => {

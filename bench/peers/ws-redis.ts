@@ -12,8 +12,8 @@ import type { WebSocket } from 'ws';
 import { roomServer } from './common.js';
 
 const url = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
-const pub = new Redis(url);
-const sub = new Redis(url);
+const pub = new Redis(url, { protocol: 2 });
+const sub = new Redis(url, { protocol: 2 });
 const instance = randomBytes(4).toString('hex');
 const ids = new WeakMap<WebSocket, string>();
 let seq = 0;
