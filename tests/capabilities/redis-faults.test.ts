@@ -213,6 +213,27 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     receiver.close();
   });
 
+  it('a subscriber lost again while the instance restores what it had: its subscriptions are made again on the new connection before it is ready', async () => {
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat, 0);
+    const receiver = await h.member(2, chat, 1);
+    const channel = `ms:chat:{${chat}}`;
+    assert.equal(await cli(h.redis!.port, 'pubsub', 'numsub', channel), `${channel}\n2`);
+    await cli(h.redis!.port, 'client', 'kill', 'type', 'pubsub');
+    // The recovery subscribes at once, then stalls on its presence write; meanwhile its new
+    // subscriber connection is lost too.
+    await cli(h.redis!.port, 'client', 'pause', '1500', 'WRITE');
+    await sleep(500);
+    await cli(h.redis!.port, 'client', 'kill', 'type', 'pubsub');
+    await waitFor(() => h.instances.every((i) => i.gateway.engine.isReady()), 5000, 'ready again');
+    assert.equal(await cli(h.redis!.port, 'pubsub', 'numsub', channel), `${channel}\n2`);
+    assert.equal(await cli(h.redis!.port, 'pubsub', 'numsub', 'ms:control'), `ms:control\n${h.instances.length}`);
+    await sender.request({ type: 'message', data: { id: `after-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await receiver.next({ type: 'message' });
+    sender.close();
+    receiver.close();
+  });
+
   it('when Redis lost the stream itself, what other instances published in the new epoch meanwhile is delivered from its history; nothing is closed', async () => {
     const chat = uniqueChat();
     const sender = await h.member(1, chat, 0);

@@ -158,6 +158,11 @@ export class RedisEngine implements Engine {
   private probeFailures = 0;
   /** A recovery after an outage is running (one at a time). */
   private restoring = false;
+  /**
+   * Counts connection losses. A recovery that saw one while it ran restored connections that are
+   * gone: the new one's `ready` came while it ran (and was ignored), so it runs again.
+   */
+  private losses = 0;
   private probing = false;
   private probeTimer: NodeJS.Timeout | null = null;
   private readonly logLimit = new LogLimiter();
@@ -643,6 +648,7 @@ export class RedisEngine implements Engine {
     for (const event of ['close', 'end', 'reconnecting']) {
       conn.on(event, () => {
         if (conn === this.cmd) this.identity = ''; // the next connection may be to another copy
+        this.losses++;
         if (this.ready) this.log.warn({ role, event }, 'redis connection lost');
         this.setReady(false);
       });
@@ -656,6 +662,7 @@ export class RedisEngine implements Engine {
   private async restoreAfterOutage(): Promise<void> {
     if (this.closing || this.restoring || this.ready || !this.connectionsUp()) return;
     this.restoring = true;
+    const losses = this.losses;
     try {
       await this.readIdentity();
       await this.subscribeControl();
@@ -671,6 +678,8 @@ export class RedisEngine implements Engine {
     } finally {
       this.restoring = false;
     }
+    // A subscriber lost and back meanwhile has none of the subscriptions just made.
+    if (this.losses !== losses) return void this.restoreAfterOutage();
     if (this.connectionsUp()) {
       if (this.everReady) this.log.info({ chats: this.subscribed.size, presence: this.entries.size }, 'redis back: subscriptions and presence restored');
       this.everReady = true;
