@@ -238,6 +238,14 @@ export class Hub {
   append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition | null> {
     const firstAt = Date.now();
     const token = this.tokenPrefix + (++this.appends).toString(36);
+    // Saved after broadcasts of the chat that still wait to be published late: it waits behind
+    // them (the engine may answer again before the late queue's next turn; appended now, an
+    // edit would reach the chat before its message).
+    if (this.late.length > 0 && this.late.some((entry) => entry.chat === chat)) {
+      this.deferLate({ chat, frame, sender: exceptConn, key, attempt: { token, retry: false, firstAt }, at: firstAt }, 'earlier broadcasts of the chat wait to be published');
+      void this.publishLate();
+      return Promise.resolve(null);
+    }
     // The usual case is one try; only a failure enters the retry loop.
     return this.timed(() => this.engine.append(chat, frame, exceptConn, key, { token, retry: false, firstAt })).catch((err: unknown) =>
       this.appendRetrying(chat, frame, exceptConn, key, { token, retry: true, firstAt }, err),

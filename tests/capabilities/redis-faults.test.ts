@@ -603,6 +603,28 @@ describe('Redis stalled past PUBLISH_RETRY_MS: the late broadcast an attempt had
     a.close();
     b.close();
   });
+
+  it('a write saved while a broadcast of its chat waits to be published late goes out after it: an edit never overtakes its message', async () => {
+    const { chat, a, b } = await h.pair(0);
+    const id = `late-edit-${chat}`;
+    h.api.addFault({ op: 'save', delayMs: 800, times: 1 });
+    a.send({ type: 'message', data: { id, ciphertext: 'v1' } });
+    await sleep(100);
+    await cli(h.redis!.port, 'config', 'set', 'maxmemory', '1'); // every append refused OOM, the connections stay up
+    try {
+      const ack = await a.next({ type: 'ack', id }, 5000);
+      assert.equal(ack.seq, undefined, 'acked without a position once PUBLISH_RETRY_MS passed');
+      await waitFor(() => !h.instances[0]!.gateway.engine.isReady(), 5000, 'the probes see the refusals');
+    } finally {
+      await cli(h.redis!.port, 'config', 'set', 'maxmemory', '0');
+    }
+    await waitFor(() => h.instances[0]!.gateway.engine.isReady(), 5000, 'ready again');
+    await a.request({ type: 'edit_message', data: { id, ciphertext: 'v2' } }, { type: 'ack', op: 'edit_message' });
+    await b.next({ type: 'edit_message' }, 5000);
+    assert.deepEqual(b.all((f) => f.type === 'message' || f.type === 'edit_message').map((f) => [f.type, f.seq]), [['message', 1], ['edit_message', 2]]);
+    a.close();
+    b.close();
+  });
 });
 
 describe('HISTORY_SIZE=0, only the command connection lost: what the subscription held is the whole gap', () => {
