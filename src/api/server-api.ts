@@ -8,7 +8,7 @@ import type { Engine } from '../engine/types.js';
 import { EngineUnavailableError } from '../engine/types.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/index.js';
-import { MAX_DEPTH, nestedDeeperThan } from '../protocol/codec.js';
+import { MAX_DEPTH, UNFIT_NUMBER, unfitValue } from '../protocol/codec.js';
 import { idKey, wireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import { ChatParams, DisconnectAnswer, DisconnectBody, ErrorAnswer, PresenceAnswer, PublishAnswer, PublishBody, RevokeAnswer, RevokeBody, UserParams } from './schemas.js';
@@ -210,8 +210,11 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
       },
     },
     async (req) => {
-      // An event is broadcast and replayed like a message: its frame (one level more) is bounded in depth like a client's.
-      if (nestedDeeperThan(req.body.event, MAX_EVENT_DEPTH)) throw new ApiError(400, 'bad_request', `body/event is nested deeper than ${MAX_EVENT_DEPTH} levels`);
+      // An event is broadcast and replayed like a message: its frame (one level more) is bounded
+      // in depth, and its numbers checked, like a client's.
+      const unfit = unfitValue(req.body.event, MAX_EVENT_DEPTH);
+      if (unfit === 'deep') throw new ApiError(400, 'bad_request', `body/event is nested deeper than ${MAX_EVENT_DEPTH} levels`);
+      if (unfit === 'number') throw new ApiError(400, 'bad_request', `body/event: ${UNFIT_NUMBER}`);
       requireAccepting();
       const chat = idKey(req.params.chat_id);
       const position = await engine.append(chat, out.event(chat, req.body.event), null).catch((err: unknown) => {

@@ -30,11 +30,14 @@ export function parseFrame(text: string): RawFrame {
   return value as RawFrame;
 }
 
-/** Throws `RequestError('bad_request')` for a frame nested deeper than MAX_DEPTH (see nestedDeeperThan). */
-export function checkDepth(frame: RawFrame): void {
-  if (nestedDeeperThan(frame, MAX_DEPTH)) {
-    throw new RequestError('bad_request', `frame is nested deeper than ${MAX_DEPTH} levels`);
-  }
+/**
+ * Throws `RequestError('bad_request')` for a frame nested deeper than MAX_DEPTH or holding a
+ * number that would not pass through as sent (see `unfitValue`).
+ */
+export function checkFrame(frame: RawFrame): void {
+  const unfit = unfitValue(frame, MAX_DEPTH);
+  if (unfit === 'deep') throw new RequestError('bad_request', `frame is nested deeper than ${MAX_DEPTH} levels`);
+  if (unfit === 'number') throw new RequestError('bad_request', UNFIT_NUMBER);
 }
 
 /**
@@ -43,14 +46,23 @@ export function checkDepth(frame: RawFrame): void {
  */
 export const MAX_DEPTH = 32;
 
-export function nestedDeeperThan(value: unknown, limit: number): boolean {
-  if (typeof value !== 'object' || value === null) return false;
-  if (limit === 0) return true;
+export const UNFIT_NUMBER = 'a number must be finite and, if whole, within ±(2^53 − 1): send larger values as strings';
+
+/**
+ * Why `value` cannot be passed on as sent, or null: nested deeper than `limit`, or a number
+ * that JSON parsing changed — a literal past the double range is Infinity (re-encoded as null),
+ * a whole number past ±(2^53 − 1) has lost digits (a 64-bit id rounded without a word).
+ */
+export function unfitValue(value: unknown, limit: number): 'deep' | 'number' | null {
+  if (typeof value === 'number') return Number.isFinite(value) && (!Number.isInteger(value) || Number.isSafeInteger(value)) ? null : 'number';
+  if (typeof value !== 'object' || value === null) return null;
+  if (limit === 0) return 'deep';
   // for…in walks arrays and objects alike without allocating a values array per level.
   for (const key in value) {
-    if (nestedDeeperThan((value as Record<string, unknown>)[key], limit - 1)) return true;
+    const unfit = unfitValue((value as Record<string, unknown>)[key], limit - 1);
+    if (unfit !== null) return unfit;
   }
-  return false;
+  return null;
 }
 
 export interface Validator<T extends TSchema> {

@@ -1,6 +1,6 @@
 import type { WebSocket } from 'ws';
 import { EngineUnavailableError } from '../engine/types.js';
-import { checkDepth, parseFrame, type RawFrame } from '../protocol/codec.js';
+import { checkFrame, parseFrame, type RawFrame } from '../protocol/codec.js';
 import { CLOSE, CancelledError, MAX_AUTH_FAILURES_IN_A_ROW, RequestError, isAuthRefusal } from '../protocol/errors.js';
 import { MESSAGE_ID_PATTERN, idKey, parseId, type IdKey, type WireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
@@ -173,7 +173,7 @@ export class Session implements Connection, WriteTurnMark {
       charged = true;
       this.charge();
       // Before anything reads a field below the top ones; its error still names the request.
-      checkDepth(raw);
+      checkFrame(raw);
       const decoded = entry.validator.decode(raw);
       let result: ReturnType<Feature['handle']>;
       this.resolvedTarget = null;

@@ -174,6 +174,24 @@ describe('protocol contract [memory]', () => {
       b.close();
     });
 
+    it('a number that JSON parsing changed (past the double range, or a whole number past 2^53 − 1) is bad_request naming the request, never saved rounded; others pass through as numbers', async () => {
+      const { chat, a, b } = await h.pair();
+      for (const [n, literal] of [[1, '1e400'], [2, '123456789012345678901234567890'], [3, '-9007199254740992']] as const) {
+        const id = `num${n}-${chat}`;
+        a.sendRaw(`{"type":"message","chat_id":${chat},"data":{"id":"${id}","ciphertext":"x","meta":{"n":${literal}}}}`);
+        const err = await a.next({ type: 'error', id }, 3000);
+        assert.deepEqual([err.code, err.op, err.chat_id], ['bad_request', 'message', chat], literal);
+        assert.equal(h.api.messages.has(id), false, literal);
+      }
+      const id = `num-ok-${chat}`;
+      a.sendRaw(`{"type":"message","chat_id":${chat},"data":{"id":"${id}","ciphertext":"x","meta":{"safe":9007199254740991,"f":1.5,"e":1E2}}}`);
+      await a.next({ type: 'ack', id });
+      const got = await b.next((f) => f.type === 'message' && idOf(f) === id);
+      assert.deepEqual((got.data as { meta: unknown }).meta, { safe: 9007199254740991, f: 1.5, e: 100 });
+      a.close();
+      b.close();
+    });
+
     it('an unknown type is echoed as op up to 64 characters, a longer one is not; the chat and id it names still are', async () => {
       const c = await h.connect();
       const short = await c.request({ type: 'x'.repeat(64) }, { type: 'error' });

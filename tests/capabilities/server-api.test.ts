@@ -299,6 +299,12 @@ for (const mode of ENGINE_MODES) {
       const deeper = await raw(h.instances[0]!, `/api/v1/chats/${chat}/publish`, nested(32));
       assert.equal(deeper.status, 400);
       await a.next({ type: 'event', chat_id: chat }); // the 31-level event reached clients, whose limit it fits
+      // A number JSON parsing changed (an overflow is Infinity, a 64-bit id loses digits) is refused, not rounded.
+      for (const n of ['1e400', '123456789012345678901234567890']) {
+        const unfit = await raw(h.instances[0]!, `/api/v1/chats/${chat}/publish`, `{"event":{"n":${n}}}`);
+        assert.deepEqual([unfit.status, unfit.body.error], [400, 'bad_request'], n);
+        assert.match(String(unfit.body.message), /string/);
+      }
       // An empty JSON body (a bare POST from many HTTP clients) is no body: disconnect takes it as `{}`.
       const bare = await raw(h.instances[0]!, '/api/v1/users/99/disconnect', '');
       assert.deepEqual([bare.status, bare.body.connections], [200, 0]);

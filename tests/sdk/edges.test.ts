@@ -62,7 +62,7 @@ describe('SDK: what the gateway refuses without naming the request, leaving and 
     assert.deepEqual([ackB.chatId, ackB.duplicate, ackB.seq], [idB, false, 1]);
   });
 
-  it('content nested deeper than the gateway accepts is refused bad_request without being sent; the chat carries on', { timeout: 15_000 }, async () => {
+  it('content nested deeper than the gateway accepts, or with numbers JSON does not carry exactly, is refused bad_request without being sent; the chat carries on', { timeout: 15_000 }, async () => {
     const p = await proxy(h);
     const a = await sdk(h, 1, { url: p.url });
     const chat = a.client.chat(uniqueChat());
@@ -77,7 +77,13 @@ describe('SDK: what the gateway refuses without naming the request, leaving and 
     const cyclic: Record<string, unknown> = {};
     cyclic.self = cyclic;
     await assert.rejects(chat.send({ ...text('cyclic'), meta: cyclic }), { code: 'bad_request' });
-    assert.equal(p.links[0]!.fromClient.filter((f) => (f.data as { id?: string } | undefined)?.id === 'too-deep').length, 0, 'never sent');
+    // Numbers JSON would not carry as given (Infinity would be written null, 2^64 arrive rounded).
+    await assert.rejects(chat.send({ ...text('inf'), meta: { n: Infinity } }, { id: 'inf' }), { code: 'bad_request' });
+    await assert.rejects(chat.send({ ...text('big'), meta: { n: 2 ** 64 } }, { id: 'big' }), { code: 'bad_request' });
+    assert.equal((await chat.send({ ...text('safe'), meta: { n: Number.MAX_SAFE_INTEGER, f: 0.5 } })).duplicate, false);
+    for (const id of ['too-deep', 'inf', 'big']) {
+      assert.equal(p.links[0]!.fromClient.filter((f) => (f.data as { id?: string } | undefined)?.id === id).length, 0, `${id} never sent`);
+    }
     assert.deepEqual(a.all('unhandled'), []);
   });
 

@@ -63,14 +63,18 @@ export class Writes {
     // request, and nothing could settle this one): refused here, never sent.
     let text: string;
     try {
-      text = JSON.stringify({ type: op, chat_id: state.chat.id, data });
+      text = JSON.stringify({ type: op, chat_id: state.chat.id, data }, finiteOnly);
     } catch (err) {
       return Promise.reject(new ClientError('bad_request', `the content cannot be sent as JSON: ${errorText(err)}`, context));
     }
     const { maxFrameBytes } = this.core.cfg;
     if (utf8.encode(text).length > maxFrameBytes) return Promise.reject(new ClientError('too_large', `the frame is larger than ${maxFrameBytes} bytes`, context));
-    if (nestedDeeperThan(JSON.parse(text), MAX_DEPTH)) {
+    const unfit = unfitValue(JSON.parse(text), MAX_DEPTH);
+    if (unfit === 'deep') {
       return Promise.reject(new ClientError('bad_request', `the content is nested deeper than the gateway accepts (${MAX_DEPTH} levels, the frame itself and its data included)`, context));
+    }
+    if (unfit === 'number') {
+      return Promise.reject(new ClientError('bad_request', 'the content holds a whole number beyond ±(2^53 − 1), which JSON does not carry exactly: send it as a string', context));
     }
     return new Promise<Ack>((resolve, reject) => {
       const item = this.outbox.add(op, state.chat.id, data, { resolve, reject });
@@ -312,10 +316,23 @@ export class Writes {
   }
 }
 
-/** Whether a JSON value has objects or arrays nested deeper than `limit` levels (as the gateway counts them). */
-function nestedDeeperThan(value: unknown, limit: number): boolean {
-  if (typeof value !== 'object' || value === null) return false;
-  if (limit === 0) return true;
-  for (const key in value) if (nestedDeeperThan((value as Record<string, unknown>)[key], limit - 1)) return true;
-  return false;
+/** JSON would write NaN and ±Infinity as null: refused instead (the gateway could not tell). */
+function finiteOnly(_key: string, value: unknown): unknown {
+  if (typeof value === 'number' && !Number.isFinite(value)) throw new Error(`${value} is not a JSON number`);
+  return value;
+}
+
+/**
+ * What the gateway refuses in a frame, as it checks it: objects or arrays nested deeper than
+ * `limit` levels, or a whole number beyond ±(2^53 − 1).
+ */
+function unfitValue(value: unknown, limit: number): 'deep' | 'number' | null {
+  if (typeof value === 'number') return Number.isInteger(value) && !Number.isSafeInteger(value) ? 'number' : null;
+  if (typeof value !== 'object' || value === null) return null;
+  if (limit === 0) return 'deep';
+  for (const key in value) {
+    const unfit = unfitValue((value as Record<string, unknown>)[key], limit - 1);
+    if (unfit !== null) return unfit;
+  }
+  return null;
 }
