@@ -12,7 +12,7 @@ import { Hub } from './hub/hub.js';
 import { createLogger, type Logger } from './log.js';
 import { createMetrics, type Metrics } from './metrics/index.js';
 import { CLOSE } from './protocol/errors.js';
-import { createRequestHandler, refuseUpgrade } from './server/http.js';
+import { createRequestHandler, refuseUpgrade, serveIgnoringUpgrade } from './server/http.js';
 import type { GatewayContext } from './session/context.js';
 import { Session } from './session/session.js';
 import { createCommandHandler } from './session/commands.js';
@@ -24,6 +24,17 @@ import { UserConnections } from './session/user-connections.js';
 import { createMainApi } from './upstream/client.js';
 import { FairScheduler } from './upstream/scheduler.js';
 
+
+/**
+ * The close code `ws` sends for each of its receiver errors (its own table); the rest of them
+ * close 1002 (protocol error).
+ */
+const WS_ERROR_CLOSE: Readonly<Record<string, number>> = {
+  WS_ERR_INVALID_UTF8: 1007,
+  WS_ERR_TOO_MANY_BUFFERED_PARTS: 1008,
+  WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH: 1009,
+  WS_ERR_UNSUPPORTED_MESSAGE_LENGTH: 1009,
+};
 export interface Gateway {
   readonly port: number;
   readonly url: string;
@@ -99,6 +110,9 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   const wss = new WebSocketServer({
     WebSocket: SessionSocket,
     noServer: true,
+    // The protocol has no subprotocol names: none offered is ever accepted (ws would accept the
+    // first), so a later client asking for a version by subprotocol is not told this one speaks it.
+    handleProtocols: () => false,
     maxPayload: config.maxMessageBytes,
     perMessageDeflate: false,
     clientTracking: false,
@@ -112,6 +126,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   });
   // The server API (on when API_KEY is set) runs on Fastify: on its own listener with API_PORT,
   // else on this one, which hands it every request under /api/v1 and keeps the rest.
+  let handleRequest = plain;
   let server: Server = createServer(plain);
   let serverApi: { app: FastifyInstance; server: Server | null } | null = null;
   if (config.apiKey !== null) {
@@ -119,8 +134,10 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     if (config.apiPort === null) {
       const app = await createServerApi({
         ...options,
-        serverFactory: (handler) =>
-          (server = createServer((req: IncomingMessage, res: ServerResponse) => (isApiPath(req.url) ? handler(req, res) : plain(req, res)))),
+        serverFactory: (handler) => {
+          handleRequest = (req: IncomingMessage, res: ServerResponse) => (isApiPath(req.url) ? handler(req, res) : plain(req, res));
+          return (server = createServer(handleRequest));
+        },
       });
       serverApi = { app, server: null };
     } else {
@@ -132,12 +149,13 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
   server.on('upgrade', (req, socket, head) => {
     socket.on('error', destroyOnError);
+    if (req.headers.upgrade?.toLowerCase() !== 'websocket') return serveIgnoringUpgrade(req, socket, handleRequest);
     const path = (req.url ?? '/').split('?', 1)[0];
-    if (path !== '/ws') return refuseUpgrade(socket, 404, 'Not Found');
+    if (path !== '/ws') return refuseUpgrade(socket, 404, 'not_found', 'no such route: WebSocket connections go to /ws');
     // Not ready (draining, or Redis not serving): refused like /readyz says, so a load balancer
     // retries another instance (nginx: proxy_next_upstream http_503) rather than this one
     // answering every register `upstream_unavailable`.
-    if (!isReady()) return refuseUpgrade(socket, 503, 'Service Unavailable');
+    if (!isReady()) return refuseUpgrade(socket, 503, 'unavailable', 'not ready: draining, or the engine is not serving; connect again (another instance)');
     // Only browsers send Origin (and a non-browser could send any value), so the check guards
     // browsers against foreign pages; native apps and the CLI client send none and are let in.
     // Compared in the spelling ALLOWED_ORIGINS was normalised to; an unparsable Origin matches none.
@@ -145,7 +163,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     if (config.allowedOrigins !== null && origin !== undefined && !config.allowedOrigins.includes(normalizeOrigin(origin) ?? '')) {
       // Anyone can send these: one line per 10 s, with a bounded piece of what was sent.
       upgradeLogLimit.log(log, 'info', 'origin', { origin: origin.slice(0, 200) }, 'upgrade refused: origin not allowed');
-      return refuseUpgrade(socket, 403, 'Forbidden');
+      return refuseUpgrade(socket, 403, 'forbidden', 'origin not allowed');
     }
     wss.handleUpgrade(req, socket, head, (ws) => {
       // ws has its own error handler on the socket from here on.
@@ -171,8 +189,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     SessionSocket.sessionOf(this).onFrame(data as Buffer, isBinary);
   }
   function onError(this: WebSocket, err: Error & { code?: string }): void {
-    // ws has already closed the socket with the right code (1009 for oversized frames).
-    if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') metrics.closes.inc({ code: String(CLOSE.tooLarge) });
+    // ws has already closed the socket with the code that goes with the error.
+    if (err.code?.startsWith('WS_ERR_')) metrics.closes.inc({ code: String(WS_ERROR_CLOSE[err.code] ?? 1002) });
     log.debug({ conn: SessionSocket.sessionOf(this).id, code: err.code }, 'websocket error');
   }
   function onClose(this: WebSocket): void {

@@ -1,4 +1,5 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, ServerResponse, type IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Registry } from 'prom-client';
 
@@ -39,12 +40,38 @@ function reply(res: ServerResponse, status: number, body: object): void {
   res.end(text);
 }
 
-/** Refuses an upgrade with a plain HTTP answer and drops the socket. */
-export function refuseUpgrade(socket: Duplex, status: number, reason: string): void {
+/**
+ * Refuses an upgrade with an HTTP answer in the endpoints' error shape (`{"error", "message"}`)
+ * and drops the socket.
+ */
+export function refuseUpgrade(socket: Duplex, status: number, error: string, message: string): void {
   if (!socket.writable) {
     socket.destroy();
     return;
   }
+  const text = JSON.stringify({ error, message });
   socket.once('finish', () => socket.destroy());
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(reason)}\r\n\r\n${reason}`);
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\n\r\n${text}`);
+}
+
+/**
+ * Serves a request that asked to upgrade to something other than WebSocket (`Upgrade: h2c` from
+ * `curl --http2`, some probes and proxies) as the plain request it also is: a server may ignore
+ * an Upgrade header (RFC 9110, 7.8). Node hands every such request to the upgrade handler, with
+ * its parser gone, so only a request without a body can be answered this way; one with a body
+ * is refused 400.
+ */
+export function serveIgnoringUpgrade(req: IncomingMessage, socket: Duplex, handle: (req: IncomingMessage, res: ServerResponse) => void): void {
+  const bodiless = (req.method === 'GET' || req.method === 'HEAD') && req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined;
+  if (!bodiless || !(socket instanceof Socket)) {
+    return refuseUpgrade(socket, 400, 'bad_request', `Upgrade: ${String(req.headers.upgrade).slice(0, 40)} is not supported here; send the request without it`);
+  }
+  const res = new ServerResponse(req);
+  res.shouldKeepAlive = false;
+  res.assignSocket(socket);
+  res.once('finish', () => {
+    res.detachSocket(socket);
+    socket.end();
+  });
+  handle(req, res);
 }

@@ -34,25 +34,29 @@ async function total(inst: Instance, name: string, labels: Record<string, string
   return sum;
 }
 
-/** A plain GET with upgrade headers on `path`: the status line the server answers with. */
-function rawUpgrade(inst: Instance, path: string): Promise<number> {
+const WEBSOCKET_UPGRADE = { Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==' };
+
+/** A plain request with upgrade headers on `path`: the status line the server answers with. */
+async function rawUpgrade(inst: Instance, path: string): Promise<number> {
+  return (await upgradeRequest(inst, path)).status;
+}
+
+/** A request with `headers` (a WebSocket upgrade unless told otherwise): its answer, or the 101's headers. */
+function upgradeRequest(inst: Instance, path: string, headers: Record<string, string> = WEBSOCKET_UPGRADE, method = 'GET', body?: string): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest({
-      host: '127.0.0.1',
-      port: inst.gateway.port,
-      path,
-      headers: { Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==' },
-    });
+    const req = httpRequest({ host: '127.0.0.1', port: inst.gateway.port, path, method, headers });
     req.on('response', (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: text }));
     });
     req.on('upgrade', (res, socket) => {
       socket.destroy();
-      resolve(res.statusCode ?? 0);
+      resolve({ status: res.statusCode ?? 0, headers: res.headers, body: '' });
     });
     req.on('error', reject);
-    req.end();
+    req.end(body);
   });
 }
 
@@ -156,6 +160,29 @@ for (const mode of ENGINE_MODES) {
         assert.equal(await rawUpgrade(gw(), path), 404, `raw upgrade ${path}`);
       }
       assert.equal(await rawUpgrade(gw(), '/ws'), 101);
+      const ok = await TestClient.connect(gw().wsUrl);
+      assert.deepEqual(await ok.request({ type: 'ping' }, { type: 'pong' }), { type: 'pong' });
+      ok.close();
+    });
+
+    it('a refused upgrade answers in the endpoints\' error shape; an offered subprotocol is never accepted', async () => {
+      const refused = await upgradeRequest(gw(), '/other');
+      assert.deepEqual([refused.status, refused.headers['content-type'], JSON.parse(refused.body).error], [404, 'application/json', 'not_found']);
+      const offered = await upgradeRequest(gw(), '/ws', { ...WEBSOCKET_UPGRADE, 'Sec-WebSocket-Protocol': 'message-service.v2, mqtt' });
+      assert.equal(offered.status, 101);
+      assert.equal(offered.headers['sec-websocket-protocol'], undefined);
+    });
+
+    it('an Upgrade other than websocket (h2c, as curl --http2 sends) is ignored: GET /readyz, /healthz, /metrics answer as usual; a request with a body is 400', async () => {
+      const h2c = { Connection: 'Upgrade, HTTP2-Settings', Upgrade: 'h2c', 'HTTP2-Settings': 'AAMAAABkAARAAAAAAAIAAAAA' };
+      const ready = await upgradeRequest(gw(), '/readyz', h2c);
+      assert.deepEqual([ready.status, JSON.parse(ready.body).status], [200, 'ready']);
+      assert.equal((await upgradeRequest(gw(), '/healthz', h2c)).status, 200);
+      assert.match((await upgradeRequest(gw(), '/metrics', h2c)).body, /message_service_connections/);
+      assert.equal((await upgradeRequest(gw(), '/nope', h2c)).status, 404);
+      const posted = await upgradeRequest(gw(), '/healthz', { ...h2c, 'Content-Type': 'application/json', 'Content-Length': '2' }, 'POST', '{}');
+      assert.deepEqual([posted.status, JSON.parse(posted.body).error], [400, 'bad_request']);
+      // The instance still serves WebSocket clients.
       const ok = await TestClient.connect(gw().wsUrl);
       assert.deepEqual(await ok.request({ type: 'ping' }, { type: 'pong' }), { type: 'pong' });
       ok.close();

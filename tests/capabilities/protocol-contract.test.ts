@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { beforeEach, describe, it } from 'node:test';
 import { SignJWT } from 'jose';
 import { TestClient, expectNone, sleep, type Frame } from '../support/client.js';
-import { uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
+import { metric, uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
 
 const idOf = (f: Frame) => (f.data as { id: string }).id;
 const errorOrAck = (id: string) => (f: Frame) => (f.type === 'error' || f.type === 'ack') && f.id === id;
@@ -387,7 +387,9 @@ describe('protocol contract [memory]', () => {
   });
 
   describe('close codes without an error frame, and close reasons', () => {
-    it('1009 (frame too large) and 1007 (invalid UTF-8) come without an error frame and without a reason', async () => {
+    it('1009 (frame too large) and 1007 (invalid UTF-8) come without an error frame and without a reason, and are counted by code', async () => {
+      const closes = (code: number) => metric(h.instances[0]!, 'message_service_connection_closes_total', { code: String(code) });
+      const before = { 1007: await closes(1007), 1009: await closes(1009) };
       const chat = uniqueChat();
       const big = await h.member(1, chat);
       big.sendRaw(JSON.stringify({ type: 'message', data: { id: 'big', ciphertext: 'x'.repeat(70_000) } }));
@@ -396,6 +398,7 @@ describe('protocol contract [memory]', () => {
       bad.sendRaw(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), false);
       assert.deepEqual(await bad.closed, { code: 1007, reason: '' });
       for (const c of [big, bad]) assert.equal(c.all({ type: 'error' }).length, 0);
+      assert.deepEqual([await closes(1007), await closes(1009)], [before[1007] + 1, before[1009] + 1]);
     });
 
     it('1008 "rate limit exceeded" and 4408 "register timeout"', async () => {
