@@ -86,19 +86,9 @@ try {
   fail(`cannot start the dev API: ${String(err)}`);
 }
 
-let gateway: Gateway;
-try {
-  gateway = await startGateway({ ...config, authHost: api.url }, { log });
-} catch (err) {
-  await api.close();
-  if (portTaken(err)) fail(`port ${config.appPort} (gateway) is taken — is another gateway or demo running? Try APP_PORT=${config.appPort + 1} npm run demo`);
-  fail(`cannot start the gateway: ${(err as Error).message}`);
-}
-
-const http = `http://localhost:${gateway.port}`;
-const ws = `ws://localhost:${gateway.port}/ws`;
-const apiUrl = `http://localhost:${api.port}`;
-const flags = [gateway.port === 3000 ? '' : ` --url ${ws}`, api.port === 8000 ? '' : ` --api ${apiUrl}`].join('');
+// The gateway's port is fixed before the page starts, which names it (APP_PORT=0: a free port now).
+const appPort = config.appPort === 0 ? await freePort() : config.appPort;
+const ws = `ws://localhost:${appPort}/ws`;
 
 // The chat page is an extra: if it cannot start (its port is taken), the demo runs without it.
 let page: ChatPage | null = null;
@@ -113,6 +103,24 @@ try {
   const why = portTaken(err) ? `port ${pagePort} is taken (try CHAT_PAGE_PORT=${pagePort + 1} npm run demo)` : (err as Error).message;
   pageGuide = `The chat page did not start: ${why}.`;
 }
+// Without the page, its port's origin is whatever else holds that port: not let in. The list then
+// names only the gateway's own origin, which serves no page: no browser connects.
+const noBrowser = page === null && env.ALLOWED_ORIGINS === undefined;
+if (noBrowser) config = { ...config, allowedOrigins: [`http://localhost:${appPort}`] };
+
+let gateway: Gateway;
+try {
+  gateway = await startGateway({ ...config, appPort, authHost: api.url }, { log });
+} catch (err) {
+  await page?.close();
+  await api.close();
+  if (portTaken(err)) fail(`port ${appPort} (gateway) is taken — is another gateway or demo running? Try APP_PORT=${appPort + 1} npm run demo`);
+  fail(`cannot start the gateway: ${(err as Error).message}`);
+}
+
+const http = `http://localhost:${gateway.port}`;
+const apiUrl = `http://localhost:${api.port}`;
+const flags = [gateway.port === 3000 ? '' : ` --url ${ws}`, api.port === 8000 ? '' : ` --api ${apiUrl}`].join('');
 
 process.stdout.write(`
 message-service demo is running (engine: ${gateway.engine.kind})
@@ -135,7 +143,11 @@ Mint a token yourself (user 1, one hour) for your own client:
   curl -s -X POST ${apiUrl}/dev/token -H 'content-type: application/json' -d '{"user_id":1}'
 then send {"type":"register","token":"<token>","chat_id":1} over ${ws}.
 Tokens are signed with ${env.DEV_API_SECRET ? 'your DEV_API_SECRET' : 'a secret made for this run (DEV_API_SECRET chooses one)'}, and ${
-  config.allowedOrigins === null ? 'browsers from any origin\nmay connect to the gateway (ALLOWED_ORIGINS is empty)' : `browsers may connect\nto the gateway from ${config.allowedOrigins.join(' and ')} only (ALLOWED_ORIGINS)`
+  noBrowser
+    ? 'no browser may connect\nto the gateway (the chat page is not running; ALLOWED_ORIGINS chooses origins)'
+    : config.allowedOrigins === null
+      ? 'browsers from any origin\nmay connect to the gateway (ALLOWED_ORIGINS is empty)'
+      : `browsers may connect\nto the gateway from ${config.allowedOrigins.join(' and ')} only (ALLOWED_ORIGINS)`
 }.
 
 The backend's server API (docs/server-api.md) is on. Its key, for the README's examples:

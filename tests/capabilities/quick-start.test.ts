@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import { describe, it } from 'node:test';
+import { WebSocket } from 'ws';
 import { ROOT } from '../support/process.js';
 
 const TSX = import.meta.resolve('tsx');
@@ -45,6 +47,34 @@ describe('quick start: the demo and the CLI client, as the README tells a newcom
       assert.equal(await demo.exited, 0, demo.output());
     } finally {
       demo.proc.kill('SIGKILL');
+    }
+  });
+
+  it('with the chat page\'s port taken by something else, the demo runs without the page and lets no browser in (not the origin of whatever holds the port)', async () => {
+    const squatter = createServer();
+    await new Promise<void>((resolve) => squatter.listen(0, '127.0.0.1', resolve));
+    const pagePort = (squatter.address() as { port: number }).port;
+    const demo = start('demo.ts', [], { APP_PORT: '0', DEV_API_PORT: '0', CHAT_PAGE_PORT: String(pagePort) });
+    try {
+      await until(() => /npm run client -- --user 2 --chat 1 --url (\S+)/.test(demo.output()), 20_000, 'demo guide');
+      assert.match(demo.output(), /chat page did not start/);
+      assert.match(demo.output(), /no browser may connect/);
+      const [, url] = /--url (\S+)/.exec(demo.output())!;
+      const status = (origin?: string) =>
+        new Promise<number>((resolve, reject) => {
+          const ws = new WebSocket(url!, origin === undefined ? {} : { origin });
+          ws.once('open', () => (ws.close(), resolve(101)));
+          ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+          ws.once('error', reject);
+        });
+      assert.equal(await status(`http://localhost:${pagePort}`), 403);
+      assert.equal(await status(`http://127.0.0.1:${pagePort}`), 403);
+      assert.equal(await status(), 101, 'the CLI client, which sends no Origin, still connects');
+      demo.proc.kill('SIGTERM');
+      assert.equal(await demo.exited, 0, demo.output());
+    } finally {
+      demo.proc.kill('SIGKILL');
+      squatter.close();
     }
   });
 });
