@@ -1,11 +1,13 @@
-import { ConfigError, loadConfig, readEnv, type Config } from './config/index.js';
+import { ConfigError, loadConfig, readEnv, unreadRedisVariables, type Config } from './config/index.js';
 import { drainBoundMs, startGateway } from './gateway.js';
 import { createLogger } from './log.js';
 
 /** Process entry: config (exit 2 on a bad value), gateway, signals. */
+let env: ReturnType<typeof readEnv>;
 let config: Config;
 try {
-  config = loadConfig(readEnv());
+  env = readEnv();
+  config = loadConfig(env);
 } catch (err) {
   if (err instanceof ConfigError) {
     process.stderr.write(`message-service: invalid configuration: ${err.message}\n`);
@@ -15,6 +17,11 @@ try {
 }
 
 const log = createLogger(config.logLevel);
+const unread = unreadRedisVariables(env);
+if (unread.length > 0) {
+  const engine = config.redis === null ? 'this instance runs alone on the embedded memory engine' : 'they change nothing';
+  log.warn({ variables: unread }, `not read: Redis is configured by REDIS_HOST (a redis:// URL) and REDIS_CLUSTER only; ${engine}`);
+}
 process.on('unhandledRejection', (reason) => {
   log.error({ err: reason instanceof Error ? reason.stack : String(reason) }, 'unhandled rejection');
 });

@@ -88,6 +88,20 @@ export function readEnv(env: Env = process.env, dotenvPath = '.env'): Env {
   return { ...fromFile, ...env };
 }
 
+/** The Redis variables the gateway reads; another `REDIS_*` is most likely a misspelt one. */
+const REDIS_VARIABLES = ['REDIS_HOST', 'REDIS_CLUSTER'];
+
+/**
+ * Set `REDIS_*` variables the gateway does not read (`REDIS_URL`, `REDIS_PORT`, …): worth a
+ * warning, since without REDIS_HOST each instance runs alone on the memory engine, ready and
+ * healthy, and delivers nothing across instances.
+ */
+export function unreadRedisVariables(env: Env): string[] {
+  return Object.keys(env)
+    .filter((name) => name.startsWith('REDIS_') && !REDIS_VARIABLES.includes(name) && (env[name] ?? '').trim() !== '')
+    .sort();
+}
+
 export function loadConfig(env: Env = readEnv()): Config {
   const get = (name: string): string | undefined => {
     const v = env[name];
@@ -96,9 +110,10 @@ export function loadConfig(env: Env = readEnv()): Config {
   const int = (name: string, def: number, min: number, max = Number.MAX_SAFE_INTEGER): number => {
     const raw = get(name);
     if (raw === undefined) return def;
-    if (!/^[0-9]+$/.test(raw)) throw new ConfigError(name, `must be an integer, got "${raw}"`);
+    const range = max === Number.MAX_SAFE_INTEGER ? `at least ${min}` : `between ${min} and ${max}`;
+    if (!/^[0-9]+$/.test(raw)) throw new ConfigError(name, `must be an integer ${range}, got "${raw}"`);
     const n = Number(raw);
-    if (n < min || n > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${n}`);
+    if (n < min || n > max) throw new ConfigError(name, `must be ${range}, got ${n}`);
     return n;
   };
   /** A main-API path: absolute, URL characters only (an optional query), no dot segments. `slots`: its placeholders, each exactly once. */

@@ -8,7 +8,7 @@ import { TestClient } from '../support/client.js';
 import { GatewayProcess } from '../support/process.js';
 
 describe('configuration errors exit 2 with one line naming the variable', { concurrency: 4 }, () => {
-  const bad: Array<[Record<string, string>, string]> = [
+  const bad: Array<[Record<string, string>, string, RegExp?]> = [
     [{ APP_PORT: 'abc' }, 'APP_PORT'],
     [{ APP_PORT: '70000' }, 'APP_PORT'],
     [{ AUTH_HOST: 'ftp://x' }, 'AUTH_HOST'],
@@ -18,9 +18,11 @@ describe('configuration errors exit 2 with one line naming the variable', { conc
     [{ MESSAGE_PATH: '/chat/{chat_id}' }, 'MESSAGE_PATH'],
     [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
     [{ ALLOWED_ORIGINS: 'not an origin' }, 'ALLOWED_ORIGINS'],
-    [{ UPSTREAM_TIMEOUT_MS: '-5' }, 'UPSTREAM_TIMEOUT_MS'],
+    // Not an integer at all: the message still gives the accepted range.
+    [{ UPSTREAM_TIMEOUT_MS: '-5' }, 'UPSTREAM_TIMEOUT_MS', /between 1 and 86400000/],
+    [{ MAX_BUFFERED_BYTES: 'lots' }, 'MAX_BUFFERED_BYTES', /at least 1024/],
   ];
-  for (const [env, variable] of bad) {
+  for (const [env, variable, says] of bad) {
     it(`${JSON.stringify(env)}`, async () => {
       const gw = GatewayProcess.spawn(env);
       const { code } = await gw.exited;
@@ -28,6 +30,7 @@ describe('configuration errors exit 2 with one line naming the variable', { conc
       const lines = gw.output.trim().split('\n');
       assert.equal(lines.length, 1, gw.output);
       assert.match(lines[0]!, new RegExp(`\\b${variable}\\b`));
+      if (says !== undefined) assert.match(lines[0]!, says);
     });
   }
 
@@ -122,6 +125,19 @@ describe('graceful shutdown and logs (real process, real signals)', () => {
     const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url });
     await gw.listening();
     assert.match(gw.output, /in-memory engine[^\n]*REDIS_HOST/);
+    assert.doesNotMatch(gw.output, /not read/);
+    gw.kill('SIGINT');
+    assert.equal((await gw.exited).code, 0);
+  });
+
+  it('a Redis variable the gateway does not read (REDIS_URL for REDIS_HOST) is a warning: the instance would run alone on the memory engine', async () => {
+    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, REDIS_URL: 'redis://10.0.0.1:6379', REDIS_PASSWORD: 'pw' });
+    await gw.listening();
+    const warning = gw.output.split('\n').map((l) => (l.startsWith('{') ? (JSON.parse(l) as { level: number; msg: string; variables?: string[] }) : null)).find((l) => l?.msg.startsWith('not read'));
+    assert.ok(warning, gw.output);
+    assert.deepEqual([warning.level, warning.variables], [40, ['REDIS_PASSWORD', 'REDIS_URL']]);
+    assert.match(warning.msg, /memory engine/);
+    assert.doesNotMatch(gw.output, /10\.0\.0\.1|"pw"/, 'values are not logged');
     gw.kill('SIGINT');
     assert.equal((await gw.exited).code, 0);
   });
