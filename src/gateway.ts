@@ -62,6 +62,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
   const sessions = new Set<Session>();
   const upgradeLogLimit = new LogLimiter();
   let draining = false;
+  /** The drain has reached the engine: its connections end on purpose from here on. */
+  let closingEngine = false;
   let connSeq = 0;
 
   // In-flight work (requests, presence cleanup) that shutdown lets finish.
@@ -100,7 +102,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
 
   await engine.start(
     hub.engineEvents(
-      (connected) => log.info({ engine: engine.kind, connected }, connected ? 'engine connected' : 'engine connection lost'),
+      // At shutdown the engine is closed on purpose: "lost" there would page someone at every deploy.
+      (connected) => log.info({ engine: engine.kind, connected }, connected ? 'engine connected' : closingEngine ? 'engine closed' : 'engine connection lost'),
       createCommandHandler({ registry: hub.registry, connections: () => sessions, api, log }),
     ),
   );
@@ -269,6 +272,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
         await hub.abandonLate();
         await api.close().catch(() => undefined);
         // Last: everything above may still publish or leave presence through it.
+        closingEngine = true;
         await engine.close().catch((err: Error) => log.warn({ err: err.message }, 'engine close failed'));
         return true;
       })(),

@@ -11,6 +11,7 @@ import type { Metrics } from '../metrics/index.js';
 import { MAX_DEPTH, UNFIT_NUMBER, unfitValue } from '../protocol/codec.js';
 import { idKey, wireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
+import { LogLimiter } from '../util/log-limit.js';
 import { ChatParams, DisconnectAnswer, DisconnectBody, ErrorAnswer, PresenceAnswer, PublishAnswer, PublishBody, RevokeAnswer, RevokeBody, UserParams } from './schemas.js';
 
 export const API_PREFIX = '/api/v1';
@@ -58,6 +59,11 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
   const authorized = (header: string | undefined) =>
     header !== undefined && header.startsWith('Bearer ') && timingSafeEqual(digest(header.slice('Bearer '.length)), expected);
   const UNAUTHORIZED = 'missing or wrong API key (Authorization: Bearer <API_KEY>)';
+  // Refused keys are logged (someone may be guessing), at most one line per 10 s, with how many
+  // were left out; never the key sent.
+  const refusals = new LogLimiter();
+  const refuse = (req: { ip: string; method: string }) =>
+    refusals.log(log, 'warn', 'unauthorized', { ip: req.ip, method: req.method }, 'server API: missing or wrong API key');
 
   const app = Fastify({
     logger: false,
@@ -67,7 +73,10 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
     // error shape — without echoing the path back.
     frameworkErrors: (_err, req, reply) => {
       const r = reply as FastifyReply;
-      if (!authorized(req.headers.authorization)) return void r.code(401).send({ error: 'unauthorized', message: UNAUTHORIZED });
+      if (!authorized(req.headers.authorization)) {
+        refuse(req);
+        return void r.code(401).send({ error: 'unauthorized', message: UNAUTHORIZED });
+      }
       void r.code(400).send({ error: 'bad_request', message: 'malformed path: a parameter that is not valid percent-encoding, or longer than 100 characters' });
     },
     // Our routes are exact; /api/v1/x/ is not /api/v1/x.
@@ -118,7 +127,10 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
     // The document is public; a path that matches no route is simply not found.
     const route = req.routeOptions.url;
     if (route === undefined || route === OPENAPI_PATH) return;
-    if (!authorized(req.headers.authorization)) throw new ApiError(401, 'unauthorized', UNAUTHORIZED);
+    if (!authorized(req.headers.authorization)) {
+      refuse(req);
+      throw new ApiError(401, 'unauthorized', UNAUTHORIZED);
+    }
   });
   app.addHook('onResponse', async (req, reply) => {
     opts.metrics.apiRequests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
@@ -221,6 +233,7 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
         throw err instanceof EngineUnavailableError ? err : new EngineUnavailableError((err as Error).message);
       });
       // Delivered like any broadcast: from the engine's callback on every instance subscribed.
+      log.info({ chat, seq: position.seq, epoch: position.epoch }, 'server API: publish');
       return { chat_id: wireId(chat), seq: position.seq, epoch: position.epoch };
     },
   );

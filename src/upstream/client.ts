@@ -172,8 +172,9 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
         throw new RequestError('internal', err.message);
       }
       outcome = isTimeout(err) ? 'timeout' : 'unreachable';
-      logLimit.log(log, 'warn', `${op} ${outcome}`, { op, requestId, outcome, err: (err as Error).message }, 'main API unreachable');
-      throw new RequestError('upstream_unavailable', outcome === 'timeout' ? 'main API timed out' : 'main API unreachable');
+      const what = outcome === 'timeout' ? 'main API timed out' : 'main API unreachable';
+      logLimit.log(log, 'warn', `${op} ${outcome}`, { op, requestId, outcome, err: (err as Error).message }, what);
+      throw new RequestError('upstream_unavailable', what);
     } finally {
       metrics.upstreamLatency.observe({ op, outcome }, (performance.now() - started) / 1000);
     }

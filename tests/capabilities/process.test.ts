@@ -78,6 +78,9 @@ describe('graceful shutdown and logs (real process, real signals)', () => {
     assert.equal((await a.closed).code, 1001);
     assert.equal((await b.closed).code, 1001);
     assert.equal((await gw.exited).code, 0);
+    // Closing the engine on purpose is not an outage: no line an alert on "lost" would fire on.
+    assert.match(gw.output, /"engine closed"/);
+    assert.doesNotMatch(gw.output, /connection lost/);
   });
 
   it('a second signal exits at once with 1', async () => {

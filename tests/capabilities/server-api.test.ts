@@ -275,6 +275,13 @@ for (const mode of ENGINE_MODES) {
       await a.next({ type: 'message', chat_id: chat });
       assert.equal(a.all({ type: 'event' }).length, 0);
       assert.equal(a.isOpen, true);
+      // Refused keys are logged (someone may be guessing), limited, and never with the key sent.
+      const logs = h.instances[0]!.logs.join('\n');
+      assert.match(logs, /server API: missing or wrong API key/);
+      assert.doesNotMatch(logs, /wrong-key-0123456789/);
+      const published = await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/publish`, { event: { kind: 'logged' } });
+      assert.equal(published.status, 200);
+      assert.ok(h.instances[0]!.logs.some((l) => l.includes('"server API: publish"') && l.includes(`"seq":${published.body.seq}`)), 'a publish is logged with its position');
 
       const bad = await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: { nope: 1 } });
       assert.equal(bad.status, 400);

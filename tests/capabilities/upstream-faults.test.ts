@@ -150,6 +150,7 @@ for (const mode of ENGINE_MODES) {
       // Answered at all: before the whole call was bounded, it never was (UPSTREAM_TIMEOUT_MS is 400).
       const err = await c.request({ type: 'register', token: await h.token(1), chat_id: uniqueChat() }, { type: 'error' }, 5000);
       assert.equal(err.code, 'upstream_unavailable');
+      assert.ok(h.instances[0]!.logs.some((l) => l.includes('"main API timed out"')), 'a timeout is logged as one, not as "unreachable"');
       c.close();
     });
 
