@@ -23,7 +23,8 @@ export interface MainApi {
   /** Whether a verify of (token, chat) would be answered from the cache, without asking the main API. */
   isCached(token: string, chat: IdKey): boolean;
   /**
-   * `duplicate` when the main API answered 409: already saved by an earlier send. `ownSaved`:
+   * `duplicate` when the main API answered 409: already saved by an earlier send (a 409 whose
+   * body names another chat or sender is `bad_request`: the id is another message's). `ownSaved`:
    * the 409's body says the saved message is `sender`'s, in `chat`, and not deleted — the only
    * case in which a resend may stand in for a broadcast that never happened (features/message.ts).
    * `message` is the body's JSON, serialized once by the caller (it broadcasts the same bytes).
@@ -305,7 +306,11 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     },
     async save(token, chat, sender, message, hold) {
       const { status, body } = await call('save', 'POST', config.messageSavePath, token, message, undefined, hold);
-      if (status === 409) return { duplicate: true, ownSaved: savedBy(body, sender, chat) };
+      if (status === 409) {
+        // Taken by another message: this one was never saved, and an ack would say it was.
+        if (savedElsewhere(body, sender, chat)) throw new RequestError('bad_request', 'message id already used, in another chat or by another sender: make ids unique across all chats');
+        return { duplicate: true, ownSaved: savedBy(body, sender, chat) };
+      }
       if (!ok(status)) fail('save', status, token, chat);
       return { duplicate: false, ownSaved: false };
     },
@@ -346,6 +351,18 @@ function isTimeout(err: unknown): boolean {
 function savedBy(body: string, sender: IdKey, chat: IdKey): boolean {
   const v = jsonObject(body);
   return v !== null && parseId(v.sender_id) === sender && parseId(v.chat_id) === chat && v.deleted !== true;
+}
+
+/**
+ * Whether a save's 409 body names another chat or another sender than this send's: the id is
+ * another message's, and this one was not saved. A body that names neither (or names them in a
+ * form that cannot be read exactly) says nothing of the kind: a duplicate, as before.
+ */
+function savedElsewhere(body: string, sender: IdKey, chat: IdKey): boolean {
+  const v = jsonObject(body);
+  if (v === null) return false;
+  const [savedChat, savedSender] = [parseId(v.chat_id), parseId(v.sender_id)];
+  return (savedChat !== null && savedChat !== chat) || (savedSender !== null && savedSender !== sender);
 }
 
 /**

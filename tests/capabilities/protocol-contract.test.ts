@@ -243,7 +243,7 @@ describe('protocol contract [memory]', () => {
       b.close();
     });
 
-    it('message ids are unique across chats: reusing one in another chat is duplicate:true, nothing saved or broadcast there', async () => {
+    it('message ids are unique across chats: reusing one in another chat is bad_request (the 409 names the other chat), nothing saved or broadcast there', async () => {
       const [first, second] = [uniqueChat(), uniqueChat()];
       const token = await h.token(1);
       const a = await h.connect();
@@ -253,7 +253,7 @@ describe('protocol contract [memory]', () => {
       const id = `shared-${first}`;
       assert.equal((await a.request({ type: 'message', chat_id: first, data: { id, ciphertext: 'x' } }, errorOrAck(id))).duplicate, false);
       const again = await a.request({ type: 'message', chat_id: second, data: { id, ciphertext: 'y' } }, errorOrAck(id));
-      assert.deepEqual(again, { type: 'ack', op: 'message', id, chat_id: second, duplicate: true });
+      assert.deepEqual(again, { type: 'error', code: 'bad_request', message: again.message, op: 'message', id, chat_id: second, retryable: false });
       await expectNone(watcher, { type: 'message' }, 200);
       assert.equal(h.api.messages.get(id)?.chat_id, first);
       a.close();
