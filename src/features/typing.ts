@@ -17,8 +17,9 @@ export const typing = defineFeature({
   async handle(session, frame) {
     const chat = session.targetChat(frame);
     const reg = session.registration(chat);
-    const now = Date.now();
-    if (now - reg.lastTypingAt < TYPING_INTERVAL_MS) return 'dropped' as const;
+    // A monotonic clock: a wall clock stepped back would silence typing until it caught up.
+    const now = performance.now();
+    if (reg.lastTypingAt !== 0 && now - reg.lastTypingAt < TYPING_INTERVAL_MS) return 'dropped' as const;
     session.requireAccepting();
     reg.lastTypingAt = now;
     await session.ctx.hub.publish(chat, out.typing(chat, reg.user), session.id);
