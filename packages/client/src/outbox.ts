@@ -44,6 +44,12 @@ export interface Pending {
   text: string;
   /** In the storage; an entry is sent only once it is. */
   stored: boolean;
+  /**
+   * The storage's `put` of this entry while it runs (settles, never rejects): a `remove` waits
+   * for it, so an entry settled while it was being stored does not land in the storage after
+   * its removal (to be sent by the next client although the app was told it failed).
+   */
+  storing: Promise<void> | null;
   inFlight: boolean;
   /**
    * It may have been applied without this client seeing the ack: in flight when a connection
@@ -105,21 +111,32 @@ export class Outbox {
   }
 
   /** Writes the entry to the storage; false when the storage failed (the entry is then dropped). */
-  async store(item: Pending): Promise<boolean> {
+  store(item: Pending): Promise<boolean> {
+    let put: void | Promise<void>;
     try {
-      await this.storage.put(item.entry);
-      item.stored = true;
-      return true;
+      put = this.storage.put(item.entry);
     } catch (err) {
-      this.onStorageError(err);
-      return false;
+      put = Promise.reject(err);
     }
+    const done = Promise.resolve(put).then(
+      () => {
+        item.stored = true;
+        return true;
+      },
+      (err: unknown) => {
+        this.onStorageError(err);
+        return false;
+      },
+    );
+    item.storing = done.then(() => undefined);
+    return done;
   }
 
   /** Drops an entry that is done (acked or refused for good), from the storage too. */
   remove(item: Pending): void {
     this.forget(item);
-    Promise.resolve()
+    // After its `put`, if that is still running: the removal must be the last word.
+    (item.storing ?? Promise.resolve())
       .then(() => this.storage.remove(item.entry.key))
       .catch(this.onStorageError);
   }
@@ -138,7 +155,7 @@ export class Outbox {
   }
 
   private wrap(entry: OutboxEntry): Pending {
-    return { entry, stored: true, text: JSON.stringify({ type: entry.op, chat_id: entry.chatId, data: entry.data }), inFlight: false, maybeApplied: false, attempts: 0, sentOn: 0, retryTimer: null };
+    return { entry, stored: true, storing: null, text: JSON.stringify({ type: entry.op, chat_id: entry.chatId, data: entry.data }), inFlight: false, maybeApplied: false, attempts: 0, sentOn: 0, retryTimer: null };
   }
 }
 

@@ -1,0 +1,37 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ClientError, type OutboxEntry, type OutboxStorage } from '../../packages/client/src/index.js';
+import { uniqueChat, useHarness, waitFor } from '../support/harness.js';
+import { sdk, text } from './support.js';
+
+describe('SDK: how writes, pings, listeners and the storage settle when a chat or the client ends [memory]', () => {
+  const h = useHarness('memory');
+
+  it('a write failed for good while its storage put() is still running is not left in the storage (the next client would send it)', { timeout: 15_000 }, async () => {
+    const chatId = uniqueChat();
+    h.api.setMembers(chatId, [2]); // user 1 is refused: forbidden
+    const db = new Map<string, OutboxEntry>();
+    const ops: string[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const storage: OutboxStorage = {
+      load: () => [...db.values()],
+      put: async (e) => {
+        await gate; // a slow IndexedDB
+        db.set(e.key, e);
+        ops.push('put');
+      },
+      remove: (k) => {
+        db.delete(k);
+        ops.push('remove');
+      },
+    };
+    const a = await sdk(h, 1, { storage });
+    const chat = a.client.chat(chatId);
+    await assert.rejects(chat.send(text('never to be sent'), { id: `race-${chatId}` }), (e: ClientError) => e instanceof ClientError && e.code === 'forbidden');
+    release();
+    await waitFor(() => ops.includes('put') && ops.includes('remove'), 3000, 'the put and the remove done');
+    assert.deepEqual([...db.values()].map((e) => e.data.id), [], 'the failed write is not in the storage');
+    assert.deepEqual(ops, ['put', 'remove'], 'removed after it was stored');
+  });
+});
