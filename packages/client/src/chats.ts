@@ -45,8 +45,12 @@ export class Chats {
   private readonly chats = new Map<string, ChatState>();
   /** Chats left lately (bounded): their frames still on the way are expected, not `unhandled`. */
   private readonly left = new Set<string>();
-  /** What removes each handle's listeners (`chat.on`): done once the handle is left for good. */
-  private readonly handleListeners = new Map<Chat, Array<() => void>>();
+  /**
+   * What removes each handle's listeners (`chat.on`): done once the handle is left for good. A
+   * listener the app removes itself goes from here too (else each one, and all it holds, stayed
+   * until the chat was left).
+   */
+  private readonly handleListeners = new Map<Chat, Set<() => void>>();
   /** Causes of refused registers the app was told of since a chat last registered (see reportRetriedRegister). */
   private readonly registerRefusalsReported = new Set<'connections' | 'refused'>();
   private readonly handleHost: ChatHost;
@@ -511,9 +515,13 @@ export class Chats {
           if (current === undefined || current.chat === chat) listener(event);
         });
         let offs = this.handleListeners.get(chat);
-        if (offs === undefined) this.handleListeners.set(chat, (offs = []));
-        offs.push(off);
-        return off;
+        if (offs === undefined) this.handleListeners.set(chat, (offs = new Set()));
+        offs.add(off);
+        const remove = offs;
+        return () => {
+          off();
+          remove.delete(off);
+        };
       },
       newId,
     };
