@@ -95,6 +95,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     rateLimit: new RateLimit(config.rateLimitPerSec, config.rateLimitBurst),
     deadlines: new Deadlines<Registration>((reg) => reg.credentialsDue()),
     connectionLogLimit: new LogLimiter(),
+    debug: log.isLevelEnabled('debug'),
     userConnections: new UserConnections(config.maxConnectionsPerUser),
     isDraining: () => draining,
     track,
@@ -171,11 +172,11 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     wss.handleUpgrade(req, socket, head, (ws) => {
       // ws has its own error handler on the socket from here on.
       socket.off('error', destroyOnError);
-      accept(ws);
+      accept(ws).debug('connection opened', { ip: req.socket.remoteAddress, origin: req.headers.origin?.slice(0, 200) });
     });
   });
 
-  function accept(ws: SessionSocket): void {
+  function accept(ws: SessionSocket): Session {
     // Array.join makes the id one flat string; a `+` or template of 13+ characters would keep
     // it as a chain of 32-byte V8 rope nodes (ConsString) for the connection's whole life.
     const session = new Session([instanceId, (++connSeq).toString(36)].join('.'), ws, ctx);
@@ -185,6 +186,7 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     ws.on('message', onMessage);
     ws.on('error', onError);
     ws.on('close', onClose);
+    return session;
   }
 
   // The same three listeners for every connection (`this`: the socket, which carries its session).
@@ -196,8 +198,9 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     if (err.code?.startsWith('WS_ERR_')) metrics.closes.inc({ code: String(WS_ERROR_CLOSE[err.code] ?? 1002) });
     log.debug({ conn: SessionSocket.sessionOf(this).id, code: err.code }, 'websocket error');
   }
-  function onClose(this: WebSocket): void {
+  function onClose(this: WebSocket, code: number): void {
     const session = SessionSocket.sessionOf(this);
+    session.debug('connection closed', { code });
     sessions.delete(session);
     metrics.connections.dec();
     session.onClosed();

@@ -190,5 +190,6 @@ async function catchUp(session: Session, reg: Registration, online: readonly IdK
   requireCurrent(session, reg);
   session.ctx.hub.notePosition(reg.chat, position);
   session.send(out.registered(reg.chat, reg.user, online, position, recovery));
+  session.debug('registered', { chat: reg.chat, user: reg.user, seq: position.seq, recovered: recovery?.recovered });
   reg.goLive(position);
 }

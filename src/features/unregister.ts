@@ -18,6 +18,7 @@ export const unregister = defineFeature({
     await session.enqueue(chat, async () => {
       await session.removeRegistration(session.registration(chat));
       session.send(out.unregistered(chat));
+      session.debug('unregistered', { chat });
     });
     return 'ok' as const;
   },

@@ -31,6 +31,8 @@ export interface GatewayContext {
   readonly deadlines: Deadlines<Registration>;
   /** Lines a client can cause once per connection at will (a close, an expiry): one per kind every 10 s. */
   readonly connectionLogLimit: LogLimiter;
+  /** LOG_LEVEL is debug or trace: a connection's life is logged line by line (see Session.debug). */
+  readonly debug: boolean;
   isDraining(): boolean;
   /** Counts work that graceful shutdown must let finish. */
   track<T>(work: Promise<T>): Promise<T>;

@@ -261,6 +261,7 @@ export class Session implements Connection, WriteTurnMark {
     }
     // Metric labels stay a closed set: unknown types count as "invalid".
     this.ctx.metrics.ops.inc({ type: feature?.type ?? 'invalid', result: error.code });
+    if (this.ctx.debug) this.debug('request refused', { type: feature?.type ?? 'invalid', code: error.code, chat: implied ?? loggableId(raw?.chat_id) });
     this.send(out.error(error.code, error.message, { ...this.errorContext(feature, raw, implied), retryAfterMs: error.retryAfterMs }));
     if (this.authFailuresInARow >= MAX_AUTH_FAILURES_IN_A_ROW) {
       this.ctx.connectionLogLimit.log(this.ctx.log, 'info', 'auth-failures', { conn: this.id }, 'too many refused registers; connection closed');
@@ -507,12 +508,22 @@ export class Session implements Connection, WriteTurnMark {
     reg.end();
   }
 
+  /**
+   * A line of this connection's life at LOG_LEVEL=debug (opened, registered, refused, ended,
+   * closed): ids and outcomes only, never a token or content. Checked first, so that at the
+   * usual levels it costs no object per call.
+   */
+  debug(msg: string, fields?: Record<string, unknown>): void {
+    if (this.ctx.debug) this.ctx.log.debug({ conn: this.id, ...fields }, msg);
+  }
+
   /** Ends a registration the gateway has to take away, telling the client why. */
   endRegistration(reg: Registration, reason: out.UnregisterReason): void {
     if (this.chats.get(reg.chat) !== reg) return;
     reg.endedFor = reason;
     void this.ctx.track(this.removeRegistration(reg));
     this.send(out.unregistered(reg.chat, reason));
+    this.debug('registration ended by the gateway', { chat: reg.chat, reason });
   }
 
   /** Closes 4408 unless a chat is registered within REGISTER_TIMEOUT_MS. */
@@ -581,6 +592,7 @@ export class Session implements Connection, WriteTurnMark {
   onClosed(): void {
     if (this.closed) return;
     this.closed = true;
+    this.debug('connection ended', { user: this.user, chats: this.chats.size });
     if (this.user !== null) this.ctx.userConnections.unbind(this.user);
     this.registeredOnce();
     this.aborted = true;
@@ -593,4 +605,9 @@ export class Session implements Connection, WriteTurnMark {
       void this.ctx.track(this.ctx.hub.leave(reg.chat, reg.user, reg, reg.onlineAnnounced));
     }
   }
+}
+
+/** A client-sent id as a log field: a string or number, bounded; anything else left out. */
+function loggableId(value: unknown): string | undefined {
+  return typeof value === 'string' || typeof value === 'number' ? String(value).slice(0, 64) : undefined;
 }

@@ -122,6 +122,12 @@ describe('graceful shutdown and logs (real process, real signals)', () => {
       assert.ok(!gw.output.includes(secret), 'a token leaked into the logs');
     }
     for (const line of gw.output.trim().split('\n')) assert.doesNotThrow(() => JSON.parse(line), `not JSON: ${line}`);
+    // At debug and trace, the connection's life is there line by line (ids and outcomes).
+    const said = gw.output.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; code?: string | number; chat?: string });
+    for (const msg of ['connection opened', 'registered', 'request refused', 'connection ended', 'connection closed']) {
+      assert.ok(said.some((l) => l.msg === msg), `no "${msg}" line at trace level`);
+    }
+    assert.ok(said.some((l) => l.msg === 'request refused' && l.code === 'upstream_unavailable'), 'the refused save is logged with its code');
   });
 
   it('start-up log names the embedded engine and how to scale out', async () => {
