@@ -3,8 +3,24 @@ import { describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { ClientError, type OutboxEntry, type OutboxStorage } from '../../packages/client/src/index.js';
-import { uniqueChat, useHarness, waitFor } from '../support/harness.js';
+import { uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
 import { sdk, text } from './support.js';
+
+const API_KEY = 'sdk-settling-server-api-key';
+
+/** Calls the gateway's server API (served on its own port under /api/v1). */
+async function serverApi(h: Harness, path: string, body: unknown): Promise<void> {
+  const res = await fetch(`${h.instances[0]!.gateway.url}/api/v1${path}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  assert.equal(res.status, 200, `POST ${path}: ${await res.text()}`);
+}
+
+/** The code a promise rejects with ('resolved' if it does not). */
+const outcome = (p: Promise<unknown>) => p.then(() => 'resolved', (e: unknown) => (e instanceof ClientError ? e.code : `not a ClientError: ${String(e)}`));
 
 /** A full, synchronous garbage collection (the runner is not started with --expose-gc). */
 function collectGarbage(): void {
@@ -13,7 +29,7 @@ function collectGarbage(): void {
 }
 
 describe('SDK: how writes, pings, listeners and the storage settle when a chat or the client ends [memory]', () => {
-  const h = useHarness('memory');
+  const h = useHarness('memory', { API_KEY });
 
   it('a write failed for good while its storage put() is still running is not left in the storage (the next client would send it)', { timeout: 15_000 }, async () => {
     const chatId = uniqueChat();
@@ -62,5 +78,28 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
     assert.equal(kept.filter((r) => r.deref() !== undefined).length, 5, 'subscribed listeners are kept (the check can tell)');
     assert.equal(removed.filter((r) => r.deref() !== undefined).length, 0, 'no removed listener is kept');
     for (const off of offs) off();
+  });
+
+  it('after a chat is refused or revoked, its handle says so: later writes and ready() reject forbidden / revoked, not "the chat was left"', { timeout: 15_000 }, async () => {
+    const refusedId = uniqueChat();
+    h.api.setMembers(refusedId, [2]);
+    const a = await sdk(h, 1);
+    const refused = a.client.chat(refusedId);
+    assert.equal(await outcome(refused.ready()), 'forbidden');
+    const write = refused.send(text('after the refusal'));
+    await assert.rejects(write, (e: ClientError) => e instanceof ClientError && e.code === 'forbidden' && e.details.chatId === refusedId && e.details.op === 'message');
+    assert.deepEqual([await outcome(refused.edit('m1', text('x'))), await outcome(refused.delete('m1')), await outcome(refused.ready())], ['forbidden', 'forbidden', 'forbidden']);
+
+    const revokedId = uniqueChat();
+    const revoked = a.client.chat(revokedId);
+    await revoked.ready();
+    await serverApi(h, `/chats/${revokedId}/revoke`, { user_id: 1 });
+    await a.next('unregistered', (e) => e.chatId === revokedId);
+    assert.deepEqual([await outcome(revoked.send(text('after the revoke'))), await outcome(revoked.ready())], ['revoked', 'revoked']);
+
+    const left = a.client.chat(uniqueChat());
+    await left.ready();
+    left.leave();
+    assert.deepEqual([await outcome(left.send(text('after the leave'))), await outcome(left.ready())], ['closed', 'closed'], 'a chat the app left: closed');
   });
 });

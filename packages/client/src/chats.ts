@@ -54,6 +54,8 @@ export class Chats {
   /** Causes of refused registers the app was told of since a chat last registered (see reportRetriedRegister). */
   private readonly registerRefusalsReported = new Set<'connections' | 'refused'>();
   private readonly handleHost: ChatHost;
+  /** Handles whose chat is gone, with its state (its `ended` says why). */
+  private readonly goneHandles = new WeakMap<Chat, ChatState>();
 
   constructor(
     private readonly core: Core,
@@ -104,6 +106,7 @@ export class Chats {
         isKnown: this.guardedIsKnown(),
       }),
       status: 'idle',
+      ended: null,
       leaving: false,
       askedSince: false,
       registerAttempts: 0,
@@ -437,6 +440,8 @@ export class Chats {
 
   private forget(state: ChatState, error: ClientError): void {
     state.status = 'gone';
+    state.ended = error;
+    this.goneHandles.set(state.chat, state);
     clearTimer(state.retryTimer);
     state.retryTimer = null;
     for (const w of state.waiters.splice(0)) w.reject(error);
@@ -479,11 +484,17 @@ export class Chats {
       const state = this.chats.get(String(chat.id));
       return state?.chat === chat ? state : undefined;
     };
+    /** Why the handle's chat is gone (left, refused, revoked…), for what is asked of it since. */
+    const goneError = (chat: Chat, context: { op?: string; id?: string }): ClientError => {
+      const ended = this.goneHandles.get(chat)?.ended;
+      if (ended == null) return new ClientError('closed', 'the chat was left', { ...context, chatId: chat.id });
+      return new ClientError(ended.code, ended.message, { ...ended.details, ...context, chatId: chat.id });
+    };
     return {
       write: (chat, op, data) => {
         const state = stateOf(chat);
         if (state !== undefined) return this.writes.write(state, op, data);
-        return Promise.reject(this.core.ended() ?? new ClientError('closed', 'the chat was left', { op, id: data.id, chatId: chat.id }));
+        return Promise.reject(this.core.ended() ?? goneError(chat, { op, id: data.id }));
       },
       typing: (chat) => {
         const state = stateOf(chat);
@@ -497,7 +508,7 @@ export class Chats {
         const state = stateOf(chat);
         const ended = this.core.ended();
         if (ended) return Promise.reject(ended);
-        if (state === undefined) return Promise.reject(new ClientError('closed', 'the chat was left', { chatId: chat.id }));
+        if (state === undefined) return Promise.reject(goneError(chat, {}));
         if (state.status === 'registered' && state.lastRegistered) return Promise.resolve(state.lastRegistered);
         return new Promise((resolve, reject) => state.waiters.push({ resolve, reject }));
       },

@@ -54,6 +54,8 @@ export class Writes {
     const context = { op, id: data.id, chatId: state.chat.id };
     const ended = this.core.ended();
     if (ended) return Promise.reject(ended);
+    // A chat dropped (refused, revoked…) says why; one left, that it was left.
+    if (state.status === 'gone' && state.ended !== null) return Promise.reject(new ClientError(state.ended.code, state.ended.message, { ...state.ended.details, ...context }));
     if (state.status === 'gone' || state.leaving) return Promise.reject(new ClientError('closed', 'the chat was left', context));
     if (typeof data.id !== 'string' || !MESSAGE_ID.test(data.id)) return Promise.reject(new ClientError('bad_request', 'a message id is 1-64 characters [A-Za-z0-9_-]', context));
     if (op !== 'delete_message' && (typeof data.ciphertext !== 'string' || data.ciphertext === '')) {
