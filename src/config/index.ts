@@ -98,7 +98,7 @@ const REDIS_VARIABLES = ['REDIS_HOST', 'REDIS_CLUSTER'];
  */
 export function unreadRedisVariables(env: Env): string[] {
   return Object.keys(env)
-    .filter((name) => name.startsWith('REDIS_') && !REDIS_VARIABLES.includes(name) && (env[name] ?? '').trim() !== '')
+    .filter((name) => /^REDIS_/.test(name) && !REDIS_VARIABLES.includes(name) && (env[name] ?? '').trim() !== '')
     .sort();
 }
 
@@ -190,7 +190,7 @@ export function loadConfig(env: Env = readEnv()): Config {
   if (maxBufferedBytes < minBuffered) {
     throw new ConfigError(
       'MAX_BUFFERED_BYTES',
-      `must be at least ${BROADCAST_GROWTH} × MAX_MESSAGE_BYTES + ${BROADCAST_OVERHEAD} = ${minBuffered} (the broadcast of one maximal message must fit, and can be ~4.4 times its frame), got ${maxBufferedBytes}`,
+      `must be at least ${BROADCAST_GROWTH} × MAX_MESSAGE_BYTES + ${BROADCAST_OVERHEAD} = ${minBuffered} (the broadcast of one maximal message must fit, and can be ~3.4 times its frame), got ${maxBufferedBytes}`,
     );
   }
 
@@ -275,8 +275,9 @@ export function redactUrl(url: string): string {
 
 /**
  * How much larger than the client's frame its broadcast can be, at worst: the gateway
- * re-serialises the message's JSON (a number such as `1e20`, 4 bytes, becomes its 21 digits, so
- * a `data` holding an array of them grows 4.4 times; strings never grow) and adds fields
+ * re-serialises the message's JSON (a number such as `1e15`, 4 bytes, becomes its 16 digits, so
+ * a `data` holding an array of them grows 3.4 times — 4.4 with `1e20` before whole numbers past
+ * 2^53 − 1 were refused, and the margin stays; strings never grow) and adds fields
  * (`chat_id` twice, `sender_id`, defaults, `created_at`, `seq`, `epoch`, the frame header: under
  * 200 bytes with 64-character ids). Server-API events grow the same way from their body.
  */
