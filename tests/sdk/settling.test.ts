@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { afterEach, describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { ClientError, type OutboxEntry, type OutboxStorage } from '../../packages/client/src/index.js';
+import { ClientError, MemoryStorage, type OutboxEntry, type OutboxStorage } from '../../packages/client/src/index.js';
+import { sleep } from '../support/client.js';
 import { uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
-import { sdk, text } from './support.js';
+import { proxy, sdk, text } from './support.js';
 
 const API_KEY = 'sdk-settling-server-api-key';
 
@@ -30,6 +31,8 @@ function collectGarbage(): void {
 
 describe('SDK: how writes, pings, listeners and the storage settle when a chat or the client ends [memory]', () => {
   const h = useHarness('memory', { API_KEY });
+  // A test that timed out never reaches its own end: its faults must not refuse the next test's calls.
+  afterEach(() => h.api.clearFaults());
 
   it('a write failed for good while its storage put() is still running is not left in the storage (the next client would send it)', { timeout: 15_000 }, async () => {
     const chatId = uniqueChat();
@@ -102,4 +105,33 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
     left.leave();
     assert.deepEqual([await outcome(left.send(text('after the leave'))), await outcome(left.ready())], ['closed', 'closed'], 'a chat the app left: closed');
   });
+
+  for (const when of ['waiting to register again', 'its register out'] as const) {
+    it(`leave() stops trying: a chat whose register is refused for now (main API 503), left while ${when}, fails its unsent write closed (kept in the storage) and registers no more`, { timeout: 20_000 }, async () => {
+      const p = await proxy(h);
+      const storage = new MemoryStorage();
+      const a = await sdk(h, 1, { url: p.url, storage, reconnect: { minDelayMs: 50, maxDelayMs: 200 } });
+      const registers = () => p.links.flatMap((l) => l.fromClient).filter((f) => f.type === 'register').length;
+      const refusals = () => p.links.flatMap((l) => l.fromGateway).filter((f) => f.type === 'error' && f.op === 'register').length;
+      h.api.addFault({ op: 'verify', status: 503, ...(when === 'its register out' ? { delayMs: 400 } : {}) });
+      const chatId = uniqueChat();
+      const chat = a.client.chat(chatId);
+      const id = `unsent-${chatId}`;
+      const write = outcome(chat.send(text('made before the leave'), { id }));
+      const ready = outcome(chat.ready());
+      await waitFor(() => refusals() >= 2, 8000, 'two registers refused');
+      if (when === 'its register out') await waitFor(() => registers() > refusals(), 3000, 'a register out');
+      else await waitFor(() => registers() === refusals(), 3000, 'no register out');
+      chat.leave();
+      const sentBefore = registers();
+      const soon = (x: Promise<string>) => Promise.race([x, sleep(3000).then(() => 'still pending')]);
+      assert.equal(await soon(write), 'closed', 'the write made before leave() fails closed');
+      assert.equal(await soon(ready), 'closed');
+      assert.deepEqual(a.all('failed').map((e) => [e.id, e.error.code]), [[id, 'closed']]);
+      await sleep(800); // a few backoff delays
+      assert.equal(registers(), sentBefore, 'no register after leave()');
+      assert.equal(a.client.state, 'disconnected', 'the leave completed: no chat left, the connection closed');
+      assert.deepEqual((storage.load()).map((e) => e.data.id), [id], 'kept in the storage, as by close(): the next client sends it');
+    });
+  }
 });

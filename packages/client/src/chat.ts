@@ -46,7 +46,9 @@ export class Chat {
 
   /**
    * Leaves the chat: its events stop at once, later writes reject with `closed`; writes already
-   * made are still sent and answered, then the chat is unregistered.
+   * made are still sent and answered, then the chat is unregistered. A chat whose register is
+   * refused for now (main API down) is not registered again: its writes fail `closed` (stored
+   * entries stay, as with `close()`).
    */
   leave(): void {
     this.host.leave(this);

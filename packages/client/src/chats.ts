@@ -219,6 +219,7 @@ export class Chats {
         () => this.register(state),
         (err: unknown) => {
           if (this.core.ended() || state.status !== 'idle') return;
+          if (state.leaving) return this.abandonLeaving(state, 'no token');
           // A failed provider call paces the next one itself; a refused token waits the chat's backoff.
           this.retryRegister(state, err instanceof RefusedAgain ? undefined : this.keeper.retryAt - Date.now());
         },
@@ -303,12 +304,15 @@ export class Chats {
     state.expiredWhileRegistering = false;
     this.keeper.registerRefused(error);
     if (RETRYABLE.has(error.code)) {
+      if (state.leaving) return this.abandonLeaving(state, error.code);
       this.reportRetriedRegister(state, error);
       return this.retryRegister(state);
     }
     if (error.code === 'unauthorized' && this.keeper.provider !== null) {
       this.keeper.refused(error);
-      if (!this.core.ended()) this.retryRegister(state);
+      if (this.core.ended()) return;
+      if (state.leaving) return this.abandonLeaving(state, error.code);
+      this.retryRegister(state);
       return;
     }
     this.drop(state, error);
@@ -466,7 +470,26 @@ export class Chats {
     // the chat hands them over; otherwise they go with it.
     state.stream.mute();
     for (const w of state.waiters.splice(0)) w.reject(new ClientError('closed', 'left the chat', { chatId: state.chat.id }));
+    // Waiting to register again after a refusal for now (a main API down): the app stops trying.
+    if (state.status === 'idle' && state.retryTimer !== null) return this.abandonLeaving(state, 'refused for now');
     this.finishLeaving(state);
+  }
+
+  /**
+   * A chat being left that cannot register for now (its register refused `upstream_unavailable`,
+   * `rate_limited`, its token refused or not to be had) is not registered again: `leave()` is how
+   * the app stops trying. Its writes, none of them sent on a registration since, fail `closed` and
+   * stay in the storage (as with `close()`: a persistent outbox sends them from the next client);
+   * then the leave completes.
+   */
+  private abandonLeaving(state: ChatState, why: string): void {
+    clearTimer(state.retryTimer);
+    state.retryTimer = null;
+    state.status = 'idle';
+    const chatId = state.chat.id;
+    this.writes.failWritesTo(state.key, new ClientError('closed', `the chat was left while it could not be registered (${why}): the write was not sent`, { chatId }), false);
+    // Its last failed write completed the leave already (see `Writes.fail`), unless it had none.
+    if (this.chats.get(state.key) === state) this.finishLeaving(state);
   }
 
   private typing(state: ChatState): void {

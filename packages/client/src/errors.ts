@@ -16,7 +16,8 @@ export type GatewayErrorCode =
 /**
  * Codes of the SDK itself:
  * - `closed`: `client.close()` ended the request before its answer, or it was made on a chat
- *   already left (`chat.leave()`: writes made before it are still answered); with a
+ *   already left (`chat.leave()`: writes made before it are still answered, unless the chat
+ *   could not register for now, which fails them `closed` too); with a
  *   persistent outbox storage an unacked write is still stored and is sent by the next client.
  * - `disconnected`: the client gave up on the connection for good (see `closeCode`: 1008
  *   flooding, 4403 the backend disconnected the user).

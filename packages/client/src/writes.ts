@@ -217,9 +217,9 @@ export class Writes {
     }
   }
 
-  /** The chat cannot be registered: its writes fail. */
-  failWritesTo(key: string, error: ClientError): void {
-    for (const item of [...this.outbox.all()]) if (String(item.entry.chatId) === key) this.fail(item, error);
+  /** The chat cannot be registered: its writes fail (`removeStored` false: they stay in the storage). */
+  failWritesTo(key: string, error: ClientError, removeStored = true): void {
+    for (const item of [...this.outbox.all()]) if (String(item.entry.chatId) === key) this.fail(item, error, removeStored);
   }
 
   /** The client ended: every write fails, but stays in the storage (a persistent outbox sends it from the next client). */
