@@ -123,12 +123,19 @@ export class Client extends Emitter<ClientEvents> {
     return this.chats.open(id, options);
   }
 
-  /** Round trip of an application ping, in ms; rejects if the connection drops first. */
+  /**
+   * Round trip of an application ping, in ms; rejects `disconnected` if the connection drops
+   * first, or with the client's end (`closed` after `close()`) if the client ends first.
+   */
   ping(): Promise<number> {
     const started = Date.now();
     return new Promise((resolve, reject) => {
+      if (this.ended) return reject(this.ended);
       if (!this.isOpen()) return reject(new ClientError('disconnected', 'not connected'));
-      this.sendPing((answered) => (answered ? resolve(Date.now() - started) : reject(new ClientError('disconnected', 'no pong: the ping was refused or the connection dropped'))));
+      this.sendPing((answered) => {
+        if (answered) resolve(Date.now() - started);
+        else reject(this.ended ?? new ClientError('disconnected', 'no pong: the ping was refused or the connection dropped'));
+      });
     });
   }
 
