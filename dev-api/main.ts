@@ -3,17 +3,21 @@
  *
  *   PORT            listen port                          (default 8000, the gateway's AUTH_HOST default)
  *   HOST            bind address; 0.0.0.0 inside docker  (default 127.0.0.1 — not reachable from outside)
- *   DEV_API_SECRET  HS256 secret for the dev tokens      (default dev-secret-change-me)
+ *   DEV_API_SECRET  HS256 secret for the dev tokens      (default: a random one per run; set it to keep
+ *                   tokens valid across restarts)
  *
  * stdout gets one JSON line per request (method, path, status, ms) — never a header or a token.
  * Human help goes to stderr so stdout stays machine-readable.
  */
-import { DEFAULT_SECRET, startDevApi, type DevApi } from './app.js';
+import { randomBytes } from 'node:crypto';
+import { startDevApi, type DevApi } from './app.js';
 
 interface Config {
   port: number;
   host: string;
   secret: string;
+  /** Made for this run (DEV_API_SECRET unset or empty): no published secret anyone could sign tokens with. */
+  randomSecret: boolean;
 }
 
 /** Same convention as the gateway: a bad value stops the process with exit code 2 and one line. */
@@ -30,16 +34,17 @@ function readConfig(env: NodeJS.ProcessEnv): Config {
   }
   const host = env.HOST ?? '127.0.0.1';
   if (host.trim() === '') fail('HOST must not be empty');
-  const secret = env.DEV_API_SECRET ?? DEFAULT_SECRET;
-  if (secret === '') fail('DEV_API_SECRET must not be empty');
-  return { port, host, secret };
+  // Empty counts as unset: compose passes `${DEV_API_SECRET:-}` through.
+  const chosen = env.DEV_API_SECRET ?? '';
+  const randomSecret = chosen === '';
+  return { port, host, secret: randomSecret ? randomBytes(32).toString('base64url') : chosen, randomSecret };
 }
 
 function writeLine(line: object): void {
   process.stdout.write(`${JSON.stringify(line)}\n`);
 }
 
-function printHelp(api: DevApi, usingDefaultSecret: boolean): void {
+function printHelp(api: DevApi, randomSecret: boolean): void {
   const help = [
     `dev-api listening on ${api.url}`,
     '',
@@ -48,7 +53,7 @@ function printHelp(api: DevApi, usingDefaultSecret: boolean): void {
     '',
     'Point the gateway at it:  AUTH_HOST=' + api.url + ' npm run dev',
     'Fault knobs: POST/DELETE /__faults, GET/DELETE /__requests, PUT /__chats/{chat_id}/members (see docs/dev-api.md)',
-    usingDefaultSecret ? 'Note: using the default DEV_API_SECRET — development only.' : '',
+    randomSecret ? 'Tokens are signed with a secret made for this run: they end with it (DEV_API_SECRET keeps one).' : '',
   ];
   process.stderr.write(`${help.join('\n')}\n`);
 }
@@ -72,7 +77,7 @@ async function main(): Promise<void> {
   const config = readConfig(process.env);
   let api: DevApi;
   try {
-    api = await startDevApi({ ...config, log: writeLine });
+    api = await startDevApi({ port: config.port, host: config.host, secret: config.secret, log: writeLine });
   } catch (err) {
     process.stderr.write(`dev-api: cannot listen on ${config.host}:${config.port}: ${String(err)}\n`);
     process.exit(1);
@@ -84,9 +89,9 @@ async function main(): Promise<void> {
     url: api.url,
     host: config.host,
     port: api.port,
-    secret: config.secret === DEFAULT_SECRET ? 'default' : 'custom', // never the secret itself
+    secret: config.randomSecret ? 'random' : 'custom', // never the secret itself
   });
-  printHelp(api, config.secret === DEFAULT_SECRET);
+  printHelp(api, config.randomSecret);
 }
 
 void main();

@@ -668,3 +668,30 @@ describe('close', () => {
     assert.equal((await call('/__faults', { method: 'GET' })).status, 200);
   });
 });
+
+describe('npm run dev-api (the CLI entry)', () => {
+  test('signs with a secret made for this run unless DEV_API_SECRET is set: a token signed with the published default is refused', async () => {
+    const { spawn } = await import('node:child_process');
+    const { SignJWT } = await import('jose');
+    const proc = spawn(process.execPath, ['--import', 'tsx', 'dev-api/main.ts'], {
+      cwd: new URL('../..', import.meta.url),
+      env: { PATH: process.env.PATH ?? '', PORT: '0', DEV_API_SECRET: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      let out = '';
+      proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      const started = Date.now();
+      while (!out.includes('dev-api listening') && Date.now() - started < 15_000) await new Promise((r) => setTimeout(r, 50));
+      const line = JSON.parse(out.split('\n').find((l) => l.includes('dev-api listening'))!) as { url: string; secret: string };
+      assert.equal(line.secret, 'random');
+      const verify = (token: string) => fetch(`${line.url}/auth/verify`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{"chat_id":1}' });
+      const minted = (await (await fetch(`${line.url}/dev/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"user_id":1}' })).json()) as { token: string };
+      assert.equal((await verify(minted.token)).status, 200, 'its own tokens verify');
+      const forged = await new SignJWT({}).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setSubject('1').setIssuedAt().setExpirationTime('1h').sign(new TextEncoder().encode('dev-secret-change-me'));
+      assert.equal((await verify(forged)).status, 401, 'the published default secret signs nothing it accepts');
+    } finally {
+      proc.kill('SIGTERM');
+    }
+  });
+});
