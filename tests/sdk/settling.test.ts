@@ -134,4 +134,21 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
       assert.deepEqual((storage.load()).map((e) => e.data.id), [id], 'kept in the storage, as by close(): the next client sends it');
     });
   }
+
+  it('a gateway closing 1009 (frame too large) fails the write in flight with the most bytes on the wire (UTF-8), not the longest string; the other is resent and acked', { timeout: 20_000 }, async () => {
+    const small = await h.gateway({ MAX_MESSAGE_BYTES: '2000' });
+    const a = await sdk(h, 1, { url: small.wsUrl, reconnect: { minDelayMs: 50, maxDelayMs: 100 } });
+    const [idA, idB] = [uniqueChat(), uniqueChat()];
+    const chatA = a.client.chat(idA);
+    const chatB = a.client.chat(idB);
+    await Promise.all([chatA.ready(), chatB.ready()]);
+    h.api.addFault({ op: 'save', delayMs: 800, times: 1 }); // A is still in flight when B's frame arrives
+    // A: ~1,900 bytes and as many UTF-16 units; B: ~1,000 units but ~2,000 bytes, past the limit.
+    const ascii = chatA.send({ ...text('a'), note: 'a'.repeat(1850) }, { id: `ascii-${idA}` });
+    await waitFor(() => h.api.requests.some((r) => r.op === 'save' && (r.body as { id?: string }).id === `ascii-${idA}`), 3000, "A's save at the main API");
+    const wide = outcome(chatB.send({ ...text('b'), note: 'é'.repeat(1000) }, { id: `wide-${idB}` }));
+    assert.equal(await wide, 'too_large', 'the frame the gateway refused');
+    const ack = await ascii;
+    assert.equal(ack.id, `ascii-${idA}`, 'the smaller frame is not failed: resent and acked');
+  });
 });

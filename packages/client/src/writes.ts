@@ -211,8 +211,10 @@ export class Writes {
       item.maybeApplied = true; // it may have been saved; the resend is answered `duplicate`
     }
     if (code === 1009) {
-      // The gateway refused a frame as too large; the largest write in flight is the one.
-      const largest = inFlight.sort((a, b) => b.text.length - a.text.length)[0];
+      // The gateway refused a frame as too large; the largest write in flight is the one — in
+      // bytes on the wire (UTF-8), not in UTF-16 units: "é" is one unit but two bytes.
+      const bytes = new Map(inFlight.map((p) => [p, utf8.encode(p.text).length]));
+      const largest = inFlight.sort((a, b) => bytes.get(b)! - bytes.get(a)!)[0];
       if (largest) this.fail(largest, new ClientError('too_large', 'the gateway closed the connection: frame too large (1009)', { op: largest.entry.op, id: largest.entry.data.id, closeCode: code }));
     }
   }
