@@ -151,4 +151,20 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
     const ack = await ascii;
     assert.equal(ack.id, `ascii-${idA}`, 'the smaller frame is not failed: resent and acked');
   });
+
+  it('chat.send() without an id in a runtime without crypto returns a promise that rejects bad_request (it threw synchronously); with an id it works', { timeout: 15_000 }, async () => {
+    const a = await sdk(h, 1);
+    const chat = a.client.chat(uniqueChat());
+    await chat.ready();
+    const crypto = Object.getOwnPropertyDescriptor(globalThis, 'crypto')!;
+    let sent: Promise<unknown> | undefined;
+    Object.defineProperty(globalThis, 'crypto', { value: undefined, configurable: true });
+    try {
+      assert.doesNotThrow(() => void (sent = chat.send(text('no id'))), 'send() does not throw');
+    } finally {
+      Object.defineProperty(globalThis, 'crypto', crypto);
+    }
+    await assert.rejects(sent!, (e: ClientError) => e instanceof ClientError && e.code === 'bad_request' && /pass message ids yourself/.test(e.message));
+    assert.equal((await chat.send(text('with an id'), { id: `given-${chat.id}` })).duplicate, false);
+  });
 });

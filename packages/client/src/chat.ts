@@ -1,3 +1,4 @@
+import { ClientError, errorText } from './errors.js';
 import type { Ack, ChatEvents, ChatId, Content, Position, RegisteredEvent, UserId, WriteOp } from './types.js';
 
 /** What a chat handle needs from its client (kept narrow so the handle stays a thin facade). */
@@ -23,10 +24,17 @@ export class Chat {
   /**
    * Sends a message; resolves with the ack once the main API saved it (a `duplicate` ack means
    * an earlier send of this id was saved), rejects with a `ClientError`. The id is generated
-   * unless given; the SDK resends with the same id until it gets an answer.
+   * unless given; the SDK resends with the same id until it gets an answer. It never throws:
+   * an id that cannot be generated (no `crypto` in the runtime) rejects `bad_request`.
    */
   send(content: Content, options: { id?: string } = {}): Promise<Ack> {
-    return this.host.write(this, 'message', { ...content, id: options.id ?? this.host.newId() });
+    let id: string;
+    try {
+      id = options.id ?? this.host.newId();
+    } catch (err) {
+      return Promise.reject(new ClientError('bad_request', errorText(err), { op: 'message', chatId: this.id }));
+    }
+    return this.host.write(this, 'message', { ...content, id });
   }
 
   /** Replaces the content of message `id` (only its sender may). */
