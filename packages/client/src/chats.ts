@@ -54,8 +54,8 @@ export class Chats {
   /** Causes of refused registers the app was told of since a chat last registered (see reportRetriedRegister). */
   private readonly registerRefusalsReported = new Set<'connections' | 'refused'>();
   private readonly handleHost: ChatHost;
-  /** Handles whose chat is gone, with its state (its `ended` says why). */
-  private readonly goneHandles = new WeakMap<Chat, ChatState>();
+  /** Handles whose chat is gone, with why (its state and stream are not kept for them). */
+  private readonly goneHandles = new WeakMap<Chat, ClientError>();
 
   constructor(
     private readonly core: Core,
@@ -445,7 +445,7 @@ export class Chats {
   private forget(state: ChatState, error: ClientError): void {
     state.status = 'gone';
     state.ended = error;
-    this.goneHandles.set(state.chat, state);
+    this.goneHandles.set(state.chat, error);
     clearTimer(state.retryTimer);
     state.retryTimer = null;
     for (const w of state.waiters.splice(0)) w.reject(error);
@@ -509,8 +509,8 @@ export class Chats {
     };
     /** Why the handle's chat is gone (left, refused, revoked…), for what is asked of it since. */
     const goneError = (chat: Chat, context: { op?: string; id?: string }): ClientError => {
-      const ended = this.goneHandles.get(chat)?.ended;
-      if (ended == null) return new ClientError('closed', 'the chat was left', { ...context, chatId: chat.id });
+      const ended = this.goneHandles.get(chat);
+      if (ended === undefined) return new ClientError('closed', 'the chat was left', { ...context, chatId: chat.id });
       return new ClientError(ended.code, ended.message, { ...ended.details, ...context, chatId: chat.id });
     };
     return {
