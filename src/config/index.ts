@@ -98,8 +98,16 @@ const REDIS_VARIABLES = ['REDIS_HOST', 'REDIS_CLUSTER'];
  */
 export function unreadRedisVariables(env: Env): string[] {
   return Object.keys(env)
-    .filter((name) => /^REDIS_/.test(name) && !REDIS_VARIABLES.includes(name) && (env[name] ?? '').trim() !== '')
+    .filter((name) => /^REDIS_/.test(name) && !REDIS_VARIABLES.includes(name) && (env[name] ?? '').trim() !== '' && !fromKubernetes(name, env[name]!))
     .sort();
+}
+
+/**
+ * What Kubernetes sets in every pod for a Service named `redis` (REDIS_SERVICE_HOST,
+ * REDIS_SERVICE_PORT, REDIS_PORT=tcp://…, REDIS_PORT_6379_TCP…): not the operator's doing.
+ */
+function fromKubernetes(name: string, value: string): boolean {
+  return /^REDIS_SERVICE_/.test(name) || (/^REDIS_PORT/.test(name) && /^(tcp|udp|sctp):\/\//.test(value.trim())) || /^REDIS_PORT_\d+_(TCP|UDP|SCTP)/.test(name);
 }
 
 export function loadConfig(env: Env = readEnv()): Config {

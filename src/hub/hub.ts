@@ -65,6 +65,10 @@ export class Hub {
    */
   private readonly logLimit = new LogLimiter();
   private lateBytes = 0;
+  /** How many late broadcasts each chat has waiting: its new writes wait for them (see `append`). */
+  private readonly lateChats = new Map<IdKey, number>();
+  /** Wakes writes waiting for their chat's late broadcasts: called whenever one leaves the queue. */
+  private readonly lateListeners = new Set<() => void>();
   /** Shutting down: nothing more waits (see abandonLateNow). */
   private lateAbandoned = false;
   private lateTimer: NodeJS.Timeout | null = null;
@@ -238,18 +242,45 @@ export class Hub {
   append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition | null> {
     const firstAt = Date.now();
     const token = this.tokenPrefix + (++this.appends).toString(36);
-    // Saved after broadcasts of the chat that still wait to be published late: it waits behind
-    // them (the engine may answer again before the late queue's next turn; appended now, an
-    // edit would reach the chat before its message).
-    if (this.late.length > 0 && this.late.some((entry) => entry.chat === chat)) {
-      this.deferLate({ chat, frame, sender: exceptConn, key, attempt: { token, retry: false, firstAt }, at: firstAt }, 'earlier broadcasts of the chat wait to be published');
-      void this.publishLate();
-      return Promise.resolve(null);
-    }
+    if (this.lateChats.size > 0 && this.lateChats.has(chat)) return this.appendAfterLate(chat, frame, exceptConn, key, token, firstAt);
+    return this.appendNow(chat, frame, exceptConn, key, token, firstAt);
+  }
+
+  private appendNow(chat: IdKey, frame: Buffer, exceptConn: string | null, key: string | undefined, token: string, firstAt: number): Promise<StreamPosition | null> {
     // The usual case is one try; only a failure enters the retry loop.
     return this.timed(() => this.engine.append(chat, frame, exceptConn, key, { token, retry: false, firstAt })).catch((err: unknown) =>
       this.appendRetrying(chat, frame, exceptConn, key, { token, retry: true, firstAt }, err),
     );
+  }
+
+  /**
+   * Saved while broadcasts of its chat still wait to be published late: appended once they are
+   * out (the engine may answer again just before the late queue's next turn; appended at once,
+   * an edit would reach the chat before its message). Waits at most what its own retries would
+   * (`publishRetryMs`), then joins the queue behind them, acked without a position. Only its
+   * chat waits: other chats' writes, and this one once its chat is clear, go straight to the
+   * engine, never through the one late queue.
+   */
+  private async appendAfterLate(chat: IdKey, frame: Buffer, exceptConn: string | null, key: string | undefined, token: string, firstAt: number): Promise<StreamPosition | null> {
+    void this.publishLate(); // the engine may serve again: its next turn now, not in a second
+    const giveUpAt = firstAt + this.limits.publishRetryMs;
+    while (this.lateChats.has(chat)) {
+      const left = giveUpAt - Date.now();
+      if (left <= 0 || this.lateAbandoned) {
+        this.deferLate({ chat, frame, sender: exceptConn, key, attempt: { token, retry: false, firstAt }, at: Date.now() }, 'earlier broadcasts of the chat still wait to be published');
+        return null;
+      }
+      await new Promise<void>((resolve) => {
+        const wake = () => {
+          clearTimeout(timer);
+          this.lateListeners.delete(wake);
+          resolve();
+        };
+        const timer = setTimeout(wake, left);
+        this.lateListeners.add(wake);
+      });
+    }
+    return this.appendNow(chat, frame, exceptConn, key, token, firstAt);
   }
 
   private async appendRetrying(chat: IdKey, frame: Buffer, exceptConn: string | null, key: string | undefined, retry: AppendAttempt, firstError: unknown): Promise<StreamPosition | null> {
@@ -284,11 +315,21 @@ export class Hub {
     this.logLimit.log(this.log, 'warn', 'late', { chat: entry.chat, err: why, waiting: this.late.length + 1 }, 'saved operation not broadcast yet: engine failing; it will be published late');
     this.late.push(entry);
     this.lateBytes += entry.frame.length;
+    this.lateChats.set(entry.chat, (this.lateChats.get(entry.chat) ?? 0) + 1);
     this.scheduleLate();
   }
 
   private shiftLate(): void {
-    this.lateBytes -= this.late.shift()!.frame.length;
+    this.unlistLate(this.late.shift()!);
+  }
+
+  /** An entry has left the queue (published or dropped): its chat's writes may go on. */
+  private unlistLate(entry: LateBroadcast): void {
+    this.lateBytes -= entry.frame.length;
+    const left = (this.lateChats.get(entry.chat) ?? 1) - 1;
+    if (left > 0) this.lateChats.set(entry.chat, left);
+    else this.lateChats.delete(entry.chat);
+    for (const wake of [...this.lateListeners]) wake();
   }
 
   private dropLate(entry: LateBroadcast, why: string): void {
@@ -325,6 +366,8 @@ export class Hub {
         try {
           result = await this.timed(() => this.engine.append(entry.chat, entry.frame, null, entry.key, entry.attempt));
         } catch {
+          // A try that timed out may still run: every later one looks for it first.
+          if (!entry.attempt.retry) entry.attempt = { ...entry.attempt, retry: true };
           if (this.lateAbandoned) this.dropLateFrom(0); // its last try failed: dropped and counted now
           break;
         }
@@ -359,7 +402,7 @@ export class Hub {
 
   private dropLateFrom(index: number): void {
     for (const entry of this.late.splice(index)) {
-      this.lateBytes -= entry.frame.length;
+      this.unlistLate(entry);
       this.dropLate(entry, 'instance shutting down');
     }
   }

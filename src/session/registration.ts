@@ -41,7 +41,7 @@ interface Held {
  * where the client starts.
  */
 export class Registration implements Member {
-  /** performance.now() of the last typing forwarded; 0: none yet (a small integer, no boxed number per registration). */
+  /** performance.now() of the last typing forwarded; 0: none yet (a small integer: an idle registration holds no boxed number). */
   lastTypingAt = 0;
   /** Its credentials deadline (token expiry or re-verify; see Session.watchCredentials), as ctx.deadlines keeps it. */
   deadline: number | null = null;

@@ -510,8 +510,9 @@ export class Session implements Connection, WriteTurnMark {
 
   /**
    * A line of this connection's life at LOG_LEVEL=debug (opened, registered, refused, ended,
-   * closed): ids and outcomes only, never a token or content. Checked first, so that at the
-   * usual levels it costs no object per call.
+   * closed): ids and outcomes only, never a token or content. At the usual levels it costs a call
+   * and the caller's fields, once per connection or registration; the per-frame caller (a refused
+   * request) checks `ctx.debug` itself.
    */
   debug(msg: string, fields?: Record<string, unknown>): void {
     if (this.ctx.debug) this.ctx.log.debug({ conn: this.id, ...fields }, msg);

@@ -619,7 +619,9 @@ describe('Redis stalled past PUBLISH_RETRY_MS: the late broadcast an attempt had
       await cli(h.redis!.port, 'config', 'set', 'maxmemory', '0');
     }
     await waitFor(() => h.instances[0]!.gateway.engine.isReady(), 5000, 'ready again');
-    await a.request({ type: 'edit_message', data: { id, ciphertext: 'v2' } }, { type: 'ack', op: 'edit_message' });
+    // It waits for its chat's late broadcast, then is appended as usual: its ack has its position.
+    const edited = await a.request({ type: 'edit_message', data: { id, ciphertext: 'v2' } }, { type: 'ack', op: 'edit_message' }, 5000);
+    assert.equal(edited.seq, 2);
     await b.next({ type: 'edit_message' }, 5000);
     assert.deepEqual(b.all((f) => f.type === 'message' || f.type === 'edit_message').map((f) => [f.type, f.seq]), [['message', 1], ['edit_message', 2]]);
     a.close();

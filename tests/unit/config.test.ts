@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { ConfigError, loadConfig, normalizeOrigin, readEnv, redactUrl } from '../../src/config/index.js';
+import { ConfigError, loadConfig, normalizeOrigin, readEnv, redactUrl, unreadRedisVariables } from '../../src/config/index.js';
 import { TestClient } from '../support/client.js';
 import { Harness } from '../support/harness.js';
 
@@ -61,6 +61,13 @@ describe('config', () => {
     assert.ok(read.size > 20, 'the variables are found in the source');
     assert.deepEqual([...read].filter((name) => !documented.has(name)), [], 'read but not in the README');
     assert.deepEqual([...documented].filter((name) => !read.has(name)), [], 'in the README but not read');
+  });
+
+  it('Redis variables the gateway does not read are listed for a warning; what Kubernetes sets for a Service named redis is not', () => {
+    const kubernetes = { REDIS_PORT: 'tcp://10.0.0.5:6379', REDIS_SERVICE_HOST: '10.0.0.5', REDIS_SERVICE_PORT: '6379', REDIS_PORT_6379_TCP_ADDR: '10.0.0.5' };
+    assert.deepEqual(unreadRedisVariables({ ...kubernetes, REDIS_HOST: 'redis://r:6379', REDIS_CLUSTER: 'false' }), []);
+    assert.deepEqual(unreadRedisVariables({ ...kubernetes, REDIS_URL: 'redis://r:6379', REDIS_PASSWORD: '', REDIS_DB: '1' }), ['REDIS_DB', 'REDIS_URL']);
+    assert.deepEqual(unreadRedisVariables({ REDIS_PORT: '6379' }), ['REDIS_PORT'], 'a port number is someone\'s setting');
   });
 
   it('REDIS_HOST: URL, bare host:port, password kept, cluster seeds', () => {
