@@ -512,7 +512,8 @@ export class Session implements Connection, WriteTurnMark {
    * A line of this connection's life at LOG_LEVEL=debug (opened, registered, refused, ended,
    * closed): ids and outcomes only, never a token or content. At the usual levels it costs a call
    * and the caller's fields, once per connection or registration; the per-frame caller (a refused
-   * request) checks `ctx.debug` itself.
+   * request) checks `ctx.debug` itself, and so must a caller whose fields cost memory to read
+   * (a socket's remoteAddress is cached on it for good).
    */
   debug(msg: string, fields?: Record<string, unknown>): void {
     if (this.ctx.debug) this.ctx.log.debug({ conn: this.id, ...fields }, msg);
