@@ -18,14 +18,34 @@ const API_TIMEOUT_MS = 5000;
 
 /**
  * The main-API routes the page may reach through /api (method, path pattern), matched against
- * the path as it will be requested — after URL normalization (`..`, `\`, `#`) — with ids of
- * plain characters only, so no spelling of a path reaches another route.
+ * the path as it will be requested — after URL normalization (`..`, `\`, `#`, and `%2e` as a dot)
+ * — with ids of plain characters only, so no spelling of a path reaches another route. A chat id
+ * is any the gateway accepts (`[A-Za-z0-9_.:-]`, 1–64, not only dots), percent-encoded by the
+ * page (`:` as `%3A`): checked once decoded, so `%2F` and the like never pass.
  */
-const API_ROUTES: ReadonlyArray<[string, RegExp]> = [
+const API_ROUTES: ReadonlyArray<[string, RegExp, ((m: RegExpExecArray) => boolean)?]> = [
   ['POST', /^\/dev\/token$/],
   ['PUT', /^\/devices\/[A-Za-z0-9_-]+\/key$/],
-  ['GET', /^\/chats\/[A-Za-z0-9_-]+\/(devices|messages)$/],
+  ['GET', /^\/chats\/([A-Za-z0-9_.%-]+)\/(?:devices|messages)$/, (m) => isChatId(m[1]!)],
 ];
+
+function isChatId(segment: string): boolean {
+  let id: string;
+  try {
+    id = decodeURIComponent(segment);
+  } catch {
+    return false;
+  }
+  return /^[A-Za-z0-9_.:-]{1,64}$/.test(id) && !/^\.+$/.test(id);
+}
+
+function routeAllowed(method: string, route: string): boolean {
+  return API_ROUTES.some(([m, pattern, check]) => {
+    if (m !== method) return false;
+    const match = pattern.exec(route);
+    return match !== null && (check === undefined || check(match));
+  });
+}
 
 export interface ChatPageOptions {
   /** The gateway's WebSocket URL as the browser reaches it, e.g. ws://localhost:3000/ws. */
@@ -125,7 +145,7 @@ export async function startChatPage(opts: ChatPageOptions): Promise<ChatPage> {
       return json(res, 404, { error: `no route for ${method} /api${path}` });
     }
     const route = target.pathname.startsWith(`${prefix}/`) ? target.pathname.slice(prefix.length) : null;
-    if (target.origin !== apiBase.origin || route === null || !API_ROUTES.some(([m, pattern]) => m === method && pattern.test(route))) {
+    if (target.origin !== apiBase.origin || route === null || !routeAllowed(method, route)) {
       return json(res, 404, { error: `no route for ${method} /api${path}` });
     }
     const body = method === 'GET' ? '' : await readBody(req);

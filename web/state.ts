@@ -6,7 +6,7 @@ import type { Chat, ChatId, Client, ReceivedEdit, StateEvent, UserId } from '../
 import type { Api } from './api.js';
 import type { Recipient } from './crypto.js';
 import type { Device } from './device.js';
-import { trimMessages, type Entry } from './model.js';
+import { MESSAGES_KEPT, trimMessages, type Entry } from './model.js';
 
 export const DEMO_USERS: ReadonlyArray<{ id: string; name: string }> = [
   { id: '1', name: 'Alice' },
@@ -23,10 +23,14 @@ export interface PageConfig {
   gatewayUrl: string;
 }
 
+/** Deleted ids a chat remembers: ten times the messages it shows, far more than a reload can bring back. */
+export const DELETED_KEPT = 10 * MESSAGES_KEPT;
+
 export class ChatView {
   readonly key: string;
   readonly entries = new Map<string, Entry>();
   order: string[] = [];
+  /** Ids deleted while the page was open, the newest DELETED_KEPT (a history reload must not bring them back). */
   readonly deleted = new Set<string>();
   readonly typing = new Map<string, number>();
   unread = 0;
@@ -77,6 +81,8 @@ export class ChatView {
 
   remove(id: string): void {
     this.deleted.add(id);
+    // Bounded like the messages: a member deleting ids by the thousand must not grow every page.
+    if (this.deleted.size > DELETED_KEPT) this.deleted.delete(this.deleted.values().next().value!);
     if (this.entries.delete(id)) this.order = this.order.filter((x) => x !== id);
   }
 }

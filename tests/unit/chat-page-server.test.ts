@@ -54,6 +54,21 @@ describe('chat page server: /api reaches only the page\'s routes', () => {
   it('the page\'s own routes still work', async () => {
     assert.equal(await raw('POST', '/api/dev/token', '{"user_id":1}'), 200);
   });
+
+  it('every chat id the gateway accepts reaches its routes (dots, and colons sent as %3A); other spellings do not', async () => {
+    const authorization = `Bearer ${await api.mintToken(1)}`;
+    for (const id of ['a.b', 'a%3Ab', 'team_1-x', '...a']) {
+      assert.notEqual(await raw('GET', `/api/chats/${id}/devices`, undefined, { authorization }), 404, id);
+      assert.notEqual(await raw('GET', `/api/chats/${id}/messages`, undefined, { authorization }), 404, id);
+    }
+    // Only dots, an encoded slash or other character the gateway refuses, bad percent-encoding,
+    // too long: refused by the page server itself (its "no route" answer), never forwarded.
+    for (const id of ['...', '%2e%2e%2e', 'a%2Fb', 'a%20b', '%ZZ', 'x'.repeat(65)]) {
+      const res = await fetch(`http://127.0.0.1:${page.port}/api/chats/${id}/devices`, { headers: { authorization } });
+      assert.equal(res.status, 404, id);
+      assert.match(((await res.json()) as { error: string }).error, /^no route for GET/, id);
+    }
+  });
 });
 
 describe('chat page server: DNS rebinding', () => {
@@ -126,5 +141,16 @@ describe('npm run demo: neither a website nor the network can use it', () => {
     } finally {
       demo.kill('SIGKILL');
     }
+  });
+});
+
+describe('chat page state', () => {
+  it('the ids a chat remembers as deleted are bounded (a member deleting by the thousand does not grow every page): the oldest go', async () => {
+    const { ChatView, DELETED_KEPT } = await import('../../web/state.js');
+    const view = new ChatView({ id: 1 } as unknown as ConstructorParameters<typeof ChatView>[0], 'chat');
+    for (let i = 0; i < DELETED_KEPT + 500; i++) view.remove(`gone-${i}`);
+    assert.equal(view.deleted.size, DELETED_KEPT);
+    assert.equal(view.deleted.has('gone-0'), false);
+    assert.equal(view.deleted.has(`gone-${DELETED_KEPT + 499}`), true);
   });
 });
