@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { afterEach, describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { ClientError, MemoryStorage, type OutboxEntry, type OutboxStorage } from '../../packages/client/src/index.js';
+import { ClientError, MemoryStorage, type Chat, type OutboxEntry, type OutboxStorage } from '../../packages/client/src/index.js';
 import { sleep } from '../support/client.js';
 import { uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
 import { proxy, sdk, text } from './support.js';
@@ -166,5 +166,31 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
     }
     await assert.rejects(sent!, (e: ClientError) => e instanceof ClientError && e.code === 'bad_request' && /pass message ids yourself/.test(e.message));
     assert.equal((await chat.send(text('with an id'), { id: `given-${chat.id}` })).duplicate, false);
+  });
+
+  it('a chat opened again by a `failed` listener while leave() gives up on it (register refused for now) keeps its other writes and registers once the main API is back', { timeout: 20_000 }, async () => {
+    const p = await proxy(h);
+    const a = await sdk(h, 1, { url: p.url, reconnect: { minDelayMs: 50, maxDelayMs: 200 } });
+    const refusals = () => p.links.flatMap((l) => l.fromGateway).filter((f) => f.type === 'error' && f.op === 'register').length;
+    await a.client.chat(uniqueChat()).ready(); // keeps the connection registered
+    h.api.addFault({ op: 'verify', status: 503 });
+    const chatId = uniqueChat();
+    const chat = a.client.chat(chatId);
+    const first = outcome(chat.send(text('one'), { id: `one-${chatId}` }));
+    const second = outcome(chat.send(text('two'), { id: `two-${chatId}` }));
+    await waitFor(() => refusals() >= 2, 8000, 'two registers refused');
+    let reopened: Chat | undefined;
+    a.client.on('failed', (e) => {
+      if (e.chatId === chatId && reopened === undefined) reopened = a.client.chat(chatId);
+    });
+    chat.leave();
+    h.api.clearFaults();
+    const soon = (x: Promise<string>, ms = 3000) => Promise.race([x, sleep(ms).then(() => 'still pending')]);
+    assert.equal(await soon(first), 'closed', 'the write failed before the chat was opened again');
+    assert.equal(reopened, chat, 'opened again before the leave completed: the same handle');
+    assert.equal(await soon(outcome(chat.ready()), 8000), 'resolved', 'the chat registers again');
+    assert.equal(await soon(second), 'resolved', 'the write made before the leave, not failed yet when the chat was opened again, is sent');
+    assert.equal(await soon(outcome(chat.send(text('three')))), 'resolved', 'a write after opening it again is sent');
+    assert.deepEqual(a.all('failed').map((e) => e.id), [`one-${chatId}`]);
   });
 });

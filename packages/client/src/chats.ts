@@ -487,9 +487,19 @@ export class Chats {
     state.retryTimer = null;
     state.status = 'idle';
     const chatId = state.chat.id;
-    this.writes.failWritesTo(state.key, new ClientError('closed', `the chat was left while it could not be registered (${why}): the write was not sent`, { chatId }), false);
-    // Its last failed write completed the leave already (see `Writes.fail`), unless it had none.
-    if (this.chats.get(state.key) === state) this.finishLeaving(state);
+    const current = () => this.chats.get(state.key) === state && state.status !== 'gone' && !this.core.ended();
+    // A `failed` listener may open the chat again (`client.chat(id)`, the same handle): its
+    // writes not failed by then are the app's again, sent once it registers.
+    this.writes.abandonWritesTo(
+      state.key,
+      (item) => new ClientError('closed', `the chat was left while it could not be registered (${why}): the write was not sent`, { op: item.entry.op, id: item.entry.data.id, chatId }),
+      () => !state.leaving || !current(),
+    );
+    if (!current()) return; // its last failed write completed the leave (see `Writes.fail`)
+    if (state.leaving) return this.finishLeaving(state); // it had no writes
+    // Opened again meanwhile: it registers again, after its backoff (refused for now), unless a
+    // listener's call already started that.
+    if (state.status === 'idle' && state.retryTimer === null) this.retryRegister(state);
   }
 
   private typing(state: ChatState): void {

@@ -224,6 +224,19 @@ export class Writes {
     for (const item of [...this.outbox.all()]) if (String(item.entry.chatId) === key) this.fail(item, error, removeStored);
   }
 
+  /**
+   * The chat was left while it cannot register for now: its writes fail (`error` of each), staying
+   * in the storage — one by one, until `stop()` says so: a `failed` listener may open the chat
+   * again, and then its remaining writes are kept and sent once it registers.
+   */
+  abandonWritesTo(key: string, error: (item: Pending) => ClientError, stop: () => boolean): void {
+    for (const item of [...this.outbox.all()]) {
+      if (String(item.entry.chatId) !== key || !this.outbox.all().includes(item)) continue;
+      if (stop()) return;
+      this.fail(item, error(item), false);
+    }
+  }
+
   /** The client ended: every write fails, but stays in the storage (a persistent outbox sends it from the next client). */
   end(error: ClientError): void {
     for (const item of [...this.outbox.all()]) this.fail(item, error, false);
