@@ -193,4 +193,33 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
     assert.equal(await soon(outcome(chat.send(text('three')))), 'resolved', 'a write after opening it again is sent');
     assert.deepEqual(a.all('failed').map((e) => e.id), [`one-${chatId}`]);
   });
+
+  it('leave() giving up on a chat (register refused for now) fails a write sent before a connection loss as one that may have been saved (maybeApplied), not "not sent"', { timeout: 20_000 }, async () => {
+    const p = await proxy(h);
+    // A token provider: after the backend disconnects the user (4403) it is asked for a new token,
+    // whose verify the gateway has not cached (so the main API's 503 refuses the registers).
+    const a = await sdk(h, 1, { url: p.url, token: () => h.token(1), reconnect: { minDelayMs: 50, maxDelayMs: 200 } });
+    const refusals = () => p.links.flatMap((l) => l.fromGateway).filter((f) => f.type === 'error' && f.op === 'register').length;
+    const chatId = uniqueChat();
+    const chat = a.client.chat(chatId);
+    await chat.ready();
+    h.api.addFault({ op: 'save', delayMs: 1000, times: 1 });
+    const sentId = `sent-${chatId}`;
+    const sent = chat.send(text('saved, its ack lost'), { id: sentId }).then(() => null, (e: ClientError) => e);
+    await waitFor(() => h.api.requests.some((r) => r.op === 'save' && (r.body as { id?: string }).id === sentId), 3000, 'the save at the main API');
+    h.api.addFault({ op: 'verify', status: 503 });
+    await serverApi(h, '/users/1/disconnect', { reason: 'test' });
+    await waitFor(() => refusals() >= 1, 8000, 'a register refused after the reconnect');
+    const unsentId = `unsent-${chatId}`;
+    const unsent = chat.send(text('never sent'), { id: unsentId }).then(() => null, (e: ClientError) => e);
+    chat.leave();
+    const [e1, e2] = [await sent, await unsent];
+    assert.ok(e1 instanceof ClientError && e1.code === 'closed', 'the sent write fails closed');
+    assert.equal(e1.details.maybeApplied, true, 'it may have been saved');
+    assert.match(e1.message, /may have been saved/);
+    assert.doesNotMatch(e1.message, /not sent/);
+    assert.ok(e2 instanceof ClientError && e2.code === 'closed');
+    assert.equal(e2.details.maybeApplied, undefined, 'the write never sent was not saved');
+    assert.match(e2.message, /was not sent/);
+  });
 });

@@ -478,7 +478,8 @@ export class Chats {
   /**
    * A chat being left that cannot register for now (its register refused `upstream_unavailable`,
    * `rate_limited`, its token refused or not to be had) is not registered again: `leave()` is how
-   * the app stops trying. Its writes, none of them sent on a registration since, fail `closed` and
+   * the app stops trying. Its writes fail `closed` — not sent since it could not register, but one
+   * sent before (its ack lost with a connection) may have been saved: `maybeApplied` — and
    * stay in the storage (as with `close()`: a persistent outbox sends them from the next client);
    * then the leave completes.
    */
@@ -492,7 +493,13 @@ export class Chats {
     // writes not failed by then are the app's again, sent once it registers.
     this.writes.abandonWritesTo(
       state.key,
-      (item) => new ClientError('closed', `the chat was left while it could not be registered (${why}): the write was not sent`, { op: item.entry.op, id: item.entry.data.id, chatId }),
+      (item) => {
+        const context = { op: item.entry.op, id: item.entry.data.id, chatId };
+        // Sent before (its answer lost with a connection, or restored from the storage: an
+        // earlier client may have sent it): the main API may have saved it.
+        if (item.maybeApplied || item.inFlight) return new ClientError('closed', `the chat was left while it could not be registered (${why}): the write was sent before and may have been saved (its answer was lost)`, { ...context, maybeApplied: true });
+        return new ClientError('closed', `the chat was left while it could not be registered (${why}): the write was not sent`, context);
+      },
       () => !state.leaving || !current(),
     );
     if (!current()) return; // its last failed write completed the leave (see `Writes.fail`)

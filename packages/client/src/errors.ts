@@ -42,6 +42,11 @@ export class ClientError extends Error {
       chatId?: string | number;
       /** The WebSocket close code that ended the connection, for `disconnected` (1008, 4403) and 4401. */
       closeCode?: number;
+      /**
+       * A write given up on (`closed` by a `leave()` that stopped trying) that was sent before —
+       * its ack lost with a connection, or restored from the storage — and may have been saved.
+       */
+      maybeApplied?: boolean;
     } = {},
   ) {
     super(message);
