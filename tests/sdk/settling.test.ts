@@ -222,4 +222,17 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
     assert.equal(e2.details.maybeApplied, undefined, 'the write never sent was not saved');
     assert.match(e2.message, /was not sent/);
   });
+
+  it('ready() called after leave() rejects closed, also while a write made before the leave keeps the chat registered', { timeout: 15_000 }, async () => {
+    const a = await sdk(h, 1);
+    const chat = a.client.chat(uniqueChat());
+    await chat.ready();
+    h.api.addFault({ op: 'save', delayMs: 1000, times: 1 });
+    const write = outcome(chat.send(text('slow save')));
+    chat.leave();
+    const soon = (x: Promise<string>) => Promise.race([x, sleep(500).then(() => 'still pending')]);
+    assert.deepEqual([await soon(outcome(chat.send(text('after the leave')))), await soon(outcome(chat.ready()))], ['closed', 'closed']);
+    assert.equal(await write, 'resolved', 'the write made before the leave is still acked');
+    assert.equal(await soon(outcome(chat.ready())), 'closed', 'and once the leave completed');
+  });
 });

@@ -62,7 +62,10 @@ export class Chat {
     this.host.leave(this);
   }
 
-  /** Resolves on the next `registered` (at once if registered now); rejects if the chat is refused. */
+  /**
+   * Resolves on the next `registered` (at once if registered now); rejects if the chat is refused
+   * (with the refusal's error) or left (`closed`, as soon as `leave()` is called).
+   */
   ready(): Promise<RegisteredEvent> {
     return this.host.ready(this);
   }

@@ -549,6 +549,8 @@ export class Chats {
         const ended = this.core.ended();
         if (ended) return Promise.reject(ended);
         if (state === undefined) return Promise.reject(goneError(chat, {}));
+        // Left, its leave waiting for the answers to its earlier writes: as a write made now.
+        if (state.leaving) return Promise.reject(new ClientError('closed', 'the chat was left', { chatId: chat.id }));
         if (state.status === 'registered' && state.lastRegistered) return Promise.resolve(state.lastRegistered);
         return new Promise((resolve, reject) => state.waiters.push({ resolve, reject }));
       },
