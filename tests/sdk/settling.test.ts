@@ -235,4 +235,16 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
     assert.equal(await write, 'resolved', 'the write made before the leave is still acked');
     assert.equal(await soon(outcome(chat.ready())), 'closed', 'and once the leave completed');
   });
+
+  it('a chat left while its register is out, then refused for good (forbidden): its earlier write fails forbidden, but the handle answers closed, as every chat the app left', { timeout: 15_000 }, async () => {
+    const chatId = uniqueChat();
+    h.api.setMembers(chatId, [2]); // user 1 is refused: forbidden
+    const a = await sdk(h, 1);
+    const chat = a.client.chat(chatId);
+    const write = outcome(chat.send(text('made before the leave')));
+    chat.leave();
+    assert.equal(await write, 'forbidden', 'the write made before the leave: its own outcome');
+    await a.next('unregistered', (e) => e.chatId === chatId);
+    assert.deepEqual([await outcome(chat.send(text('after the leave'))), await outcome(chat.ready())], ['closed', 'closed'], 'the app left the chat: closed');
+  });
 });

@@ -434,9 +434,13 @@ export class Chats {
     this.core.emit('error', { error: new ClientError(error.code, error.message, { ...error.details, chatId: state.chat.id }), during });
   }
 
-  /** A chat that cannot be (re)registered: its writes fail, and the app is told. */
+  /**
+   * A chat that cannot be (re)registered: its writes fail, and the app is told. One the app left
+   * meanwhile answers later calls on its handle `closed`, as every chat the app left (its writes
+   * made before the leave fail with the refusal: that is their outcome).
+   */
   private drop(state: ChatState, error: ClientError, reason?: string): void {
-    this.forget(state, error);
+    this.forget(state, state.leaving ? new ClientError('closed', 'the chat was left', { chatId: state.chat.id }) : error);
     this.writes.failWritesTo(state.key, error);
     this.core.emit('unregistered', { chatId: state.chat.id, error, ...(reason === undefined ? {} : { reason }) });
     this.host.closeIfIdle();
