@@ -247,4 +247,14 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
     await a.next('unregistered', (e) => e.chatId === chatId);
     assert.deepEqual([await outcome(chat.send(text('after the leave'))), await outcome(chat.ready())], ['closed', 'closed'], 'the app left the chat: closed');
   });
+
+  it('a boxed NaN or Infinity (new Number(NaN)) in the content is refused bad_request before sending, as a plain one (JSON wrote it as null)', { timeout: 15_000 }, async () => {
+    const a = await sdk(h, 1);
+    const chat = a.client.chat(uniqueChat());
+    await chat.ready();
+    for (const n of [new Number(NaN), new Number(Infinity), NaN]) {
+      await assert.rejects(chat.send({ ...text('x'), n }), (e: ClientError) => e instanceof ClientError && e.code === 'bad_request' && /not a JSON number/.test(e.message), String(n));
+    }
+    assert.equal((await chat.send({ ...text('a boxed finite number'), n: new Number(1.5) })).duplicate, false, 'a boxed finite number is sent');
+  });
 });

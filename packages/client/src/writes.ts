@@ -333,10 +333,25 @@ export class Writes {
   }
 }
 
-/** JSON would write NaN and ±Infinity as null: refused instead (the gateway could not tell). */
+/**
+ * JSON would write NaN and ±Infinity as null: refused instead (the gateway could not tell) — also
+ * boxed (`new Number(NaN)`), which JSON writes as its value: unwrapped first, and that is written.
+ */
 function finiteOnly(_key: string, value: unknown): unknown {
-  if (typeof value === 'number' && !Number.isFinite(value)) throw new Error(`${value} is not a JSON number`);
-  return value;
+  const n = isNumberObject(value) ? Number(value) : value;
+  if (typeof n === 'number' && !Number.isFinite(n)) throw new Error(`${n} is not a JSON number`);
+  return n;
+}
+
+/** A Number object (from any realm: `instanceof` would miss another frame's). */
+function isNumberObject(value: unknown): value is Number {
+  if (typeof value !== 'object' || value === null) return false;
+  try {
+    Number.prototype.valueOf.call(value);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /**
