@@ -257,4 +257,25 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
     }
     assert.equal((await chat.send({ ...text('a boxed finite number'), n: new Number(1.5) })).duplicate, false, 'a boxed finite number is sent');
   });
+
+  it("writes given up on by leave() (register refused for now) do not stay in the client's default in-memory storage (nobody reads it again: they built up for the client's life)", { timeout: 20_000 }, async () => {
+    const p = await proxy(h);
+    const a = await sdk(h, 1, { url: p.url, reconnect: { minDelayMs: 50, maxDelayMs: 200 } });
+    const refusals = () => p.links.flatMap((l) => l.fromGateway).filter((f) => f.type === 'error' && f.op === 'register').length;
+    h.api.addFault({ op: 'verify', status: 503 });
+    const chat = a.client.chat(uniqueChat());
+    let content: WeakRef<object> | undefined;
+    const write = (() => {
+      const held = { rows: new Array(1000).fill('what the write carried') };
+      content = new WeakRef(held);
+      return outcome(chat.send({ ...text('given up on'), held }));
+    })();
+    await waitFor(() => refusals() >= 2, 8000, 'two registers refused');
+    chat.leave();
+    assert.equal(await write, 'closed');
+    await sleep(50); // the storage's remove() runs after its put()
+    await new Promise((r) => setImmediate(r)); // WeakRefs made in this job hold their targets until it ends
+    collectGarbage();
+    assert.equal(content!.deref(), undefined, 'the write is not kept');
+  });
 });

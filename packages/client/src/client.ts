@@ -104,7 +104,7 @@ export class Client extends Emitter<ClientEvents> {
       reregister: (state) => this.chats.reregister(state),
       deliver: (deliveries) => this.deliverer.deliver(deliveries),
       finishLeaving: (state) => this.chats.finishLeaving(state),
-    });
+    }, options.storage === undefined);
     this.chats = new Chats(core, options, this.keeper, this.writes, this.deliverer, {
       connectSoon: () => this.connectSoon(),
       closeIfIdle: () => this.closeIfIdle(),

@@ -41,6 +41,11 @@ export class Writes {
     private readonly core: Core,
     storage: OutboxStorage,
     private readonly chats: WriteChats,
+    /**
+     * The storage is the client's own in-memory one (the app passed none): nothing reads it after
+     * this client, so an entry given up on is removed from it rather than kept for a next client.
+     */
+    private readonly ownStorage = false,
   ) {
     this.outbox = new Outbox(storage, (err) => this.storageFailed(err));
     void this.outbox.loaded.then(() => {
@@ -226,14 +231,15 @@ export class Writes {
 
   /**
    * The chat was left while it cannot register for now: its writes fail (`error` of each), staying
-   * in the storage — one by one, until `stop()` says so: a `failed` listener may open the chat
-   * again, and then its remaining writes are kept and sent once it registers.
+   * in the storage (unless it is the client's own, which nobody reads again: kept there, they
+   * built up for the client's life) — one by one, until `stop()` says so: a `failed` listener may
+   * open the chat again, and then its remaining writes are kept and sent once it registers.
    */
   abandonWritesTo(key: string, error: (item: Pending) => ClientError, stop: () => boolean): void {
     for (const item of [...this.outbox.all()]) {
       if (String(item.entry.chatId) !== key || !this.outbox.all().includes(item)) continue;
       if (stop()) return;
-      this.fail(item, error(item), false);
+      this.fail(item, error(item), this.ownStorage);
     }
   }
 
