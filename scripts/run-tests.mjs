@@ -1,7 +1,9 @@
 // Runs every tests/**/*.test.ts with node's test runner (Node 20 has no --test glob).
-// Usage: node scripts/run-tests.mjs [filter...] — a filter keeps files whose path contains it;
-// TEST_EXCLUDE=part,part leaves out files whose path contains one of them.
-import { spawnSync } from 'node:child_process';
+// Usage: node scripts/run-tests.mjs [--typecheck] [filter...] — a filter keeps files whose path
+// contains it; TEST_EXCLUDE=part,part leaves out files whose path contains one of them.
+// --typecheck (npm test) runs `tsc --noEmit` beside the tests instead of before them — it keeps
+// one core busy for ~20 s that the tests, mostly waiting, do not fill — and fails the run if it fails.
+import { spawn } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -12,7 +14,9 @@ function find(dir) {
   });
 }
 
-const filters = process.argv.slice(2);
+const args = process.argv.slice(2);
+const typecheck = args.includes('--typecheck');
+const filters = args.filter((a) => a !== '--typecheck');
 // TEST_EXCLUDE: comma-separated path parts of files to leave out (.ci/run's second Node version).
 const excluded = (process.env.TEST_EXCLUDE ?? '').split(',').filter(Boolean);
 const sorted = find('tests')
@@ -32,7 +36,15 @@ if (files.length === 0) {
 const concurrency = process.env.TEST_CONCURRENCY ?? '2';
 // The timeout bounds each test and each file as a whole: a browser file of a dozen Chromium
 // tests takes ~100 s alone, more beside three other files on two cores.
-const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-timeout=180000', ...files], {
-  stdio: 'inherit',
-});
-process.exit(result.status ?? 1);
+const exited = (child) => new Promise((resolve) => child.once('close', (code) => resolve(code ?? 1)));
+let tscOutput = '';
+const tsc = typecheck ? spawn(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json', '--noEmit'], { stdio: ['ignore', 'pipe', 'pipe'] }) : null;
+tsc?.stdout.on('data', (d) => (tscOutput += d));
+tsc?.stderr.on('data', (d) => (tscOutput += d));
+const tests = spawn(process.execPath, ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-timeout=180000', ...files], { stdio: 'inherit' });
+const [tscCode, testCode] = await Promise.all([tsc === null ? 0 : exited(tsc), exited(tests)]);
+if (tscCode !== 0) {
+  process.stderr.write(`\ntypecheck (tsc -p tsconfig.json --noEmit) failed:\n${tscOutput}\n`);
+  process.exit(1);
+}
+process.exit(testCode);

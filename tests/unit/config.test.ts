@@ -80,9 +80,25 @@ describe('config', () => {
   });
 
   it('bad values name the variable', () => {
-    for (const [name, value] of [['APP_PORT', '1.5'], ['RATE_LIMIT_PER_SEC', '0'], ['AUTH_HOST', 'http://x/path'], ['ALLOWED_ORIGINS', 'x'], ['AUTH_VERIFY_PATH', 'no-slash'], ['PRESENCE_BATCH_MS', '-1'], ['PRESENCE_BATCH_MS', '10001']]) {
-      assert.throws(() => loadConfig({ [name!]: value }), (err: unknown) => err instanceof ConfigError && err.variable === name);
+    for (const [name, value] of [
+      ['APP_PORT', '1.5'],
+      ['APP_PORT', 'abc'],
+      ['RATE_LIMIT_PER_SEC', '0'],
+      ['RATE_LIMIT_BURST', '0'],
+      ['AUTH_HOST', 'http://x/path'],
+      ['AUTH_HOST', 'ftp://x'],
+      ['REDIS_CLUSTER', 'maybe'],
+      ['MESSAGE_PATH', '/chat/{chat_id}'],
+      ['ALLOWED_ORIGINS', 'x'],
+      ['AUTH_VERIFY_PATH', 'no-slash'],
+      ['PRESENCE_BATCH_MS', '-1'],
+      ['PRESENCE_BATCH_MS', '10001'],
+    ]) {
+      assert.throws(() => loadConfig({ [name!]: value }), (err: unknown) => err instanceof ConfigError && err.variable === name, `${name}=${value}`);
     }
+    // A value that is not an integer at all is told the accepted range too.
+    assert.throws(() => loadConfig({ MAX_BUFFERED_BYTES: 'lots' }), /MAX_BUFFERED_BYTES: must be an integer at least 1024/);
+    assert.throws(() => loadConfig({ HISTORY_SIZE: '-1' }), /HISTORY_SIZE: must be an integer between 0 and 10000/);
   });
 
   it('*_PATH: a URL path with each placeholder once — a space, a fragment, a dot segment or a repeated placeholder is refused at start-up', () => {
