@@ -24,7 +24,6 @@ import { UserConnections } from './session/user-connections.js';
 import { createMainApi } from './upstream/client.js';
 import { FairScheduler } from './upstream/scheduler.js';
 
-
 /**
  * The close code `ws` sends for each of its receiver errors (its own table); the rest of them
  * close 1002 (protocol error).
@@ -35,6 +34,7 @@ const WS_ERROR_CLOSE: Readonly<Record<string, number>> = {
   WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH: 1009,
   WS_ERR_UNSUPPORTED_MESSAGE_LENGTH: 1009,
 };
+
 export interface Gateway {
   readonly port: number;
   readonly url: string;

@@ -1,9 +1,9 @@
-import { ConfigError, loadConfig, readEnv, unreadRedisVariables, type Config } from './config/index.js';
+import { ConfigError, loadConfig, readEnv, unreadRedisVariables, type Config, type Env } from './config/index.js';
 import { drainBoundMs, startGateway } from './gateway.js';
 import { createLogger } from './log.js';
 
 /** Process entry: config (exit 2 on a bad value), gateway, signals. */
-let env: ReturnType<typeof readEnv>;
+let env: Env;
 let config: Config;
 try {
   env = readEnv();

@@ -242,7 +242,7 @@ export class Hub {
   append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition | null> {
     const firstAt = Date.now();
     const token = this.tokenPrefix + (++this.appends).toString(36);
-    if (this.lateChats.size > 0 && this.lateChats.has(chat)) return this.appendAfterLate(chat, frame, exceptConn, key, token, firstAt);
+    if (this.lateChats.has(chat)) return this.appendAfterLate(chat, frame, exceptConn, key, token, firstAt);
     return this.appendNow(chat, frame, exceptConn, key, token, firstAt);
   }
 

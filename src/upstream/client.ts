@@ -307,9 +307,10 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     async save(token, chat, sender, message, hold) {
       const { status, body } = await call('save', 'POST', config.messageSavePath, token, message, undefined, hold);
       if (status === 409) {
+        const saved = savedAs(body, sender, chat);
         // Taken by another message: this one was never saved, and an ack would say it was.
-        if (savedElsewhere(body, sender, chat)) throw new RequestError('bad_request', 'message id already used, in another chat or by another sender: make ids unique across all chats');
-        return { duplicate: true, ownSaved: savedBy(body, sender, chat) };
+        if (saved === 'elsewhere') throw new RequestError('bad_request', 'message id already used, in another chat or by another sender: make ids unique across all chats');
+        return { duplicate: true, ownSaved: saved === 'own' };
       }
       if (!ok(status)) fail('save', status, token, chat);
       return { duplicate: false, ownSaved: false };
@@ -343,26 +344,19 @@ function isTimeout(err: unknown): boolean {
 }
 
 /**
- * Whether a save's 409 body (`{"sender_id", "chat_id", "deleted"?}`, as the main-API guide asks)
- * says the saved message is `sender`'s, in `chat`, and still there. Anything else — no body,
- * another sender or chat, a deleted one — is not: a client must never get a broadcast out of
- * another user's id, or bring back a deleted message, by resending it.
+ * What a save's 409 body (`{"sender_id", "chat_id", "deleted"?}`, as the main-API guide asks) says
+ * of the message saved under the id: `elsewhere` — it names another chat or another sender, so
+ * the id is another message's and this send was not saved; `own` — `sender`'s, in `chat`, still
+ * there; `unknown` — anything else (no body, a deleted one, ids that cannot be read exactly): a
+ * duplicate. Only `own` may stand in for a broadcast that never happened: a client must never get
+ * one out of another user's id, or bring back a deleted message, by resending it.
  */
-function savedBy(body: string, sender: IdKey, chat: IdKey): boolean {
+function savedAs(body: string, sender: IdKey, chat: IdKey): 'own' | 'elsewhere' | 'unknown' {
   const v = jsonObject(body);
-  return v !== null && parseId(v.sender_id) === sender && parseId(v.chat_id) === chat && v.deleted !== true;
-}
-
-/**
- * Whether a save's 409 body names another chat or another sender than this send's: the id is
- * another message's, and this one was not saved. A body that names neither (or names them in a
- * form that cannot be read exactly) says nothing of the kind: a duplicate, as before.
- */
-function savedElsewhere(body: string, sender: IdKey, chat: IdKey): boolean {
-  const v = jsonObject(body);
-  if (v === null) return false;
+  if (v === null) return 'unknown';
   const [savedChat, savedSender] = [parseId(v.chat_id), parseId(v.sender_id)];
-  return (savedChat !== null && savedChat !== chat) || (savedSender !== null && savedSender !== sender);
+  if ((savedChat !== null && savedChat !== chat) || (savedSender !== null && savedSender !== sender)) return 'elsewhere';
+  return savedChat === chat && savedSender === sender && v.deleted !== true ? 'own' : 'unknown';
 }
 
 /**

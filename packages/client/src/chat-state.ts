@@ -10,11 +10,6 @@ export interface ChatState {
   key: string;
   stream: Stream;
   status: 'idle' | 'registering' | 'registered' | 'gone';
-  /**
-   * Why it is `gone`: left (`closed`), or dropped — refused (`forbidden`, …), revoked, its static
-   * token expired. Its handle's later writes and `ready()` reject with it.
-   */
-  ended: ClientError | null;
   /** `leave()` was called: no more events; unregistered once its queued writes are answered. */
   leaving: boolean;
   /** The pending register carried `since`. */

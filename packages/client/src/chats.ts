@@ -106,7 +106,6 @@ export class Chats {
         isKnown: this.guardedIsKnown(),
       }),
       status: 'idle',
-      ended: null,
       leaving: false,
       askedSince: false,
       registerAttempts: 0,
@@ -448,7 +447,6 @@ export class Chats {
 
   private forget(state: ChatState, error: ClientError): void {
     state.status = 'gone';
-    state.ended = error;
     this.goneHandles.set(state.chat, error);
     clearTimer(state.retryTimer);
     state.retryTimer = null;

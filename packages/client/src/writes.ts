@@ -59,8 +59,6 @@ export class Writes {
     const context = { op, id: data.id, chatId: state.chat.id };
     const ended = this.core.ended();
     if (ended) return Promise.reject(ended);
-    // A chat dropped (refused, revoked…) says why; one left, that it was left.
-    if (state.status === 'gone' && state.ended !== null) return Promise.reject(new ClientError(state.ended.code, state.ended.message, { ...state.ended.details, ...context }));
     if (state.status === 'gone' || state.leaving) return Promise.reject(new ClientError('closed', 'the chat was left', context));
     if (typeof data.id !== 'string' || !MESSAGE_ID.test(data.id)) return Promise.reject(new ClientError('bad_request', 'a message id is 1-64 characters [A-Za-z0-9_-]', context));
     if (op !== 'delete_message' && (typeof data.ciphertext !== 'string' || data.ciphertext === '')) {
@@ -349,15 +347,9 @@ function finiteOnly(_key: string, value: unknown): unknown {
   return n;
 }
 
-/** A Number object (from any realm: `instanceof` would miss another frame's). */
+/** A Number object (from any realm: `instanceof` would miss another frame's), told without a throw per object. */
 function isNumberObject(value: unknown): value is Number {
-  if (typeof value !== 'object' || value === null) return false;
-  try {
-    Number.prototype.valueOf.call(value);
-    return true;
-  } catch {
-    return false;
-  }
+  return typeof value === 'object' && value !== null && Object.prototype.toString.call(value) === '[object Number]';
 }
 
 /**
