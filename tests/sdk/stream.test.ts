@@ -168,6 +168,18 @@ describe('SDK stream bookkeeping', () => {
     assert.deepEqual(feed(s, [edit(2, 'b'), edit(3, 'c'), edit(4, 'd'), edit(5, 'e')], 2000), ['edit:b']);
   });
 
+  it('an edit of a message the app comes to know (isKnown) hands the edits held for it over first, in order', () => {
+    let loaded = false;
+    const s = new Stream(1, null, { ...opts, isKnown: () => loaded });
+    s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);
+    assert.deepEqual(feed(s, [edit(1, 'old')]), [], 'held: the app does not have the message yet');
+    loaded = true; // the app's history arrived
+    const out = s.onBroadcast(edit(2, 'old'), 0);
+    assert.deepEqual(out.map((d) => (d.type === 'edit' ? d.event.seq : -1)), [1, 2], 'v1 then v2, never v2 then v1');
+    assert.deepEqual(show(s.expire(5000)), [], 'nothing left to come out later');
+    assert.deepEqual(s.position, { seq: 2, epoch: E });
+  });
+
   it('frames without seq (a gateway that does not number broadcasts) are deduped by message id only', () => {
     const s = new Stream(1, null, opts);
     const plain = (id: string) => ({ type: 'message', chat_id: 1, data: { id, ciphertext: 'x' } });

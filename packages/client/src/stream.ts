@@ -185,8 +185,14 @@ export class Stream {
         const state = this.ids.get(id);
         if (state === 'deleted') return out;
         const event: EditEvent = { chatId: this.chatId, edit: data as ReceivedEdit, ...at };
-        if (state === 'delivered' || this.opts.isKnown?.(this.chatId, id)) out.push({ type: 'edit', event });
-        else this.hold(id, event, now, out);
+        if (state !== 'delivered' && !this.opts.isKnown?.(this.chatId, id)) {
+          this.hold(id, event, now, out);
+          return out;
+        }
+        // Known now (the app loaded it from history) while older edits of it are still held:
+        // those go first, or they would come out later on top of this newer one.
+        for (const older of this.release(id)) out.push({ type: 'edit', event: older });
+        out.push({ type: 'edit', event });
         return out;
       }
       case 'delete_message': {
