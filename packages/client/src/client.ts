@@ -398,7 +398,8 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private sendPing(onAnswer: (answered: boolean) => void = () => undefined): void {
-    const track: Track = { key: 'p', onAnswer, resend: () => this.transmit('{"type":"ping"}', false, track) };
+    // A resend that cannot go out (the connection is closing) will get no pong: told so at once.
+    const track: Track = { key: 'p', onAnswer, resend: () => void (this.transmit('{"type":"ping"}', false, track) || onAnswer(false)) };
     this.transmit('{"type":"ping"}', false, track);
   }
 

@@ -120,7 +120,9 @@ export class Dispatcher {
     } else if (WRITE_OPS.has(op) && typeof frame.id === 'string') {
       if (this.writes.onError(request, op, frame.id, frame.chat_id === undefined ? undefined : chatKey, error)) return;
     } else if (op === 'ping') {
-      // A refused ping gets no pong. (The error itself proves the link is alive.)
+      // Refused by the token bucket: sent again once the gateway reads again (the pacer holds it
+      // back meanwhile), as every request it dropped is. The connection is up: not `disconnected`.
+      if (code === 'rate_limited' && request !== undefined) return request.resend();
       return request?.onAnswer?.(false);
     } else if (op === 'refresh') {
       if (this.refresh.onError(error, request !== undefined, code === 'rate_limited' && refreshInProgress(frame))) return;
