@@ -5,7 +5,7 @@ import { runInNewContext } from 'node:vm';
 import { ClientError, MemoryStorage, type Chat, type OutboxEntry, type OutboxStorage } from '../../packages/client/src/index.js';
 import { sleep } from '../support/client.js';
 import { uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
-import { proxy, sdk, text } from './support.js';
+import { fast, proxy, sdk, text } from './support.js';
 
 const API_KEY = 'sdk-settling-server-api-key';
 
@@ -280,5 +280,30 @@ describe('SDK: how writes, pings, listeners and the storage settle when a chat o
     await new Promise((r) => setImmediate(r)); // WeakRefs made in this job hold their targets until it ends
     collectGarbage();
     assert.equal(content!.deref(), undefined, 'the write is not kept');
+  });
+});
+
+describe('SDK: a chat opened while others are being left, at the gateway\'s chats per connection [memory]', () => {
+  const h = useHarness('memory', { MAX_CHATS_PER_CONNECTION: '2' });
+  afterEach(() => h.api.clearFaults());
+
+  it('is registered once a leave frees its place (refused for now, not dropped); past the limit with nothing being left it is dropped', { timeout: 20_000 }, async () => {
+    const a = await sdk(h, 1, fast);
+    const [c1, c2] = [a.client.chat(uniqueChat()), a.client.chat(uniqueChat())];
+    await Promise.all([c1.ready(), c2.ready()]);
+    h.api.addFault({ op: 'save', delayMs: 1500, times: 1 });
+    const sent = c1.send(text('answered after the leave'));
+    await sleep(100);
+    c1.leave(); // stays registered at the gateway until its write is answered
+    const fresh = a.client.chat(uniqueChat());
+    const write = fresh.send(text('in the new chat'));
+    assert.equal((await fresh.ready()).chatId, fresh.id, 'registered once the leave completed');
+    assert.equal((await sent).duplicate, false, "the left chat's write was answered");
+    assert.equal((await write).duplicate, false, 'the new chat took writes');
+    assert.deepEqual(a.all('unregistered'), [], 'nothing dropped');
+    // Three wanted, two allowed, nothing being left: the third is refused for good.
+    const third = a.client.chat(uniqueChat());
+    await assert.rejects(third.ready(), (e: ClientError) => e.code === 'bad_request' && /at most 2 chats/.test(e.message));
+    assert.equal(a.all('unregistered').length, 1);
   });
 });

@@ -38,4 +38,9 @@ export interface ChatState {
    * `unauthorized` answer is the expiry's (docs/protocol.md), not a refusal of the token.
    */
   expiredWhileRegistering: boolean;
+  /**
+   * Its register was refused past the gateway's chats per connection while chats being left
+   * still counted there: registered again when an `unregister` is answered (or its backoff ends).
+   */
+  waitsForLeave: boolean;
 }

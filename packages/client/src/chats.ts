@@ -24,6 +24,8 @@ const MAX_KEPT_WHILE_LEAVING = 10_000;
 /** Chats left lately whose frames are still expected (see `left`). */
 const LEFT_KEYS = 1000;
 const RETRYABLE = new Set(['rate_limited', 'upstream_unavailable']);
+/** The gateway's refusal of a register past MAX_CHATS_PER_CONNECTION. */
+const CHAT_LIMIT = /at most \d+ chats/;
 /** A hole in a chat's seqs that no write of ours can own is reported as a gap after this long. */
 const HOLE_GRACE_MS = 2000;
 
@@ -118,6 +120,7 @@ export class Chats {
       registerAgain: false,
       reordering: null,
       expiredWhileRegistering: false,
+      waitsForLeave: false,
     };
     this.chats.set(key, state);
     this.writes.noteOwnWrites(state);
@@ -176,6 +179,7 @@ export class Chats {
       // The next connection registers it with its own position: nothing to reorder.
       state.registerAgain = false;
       state.reordering = null;
+      state.waitsForLeave = false; // the gateway let go of every registration of that connection
       clearTimer(state.retryTimer);
       state.retryTimer = null;
     }
@@ -263,6 +267,7 @@ export class Chats {
     }
     state.status = 'registered';
     state.expiredWhileRegistering = false;
+    state.waitsForLeave = false;
     this.registerRefusalsReported.clear(); // a later outage is told again
     clearTimer(state.retryTimer);
     state.retryTimer = null;
@@ -314,7 +319,35 @@ export class Chats {
       this.retryRegister(state);
       return;
     }
+    // Past the gateway's chats per connection while chats this client is leaving still count
+    // there (a leave waits for its writes' answers): refused for now, registered again once a
+    // leave completes (or after its backoff). Past the limit with none being left: final.
+    if (error.code === 'bad_request' && CHAT_LIMIT.test(error.message) && !state.leaving && this.leavesUnderWay()) {
+      state.waitsForLeave = true;
+      return this.retryRegister(state);
+    }
     this.drop(state, error);
+  }
+
+  /**
+   * Chats this client is leaving still hold a registration at the gateway (or are about to):
+   * registered or registering while their writes are answered, or their `unregister` not yet
+   * answered.
+   */
+  private leavesUnderWay(): boolean {
+    for (const state of this.chats.values()) if (state.leaving && (state.status === 'registered' || state.status === 'registering')) return true;
+    return this.core.requests.anyPending('u:');
+  }
+
+  /** The gateway answered an `unregister`: a chat waiting for a free place registers now. */
+  unregisterAnswered(): void {
+    for (const state of this.chats.values()) {
+      if (!state.waitsForLeave || state.status !== 'idle' || state.retryTimer === null) continue;
+      state.waitsForLeave = false;
+      clearTimer(state.retryTimer);
+      state.retryTimer = null;
+      this.register(state);
+    }
   }
 
   /**

@@ -66,7 +66,10 @@ export class Dispatcher {
       }
       case 'unregistered':
         // Without a reason it answers our own `unregister`: the chat is already forgotten.
-        if (typeof frame.reason !== 'string') return void requests.answered(`u:${chatKey}`);
+        if (typeof frame.reason !== 'string') {
+          requests.answered(`u:${chatKey}`);
+          return this.chats.unregisterAnswered();
+        }
         if (state === undefined || state.status === 'gone') break;
         return this.chats.onUnregistered(state, frame.reason);
       case 'refreshed':
@@ -126,8 +129,10 @@ export class Dispatcher {
       return request?.onAnswer?.(false);
     } else if (op === 'refresh') {
       if (this.refresh.onError(error, request !== undefined, code === 'rate_limited' && refreshInProgress(frame))) return;
-    } else if (op === 'typing' || op === 'unregister') {
-      return; // typing is best effort; an unregistered chat is forgotten either way
+    } else if (op === 'unregister') {
+      return this.chats.unregisterAnswered(); // the chat is forgotten either way
+    } else if (op === 'typing') {
+      return; // best effort
     } else if (op === '' && !(code === 'rate_limited' && isBucketPause(frame))) {
       requests.onUnnamedError(error);
     }

@@ -140,6 +140,11 @@ export class Requests {
     return this.outstanding.find((o) => o.key === key && !o.resent) ?? this.pacer.find((f) => f.track?.key === key)?.track;
   }
 
+  /** Some request whose key starts with `prefix` (`u:`: an unregister) is sent or queued and not answered yet. */
+  anyPending(prefix: string): boolean {
+    return this.outstanding.some((o) => o.key.startsWith(prefix)) || this.pacer.find((f) => f.track?.key.startsWith(prefix) === true) !== undefined;
+  }
+
   /**
    * A send of another write with this write's key is still listed, and that write was resent
    * after a pause: one of its sends may have been dropped, so the number of answers to come is
