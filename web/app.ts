@@ -59,9 +59,9 @@ function openChat(id: string | number): ChatView {
     if (!view.registered) view.replayed++;
     onMessage(view, message);
   });
-  chat.on('edit', ({ edit }) => {
+  chat.on('edit', ({ edit, seq, epoch }) => {
     if (!view.registered) view.replayed++;
-    onEdit(view, edit);
+    onEdit(view, edit, { seq, epoch });
   });
   chat.on('delete', ({ id: messageId, deletedBy }) => {
     if (!view.registered) view.replayed++;

@@ -70,7 +70,12 @@ export function onMessage(view: ChatView, message: ReceivedMessage): void {
   void decryptInto(view, entry, message, !replay);
 }
 
-export function onEdit(view: ChatView, edit: ReceivedEdit): void {
+/** `at` comes before what the entry shows (same stream, lower seq): an older version. */
+export function olderThanShown(entry: Entry, at: { seq?: number | undefined; epoch?: string | undefined }): boolean {
+  return at.seq !== undefined && entry.editedAt !== undefined && at.epoch === entry.editedAt.epoch && at.seq < entry.editedAt.seq;
+}
+
+export function onEdit(view: ChatView, edit: ReceivedEdit, at: { seq?: number | undefined; epoch?: string | undefined } = {}): void {
   const entry = view.entries.get(edit.id);
   if (!entry) {
     // Not here yet while the history loads: applied after the merge. Otherwise a message this
@@ -84,6 +89,9 @@ export function onEdit(view: ChatView, edit: ReceivedEdit): void {
     log(`${view.name}: ignored an edit of ${userName(entry.senderId)}'s message by ${userName(edit.sender_id)}`);
     return;
   }
+  // This page's own edit, saved after this one, is already shown: this one is older.
+  if (olderThanShown(entry, at)) return;
+  if (at.seq !== undefined && at.epoch !== undefined) entry.editedAt = { seq: at.seq, epoch: at.epoch };
   entry.version++;
   entry.edited = true;
   entry.changed = performance.now();

@@ -21,6 +21,14 @@ export interface Entry {
   edited: boolean;
   /** Bumped by every edit, so a slow decryption of an older version never overwrites a newer one. */
   version: number;
+  /**
+   * Where in the chat's stream the edit shown stands (a received one, or this page's own once
+   * acked): an edit from before it is older than what is shown and is not applied. Two devices
+   * editing one message at once have their edits saved — and numbered — in either order.
+   */
+  editedAt?: { seq: number; epoch: string };
+  /** Edits this page made of it: only the last one's ack may put its text back (see showOwnEdit). */
+  ownEdits?: number;
   /** Own writes: waiting for the chat's device list, handed to the SDK and waiting for the ack, acked, or refused. */
   sending: 'waiting' | 'sending' | 'sent' | 'failed' | null;
   /** Why an own write was not sent, shown beside "not sent". */

@@ -2,9 +2,10 @@
  * This user's writes: sending, editing and deleting messages (each encrypted in order, then handed
  * to the SDK), what they show until acked or refused, and the composer's edit mode.
  */
-import { ClientError } from '../packages/client/src/index.js';
+import { ClientError, type Ack } from '../packages/client/src/index.js';
 import { seal } from './crypto.js';
 import { $, announce, errorText, log, notice } from './dom.js';
+import { olderThanShown } from './incoming.js';
 import type { Entry } from './model.js';
 import { Abandoned, MAX_FRAME_BYTES, recipients } from './recipients.js';
 import { renderMessages } from './render.js';
@@ -69,6 +70,22 @@ export function sendText(view: ChatView, text: string): void {
   });
 }
 
+/**
+ * This page's edit was saved at `ack`'s place in the stream. An edit of another device of the
+ * user received meanwhile replaced the text shown; if it was saved before this one, this one is
+ * the message's content now, for every other page and the main API: shown again. (Unless this
+ * page has edited it again since: that edit's own ack decides.)
+ */
+function showOwnEdit(view: ChatView, entry: Entry, ack: Ack, text: string, own: number): void {
+  if (ack.seq === undefined || ack.epoch === undefined || olderThanShown(entry, ack)) return;
+  entry.editedAt = { seq: ack.seq, epoch: ack.epoch };
+  if (entry.ownEdits !== own || entry.text === text) return;
+  entry.text = text;
+  entry.problem = null;
+  entry.version++; // a received edit still decrypting is older: it must not land on top
+  entry.changed = performance.now();
+}
+
 /** Sends an edit; false when the message is not here any more (nothing is sent). */
 export function editText(view: ChatView, id: string, text: string): boolean {
   const entry = view.entries.get(id);
@@ -76,6 +93,7 @@ export function editText(view: ChatView, id: string, text: string): boolean {
   entry.text = text;
   entry.edited = true;
   entry.version++;
+  const own = (entry.ownEdits = (entry.ownEdits ?? 0) + 1);
   entry.changed = performance.now();
   entry.sending = 'sending';
   view.queued.add(entry);
@@ -85,7 +103,7 @@ export function editText(view: ChatView, id: string, text: string): boolean {
       // A fresh content key and fresh envelopes: whoever the chat has now can read the new text.
       const sealed = await seal(text, { chatId: view.chat.id, messageId: id, senderId: entry.senderId }, await recipients(view, entry));
       if (view.deleted.has(id)) throw new Abandoned();
-      settle(view, entry, view.chat.edit(id, { ...sealed }));
+      settle(view, entry, view.chat.edit(id, { ...sealed }).then((ack) => showOwnEdit(view, entry, ack, text, own)));
     } catch (err) {
       settle(view, entry, Promise.reject(err));
     }
