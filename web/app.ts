@@ -179,6 +179,9 @@ async function login(userId: string): Promise<void> {
       }
       renderState();
     });
+    // What the SDK retries on its own (a register refused for now, a storage that failed…): in the
+    // log, so "recovering" that lasts has a reason beside it.
+    client.on('error', ({ error, during }) => log(`${during}: ${errorText(error)}`));
     showMe(userId);
     const print = await fingerprint(device.publicKey);
     $('device').replaceChildren(

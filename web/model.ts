@@ -78,7 +78,13 @@ export function mergeHistory<M extends StoredLike>(
     order.push(message.id);
     if (keep(existing)) continue;
     const entry = entryOf(message);
-    if (existing) entry.version = existing.version + 1;
+    if (existing) {
+      entry.version = existing.version + 1;
+      // An own write acked while the history loaded keeps its ✓ (the stored copy is that write);
+      // and the position of the edit shown stays: an older edit arriving late is still older.
+      if (existing.sending === 'sent') entry.sending = 'sent';
+      if (existing.editedAt !== undefined) entry.editedAt = existing.editedAt;
+    }
     view.entries.set(message.id, entry);
     fresh.push({ entry, message });
   }

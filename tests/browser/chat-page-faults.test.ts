@@ -279,6 +279,24 @@ describe('the chat page when things go wrong', () => {
     await ctx.close();
   });
 
+  it('a chat whose register the main API keeps refusing for now says why in the log, and opens once it is admitted', async () => {
+    const page = await newPage();
+    await loginTo(page, '63');
+    const chat = uniqueChat();
+    h.api.addFault({ op: 'verify', status: 503 });
+    try {
+      await page.fill('#chat-id', String(chat));
+      await page.press('#chat-id', 'Enter');
+      await eventually('the reason in the log', () => logText(page), (t) => /register \(refused for now: retried with backoff\): upstream_unavailable/.test(t), 15_000);
+    } finally {
+      h.api.clearFaults();
+    }
+    await type(page, 'admitted at last');
+    // Typed while the chat registers: acked while its history loads, and still shown acked after.
+    await sent(page, 'admitted at last');
+    await page.context().close();
+  });
+
   it('two devices edit one message at once: every page ends on the edit saved last, also the device whose edit it is', async () => {
     const chat = uniqueChat();
     const [one, two, bob] = [await newPage(), await newPage(), await newPage()]; // three contexts: three devices

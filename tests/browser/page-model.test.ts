@@ -42,6 +42,15 @@ describe('mergeHistory (a history reload)', () => {
     assert.equal(v.entries.has('gone'), false);
   });
 
+  it("an own write acked before the snapshot replaced it keeps its ✓, and the position of the edit shown", () => {
+    const v = view(entry('mine', 'acked', 10, { sending: 'sent', editedAt: { seq: 7, epoch: 'e' } }));
+    mergeHistory(v, [{ id: 'mine', text: 'acked' }], 100, false, fromStored);
+    const replaced = v.entries.get('mine')!;
+    assert.equal(replaced.text, 'stored:acked', 'the stored copy');
+    assert.equal(replaced.sending, 'sent', 'still shown as saved (it lost its ✓)');
+    assert.deepEqual(replaced.editedAt, { seq: 7, epoch: 'e' });
+  });
+
   it('on a first load keeps what arrived live, and never brings back a deleted message or a duplicate', () => {
     const v = view(entry('live', 'live', 10));
     v.deleted.add('d');
