@@ -7,6 +7,7 @@ import { uniqueChat, useHarness, waitFor, type Harness } from '../support/harnes
 import { GatewayProcess } from '../support/process.js';
 import { drainBoundMs } from '../../src/gateway.js';
 import { RedisServer } from '../support/redis.js';
+import { TcpProxy } from '../support/tcp-proxy.js';
 
 const run = promisify(execFile);
 const cli = async (port: number, ...args: string[]) => (await run('redis-cli', ['-p', String(port), ...args])).stdout.trim();
@@ -133,7 +134,8 @@ describe('Redis faults: stalls and lost keys, seen from clients', () => {
 });
 
 describe('Redis subscriber lost for a while: what the instance missed is caught up from history', () => {
-  const h = useHarness('redis', { RATE_LIMIT_BURST: '1000', RATE_LIMIT_PER_SEC: '1000' });
+  const API_KEY = 'redis-faults-server-api-key';
+  const h = useHarness('redis', { RATE_LIMIT_BURST: '1000', RATE_LIMIT_PER_SEC: '1000', API_KEY });
   before(() => h.gateway());
   const ids = (c: TestClient, chat: number) => c.all((f) => f.type === 'message' && f.chat_id === chat).map((f) => (f.data as { id: string }).id);
 
@@ -156,6 +158,35 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     assert.equal(receiver.isOpen, true);
     sender.close();
     receiver.close();
+  });
+
+  it('a revoke and a disconnect of the server API published while the subscriber was down are applied once it is back', async () => {
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat, 0);
+    const revoked = await h.member(2, chat, 1);
+    const banned = await h.member(3, chat, 1);
+    const api = async (path: string, body: unknown) => {
+      const res = await fetch(`${h.instances[0]!.gateway.url}/api/v1${path}`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      assert.equal(res.status, 200, await res.text());
+    };
+    subscriber(h, 1).disconnect(false);
+    await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'instance 1 sees the outage');
+    h.api.setMembers(chat, [1, 3]); // the backend took user 2 out of the chat…
+    await api(`/chats/${chat}/revoke`, { user_id: 2 }); // …and told the gateway
+    await api('/users/3/disconnect', { reason: 'banned' });
+    await subscriber(h, 1).connect();
+    await waitFor(() => h.instances[1]!.gateway.engine.isReady(), 5000, 'instance 1 back');
+    const unregistered = await revoked.next((f) => f.type === 'unregistered' && f.chat_id === chat, 3000);
+    assert.equal(unregistered.reason, 'revoked');
+    assert.equal((await banned.closed).code, 4403);
+    await sender.request({ type: 'message', data: { id: `after-revoke-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    await sleep(300);
+    assert.equal(revoked.all((f) => f.type === 'message').length, 0, 'nothing of the chat after the revoke');
+    // Its cached verify went with the revoke: registering again asks the main API, which refuses.
+    const again = await revoked.request({ type: 'register', token: await h.token(2), chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error');
+    assert.deepEqual([again.type, again.code], ['error', 'forbidden']);
+    sender.close();
+    revoked.close();
   });
 
   it('when history no longer has them, the chat\'s connections are closed 1012 and a resume reports what is missing', async () => {
@@ -475,6 +506,44 @@ describe('Redis stalled past the command timeout: a retried append is not broadc
   });
 });
 
+
+describe('A Redis link that goes silent without closing (half-open): detected and replaced', () => {
+  const h = useHarness('redis');
+  let proxy: TcpProxy;
+  before(async () => {
+    proxy = await TcpProxy.start(h.redis!.port);
+    await h.gateway({ REDIS_HOST: `redis://127.0.0.1:${proxy.port}` }); // instance 1 reaches Redis through the proxy
+  });
+  after(() => proxy.close());
+
+  it('a silent subscriber makes the instance not ready and is replaced; then a silent command link too', { timeout: 60_000 }, async () => {
+    const chat = uniqueChat();
+    const sender = await h.member(1, chat, 0);
+    const receiver = await h.member(2, chat, 1);
+    const engine = h.instances[1]!.gateway.engine;
+    assert.equal(proxy.silence((hello) => hello.includes('message-service-sub')), 1, 'the subscriber link silenced');
+    await waitFor(() => !engine.isReady(), 10_000, 'not ready: its subscriber delivers nothing');
+    // Typing is not in any history: only a working subscription delivers it.
+    const typed = receiver.frames.length;
+    await waitFor(async () => {
+      sender.send({ type: 'typing', chat_id: chat });
+      await sleep(1100);
+      return receiver.frames.slice(typed).some((f) => f.type === 'typing');
+    }, 20_000, 'typing delivered again: the subscriber was replaced');
+    assert.equal(engine.isReady(), true);
+    assert.match(h.instances[1]!.logs.join(''), /redis connection silent: replaced/);
+
+    // Now every link of the instance: its writes go unanswered.
+    assert.ok(proxy.silence() >= 2);
+    await waitFor(() => !engine.isReady(), 10_000, 'not ready: Redis does not answer it');
+    await waitFor(() => engine.isReady(), 20_000, 'ready again on new connections');
+    await sender.request({ type: 'message', data: { id: `after-${chat}`, ciphertext: 'eA' } }, { type: 'ack' });
+    await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === `after-${chat}`, 5000);
+    await receiver.request({ type: 'message', data: { id: `back-${chat}`, ciphertext: 'eA' } }, { type: 'ack' }, 5000);
+    sender.close();
+    receiver.close();
+  });
+});
 
 describe('Redis that is up but does not serve: readiness and logs tell', () => {
   const h = useHarness('redis');

@@ -16,6 +16,17 @@ const CHANNEL_PREFIX = 'ms:chat:{';
 /** Commands for every instance (classic pub/sub: in a Cluster it reaches every node's subscribers). */
 const CONTROL_CHANNEL = 'ms:control';
 /**
+ * Every command is also logged here (a stream; one key, so one Cluster slot: commands are rare)
+ * before it is published: an instance whose subscription was down while it was published applies
+ * it when it is back (see `catchUpCommands`). Bounded by COMMAND_LOG_MAX entries and
+ * COMMAND_LOG_TTL_MS after the last command.
+ */
+const COMMAND_LOG = 'ms:commands';
+const COMMAND_LOG_MAX = 10_000;
+const COMMAND_LOG_TTL_MS = 24 * 3600_000;
+/** Log entries read per call when catching up. */
+const COMMAND_LOG_PAGE = 500;
+/**
  * In a chat channel's payload header, a second field starting with `!` names a kind of
  * publication other than a frame for clients; `!` alone is a command. Connection ids never
  * start with it. An instance ignores a kind it does not know — so a later version can add kinds
@@ -36,6 +47,18 @@ const RESTORE_RETRY_MS = 1000;
 const LEFT_OFFLINE_DELAY_MS = 2000;
 /** While a probe fails, the next one comes this soon. */
 const PROBE_RETRY_MS = 200;
+/**
+ * Probes failed in a row, without an answer, after which the connection at fault is replaced: a
+ * link that went silent without closing (a half-open TCP connection behind a NAT or a failed
+ * node) is otherwise kept for the kernel's ~15 minutes of retransmissions, the instance not ready
+ * (command link) or deaf to other instances while ready (subscriber).
+ */
+const PROBE_FAILURES_TO_RECONNECT = 3;
+/**
+ * Commands only the probe sends: never queued behind an auto-pipelined batch that waits out its
+ * timeout (ioredis sends one batch at a time), so a probe times out on its own 2 s.
+ */
+const PROBE_COMMANDS = ['set', 'info'];
 /** Presence entries refreshed per script call, at most. */
 const REFRESH_BATCH = 500;
 const NEWLINE = 0x0a;
@@ -68,6 +91,13 @@ const identityOf = (info: string) => {
   const replid = /master_replid:([0-9a-f]+)/.exec(info)?.[1];
   return run === undefined || replid === undefined ? '' : `${run}:${replid}`;
 };
+/** Stream id `a` comes after `b` (`<ms>-<n>`, compared as numbers). */
+function streamIdAfter(a: string, b: string): boolean {
+  const [am = 0, an = 0] = a.split('-').map(Number);
+  const [bm = 0, bn = 0] = b.split('-').map(Number);
+  return am !== bm ? am > bm : an > bn;
+}
+
 /** Replies that say the node is not (or not yet) the writable copy it was. */
 const ROLE_CHANGED = /^(READONLY|MASTERDOWN|LOADING)\b/;
 const unavailable = (err: unknown) =>
@@ -165,6 +195,23 @@ export class RedisEngine implements Engine {
   private losses = 0;
   private probing = false;
   private probeTimer: NodeJS.Timeout | null = null;
+  /**
+   * The id of the newest logged command this instance has acted on (or that was the log's newest
+   * when it first subscribed): where a catch-up after an outage starts. null until first ready.
+   */
+  private lastCommand: string | null = null;
+  /** Echo probes sent (see `echo`), and the one waited for. */
+  private echoProbes = 0;
+  private echoWaitingFor = 0;
+  private echoWaiting: (() => void) | null = null;
+  /** Ids of logged commands acted on live lately, so a catch-up does not act on them twice. */
+  private readonly commandsSeen = new Set<string>();
+  /**
+   * Where the next catch-up of commands starts: `lastCommand` as it stood at the first connection
+   * loss since the last catch-up (commands heard live after resubscribing must not move it past
+   * those missed); undefined while nothing is to be caught up.
+   */
+  private commandsFrom: string | null | undefined = null;
   private readonly logLimit = new LogLimiter();
 
   async start(events: EngineEvents): Promise<void> {
@@ -192,7 +239,7 @@ export class RedisEngine implements Engine {
           // ioredis exempts SUBSCRIBE but not SSUBSCRIBE from auto-pipelining. Pipelined with another
           // command of the shard in one tick, it would go to that command's connection (or the
           // command to the sharded subscriber): a command connection stuck in subscriber mode.
-          autoPipeliningIgnoredCommands: ['ssubscribe', 'sunsubscribe'],
+          autoPipeliningIgnoredCommands: ['ssubscribe', 'sunsubscribe', ...PROBE_COMMANDS],
           clusterRetryStrategy: (times) => Math.min(100 * times, 2000),
           redisOptions: {
             username: first.username ? decodeURIComponent(first.username) : undefined,
@@ -214,7 +261,7 @@ export class RedisEngine implements Engine {
       // whether a second run is harmless (an append's retry looks for its token first; a resent
       // first attempt would not, and would broadcast the operation twice). The subscriber's
       // (UN)SUBSCRIBEs are idempotent and still resent.
-      this.cmd = new Redis(url, { ...options, autoResendUnfulfilledCommands: false, enableAutoPipelining: true, connectionName: 'message-service' }) as Commands;
+      this.cmd = new Redis(url, { ...options, autoResendUnfulfilledCommands: false, enableAutoPipelining: true, autoPipeliningIgnoredCommands: PROBE_COMMANDS, connectionName: 'message-service' }) as Commands;
       this.sub = new Redis(url, { ...options, connectionName: 'message-service-sub' });
       this.sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message));
       this.watch(this.sub, 'subscriber');
@@ -251,9 +298,12 @@ export class RedisEngine implements Engine {
   private async probe(): Promise<void> {
     if (!this.ready || this.probing || this.closing) return;
     this.probing = true;
+    let deaf = false;
     try {
       await this.cmd.set(`ms:probe:{${this.origin}}`, Date.now(), 'PX', 3 * PROBE_INTERVAL_MS);
       await this.readIdentity();
+      deaf = !(await this.echo());
+      if (deaf) throw new Error('the subscriber did not deliver a probe published to it');
       if (!this.responsive) this.log.info('redis answers again: ready');
       this.responsive = true;
       this.probeFailures = 0;
@@ -264,14 +314,46 @@ export class RedisEngine implements Engine {
     } catch (err) {
       if (ROLE_CHANGED.test((err as Error).message)) this.identity = '';
       if (++this.probeFailures >= 2 && this.responsive) {
-        this.log.error({ err: (err as Error).message }, 'redis does not answer writes: not ready until it does');
+        this.log.error({ err: (err as Error).message }, deaf ? 'redis subscriber delivers nothing: not ready until it does' : 'redis does not answer writes: not ready until it does');
         this.responsive = false;
+      }
+      // An error Redis answered with (OOM, READONLY…) comes over a working link: nothing to replace.
+      const silent = deaf || (err as Error).name !== 'ReplyError';
+      if (silent && this.probeFailures >= PROBE_FAILURES_TO_RECONNECT) {
+        this.probeFailures = 0;
+        // A silent command link most likely means the path to Redis is gone: the subscriber's too
+        // (whose own probe needs a working command link to publish).
+        const replaced = deaf && this.sub !== null ? [this.sub] : [this.cmd, ...(this.sub === null ? [] : [this.sub])];
+        this.log.warn({ connections: deaf ? 'subscriber' : 'all' }, 'redis connection silent: replaced');
+        for (const conn of replaced) conn.disconnect(true);
       }
     } finally {
       this.probing = false;
     }
     // A failure is probed again soon: confirmed (or not) quickly, and ready within a moment of Redis serving again.
     if (this.probeFailures > 0 && !this.closing) setTimeout(() => void this.probe(), PROBE_RETRY_MS).unref();
+  }
+
+  /**
+   * Publishes a probe to this instance's reply channel and waits for its own subscriber to deliver
+   * it: false when the publish was answered but nothing came within COMMAND_TIMEOUT_MS (the
+   * subscriber's link is gone without closing, or Redis no longer counts it subscribed). A publish
+   * that is not answered throws (the command link's fault, not the subscriber's).
+   */
+  private async echo(): Promise<boolean> {
+    const id = ++this.echoProbes;
+    const heard = new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), COMMAND_TIMEOUT_MS);
+      this.echoWaiting = () => (clearTimeout(timer), resolve(true));
+      this.echoWaitingFor = id;
+    });
+    const text = JSON.stringify({ probe: id });
+    try {
+      await (this.config.cluster ? this.cmd.spublish(this.replyChannel, text) : this.cmd.publish(this.replyChannel, text));
+      return await heard;
+    } finally {
+      this.echoWaiting = null;
+    }
   }
 
   /**
@@ -363,7 +445,12 @@ export class RedisEngine implements Engine {
   async command(chat: IdKey | null, command: ControlCommand): Promise<CommandResult> {
     const countable = chat !== null || !this.config.cluster;
     const req = ++this.requestCount;
-    const body = JSON.stringify(countable ? { ...command, reply: this.replyChannel, req } : command);
+    // Logged first: an instance that misses the publication (its subscription down) acts on it
+    // from the log once it is back. A publish that fails after the log took it is answered 503,
+    // and acted on by such catch-ups: resending a command is harmless.
+    const log = await this.whenReady(() => this.cmd.xadd(COMMAND_LOG, 'MAXLEN', '~', COMMAND_LOG_MAX, '*', 'c', JSON.stringify(command)) as Promise<string>);
+    void this.cmd.pexpire(COMMAND_LOG, COMMAND_LOG_TTL_MS).catch(() => undefined);
+    const body = JSON.stringify(countable ? { ...command, log, reply: this.replyChannel, req } : { ...command, log });
     const request = { replies: 0, connections: 0, wake: () => undefined };
     if (countable) this.requests.set(req, request);
     try {
@@ -401,8 +488,9 @@ export class RedisEngine implements Engine {
     }
     const command = parseControlCommand(envelope);
     if (command === null || this.events === null) return;
+    const { reply, req, log } = envelope as { reply?: unknown; req?: unknown; log?: unknown };
+    if (typeof log === 'string') this.noteCommand(log);
     const acted = this.events.command(command);
-    const { reply, req } = envelope as { reply?: unknown; req?: unknown };
     if (typeof reply !== 'string' || !reply.startsWith('ms:reply:{') || typeof req !== 'number') return;
     const answer = JSON.stringify({ req, connections: acted });
     (this.config.cluster ? this.cmd.spublish(reply, answer) : this.cmd.publish(reply, answer)).catch((err: Error) =>
@@ -410,11 +498,61 @@ export class RedisEngine implements Engine {
     );
   }
 
+  /** A logged command was acted on (live or by a catch-up). */
+  private noteCommand(id: string): void {
+    if (this.lastCommand === null || streamIdAfter(id, this.lastCommand)) this.lastCommand = id;
+    this.commandsSeen.add(id);
+    if (this.commandsSeen.size > 1000) this.commandsSeen.delete(this.commandsSeen.values().next().value!);
+  }
+
+  /**
+   * Acts on the commands logged since `from` (the newest this instance had acted on when it lost
+   * Redis), skipping those it has heard live since it subscribed again: what the other instances
+   * told every instance while this one could not hear — a revoke, a disconnect — is not lost.
+   * On the first ready there is nothing to catch up: only where the log stands is read.
+   */
+  private async catchUpCommands(from: string | null): Promise<void> {
+    if (from === null) {
+      const newest = (await this.cmd.xrevrange(COMMAND_LOG, '+', '-', 'COUNT', 1))[0];
+      if (this.lastCommand === null) this.lastCommand = newest?.[0] ?? '0-0';
+      return;
+    }
+    const oldest = (await this.cmd.xrange(COMMAND_LOG, '-', '+', 'COUNT', 1))[0];
+    if (oldest !== undefined && from !== '0-0' && streamIdAfter(oldest[0], from) && (await this.cmd.xlen(COMMAND_LOG)) >= COMMAND_LOG_MAX) {
+      this.log.error({ from, oldest: oldest[0] }, 'commands of the server API logged while redis was away were trimmed before this instance read them: some may not be applied here');
+    }
+    let after = from;
+    let acted = 0;
+    for (;;) {
+      const page = await this.cmd.xrange(COMMAND_LOG, `(${after}`, '+', 'COUNT', COMMAND_LOG_PAGE);
+      for (const [id, fields] of page) {
+        after = id;
+        if (this.commandsSeen.has(id)) continue;
+        let command: ControlCommand | null = null;
+        try {
+          command = parseControlCommand(JSON.parse(fields[1] ?? ''));
+        } catch {
+          // not a command this version knows
+        }
+        this.noteCommand(id);
+        if (command === null || this.events === null) continue;
+        this.events.command(command);
+        acted++;
+      }
+      if (page.length < COMMAND_LOG_PAGE) break;
+    }
+    if (acted > 0) this.log.warn({ commands: acted }, 'redis back: acted on server-API commands published while it was away');
+  }
+
   private onReply(text: string): void {
-    let v: { req?: unknown; connections?: unknown };
+    let v: { req?: unknown; connections?: unknown; probe?: unknown };
     try {
       v = JSON.parse(text) as typeof v;
     } catch {
+      return;
+    }
+    if (v.probe !== undefined) {
+      if (v.probe === this.echoWaitingFor) this.echoWaiting?.();
       return;
     }
     const request = typeof v.req === 'number' ? this.requests.get(v.req) : undefined;
@@ -649,6 +787,8 @@ export class RedisEngine implements Engine {
       conn.on(event, () => {
         if (conn === this.cmd) this.identity = ''; // the next connection may be to another copy
         this.losses++;
+        // What it acted on stood here: commands published from now on may not be heard.
+        if (this.commandsFrom === undefined) this.commandsFrom = this.lastCommand;
         if (this.ready) this.log.warn({ role, event }, 'redis connection lost');
         this.setReady(false);
       });
@@ -667,6 +807,8 @@ export class RedisEngine implements Engine {
       await this.readIdentity();
       await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
+      if (this.commandsFrom !== undefined) await this.catchUpCommands(this.commandsFrom);
+      this.commandsFrom = undefined;
       await this.refreshPresence();
       await this.replayLeaves();
     } catch (err) {
