@@ -169,12 +169,41 @@ end
 `;
 
 /**
- * KEYS: history. ARGV: key. Returns 1 when an entry of the history was appended with that key.
- * A scan of at most HISTORY_SIZE entries, run only for a resend the main API answered 409.
+ * The most of the history's frames CONTAINS reads (2 MiB): half of the default
+ * MAX_BUFFERED_BYTES, the budget of a replay at the default settings. A broadcast further back
+ * than that is answered as not in the history.
+ */
+export const CONTAINS_MAX_BYTES = 2 * 1024 * 1024;
+
+/**
+ * KEYS: history. ARGV: key, history size, max bytes (CONTAINS_MAX_BYTES). Returns 1 when an entry
+ * of the history was appended with that key, among the newest entries — at most history size of
+ * them — whose frames together fit in max bytes; else 0. Run only for a resend the main API
+ * answered 409 (a 0 broadcasts the resend, as for one whose broadcast the history lost).
+ *
+ * Like the retry's look-up in APPEND it reads newest first, in pages of at most PAGE entries
+ * (each no longer than the bytes left can hold at the largest frame seen so far), and stops at the
+ * key: a first version copied the whole history into Lua for every look-up.
  */
 export const CONTAINS = `
-for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-')) do
-  if entry[2][5] == 'k' and entry[2][6] == ARGV[1] then return 1 end
+local left = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local largest = 1
+local from = '+'
+while left > 0 do
+  local count = math.min(${PAGE}, left, math.floor(budget / largest) + 1)
+  local page = redis.call('XREVRANGE', KEYS[1], from, '-', 'COUNT', count)
+  for _, entry in ipairs(page) do
+    local fields = entry[2]
+    local size = #fields[4]
+    budget = budget - size
+    if budget < 0 then return 0 end
+    if fields[5] == 'k' and fields[6] == ARGV[1] then return 1 end
+    if size > largest then largest = size end
+  end
+  if #page < count then return 0 end
+  left = left - #page
+  from = '(' .. page[#page][1]
 end
 return 0
 `;
