@@ -9,7 +9,7 @@ import { EngineUnavailableError, type Engine, type EngineEvents } from '../types
 import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
 import { STREAM_TTL_MS, newEpoch, type AppendAttempt, type AppendResult, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
 import { LEAVE, SWEEP, WRITE_ENTRIES } from './scripts.js';
-import { APPEND, CONTAINS, RECOVER } from './stream-scripts.js';
+import { APPEND, CONTAINS, CONTAINS_MAX_BYTES, RECOVER } from './stream-scripts.js';
 import { LogLimiter } from '../../util/log-limit.js';
 
 const CHANNEL_PREFIX = 'ms:chat:{';
@@ -70,7 +70,7 @@ type PresenceCommands = {
   msWriteEntries(chatKey: string, now: number, expiresAt: number, keyTtl: number, userPrefix: string, ...userConnPairs: string[]): Promise<number[]>;
   msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string, number, string?]>;
   msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
-  msContains(historyKey: string, key: string): Promise<number>;
+  msContains(historyKey: string, key: string, historySize: number, maxBytes: number): Promise<number>;
 };
 type Commands = (Redis | Cluster) & PresenceCommands;
 
@@ -432,7 +432,7 @@ export class RedisEngine implements Engine {
   }
 
   async contains(chat: IdKey, key: string): Promise<boolean> {
-    return (await this.whenReady(() => this.cmd.msContains(historyKey(chat), key))) === 1;
+    return (await this.whenReady(() => this.cmd.msContains(historyKey(chat), key, this.history.size, CONTAINS_MAX_BYTES))) === 1;
   }
 
   /**

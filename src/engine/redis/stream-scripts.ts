@@ -46,6 +46,9 @@ if not epoch or head[2] ~= ARGV[${runArg}] or ARGV[${runArg}] == '' then
 end
 `;
 
+/** Entries per read of the history in a script: RECOVER, CONTAINS and the retry's look-up in APPEND. */
+const PAGE = 16;
+
 /**
  * KEYS: stream hash, history. ARGV: newEpoch, frame (a JSON object without seq/epoch), publish
  * prefix (bytes put before the frame in the pub/sub message), channel, publish command
@@ -73,7 +76,7 @@ if ARGV[12] == '1' and history and token ~= '' then
   local left = tonumber(ARGV[7])
   local from = '+'
   while left > 0 do
-    local page = redis.call('XREVRANGE', KEYS[2], from, '-', 'COUNT', 16)
+    local page = redis.call('XREVRANGE', KEYS[2], from, '-', 'COUNT', ${PAGE})
     local older = false
     for _, entry in ipairs(page) do
       local fields = entry[2]
@@ -84,7 +87,7 @@ if ARGV[12] == '1' and history and token ~= '' then
       end
       if tonumber(fields[2]) < oldest then older = true end
     end
-    if older or #page < 16 then break end
+    if older or #page < ${PAGE} then break end
     left = left - #page
     from = '(' .. page[#page][1]
   end
@@ -110,6 +113,23 @@ return {seq, epoch, 0}
  * oldest replayable ms, max bytes, history size, stream ttl ms, the caller's identity of Redis.
  * Returns {seq, epoch, outcome, frames...}; outcome is position, ok, epoch_changed,
  * too_far_behind or no_history.
+ *
+ * The replay is every entry after `since` (ids 0-(since+1) … 0-seq, all of them), each younger
+ * than the oldest replayable time, together at most max bytes; anything less is too_far_behind.
+ * It is decided before the frames are copied, and they are read in pages that stop at the first
+ * entry that fails: a first version read the whole rest of the history into Lua and only then
+ * counted — 100 entries of 60 KB cost Redis ~10 ms per register with `since`, answered
+ * too_far_behind every time, and a few clients re-registering within their rate limit took Redis
+ * to 91 %. Now XLEN (no entry read) answers a history too short for the gap; the first needed
+ * entry alone (COUNT 1) answers one trimmed or too old; then pages of at most PAGE entries, each no
+ * longer than the budget left can hold at the largest frame seen so far, so at most about one
+ * frame is read past the budget.
+ *
+ * Every id in the history is one seq of the current hash (APPEND writes 0-<seq> right after
+ * HINCRBY; XADD refuses an id below the last; epochHead empties the history whenever it resets
+ * seq), so they are distinct and at most seq: the entries after `since` are all there exactly
+ * when they are 0-(since+1), 0-(since+2) … in a row, which is what the pages check. The outcome
+ * and frames are those of the full read for every history.
  */
 export const RECOVER = `${epochHead(8)}
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
@@ -119,28 +139,71 @@ if since < 0 then return {seq, epoch, 'position'} end
 if epoch ~= ARGV[3] or since > seq then return {seq, epoch, 'epoch_changed'} end
 if since == seq then return {seq, epoch, 'ok'} end
 if tonumber(ARGV[6]) == 0 then return {seq, epoch, 'no_history'} end
-local entries = redis.call('XRANGE', KEYS[2], '0-' .. (since + 1), '+')
-if #entries ~= seq - since then return {seq, epoch, 'too_far_behind'} end
-local out = {seq, epoch, 'ok'}
+local behind = {seq, epoch, 'too_far_behind'}
+if redis.call('XLEN', KEYS[2]) < seq - since then return behind end
 local oldest = tonumber(ARGV[4])
 local budget = tonumber(ARGV[5])
-for _, entry in ipairs(entries) do
-  local fields = entry[2]
-  if tonumber(fields[2]) < oldest then return {seq, epoch, 'too_far_behind'} end
-  budget = budget - #fields[4]
-  if budget < 0 then return {seq, epoch, 'too_far_behind'} end
-  out[#out + 1] = fields[4]
+local out = {seq, epoch, 'ok'}
+local want = since + 1
+local from = '0-' .. want
+local count = 1
+local largest = 1
+while true do
+  local page = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', count)
+  for _, entry in ipairs(page) do
+    if entry[1] ~= '0-' .. want then return behind end
+    local fields = entry[2]
+    if tonumber(fields[2]) < oldest then return behind end
+    local size = #fields[4]
+    budget = budget - size
+    if budget < 0 then return behind end
+    if size > largest then largest = size end
+    out[#out + 1] = fields[4]
+    want = want + 1
+  end
+  if want > seq then return out end
+  if #page < count then return behind end
+  from = '(' .. page[#page][1]
+  count = math.min(${PAGE}, seq - want + 1, math.floor(budget / largest) + 1)
 end
-return out
 `;
 
 /**
- * KEYS: history. ARGV: key. Returns 1 when an entry of the history was appended with that key.
- * A scan of at most HISTORY_SIZE entries, run only for a resend the main API answered 409.
+ * The most of the history's frames CONTAINS reads (2 MiB): half of the default
+ * MAX_BUFFERED_BYTES, the budget of a replay at the default settings. A broadcast further back
+ * than that is answered as not in the history.
+ */
+export const CONTAINS_MAX_BYTES = 2 * 1024 * 1024;
+
+/**
+ * KEYS: history. ARGV: key, history size, max bytes (CONTAINS_MAX_BYTES). Returns 1 when an entry
+ * of the history was appended with that key, among the newest entries — at most history size of
+ * them — whose frames together fit in max bytes; else 0. Run only for a resend the main API
+ * answered 409 (a 0 broadcasts the resend, as for one whose broadcast the history lost).
+ *
+ * Like the retry's look-up in APPEND it reads newest first, in pages of at most PAGE entries
+ * (each no longer than the bytes left can hold at the largest frame seen so far), and stops at the
+ * key: a first version copied the whole history into Lua for every look-up.
  */
 export const CONTAINS = `
-for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-')) do
-  if entry[2][5] == 'k' and entry[2][6] == ARGV[1] then return 1 end
+local left = tonumber(ARGV[2])
+local budget = tonumber(ARGV[3])
+local largest = 1
+local from = '+'
+while left > 0 do
+  local count = math.min(${PAGE}, left, math.floor(budget / largest) + 1)
+  local page = redis.call('XREVRANGE', KEYS[1], from, '-', 'COUNT', count)
+  for _, entry in ipairs(page) do
+    local fields = entry[2]
+    local size = #fields[4]
+    budget = budget - size
+    if budget < 0 then return 0 end
+    if fields[5] == 'k' and fields[6] == ARGV[1] then return 1 end
+    if size > largest then largest = size end
+  end
+  if #page < count then return 0 end
+  left = left - #page
+  from = '(' .. page[#page][1]
 end
 return 0
 `;
