@@ -47,6 +47,12 @@ export interface PresenceManager {
   leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean>;
   /** Distinct users with a live connection to the chat, on any instance. */
   online(chat: IdKey): Promise<IdKey[]>;
+  /**
+   * The `offline` of users whose `leave` answered true went out. An engine that keeps them until
+   * then (Redis: so an instance that dies holding an offline does not leave a ghost online) lets
+   * them go; optional.
+   */
+  offlineAnnounced?(chat: IdKey, users: readonly IdKey[]): void;
 }
 
 export interface EngineEvents {

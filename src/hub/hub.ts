@@ -98,6 +98,7 @@ export class Hub {
     this.presence = new PresenceAnnouncer(limits.presenceBatchMs, {
       publish: (chat, frame, exceptConn) => this.publishQuietly(chat, frame, exceptConn),
       online: (chat) => engine.online(chat),
+      announcedOffline: (chat, users) => engine.offlineAnnounced?.(chat, users),
     });
   }
 
@@ -408,11 +409,14 @@ export class Hub {
   }
 
   /** For broadcasts whose failure only deserves a log line (presence, typing after the fact). */
-  async publishQuietly(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
+  /** Publishes; a failure is logged (limited), and answered false. */
+  async publishQuietly(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<boolean> {
     try {
       await this.publish(chat, frame, exceptConn);
+      return true;
     } catch (err) {
       this.logLimit.log(this.log, 'warn', 'publish', { chat, err: (err as Error).message }, 'publish failed');
+      return false;
     }
   }
 

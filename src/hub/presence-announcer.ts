@@ -16,10 +16,12 @@ interface Window {
 }
 
 export interface PresencePorts {
-  /** Publishes one presence frame to the chat; never rejects (failures are the caller's log line). */
-  publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void>;
+  /** Publishes one presence frame to the chat; false if it failed (never rejects: failures are the caller's log line). */
+  publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<boolean>;
   /** The chat's online users as the engine has them now. */
   online(chat: IdKey): Promise<IdKey[]>;
+  /** An `offline` of these users went out (the engine may stop keeping them for a sweep to announce). */
+  announcedOffline(chat: IdKey, users: readonly IdKey[]): void;
 }
 
 /**
@@ -118,8 +120,9 @@ export class PresenceAnnouncer {
 
   /** Publishes `frame`; then, if it told `offline` about users the engine has online again, says so (see above). */
   private async publish(chat: IdKey, frame: Buffer, exceptConn: string | null, offline: readonly IdKey[]): Promise<void> {
-    await this.ports.publish(chat, frame, exceptConn);
+    const sent = await this.ports.publish(chat, frame, exceptConn);
     if (offline.length === 0) return;
+    if (sent) this.ports.announcedOffline(chat, offline);
     let online: Set<IdKey>;
     try {
       online = new Set(await this.ports.online(chat));

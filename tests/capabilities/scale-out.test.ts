@@ -14,7 +14,7 @@ describe('several gateway processes on one Redis behave as one', () => {
   const gateways: GatewayProcess[] = [];
   let chatSeq = 500;
 
-  async function spawnGateway(): Promise<GatewayProcess> {
+  async function spawnGateway(env: Record<string, string> = {}): Promise<GatewayProcess> {
     const gw = GatewayProcess.spawn({
       APP_PORT: '0',
       AUTH_HOST: api.url,
@@ -24,6 +24,7 @@ describe('several gateway processes on one Redis behave as one', () => {
       RATE_LIMIT_BURST: '1000',
       MAX_PENDING_WRITES: '1000',
       LOG_LEVEL: 'info',
+      ...env,
     });
     gateways.push(gw);
     await gw.listening();
@@ -119,6 +120,25 @@ describe('several gateway processes on one Redis behave as one', () => {
     assert.ok(took >= PRESENCE_TTL_MS / 3, `offline came before any entry could expire (${took} ms)`);
     const fresh = await member(gateways[1]!, 32, chat);
     assert.deepEqual([...(fresh.frames.at(-1)!.online as number[])].sort(), [30, 32]);
+    watcher.close();
+    fresh.close();
+  });
+
+  it("an instance killed with SIGKILL while an offline waits in its presence window: the others still announce it", async () => {
+    const chat = ++chatSeq;
+    const victim = await spawnGateway({ PRESENCE_BATCH_MS: '3000' });
+    const watcher = await member(gateways[0]!, 40, chat);
+    const [first, second] = [await member(victim, 41, chat), await member(victim, 42, chat)];
+    await watcher.next(presence(42, 'online'));
+    first.close(); // the chat's first change on the victim: announced at once, and it opens a 3 s window
+    await watcher.next(presence(41, 'offline'));
+    second.close(); // gathered in that window: the victim holds this offline…
+    await sleep(300); // …after its leave ran in Redis
+    victim.kill('SIGKILL');
+    await victim.exited;
+    await watcher.next((f) => (f.type === 'presence' && f.user_id === 42 && f.status === 'offline') || (f.type === 'presence_batch' && (f.offline as number[]).includes(42)), PRESENCE_TTL_MS + PRESENCE_TTL_MS / 3 + 2500);
+    const fresh = await member(gateways[1]!, 43, chat);
+    assert.deepEqual([...(fresh.frames.at(-1)!.online as number[])].sort(), [40, 43]);
     watcher.close();
     fresh.close();
   });

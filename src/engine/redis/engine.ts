@@ -27,6 +27,12 @@ const COMMAND_LOG_TTL_MS = 24 * 3600_000;
 /** Log entries read per call when catching up. */
 const COMMAND_LOG_PAGE = 500;
 /**
+ * A catch-up starts this long (by Redis's clock, in the log's ids) before where the log stood at
+ * the last probe before the loss: a command logged then may have been published after (commands
+ * heard live are recognised by their token and not acted on twice).
+ */
+const COMMAND_CATCH_UP_MARGIN_MS = 10_000;
+/**
  * In a chat channel's payload header, a second field starting with `!` names a kind of
  * publication other than a frame for clients; `!` alone is a command. Connection ids never
  * start with it. An instance ignores a kind it does not know — so a later version can add kinds
@@ -65,8 +71,8 @@ const NEWLINE = 0x0a;
 const SPACE = 0x20;
 
 type PresenceCommands = {
-  msLeave(chatKey: string, userKey: string, now: number, conn: string, user: string, held: number): Promise<number>;
-  msSweep(chatKey: string, streamKey: string, now: number, userPrefix: string): Promise<[number, string, ...string[]]>;
+  msLeave(chatKey: string, userKey: string, leavingKey: string, now: number, conn: string, user: string, held: number, announceBy: number, keyTtl: number): Promise<number>;
+  msSweep(chatKey: string, streamKey: string, leavingKey: string, now: number, userPrefix: string): Promise<[number, string, ...string[]]>;
   msWriteEntries(chatKey: string, now: number, expiresAt: number, keyTtl: number, userPrefix: string, ...userConnPairs: string[]): Promise<number[]>;
   msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string, number, string?]>;
   msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
@@ -83,6 +89,8 @@ const entryKey = (e: PresenceEntry) => `${e.chat}|${e.user}|${e.conn}`;
 const channelOf = (chat: IdKey) => `${CHANNEL_PREFIX}${chat}}`;
 const presenceKey = (chat: IdKey) => `ms:presence:{${chat}}`;
 const userPrefix = (chat: IdKey) => `ms:presence:{${chat}}:u:`;
+/** Users of the chat who went offline and whose `offline` is not confirmed sent yet (see LEAVE). */
+const leavingKey = (chat: IdKey) => `ms:presence:{${chat}}:leaving`;
 const streamKey = (chat: IdKey) => `ms:stream:{${chat}}`;
 const historyKey = (chat: IdKey) => `ms:history:{${chat}}`;
 /** `run_id:replid` from INFO's server and replication sections, as the stream scripts spell it. */
@@ -196,22 +204,23 @@ export class RedisEngine implements Engine {
   private probing = false;
   private probeTimer: NodeJS.Timeout | null = null;
   /**
-   * The id of the newest logged command this instance has acted on (or that was the log's newest
-   * when it first subscribed): where a catch-up after an outage starts. null until first ready.
+   * The command log's newest id when this instance first subscribed: nothing logged up to it is
+   * ever acted on by a catch-up (it was before this instance's time). null until then.
    */
-  private lastCommand: string | null = null;
+  private commandFloor: string | null = null;
+  /** The command log's newest id as the last successful probe read it. */
+  private commandLogAt = '0-0';
   /** Echo probes sent (see `echo`), and the one waited for. */
   private echoProbes = 0;
   private echoWaitingFor = 0;
   private echoWaiting: (() => void) | null = null;
-  /** Ids of logged commands acted on live lately, so a catch-up does not act on them twice. */
+  /** Tokens of commands acted on lately, so a catch-up does not act on one twice. */
   private readonly commandsSeen = new Set<string>();
   /**
-   * Where the next catch-up of commands starts: `lastCommand` as it stood at the first connection
-   * loss since the last catch-up (commands heard live after resubscribing must not move it past
-   * those missed); undefined while nothing is to be caught up.
+   * Where the next catch-up of commands starts: `commandLogAt` as it stood at the first connection
+   * loss since the last catch-up; undefined while nothing is to be caught up.
    */
-  private commandsFrom: string | null | undefined = null;
+  private commandsFrom: string | undefined;
   private readonly logLimit = new LogLimiter();
 
   async start(events: EngineEvents): Promise<void> {
@@ -267,8 +276,8 @@ export class RedisEngine implements Engine {
       this.watch(this.sub, 'subscriber');
     }
     this.watch(this.cmd, 'command');
-    this.cmd.defineCommand('msLeave', { numberOfKeys: 2, lua: LEAVE });
-    this.cmd.defineCommand('msSweep', { numberOfKeys: 2, lua: SWEEP });
+    this.cmd.defineCommand('msLeave', { numberOfKeys: 3, lua: LEAVE });
+    this.cmd.defineCommand('msSweep', { numberOfKeys: 3, lua: SWEEP });
     this.cmd.defineCommand('msWriteEntries', { numberOfKeys: 1, lua: WRITE_ENTRIES });
     this.cmd.defineCommand('msAppend', { numberOfKeys: 2, lua: APPEND });
     this.cmd.defineCommand('msRecover', { numberOfKeys: 2, lua: RECOVER });
@@ -304,6 +313,8 @@ export class RedisEngine implements Engine {
       await this.readIdentity();
       deaf = !(await this.echo());
       if (deaf) throw new Error('the subscriber did not deliver a probe published to it');
+      // Where the log stood while the subscriber worked: a catch-up after a loss starts (a margin before) here.
+      if (this.commandFloor !== null) this.commandLogAt = await this.commandLogHead();
       if (!this.responsive) this.log.info('redis answers again: ready');
       this.responsive = true;
       this.probeFailures = 0;
@@ -445,20 +456,23 @@ export class RedisEngine implements Engine {
   async command(chat: IdKey | null, command: ControlCommand): Promise<CommandResult> {
     const countable = chat !== null || !this.config.cluster;
     const req = ++this.requestCount;
-    // Logged first: an instance that misses the publication (its subscription down) acts on it
-    // from the log once it is back. A publish that fails after the log took it is answered 503,
-    // and acted on by such catch-ups: resending a command is harmless.
-    const log = await this.whenReady(() => this.cmd.xadd(COMMAND_LOG, 'MAXLEN', '~', COMMAND_LOG_MAX, '*', 'c', JSON.stringify(command)) as Promise<string>);
-    void this.cmd.pexpire(COMMAND_LOG, COMMAND_LOG_TTL_MS).catch(() => undefined);
-    const body = JSON.stringify(countable ? { ...command, log, reply: this.replyChannel, req } : { ...command, log });
+    const token = `${this.origin}c${req}`;
+    const body = JSON.stringify(countable ? { ...command, token, reply: this.replyChannel, req } : { ...command, token });
     const request = { replies: 0, connections: 0, wake: () => undefined };
     if (countable) this.requests.set(req, request);
     try {
-      const receivers: number = await this.whenReady(() => {
+      // Logged too, in the same tick as the publish (one batch, sent in order, so the command
+      // keeps its place among the chat's publications): an instance that misses the publication
+      // (its subscription down) acts on it from the log once it is back. A command answered 503
+      // may still be acted on so: resending one is harmless.
+      const logged = this.whenReady(() => this.cmd.xadd(COMMAND_LOG, 'MAXLEN', '~', COMMAND_LOG_MAX, '*', 'c', body) as Promise<string>);
+      void this.cmd.pexpire(COMMAND_LOG, COMMAND_LOG_TTL_MS).catch(() => undefined);
+      const published = this.whenReady(() => {
         if (chat === null) return this.cmd.publish(CONTROL_CHANNEL, body) as Promise<number>;
         const payload = Buffer.from(`${this.origin}c${req} ${COMMAND_MARK}\n${body}`);
         return (this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload)) as Promise<number>;
       });
+      const [receivers] = await Promise.all([published, logged]);
       if (!countable) return { instances: null, connections: null };
       if (request.replies < receivers) {
         await new Promise<void>((resolve) => {
@@ -488,8 +502,8 @@ export class RedisEngine implements Engine {
     }
     const command = parseControlCommand(envelope);
     if (command === null || this.events === null) return;
-    const { reply, req, log } = envelope as { reply?: unknown; req?: unknown; log?: unknown };
-    if (typeof log === 'string') this.noteCommand(log);
+    const { reply, req, token } = envelope as { reply?: unknown; req?: unknown; token?: unknown };
+    if (typeof token === 'string') this.noteCommand(token);
     const acted = this.events.command(command);
     if (typeof reply !== 'string' || !reply.startsWith('ms:reply:{') || typeof req !== 'number') return;
     const answer = JSON.stringify({ req, connections: acted });
@@ -498,49 +512,58 @@ export class RedisEngine implements Engine {
     );
   }
 
-  /** A logged command was acted on (live or by a catch-up). */
-  private noteCommand(id: string): void {
-    if (this.lastCommand === null || streamIdAfter(id, this.lastCommand)) this.lastCommand = id;
-    this.commandsSeen.add(id);
+  /** A command was acted on (live or by a catch-up). */
+  private noteCommand(token: string): void {
+    this.commandsSeen.add(token);
     if (this.commandsSeen.size > 1000) this.commandsSeen.delete(this.commandsSeen.values().next().value!);
   }
 
+  /** The command log's newest id ('0-0' when empty). */
+  private async commandLogHead(): Promise<string> {
+    return (await this.cmd.xrevrange(COMMAND_LOG, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
+  }
+
   /**
-   * Acts on the commands logged since `from` (the newest this instance had acted on when it lost
-   * Redis), skipping those it has heard live since it subscribed again: what the other instances
-   * told every instance while this one could not hear — a revoke, a disconnect — is not lost.
-   * On the first ready there is nothing to catch up: only where the log stands is read.
+   * Acts on the commands logged since `from` (where the log stood at the last probe before this
+   * instance lost Redis, less COMMAND_CATCH_UP_MARGIN_MS, never before its first subscription),
+   * skipping those it acted on live: what the other instances told every instance while this one
+   * could not hear — a revoke, a disconnect — is not lost. Run after subscribing again, so nothing
+   * falls between. On the first ready only where the log stands is read.
    */
-  private async catchUpCommands(from: string | null): Promise<void> {
-    if (from === null) {
-      const newest = (await this.cmd.xrevrange(COMMAND_LOG, '+', '-', 'COUNT', 1))[0];
-      if (this.lastCommand === null) this.lastCommand = newest?.[0] ?? '0-0';
+  private async catchUpCommands(from: string | undefined): Promise<void> {
+    if (this.commandFloor === null) {
+      this.commandFloor = this.commandLogAt = await this.commandLogHead();
       return;
     }
+    if (from === undefined) return;
+    const [ms = 0] = from.split('-').map(Number);
+    const margin = `${Math.max(0, ms - COMMAND_CATCH_UP_MARGIN_MS)}-0`;
+    const start = streamIdAfter(this.commandFloor, margin) ? this.commandFloor : margin;
     const oldest = (await this.cmd.xrange(COMMAND_LOG, '-', '+', 'COUNT', 1))[0];
-    if (oldest !== undefined && from !== '0-0' && streamIdAfter(oldest[0], from) && (await this.cmd.xlen(COMMAND_LOG)) >= COMMAND_LOG_MAX) {
-      this.log.error({ from, oldest: oldest[0] }, 'commands of the server API logged while redis was away were trimmed before this instance read them: some may not be applied here');
+    if (oldest !== undefined && streamIdAfter(oldest[0], start) && (await this.cmd.xlen(COMMAND_LOG)) >= COMMAND_LOG_MAX) {
+      this.log.error({ from: start, oldest: oldest[0] }, 'server-API commands logged while redis was away were trimmed before this instance read them: some may not be applied here');
     }
-    let after = from;
+    let after = start;
     let acted = 0;
     for (;;) {
       const page = await this.cmd.xrange(COMMAND_LOG, `(${after}`, '+', 'COUNT', COMMAND_LOG_PAGE);
       for (const [id, fields] of page) {
         after = id;
-        if (this.commandsSeen.has(id)) continue;
-        let command: ControlCommand | null = null;
+        let envelope: { token?: unknown } | null = null;
         try {
-          command = parseControlCommand(JSON.parse(fields[1] ?? ''));
+          envelope = JSON.parse(fields[1] ?? '') as { token?: unknown };
         } catch {
           // not a command this version knows
         }
-        this.noteCommand(id);
-        if (command === null || this.events === null) continue;
+        const command = parseControlCommand(envelope);
+        if (command === null || typeof envelope?.token !== 'string' || this.commandsSeen.has(envelope.token) || this.events === null) continue;
+        this.noteCommand(envelope.token);
         this.events.command(command);
         acted++;
       }
       if (page.length < COMMAND_LOG_PAGE) break;
     }
+    this.commandLogAt = after;
     if (acted > 0) this.log.warn({ commands: acted }, 'redis back: acted on server-API commands published while it was away');
   }
 
@@ -685,7 +708,15 @@ export class RedisEngine implements Engine {
 
   /** The LEAVE script for one entry: 1 if it took the user's last live connection (see scripts.ts for `held`). */
   private removeEntry({ chat, user, conn, held }: PresenceEntry & { held: 0 | 1 }): Promise<number> {
-    return this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, Date.now(), conn, user, held);
+    const now = Date.now();
+    // Its offline is confirmed sent (see offlineAnnounced) well within a TTL; past it a sweep announces it.
+    return this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, leavingKey(chat), now, conn, user, held, now + this.presenceTtlMs, this.keyTtlMs);
+  }
+
+  /** The `offline` of these users went out: a sweep need not announce it (see LEAVE). Best effort. */
+  offlineAnnounced(chat: IdKey, users: readonly IdKey[]): void {
+    if (!this.ready || users.length === 0) return;
+    this.cmd.zrem(leavingKey(chat), ...users).catch(() => undefined);
   }
 
   /** Publishes the `offline`s replayed leaves found (see `replayLeaves`). */
@@ -788,7 +819,7 @@ export class RedisEngine implements Engine {
         if (conn === this.cmd) this.identity = ''; // the next connection may be to another copy
         this.losses++;
         // What it acted on stood here: commands published from now on may not be heard.
-        if (this.commandsFrom === undefined) this.commandsFrom = this.lastCommand;
+        if (this.commandsFrom === undefined) this.commandsFrom = this.commandLogAt;
         if (this.ready) this.log.warn({ role, event }, 'redis connection lost');
         this.setReady(false);
       });
@@ -807,7 +838,7 @@ export class RedisEngine implements Engine {
       await this.readIdentity();
       await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
-      if (this.commandsFrom !== undefined) await this.catchUpCommands(this.commandsFrom);
+      await this.catchUpCommands(this.commandsFrom);
       this.commandsFrom = undefined;
       await this.refreshPresence();
       await this.replayLeaves();
@@ -927,7 +958,7 @@ export class RedisEngine implements Engine {
       const now = Date.now();
       await Promise.all(
         [...this.subscribed.keys()].map(async (chat) => {
-          const [seq, epoch, ...gone] = await this.cmd.msSweep(presenceKey(chat), streamKey(chat), now, userPrefix(chat));
+          const [seq, epoch, ...gone] = await this.cmd.msSweep(presenceKey(chat), streamKey(chat), leavingKey(chat), now, userPrefix(chat));
           if (gone.length > 0) this.events?.presenceExpired(chat, gone);
           if (epoch !== '') this.events?.streamAt(chat, { seq, epoch });
         }),

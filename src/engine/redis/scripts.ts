@@ -35,22 +35,29 @@ return restored
 `;
 
 /**
- * KEYS: chat zset, user zset. ARGV: now, conn, user, held. Returns 1 if that was the user's last
- * live connection. `held` = 1 when the caller still held the entry: if Redis has no entry then, it
- * was lost (FLUSHALL, eviction), not left twice, and the user may still need its offline.
+ * KEYS: chat zset, user zset, chat's leaving zset. ARGV: now, conn, user, held, announce-by,
+ * keyTtl. Returns 1 if that was the user's last live connection. `held` = 1 when the caller still
+ * held the entry: if Redis has no entry then, it was lost (FLUSHALL, eviction), not left twice,
+ * and the user may still need its offline. A user gone offline is kept in the leaving zset until
+ * its `offline` went out (the caller removes it then): if the caller dies first (its offline
+ * waiting in a presence window), a sweep past `announce-by` announces it instead.
  */
 export const LEAVE = `
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 and ARGV[4] ~= '1' then return 0 end
 if redis.call('ZCOUNT', KEYS[2], ARGV[1], '+inf') > 0 then return 0 end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[6])
 return 1
 `;
 
 /**
- * KEYS: chat zset, the chat's stream hash. ARGV: now, user-key prefix. Removes expired
- * connections; returns the chat stream's seq and epoch (0 and '' when it has none), then the
- * users left with no connection (their instance died without a leave). The position lets an
+ * KEYS: chat zset, the chat's stream hash, the chat's leaving zset. ARGV: now, user-key prefix.
+ * Removes expired connections; returns the chat stream's seq and epoch (0 and '' when it has
+ * none), then the users left with no connection (their instance died without a leave), and those
+ * who left whose `offline` was not confirmed sent in time (their instance died holding it) and
+ * who are not online again. The position lets an
  * instance notice broadcasts its subscription lost without the connection dropping (see
  * Resync.check); read here, it costs no extra call.
  */
@@ -69,6 +76,12 @@ for _, user in ipairs(stale) do
   else
     redis.call('ZADD', KEYS[1], top[2], user)
   end
+end
+local told = {}
+for i = 3, #gone do told[gone[i]] = true end
+for _, user in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])) do
+  redis.call('ZREM', KEYS[3], user)
+  if not told[user] and not redis.call('ZSCORE', KEYS[1], user) then table.insert(gone, user) end
 end
 return gone
 `;
