@@ -70,10 +70,13 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
     bodyLimit: opts.bodyLimit,
     // A path the router cannot take (`%ZZ`, a parameter over 100 characters) fails before any
     // hook runs: without the key it is still 401, as everywhere; with it, 400 in the API's own
-    // error shape — without echoing the path back.
+    // error shape — without echoing the path back. No onResponse hook runs for it either, so it
+    // is counted here, under route "unknown" like any request that matched no route.
     frameworkErrors: (_err, req, reply) => {
       const r = reply as FastifyReply;
-      if (!authorized(req.headers.authorization)) {
+      const status = authorized(req.headers.authorization) ? 400 : 401;
+      opts.metrics.apiRequests.inc({ route: 'unknown', status: String(status) });
+      if (status === 401) {
         refuse(req);
         return void r.code(401).send({ error: 'unauthorized', message: UNAUTHORIZED });
       }

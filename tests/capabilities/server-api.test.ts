@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { TestClient, expectNone, presence, type Frame } from '../support/client.js';
-import { ENGINE_MODES, Harness, uniqueChat, useHarness, waitFor, type Instance } from '../support/harness.js';
+import { ENGINE_MODES, Harness, metric, uniqueChat, useHarness, waitFor, type Instance } from '../support/harness.js';
 
 const API_KEY = 'test-api-key-0123456789';
 
@@ -355,12 +355,18 @@ describe('server API: where it is served', () => {
       const encoded = await call(own, 'POST', '/%61pi/v1/users/1/disconnect', {}, null);
       assert.equal(encoded.status, 401);
       // A path the router cannot take: 400 with the key, without echoing it back; 401 without the key, as everywhere.
-      for (const path of ['/api/v1/chats/%ZZ/presence', `/api/v1/chats/${'a'.repeat(120)}/presence`]) {
-        const undecodable = await call(own, 'GET', path);
+      // Counted like every request, under route="unknown" (it matched no route).
+      const unknown = (status: number) => metric(own, 'message_service_api_requests_total', { route: 'unknown', status: String(status) });
+      const [before400, before401] = [await unknown(400), await unknown(401)];
+      const malformed = ['/api/v1/chats/%ZZ/presence', `/api/v1/chats/${'a'.repeat(120)}/presence`, `/api/v1/chats/${'7'.repeat(150)}/publish`];
+      for (const path of malformed) {
+        const method = path.endsWith('/publish') ? 'POST' : 'GET';
+        const undecodable = await call(own, method, path, method === 'POST' ? { event: {} } : undefined);
         assert.deepEqual([undecodable.status, undecodable.body.error], [400, 'bad_request'], path);
         assert.ok(!String(undecodable.body.message).includes('/api/v1'), 'the path is echoed back');
-        assert.equal((await call(own, 'GET', path, undefined, null)).status, 401, `${path} without the key`);
+        assert.equal((await call(own, method, path, undefined, null)).status, 401, `${path} without the key`);
       }
+      assert.deepEqual([(await unknown(400)) - before400, (await unknown(401)) - before401], [malformed.length, malformed.length], 'requests refused for their path are not counted');
       const publicPort = await fetch(`${own.gateway.url}/api/v1/chats/1/presence`, { headers: { authorization: `Bearer ${API_KEY}` } });
       assert.equal(publicPort.status, 404);
       assert.equal((await fetch(`${own.gateway.url}/healthz`)).status, 200);
