@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { ID_PATTERN, IdSchema } from '../protocol/ids.js';
+import { ID_PATTERN, IdSchema, MESSAGE_ID_PATTERN } from '../protocol/ids.js';
 
 /**
  * Requests and answers of the server API (`/api/v1`). They validate every request and are the
@@ -18,7 +18,16 @@ export const DisconnectBody = Type.Object(
   { additionalProperties: false },
 );
 export const PublishBody = Type.Object(
-  { event: Type.Object({}, { additionalProperties: true, description: 'Any JSON object; clients receive it as the `data` of an `event` frame' }) },
+  {
+    id: Type.Optional(
+      Type.String({
+        pattern: MESSAGE_ID_PATTERN,
+        description:
+          "Makes a resend safe: a publish whose id the chat's recent history already holds (an earlier attempt published it, even one answered 503) publishes nothing and is answered with that event's position and `duplicate: true`. 1–64 of A–Z a–z 0–9 _ -, one per event within a chat; never sent to clients. Recent: the chat's last HISTORY_SIZE broadcasts appended up to about a minute before the resend. The embedded memory engine does not look it up yet. Without an id, a publish answered 503 after a timeout may have been published, and a resend may publish it again",
+      }),
+    ),
+    event: Type.Object({}, { additionalProperties: true, description: 'Any JSON object; clients receive it as the `data` of an `event` frame' }),
+  },
   { additionalProperties: false },
 );
 
@@ -41,6 +50,7 @@ export const PublishAnswer = Type.Object({
   chat_id: IdSchema,
   seq: Type.Integer({ minimum: 1, description: "The event's position in the chat stream" }),
   epoch: Type.String(),
+  duplicate: Type.Boolean({ description: 'true: an earlier publish with this `id` had published the event, at this position; nothing was published now' }),
 });
 export const PresenceAnswer = Type.Object({
   chat_id: IdSchema,

@@ -18,6 +18,11 @@ export const API_PREFIX = '/api/v1';
 const OPENAPI_PATH = `${API_PREFIX}/openapi.json`;
 /** The event is the `data` of its frame, one level down. */
 const MAX_EVENT_DEPTH = MAX_DEPTH - 1;
+/**
+ * The operation token a publish with an `id` is appended under. Hub tokens start with `~`, so
+ * the two can never name the same operation; the chat is the history's own.
+ */
+const publishToken = (id: string) => `api:${id}`;
 
 export interface ServerApiOptions {
   apiKey: string;
@@ -70,10 +75,13 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
     bodyLimit: opts.bodyLimit,
     // A path the router cannot take (`%ZZ`, a parameter over 100 characters) fails before any
     // hook runs: without the key it is still 401, as everywhere; with it, 400 in the API's own
-    // error shape — without echoing the path back.
+    // error shape — without echoing the path back. No onResponse hook runs for it either, so it
+    // is counted here, under route "unknown" like any request that matched no route.
     frameworkErrors: (_err, req, reply) => {
       const r = reply as FastifyReply;
-      if (!authorized(req.headers.authorization)) {
+      const status = authorized(req.headers.authorization) ? 400 : 401;
+      opts.metrics.apiRequests.inc({ route: 'unknown', status: String(status) });
+      if (status === 401) {
         refuse(req);
         return void r.code(401).send({ error: 'unauthorized', message: UNAUTHORIZED });
       }
@@ -215,7 +223,7 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
       schema: {
         summary: 'Publish a system event to a chat',
         description:
-          'Broadcast to the chat as `{"type":"event","chat_id":…,"data":<event>}`, numbered in the chat stream (`seq`, `epoch`) like messages and replayed to clients that resume.',
+          'Broadcast to the chat as `{"type":"event","chat_id":…,"data":<event>}`, numbered in the chat stream (`seq`, `epoch`) like messages and replayed to clients that resume. With an `id`, a resend of a publish already made (even one answered 503 after a timeout) publishes nothing and is answered with its position (`duplicate: true`).',
         params: ChatParams,
         body: PublishBody,
         response: { 200: PublishAnswer, ...errors },
@@ -229,12 +237,19 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
       if (unfit === 'number') throw new ApiError(400, 'bad_request', `body/event: ${UNFIT_NUMBER}`);
       requireAccepting();
       const chat = idKey(req.params.chat_id);
-      const position = await engine.append(chat, out.event(chat, req.body.event), null).catch((err: unknown) => {
+      const { id } = req.body;
+      // With an id, every publish is a retry to the engine: it looks for the id in the chat's
+      // history first, and answers an earlier attempt's position instead of publishing again —
+      // one that timed out (a stalled Redis runs it when it wakes) and was answered 503, or one
+      // that is still queued on another instance's connection (whichever runs first publishes).
+      const attempt = id === undefined ? undefined : { token: publishToken(id), retry: true, firstAt: Date.now() };
+      const position = await engine.append(chat, out.event(chat, req.body.event), null, undefined, attempt).catch((err: unknown) => {
         throw err instanceof EngineUnavailableError ? err : new EngineUnavailableError((err as Error).message);
       });
+      const duplicate = position.earlier !== undefined;
       // Delivered like any broadcast: from the engine's callback on every instance subscribed.
-      log.info({ chat, seq: position.seq, epoch: position.epoch }, 'server API: publish');
-      return { chat_id: wireId(chat), seq: position.seq, epoch: position.epoch };
+      log.info({ chat, seq: position.seq, epoch: position.epoch, ...(id === undefined ? {} : { id, duplicate }) }, 'server API: publish');
+      return { chat_id: wireId(chat), seq: position.seq, epoch: position.epoch, duplicate };
     },
   );
 

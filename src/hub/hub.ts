@@ -374,10 +374,12 @@ export class Hub {
         }
         // Still first: a shutdown meanwhile (abandonLateNow) keeps the one in flight for this outcome.
         this.shiftLate();
-        if (result.earlier === undefined) this.metrics.publishLate.inc();
+        // Late either way: published now, or by an attempt that timed out (a stalled Redis ran it
+        // when it woke), so it is never left out of both late and dropped.
+        this.metrics.publishLate.inc();
         // An attempt that timed out had appended it after all, without its sender: tell the
         // sender now (its ack had no position), and no one else (they got it then).
-        else if (entry.sender !== null) this.deliverTo(entry.chat, entry.sender, result.earlier, result);
+        if (result.earlier !== undefined && entry.sender !== null) this.deliverTo(entry.chat, entry.sender, result.earlier, result);
         if (this.lateAbandoned) break;
       }
     } finally {

@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { startDevApi, type DevApi } from '../../dev-api/app.js';
 import { TestClient } from '../support/client.js';
-import { GatewayProcess } from '../support/process.js';
+import { reaped } from '../support/children.js';
+import { GatewayProcess, ROOT } from '../support/process.js';
 
 describe('configuration errors exit 2 with one line naming the variable', { concurrency: 4 }, () => {
   // One of each kind of check, as a process (exit 2, one line); every variable's checks are in
@@ -77,6 +80,49 @@ describe('graceful shutdown and logs (real process, real signals)', () => {
     // Closing the engine on purpose is not an outage: no line an alert on "lost" would fire on.
     assert.match(gw.output, /"engine closed"/);
     assert.doesNotMatch(gw.output, /connection lost/);
+  });
+
+  // npm runs a script as `sh -c '<script>'` and passes a SIGTERM or SIGINT it gets to that child
+  // only: without `exec`, sh dies and the gateway keeps running as an orphan (port held, no drain)
+  // while npm exits 143. `npm run dev` is tested as a real process (`npm start` is the same line
+  // with `node dist/…`, which would need a build first); every long-running script must exec.
+  it('`npm run dev`: a SIGTERM to npm\'s own pid (not its group) reaches the gateway, which drains and exits 0 with npm; nothing is left listening', async () => {
+    const scripts = (JSON.parse(readFileSync(`${ROOT}/package.json`, 'utf8')) as { scripts: Record<string, string> }).scripts;
+    for (const name of ['start', 'dev', 'dev-api', 'demo']) assert.match(scripts[name] ?? '', /^exec /, `npm run ${name} does not exec its process`);
+    // Its own process group, so the finally below can end whatever an orphan would be.
+    const npm = reaped(spawn('npm', ['run', 'dev'], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', npm_config_update_notifier: 'false', APP_PORT: '0', AUTH_HOST: api.url },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    }));
+    let output = '';
+    npm.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    npm.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const exited = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
+    try {
+      let port = 0;
+      for (const until = Date.now() + 30_000; port === 0 && Date.now() < until; await new Promise((r) => setTimeout(r, 50))) {
+        port = Number(/"port":(\d+)[^\n]*"msg":"gateway listening"/.exec(output)?.[1] ?? 0);
+      }
+      assert.ok(port > 0, `the gateway did not start:\n${output}`);
+      npm.kill('SIGTERM');
+      assert.equal(await exited, 0, output);
+      for (const until = Date.now() + 2000; !output.includes('"msg":"shutdown complete"') && Date.now() < until; ) await new Promise((r) => setTimeout(r, 25));
+      assert.match(output, /"msg":"shutdown complete"/);
+      const refused = await new Promise<boolean>((resolve) => {
+        const socket = connect(port, '127.0.0.1');
+        socket.once('connect', () => (socket.destroy(), resolve(false)));
+        socket.once('error', () => resolve(true));
+      });
+      assert.ok(refused, `port ${port} is still held: the gateway outlived npm`);
+    } finally {
+      try {
+        process.kill(-npm.pid!, 'SIGKILL');
+      } catch {
+        // the group is gone already
+      }
+    }
   });
 
   it('a second signal exits at once with 1', async () => {

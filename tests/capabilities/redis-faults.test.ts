@@ -3,7 +3,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { TestClient, sleep, presence, type Frame } from '../support/client.js';
-import { uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
+import { metric, uniqueChat, useHarness, waitFor, type Harness } from '../support/harness.js';
 import { GatewayProcess } from '../support/process.js';
 import { drainBoundMs } from '../../src/gateway.js';
 import { RedisServer } from '../support/redis.js';
@@ -669,6 +669,9 @@ describe('Redis stalled past PUBLISH_RETRY_MS: the late broadcast an attempt had
     assert.equal(b.all({ type: 'message' }).length, 1);
     assert.equal(a.all({ type: 'message' }).length, 1);
     assert.equal(await cli(h.redis!.port, 'xlen', `ms:history:{${chat}}`), '1');
+    // Broadcast late (by the first attempt, run when Redis woke), and counted so: never lost between late and dropped.
+    assert.equal(await metric(h.instances[0]!, 'message_service_publish_late_total'), 1);
+    assert.equal(await metric(h.instances[0]!, 'message_service_publish_dropped_total'), 0);
     a.close();
     b.close();
   });
