@@ -23,7 +23,7 @@ export const PublishBody = Type.Object(
       Type.String({
         pattern: MESSAGE_ID_PATTERN,
         description:
-          "Makes a resend safe: a publish whose id the chat's recent history already holds (an earlier attempt published it, even one answered 503) publishes nothing and is answered with that event's position and `duplicate: true`. 1–64 of A–Z a–z 0–9 _ -, one per event within a chat; never sent to clients. Recent: the chat's last HISTORY_SIZE broadcasts appended up to about a minute before the resend. The embedded memory engine does not look it up yet. Without an id, a publish answered 503 after a timeout may have been published, and a resend may publish it again",
+          "Makes a resend safe: a publish whose id the chat's recent history already holds (an earlier attempt published it, even one answered 503) publishes nothing and is answered with that event's position and `duplicate: true`. 1–64 of A–Z a–z 0–9 _ -, one per event within a chat; never sent to clients. Recent: the chat's last HISTORY_SIZE broadcasts appended up to about a minute before the resend. Without an id, a publish answered 503 after a timeout may have been published, and a resend may publish it again",
       }),
     ),
     event: Type.Object({}, { additionalProperties: true, description: 'Any JSON object; clients receive it as the `data` of an `event` frame' }),

@@ -1,5 +1,8 @@
 import type { IdKey } from '../protocol/ids.js';
-import { STREAM_TTL_MS, newEpoch, numberFrame, type HistoryLimits, type Recovery, type StreamPosition } from './stream.js';
+import { STREAM_TTL_MS, newEpoch, numberFrame, type AppendAttempt, type HistoryLimits, type Recovery, type StreamPosition } from './stream.js';
+
+/** How far back before an operation's first attempt an earlier attempt of it is looked for (as the Redis script does). */
+const LOOK_BACK_MS = 60_000;
 
 interface Entry {
   readonly seq: number;
@@ -12,6 +15,12 @@ interface Entry {
    */
   readonly frame: string;
   readonly key: string | undefined;
+  /**
+   * The operation's token, for an append made as a retry (see ChatStream.append): only those can
+   * meet an earlier attempt here — this engine's appends never fail half-way — namely the server
+   * API's publishes that carry an id. Others keep none.
+   */
+  readonly token?: string;
 }
 
 interface ChatState {
@@ -35,14 +44,23 @@ export class MemoryStreams {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Numbers and stores one broadcast; returns the numbered bytes and their position. */
-  append(chat: IdKey, frame: Buffer, key?: string): { position: StreamPosition; numbered: Buffer } {
+  /**
+   * Numbers and stores one broadcast; returns the numbered bytes and their position. A retry
+   * (`attempt.retry`) whose operation is already in history is not appended again: its position
+   * and stored bytes come back with `earlier` set.
+   */
+  append(chat: IdKey, frame: Buffer, key?: string, attempt?: AppendAttempt): { position: StreamPosition; numbered: Buffer; earlier?: true } {
     const state = this.state(chat);
+    const retry = attempt?.retry === true ? attempt : undefined;
+    if (retry !== undefined) {
+      const found = this.find(state, retry);
+      if (found !== undefined) return { position: { seq: found.seq, epoch: state.epoch }, numbered: Buffer.from(found.frame, 'latin1'), earlier: true };
+    }
     const position = { seq: ++state.seq, epoch: state.epoch };
     const numbered = numberFrame(frame, position);
     const { size } = this.limits;
     if (size > 0) {
-      const entry = { seq: position.seq, at: this.now(), frame: numbered.toString('latin1'), key };
+      const entry: Entry = { seq: position.seq, at: this.now(), frame: numbered.toString('latin1'), key, ...(retry === undefined ? {} : { token: retry.token }) };
       if (state.entries.length < size) state.entries.push(entry);
       else {
         state.entries[state.head] = entry;
@@ -50,6 +68,17 @@ export class MemoryStreams {
       }
     }
     return { position, numbered };
+  }
+
+  /** The entry appended under `attempt.token`, newest first, not before LOOK_BACK_MS ahead of its first attempt. */
+  private find(state: ChatState, attempt: AppendAttempt): Entry | undefined {
+    const count = state.entries.length;
+    for (let i = count - 1; i >= 0; i--) {
+      const entry = state.entries[(state.head + i) % count]!;
+      if (entry.at < attempt.firstAt - LOOK_BACK_MS) return undefined;
+      if (entry.token === attempt.token) return entry;
+    }
+    return undefined;
   }
 
   contains(chat: IdKey, key: string): boolean {

@@ -1,6 +1,6 @@
 import type { IdKey } from '../protocol/ids.js';
 import { MemoryStreams } from './memory-stream.js';
-import type { HistoryLimits, Recovery, StreamPosition } from './stream.js';
+import type { AppendAttempt, AppendResult, HistoryLimits, Recovery, StreamPosition } from './stream.js';
 import type { Engine, EngineEvents } from './types.js';
 import type { CommandResult, ControlCommand } from './control.js';
 import { addOne, deleteOne, type OneOrSet } from '../util/one-or-set.js';
@@ -52,9 +52,10 @@ export class MemoryEngine implements Engine {
     if (this.events !== null && this.subscribed.has(chat)) this.events.deliver(chat, frame, exceptConn);
   }
 
-  async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string): Promise<StreamPosition> {
+  async append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string, attempt?: AppendAttempt): Promise<AppendResult> {
     if (this.events === null) throw new Error('memory engine closed');
-    const { position, numbered } = this.streams.append(chat, frame, key);
+    const { position, numbered, earlier } = this.streams.append(chat, frame, key, attempt);
+    if (earlier) return { ...position, earlier: numbered }; // appended before: nothing is published now
     if (this.subscribed.has(chat)) this.events.deliver(chat, numbered, exceptConn);
     return position;
   }

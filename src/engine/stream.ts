@@ -56,8 +56,9 @@ export interface ChatStream {
    * `attempt` makes a retry idempotent: `token` names the operation (the same on every
    * attempt), and with `retry` set an operation already appended under that token (an earlier
    * attempt whose reply was lost, run after all) is not appended again — its position is
-   * returned. Redis only, and only while the entry is in history (HISTORY_SIZE > 0); an engine
-   * whose append cannot fail half-way ignores it.
+   * returned, only while the entry is in history (HISTORY_SIZE > 0). The memory engine, whose
+   * append cannot fail half-way, keeps the token of a retry only: the server API's publishes
+   * that carry an id are always made as one.
    */
   append(chat: IdKey, frame: Buffer, exceptConn: string | null, key?: string, attempt?: AppendAttempt): Promise<AppendResult>;
   /** Whether the chat's history still holds a broadcast appended with `key`. */
