@@ -6,6 +6,7 @@ import type { Metrics } from '../metrics/index.js';
 import type { IdKey } from '../protocol/ids.js';
 import { outgoing } from './outgoing.js';
 import { Registry, type Member } from './registry.js';
+import { PresenceView } from './presence-view.js';
 import { PresenceAnnouncer } from './presence-announcer.js';
 import { Resync } from './resync.js';
 import { whenSettled } from '../util/settled.js';
@@ -78,6 +79,8 @@ export class Hub {
   private appends = 0;
   private readonly resync: Resync;
   private readonly presence: PresenceAnnouncer;
+  /** What local members were told of presence, to repair after an outage (engines that can lose deliveries only). */
+  private readonly presenceView: PresenceView | null;
 
   constructor(
     private readonly engine: Engine,
@@ -95,6 +98,7 @@ export class Hub {
       log,
       Math.floor(limits.maxBufferedBytes / 2),
     );
+    this.presenceView = engine.kind === 'redis' ? new PresenceView() : null;
     this.presence = new PresenceAnnouncer(limits.presenceBatchMs, {
       publish: (chat, frame, exceptConn) => this.publishQuietly(chat, frame, exceptConn),
       online: (chat) => engine.online(chat),
@@ -104,6 +108,7 @@ export class Hub {
 
   /** Framed once here; every local receiver gets the same WebSocket frame bytes. */
   private deliverNow(chat: IdKey, frame: Buffer, position: StreamPosition | null, exceptConn: string | null): void {
+    if (position === null) this.presenceView?.observe(chat, frame);
     if (!this.registry.hasReceivers(chat, exceptConn)) return;
     const n = this.registry.deliver(chat, outgoing(frame, position), exceptConn);
     if (n > 0) this.metrics.deliveries.inc(n);
@@ -139,8 +144,12 @@ export class Hub {
       readyChange: (ready) => {
         onReadyChange(ready);
         if (!ready) return this.resync.engineLost(this.subscriptions.keys());
-        // Catch up on what other instances published meanwhile first, then publish our own late ones.
-        void this.resync.engineBack().then(() => this.publishLate());
+        // Catch up on what other instances published meanwhile first, then publish our own late
+        // ones; presence announced meanwhile is in no history: members are told the difference.
+        void this.resync.engineBack().then(() => {
+          void this.repairPresence();
+          return this.publishLate();
+        });
       },
       streamAt: (chat, position) => this.resync.check(chat, position),
       command: onCommand,
@@ -158,6 +167,7 @@ export class Hub {
     try {
       cameOnline = await this.engine.join(chat, user, connId);
       const online = await this.engine.online(chat);
+      this.presenceView?.seed(chat, online);
       return { online, cameOnline };
     } catch (err) {
       // Every failure after the presence join undoes it: no ghost refreshed for the process's life.
@@ -411,6 +421,16 @@ export class Hub {
   }
 
   /** For broadcasts whose failure only deserves a log line (presence, typing after the fact). */
+  /** After an outage: each chat's local members are told who came and went while it lasted. */
+  private async repairPresence(): Promise<void> {
+    if (this.presenceView === null) return;
+    const chats = await this.presenceView.repair(
+      (chat) => this.engine.online(chat),
+      (chat, frame) => this.deliverNow(chat, frame, null, null),
+    );
+    if (chats > 0) this.log.info({ chats }, 'presence that changed while redis was away told to local members');
+  }
+
   /** Publishes; a failure is logged (limited), and answered false. */
   async publishQuietly(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<boolean> {
     try {
@@ -445,6 +465,7 @@ export class Hub {
     if (sub === undefined || --sub.refs > 0) return;
     this.subscriptions.delete(chat);
     this.resync.forget(chat);
+    this.presenceView?.forget(chat);
     this.engine.unsubscribe(chat).catch((err: Error) => {
       this.log.warn({ chat, err: err.message }, 'unsubscribe failed');
     });

@@ -160,6 +160,34 @@ describe('Redis subscriber lost for a while: what the instance missed is caught 
     receiver.close();
   });
 
+  it('presence that changed while the subscriber was down is told to the instance\'s members once it is back', async () => {
+    const chat = uniqueChat();
+    const leaving = await h.member(1, chat, 0);
+    const watcher = await h.member(9, chat, 1);
+    assert.deepEqual(online(watcher.frames.at(-1)!), [1, 9]);
+    subscriber(h, 1).disconnect(false);
+    await waitFor(() => !h.instances[1]!.gateway.engine.isReady(), 3000, 'instance 1 sees the outage');
+    leaving.close(); // its offline, and the newcomer's online, are published while instance 1 cannot hear
+    const newcomer = await h.member(2, chat, 0);
+    await sleep(500);
+    const before = watcher.frames.length;
+    await subscriber(h, 1).connect();
+    await waitFor(() => h.instances[1]!.gateway.engine.isReady(), 5000, 'instance 1 back');
+    await waitFor(() => {
+      const told = new Map<number, string>();
+      for (const f of watcher.frames.slice(before)) {
+        if (f.type === 'presence') told.set(f.user_id as number, f.status as string);
+        if (f.type === 'presence_batch') {
+          for (const u of f.online as number[]) told.set(u, 'online');
+          for (const u of f.offline as number[]) told.set(u, 'offline');
+        }
+      }
+      return told.get(1) === 'offline' && told.get(2) === 'online';
+    }, 5000, 'user 1 offline and user 2 online, told to the watcher');
+    watcher.close();
+    newcomer.close();
+  });
+
   it('a revoke and a disconnect of the server API published while the subscriber was down are applied once it is back', async () => {
     const chat = uniqueChat();
     const sender = await h.member(1, chat, 0);
