@@ -420,18 +420,24 @@ export class Hub {
     }
   }
 
-  /** For broadcasts whose failure only deserves a log line (presence, typing after the fact). */
   /** After an outage: each chat's local members are told who came and went while it lasted. */
   private async repairPresence(): Promise<void> {
     if (this.presenceView === null) return;
-    const chats = await this.presenceView.repair(
-      (chat) => this.engine.online(chat),
-      (chat, frame) => this.deliverNow(chat, frame, null, null),
-    );
-    if (chats > 0) this.log.info({ chats }, 'presence that changed while redis was away told to local members');
+    try {
+      const chats = await this.presenceView.repair(
+        (chat) => this.engine.online(chat),
+        (chat, frame) => this.deliverNow(chat, frame, null, null),
+      );
+      if (chats > 0) this.log.info({ chats }, 'presence that changed while redis was away told to local members');
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'presence repair failed');
+    }
   }
 
-  /** Publishes; a failure is logged (limited), and answered false. */
+  /**
+   * For broadcasts whose failure only deserves a log line (presence, typing after the fact):
+   * publishes; a failure is logged (limited), and answered false.
+   */
   async publishQuietly(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<boolean> {
     try {
       await this.publish(chat, frame, exceptConn);

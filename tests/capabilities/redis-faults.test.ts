@@ -559,7 +559,7 @@ describe('A Redis link that goes silent without closing (half-open): detected an
       return receiver.frames.slice(typed).some((f) => f.type === 'typing');
     }, 20_000, 'typing delivered again: the subscriber was replaced');
     assert.equal(engine.isReady(), true);
-    assert.match(h.instances[1]!.logs.join(''), /redis connection silent: replaced/);
+    assert.match(h.instances[1]!.logs.join(''), /redis connection silent while a new one is answered: replaced/);
 
     // Now every link of the instance: its writes go unanswered.
     assert.ok(proxy.silence() >= 2);

@@ -306,4 +306,17 @@ describe('SDK: a chat opened while others are being left, at the gateway\'s chat
     await assert.rejects(third.ready(), (e: ClientError) => e.code === 'bad_request' && /at most 2 chats/.test(e.message));
     assert.equal(a.all('unregistered').length, 1);
   });
+
+  it('a chat left while its register was out still holds its place until then: one opened meanwhile waits for it', { timeout: 20_000 }, async () => {
+    const a = await sdk(h, 1, fast);
+    const kept = a.client.chat(uniqueChat());
+    await kept.ready();
+    h.api.addFault({ op: 'verify', delayMs: 800, times: 1 }); // the next register is out for 0.8 s
+    const left = a.client.chat(uniqueChat());
+    await sleep(100);
+    left.leave(); // forgotten here; registered at the gateway once its verify answers, then unregistered
+    const fresh = a.client.chat(uniqueChat());
+    assert.equal((await fresh.ready()).chatId, fresh.id, 'registered once the left chat let go of its place');
+    assert.deepEqual(a.all('unregistered'), [], 'nothing dropped');
+  });
 });

@@ -331,15 +331,16 @@ export class Chats {
 
   /**
    * Chats this client is leaving still hold a registration at the gateway (or are about to):
-   * registered or registering while their writes are answered, or their `unregister` not yet
-   * answered.
+   * registered or registering while their writes are answered, their `unregister` not yet
+   * answered, or left while their register was out (forgotten here, registered there until that
+   * register's answer is followed by an `unregister`).
    */
   private leavesUnderWay(): boolean {
     for (const state of this.chats.values()) if (state.leaving && (state.status === 'registered' || state.status === 'registering')) return true;
-    return this.core.requests.anyPending('u:');
+    return this.core.requests.anyPending((key) => key.startsWith('u:') || (key.startsWith('r:') && this.chats.get(key.slice(2))?.status !== 'registering'));
   }
 
-  /** The gateway answered an `unregister`: a chat waiting for a free place registers now. */
+  /** The gateway answered an `unregister` (or refused a register of a chat left meanwhile): a chat waiting for a free place registers now. */
   unregisterAnswered(): void {
     for (const state of this.chats.values()) {
       if (!state.waitsForLeave || state.status !== 'idle' || state.retryTimer === null) continue;

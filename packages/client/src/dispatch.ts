@@ -119,6 +119,8 @@ export class Dispatcher {
     if (op === 'register') {
       const state = this.chats.get(chatKey);
       if (state?.status === 'registering') return this.chats.registerRefused(state, error);
+      // A chat left while its register was out holds no place at the gateway any more.
+      if (request !== undefined && (state === undefined || state.status === 'gone')) this.chats.unregisterAnswered();
       if (request !== undefined) return; // a second answer to a register sent twice
     } else if (WRITE_OPS.has(op) && typeof frame.id === 'string') {
       if (this.writes.onError(request, op, frame.id, frame.chat_id === undefined ? undefined : chatKey, error)) return;

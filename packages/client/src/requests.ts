@@ -140,9 +140,9 @@ export class Requests {
     return this.outstanding.find((o) => o.key === key && !o.resent) ?? this.pacer.find((f) => f.track?.key === key)?.track;
   }
 
-  /** Some request whose key starts with `prefix` (`u:`: an unregister) is sent or queued and not answered yet. */
-  anyPending(prefix: string): boolean {
-    return this.outstanding.some((o) => o.key.startsWith(prefix)) || this.pacer.find((f) => f.track?.key.startsWith(prefix) === true) !== undefined;
+  /** Some request whose key `match`es is sent or queued and not answered yet. */
+  anyPending(match: (key: string) => boolean): boolean {
+    return this.outstanding.some((o) => match(o.key)) || this.pacer.find((f) => f.track !== undefined && match(f.track.key)) !== undefined;
   }
 
   /**

@@ -8,7 +8,7 @@ import type { IdKey } from '../../protocol/ids.js';
 import { EngineUnavailableError, type Engine, type EngineEvents } from '../types.js';
 import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
 import { STREAM_TTL_MS, newEpoch, type AppendAttempt, type AppendResult, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
-import { LEAVE, SWEEP, WRITE_ENTRIES } from './scripts.js';
+import { ANNOUNCED, LEAVE, SWEEP, WRITE_ENTRIES } from './scripts.js';
 import { APPEND, CONTAINS, CONTAINS_MAX_BYTES, RECOVER } from './stream-scripts.js';
 import { LogLimiter } from '../../util/log-limit.js';
 
@@ -28,10 +28,13 @@ const COMMAND_LOG_TTL_MS = 24 * 3600_000;
 const COMMAND_LOG_PAGE = 500;
 /**
  * A catch-up starts this long (by Redis's clock, in the log's ids) before where the log stood at
- * the last probe before the loss: a command logged then may have been published after (commands
- * heard live are recognised by their token and not acted on twice).
+ * the last probe before the loss: a command logged then may have been published a moment after
+ * (its XADD goes just before its PUBLISH; in a Cluster to another node). Commands heard live are
+ * recognised by their token and not acted on twice.
  */
-const COMMAND_CATCH_UP_MARGIN_MS = 10_000;
+const COMMAND_CATCH_UP_MARGIN_MS = 2000;
+/** How long a command's token is remembered as acted on: longer than the margin plus a restore. */
+const COMMAND_SEEN_MS = 60_000;
 /**
  * In a chat channel's payload header, a second field starting with `!` names a kind of
  * publication other than a frame for clients; `!` alone is a command. Connection ids never
@@ -64,7 +67,7 @@ const PROBE_FAILURES_TO_RECONNECT = 3;
  * Commands only the probe sends: never queued behind an auto-pipelined batch that waits out its
  * timeout (ioredis sends one batch at a time), so a probe times out on its own 2 s.
  */
-const PROBE_COMMANDS = ['set', 'info'];
+const PROBE_COMMANDS = ['set', 'info', 'xrevrange'];
 /** Presence entries refreshed per script call, at most. */
 const REFRESH_BATCH = 500;
 const NEWLINE = 0x0a;
@@ -73,6 +76,7 @@ const SPACE = 0x20;
 type PresenceCommands = {
   msLeave(chatKey: string, userKey: string, leavingKey: string, now: number, conn: string, user: string, held: number, announceBy: number, keyTtl: number): Promise<number>;
   msSweep(chatKey: string, streamKey: string, leavingKey: string, now: number, userPrefix: string): Promise<[number, string, ...string[]]>;
+  msAnnounced(leavingKey: string, ...userDeadlinePairs: Array<string | number>): Promise<number>;
   msWriteEntries(chatKey: string, now: number, expiresAt: number, keyTtl: number, userPrefix: string, ...userConnPairs: string[]): Promise<number[]>;
   msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string, number, string?]>;
   msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
@@ -170,6 +174,11 @@ export class RedisEngine implements Engine {
   private leavesReplay: Promise<void> | null = null;
   /** Per chat, users replayed leaves took offline, announced once the engine is ready again. */
   private readonly leftOffline = new Map<IdKey, IdKey[]>();
+  /**
+   * Users whose last connection left through this instance, by `chat|user`, with the deadline
+   * their record in the chat's leaving set got (see LEAVE), until their `offline` went out.
+   */
+  private readonly leaving = new Map<string, number>();
   /** Entries a refresh re-created (see refreshPresence) whose `online` is not announced yet. */
   private restored: PresenceEntry[] = [];
   private pending: Array<{ op: 'subscribe' | 'unsubscribe'; chat: IdKey; done: (err?: Error) => void }> = [];
@@ -215,7 +224,7 @@ export class RedisEngine implements Engine {
   private echoWaitingFor = 0;
   private echoWaiting: (() => void) | null = null;
   /** Tokens of commands acted on lately, so a catch-up does not act on one twice. */
-  private readonly commandsSeen = new Set<string>();
+  private readonly commandsSeen = new Map<string, number>();
   /**
    * Where the next catch-up of commands starts: `commandLogAt` as it stood at the first connection
    * loss since the last catch-up; undefined while nothing is to be caught up.
@@ -278,6 +287,7 @@ export class RedisEngine implements Engine {
     this.watch(this.cmd, 'command');
     this.cmd.defineCommand('msLeave', { numberOfKeys: 3, lua: LEAVE });
     this.cmd.defineCommand('msSweep', { numberOfKeys: 3, lua: SWEEP });
+    this.cmd.defineCommand('msAnnounced', { numberOfKeys: 1, lua: ANNOUNCED });
     this.cmd.defineCommand('msWriteEntries', { numberOfKeys: 1, lua: WRITE_ENTRIES });
     this.cmd.defineCommand('msAppend', { numberOfKeys: 2, lua: APPEND });
     this.cmd.defineCommand('msRecover', { numberOfKeys: 2, lua: RECOVER });
@@ -332,11 +342,16 @@ export class RedisEngine implements Engine {
       const silent = deaf || (err as Error).name !== 'ReplyError';
       if (silent && this.probeFailures >= PROBE_FAILURES_TO_RECONNECT) {
         this.probeFailures = 0;
-        // A silent command link most likely means the path to Redis is gone: the subscriber's too
-        // (whose own probe needs a working command link to publish).
-        const replaced = deaf && this.sub !== null ? [this.sub] : [this.cmd, ...(this.sub === null ? [] : [this.sub])];
-        this.log.warn({ connections: deaf ? 'subscriber' : 'all' }, 'redis connection silent: replaced');
-        for (const conn of replaced) conn.disconnect(true);
+        // Only if a new connection gets an answer: then the links are at fault, not Redis. A Redis
+        // that is stalled or overloaded answers nobody, and replacing every instance's links at once
+        // would add a full restore to its load when it wakes.
+        if (await this.freshConnectionAnswers()) {
+          // A silent command link most likely means the path to Redis is gone: the subscriber's
+          // too (whose own probe needs a working command link to publish).
+          const replaced = deaf && this.sub !== null ? [this.sub] : [this.cmd, ...(this.sub === null ? [] : [this.sub])];
+          this.log.warn({ connections: deaf ? 'subscriber' : 'all' }, 'redis connection silent while a new one is answered: replaced');
+          for (const conn of replaced) conn.disconnect(true);
+        }
       }
     } finally {
       this.probing = false;
@@ -353,17 +368,44 @@ export class RedisEngine implements Engine {
    */
   private async echo(): Promise<boolean> {
     const id = ++this.echoProbes;
-    const heard = new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(false), COMMAND_TIMEOUT_MS);
-      this.echoWaiting = () => (clearTimeout(timer), resolve(true));
-      this.echoWaitingFor = id;
-    });
+    let arrived = false;
+    let wake: () => void = () => undefined;
+    this.echoWaitingFor = id;
+    this.echoWaiting = () => {
+      arrived = true;
+      wake();
+    };
     const text = JSON.stringify({ probe: id });
     try {
-      await (this.config.cluster ? this.cmd.spublish(this.replyChannel, text) : this.cmd.publish(this.replyChannel, text));
-      return await heard;
+      const receivers = await (this.config.cluster ? this.cmd.spublish(this.replyChannel, text) : this.cmd.publish(this.replyChannel, text));
+      // Redis counts no subscriber of ours: the subscriber's link is gone (from Redis's side).
+      if (!arrived && !this.config.cluster && receivers === 0) return false;
+      // Timed from the publish's answer: a slow command link is not the subscriber's fault.
+      if (!arrived) await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, COMMAND_TIMEOUT_MS);
+        wake = () => (clearTimeout(timer), resolve());
+      });
+      return arrived;
     } finally {
       this.echoWaiting = null;
+    }
+  }
+
+  /**
+   * Whether a new, short-lived connection to Redis gets a PING answered within the command
+   * timeout: tells links that went silent (replace them) from a Redis that answers nobody.
+   */
+  private async freshConnectionAnswers(): Promise<boolean> {
+    const url = this.config.urls[0]!;
+    const probe = new Redis(url, { lazyConnect: true, protocol: 2, connectTimeout: COMMAND_TIMEOUT_MS, commandTimeout: COMMAND_TIMEOUT_MS, enableReadyCheck: false, maxRetriesPerRequest: 0, retryStrategy: () => null, connectionName: 'message-service-check' });
+    probe.on('error', () => undefined);
+    try {
+      await probe.connect();
+      return (await probe.ping()) === 'PONG';
+    } catch {
+      return false;
+    } finally {
+      probe.disconnect();
     }
   }
 
@@ -465,14 +507,20 @@ export class RedisEngine implements Engine {
       // keeps its place among the chat's publications): an instance that misses the publication
       // (its subscription down) acts on it from the log once it is back. A command answered 503
       // may still be acted on so: resending one is harmless.
-      const logged = this.whenReady(() => this.cmd.xadd(COMMAND_LOG, 'MAXLEN', '~', COMMAND_LOG_MAX, '*', 'c', body) as Promise<string>);
-      void this.cmd.pexpire(COMMAND_LOG, COMMAND_LOG_TTL_MS).catch(() => undefined);
+      // Best effort: the publish is the command (a Redis out of memory refuses the XADD, not the
+      // PUBLISH; a Cluster shard holding the log may be down while the chat's is not).
+      if (this.ready) {
+        this.cmd.xadd(COMMAND_LOG, 'MAXLEN', '~', COMMAND_LOG_MAX, '*', 'c', body).catch((err: Error) => {
+          this.logLimit.log(this.log, 'warn', 'command log', { err: err.message }, 'command not logged: an instance that cannot hear it now will not act on it later');
+        });
+        void this.cmd.pexpire(COMMAND_LOG, COMMAND_LOG_TTL_MS).catch(() => undefined);
+      }
       const published = this.whenReady(() => {
         if (chat === null) return this.cmd.publish(CONTROL_CHANNEL, body) as Promise<number>;
         const payload = Buffer.from(`${this.origin}c${req} ${COMMAND_MARK}\n${body}`);
         return (this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload)) as Promise<number>;
       });
-      const [receivers] = await Promise.all([published, logged]);
+      const receivers = await published;
       if (!countable) return { instances: null, connections: null };
       if (request.replies < receivers) {
         await new Promise<void>((resolve) => {
@@ -503,8 +551,10 @@ export class RedisEngine implements Engine {
     const command = parseControlCommand(envelope);
     if (command === null || this.events === null) return;
     const { reply, req, token } = envelope as { reply?: unknown; req?: unknown; token?: unknown };
-    if (typeof token === 'string') this.noteCommand(token);
-    const acted = this.events.command(command);
+    // Already acted on by a catch-up (heard there first): answered, not acted on twice.
+    const again = typeof token === 'string' && this.commandsSeen.has(token);
+    if (typeof token === 'string' && !again) this.noteCommand(token);
+    const acted = again ? 0 : this.events.command(command);
     if (typeof reply !== 'string' || !reply.startsWith('ms:reply:{') || typeof req !== 'number') return;
     const answer = JSON.stringify({ req, connections: acted });
     (this.config.cluster ? this.cmd.spublish(reply, answer) : this.cmd.publish(reply, answer)).catch((err: Error) =>
@@ -514,8 +564,14 @@ export class RedisEngine implements Engine {
 
   /** A command was acted on (live or by a catch-up). */
   private noteCommand(token: string): void {
-    this.commandsSeen.add(token);
-    if (this.commandsSeen.size > 1000) this.commandsSeen.delete(this.commandsSeen.values().next().value!);
+    const now = Date.now();
+    this.commandsSeen.set(token, now);
+    // By age, not by count: a burst of commands (a group deleted) must not push out those a
+    // catch-up may meet again.
+    for (const [seen, at] of this.commandsSeen) {
+      if (at > now - COMMAND_SEEN_MS) break;
+      this.commandsSeen.delete(seen);
+    }
   }
 
   /** The command log's newest id ('0-0' when empty). */
@@ -707,16 +763,38 @@ export class RedisEngine implements Engine {
   }
 
   /** The LEAVE script for one entry: 1 if it took the user's last live connection (see scripts.ts for `held`). */
-  private removeEntry({ chat, user, conn, held }: PresenceEntry & { held: 0 | 1 }): Promise<number> {
+  private async removeEntry({ chat, user, conn, held }: PresenceEntry & { held: 0 | 1 }): Promise<number> {
     const now = Date.now();
     // Its offline is confirmed sent (see offlineAnnounced) well within a TTL; past it a sweep announces it.
-    return this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, leavingKey(chat), now, conn, user, held, now + this.presenceTtlMs, this.keyTtlMs);
+    const deadline = now + this.presenceTtlMs;
+    const last = await this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, leavingKey(chat), now, conn, user, held, deadline, this.keyTtlMs);
+    if (last === 1) {
+      this.leaving.delete(`${chat}|${user}`);
+      this.leaving.set(`${chat}|${user}`, deadline);
+      // Those whose offline never went out are the sweep's now: forgotten here.
+      for (const [key, at] of this.leaving) {
+        if (at > now) break;
+        this.leaving.delete(key);
+      }
+    }
+    return last;
   }
 
-  /** The `offline` of these users went out: a sweep need not announce it (see LEAVE). Best effort. */
+  /**
+   * The `offline` of these users went out: a sweep need not announce it (see LEAVE). Only the
+   * records of this instance's own leaves, and only while they are the ones it wrote (the user may
+   * have come and gone again through another instance meanwhile, whose record must stay). Best effort.
+   */
   offlineAnnounced(chat: IdKey, users: readonly IdKey[]): void {
-    if (!this.ready || users.length === 0) return;
-    this.cmd.zrem(leavingKey(chat), ...users).catch(() => undefined);
+    const pairs: Array<string | number> = [];
+    for (const user of users) {
+      const deadline = this.leaving.get(`${chat}|${user}`);
+      if (deadline === undefined) continue;
+      this.leaving.delete(`${chat}|${user}`);
+      pairs.push(user, deadline);
+    }
+    if (!this.ready || pairs.length === 0) return;
+    this.cmd.msAnnounced(leavingKey(chat), ...pairs).catch(() => undefined);
   }
 
   /** Publishes the `offline`s replayed leaves found (see `replayLeaves`). */
@@ -839,7 +917,6 @@ export class RedisEngine implements Engine {
       await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
       await this.catchUpCommands(this.commandsFrom);
-      this.commandsFrom = undefined;
       await this.refreshPresence();
       await this.replayLeaves();
     } catch (err) {
@@ -851,8 +928,10 @@ export class RedisEngine implements Engine {
     } finally {
       this.restoring = false;
     }
-    // A subscriber lost and back meanwhile has none of the subscriptions just made.
+    // A subscriber lost and back meanwhile has none of the subscriptions just made (and commands
+    // published meanwhile were not heard: the next round catches up from the same point).
     if (this.losses !== losses) return void this.restoreAfterOutage();
+    this.commandsFrom = undefined;
     if (this.connectionsUp()) {
       if (this.everReady) this.log.info({ chats: this.subscribed.size, presence: this.entries.size }, 'redis back: subscriptions and presence restored');
       this.everReady = true;

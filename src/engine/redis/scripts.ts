@@ -85,3 +85,14 @@ for _, user in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])) do
 end
 return gone
 `;
+
+/**
+ * KEYS: the chat's leaving zset. ARGV: user, deadline pairs. Removes each user's record if it is
+ * still the one written with that deadline (see LEAVE): their `offline` went out.
+ */
+export const ANNOUNCED = `
+for i = 1, #ARGV - 1, 2 do
+  if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i])) == tonumber(ARGV[i + 1]) then redis.call('ZREM', KEYS[1], ARGV[i]) end
+end
+return 0
+`;

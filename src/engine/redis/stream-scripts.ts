@@ -50,6 +50,13 @@ end
 const PAGE = 16;
 
 /**
+ * The most of the history's frames CONTAINS — and a retry's look-up in APPEND — reads (2 MiB): half of the default
+ * MAX_BUFFERED_BYTES, the budget of a replay at the default settings. A broadcast further back
+ * than that is answered as not in the history.
+ */
+export const CONTAINS_MAX_BYTES = 2 * 1024 * 1024;
+
+/**
  * KEYS: stream hash, history. ARGV: newEpoch, frame (a JSON object without seq/epoch), publish
  * prefix (bytes put before the frame in the pub/sub message), channel, publish command
  * (PUBLISH or SPUBLISH), now ms, history size, history ttl ms, stream ttl ms, key ('' for none),
@@ -64,8 +71,10 @@ const PAGE = 16;
  * timeout, the timed-out attempts are still queued and run once it wakes, so without it each one
  * would broadcast the operation again. It reads the history newest first, 16 entries at a time,
  * and stops at the token, at an entry appended a minute before the operation's first attempt
- * (clocks of instances may differ a little), or after HISTORY_SIZE entries: so it costs a few
- * entries, not a copy of the whole history, however long that is.
+ * (clocks of instances may differ a little), after HISTORY_SIZE entries, or past
+ * CONTAINS_MAX_BYTES of frames (what the 409 look-up reads at most): so it costs a few entries,
+ * not a copy of the whole history, however long that is. The server API's publishes with an id
+ * always look (see docs/server-api.md), which makes the byte bound matter.
  */
 export const APPEND = `${epochHead(14)}
 local history = tonumber(ARGV[7]) > 0
@@ -74,6 +83,7 @@ local token = ARGV[11] or ''
 if ARGV[12] == '1' and history and token ~= '' then
   local oldest = tonumber(ARGV[13] or '0') - 60000
   local left = tonumber(ARGV[7])
+  local bytes = 0
   local from = '+'
   while left > 0 do
     local page = redis.call('XREVRANGE', KEYS[2], from, '-', 'COUNT', ${PAGE})
@@ -86,6 +96,8 @@ if ARGV[12] == '1' and history and token ~= '' then
         end
       end
       if tonumber(fields[2]) < oldest then older = true end
+      bytes = bytes + #fields[4]
+      if bytes > ${CONTAINS_MAX_BYTES} then older = true end
     end
     if older or #page < ${PAGE} then break end
     left = left - #page
@@ -168,12 +180,6 @@ while true do
 end
 `;
 
-/**
- * The most of the history's frames CONTAINS reads (2 MiB): half of the default
- * MAX_BUFFERED_BYTES, the budget of a replay at the default settings. A broadcast further back
- * than that is answered as not in the history.
- */
-export const CONTAINS_MAX_BYTES = 2 * 1024 * 1024;
 
 /**
  * KEYS: history. ARGV: key, history size, max bytes (CONTAINS_MAX_BYTES). Returns 1 when an entry
