@@ -9,8 +9,17 @@ import { RedisServer } from './redis.js';
 
 export type EngineMode = 'memory' | 'redis';
 
-/** Engines every capability suite runs against (one instance or many behave the same). */
-export const ENGINE_MODES: readonly EngineMode[] = ['memory', 'redis'];
+/**
+ * Engines every capability suite runs against (one instance or many behave the same).
+ * TEST_ENGINES=redis (or memory) keeps one: `.ci/run`'s second Node version runs the suites once,
+ * with Redis (see there).
+ */
+export const ENGINE_MODES: readonly EngineMode[] = (() => {
+  const wanted = (process.env.TEST_ENGINES ?? 'memory,redis').split(',').map((m) => m.trim()).filter(Boolean);
+  const unknown = wanted.filter((m) => m !== 'memory' && m !== 'redis');
+  if (unknown.length > 0 || wanted.length === 0) throw new Error(`TEST_ENGINES: memory and/or redis, got ${JSON.stringify(process.env.TEST_ENGINES)}`);
+  return wanted as EngineMode[];
+})();
 
 let chatSeq = 0;
 /** A chat id no other test in this process uses. */
