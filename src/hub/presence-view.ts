@@ -13,7 +13,7 @@ const PRESENCE_PREFIX = Buffer.from('{"type":"presence');
  * compares each chat with the engine's online list and tells the members the difference.
  */
 /** How long an `offline` found by a repair waits to be read again before it is told (see `repair`). */
-export const REPAIR_CONFIRM_MS = 2500;
+const REPAIR_CONFIRM_MS = 2500;
 
 interface Told {
   users: Set<IdKey>;
@@ -23,8 +23,6 @@ interface Told {
 
 export class PresenceView {
   private readonly told = new Map<IdKey, Told>();
-
-  constructor(private readonly confirmMs = REPAIR_CONFIRM_MS) {}
 
   /** A registration went live with this online list (the freshest the members have). */
   seed(chat: IdKey, online: readonly IdKey[]): void {
@@ -65,7 +63,7 @@ export class PresenceView {
 
   /**
    * After an outage: tells each chat's members the difference between what they were told and
-   * the engine's online list — who came at once; who left only if a second read `confirmMs`
+   * the engine's online list — who came at once; who left only if a second read REPAIR_CONFIRM_MS
    * later still lacks them (after Redis lost its data, the other instances write their entries
    * again only once they are back too: a first read would call their users offline). A chat whose
    * list cannot be read is skipped. Returns the chats told something.
@@ -83,7 +81,7 @@ export class PresenceView {
       if (diff.left.length > 0) gone.set(chat, diff.left);
     }
     if (gone.size === 0) return repaired;
-    await new Promise((resolve) => setTimeout(resolve, this.confirmMs).unref());
+    await new Promise((resolve) => setTimeout(resolve, REPAIR_CONFIRM_MS).unref());
     for (const [chat, candidates] of gone) {
       const diff = await this.difference(chat, online);
       const left = diff?.left.filter((u) => candidates.includes(u)) ?? [];

@@ -340,8 +340,11 @@ export class Chats {
     return this.core.requests.anyPending((key) => key.startsWith('u:') || (key.startsWith('r:') && this.chats.get(key.slice(2))?.status !== 'registering'));
   }
 
-  /** The gateway answered an `unregister` (or refused a register of a chat left meanwhile): a chat waiting for a free place registers now. */
-  unregisterAnswered(): void {
+  /**
+   * The gateway let go of a registration (answered an `unregister`, or refused the register of a
+   * chat left meanwhile): a chat waiting for a free place registers now.
+   */
+  placeFreed(): void {
     for (const state of this.chats.values()) {
       if (!state.waitsForLeave || state.status !== 'idle' || state.retryTimer === null) continue;
       state.waitsForLeave = false;

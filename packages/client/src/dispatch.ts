@@ -68,7 +68,7 @@ export class Dispatcher {
         // Without a reason it answers our own `unregister`: the chat is already forgotten.
         if (typeof frame.reason !== 'string') {
           requests.answered(`u:${chatKey}`);
-          return this.chats.unregisterAnswered();
+          return this.chats.placeFreed();
         }
         if (state === undefined || state.status === 'gone') break;
         return this.chats.onUnregistered(state, frame.reason);
@@ -120,7 +120,7 @@ export class Dispatcher {
       const state = this.chats.get(chatKey);
       if (state?.status === 'registering') return this.chats.registerRefused(state, error);
       // A chat left while its register was out holds no place at the gateway any more.
-      if (request !== undefined && (state === undefined || state.status === 'gone')) this.chats.unregisterAnswered();
+      if (request !== undefined && (state === undefined || state.status === 'gone')) this.chats.placeFreed();
       if (request !== undefined) return; // a second answer to a register sent twice
     } else if (WRITE_OPS.has(op) && typeof frame.id === 'string') {
       if (this.writes.onError(request, op, frame.id, frame.chat_id === undefined ? undefined : chatKey, error)) return;
@@ -132,7 +132,7 @@ export class Dispatcher {
     } else if (op === 'refresh') {
       if (this.refresh.onError(error, request !== undefined, code === 'rate_limited' && refreshInProgress(frame))) return;
     } else if (op === 'unregister') {
-      return this.chats.unregisterAnswered(); // the chat is forgotten either way
+      return this.chats.placeFreed(); // the chat is forgotten either way
     } else if (op === 'typing') {
       return; // best effort
     } else if (op === '' && !(code === 'rate_limited' && isBucketPause(frame))) {

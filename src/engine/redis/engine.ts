@@ -219,10 +219,9 @@ export class RedisEngine implements Engine {
   private commandFloor: string | null = null;
   /** The command log's newest id as the last successful probe read it. */
   private commandLogAt = '0-0';
-  /** Echo probes sent (see `echo`), and the one waited for. */
+  /** Echo probes sent (see `echo`), and the one waited for with what its arrival wakes. */
   private echoProbes = 0;
-  private echoWaitingFor = 0;
-  private echoWaiting: (() => void) | null = null;
+  private echoWaiting: { id: number; heard: () => void } | null = null;
   /** Tokens of commands acted on lately, so a catch-up does not act on one twice. */
   private readonly commandsSeen = new Map<string, number>();
   /**
@@ -370,10 +369,12 @@ export class RedisEngine implements Engine {
     const id = ++this.echoProbes;
     let arrived = false;
     let wake: () => void = () => undefined;
-    this.echoWaitingFor = id;
-    this.echoWaiting = () => {
-      arrived = true;
-      wake();
+    this.echoWaiting = {
+      id,
+      heard: () => {
+        arrived = true;
+        wake();
+      },
     };
     const text = JSON.stringify({ probe: id });
     try {
@@ -542,24 +543,37 @@ export class RedisEngine implements Engine {
 
   /** Acts on a command from any instance (this one included) and replies with what it did. */
   private onCommand(text: string): void {
-    let envelope: unknown;
-    try {
-      envelope = JSON.parse(text);
-    } catch {
-      return;
-    }
-    const command = parseControlCommand(envelope);
-    if (command === null || this.events === null) return;
-    const { reply, req, token } = envelope as { reply?: unknown; req?: unknown; token?: unknown };
-    // Already acted on by a catch-up (heard there first): answered, not acted on twice.
-    const again = typeof token === 'string' && this.commandsSeen.has(token);
-    if (typeof token === 'string' && !again) this.noteCommand(token);
-    const acted = again ? 0 : this.events.command(command);
+    const heard = this.actOnce(text);
+    if (heard === null) return;
+    const { reply, req } = heard.envelope;
+    const acted = heard.acted ?? 0;
     if (typeof reply !== 'string' || !reply.startsWith('ms:reply:{') || typeof req !== 'number') return;
     const answer = JSON.stringify({ req, connections: acted });
     (this.config.cluster ? this.cmd.spublish(reply, answer) : this.cmd.publish(reply, answer)).catch((err: Error) =>
       this.log.warn({ err: err.message }, 'command reply failed'),
     );
+  }
+
+  /**
+   * Decodes a command (published, or read from the log) and acts on it unless its token says it
+   * was already (a catch-up and the live publication may both bring it). null: not a command
+   * this version knows; `acted`: the connections acted on, or null if it had been acted on before.
+   */
+  private actOnce(text: string): { envelope: { reply?: unknown; req?: unknown }; acted: number | null } | null {
+    let envelope: { reply?: unknown; req?: unknown; token?: unknown };
+    try {
+      envelope = JSON.parse(text) as typeof envelope;
+    } catch {
+      return null;
+    }
+    const command = parseControlCommand(envelope);
+    if (command === null || this.events === null) return null;
+    const { token } = envelope;
+    if (typeof token === 'string') {
+      if (this.commandsSeen.has(token)) return { envelope, acted: null };
+      this.noteCommand(token);
+    }
+    return { envelope, acted: this.events.command(command) };
   }
 
   /** A command was acted on (live or by a catch-up). */
@@ -605,17 +619,7 @@ export class RedisEngine implements Engine {
       const page = await this.cmd.xrange(COMMAND_LOG, `(${after}`, '+', 'COUNT', COMMAND_LOG_PAGE);
       for (const [id, fields] of page) {
         after = id;
-        let envelope: { token?: unknown } | null = null;
-        try {
-          envelope = JSON.parse(fields[1] ?? '') as { token?: unknown };
-        } catch {
-          // not a command this version knows
-        }
-        const command = parseControlCommand(envelope);
-        if (command === null || typeof envelope?.token !== 'string' || this.commandsSeen.has(envelope.token) || this.events === null) continue;
-        this.noteCommand(envelope.token);
-        this.events.command(command);
-        acted++;
+        if (typeof this.actOnce(fields[1] ?? '')?.acted === 'number') acted++;
       }
       if (page.length < COMMAND_LOG_PAGE) break;
     }
@@ -631,7 +635,7 @@ export class RedisEngine implements Engine {
       return;
     }
     if (v.probe !== undefined) {
-      if (v.probe === this.echoWaitingFor) this.echoWaiting?.();
+      if (v.probe === this.echoWaiting?.id) this.echoWaiting.heard();
       return;
     }
     const request = typeof v.req === 'number' ? this.requests.get(v.req) : undefined;
