@@ -126,14 +126,15 @@ describe('several gateway processes on one Redis behave as one', () => {
 
   it("an instance killed with SIGKILL while an offline waits in its presence window: the others still announce it", async () => {
     const chat = ++chatSeq;
-    const victim = await spawnGateway({ PRESENCE_BATCH_MS: '3000' });
+    const victim = await spawnGateway({ PRESENCE_BATCH_MS: '2000' });
     const watcher = await member(gateways[0]!, 40, chat);
     const [first, second] = [await member(victim, 41, chat), await member(victim, 42, chat)];
-    await watcher.next(presence(42, 'online'));
-    first.close(); // the chat's first change on the victim: announced at once, and it opens a 3 s window
-    await watcher.next(presence(41, 'offline'));
+    await watcher.next(presence(42, 'online'), 5000);
+    await sleep(2200); // the joins' windows closed: the chat is quiet on the victim
+    first.close(); // the chat's first change since: announced at once, and it opens a 2 s window
+    await watcher.next(presence(41, 'offline'), 5000);
     second.close(); // gathered in that window: the victim holds this offline…
-    await sleep(300); // …after its leave ran in Redis
+    await sleep(600); // …after its leave ran in Redis
     victim.kill('SIGKILL');
     await victim.exited;
     await watcher.next((f) => (f.type === 'presence' && f.user_id === 42 && f.status === 'offline') || (f.type === 'presence_batch' && (f.offline as number[]).includes(42)), PRESENCE_TTL_MS + PRESENCE_TTL_MS / 3 + 2500);
