@@ -25,6 +25,8 @@ interface Script {
   silently?: (f: Frame) => boolean;
   /** Edits, answered in order after `delayMs` each; `refuse` answers the n-th edit read (1-based) with that error code. */
   edits?: { delayMs: number; refuse?: { nth: number; code: string } };
+  /** Pongs sent for each ping read (a ping sent twice, both read, is answered twice). */
+  pongsPerPing?: number;
 }
 
 /**
@@ -39,6 +41,7 @@ class ScriptedGateway {
   /** Ciphertexts of the edits applied, in order; and how many edits were read. */
   readonly editsApplied: string[] = [];
   editsRead = 0;
+  pongsSent = 0;
   private readonly saved = new Set<string>();
   private readonly seqs = new Map<string, number>();
 
@@ -83,7 +86,10 @@ class ScriptedGateway {
           this.seqs.set(String(chat), seq);
           return ws.send(JSON.stringify({ type: 'ack', op: 'message', id, chat_id: chat, duplicate, ...(duplicate ? {} : { seq, epoch: 'e1' }) }));
         }
-        if (f.type === 'ping') return ws.send('{"type":"pong"}');
+        if (f.type === 'ping') {
+          for (let i = 0; i < (this.script.pongsPerPing ?? 1); i++, this.pongsSent++) ws.send('{"type":"pong"}');
+          return;
+        }
       };
       ws.on('message', (data) => {
         const f = JSON.parse(data.toString()) as Frame;
@@ -205,6 +211,20 @@ describe('SDK: requests the gateway never answers', () => {
     assert.equal((await a).duplicate, false);
     await assert.rejects(b, { code: 'forbidden' }, "B is the third edit the gateway read: its refusal is B's answer");
     assert.deepEqual(g.editsApplied, ['QQ', 'QQ'], 'A was read twice (the send after the refused frame and its resend), B refused');
+    assert.deepEqual(unhandled, []);
+  });
+
+  it('a pong that finds no ping waiting (a ping resent after a pause and read twice) is no news to the app', async () => {
+    const g = await ScriptedGateway.start({ pongsPerPing: 2 });
+    const unhandled: unknown[] = [];
+    const client = createClient({ url: g.url, token: 't', WebSocket });
+    clients.push(client);
+    client.on('unhandled', (f) => unhandled.push(f));
+    await client.chat(1).send({ ciphertext: 'djA' }, { id: 'm' });
+    await client.ping();
+    await client.ping();
+    await client.chat(1).send({ ciphertext: 'djE' }, { id: 'n' });
+    assert.equal(g.pongsSent, 4);
     assert.deepEqual(unhandled, []);
   });
 

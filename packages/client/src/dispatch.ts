@@ -79,11 +79,10 @@ export class Dispatcher {
         return this.writes.onAck(frame);
       case 'error':
         return this.onError(frame);
-      case 'pong': {
-        const request = requests.answered('p');
-        if (request === undefined) break;
-        return request.onAnswer?.(true);
-      }
+      case 'pong':
+        // Only the SDK sends pings, so a pong is never news to the app: one that finds no ping
+        // waiting answers a resend whose first send the gateway read after all.
+        return requests.answered('p')?.onAnswer?.(true);
     }
     // A chat being left, or left lately (a replay, or frames before its unregister's answer): expected.
     if (frame.chat_id !== undefined && (state?.leaving === true || (state === undefined && this.chats.leftLately(chatKey)))) return;
