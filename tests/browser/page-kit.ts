@@ -76,8 +76,13 @@ export async function startPage(h: Harness): Promise<{ server: ChatPage; browser
   await h.start();
   const gateway = await h.gateway();
   const server = await startChatPage({ gatewayUrl: gateway.wsUrl, apiUrl: h.api.url });
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-  return { server, browser };
+  try {
+    return { server, browser: await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS }) };
+  } catch (err) {
+    // Chromium missing or broken: the file fails now, not at its timeout with the servers still up.
+    await stopPage(h, server, undefined);
+    throw err;
+  }
 }
 
 /** Stops what `startPage` started (any part that did start). */
