@@ -103,6 +103,13 @@ export interface Engine extends Broker, PresenceManager, ChatStream, Commands {
    * or already removed their entries. Engines whose leaves cannot fail leave it out.
    */
   settlePresence?(deadline: number): Promise<void>;
+  /**
+   * A chat's subscription lost publications without the connection dropping (the hub found a
+   * gap in its numbers): acts now on the commands it may have missed with them — a revoke must
+   * be acted on before the catch-up replays what was published after it. Engines that cannot
+   * lose publications leave it out.
+   */
+  readMissedCommands?(): Promise<void>;
   /** Removes this instance's presence and subscriptions, then disconnects. */
   close(): Promise<void>;
 }

@@ -94,6 +94,7 @@ export class Hub {
       (chat) => {
         for (const member of [...(this.registry.members(chat) ?? [])]) member.reconnect();
       },
+      (chat) => void this.repairPresence(chat),
       metrics,
       log,
       Math.floor(limits.maxBufferedBytes / 2),
@@ -420,13 +421,14 @@ export class Hub {
     }
   }
 
-  /** After an outage: each chat's local members are told who came and went while it lasted. */
-  private async repairPresence(): Promise<void> {
+  /** After an outage (or a gap in `only`'s publications): local members are told who came and went meanwhile. */
+  private async repairPresence(only?: IdKey): Promise<void> {
     if (this.presenceView === null) return;
     try {
       const chats = await this.presenceView.repair(
         (chat) => this.engine.online(chat),
         (chat, frame) => this.deliverNow(chat, frame, null, null),
+        only === undefined ? undefined : [only],
       );
       if (chats > 0) this.log.info({ chats }, 'presence that changed while redis was away told to local members');
     } catch (err) {

@@ -62,16 +62,16 @@ export class PresenceView {
   }
 
   /**
-   * After an outage: tells each chat's members the difference between what they were told and
+   * After an outage (or, for `chats`, a subscription that lost publications): tells each chat's members the difference between what they were told and
    * the engine's online list — who came at once; who left only if a second read REPAIR_CONFIRM_MS
    * later still lacks them (after Redis lost its data, the other instances write their entries
    * again only once they are back too: a first read would call their users offline). A chat whose
    * list cannot be read is skipped. Returns the chats told something.
    */
-  async repair(online: (chat: IdKey) => Promise<IdKey[]>, deliver: (chat: IdKey, frame: Buffer) => void): Promise<number> {
+  async repair(online: (chat: IdKey) => Promise<IdKey[]>, deliver: (chat: IdKey, frame: Buffer) => void, chats: Iterable<IdKey> = this.told.keys()): Promise<number> {
     const gone = new Map<IdKey, IdKey[]>();
     let repaired = 0;
-    for (const chat of [...this.told.keys()]) {
+    for (const chat of [...chats]) {
       const diff = await this.difference(chat, online);
       if (diff === null) continue;
       if (diff.came.length > 0) {

@@ -86,6 +86,8 @@ export class Resync {
     /** `position`: the frame's, already read here (null outside the stream), so receivers need not read it again. */
     private readonly deliver: (chat: IdKey, frame: Buffer, position: StreamPosition | null, exceptConn: string | null) => void,
     private readonly onLost: (chat: IdKey) => void,
+    /** A chat's subscription lost publications while connected: what else they told (presence) must be read again. */
+    private readonly onGap: (chat: IdKey) => void,
     private readonly metrics: Metrics,
     private readonly log: Logger,
     /** The most one chat's catch-up may read (half of MAX_BUFFERED_BYTES, like a client's replay). */
@@ -163,6 +165,7 @@ export class Resync {
     this.held ??= new Map();
     this.held.set(chat, []);
     if (first !== null) this.receive(chat, first.frame, first.exceptConn);
+    this.onGap(chat);
     if (this.engine.isConnected()) void this.engineBack();
   }
 
@@ -176,6 +179,9 @@ export class Resync {
     if (this.held === null || this.running) return;
     this.running = true;
     try {
+      // A revoke missed with the publications is acted on before they are replayed (a failure to
+      // read: the catch-up goes on; the next probe reads the commands).
+      await this.engine.readMissedCommands?.().catch(() => undefined);
       for (const chat of [...this.held.keys()]) {
         if (!this.engine.isConnected()) return;
         await this.catchUp(chat);

@@ -17,24 +17,24 @@ const CHANNEL_PREFIX = 'ms:chat:{';
 const CONTROL_CHANNEL = 'ms:control';
 /**
  * Every command is also logged here (a stream; one key, so one Cluster slot: commands are rare)
- * before it is published: an instance whose subscription was down while it was published applies
- * it when it is back (see `catchUpCommands`). Bounded by COMMAND_LOG_MAX entries and
+ * before it is published: every instance reads the log on from where it last read, with each
+ * probe and after an outage, and acts on what it did not hear (see `pollCommands`) — its
+ * subscription was down, or lost without a sign. Bounded by COMMAND_LOG_MAX entries and
  * COMMAND_LOG_TTL_MS after the last command.
  */
 const COMMAND_LOG = 'ms:commands';
 const COMMAND_LOG_MAX = 10_000;
 const COMMAND_LOG_TTL_MS = 24 * 3600_000;
-/** Log entries read per call when catching up. */
+/** Log entries read per call. */
 const COMMAND_LOG_PAGE = 500;
 /**
- * A catch-up starts this long (by Redis's clock, in the log's ids) before where the log stood at
- * the last probe before the loss: a command logged then may have been published a moment after
- * (its XADD goes just before its PUBLISH; in a Cluster to another node). Commands heard live are
- * recognised by their token and not acted on twice.
+ * A command heard live is remembered (by its token) until the log is read past it, so it is not
+ * acted on twice; one whose log entry never comes (the XADD failed) is forgotten after this long,
+ * once a read of the log that began at least COMMAND_LOGGED_WITHIN_MS after it has succeeded.
  */
-const COMMAND_CATCH_UP_MARGIN_MS = 2000;
-/** How long a command's token is remembered as acted on: longer than the margin plus a restore. */
 const COMMAND_SEEN_MS = 60_000;
+/** A command's XADD goes out with its PUBLISH (in a Cluster to another node): logged within this of being heard. */
+const COMMAND_LOGGED_WITHIN_MS = 5000;
 /**
  * In a chat channel's payload header, a second field starting with `!` names a kind of
  * publication other than a frame for clients; `!` alone is a command. Connection ids never
@@ -67,7 +67,7 @@ const PROBE_FAILURES_TO_RECONNECT = 3;
  * Commands only the probe sends: never queued behind an auto-pipelined batch that waits out its
  * timeout (ioredis sends one batch at a time), so a probe times out on its own 2 s.
  */
-const PROBE_COMMANDS = ['set', 'info', 'xrevrange'];
+const PROBE_COMMANDS = ['set', 'info', 'xrevrange', 'xrange'];
 /** Presence entries refreshed per script call, at most. */
 const REFRESH_BATCH = 500;
 const NEWLINE = 0x0a;
@@ -108,6 +108,19 @@ function streamIdAfter(a: string, b: string): boolean {
   const [am = 0, an = 0] = a.split('-').map(Number);
   const [bm = 0, bn = 0] = b.split('-').map(Number);
   return am !== bm ? am > bm : an > bn;
+}
+
+/** A command as published and logged: its envelope (reply channel, request number), the command, its token. */
+function decodeCommand(text: string): { envelope: { reply?: unknown; req?: unknown }; command: ControlCommand; token: string | null } | null {
+  let envelope: { reply?: unknown; req?: unknown; token?: unknown };
+  try {
+    envelope = JSON.parse(text) as typeof envelope;
+  } catch {
+    return null;
+  }
+  const command = parseControlCommand(envelope);
+  if (command === null) return null;
+  return { envelope, command, token: typeof envelope.token === 'string' ? envelope.token : null };
 }
 
 /** Replies that say the node is not (or not yet) the writable copy it was. */
@@ -213,22 +226,24 @@ export class RedisEngine implements Engine {
   private probing = false;
   private probeTimer: NodeJS.Timeout | null = null;
   /**
-   * The command log's newest id when this instance first subscribed: nothing logged up to it is
-   * ever acted on by a catch-up (it was before this instance's time). null until then.
+   * The id of the last command log entry this instance read (at first, where the log stood when
+   * it first connected: nothing before is its business). null until then.
    */
-  private commandFloor: string | null = null;
-  /** The command log's newest id as the last successful probe read it. */
-  private commandLogAt = '0-0';
+  private commandCursor: string | null = null;
+  /** A read of the log under way (one at a time), and when the last successful one began. */
+  private commandPoll: Promise<void> | null = null;
+  private commandPollStartedAt = 0;
+  /**
+   * Per subscribed chat, where the command log stood once this instance had subscribed to it: a
+   * revoke logged before was published before (its XADD precedes its PUBLISH), when this instance
+   * could not hear it and had nothing to revoke — registrations since were verified after it.
+   */
+  private readonly chatLogFloors = new Map<IdKey, string>();
   /** Echo probes sent (see `echo`), and the one waited for with what its arrival wakes. */
   private echoProbes = 0;
   private echoWaiting: { id: number; heard: () => void } | null = null;
-  /** Tokens of commands acted on lately, so a catch-up does not act on one twice. */
+  /** Tokens of commands acted on and not yet met in the log, with when: see COMMAND_SEEN_MS. */
   private readonly commandsSeen = new Map<string, number>();
-  /**
-   * Where the next catch-up of commands starts: `commandLogAt` as it stood at the first connection
-   * loss since the last catch-up; undefined while nothing is to be caught up.
-   */
-  private commandsFrom: string | undefined;
   private readonly logLimit = new LogLimiter();
 
   async start(events: EngineEvents): Promise<void> {
@@ -322,8 +337,7 @@ export class RedisEngine implements Engine {
       await this.readIdentity();
       deaf = !(await this.echo());
       if (deaf) throw new Error('the subscriber did not deliver a probe published to it');
-      // Where the log stood while the subscriber worked: a catch-up after a loss starts (a margin before) here.
-      if (this.commandFloor !== null) this.commandLogAt = await this.commandLogHead();
+      await this.pollCommands(false);
       if (!this.responsive) this.log.info('redis answers again: ready');
       this.responsive = true;
       this.probeFailures = 0;
@@ -393,8 +407,10 @@ export class RedisEngine implements Engine {
   }
 
   /**
-   * Whether a new, short-lived connection to Redis gets a PING answered within the command
-   * timeout: tells links that went silent (replace them) from a Redis that answers nobody.
+   * Whether a new, short-lived connection to Redis gets a write answered within the command
+   * timeout: tells links that went silent (replace them) from a Redis that answers nobody. A write,
+   * like the probe: a Redis that pauses writes (CLIENT PAUSE WRITE, a FAILOVER under way) still
+   * answers PING, and every instance would replace its healthy links at once.
    */
   private async freshConnectionAnswers(): Promise<boolean> {
     const url = this.config.urls[0]!;
@@ -402,7 +418,7 @@ export class RedisEngine implements Engine {
     probe.on('error', () => undefined);
     try {
       await probe.connect();
-      return (await probe.ping()) === 'PONG';
+      return (await probe.set(`ms:check:{${this.origin}}`, '1', 'PX', COMMAND_TIMEOUT_MS)) === 'OK';
     } catch {
       return false;
     } finally {
@@ -449,6 +465,7 @@ export class RedisEngine implements Engine {
 
   async unsubscribe(chat: IdKey): Promise<void> {
     this.subscribed.delete(chat);
+    this.chatLogFloors.delete(chat);
     try {
       // Sent even while not ready: the subscriber connection may be up while the command one is
       // not, and a channel left subscribed there would stay. If it is down, the subscription went
@@ -555,37 +572,90 @@ export class RedisEngine implements Engine {
   }
 
   /**
-   * Decodes a command (published, or read from the log) and acts on it unless its token says it
-   * was already (a catch-up and the live publication may both bring it). null: not a command
-   * this version knows; `acted`: the connections acted on, or null if it had been acted on before.
+   * Decodes a command heard live and acts on it unless the log brought it first. null: not a
+   * command this version knows; `acted`: the connections acted on, or null if acted on before.
    */
   private actOnce(text: string): { envelope: { reply?: unknown; req?: unknown }; acted: number | null } | null {
-    let envelope: { reply?: unknown; req?: unknown; token?: unknown };
-    try {
-      envelope = JSON.parse(text) as typeof envelope;
-    } catch {
-      return null;
-    }
-    const command = parseControlCommand(envelope);
-    if (command === null || this.events === null) return null;
-    const { token } = envelope;
-    if (typeof token === 'string') {
+    const decoded = decodeCommand(text);
+    if (decoded === null || this.events === null) return null;
+    const { envelope, command, token } = decoded;
+    if (token !== null) {
       if (this.commandsSeen.has(token)) return { envelope, acted: null };
       this.noteCommand(token);
     }
     return { envelope, acted: this.events.command(command) };
   }
 
-  /** A command was acted on (live or by a catch-up). */
+  /** A command was acted on before its log entry was read. */
   private noteCommand(token: string): void {
     const now = Date.now();
     this.commandsSeen.set(token, now);
-    // By age, not by count: a burst of commands (a group deleted) must not push out those a
-    // catch-up may meet again.
+    // Normally the log is read past it within a probe; an entry that never came (its XADD failed)
+    // is let go only once a read that surely would have met it has succeeded.
+    const before = Math.min(now - COMMAND_SEEN_MS, this.commandPollStartedAt - COMMAND_LOGGED_WITHIN_MS);
     for (const [seen, at] of this.commandsSeen) {
-      if (at > now - COMMAND_SEEN_MS) break;
+      if (at >= before) break;
       this.commandsSeen.delete(seen);
     }
+  }
+
+  /**
+   * Reads the command log on from `commandCursor` and acts on what this instance did not hear:
+   * with every probe (so a subscription lost without a sign — a Cluster's sharded subscriber
+   * remade behind the client's back — costs a command at most a probe interval), and after an
+   * outage. A command heard live is met here once and forgotten. A revoke acts only where this
+   * instance was subscribed to the chat before it was logged (see `chatLogFloors`). The first
+   * read only learns where the log stands. `trimCheck`: say so if entries not read were trimmed.
+   */
+  private pollCommands(trimCheck: boolean): Promise<void> {
+    this.commandPoll ??= this.readCommandLog(trimCheck).finally(() => (this.commandPoll = null));
+    return this.commandPoll;
+  }
+
+  private async readCommandLog(trimCheck: boolean): Promise<void> {
+    const startedAt = Date.now();
+    if (this.commandCursor === null) {
+      this.commandCursor = await this.commandLogHead();
+      this.commandPollStartedAt = startedAt;
+      return;
+    }
+    if (trimCheck) {
+      const oldest = (await this.cmd.xrange(COMMAND_LOG, '-', '+', 'COUNT', 1))[0];
+      if (oldest !== undefined && streamIdAfter(oldest[0], this.commandCursor) && (await this.cmd.xlen(COMMAND_LOG)) >= COMMAND_LOG_MAX) {
+        this.log.error({ from: this.commandCursor, oldest: oldest[0] }, 'server-API commands logged while redis was away were trimmed before this instance read them: some may not be applied here');
+      }
+    }
+    let acted = 0;
+    for (;;) {
+      const page: Array<[id: string, fields: string[]]> = await this.cmd.xrange(COMMAND_LOG, `(${this.commandCursor}`, '+', 'COUNT', COMMAND_LOG_PAGE);
+      for (const [id, fields] of page) {
+        this.commandCursor = id;
+        if (this.actOnLogged(id, fields[1] ?? '')) acted++;
+      }
+      if (page.length < COMMAND_LOG_PAGE) break;
+    }
+    this.commandPollStartedAt = startedAt;
+    if (acted > 0) this.log.warn({ commands: acted }, 'acted on server-API commands this instance did not hear when they were published');
+  }
+
+  readMissedCommands(): Promise<void> {
+    return this.ready ? this.pollCommands(false) : Promise.resolve();
+  }
+
+  /** A command read from the log: true if acted on (it had not been heard live). */
+  private actOnLogged(id: string, text: string): boolean {
+    const decoded = decodeCommand(text);
+    if (decoded === null || this.events === null) return false;
+    const { command, token } = decoded;
+    if (token !== null && this.commandsSeen.delete(token)) return false; // heard live
+    if (command.op === 'revoke') {
+      const floor = this.chatLogFloors.get(command.chat);
+      if (floor === undefined || !streamIdAfter(id, floor)) return false;
+    }
+    // Its publication may still be on its way (a Cluster logs on another node): not acted on twice.
+    if (token !== null) this.noteCommand(token);
+    this.events.command(command);
+    return true;
   }
 
   /** The command log's newest id ('0-0' when empty). */
@@ -593,38 +663,17 @@ export class RedisEngine implements Engine {
     return (await this.cmd.xrevrange(COMMAND_LOG, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
   }
 
-  /**
-   * Acts on the commands logged since `from` (where the log stood at the last probe before this
-   * instance lost Redis, less COMMAND_CATCH_UP_MARGIN_MS, never before its first subscription),
-   * skipping those it acted on live: what the other instances told every instance while this one
-   * could not hear — a revoke, a disconnect — is not lost. Run after subscribing again, so nothing
-   * falls between. On the first ready only where the log stands is read.
-   */
-  private async catchUpCommands(from: string | undefined): Promise<void> {
-    if (this.commandFloor === null) {
-      this.commandFloor = this.commandLogAt = await this.commandLogHead();
-      return;
+  /** Chats just subscribed: where the log stands now is their floor (see `chatLogFloors`); kept through an outage's resubscribe. */
+  private async noteChatLogFloors(chats: readonly IdKey[]): Promise<void> {
+    const fresh = chats.filter((chat) => !this.chatLogFloors.has(chat));
+    if (fresh.length === 0) return;
+    let head: string;
+    try {
+      head = await this.commandLogHead();
+    } catch {
+      return; // no floor: a revoke of the chat is then acted on only when heard live
     }
-    if (from === undefined) return;
-    const [ms = 0] = from.split('-').map(Number);
-    const margin = `${Math.max(0, ms - COMMAND_CATCH_UP_MARGIN_MS)}-0`;
-    const start = streamIdAfter(this.commandFloor, margin) ? this.commandFloor : margin;
-    const oldest = (await this.cmd.xrange(COMMAND_LOG, '-', '+', 'COUNT', 1))[0];
-    if (oldest !== undefined && streamIdAfter(oldest[0], start) && (await this.cmd.xlen(COMMAND_LOG)) >= COMMAND_LOG_MAX) {
-      this.log.error({ from: start, oldest: oldest[0] }, 'server-API commands logged while redis was away were trimmed before this instance read them: some may not be applied here');
-    }
-    let after = start;
-    let acted = 0;
-    for (;;) {
-      const page = await this.cmd.xrange(COMMAND_LOG, `(${after}`, '+', 'COUNT', COMMAND_LOG_PAGE);
-      for (const [id, fields] of page) {
-        after = id;
-        if (typeof this.actOnce(fields[1] ?? '')?.acted === 'number') acted++;
-      }
-      if (page.length < COMMAND_LOG_PAGE) break;
-    }
-    this.commandLogAt = after;
-    if (acted > 0) this.log.warn({ commands: acted }, 'redis back: acted on server-API commands published while it was away');
+    for (const chat of fresh) if (this.subscribed.has(chat) && !this.chatLogFloors.has(chat)) this.chatLogFloors.set(chat, head);
   }
 
   private onReply(text: string): void {
@@ -900,8 +949,6 @@ export class RedisEngine implements Engine {
       conn.on(event, () => {
         if (conn === this.cmd) this.identity = ''; // the next connection may be to another copy
         this.losses++;
-        // What it acted on stood here: commands published from now on may not be heard.
-        if (this.commandsFrom === undefined) this.commandsFrom = this.commandLogAt;
         if (this.ready) this.log.warn({ role, event }, 'redis connection lost');
         this.setReady(false);
       });
@@ -920,7 +967,7 @@ export class RedisEngine implements Engine {
       await this.readIdentity();
       await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
-      await this.catchUpCommands(this.commandsFrom);
+      await this.pollCommands(true);
       await this.refreshPresence();
       await this.replayLeaves();
     } catch (err) {
@@ -932,10 +979,8 @@ export class RedisEngine implements Engine {
     } finally {
       this.restoring = false;
     }
-    // A subscriber lost and back meanwhile has none of the subscriptions just made (and commands
-    // published meanwhile were not heard: the next round catches up from the same point).
+    // A subscriber lost and back meanwhile has none of the subscriptions just made.
     if (this.losses !== losses) return void this.restoreAfterOutage();
-    this.commandsFrom = undefined;
     if (this.connectionsUp()) {
       if (this.everReady) this.log.info({ chats: this.subscribed.size, presence: this.entries.size }, 'redis back: subscriptions and presence restored');
       this.everReady = true;
@@ -1026,7 +1071,10 @@ export class RedisEngine implements Engine {
       while (j < batch.length && batch[j]!.op === op) j++;
       const group = batch.slice(i, j);
       this.sendSubscription(op, group.map((p) => channelOf(p.chat))).then(
-        () => group.forEach((p) => p.done()),
+        () => {
+          group.forEach((p) => p.done());
+          if (op === 'subscribe') void this.noteChatLogFloors(group.map((p) => p.chat));
+        },
         (err: Error) => group.forEach((p) => p.done(err)),
       );
       i = j;
