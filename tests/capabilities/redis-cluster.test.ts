@@ -7,6 +7,8 @@ import { TestClient, presence } from '../support/client.js';
 import { waitFor } from '../support/harness.js';
 import { GatewayProcess } from '../support/process.js';
 import { RedisServer } from '../support/redis.js';
+import { RedisEngine } from '../../src/engine/redis/engine.js';
+import { createLogger } from '../../src/log.js';
 
 const run = promisify(execFile);
 const PRESENCE_TTL_MS = 1500;
@@ -122,6 +124,16 @@ describe('Redis Cluster: sharded pub/sub across three masters', () => {
     await watcher.next(presence(8, 'offline'), PRESENCE_TTL_MS * 2 + 2500);
     assert.doesNotMatch(gateways[0]!.output, /presence maintenance failed/);
     watcher.close();
+  });
+
+  it('the check made before replacing a silent link gets a write answered by the Cluster — not a MOVED — and fails when no seed answers', async () => {
+    // The engine's private check, called directly: a silent link cannot be staged on a Cluster here.
+    const check = (urls: string[]) => (new RedisEngine({ urls, cluster: true }, 1000, createLogger('silent')) as unknown as { freshConnectionAnswers(): Promise<boolean> }).freshConnectionAnswers();
+    const down = await RedisServer.start([]);
+    const downUrl = `redis://127.0.0.1:${down.port}`;
+    await down.close();
+    assert.equal(await check([downUrl, ...nodes.map((n) => `redis://127.0.0.1:${n.port}`)]), true, 'answered through a later seed, on whichever shard holds the key');
+    assert.equal(await check([downUrl]), false);
   });
 
   it('a sharded subscriber killed on the chat\'s master (ioredis resubscribes with no event): every instance still delivers every seq, once, in order, nothing closed', async () => {

@@ -110,6 +110,23 @@ function streamIdAfter(a: string, b: string): boolean {
   return am !== bm ? am > bm : an > bn;
 }
 
+/** A Cluster's seed nodes, from REDIS_URL's comma-separated URLs. */
+function clusterSeeds(urls: readonly string[]): Array<{ host: string; port: number }> {
+  return urls.map((u) => new URL(u)).map((u) => ({ host: u.hostname, port: Number(u.port || 6379) }));
+}
+
+/** Options for every node of a Cluster: the first URL's credentials and TLS apply to all. */
+function clusterNodeOptions(urls: readonly string[]): RedisOptions {
+  const first = new URL(urls[0]!);
+  return {
+    username: first.username ? decodeURIComponent(first.username) : undefined,
+    password: first.password ? decodeURIComponent(first.password) : undefined,
+    tls: first.protocol === 'rediss:' ? {} : undefined,
+    protocol: 2,
+    commandTimeout: COMMAND_TIMEOUT_MS,
+  };
+}
+
 /** A command as published and logged: its envelope (reply channel, request number), the command, its token. */
 function decodeCommand(text: string): { envelope: { reply?: unknown; req?: unknown }; command: ControlCommand; token: string | null } | null {
   let envelope: { reply?: unknown; req?: unknown; token?: unknown };
@@ -260,10 +277,8 @@ export class RedisEngine implements Engine {
       retryStrategy: (times) => Math.min(100 * times, 2000),
     };
     if (this.config.cluster) {
-      const seeds = this.config.urls.map((u) => new URL(u));
-      const first = seeds[0]!;
       this.cmd = new Cluster(
-        seeds.map((u) => ({ host: u.hostname, port: Number(u.port || 6379) })),
+        clusterSeeds(this.config.urls),
         {
           shardedSubscribers: true,
           enableOfflineQueue: false,
@@ -273,15 +288,7 @@ export class RedisEngine implements Engine {
           // command to the sharded subscriber): a command connection stuck in subscriber mode.
           autoPipeliningIgnoredCommands: ['ssubscribe', 'sunsubscribe', ...PROBE_COMMANDS],
           clusterRetryStrategy: (times) => Math.min(100 * times, 2000),
-          redisOptions: {
-            username: first.username ? decodeURIComponent(first.username) : undefined,
-            password: first.password ? decodeURIComponent(first.password) : undefined,
-            tls: first.protocol === 'rediss:' ? {} : undefined,
-            protocol: 2,
-            commandTimeout: COMMAND_TIMEOUT_MS,
-            maxRetriesPerRequest: 1,
-            autoResendUnfulfilledCommands: false,
-          },
+          redisOptions: { ...clusterNodeOptions(this.config.urls), maxRetriesPerRequest: 1, autoResendUnfulfilledCommands: false },
         },
       ) as Commands;
       this.cmd.on('smessageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message));
@@ -413,8 +420,11 @@ export class RedisEngine implements Engine {
    * answers PING, and every instance would replace its healthy links at once.
    */
   private async freshConnectionAnswers(): Promise<boolean> {
-    const url = this.config.urls[0]!;
-    const probe = new Redis(url, { lazyConnect: true, protocol: 2, connectTimeout: COMMAND_TIMEOUT_MS, commandTimeout: COMMAND_TIMEOUT_MS, enableReadyCheck: false, maxRetriesPerRequest: 0, retryStrategy: () => null, connectionName: 'message-service-check' });
+    const once = { connectTimeout: COMMAND_TIMEOUT_MS, enableReadyCheck: false, maxRetriesPerRequest: 0, connectionName: 'message-service-check' };
+    // A Cluster client: the check's key may live on any shard, and any seed may be the one up.
+    const probe = this.config.cluster
+      ? new Cluster(clusterSeeds(this.config.urls), { lazyConnect: true, clusterRetryStrategy: () => null, redisOptions: { ...clusterNodeOptions(this.config.urls), ...once } })
+      : new Redis(this.config.urls[0]!, { lazyConnect: true, protocol: 2, commandTimeout: COMMAND_TIMEOUT_MS, retryStrategy: () => null, ...once });
     probe.on('error', () => undefined);
     try {
       await probe.connect();
