@@ -131,7 +131,14 @@ export class Dispatcher {
     } else if (op === 'refresh') {
       if (this.refresh.onError(error, request !== undefined, code === 'rate_limited' && refreshInProgress(frame))) return;
     } else if (op === 'unregister') {
-      return this.chats.placeFreed(); // the chat is forgotten either way
+      // Refused by the token bucket: not read, so the gateway still holds the chat (its members
+      // still see the user online, and it takes a place): sent again once the gateway reads again
+      // (the pacer holds it back meanwhile) — unless the chat was opened again since.
+      if (code === 'rate_limited' && isBucketPause(frame)) return request?.resend();
+      // The chat is forgotten here either way; only an answer saying the gateway holds no
+      // registration of it frees a place there.
+      if (code === 'not_registered') this.chats.placeFreed();
+      return;
     } else if (op === 'typing') {
       return; // best effort
     } else if (op === '' && !(code === 'rate_limited' && isBucketPause(frame))) {
