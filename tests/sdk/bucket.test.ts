@@ -6,7 +6,7 @@ import { ClientError, createClient } from '../../packages/client/src/index.js';
 import { sleep } from '../support/client.js';
 import { uniqueChat, useHarness, waitFor } from '../support/harness.js';
 import type { Link } from './proxy.js';
-import { proxy, sdk } from './support.js';
+import { fast, proxy, sdk, text } from './support.js';
 
 /**
  * The gateway's token bucket refuses the first frame over it `rate_limited` (with
@@ -55,6 +55,56 @@ describe('SDK: an unregister refused by the gateway\'s token bucket', () => {
     assert.equal(await outcome(c3.ready()), 'resolved', 'a third chat fits: A left c1');
     assert.deepEqual(a.all('unregistered'), []);
     assert.deepEqual(a.all('unhandled'), []);
+  });
+});
+
+describe('SDK: a register refused by the gateway\'s token bucket (a chat being left)', () => {
+  const h = useHarness('memory', BUCKET);
+
+  it('after a reconnect, the register of a chat being left is sent again after the pause: the writes made before leave() are sent and acked, then the chat is unregistered', { timeout: 40_000 }, async () => {
+    const p = await proxy(h);
+    const a = await sdk(h, 1, { url: p.url, ...fast, ...unpaced });
+    const chats = [uniqueChat(), uniqueChat(), uniqueChat(), uniqueChat()].map((id) => a.client.chat(id));
+    await Promise.all(chats.map((c) => c.ready()));
+    const left = chats[3]!;
+    const leftId = left.id as number;
+    await sleep(3500); // the bucket is full again
+    h.api.addFault({ op: 'save', delayMs: 1500, times: 1 });
+    const w1 = outcome(left.send(text('first, at the main API when the link drops'), { id: 'bucket-leave-w1' }));
+    const w2 = outcome(left.send(text('second, waiting behind the first'), { id: 'bucket-leave-w2' }));
+    left.leave(); // writes already made are still sent and answered, then the chat is unregistered
+    await sleep(300);
+    p.cut(); // a network blip: the next connection registers the four chats, the last one over the bucket
+    assert.deepEqual(await Promise.all([w1, w2]), ['resolved', 'resolved'], 'both writes made before leave() are answered');
+    const link = p.links[1]!;
+    assert.ok(bucketRefusal(link, 'register', leftId), 'the left chat\'s register was refused by the bucket');
+    assert.equal(framesOf(link, 'register', leftId).length, 2, 'and sent again');
+    assert.ok(h.api.messages.has('bucket-leave-w2'), 'the write never sent before the blip was saved');
+    await waitFor(() => link.fromGateway.some((f) => f.type === 'unregistered' && String(f.chat_id) === String(leftId)), 5000, 'the left chat unregistered');
+    assert.deepEqual(a.all('failed'), []);
+    assert.deepEqual(a.all('unregistered'), []);
+  });
+
+  it('a chat left while its register refused by the bucket waits for the pause still sends and acks its write', { timeout: 40_000 }, async () => {
+    const p = await proxy(h);
+    // A backoff long enough that a register retried with backoff (as a refusal for now) would
+    // still be waiting when the chat is left.
+    const a = await sdk(h, 1, { url: p.url, ...unpaced, reconnect: { minDelayMs: 2000, maxDelayMs: 2000 } });
+    const chats = [uniqueChat(), uniqueChat(), uniqueChat(), uniqueChat()].map((id) => a.client.chat(id));
+    await Promise.all(chats.map((c) => c.ready()));
+    const left = chats[3]!;
+    const leftId = left.id as number;
+    p.cut();
+    await a.next('state', (e) => e.state === 'disconnected');
+    const w = outcome(left.send(text('made while disconnected'), { id: 'bucket-left-in-pause' }));
+    // The next connection registers the four chats; the last one's register is over the bucket.
+    await waitFor(() => bucketRefusal(p.links[1], 'register', leftId) !== undefined, 10_000, 'the bucket\'s refusal of the register');
+    left.leave();
+    assert.equal(await w, 'resolved');
+    assert.ok(h.api.messages.has('bucket-left-in-pause'));
+    const link = p.links[1]!;
+    await waitFor(() => link.fromGateway.some((f) => f.type === 'unregistered' && String(f.chat_id) === String(leftId)), 5000, 'the left chat unregistered');
+    assert.deepEqual(a.all('failed'), []);
   });
 });
 
