@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import { after, describe, it } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
-import { ClientError, createClient } from '../../packages/client/src/index.js';
+import { ClientError, createClient, type Client } from '../../packages/client/src/index.js';
 import { sleep } from '../support/client.js';
 import { uniqueChat, useHarness, waitFor } from '../support/harness.js';
 import type { Link } from './proxy.js';
@@ -105,6 +105,48 @@ describe('SDK: a register refused by the gateway\'s token bucket (a chat being l
     const link = p.links[1]!;
     await waitFor(() => link.fromGateway.some((f) => f.type === 'unregistered' && String(f.chat_id) === String(leftId)), 5000, 'the left chat unregistered');
     assert.deepEqual(a.all('failed'), []);
+  });
+});
+
+describe('SDK: a refresh refused by the gateway\'s token bucket', () => {
+  const h = useHarness('memory', BUCKET);
+
+  it('is sent again after the pause with the same token: not a failed attempt, the provider is not asked again', { timeout: 30_000 }, async () => {
+    const u = 31;
+    const p = await proxy(h);
+    const tokens: string[] = [];
+    let client: Client | undefined;
+    const a = await sdk(h, u, {
+      url: p.url,
+      ...unpaced,
+      // 6 s tokens refreshed 3 s ahead: the bucket is full again (3) when the refresh is due.
+      refreshLeadMs: 3000,
+      token: async () => {
+        const token = await h.token(u, { expiresInSec: tokens.length === 0 ? 6 : 60 });
+        tokens.push(token);
+        // The refresh's token: three pings take the bucket's three tokens, and the refresh
+        // that follows them is refused.
+        if (tokens.length === 2) for (let i = 0; i < 3; i++) void client!.ping().catch(() => undefined);
+        return token;
+      },
+    });
+    client = a.client;
+    const chat = a.client.chat(uniqueChat());
+    await chat.ready();
+    const link = p.links[0]!;
+    await waitFor(() => link.fromGateway.some((f) => f.type === 'refreshed'), 8000, 'refreshed');
+    assert.ok(bucketRefusal(link, 'refresh'), 'the refresh was refused by the bucket');
+    const refreshes = link.fromClient.filter((f) => f.type === 'refresh');
+    assert.equal(refreshes.length, 2, 'sent again');
+    assert.deepEqual(refreshes.map((f) => f.token), [tokens[1], tokens[1]], 'with the same token');
+    assert.equal(tokens.length, 2, 'the provider was not asked again');
+    assert.deepEqual(a.all('error'), []);
+    // Past the first token's exp: the registration holds the new one (no token_expired).
+    const exp = JSON.parse(Buffer.from(tokens[0]!.split('.')[1]!, 'base64url').toString()) as { exp: number };
+    await waitFor(() => Date.now() > exp.exp * 1000 + 500, 8000, 'the first token expired');
+    await chat.send(text('still registered'));
+    assert.deepEqual(link.fromGateway.filter((f) => f.type === 'unregistered'), []);
+    assert.equal(a.all('registered').length, 1);
   });
 });
 

@@ -132,7 +132,8 @@ export class Dispatcher {
       if (code === 'rate_limited' && request !== undefined) return request.resend();
       return request?.onAnswer?.(false);
     } else if (op === 'refresh') {
-      if (this.refresh.onError(error, request !== undefined, code === 'rate_limited' && refreshInProgress(frame))) return;
+      // Refused by the token bucket: sent again after the pause (not a failed attempt).
+      if (unread ? this.refresh.onUnread(request !== undefined) : this.refresh.onError(error, request !== undefined, code === 'rate_limited' && refreshInProgress(frame))) return;
     } else if (op === 'unregister') {
       // Refused by the token bucket: not read, so the gateway still holds the chat (its members
       // still see the user online, and it takes a place): sent again once the gateway reads again
