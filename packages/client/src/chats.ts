@@ -296,6 +296,20 @@ export class Chats {
     this.writes.pump();
   }
 
+  /**
+   * A `register` refused by the gateway's token bucket: not read, so neither a refusal of the
+   * chat nor one for now — sent again once the gateway reads again (the pacer holds it back
+   * meanwhile), as the requests dropped with it are; no backoff, and the app is not told. A chat
+   * being left stays in its leave: its writes are sent once it registers, then it is unregistered.
+   */
+  registerUnread(state: ChatState, request: Track | undefined): void {
+    // The register whose answer was to be its registration's expiry (`unauthorized`) was not read.
+    state.expiredWhileRegistering = false;
+    if (request !== undefined) return request.resend();
+    state.status = 'idle';
+    this.register(state);
+  }
+
   /** A `register` answered with an error. */
   registerRefused(state: ChatState, error: ClientError): void {
     if (state.status === 'gone' || this.core.ended()) return;
@@ -516,11 +530,12 @@ export class Chats {
 
   /**
    * A chat being left that cannot register for now (its register refused `upstream_unavailable`,
-   * `rate_limited`, its token refused or not to be had) is not registered again: `leave()` is how
-   * the app stops trying. Its writes fail `closed` — not sent since it could not register, but one
-   * sent before (its ack lost with a connection) may have been saved: `maybeApplied` — and
-   * stay in the storage (as with `close()`: a persistent outbox sends them from the next client);
-   * then the leave completes.
+   * `rate_limited` — the main API's 429, MAX_CONNECTIONS_PER_USER: refusals that may last, unlike
+   * the token bucket's, which is resent after its pause —, its token refused or not to be had) is
+   * not registered again: `leave()` is how the app stops trying. Its writes fail `closed` — not
+   * sent since it could not register, but one sent before (its ack lost with a connection) may
+   * have been saved: `maybeApplied` — and stay in the storage (as with `close()`: a persistent
+   * outbox sends them from the next client); then the leave completes.
    */
   private abandonLeaving(state: ChatState, why: string): void {
     clearTimer(state.retryTimer);

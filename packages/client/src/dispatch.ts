@@ -109,7 +109,9 @@ export class Dispatcher {
       : WRITE_OPS.has(op) && typeof frame.id === 'string' && frame.chat_id !== undefined ? writeKey(chatKey, op, frame.id)
       : null;
     const request = key === null ? undefined : requests.answered(key);
-    if (code === 'rate_limited' && isBucketPause(frame)) {
+    // Refused by the token bucket: the frame was not read (see `isBucketPause`).
+    const unread = code === 'rate_limited' && isBucketPause(frame);
+    if (unread) {
       // Which frame was refused tells which later ones the gateway may have dropped unread;
       // when it cannot be told (typing, a frame of sendRaw), every unanswered one is suspect.
       const no = request?.no ?? (op === 'typing' ? (this.chats.get(chatKey)?.lastTypingNo ?? 0) : 0);
@@ -117,8 +119,9 @@ export class Dispatcher {
     }
     if (op === 'register') {
       const state = this.chats.get(chatKey);
-      if (state?.status === 'registering') return this.chats.registerRefused(state, error);
-      // A chat left while its register was out holds no place at the gateway any more.
+      if (state?.status === 'registering') return unread ? this.chats.registerUnread(state, request) : this.chats.registerRefused(state, error);
+      // A chat left while its register was out holds no place at the gateway any more (nor took
+      // one, if the register was not read).
       if (request !== undefined && (state === undefined || state.status === 'gone')) this.chats.placeFreed();
       if (request !== undefined) return; // a second answer to a register sent twice
     } else if (WRITE_OPS.has(op) && typeof frame.id === 'string') {
@@ -129,12 +132,20 @@ export class Dispatcher {
       if (code === 'rate_limited' && request !== undefined) return request.resend();
       return request?.onAnswer?.(false);
     } else if (op === 'refresh') {
-      if (this.refresh.onError(error, request !== undefined, code === 'rate_limited' && refreshInProgress(frame))) return;
+      // Refused by the token bucket: sent again after the pause (not a failed attempt).
+      if (unread ? this.refresh.onUnread(request !== undefined) : this.refresh.onError(error, request !== undefined, code === 'rate_limited' && refreshInProgress(frame))) return;
     } else if (op === 'unregister') {
-      return this.chats.placeFreed(); // the chat is forgotten either way
+      // Refused by the token bucket: not read, so the gateway still holds the chat (its members
+      // still see the user online, and it takes a place): sent again once the gateway reads again
+      // (the pacer holds it back meanwhile) — unless the chat was opened again since.
+      if (unread) return request?.resend();
+      // The chat is forgotten here either way; only an answer saying the gateway holds no
+      // registration of it frees a place there.
+      if (code === 'not_registered') this.chats.placeFreed();
+      return;
     } else if (op === 'typing') {
       return; // best effort
-    } else if (op === '' && !(code === 'rate_limited' && isBucketPause(frame))) {
+    } else if (op === '' && !unread) {
       requests.onUnnamedError(error);
     }
     this.core.emit('unhandled', frame);

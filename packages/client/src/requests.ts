@@ -73,6 +73,11 @@ export class Requests {
   private requestTimer: Timer | null = null;
   /** Requests sent after the frame numbered this may have been dropped unread; resent at resume. */
   private suspectAfter = Infinity;
+  /**
+   * …up to this one: the frames sent when the last `rate_limited` came. Later ones were sent once
+   * the pause was over (nothing goes out during it) and were read: not resent again at resume.
+   */
+  private suspectUpTo = 0;
   private resumeTimer: Timer | null = null;
   /**
    * Errors the gateway could not attach to a request (no `op`: a frame it could not parse) and
@@ -179,6 +184,7 @@ export class Requests {
   rateLimited(no: number): void {
     this.pacer.pause();
     this.suspectAfter = Math.min(this.suspectAfter, no);
+    this.suspectUpTo = this.sent;
     clearTimer(this.resumeTimer);
     this.resumeTimer = setTimeout(() => this.resume(), RATE_LIMIT_PAUSE_MS);
   }
@@ -201,16 +207,21 @@ export class Requests {
   private resume(): void {
     this.resumeTimer = null;
     const after = this.suspectAfter;
+    const upTo = this.suspectUpTo;
     this.suspectAfter = Infinity;
     if (!this.host.isOpen()) return;
-    const suspects = this.outstanding.filter((o) => o.no > after && !o.resent);
+    // Not those sent after the pause, before this timer fired (the pacer's own timer, due at the
+    // same moment, may fire first: the refused request's resend, say — resent twice, the second
+    // send was refused by the bucket again).
+    const suspect = (o: Outstanding) => o.no > after && o.no <= upTo;
+    const suspects = this.outstanding.filter((o) => suspect(o) && !o.resent);
     // A write's suspect send stays listed: the gateway may have read it after all (it drops only
     // what it read together with the refused frame; what waited in the socket is read after the
     // pause), and then answers it as well as the resend. Each of the two answers then finds a send
     // of this write, and the next write with the same key waits until both sends are accounted for
     // (see `awaitedElsewhere`) — never taking the late one for its own. Other requests are matched
     // by key alone, and a second answer to them is harmless.
-    this.outstanding = this.outstanding.filter((o) => o.no <= after || o.owner !== undefined);
+    this.outstanding = this.outstanding.filter((o) => !suspect(o) || o.owner !== undefined);
     for (const o of suspects) {
       if (o.owner !== undefined) {
         o.resent = true;

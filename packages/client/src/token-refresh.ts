@@ -18,6 +18,18 @@ export interface RefreshChats {
   anyRegistering(): boolean;
 }
 
+/** A `refresh` sent on the current connection and not answered yet. */
+interface Attempt {
+  /** The token it hands over. */
+  token: string;
+  /** The token it replaces. */
+  from: string;
+  /** Its sends still to be answered (a resend's answer may come too). */
+  sends: number;
+  /** Sends it again (a no-op once it is answered). */
+  resend(): void;
+}
+
 /**
  * With a provider and a JWT: the SDK asks the provider for a new token `refreshLeadMs` before
  * `exp` and hands it to the gateway (`refresh`), which switches every registration of the
@@ -31,7 +43,7 @@ export class TokenRefresh {
   /** Refreshes of the current token answered "refresh again in <n> ms" without a usable <n> (backoff for the next). */
   private paced = 0;
   /** The `refresh` in flight on the current connection: the token it hands over, the one it replaces. */
-  private refreshing: { token: string; from: string; sends: number } | null = null;
+  private refreshing: Attempt | null = null;
   /** Answers still expected to refreshes already settled (a resend's second answer): recognised, dropped. */
   private echoes = 0;
 
@@ -114,6 +126,24 @@ export class TokenRefresh {
     return false;
   }
 
+  /**
+   * A send of a `refresh` refused by the gateway's token bucket (`rate_limited` with
+   * `retry_after_ms`): not read, so not the refresh's answer. Sent again, with the same token, once
+   * the gateway reads again (the pacer holds it back meanwhile), as the requests dropped with it
+   * are: not a failed attempt, and the provider is not asked again. False when it answers nothing
+   * of ours.
+   */
+  onUnread(answersRequest: boolean): boolean {
+    const attempt = this.refreshing;
+    if (attempt === null) {
+      if (this.echoes > 0) return this.echoes--, true; // a resend of a refresh settled already
+      return answersRequest;
+    }
+    attempt.sends--; // that send is answered
+    attempt.resend();
+    return true;
+  }
+
   private refresh(): void {
     this.timer = null;
     const from = this.keeper.usable;
@@ -153,10 +183,10 @@ export class TokenRefresh {
   }
 
   private send(from: string, token: string): void {
-    const attempt = { token, from, sends: 1 };
-    this.refreshing = attempt;
     const text = JSON.stringify({ type: 'refresh', token });
-    const track: Track = { key: 'f', resend: () => void (this.refreshing === attempt && this.core.transmit(text, false, track) && attempt.sends++) };
+    const attempt: Attempt = { token, from, sends: 1, resend: () => void (this.refreshing === attempt && this.core.transmit(text, false, track) && attempt.sends++) };
+    const track: Track = { key: 'f', resend: attempt.resend };
+    this.refreshing = attempt;
     this.core.transmit(text, false, track);
   }
 
