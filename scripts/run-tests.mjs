@@ -28,7 +28,7 @@ const sorted = find('tests')
 // each took in CI on Node 20 (2026-12-02), roughly; a file not listed counts as short.
 const SECONDS = {
   'browser/chat-page-faults': 150, 'browser/chat-page-edges': 140, 'browser/chat-page-devices': 107, 'browser/chat-page.test': 78,
-  'sdk/faults': 60, 'capabilities/hardening': 60, 'sdk/edges': 60, 'capabilities/limits': 55, 'capabilities/redis-faults': 55,
+  'sdk/faults': 60, 'sdk/bucket': 25, 'capabilities/hardening': 60, 'sdk/edges': 60, 'capabilities/limits': 55, 'capabilities/redis-faults': 55,
   'capabilities/redis-outages': 50, 'capabilities/redis-commands': 30, 'capabilities/credentials': 47, 'sdk/backend': 47, 'capabilities/scale-out': 32,
   'capabilities/server-api': 29, 'sdk/package': 28, 'capabilities/process': 25, 'capabilities/redis-cluster': 25,
   'capabilities/recovery': 22, 'capabilities/redis-script-cost': 20, 'capabilities/presence': 20, 'capabilities/redis-subscriptions': 19,
