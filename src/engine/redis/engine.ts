@@ -365,7 +365,9 @@ export class RedisEngine implements Engine {
         // Only if a new connection gets an answer: then the links are at fault, not Redis. A Redis
         // that is stalled or overloaded answers nobody, and replacing every instance's links at once
         // would add a full restore to its load when it wakes.
-        if (await this.freshConnectionAnswers()) {
+        // And only if the link is still silent after that: a Redis that paused writes for a while
+        // may have just resumed (the new connection answered because the pause ended).
+        if ((await this.freshConnectionAnswers()) && !(await this.linkAnswersNow(deaf))) {
           // A silent command link most likely means the path to Redis is gone: the subscriber's
           // too (whose own probe needs a working command link to publish).
           const replaced = deaf && this.sub !== null ? [this.sub] : [this.cmd, ...(this.sub === null ? [] : [this.sub])];
@@ -378,6 +380,17 @@ export class RedisEngine implements Engine {
     }
     // A failure is probed again soon: confirmed (or not) quickly, and ready within a moment of Redis serving again.
     if (this.probeFailures > 0 && !this.closing) setTimeout(() => void this.probe(), PROBE_RETRY_MS).unref();
+  }
+
+  /** The link a probe found silent answers now (the subscriber: an echo comes back). */
+  private async linkAnswersNow(subscriber: boolean): Promise<boolean> {
+    try {
+      if (subscriber) return await this.echo();
+      await this.cmd.set(`ms:probe:{${this.origin}}`, Date.now(), 'PX', 3 * PROBE_INTERVAL_MS);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -598,7 +611,7 @@ export class RedisEngine implements Engine {
 
   /** A command was acted on before its log entry was read. */
   private noteCommand(token: string): void {
-    const now = Date.now();
+    const now = performance.now(); // monotonic: a clock set back must not keep every token
     this.commandsSeen.set(token, now);
     // Normally the log is read past it within a probe; an entry that never came (its XADD failed)
     // is let go only once a read that surely would have met it has succeeded.
@@ -623,7 +636,7 @@ export class RedisEngine implements Engine {
   }
 
   private async readCommandLog(trimCheck: boolean): Promise<void> {
-    const startedAt = Date.now();
+    const startedAt = performance.now();
     if (this.commandCursor === null) {
       this.commandCursor = await this.commandLogHead();
       this.commandPollStartedAt = startedAt;
