@@ -54,7 +54,9 @@ let tscOutput = '';
 const tsc = typecheck ? spawn(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json', '--noEmit'], { stdio: ['ignore', 'pipe', 'pipe'] }) : null;
 tsc?.stdout.on('data', (d) => (tscOutput += d));
 tsc?.stderr.on('data', (d) => (tscOutput += d));
-const tests = spawn(process.execPath, ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-timeout=180000', ...files], { stdio: 'inherit' });
+// As node's default (spec on a terminal, TAP otherwise) on stdout; each file's time on stderr at the end (scripts/test-times.mjs).
+const reporters = [`--test-reporter=${process.stdout.isTTY ? 'spec' : 'tap'}`, '--test-reporter-destination=stdout', '--test-reporter=./scripts/test-times.mjs', '--test-reporter-destination=stderr'];
+const tests = spawn(process.execPath, ['--import', 'tsx', '--test', ...reporters, `--test-concurrency=${concurrency}`, '--test-timeout=180000', ...files], { stdio: 'inherit' });
 const [tscCode, testCode] = await Promise.all([tsc === null ? 0 : exited(tsc), exited(tests)]);
 if (tscCode !== 0) {
   process.stderr.write(`\ntypecheck (tsc -p tsconfig.json --noEmit) failed:\n${tscOutput}\n`);
