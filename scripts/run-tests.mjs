@@ -46,7 +46,12 @@ if (files.length === 0) {
   console.error('no test files matched');
   process.exit(1);
 }
-const concurrency = process.env.TEST_CONCURRENCY ?? '2';
+const concurrency = Math.max(1, Number(process.env.TEST_CONCURRENCY ?? '2') || 2);
+// The runner starts the files itself, in the order above, `concurrency` at a time, each in its
+// own `node --test` — node's runner, given them all, starts them in alphabetical order whatever
+// order they are passed in (so the order above once had no effect: in CI the four Chromium files
+// ran together first, and the longest SDK files started last, at 4.5 minutes). Each file's
+// output is printed whole when it ends, so files never interleave; the totals come last.
 // The timeout bounds each test and each file as a whole: a browser file of a dozen Chromium
 // tests takes ~100 s alone, more beside three other files on two cores.
 const exited = (child) => new Promise((resolve) => child.once('close', (code) => resolve(code ?? 1)));
@@ -54,12 +59,44 @@ let tscOutput = '';
 const tsc = typecheck ? spawn(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json', '--noEmit'], { stdio: ['ignore', 'pipe', 'pipe'] }) : null;
 tsc?.stdout.on('data', (d) => (tscOutput += d));
 tsc?.stderr.on('data', (d) => (tscOutput += d));
-// As node's default (spec on a terminal, TAP otherwise) on stdout; each file's time on stderr at the end (scripts/test-times.mjs).
-const reporters = [`--test-reporter=${process.stdout.isTTY ? 'spec' : 'tap'}`, '--test-reporter-destination=stdout', '--test-reporter=./scripts/test-times.mjs', '--test-reporter-destination=stderr'];
-const tests = spawn(process.execPath, ['--import', 'tsx', '--test', ...reporters, `--test-concurrency=${concurrency}`, '--test-timeout=180000', ...files], { stdio: 'inherit' });
-const [tscCode, testCode] = await Promise.all([tsc === null ? 0 : exited(tsc), exited(tests)]);
+
+const reporter = process.stdout.isTTY ? 'spec' : 'tap';
+const COUNTS = ['tests', 'pass', 'fail', 'cancelled', 'skipped', 'todo'];
+const totals = Object.fromEntries(COUNTS.map((k) => [k, 0]));
+const times = [];
+const failedFiles = [];
+const t0 = Date.now();
+
+async function runFile(file) {
+  const startedAt = Date.now();
+  const child = spawn(process.execPath, ['--import', 'tsx', '--test', `--test-reporter=${reporter}`, '--test-timeout=180000', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const chunks = [];
+  child.stdout.on('data', (d) => chunks.push(d));
+  child.stderr.on('data', (d) => chunks.push(d));
+  const code = await exited(child);
+  const output = Buffer.concat(chunks).toString('utf8');
+  process.stdout.write(`# file: ${file}\n${output}${output.endsWith('\n') ? '' : '\n'}`);
+  for (const key of COUNTS) {
+    // The summary's last lines: "# pass 12" (TAP) or "ℹ pass 12" (spec).
+    const m = [...output.matchAll(new RegExp(`^[#ℹ] ${key} (\\d+)$`, 'gm'))].at(-1);
+    if (m) totals[key] += Number(m[1]);
+  }
+  if (code !== 0) failedFiles.push(file);
+  times.push({ file, s: (Date.now() - startedAt) / 1000, at: (startedAt - t0) / 1000 });
+}
+
+const queue = [...files];
+await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, async () => {
+  for (let file = queue.shift(); file !== undefined; file = queue.shift()) await runFile(file);
+}));
+const tscCode = tsc === null ? 0 : await exited(tsc);
+
+process.stdout.write(`${COUNTS.map((k) => `# ${k} ${totals[k]}`).join('\n')}\n# duration_ms ${Date.now() - t0}\n`);
+times.sort((a, b) => b.s - a.s);
+process.stderr.write(`\nfile times (s, started at s):\n${times.map((r) => `${r.s.toFixed(0).padStart(5)} ${r.at.toFixed(0).padStart(5)}  ${r.file}`).join('\n')}\n`);
+if (failedFiles.length > 0) process.stderr.write(`\nfiles that failed:\n${failedFiles.map((f) => `  ${f}`).join('\n')}\n`);
 if (tscCode !== 0) {
   process.stderr.write(`\ntypecheck (tsc -p tsconfig.json --noEmit) failed:\n${tscOutput}\n`);
   process.exit(1);
 }
-process.exit(testCode);
+process.exit(failedFiles.length > 0 ? 1 : 0);
