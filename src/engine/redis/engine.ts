@@ -661,8 +661,11 @@ export class RedisEngine implements Engine {
     if (acted > 0) this.log.warn({ commands: acted }, 'acted on server-API commands this instance did not hear when they were published');
   }
 
-  readMissedCommands(): Promise<void> {
-    return this.ready ? this.pollCommands(false) : Promise.resolve();
+  async readMissedCommands(): Promise<void> {
+    if (!this.ready) return;
+    // A read under way may have been answered before the command was logged: read again after it.
+    await this.commandPoll?.catch(() => undefined);
+    await this.pollCommands(false);
   }
 
   /** A command read from the log: true if acted on (it had not been heard live). */
