@@ -14,6 +14,8 @@ import { MISDIRECTED, isLoopbackAddress, isLoopbackHostHeader } from '../dev-api
 
 const WEB_DIR = fileURLToPath(new URL('.', import.meta.url));
 const BODY_LIMIT = 64 * 1024;
+/** A main-API answer is passed on only up to this size (a chat's history page is far smaller). */
+const DEFAULT_ANSWER_LIMIT = 16 * 1024 * 1024;
 const API_TIMEOUT_MS = 5000;
 
 /**
@@ -58,6 +60,27 @@ export interface ChatPageOptions {
    * the server answers 421 unless `Host` is localhost, 127.0.0.1 or [::1] (DNS rebinding).
    */
   host?: string;
+  /** The largest main-API answer passed on, in bytes (default 16 MiB); a larger one is 502. */
+  answerLimit?: number;
+}
+
+/** A response's body as text, or null past `limit` bytes (read no further: memory stays bounded). */
+async function readCapped(response: Response, limit: number): Promise<string | null> {
+  if (response.body === null) return '';
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel();
+      return null;
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 export interface ChatPage {
@@ -159,7 +182,9 @@ export async function startChatPage(opts: ChatPageOptions): Promise<ChatPage> {
     } catch {
       return json(res, 502, { error: 'the main API is unreachable' });
     }
-    reply(res, upstream.status, upstream.headers.get('content-type') ?? 'application/json; charset=utf-8', await upstream.text());
+    const answer = await readCapped(upstream, opts.answerLimit ?? DEFAULT_ANSWER_LIMIT).catch(() => null);
+    if (answer === null) return json(res, 502, { error: 'the main API answered too much, or broke off' });
+    reply(res, upstream.status, upstream.headers.get('content-type') ?? 'application/json; charset=utf-8', answer);
   }
 
   const host = opts.host ?? '127.0.0.1';

@@ -55,6 +55,17 @@ describe('chat page server: /api reaches only the page\'s routes', () => {
     assert.equal(await raw('POST', '/api/dev/token', '{"user_id":1}'), 200);
   });
 
+  it('a main-API answer past the page server\'s limit is 502, not passed on (nor held whole in memory)', async () => {
+    const small = await startChatPage({ gatewayUrl: 'ws://127.0.0.1:1/ws', apiUrl: api.url, port: 0, answerLimit: 40 });
+    try {
+      const res = await fetch(`${small.url}api/dev/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"user_id":1}' });
+      assert.equal(res.status, 502);
+      assert.match(await res.text(), /answered too much/);
+    } finally {
+      await small.close();
+    }
+  });
+
   it('every chat id the gateway accepts reaches its routes (dots, and colons sent as %3A); other spellings do not', async () => {
     const authorization = `Bearer ${await api.mintToken(1)}`;
     for (const id of ['a.b', 'a%3Ab', 'team_1-x', '...a']) {
