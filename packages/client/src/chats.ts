@@ -180,6 +180,9 @@ export class Chats {
       state.registerAgain = false;
       state.reordering = null;
       state.waitsForLeave = false; // the gateway let go of every registration of that connection
+      // The register whose `unauthorized` was to be an expiry's echo went with that connection: a
+      // refusal on the next one is a refusal (counted toward maxAuthFailures), not an echo.
+      state.expiredWhileRegistering = false;
       clearTimer(state.retryTimer);
       state.retryTimer = null;
     }
