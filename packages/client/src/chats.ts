@@ -381,6 +381,7 @@ export class Chats {
    * - `unauthorized`: the token was refused (also by a periodic re-verify of an opaque token):
    *   with a provider it is asked for a new one; with a static token final for the chat.
    * - `forbidden` (and anything else): final for the chat.
+   * Once final, the place the registration held at the gateway is free for a chat waiting for one.
    */
   onUnregistered(state: ChatState, reason: string): void {
     state.status = 'idle';
@@ -392,6 +393,8 @@ export class Chats {
       this.register(state);
       return;
     }
+    // Not before the chat is settled below: a chat woken now could take the place a re-register needs.
+    queueMicrotask(() => state.status === 'gone' && this.placeFreed());
     const chatId = state.chat.id;
     const error =
       reason === 'revoked' ? new ClientError('revoked', 'the backend revoked the membership of this chat', { chatId })

@@ -70,7 +70,11 @@ export class Dispatcher {
           requests.answered(`u:${chatKey}`);
           return this.chats.placeFreed();
         }
-        if (state === undefined || state.status === 'gone') break;
+        if (state === undefined || state.status === 'gone') {
+          // A chat left that the gateway ended itself (revoked, forbidden, expired): its place there is free.
+          this.chats.placeFreed();
+          break;
+        }
         return this.chats.onUnregistered(state, frame.reason);
       case 'refreshed':
         if (this.refresh.onRefreshed()) return;
