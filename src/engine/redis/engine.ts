@@ -260,7 +260,7 @@ export class RedisEngine implements Engine {
   private echoProbes = 0;
   private echoWaiting: { id: number; heard: () => void } | null = null;
   /** Tokens of commands acted on and not yet met in the log, with when: see COMMAND_SEEN_MS. */
-  private readonly commandsSeen = new Map<string, number>();
+  private readonly commandsSeen = new Map<string, { at: number; acted: number | null }>();
   private readonly logLimit = new LogLimiter();
 
   async start(events: EngineEvents): Promise<void> {
@@ -344,10 +344,12 @@ export class RedisEngine implements Engine {
       await this.readIdentity();
       deaf = !(await this.echo());
       if (deaf) throw new Error('the subscriber did not deliver a probe published to it');
-      await this.pollCommands(false);
       if (!this.responsive) this.log.info('redis answers again: ready');
       this.responsive = true;
       this.probeFailures = 0;
+      // Best effort, outside the verdict: in a Cluster the log's shard may be down while the
+      // others serve, and one shard must not turn every instance away.
+      await this.pollCommands(false).catch((err: Error) => this.logLimit.log(this.log, 'warn', 'command log read', { err: err.message }, 'command log not read: commands this instance did not hear wait for the next read'));
       if (this.failedLeaves.size > 0 && this.ready) {
         await this.replayLeaves();
         this.announceLeftOffline();
@@ -603,20 +605,22 @@ export class RedisEngine implements Engine {
     if (decoded === null || this.events === null) return null;
     const { envelope, command, token } = decoded;
     if (token !== null) {
-      if (this.commandsSeen.has(token)) return { envelope, acted: null };
-      this.noteCommand(token);
+      const seen = this.commandsSeen.get(token);
+      // Acted on from the log first: this publication still gets the answer, with what was done.
+      if (seen !== undefined) return { envelope, acted: seen.acted };
+      this.noteCommand(token, null);
     }
     return { envelope, acted: this.events.command(command) };
   }
 
-  /** A command was acted on before its log entry was read. */
-  private noteCommand(token: string): void {
+  /** A command was acted on (`acted`: connections, when from the log) before it was met the other way. */
+  private noteCommand(token: string, acted: number | null): void {
     const now = performance.now(); // monotonic: a clock set back must not keep every token
-    this.commandsSeen.set(token, now);
+    this.commandsSeen.set(token, { at: now, acted });
     // Normally the log is read past it within a probe; an entry that never came (its XADD failed)
     // is let go only once a read that surely would have met it has succeeded.
     const before = Math.min(now - COMMAND_SEEN_MS, this.commandPollStartedAt - COMMAND_LOGGED_WITHIN_MS);
-    for (const [seen, at] of this.commandsSeen) {
+    for (const [seen, { at }] of this.commandsSeen) {
       if (at >= before) break;
       this.commandsSeen.delete(seen);
     }
@@ -662,10 +666,13 @@ export class RedisEngine implements Engine {
   }
 
   async readMissedCommands(): Promise<void> {
-    if (!this.ready) return;
-    // A read under way may have been answered before the command was logged: read again after it.
+    if (this.ready) await this.pollAfresh(false);
+  }
+
+  /** A read that begins now: one under way may have been answered before what is wanted was logged. */
+  private async pollAfresh(trimCheck: boolean): Promise<void> {
     await this.commandPoll?.catch(() => undefined);
-    await this.pollCommands(false);
+    await this.pollCommands(trimCheck);
   }
 
   /** A command read from the log: true if acted on (it had not been heard live). */
@@ -679,8 +686,8 @@ export class RedisEngine implements Engine {
       if (floor === undefined || !streamIdAfter(id, floor)) return false;
     }
     // Its publication may still be on its way (a Cluster logs on another node): not acted on twice.
-    if (token !== null) this.noteCommand(token);
-    this.events.command(command);
+    const acted = this.events.command(command);
+    if (token !== null) this.noteCommand(token, acted);
     return true;
   }
 
@@ -689,17 +696,19 @@ export class RedisEngine implements Engine {
     return (await this.cmd.xrevrange(COMMAND_LOG, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
   }
 
-  /** Chats just subscribed: where the log stands now is their floor (see `chatLogFloors`); kept through an outage's resubscribe. */
-  private async noteChatLogFloors(chats: readonly IdKey[]): Promise<void> {
-    const fresh = chats.filter((chat) => !this.chatLogFloors.has(chat));
-    if (fresh.length === 0) return;
-    let head: string;
-    try {
-      head = await this.commandLogHead();
-    } catch {
-      return; // no floor: a revoke of the chat is then acted on only when heard live
-    }
-    for (const chat of fresh) if (this.subscribed.has(chat) && !this.chatLogFloors.has(chat)) this.chatLogFloors.set(chat, head);
+  /**
+   * Chats about to be subscribed (with their subscribe call): where the log stands is their floor
+   * (see `chatLogFloors`) — read in the same tick as the SUBSCRIBE; if it cannot be read, where
+   * this instance last read it (earlier: a revoke logged just before may then be acted on). Kept
+   * through an outage's resubscribe; a chat unsubscribed and subscribed again meanwhile takes its
+   * own call's.
+   */
+  private noteChatLogFloors(calls: ReadonlyArray<readonly [IdKey, number | undefined]>): void {
+    void this.commandLogHead()
+      .catch(() => this.commandCursor ?? '0-0')
+      .then((head) => {
+        for (const [chat, call] of calls) if (call !== undefined && this.subscribed.get(chat) === call && !this.chatLogFloors.has(chat)) this.chatLogFloors.set(chat, head);
+      });
   }
 
   private onReply(text: string): void {
@@ -993,7 +1002,8 @@ export class RedisEngine implements Engine {
       await this.readIdentity();
       await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
-      await this.pollCommands(true);
+      // Best effort (the log's shard may be down in a Cluster): the next probe reads on from here.
+      await this.pollAfresh(true).catch((err: Error) => this.log.warn({ err: err.message }, 'command log not read after the outage: commands published meanwhile wait for the next read'));
       await this.refreshPresence();
       await this.replayLeaves();
     } catch (err) {
@@ -1096,11 +1106,9 @@ export class RedisEngine implements Engine {
       let j = i;
       while (j < batch.length && batch[j]!.op === op) j++;
       const group = batch.slice(i, j);
+      if (op === 'subscribe') this.noteChatLogFloors(group.map((p) => [p.chat, this.subscribed.get(p.chat)] as const));
       this.sendSubscription(op, group.map((p) => channelOf(p.chat))).then(
-        () => {
-          group.forEach((p) => p.done());
-          if (op === 'subscribe') void this.noteChatLogFloors(group.map((p) => p.chat));
-        },
+        () => group.forEach((p) => p.done()),
         (err: Error) => group.forEach((p) => p.done(err)),
       );
       i = j;
