@@ -79,10 +79,13 @@ export function sendText(view: ChatView, text: string): void {
 function showOwnEdit(view: ChatView, entry: Entry, ack: Ack, text: string, own: number): void {
   if (ack.seq === undefined || ack.epoch === undefined || olderThanShown(entry, ack)) return;
   entry.editedAt = { seq: ack.seq, epoch: ack.epoch };
-  if (entry.ownEdits !== own || entry.text === text) return;
+  if (entry.ownEdits !== own) return;
+  // A received edit still decrypting is older: it must not land on top — also when its text has
+  // not landed yet, and this one's is still shown (a CI run under load met that order).
+  entry.version++;
+  if (entry.text === text) return;
   entry.text = text;
   entry.problem = null;
-  entry.version++; // a received edit still decrypting is older: it must not land on top
   entry.changed = performance.now();
 }
 
