@@ -62,8 +62,9 @@ export class PresenceView {
   }
 
   /**
-   * After an outage (or, for `chats`, a subscription that lost publications): tells each chat's members the difference between what they were told and
-   * the engine's online list — who came at once; who left only if a second read REPAIR_CONFIRM_MS
+   * After an outage (or, for `chats`, a subscription that lost publications): tells each chat's
+   * members the difference between what they were told and the engine's online list — who came
+   * at once; who left only if a second read REPAIR_CONFIRM_MS
    * later still lacks them (after Redis lost its data, the other instances write their entries
    * again only once they are back too: a first read would call their users offline). A chat whose
    * list cannot be read is skipped. Returns the chats told something.

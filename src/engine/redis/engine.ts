@@ -340,7 +340,7 @@ export class RedisEngine implements Engine {
     this.probing = true;
     let deaf = false;
     try {
-      await this.cmd.set(`ms:probe:{${this.origin}}`, Date.now(), 'PX', 3 * PROBE_INTERVAL_MS);
+      await this.writeProbeKey();
       await this.readIdentity();
       deaf = !(await this.echo());
       if (deaf) throw new Error('the subscriber did not deliver a probe published to it');
@@ -384,11 +384,16 @@ export class RedisEngine implements Engine {
     if (this.probeFailures > 0 && !this.closing) setTimeout(() => void this.probe(), PROBE_RETRY_MS).unref();
   }
 
+  /** The probe's write: a short-lived key of this instance. */
+  private writeProbeKey(): Promise<unknown> {
+    return this.cmd.set(`ms:probe:{${this.origin}}`, Date.now(), 'PX', 3 * PROBE_INTERVAL_MS);
+  }
+
   /** The link a probe found silent answers now (the subscriber: an echo comes back). */
   private async linkAnswersNow(subscriber: boolean): Promise<boolean> {
     try {
       if (subscriber) return await this.echo();
-      await this.cmd.set(`ms:probe:{${this.origin}}`, Date.now(), 'PX', 3 * PROBE_INTERVAL_MS);
+      await this.writeProbeKey();
       return true;
     } catch {
       return false;
