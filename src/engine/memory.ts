@@ -60,9 +60,11 @@ export class MemoryEngine implements Engine {
     return position;
   }
 
-  async command(_chat: IdKey | null, command: ControlCommand): Promise<CommandResult> {
+  async command(chat: IdKey | null, command: ControlCommand): Promise<CommandResult> {
     if (this.events === null) throw new Error('memory engine closed');
-    return { instances: 1, connections: this.events.command(command) };
+    const connections = this.events.command(command);
+    // As with Redis: a chat's command reaches the instances subscribed to it (this one, or none).
+    return { instances: chat === null || this.subscribed.has(chat) ? 1 : 0, connections };
   }
 
   async contains(chat: IdKey, key: string): Promise<boolean> {

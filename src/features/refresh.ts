@@ -19,12 +19,13 @@ export const refresh = defineFeature({
   schema: Type.Object({ type: Type.Literal('refresh'), token: TokenSchema, chat_id: OptionalChatId }),
   async handle(session, frame) {
     session.requireAccepting();
-    if (session.refreshing) throw new RequestError('rate_limited', 'a refresh is already in progress; wait for its answer');
+    if (session.refreshing !== null) throw new RequestError('rate_limited', 'a refresh is already in progress; wait for its answer');
     const wait = Math.ceil(session.refreshPacedUntil - performance.now());
     if (wait > 0) throw new RequestError('rate_limited', `refreshes are paced at RATE_LIMIT_PER_SEC main-API verifies a second; refresh again in ${wait} ms`);
     const chats: IdKey[] = frame.chat_id === undefined ? [...session.chats.keys()] : [idKey(frame.chat_id)];
     if (chats.length === 0 || chats.some((chat) => !session.chats.has(chat))) throw new RequestError('not_registered', 'not registered to this chat');
-    session.refreshing = true;
+    const tokenFrame = ++session.tokenFrames;
+    session.refreshing = new Set(chats);
     try {
       const cached = chats.every((chat) => session.ctx.api.isCached(frame.token, chat));
       const asked = { calls: 0 };
@@ -45,13 +46,15 @@ export const refresh = defineFeature({
       if (switched.length === 0) throw new RequestError('not_registered', 'not registered to this chat any more');
       for (const chat of switched) {
         const reg = session.registration(chat);
+        // A register received after this refresh (answered first) holds a newer token: it stays.
+        if (tokenFrame < reg.tokenFrame) continue;
         reg.token = frame.token;
-        reg.refreshes++;
+        reg.tokenFrame = tokenFrame;
         session.watchCredentials(reg);
       }
       session.send(out.refreshed(switched));
     } finally {
-      session.refreshing = false;
+      session.refreshing = null;
     }
     return 'ok' as const;
   },

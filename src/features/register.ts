@@ -40,9 +40,9 @@ export const register = defineFeature({
       throw new RequestError('bad_request', `a connection may register to at most ${maxChatsPerConnection} chats`);
     }
     session.chats.startRegistering(chat);
-    const refreshes = session.chats.get(chat)?.refreshes ?? 0;
+    const tokenFrame = ++session.tokenFrames;
     try {
-      await session.enqueue(chat, () => registerChat(session, chat, frame.token, frame.since, refreshes));
+      await session.enqueue(chat, () => registerChat(session, chat, frame.token, frame.since, tokenFrame));
     } finally {
       session.chats.doneRegistering(chat);
     }
@@ -50,8 +50,8 @@ export const register = defineFeature({
   },
 });
 
-/** `refreshes`: the registration's count of applied refreshes when this register was received. */
-async function registerChat(session: Session, chat: IdKey, token: string, since: StreamPosition | undefined, refreshes: number): Promise<void> {
+/** `tokenFrame`: which of the connection's token-carrying frames this register is (Session.tokenFrames). */
+async function registerChat(session: Session, chat: IdKey, token: string, since: StreamPosition | undefined, tokenFrame: number): Promise<void> {
   const { hub, engine, api } = session.ctx;
   session.requireEngine();
   // The server API may revoke (user, chat) while this register is under way (see below).
@@ -92,8 +92,9 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
   if (existing !== undefined) {
     // Idempotent: same subscription and presence; a fresh token replaces the old one — unless a
     // refresh received after this register (which waited in the chat's queue) already did.
-    if (existing.refreshes === refreshes) {
+    if (tokenFrame > existing.tokenFrame) {
       existing.token = token;
+      existing.tokenFrame = tokenFrame;
       session.watchCredentials(existing);
     }
     if (since === undefined) return reanswer(session, existing, await engine.online(chat));
@@ -114,6 +115,7 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
   }
   // Attached holding: deliveries from here on wait until the replay and `registered` are sent.
   const reg = new Registration(session, chat, token);
+  reg.tokenFrame = tokenFrame;
   reg.onlineAnnounced = !cameOnline;
   session.chats.add(reg);
   session.chats.doneRegistering(chat);

@@ -7,8 +7,12 @@ import type { MainApi } from '../upstream/client.js';
 /** What a command needs to act on this instance. */
 export interface CommandTargets {
   readonly registry: Registry<Member>;
-  /** Open connections of this instance, with the user each is bound to (null before its first register). */
-  connections(): Iterable<{ readonly user: string | null; close(code: number, reason: string): void }>;
+  /**
+   * Connections of this instance, with the user each is bound to (null before its first
+   * register); `closed` once the gateway or the peer ended it (it stays listed until its close
+   * handshake ends).
+   */
+  connections(): Iterable<{ readonly user: string | null; readonly closed: boolean; close(code: number, reason: string): void }>;
   readonly api: Pick<MainApi, 'forget' | 'disconnected'>;
   readonly log: Logger;
 }
@@ -35,9 +39,11 @@ export function createCommandHandler(targets: CommandTargets): (command: Control
         // Marked first: a connection whose first register is under way is not bound to the user
         // yet, so the pass below cannot find it; its register sees the mark and closes it too.
         targets.api.disconnected(command.user);
-        // One pass over the instance's connections, copying only the user's (closing edits the set).
+        // One pass over the instance's connections, copying only the user's (closing edits the set);
+        // one closed already (by an earlier disconnect, or still finishing its close handshake) is
+        // not counted again.
         const theirs: Array<{ close(code: number, reason: string): void }> = [];
-        for (const conn of targets.connections()) if (conn.user === command.user) theirs.push(conn);
+        for (const conn of targets.connections()) if (conn.user === command.user && !conn.closed) theirs.push(conn);
         for (const conn of theirs) conn.close(CLOSE.disconnected, command.reason);
         if (theirs.length > 0) targets.log.info({ connections: theirs.length }, 'user disconnected by the server API');
         return theirs.length;

@@ -45,8 +45,11 @@ export class Registration implements Member {
   lastTypingAt = 0;
   /** Its credentials deadline (token expiry or re-verify; see Session.watchCredentials), as ctx.deadlines keeps it. */
   deadline: number | null = null;
-  /** Refreshes that switched its token: a re-register received before one must not put its older token back. */
-  refreshes = 0;
+  /**
+   * Which of the connection's token-carrying frames (Session.tokenFrames) gave it its token: a
+   * register or refresh received earlier that is answered later must not put its older token back.
+   */
+  tokenFrame = 0;
   /** False while its join brought the user online and `online` is not announced yet (see Hub.leave). */
   onlineAnnounced = true;
   /** Why it ended, once the gateway ended it (`unregistered` told the client). */

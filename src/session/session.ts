@@ -79,8 +79,16 @@ export class Session implements Connection, WriteTurnMark {
   private registerTimer: NodeJS.Timeout | null = null;
   /** write-turn.ts's mark: this socket's writes within one event-loop turn are coalesced. */
   writeTurn = -1;
-  /** A `refresh` is in flight (one at a time): an expiry that comes meanwhile waits for its outcome. */
-  refreshing = false;
+  /**
+   * The chats a `refresh` in flight (one at a time) is for: an expiry of one of them that comes
+   * meanwhile waits for its outcome (see credentialsDue). null when none is.
+   */
+  refreshing: ReadonlySet<IdKey> | null = null;
+  /**
+   * Frames carrying a token (register, refresh) received so far: a registration keeps the token
+   * of the latest of them it accepted (Registration.tokenFrame), whichever verify ends first.
+   */
+  tokenFrames = 0;
   /** `performance.now()` before which a `refresh` is refused: see refresh.ts. */
   refreshPacedUntil = 0;
   /**
@@ -469,7 +477,10 @@ export class Session implements Connection, WriteTurnMark {
     const exp = jwtExpiryMs(reg.token);
     if (exp !== null) return deadlines.set(reg, exp);
     const ttl = this.ctx.config.authCacheTtlMs;
-    if (ttl > 0) deadlines.set(reg, Date.now() + ttl + Math.random() * ttl * 0.1);
+    // Counted from the main API's answer: a token accepted from the verify cache was last
+    // verified when that entry was made, up to a TTL ago, so its re-verify is due when the entry expires.
+    const verified = this.ctx.api.cachedUntil(reg.token, reg.chat) ?? Date.now() + ttl;
+    if (ttl > 0) deadlines.set(reg, verified + Math.random() * ttl * 0.1);
   }
 
   /** The deadline `watchCredentials` set for `reg` has come (ctx.deadlines: within a second of it). */
@@ -478,9 +489,10 @@ export class Session implements Connection, WriteTurnMark {
     const exp = jwtExpiryMs(reg.token);
     if (exp === null) return void this.ctx.track(this.reverify(reg, reg.token));
     if (Date.now() < exp) return this.watchCredentials(reg);
-    // A refresh under way may replace the token: look again once it has had its say (it re-arms
-    // the deadline when it switches; UPSTREAM_TIMEOUT_MS bounds how long it can take).
-    if (this.refreshing) return this.ctx.deadlines.set(reg, Date.now());
+    // A refresh under way for this chat may replace the token: look again once it has had its say
+    // (it re-arms the deadline when it switches), but not past UPSTREAM_TIMEOUT_MS after `exp`
+    // (a refresh covering many chats verifies them a few at a time, and may take longer).
+    if (this.refreshing?.has(reg.chat) && Date.now() < exp + this.ctx.config.upstreamTimeoutMs) return this.ctx.deadlines.set(reg, Date.now());
     this.ctx.connectionLogLimit.log(this.ctx.log, 'info', 'token-expired', { conn: this.id, chat: reg.chat }, 'token expired; registration ended');
     this.endRegistration(reg, 'token_expired');
   }

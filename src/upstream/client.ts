@@ -22,6 +22,8 @@ export interface MainApi {
   verify(token: string, chat: IdKey, signal?: AbortSignal): Promise<IdKey>;
   /** Whether a verify of (token, chat) would be answered from the cache, without asking the main API. */
   isCached(token: string, chat: IdKey): boolean;
+  /** When the cached verify of (token, chat) expires (ms since the epoch): a TTL after the main API's answer. undefined when none is cached. */
+  cachedUntil(token: string, chat: IdKey): number | undefined;
   /**
    * `duplicate` when the main API answered 409: already saved by an earlier send (a 409 whose
    * body names another chat or sender is `bad_request`: the id is another message's). `ownSaved`:
@@ -284,6 +286,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
 
   return {
     isCached: (token, chat) => cache.get(token, chat) !== undefined,
+    cachedUntil: (token, chat) => cache.expiresAt(token, chat),
     async verify(token, chat, signal) {
       const cached = cache.get(token, chat);
       if (cached !== undefined) return cached;

@@ -37,6 +37,12 @@ export class VerifyCache {
     return entry.user;
   }
 
+  /** When the cached verify of (token, chat) expires (ms since the epoch); undefined when none is cached. */
+  expiresAt(token: string, chat: IdKey): number | undefined {
+    const entry = this.entries.get(cacheKey(token, chat));
+    return entry !== undefined && entry.expiresAt > this.now() ? entry.expiresAt : undefined;
+  }
+
   set(token: string, chat: IdKey, user: IdKey): void {
     if (this.ttlMs <= 0) return;
     let expiresAt = this.now() + this.ttlMs;

@@ -156,3 +156,70 @@ for (const mode of ENGINE_MODES) {
     });
   });
 }
+
+// Engine-independent (the connection's own deadlines and the verify cache): the memory engine only.
+describe('credentials: which token a registration holds, and until when', () => {
+  const TTL = 4000;
+  const h = useHarness('memory', { AUTH_CACHE_TTL_MS: String(TTL), UPSTREAM_TIMEOUT_MS: '10000', RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000' });
+
+  it('a refresh for one chat does not hold off the expiry of another chat\'s token', async () => {
+    const [expiring, other] = [uniqueChat(), uniqueChat()];
+    const c = await h.connect();
+    const short = await h.token(1, { expiresInSec: 3 });
+    await c.register(short, expiring);
+    await c.register(await h.token(1, { expiresInSec: 60 }), other);
+    h.api.addFault({ op: 'verify', delayMs: 6000, status: 200, body: { user_id: 1 }, times: 1 });
+    try {
+      const refresh = c.request({ type: 'refresh', chat_id: other, token: await h.token(1, { expiresInSec: 61 }) }, (f) => f.type === 'refreshed' || f.type === 'error', 9000);
+      const ended = await c.next({ type: 'unregistered', chat_id: expiring }, 5000);
+      assert.equal(ended.reason, 'token_expired');
+      const late = Date.now() - decodeJwt(short).exp! * 1000;
+      assert.ok(late < 2000, `ended ${late} ms after exp`);
+      assert.equal(c.all({ type: 'refreshed' }).length, 0, 'it waited for the other chat\'s refresh');
+      assert.deepEqual(await refresh, { type: 'refreshed', chat_ids: [other] });
+    } finally {
+      h.api.clearFaults();
+    }
+    c.close();
+  });
+
+  it('a refresh received before a re-register but answered after it does not put its older token in place of the re-register\'s', async () => {
+    const chat = uniqueChat();
+    const c = await h.connect();
+    await c.register(await h.token(1, { expiresInSec: 60 }), chat);
+    const older = await h.token(1, { expiresInSec: 4 });
+    const newer = await h.token(1, { expiresInSec: 3600 });
+    h.api.addFault({ op: 'verify', delayMs: 1500, status: 200, body: { user_id: 1 }, times: 1 });
+    try {
+      const refresh = c.request({ type: 'refresh', chat_id: chat, token: older }, (f) => f.type === 'refreshed' || f.type === 'error', 5000);
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal((await c.request({ type: 'register', token: newer, chat_id: chat }, (f) => f.type === 'registered' || f.type === 'error')).type, 'registered');
+      assert.equal((await refresh).type, 'refreshed');
+    } finally {
+      h.api.clearFaults();
+    }
+    await new Promise((r) => setTimeout(r, Math.max(0, decodeJwt(older).exp! * 1000 + 1500 - Date.now()))); // past the older token's exp and the 1 s deadline tick
+    assert.equal(c.all({ type: 'unregistered' }).length, 0, 'the refresh put its older token back');
+    await c.request({ type: 'message', data: { id: `newer-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    assert.equal(h.api.requests.filter((r) => r.op === 'save').at(-1)!.headers.authorization, `Bearer ${newer}`);
+    c.close();
+  });
+
+  it('an opaque token accepted from the verify cache is re-verified a TTL after the main API\'s answer, not a TTL after the cache\'s', async () => {
+    const chat = uniqueChat();
+    const opaque = h.api.mintOpaqueToken(1);
+    const c = await h.connect();
+    await c.register(opaque, chat);
+    const verifiedAt = Date.now();
+    await new Promise((r) => setTimeout(r, TTL - 500));
+    h.api.revokeOpaqueToken(opaque);
+    // Answered from the cache (verified TTL - 500 ms ago): it must not push the re-verify a TTL further.
+    assert.deepEqual(await c.request({ type: 'refresh', chat_id: chat, token: opaque }, (f) => f.type === 'refreshed' || f.type === 'error'), { type: 'refreshed', chat_ids: [chat] });
+    const ended = await c.next({ type: 'unregistered', chat_id: chat }, 2 * TTL);
+    assert.equal(ended.reason, 'unauthorized');
+    const after = Date.now() - verifiedAt;
+    // Due at TTL + up to 10 % jitter, seen within the deadlines' 1 s tick; a TTL from the refresh would be ≥ 2 TTL - 500 ms.
+    assert.ok(after < TTL * 1.1 + 1700, `re-verified ${after} ms after the main API's answer`);
+    c.close();
+  });
+});

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import { TestClient, expectNone, presence, sleep, type Frame } from '../support/client.js';
 import { ENGINE_MODES, Harness, metric, uniqueChat, useHarness, waitFor, type Instance } from '../support/harness.js';
@@ -187,6 +188,25 @@ for (const mode of ENGINE_MODES) {
       const bare = await call(h.instances[0]!, 'POST', '/api/v1/users/55/disconnect');
       assert.deepEqual([bare.status, bare.body.connections], [200, 0]);
       bystander.close();
+    });
+
+    it('disconnect counts the connections it closed: a second one while the first one\'s are still in their close handshake answers 0', async () => {
+      await ready();
+      const chat = uniqueChat();
+      const conns: TestClient[] = [];
+      for (const i of spread) conns.push(await h.member(15, chat, i));
+      // Not reading (a slow mobile link): each close handshake lasts until CLOSE_GRACE_MS.
+      const sockets = conns.map((c) => (c.ws as unknown as { _socket: Socket })._socket);
+      for (const socket of sockets) socket.pause();
+      const first = await call(h.instances[0]!, 'POST', '/api/v1/users/15/disconnect', { reason: 'logout' });
+      const second = await call(h.instances[0]!, 'POST', '/api/v1/users/15/disconnect', { reason: 'ban' });
+      for (const socket of sockets) socket.resume();
+      assert.equal(first.body.connections, 3);
+      assert.equal(second.body.connections, 0, 'connections closed by the first disconnect were counted again');
+      for (const c of conns) assert.deepEqual(await c.closed, { code: 4403, reason: 'logout' });
+      // Likewise a revoke in a chat no instance is subscribed to: no instance acted.
+      const nobody = uniqueChat();
+      assert.deepEqual((await call(h.instances[0]!, 'POST', `/api/v1/chats/${nobody}/revoke`, { user_id: 15 })).body, { chat_id: nobody, user_id: 15, instances: 0, registrations: 0 });
     });
 
     it('disconnect during a connection\'s first register: the connection, not yet bound to the user when the disconnect ran, is closed 4403 too', async () => {
