@@ -17,10 +17,11 @@ export const typing = defineFeature({
   async handle(session, frame) {
     const chat = session.targetChat(frame);
     const reg = session.registration(chat);
+    // Refused while draining even when the throttle would drop it: the client learns to reconnect.
+    session.requireAccepting();
     // A monotonic clock: a wall clock stepped back would silence typing until it caught up.
     const now = performance.now();
     if (reg.lastTypingAt !== 0 && now - reg.lastTypingAt < TYPING_INTERVAL_MS) return 'dropped' as const;
-    session.requireAccepting();
     reg.lastTypingAt = now;
     await session.ctx.hub.publish(chat, out.typing(chat, reg.user), session.id);
     return 'ok' as const;

@@ -66,7 +66,7 @@ const Ack = frame(
     chat_id: IdSchema,
     duplicate: Type.Boolean({
       description:
-        "true (message only): the main API answered 409, an earlier send of this id was saved. Usually nothing is broadcast again and the ack has no seq/epoch; but when the 409 says the saved message is this sender's, in this chat, not deleted, and the chat's history has no broadcast of the id (the first send's broadcast was lost), this resend is broadcast in its place and the ack carries that broadcast's seq/epoch",
+        "true when an earlier send did it already. message: the main API answered 409, an earlier send of this id was saved; usually nothing is broadcast again and the ack has no seq/epoch, but when the 409 says the saved message is this sender's, in this chat, not deleted, and the chat's history has no broadcast of the id (the first send's broadcast was lost), this resend is broadcast in its place and the ack carries that broadcast's seq/epoch. delete_message: the main API answered that the message is already deleted, by this sender; the delete is broadcast (the ack carries its seq/epoch) unless the chat's history already holds one for the id. edit_message: always false (an edit is not deduplicated)",
     }),
     seq: Type.Optional(SeqSchema),
     epoch: Type.Optional(EpochSchema),

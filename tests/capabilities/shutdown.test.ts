@@ -77,3 +77,40 @@ for (const mode of ENGINE_MODES) {
     });
   });
 }
+
+// The connection's own gate, the same on both engines: the memory engine only.
+describe('while draining, new requests are refused retryable; ping and unregister are answered', () => {
+  it('register, refresh, message, edit, delete and typing (a typing within its 1 s throttle too) get upstream_unavailable; ping gets pong; unregister is answered', async () => {
+    const h = new Harness('memory', {});
+    await h.start();
+    try {
+      await h.gateway();
+      const chat = uniqueChat();
+      const c = await h.member(1, chat, 0);
+      c.send({ type: 'typing' }); // forwarded: the next typing within 1 s would be throttled
+      h.api.addFault({ op: 'save', delayMs: 3000 }); // the drain lasts until its ack
+      c.send({ type: 'message', data: { id: `inflight-${chat}`, ciphertext: 'x' } });
+      await sleep(100);
+      const drained = h.instances[0]!.gateway.shutdown();
+      const token = await h.token(1);
+      const refused = async (frame: Record<string, unknown>, op: string) => {
+        const answer = await c.request(frame, (f) => f.type === 'error' && f.op === op, 2000);
+        assert.equal(answer.code, 'upstream_unavailable', `${op}: ${JSON.stringify(answer)}`);
+        assert.equal(answer.retryable, true);
+      };
+      await refused({ type: 'typing' }, 'typing');
+      await refused({ type: 'message', data: { id: `late-${chat}`, ciphertext: 'x' } }, 'message');
+      await refused({ type: 'edit_message', data: { id: `inflight-${chat}`, ciphertext: 'y' } }, 'edit_message');
+      await refused({ type: 'delete_message', data: { id: `inflight-${chat}` } }, 'delete_message');
+      await refused({ type: 'register', token, chat_id: uniqueChat() }, 'register');
+      await refused({ type: 'refresh', token }, 'refresh');
+      await c.request({ type: 'ping' }, { type: 'pong' }, 2000);
+      await c.request({ type: 'unregister', chat_id: chat }, { type: 'unregistered', chat_id: chat }, 3000);
+      assert.equal((await c.closed).code, 1001);
+      await drained;
+      assert.equal(h.api.requests.filter((r) => r.op === 'save').length, 1, 'only the save received before the signal');
+    } finally {
+      await h.close();
+    }
+  });
+});
