@@ -234,7 +234,8 @@ export async function startGateway(config: Config, options: GatewayOptions = {})
     });
     apiPort = (apiServer.address() as AddressInfo).port;
   }
-  log.info({ port, engine: engine.kind, instance: instanceId, server_api: serverApi === null ? 'off' : apiPort === null ? port : apiPort }, 'gateway listening');
+  log.info({ port, engine: engine.kind, instance: instanceId, server_api: serverApi === null ? 'off' : apiPort === null ? port : apiPort, origins: config.allowedOrigins ?? 'any' }, 'gateway listening');
+  if (config.allowedOrigins === null) log.warn('ALLOWED_ORIGINS is unset or empty: a web page from any site may open connections here (with its visitors\' tokens, if it has them); list your app\'s origins');
   if (engine.kind === 'memory') {
     log.info('embedded in-memory engine: one instance only; set REDIS_HOST=redis://host:6379 to run several instances');
   }

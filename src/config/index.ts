@@ -73,19 +73,29 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 export function readEnv(env: Env = process.env, dotenvPath = '.env'): Env {
   if (!existsSync(dotenvPath)) return env;
+  let text: string;
   let fromFile: Env;
   try {
-    fromFile = parseEnv(readFileSync(dotenvPath, 'utf8'));
+    text = readFileSync(dotenvPath, 'utf8');
+    fromFile = parseEnv(text);
   } catch (err) {
     throw new ConfigError('.env', `cannot be read: ${(err as Error).message}`);
   }
   // parseEnv never throws: on Node 20 a malformed line (an unterminated quote) swallows the lines
   // after it into one odd name, and the variables there would go unchecked — such names are
   // refused. (Node 24 skips the broken line alone; the lines after it are read and checked.)
+  // Named by its line number only: the line may hold a password or key (`API_KEY secret`).
   for (const name of Object.keys(fromFile)) {
-    if (!ENV_NAME.test(name)) throw new ConfigError('.env', `a line cannot be parsed near ${JSON.stringify(name.slice(0, 60))}`);
+    if (!ENV_NAME.test(name)) throw new ConfigError('.env', `${lineOf(text, name)} cannot be parsed: write NAME=value, one per line (quote a value that spans lines)`);
   }
   return { ...fromFile, ...env };
+}
+
+/** "line <n>" of `.env` where the odd name `name` (as parseEnv read it) begins, or "a line". */
+function lineOf(text: string, name: string): string {
+  const start = name.split(/\r?\n/)[0]!.trim();
+  const index = start === '' ? -1 : text.split(/\r?\n/).findIndex((line) => line.trim().startsWith(start));
+  return index === -1 ? 'a line' : `line ${index + 1}`;
 }
 
 /** The Redis variables the gateway reads; another `REDIS_*` is most likely a misspelt one. */
@@ -121,7 +131,9 @@ export function loadConfig(env: Env = readEnv()): Config {
     const range = max === Number.MAX_SAFE_INTEGER ? `at least ${min}` : `between ${min} and ${max}`;
     if (!/^[0-9]+$/.test(raw)) throw new ConfigError(name, `must be an integer ${range}, got "${raw}"`);
     const n = Number(raw);
-    if (n < min || n > max) throw new ConfigError(name, `must be ${range}, got ${n}`);
+    // Echoed as written (a huge one would print rounded), with the bound it broke.
+    if (n < min) throw new ConfigError(name, `must be ${range}, got ${raw}`);
+    if (n > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${raw}`);
     return n;
   };
   /** A main-API path: absolute, URL characters only (an optional query), no dot segments. `slots`: its placeholders, each exactly once. */

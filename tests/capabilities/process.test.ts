@@ -179,10 +179,14 @@ describe('graceful shutdown and logs (real process, real signals)', () => {
     assert.doesNotMatch(gw.output, /not read/);
     gw.kill('SIGINT');
     assert.equal((await gw.exited).code, 0);
+    // Without ALLOWED_ORIGINS any web page may connect: said, and warned about.
+    const lines = gw.output.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; msg: string; origins?: unknown });
+    assert.equal(lines.find((l) => l.msg === 'gateway listening')?.origins, 'any');
+    assert.equal(lines.find((l) => l.msg.startsWith('ALLOWED_ORIGINS is unset'))?.level, 40, gw.output);
   });
 
   it('a Redis variable the gateway does not read (REDIS_URL for REDIS_HOST) is a warning: the instance would run alone on the memory engine', async () => {
-    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, REDIS_URL: 'redis://10.0.0.1:6379', REDIS_PASSWORD: 'pw' });
+    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url, REDIS_URL: 'redis://10.0.0.1:6379', REDIS_PASSWORD: 'pw', ALLOWED_ORIGINS: 'https://Chat.Example.com:443' });
     await gw.listening();
     const warning = gw.output.split('\n').map((l) => (l.startsWith('{') ? (JSON.parse(l) as { level: number; msg: string; variables?: string[] }) : null)).find((l) => l?.msg.startsWith('not read'));
     assert.ok(warning, gw.output);
@@ -191,5 +195,7 @@ describe('graceful shutdown and logs (real process, real signals)', () => {
     assert.doesNotMatch(gw.output, /10\.0\.0\.1|"pw"/, 'values are not logged');
     gw.kill('SIGINT');
     assert.equal((await gw.exited).code, 0);
+    assert.match(gw.output, /"origins":\["https:\/\/chat\.example\.com"\][^\n]*"msg":"gateway listening"/);
+    assert.doesNotMatch(gw.output, /ALLOWED_ORIGINS is unset/);
   });
 });

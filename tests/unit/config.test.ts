@@ -98,6 +98,9 @@ describe('config', () => {
     }
     // A value that is not an integer at all is told the accepted range too.
     assert.throws(() => loadConfig({ MAX_BUFFERED_BYTES: 'lots' }), /MAX_BUFFERED_BYTES: must be an integer at least 1024/);
+    // Too large: the bound it broke, and the value as written (not rounded).
+    assert.throws(() => loadConfig({ MAX_BUFFERED_BYTES: '99999999999999999999' }), /MAX_BUFFERED_BYTES: must be between 1024 and 9007199254740991, got 99999999999999999999$/);
+    assert.throws(() => loadConfig({ MAX_BUFFERED_BYTES: '9007199254740993' }), /got 9007199254740993$/);
     assert.throws(() => loadConfig({ HISTORY_SIZE: '-1' }), /HISTORY_SIZE: must be an integer between 0 and 10000/);
   });
 
@@ -146,6 +149,12 @@ describe('config', () => {
     assert.throws(
       () => loadConfig(readEnv({}, file)),
       (err: unknown) => err instanceof ConfigError && (/^\.env: .*cannot be parsed/.test(err.message) || err.message.startsWith('LOG_LEVEL')),
+    );
+    // A line without `=` may hold a secret: the error names its line, never its text.
+    writeFileSync(file, 'APP_PORT=4000\nREDIS_HOST: redis://:hunter2-SECRET@redis:6379\nAPI_KEY opkey-SECRET-0123456789\nAPP_PORT=4002\nLOG_LEVEL=nope\n');
+    assert.throws(
+      () => loadConfig(readEnv({}, file)),
+      (err: unknown) => err instanceof ConfigError && !err.message.includes('SECRET') && (/^\.env: line 2 cannot be parsed/.test(err.message) || err.message.startsWith('LOG_LEVEL')),
     );
     // `export NAME=…` and spaces around `=` are fine.
     writeFileSync(file, 'export APP_PORT=4001\n  LOG_LEVEL = debug\n');
