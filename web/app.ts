@@ -13,7 +13,7 @@ import { Api, ApiError } from './api.js';
 import { fingerprint } from './crypto.js';
 import { loadDevice, replaceDevice } from './device.js';
 import { $, announce, el, errorText, log, notice } from './dom.js';
-import { loadHistory, onDelete, onEdit, onMessage } from './incoming.js';
+import { acceptDelete, loadHistory, onDelete, onEdit, onMessage } from './incoming.js';
 import { loadDevices } from './recipients.js';
 import { clearMessages, renderAll, renderChatNote, renderMessages, renderOnline, renderState, renderTyping, shownChat, showMe, showPanel } from './render.js';
 import { ChatView, DEMO_CHATS, DEMO_USERS, canonicalId, chatName, config, session, setConfig, setSession, userName, type PageConfig, type Session } from './state.js';
@@ -159,6 +159,13 @@ async function login(userId: string): Promise<void> {
       // A person is waiting: retry sooner than the SDK's 30 s cap (the demo has few clients).
       reconnect: { maxDelayMs: 5000 },
       isKnownMessage: (chatId, messageId) => views.get(String(chatId))?.entries.has(messageId) ?? false,
+      // A delete the page ignores (not by the author it knows; or of a message it does not have
+      // yet, held until it comes) must leave no tombstone in the SDK: the author's later edits
+      // would never come (web/incoming.ts).
+      acceptDelete: (chatId, messageId, deletedBy) => {
+        const view = views.get(String(chatId));
+        return view === undefined || acceptDelete(view, messageId, deletedBy);
+      },
     });
     const s: Session = { userId, api, device, client, views, current: null, connection: { state: 'connecting' }, retryAt: 0, lostAt: Date.now(), editing: null };
     setSession((created = s));

@@ -98,6 +98,28 @@ export function mergeHistory<M extends StoredLike>(
 }
 
 /**
+ * Deletes of messages the page did not have when they came (`pending`: id → `deleted_by`), settled
+ * by the stored copies a history load brings: one whose sender is the deleter is to be applied,
+ * one whose sender is someone else ignored (only the author deletes a message). Each settled
+ * delete leaves `pending`; one whose message the snapshot lacks stays (it may still come live).
+ */
+export function settlePendingDeletes(
+  pending: Map<string, string>,
+  stored: ReadonlyArray<{ id: string; sender_id: string | number }>,
+): { apply: string[]; ignore: Array<{ id: string; senderId: string; deletedBy: string }> } {
+  const apply: string[] = [];
+  const ignore: Array<{ id: string; senderId: string; deletedBy: string }> = [];
+  for (const message of stored) {
+    const deletedBy = pending.get(message.id);
+    if (deletedBy === undefined) continue;
+    pending.delete(message.id);
+    if (String(message.sender_id) === deletedBy) apply.push(message.id);
+    else ignore.push({ id: message.id, senderId: String(message.sender_id), deletedBy });
+  }
+  return { apply, ignore };
+}
+
+/**
  * Messages a chat keeps in the page: the newest. A member can post a message every 50 ms on each of
  * a hundred connections; a page that kept (and rendered) them all fell thousands behind and froze.
  */

@@ -5,7 +5,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { CLOCK_SLACK_MS, DEVICES_PER_USER, boundDevices, checkedTime, mergeHistory, trimMessages, messageTime, offlineText, type Entry, type Messages } from '../../web/model.js';
+import { CLOCK_SLACK_MS, DEVICES_PER_USER, boundDevices, checkedTime, mergeHistory, settlePendingDeletes, trimMessages, messageTime, offlineText, type Entry, type Messages } from '../../web/model.js';
 import { userIdValue } from '../../web/api.js';
 
 function entry(id: string, text: string, changed: number, extra: Partial<Entry> = {}): Entry {
@@ -56,6 +56,17 @@ describe('mergeHistory (a history reload)', () => {
     v.deleted.add('d');
     mergeHistory(v, [{ id: 'a', text: 'a' }, { id: 'd', text: 'deleted' }, { id: 'a', text: 'again' }], 100, false, fromStored);
     assert.deepEqual(v.order, ['a', 'live']);
+  });
+});
+
+describe('settlePendingDeletes (deletes that came before their message)', () => {
+  it("applies a delete by the stored message's sender, ignores one by anyone else, keeps one whose message the snapshot lacks", () => {
+    const pending = new Map([['a', '1'], ['b', '9'], ['c', '1'], ['n', '2']]);
+    const stored = [{ id: 'a', sender_id: 1 }, { id: 'b', sender_id: 1 }, { id: 'n', sender_id: '2' }, { id: 'x', sender_id: 3 }];
+    const { apply, ignore } = settlePendingDeletes(pending, stored);
+    assert.deepEqual(apply, ['a', 'n'], 'by its author (ids compared as the gateway spells them or as strings)');
+    assert.deepEqual(ignore, [{ id: 'b', senderId: '1', deletedBy: '9' }], 'a non-author delete is not applied');
+    assert.deepEqual([...pending], [['c', '1']], 'not in the snapshot: still held (it may come live)');
   });
 });
 
