@@ -36,10 +36,22 @@ export interface Entry {
   /** Own new messages: false until the write is handed to the SDK (a delete before that sends nothing). */
   handed?: boolean;
   /**
-   * performance.now() of the last change this page saw: the entry reached it, or a live edit did.
-   * A history reload keeps entries changed after its request went out (newer than the snapshot).
+   * performance.now() of the last change this page saw: the entry reached it, a live edit did, or
+   * an own write of it was acked (`markAcked`). A history reload keeps entries changed after its
+   * request went out (newer than the snapshot).
    */
   changed: number;
+}
+
+/**
+ * An own write of `entry` was acked (the main API saved it) at `now` (performance.now()). That is
+ * a change: a history reload whose request went out before may have read the chat before the
+ * save, and must keep this entry rather than drop it or put the older text back.
+ */
+export function markAcked(entry: Entry, now = performance.now()): void {
+  entry.sending = 'sent';
+  entry.failure = undefined;
+  entry.changed = now;
 }
 
 /** What a history reload needs of a chat's state: the entries, their order, the ids deleted. */
