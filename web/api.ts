@@ -45,6 +45,12 @@ export function userIdValue(id: string): string | number {
 
 export class Api {
   private token = '';
+  /**
+   * Called after every token minted but the first (`login` set it once its device was
+   * published): a new token is what the page gets after the dev API restarted — it forgot every
+   * device key then — so the device's key is published again.
+   */
+  onNewToken: (() => void) | null = null;
 
   constructor(
     readonly userId: string,
@@ -55,6 +61,7 @@ export class Api {
   async login(): Promise<string> {
     const res = await this.call('POST', '/dev/token', { user_id: userIdValue(this.userId) }, false);
     this.token = (res as { token: string }).token;
+    this.onNewToken?.();
     return this.token;
   }
 

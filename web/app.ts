@@ -13,7 +13,7 @@ import { Api, ApiError } from './api.js';
 import { fingerprint } from './crypto.js';
 import { loadDevice, replaceDevice } from './device.js';
 import { $, announce, el, errorText, log, notice } from './dom.js';
-import { loadHistory, onDelete, onEdit, onMessage } from './incoming.js';
+import { acceptDelete, loadHistory, onDelete, onEdit, onMessage } from './incoming.js';
 import { loadDevices } from './recipients.js';
 import { clearMessages, renderAll, renderChatNote, renderMessages, renderOnline, renderState, renderTyping, shownChat, showMe, showPanel } from './render.js';
 import { ChatView, DEMO_CHATS, DEMO_USERS, canonicalId, chatName, config, session, setConfig, setSession, userName, type PageConfig, type Session } from './state.js';
@@ -145,20 +145,52 @@ async function login(userId: string): Promise<void> {
       device = await replaceDevice(userId, device.id);
       await api.publishKey(device.id, device.publicKey);
     }
+    // A new token after this (the gateway or the main API refused the old one: most likely the
+    // dev API restarted with a new secret, forgetting every device key) publishes the key again,
+    // or no one would encrypt to this device until the next login. One publish at a time (its own
+    // 401 mints a token, which must not start another).
+    const published = device;
+    let republishing: Promise<void> | null = null;
+    const publishAgain = (): Promise<void> =>
+      (republishing ??= api
+        .publishKey(published.id, published.publicKey)
+        .then(
+          () => {
+            if (session?.api === api) log('new token: device key published again');
+          },
+          (err: unknown) => {
+            if (session?.api === api) log(`new token: could not publish the device key again (${errorText(err)})`);
+          },
+        )
+        .finally(() => {
+          republishing = null;
+        }));
+    api.onNewToken = () => void publishAgain();
     const views = new Map<string, ChatView>();
     const client = createClient({
       url: config.gatewayUrl,
       token: (() => {
         let first = true;
-        return () => {
+        return async () => {
           const fresh = !first; // asked again: the gateway refused the token
           first = false;
-          return api.currentToken(fresh);
+          const token = await api.currentToken(fresh);
+          // Published before the register that brings this device back online (members load the
+          // chat's device list when someone comes online).
+          if (republishing) await republishing;
+          return token;
         };
       })(),
       // A person is waiting: retry sooner than the SDK's 30 s cap (the demo has few clients).
       reconnect: { maxDelayMs: 5000 },
       isKnownMessage: (chatId, messageId) => views.get(String(chatId))?.entries.has(messageId) ?? false,
+      // A delete the page ignores (not by the author it knows; or of a message it does not have
+      // yet, held until it comes) must leave no tombstone in the SDK: the author's later edits
+      // would never come (web/incoming.ts).
+      acceptDelete: (chatId, messageId, deletedBy) => {
+        const view = views.get(String(chatId));
+        return view === undefined || acceptDelete(view, messageId, deletedBy);
+      },
     });
     const s: Session = { userId, api, device, client, views, current: null, connection: { state: 'connecting' }, retryAt: 0, lostAt: Date.now(), editing: null };
     setSession((created = s));
@@ -197,6 +229,7 @@ async function login(userId: string): Promise<void> {
     log(`logged in as ${userName(userId)}, device ${device.id.slice(0, 8)}`);
     selectChat(DEMO_CHATS[0]!.id);
   } catch (err) {
+    if (created) created.api.onNewToken = null;
     created?.client.close();
     setSession(null);
     error.textContent = `Could not log in: ${errorText(err)}`;
@@ -209,6 +242,7 @@ async function login(userId: string): Promise<void> {
 }
 
 function logout(): void {
+  if (session) session.api.onNewToken = null;
   session?.client.close();
   setSession(null);
   stopTyping();

@@ -6,7 +6,7 @@ import type { ReceivedEdit, ReceivedMessage, UserId } from '../packages/client/s
 import type { StoredMessage } from './api.js';
 import { CannotDecrypt, open } from './crypto.js';
 import { announce, errorText, log } from './dom.js';
-import { MESSAGES_KEPT, checkedTime, mergeHistory, trimMessages, type Entry } from './model.js';
+import { MESSAGES_KEPT, checkedTime, mergeHistory, settlePendingDeletes, trimMessages, type Entry } from './model.js';
 import { renderMessages, renderTyping } from './render.js';
 import { session, userName, type ChatView } from './state.js';
 import { abandonEdit } from './writes.js';
@@ -54,6 +54,17 @@ function entryFrom(message: { id: string; sender_id: UserId; created_at?: string
 
 export function onMessage(view: ChatView, message: ReceivedMessage): void {
   if (view.deleted.has(message.id) || view.entries.has(message.id)) return; // already from history
+  // Its delete came first (a delete is broadcast before its message when the author's other
+  // device was faster): applied now if the deleter is its sender, else ignored.
+  const deletedBy = view.pendingDeletes.get(message.id);
+  if (deletedBy !== undefined) {
+    view.pendingDeletes.delete(message.id);
+    if (deletedBy === String(message.sender_id)) {
+      view.remove(message.id);
+      return;
+    }
+    log(`${view.name}: ignored a delete of ${userName(message.sender_id)}'s message by ${userName(deletedBy)}`);
+  }
   // A replay after a reconnect (before the chat's `registered`) brings what was written while
   // the page was away: older than now by up to that long. It is announced once, as a count.
   const replay = !view.registered;
@@ -98,12 +109,32 @@ export function onEdit(view: ChatView, edit: ReceivedEdit, at: { seq?: number | 
   void decryptInto(view, entry, edit);
 }
 
-export function onDelete(view: ChatView, id: string, deletedBy: UserId | undefined): void {
+/**
+ * Whether a delete of `id` by `deletedBy` is applied (the SDK asks it too: `acceptDelete`, so
+ * that a delete ignored here leaves no tombstone there, which would drop the author's later edits).
+ * Only the author deletes a message: the main API checks it and the gateway sets `deleted_by`
+ * from the verified token; the page checks it too. A delete without `deleted_by` is ignored. One
+ * of a message not here is held (`pendingDeletes`) and applied only when the message comes — from
+ * the history, or live — from that sender; until then it is not applied.
+ */
+export function acceptDelete(view: ChatView, id: string, deletedBy: UserId | undefined): boolean {
   const entry = view.entries.get(id);
-  if (entry && deletedBy !== undefined && String(deletedBy) !== entry.senderId) {
-    log(`${view.name}: ignored a delete of ${userName(entry.senderId)}'s message by ${userName(deletedBy)}`);
-    return;
+  if (deletedBy === undefined || deletedBy === null) {
+    log(`${view.name}: ignored a delete of ${entry ? `${userName(entry.senderId)}'s message` : 'a message'} that does not say who deleted it`);
+    return false;
   }
+  if (entry) {
+    if (String(deletedBy) === entry.senderId) return true;
+    log(`${view.name}: ignored a delete of ${userName(entry.senderId)}'s message by ${userName(deletedBy)}`);
+    return false;
+  }
+  if (view.deleted.has(id)) return true; // gone here already (a replay)
+  view.holdDelete(id, String(deletedBy));
+  return false;
+}
+
+export function onDelete(view: ChatView, id: string, deletedBy: UserId | undefined): void {
+  if (!acceptDelete(view, id, deletedBy)) return;
   view.remove(id);
   view.lateEdits.delete(id);
   if (session?.editing?.view === view && session.editing.id === id) abandonEdit('the message was deleted');
@@ -130,6 +161,10 @@ export async function loadHistory(view: ChatView, afterGap: boolean): Promise<vo
     return;
   }
   if (session !== s) return;
+  // Deletes held for messages this page did not have: the stored copy says who sent each.
+  const { apply, ignore } = settlePendingDeletes(view.pendingDeletes, stored);
+  for (const id of apply) view.remove(id);
+  for (const { senderId, deletedBy } of ignore) log(`${view.name}: ignored a delete of ${userName(senderId)}'s message by ${userName(deletedBy)}`);
   // Entries changed (arrived, or edited live) after the request went out are newer than the
   // snapshot, and own writes not acked yet are not in it: both are kept (web/model.ts).
   const fresh = mergeHistory(view, stored, started, afterGap, (m) => entryFrom(m));

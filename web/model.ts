@@ -36,10 +36,22 @@ export interface Entry {
   /** Own new messages: false until the write is handed to the SDK (a delete before that sends nothing). */
   handed?: boolean;
   /**
-   * performance.now() of the last change this page saw: the entry reached it, or a live edit did.
-   * A history reload keeps entries changed after its request went out (newer than the snapshot).
+   * performance.now() of the last change this page saw: the entry reached it, a live edit did, or
+   * an own write of it was acked (`markAcked`). A history reload keeps entries changed after its
+   * request went out (newer than the snapshot).
    */
   changed: number;
+}
+
+/**
+ * An own write of `entry` was acked (the main API saved it) at `now` (performance.now()). That is
+ * a change: a history reload whose request went out before may have read the chat before the
+ * save, and must keep this entry rather than drop it or put the older text back.
+ */
+export function markAcked(entry: Entry, now = performance.now()): void {
+  entry.sending = 'sent';
+  entry.failure = undefined;
+  entry.changed = now;
 }
 
 /** What a history reload needs of a chat's state: the entries, their order, the ids deleted. */
@@ -95,6 +107,28 @@ export function mergeHistory<M extends StoredLike>(
   }
   view.order = order;
   return fresh;
+}
+
+/**
+ * Deletes of messages the page did not have when they came (`pending`: id → `deleted_by`), settled
+ * by the stored copies a history load brings: one whose sender is the deleter is to be applied,
+ * one whose sender is someone else ignored (only the author deletes a message). Each settled
+ * delete leaves `pending`; one whose message the snapshot lacks stays (it may still come live).
+ */
+export function settlePendingDeletes(
+  pending: Map<string, string>,
+  stored: ReadonlyArray<{ id: string; sender_id: string | number }>,
+): { apply: string[]; ignore: Array<{ id: string; senderId: string; deletedBy: string }> } {
+  const apply: string[] = [];
+  const ignore: Array<{ id: string; senderId: string; deletedBy: string }> = [];
+  for (const message of stored) {
+    const deletedBy = pending.get(message.id);
+    if (deletedBy === undefined) continue;
+    pending.delete(message.id);
+    if (String(message.sender_id) === deletedBy) apply.push(message.id);
+    else ignore.push({ id: message.id, senderId: String(message.sender_id), deletedBy });
+  }
+  return { apply, ignore };
 }
 
 /**

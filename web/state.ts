@@ -58,6 +58,11 @@ export class ChatView {
   readonly queued = new Set<Entry>();
   /** Writes waiting for a device list are woken when one loads. */
   devicesLoaded: Array<() => void> = [];
+  /**
+   * Deletes of messages not here (yet), by who sent them (`deleted_by`): applied when the message
+   * comes (from history, or live) only if that is its sender; the newest DELETED_KEPT.
+   */
+  readonly pendingDeletes = new Map<string, string>();
   /** Edits of messages not here yet while the history loads: applied once it is merged. */
   readonly lateEdits = new Map<string, ReceivedEdit>();
   /** Older messages than those kept exist (dropped past MESSAGES_KEPT, or left in the main API): a line says so. */
@@ -77,6 +82,13 @@ export class ChatView {
     if (!this.entries.has(entry.id)) this.order.push(entry.id);
     this.entries.set(entry.id, entry);
     if (trimMessages(this) > 0) this.trimmed = true;
+  }
+
+  /** Holds a delete of a message not here (see `pendingDeletes`). */
+  holdDelete(id: string, deletedBy: string): void {
+    this.pendingDeletes.delete(id);
+    this.pendingDeletes.set(id, deletedBy);
+    if (this.pendingDeletes.size > DELETED_KEPT) this.pendingDeletes.delete(this.pendingDeletes.keys().next().value!);
   }
 
   remove(id: string): void {

@@ -6,7 +6,7 @@ import { ClientError, type Ack } from '../packages/client/src/index.js';
 import { seal } from './crypto.js';
 import { $, announce, errorText, log, notice } from './dom.js';
 import { olderThanShown } from './incoming.js';
-import type { Entry } from './model.js';
+import { markAcked, type Entry } from './model.js';
 import { Abandoned, MAX_FRAME_BYTES, recipients } from './recipients.js';
 import { renderMessages } from './render.js';
 import { session, type ChatView } from './state.js';
@@ -33,8 +33,8 @@ function failureText(view: ChatView, err: unknown): string {
 function settle(view: ChatView, entry: Entry, ack: Promise<unknown>): void {
   ack.then(
     () => {
-      entry.sending = 'sent';
-      entry.failure = undefined;
+      // Saved now: a history reload whose request went out before keeps it (web/model.ts).
+      markAcked(entry);
       renderMessages(view);
     },
     (err: unknown) => {
@@ -79,6 +79,9 @@ export function sendText(view: ChatView, text: string): void {
 function showOwnEdit(view: ChatView, entry: Entry, ack: Ack, text: string, own: number): void {
   if (ack.seq === undefined || ack.epoch === undefined || olderThanShown(entry, ack)) return;
   entry.editedAt = { seq: ack.seq, epoch: ack.epoch };
+  // Saved now, also when the text shown is already this one: a history reload whose request
+  // went out before may hold the older text, and must not put it back (settle marks it too).
+  entry.changed = performance.now();
   if (entry.ownEdits !== own) return;
   // A received edit still decrypting is older: it must not land on top — also when its text has
   // not landed yet, and this one's is still shown (a CI run under load met that order).
@@ -86,7 +89,6 @@ function showOwnEdit(view: ChatView, entry: Entry, ack: Ack, text: string, own: 
   if (entry.text === text) return;
   entry.text = text;
   entry.problem = null;
-  entry.changed = performance.now();
 }
 
 /** Sends an edit; false when the message is not here any more (nothing is sent). */

@@ -150,6 +150,41 @@ describe('the chat page and its devices', () => {
     await ctx.close();
   });
 
+  it('a page that gets a new token (the dev API restarted and forgot its key) publishes its device key again', async () => {
+    const chat = uniqueChat();
+    const sockets: Array<{ close(o?: { code?: number; reason?: string }): Promise<void> }> = [];
+    // Alice's page reaches the gateway through a relay that can close her connection.
+    const alice = await newPage(undefined, async (page) => {
+      await page.routeWebSocket(/\/ws$/, (ws) => {
+        sockets.push(ws);
+        const gateway = ws.connectToServer();
+        ws.onMessage((m) => gateway.send(m));
+        gateway.onMessage((m) => ws.send(m));
+        gateway.onClose((code, reason) => void ws.close({ code: code ?? 1006, reason }));
+        ws.onClose(() => void gateway.close());
+      });
+    });
+    await loginTo(alice, '71', chat);
+    const bob = await newPage();
+    await loginTo(bob, '72', chat);
+    await type(bob, 'before the restart');
+    await waitText(alice, 'before the restart');
+    // The dev API "restarts": it forgets Alice's device key, and her token is refused (4401), so
+    // the SDK asks the page for a new one.
+    for (const [id, d] of h.api.devices) if (String(d.user_id) === '71') h.api.devices.delete(id);
+    for (const ws of sockets.splice(0)) await ws.close({ code: 4401, reason: 'unauthorized' });
+    await eventually('Alice told her token was refused', () => logText(alice), (t) => t.includes('offline (4401'));
+    await eventually('Alice open again', () => state(alice), (s) => s === 'open');
+    // Bob's next message is encrypted to her device again: she can read it.
+    await type(bob, 'after the restart');
+    await sent(bob, 'after the restart');
+    await waitText(alice, 'after the restart');
+    assert.ok([...h.api.devices.values()].some((d) => String(d.user_id) === '71'), 'her key is in the main API again');
+    assert.ok((await logText(alice)).includes('new token: device key published again'));
+    await alice.context().close();
+    await bob.context().close();
+  });
+
   it('no uncaught error in any page', () => {
     assert.deepEqual(pageErrors, []);
   });

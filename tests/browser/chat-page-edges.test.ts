@@ -12,6 +12,8 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ROOT } from '../support/process.js';
+import { WebSocket } from 'ws';
+import { createClient } from '../../packages/client/src/index.js';
 import { uniqueChat } from '../support/harness.js';
 import { WAIT_MS, eventually, logText, openChat, openOffline, retrySeconds, sent, sleep, state, stateText, texts, type } from './page-kit.js';
 import { usePageSuite } from './page-suite.js';
@@ -120,6 +122,54 @@ describe('the chat page at its edges', () => {
     forge = false;
     await alice.context().close();
     await bob.context().close();
+  });
+
+  it('a delete by someone else than the author is ignored — also while the history loads — and the author\'s later edits still show', async () => {
+    // The main API wrongly accepts a non-author's delete (dev-API fault: delete answers 200); the
+    // gateway broadcasts it with deleted_by = the non-author.
+    const chat = uniqueChat();
+    const alice = await newPage();
+    await loginTo(alice, '24', chat);
+    const carol = await newPage();
+    await loginTo(carol, '26', chat);
+    await type(alice, 'alice original');
+    await sent(alice, 'alice original');
+    await waitText(carol, 'alice original');
+    const id = (await alice.getAttribute('#messages li.msg.mine', 'data-id'))!;
+    // Bob's page: its history request is slowed down by 3 s, so the delete comes before it has the message.
+    const bob = await newPage(undefined, async (page) => {
+      await page.route(/\/api\/chats\/[^/]+\/messages/, async (route) => {
+        await sleep(3000);
+        await route.continue();
+      });
+    });
+    await loginTo(bob, '25');
+    await openChat(bob, chat, false);
+    await eventually('Bob registered', () => state(bob), (s) => s === 'open');
+    assert.equal(await bob.textContent('#history-note'), 'loading history…');
+    // Mallory (user 27, who may post to the chat) deletes Alice's message.
+    const mallory = createClient({ url: h.instances[0]!.wsUrl, token: await h.api.mintToken(27), WebSocket: WebSocket as never });
+    const mchat = mallory.chat(chat);
+    await new Promise<void>((resolve) => mchat.on('registered', () => resolve()));
+    h.api.addFault({ op: 'delete', status: 200, times: 1 });
+    await mchat.delete(id);
+    mallory.close();
+    const ignored = "ignored a delete of user 24's message by user 27";
+    await eventually('Carol logs the ignored delete', () => logText(carol), (t) => t.includes(ignored));
+    await eventually('Bob\'s history', () => bob.textContent('#history-note'), (t) => t === '', WAIT_MS + 3000);
+    await eventually('Bob logs the ignored delete', () => logText(bob), (t) => t.includes(ignored));
+    assert.equal(await bob.locator(`#messages li.msg[data-id="${id}"]`).count(), 1, 'Bob still has the message (from before his device: cannot decrypt)');
+    // The author's edit reaches both: the ignored delete left no tombstone in their SDKs.
+    const item = alice.locator('#messages li.msg.mine', { hasText: 'alice original' });
+    await item.hover();
+    await item.locator('button.edit').click();
+    await alice.fill('#text', 'alice EDITED');
+    await alice.press('#text', 'Enter');
+    await sent(alice, 'alice EDITED');
+    await waitText(carol, 'alice EDITED');
+    await waitText(bob, 'alice EDITED');
+    assert.deepEqual(await texts(carol), ['alice EDITED']);
+    for (const p of [alice, bob, carol]) await p.context().close();
   });
 
   it('works from the keyboard and tells a screen reader what changes; an edit keeps the draft', async () => {

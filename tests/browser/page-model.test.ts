@@ -5,7 +5,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { CLOCK_SLACK_MS, DEVICES_PER_USER, boundDevices, checkedTime, mergeHistory, trimMessages, messageTime, offlineText, type Entry, type Messages } from '../../web/model.js';
+import { CLOCK_SLACK_MS, DEVICES_PER_USER, boundDevices, checkedTime, markAcked, mergeHistory, settlePendingDeletes, trimMessages, messageTime, offlineText, type Entry, type Messages } from '../../web/model.js';
 import { userIdValue } from '../../web/api.js';
 
 function entry(id: string, text: string, changed: number, extra: Partial<Entry> = {}): Entry {
@@ -51,11 +51,40 @@ describe('mergeHistory (a history reload)', () => {
     assert.deepEqual(replaced.editedAt, { seq: 7, epoch: 'e' });
   });
 
+  it('after a gap keeps own writes acked after the reload\'s request went out (the snapshot may predate their save)', () => {
+    // Typed offline at t=10 (a new message and an edit), resent by the outbox on reconnect; the
+    // reload's request goes out at t=100, the main API reads the chat before saving them, and
+    // they are acked at t=150, before the snapshot lands.
+    const v = view(entry('old', 'old', 5), entry('ed', 'EDITED', 10, { edited: true, sending: 'sending' }), entry('new', 'typed offline', 10, { sending: 'sending' }));
+    markAcked(v.entries.get('ed')!, 150);
+    markAcked(v.entries.get('new')!, 150);
+    mergeHistory(v, [{ id: 'old', text: 'old' }, { id: 'ed', text: 'ORIGINAL' }], 100, true, fromStored);
+    assert.deepEqual(v.order, ['old', 'ed', 'new'], 'the acked own message stays');
+    assert.equal(v.entries.get('ed')!.text, 'EDITED', 'the acked own edit is not reverted');
+    assert.equal(v.entries.get('ed')!.sending, 'sent');
+    // One acked before the request went out is in the snapshot: the stored copy replaces it.
+    const w = view(entry('early', 'early', 10, { sending: 'sending' }));
+    markAcked(w.entries.get('early')!, 50);
+    mergeHistory(w, [{ id: 'early', text: 'early' }], 100, true, fromStored);
+    assert.equal(w.entries.get('early')!.text, 'stored:early');
+  });
+
   it('on a first load keeps what arrived live, and never brings back a deleted message or a duplicate', () => {
     const v = view(entry('live', 'live', 10));
     v.deleted.add('d');
     mergeHistory(v, [{ id: 'a', text: 'a' }, { id: 'd', text: 'deleted' }, { id: 'a', text: 'again' }], 100, false, fromStored);
     assert.deepEqual(v.order, ['a', 'live']);
+  });
+});
+
+describe('settlePendingDeletes (deletes that came before their message)', () => {
+  it("applies a delete by the stored message's sender, ignores one by anyone else, keeps one whose message the snapshot lacks", () => {
+    const pending = new Map([['a', '1'], ['b', '9'], ['c', '1'], ['n', '2']]);
+    const stored = [{ id: 'a', sender_id: 1 }, { id: 'b', sender_id: 1 }, { id: 'n', sender_id: '2' }, { id: 'x', sender_id: 3 }];
+    const { apply, ignore } = settlePendingDeletes(pending, stored);
+    assert.deepEqual(apply, ['a', 'n'], 'by its author (ids compared as the gateway spells them or as strings)');
+    assert.deepEqual(ignore, [{ id: 'b', senderId: '1', deletedBy: '9' }], 'a non-author delete is not applied');
+    assert.deepEqual([...pending], [['c', '1']], 'not in the snapshot: still held (it may come live)');
   });
 });
 

@@ -158,6 +158,23 @@ describe('SDK stream bookkeeping', () => {
     assert.deepEqual(feed(s, [del(8, 'a'), del(9, 'a')]), ['delete:a'], 'a second delete of an id is dropped');
   });
 
+  it('a delete the app refuses (acceptDelete) leaves no tombstone and is not handed over; its seq still counts', () => {
+    const asked: unknown[][] = [];
+    // The app accepts only deletes by user 2 (the author of every message here).
+    const s = new Stream(1, null, { ...opts, acceptDelete: (chatId, id, by) => (asked.push([chatId, id, by]), by === 2) });
+    s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);
+    const delBy = (seq: number, id: string, by?: number) => ({ type: 'delete_message', seq, epoch: E, chat_id: 1, data: { id, ...(by === undefined ? {} : { deleted_by: by }) } });
+    assert.deepEqual(feed(s, [msg(1, 'a'), delBy(2, 'a', 3)]), ['message:a'], 'refused: no delete event');
+    assert.deepEqual(s.position, { seq: 2, epoch: E }, 'the refused delete\'s seq is delivered');
+    assert.deepEqual(feed(s, [edit(3, 'a'), delBy(4, 'a')]), ['edit:a'], 'no tombstone: the author\'s later edit comes through; a delete without deleted_by is refused too');
+    // Refused before its message arrived (its author's other device was faster): the message still comes.
+    assert.deepEqual(feed(s, [delBy(5, 'b', 3), msg(6, 'b'), edit(7, 'b')]), ['message:b', 'edit:b']);
+    // Accepted: as without the option (a tombstone; later edits and a resend of the message dropped).
+    assert.deepEqual(feed(s, [delBy(8, 'a', 2), edit(9, 'a'), msg(10, 'a')]), ['delete:a']);
+    assert.deepEqual(s.position, { seq: 10, epoch: E });
+    assert.deepEqual(asked, [[1, 'a', 3], [1, 'a', undefined], [1, 'b', 3], [1, 'a', 2]]);
+  });
+
   it('held edits are handed over after holdMs, or when more than maxHeld wait', () => {
     const s = new Stream(1, null, opts);
     s.onRegistered({ seq: 0, epoch: E }, undefined, undefined, false);

@@ -61,7 +61,7 @@ export class Chats {
 
   constructor(
     private readonly core: Core,
-    private readonly options: Pick<ClientOptions, 'hold' | 'isKnownMessage'>,
+    private readonly options: Pick<ClientOptions, 'hold' | 'isKnownMessage' | 'acceptDelete'>,
     private readonly keeper: TokenKeeper,
     private readonly writes: Writes,
     private readonly deliverer: Deliverer,
@@ -106,6 +106,7 @@ export class Chats {
         ownUnanswered: () => this.writes.ownUnanswered(key),
         holeGraceMs: HOLE_GRACE_MS,
         isKnown: this.guardedIsKnown(),
+        acceptDelete: this.guardedAcceptDelete(),
       }),
       status: 'idle',
       leaving: false,
@@ -457,6 +458,20 @@ export class Chats {
       } catch (err) {
         this.core.emit('error', { error: err, during: 'isKnownMessage' });
         return false;
+      }
+    };
+  }
+
+  /** The app's `acceptDelete`; one that throws is reported and accepts the delete. */
+  private guardedAcceptDelete(): ((chatId: ChatId, messageId: string, deletedBy: UserId | undefined) => boolean) | undefined {
+    const accept = this.options.acceptDelete;
+    if (accept === undefined) return undefined;
+    return (chatId, messageId, deletedBy) => {
+      try {
+        return Boolean(accept(chatId, messageId, deletedBy));
+      } catch (err) {
+        this.core.emit('error', { error: err, during: 'acceptDelete' });
+        return true;
       }
     };
   }

@@ -1,7 +1,7 @@
 import { DEFAULT_BACKOFF, type BackoffOptions } from './backoff.js';
 import type { OutboxStorage } from './outbox.js';
 import { timerMs } from './timers.js';
-import type { ChatId, Position, WebSocketConstructor } from './types.js';
+import type { ChatId, Position, UserId, WebSocketConstructor } from './types.js';
 
 /**
  * A token, or a function the SDK calls for one: for the first register, again after the gateway
@@ -79,6 +79,15 @@ export interface ClientOptions {
   hold?: { ms?: number; max?: number };
   /** Tells the SDK the app already has a message (e.g. from history), so its edits are not held. */
   isKnownMessage?: (chatId: ChatId, messageId: string) => boolean;
+  /**
+   * Asked for every broadcast delete (`deletedBy`: the gateway's `deleted_by`) before it is
+   * applied (default: every one is). A refused delete is not applied: no `delete` event, no
+   * tombstone, so the message and its later edits are still delivered (its place in the stream
+   * counts as delivered). Lets an app that checks authorship itself ignore a delete by someone
+   * else than the author without losing the author's later edits. One that throws is reported
+   * (`error` event) and the delete accepted. The client's own deletes are not asked about.
+   */
+  acceptDelete?: (chatId: ChatId, messageId: string, deletedBy: UserId | undefined) => boolean;
 }
 
 export interface ChatOptions {

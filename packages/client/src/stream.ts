@@ -35,6 +35,12 @@ export interface StreamOptions {
   maxDeferred?: number | undefined;
   /** The app's own answer to "do you have this message?" (e.g. loaded from history). */
   isKnown?: ((chatId: ChatId, messageId: string) => boolean) | undefined;
+  /**
+   * The app's word on a `delete_message` (absent: every one is accepted). A refused delete leaves
+   * no tombstone and is not handed over: the message, and its edits, still are. Its seq counts as
+   * delivered all the same.
+   */
+  acceptDelete?: ((chatId: ChatId, messageId: string, deletedBy: DeleteEvent['deletedBy']) => boolean) | undefined;
 }
 
 interface Held {
@@ -197,11 +203,14 @@ export class Stream {
       }
       case 'delete_message': {
         if (this.ids.get(id) === 'deleted') return out;
+        const deletedBy = data.deleted_by as DeleteEvent['deletedBy'];
+        // One the app refuses (e.g. not by the message's author, as far as it knows) is not
+        // applied: no tombstone, so the message and its later edits still come through.
+        if (this.opts.acceptDelete !== undefined && !this.opts.acceptDelete(this.chatId, id, deletedBy)) return out;
         // A delete is never held: the tombstone keeps its message from ever being shown, and an
         // app that has the message from history removes it at once.
         this.remember(id, 'deleted');
         this.release(id);
-        const deletedBy = data.deleted_by as DeleteEvent['deletedBy'];
         out.push({ type: 'delete', event: { chatId: this.chatId, id, ...(deletedBy === undefined ? {} : { deletedBy }), ...at } });
         return out;
       }
