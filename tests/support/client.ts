@@ -77,7 +77,9 @@ export class TestClient {
   }
 
   async register(token: string, chatId: number | string, timeoutMs = 3000): Promise<Frame> {
-    const answer = await this.request({ type: 'register', token, chat_id: chatId }, (f) => f.type === 'registered' || f.type === 'error', timeoutMs);
+    // Its own answer: not an error of another request still out, nor another chat's `registered`.
+    const answers = (f: Frame) => (f.type === 'registered' && String(f.chat_id) === String(chatId)) || (f.type === 'error' && (f.op === 'register' || f.op === undefined));
+    const answer = await this.request({ type: 'register', token, chat_id: chatId }, answers, timeoutMs);
     if (answer.type !== 'registered') throw new Error(`register failed: ${JSON.stringify(answer)}`);
     return answer;
   }
