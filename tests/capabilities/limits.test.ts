@@ -222,7 +222,8 @@ for (const mode of ENGINE_MODES) {
     });
 
     it('register timeout: a connection that never registers is closed 4408; a registered one stays open', async () => {
-      const inst = await h.gateway({ REGISTER_TIMEOUT_MS: '500' });
+      // 1.5 s: the first register on a new instance is answered within it on a loaded machine too.
+      const inst = await h.gateway({ REGISTER_TIMEOUT_MS: '1500' });
       const token = await h.token(1);
       const started = Date.now();
       const registered = await open(inst);
@@ -235,10 +236,10 @@ for (const mode of ENGINE_MODES) {
 
       const { code } = await within(idle.closed, 5000, 'idle connection closed');
       assert.equal(code, 4408);
-      assert.ok(Date.now() - started >= 400, 'closed before REGISTER_TIMEOUT_MS');
+      assert.ok(Date.now() - started >= 1400, 'closed before REGISTER_TIMEOUT_MS');
       assert.equal((await within(failed.closed, 5000, 'failed-register connection closed')).code, 4408);
 
-      await sleep(Math.max(0, started + 1200 - Date.now()));
+      await sleep(Math.max(0, started + 3200 - Date.now()));
       await alive(registered);
       registered.close();
     });
