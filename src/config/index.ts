@@ -91,10 +91,20 @@ export function readEnv(env: Env = process.env, dotenvPath = '.env'): Env {
   return { ...fromFile, ...env };
 }
 
-/** "line <n>" of `.env` where the odd name `name` (as parseEnv read it) begins, or "a line". */
+/**
+ * "line <n>" of `.env` that set the odd name `name` (as parseEnv read it), or "a line": the last
+ * line reading `[export] name =` (parseEnv keeps the last value; an earlier one may sit inside a
+ * quoted value), else the first that begins with the name's first line (a name that swallowed lines).
+ */
 function lineOf(text: string, name: string): string {
   const start = name.split(/\r?\n/)[0]!.trim();
-  const index = start === '' ? -1 : text.split(/\r?\n/).findIndex((line) => line.trim().startsWith(start));
+  if (start === '') return 'a line';
+  const lines = text.split(/\r?\n/);
+  const escaped = start.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const assigns = new RegExp(`^\\s*(?:export\\s+)?${escaped}\\s*=`);
+  let index = -1;
+  lines.forEach((line, i) => assigns.test(line) && (index = i));
+  if (index === -1) index = lines.findIndex((line) => line.trim().replace(/^export\s+/, '').startsWith(start));
   return index === -1 ? 'a line' : `line ${index + 1}`;
 }
 

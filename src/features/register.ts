@@ -62,9 +62,11 @@ async function registerChat(session: Session, chat: IdKey, token: string, since:
     user = await session.verify(token, chat);
   } catch (err) {
     if (isAuthRefusal(err)) {
-      // The main API no longer admits this connection to the chat: a registration it holds ends too.
+      // The main API no longer admits this connection to the chat: a registration it holds ends
+      // too — unless only this register's token was refused (401) and the registration holds a
+      // newer one (a refresh received after this register was applied first).
       const existing = session.chats.get(chat);
-      if (existing !== undefined) session.endRegistration(existing, err.code);
+      if (existing !== undefined && (err.code === 'forbidden' || tokenFrame > existing.tokenFrame)) session.endRegistration(existing, err.code);
       session.noteAuthResult(true);
     }
     throw err;

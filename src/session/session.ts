@@ -487,7 +487,11 @@ export class Session implements Connection, WriteTurnMark {
   credentialsDue(reg: Registration): void {
     if (this.closed || this.chats.get(reg.chat) !== reg) return;
     const exp = jwtExpiryMs(reg.token);
-    if (exp === null) return void this.ctx.track(this.reverify(reg, reg.token));
+    if (exp === null) {
+      // A refresh under way for this chat verifies a new token: the old one's re-verify waits for it.
+      if (this.refreshing?.has(reg.chat)) return this.ctx.deadlines.set(reg, Date.now());
+      return void this.ctx.track(this.reverify(reg, reg.token));
+    }
     if (Date.now() < exp) return this.watchCredentials(reg);
     // A refresh under way for this chat may replace the token: look again once it has had its say
     // (it re-arms the deadline when it switches), but not past UPSTREAM_TIMEOUT_MS after `exp`

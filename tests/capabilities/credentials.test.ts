@@ -205,6 +205,26 @@ describe('credentials: which token a registration holds, and until when', () => 
     c.close();
   });
 
+  it('an opaque token\'s re-verify due while a refresh of its chat is under way waits for it: the old token refused meanwhile does not end the refreshed registration', async () => {
+    const chat = uniqueChat();
+    const old = h.api.mintOpaqueToken(1);
+    const fresh = h.api.mintOpaqueToken(1);
+    const c = await h.connect();
+    await c.register(old, chat);
+    await new Promise((r) => setTimeout(r, TTL - 1000));
+    h.api.revokeOpaqueToken(old);
+    // The refresh's verify takes until well past the old token's re-verify (due at TTL + up to 10 %).
+    h.api.addFault({ op: 'verify', delayMs: 3000, status: 200, body: { user_id: 1 }, times: 1 });
+    try {
+      assert.deepEqual(await c.request({ type: 'refresh', chat_id: chat, token: fresh }, (f) => f.type === 'refreshed' || f.type === 'error', 8000), { type: 'refreshed', chat_ids: [chat] });
+    } finally {
+      h.api.clearFaults();
+    }
+    assert.equal(c.all({ type: 'unregistered' }).length, 0, 'the old token\'s re-verify ended the registration during the refresh');
+    await c.request({ type: 'message', data: { id: `opaque-${chat}`, ciphertext: 'x' } }, { type: 'ack' });
+    c.close();
+  });
+
   it('an opaque token accepted from the verify cache is re-verified a TTL after the main API\'s answer, not a TTL after the cache\'s', async () => {
     const chat = uniqueChat();
     const opaque = h.api.mintOpaqueToken(1);
@@ -220,6 +240,32 @@ describe('credentials: which token a registration holds, and until when', () => 
     const after = Date.now() - verifiedAt;
     // Due at TTL + up to 10 % jitter, seen within the deadlines' 1 s tick; a TTL from the refresh would be ≥ 2 TTL - 500 ms.
     assert.ok(after < TTL * 1.1 + 1700, `re-verified ${after} ms after the main API's answer`);
+    c.close();
+  });
+});
+
+describe('credentials: an older token refused does not end a registration holding a newer one', () => {
+  const h = useHarness('memory', { RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000' });
+
+  it('a re-register whose token the main API refuses (401), answered after a later refresh was applied, gets its error; the registration keeps the refreshed token', async () => {
+    const chat = uniqueChat();
+    const c = await h.connect();
+    await c.register(await h.token(1, { expiresInSec: 60 }), chat);
+    const refused = h.api.mintOpaqueToken(1);
+    h.api.revokeOpaqueToken(refused);
+    const fresh = await h.token(1, { expiresInSec: 61 });
+    h.api.addFault({ op: 'save', delayMs: 1000, times: 1 });
+    try {
+      c.send({ type: 'message', data: { id: `held-${chat}`, ciphertext: 'x' } }); // the re-register waits behind it
+      const again = c.request({ type: 'register', token: refused, chat_id: chat }, (f) => f.type === 'error' && f.op === 'register', 5000);
+      assert.deepEqual(await c.request({ type: 'refresh', chat_id: chat, token: fresh }, (f) => f.type === 'refreshed' || f.type === 'error'), { type: 'refreshed', chat_ids: [chat] });
+      assert.equal((await again).code, 'unauthorized');
+    } finally {
+      h.api.clearFaults();
+    }
+    await c.request({ type: 'message', data: { id: `after-${chat}`, ciphertext: 'x' } }, { type: 'ack', id: `after-${chat}` });
+    assert.equal(c.all({ type: 'unregistered' }).length, 0, 'the refused older token ended the registration');
+    assert.equal(h.api.requests.filter((r) => r.op === 'save').at(-1)!.headers.authorization, `Bearer ${fresh}`);
     c.close();
   });
 });

@@ -156,6 +156,9 @@ describe('config', () => {
       () => loadConfig(readEnv({}, file)),
       (err: unknown) => err instanceof ConfigError && !err.message.includes('SECRET') && (/^\.env: line 2 cannot be parsed/.test(err.message) || err.message.startsWith('LOG_LEVEL')),
     );
+    // The line that set the odd name, not an earlier one inside a quoted value that spans lines.
+    writeFileSync(file, 'NOTE="see\nMY-VAR=x is wrong\n"\nPORT=8080\nMY-VAR=1\n');
+    assert.throws(() => loadConfig(readEnv({}, file)), /\.env: line 5 cannot be parsed/);
     // `export NAME=…` and spaces around `=` are fine.
     writeFileSync(file, 'export APP_PORT=4001\n  LOG_LEVEL = debug\n');
     assert.equal(loadConfig(readEnv({}, file)).appPort, 4001);
