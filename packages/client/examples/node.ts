@@ -1,11 +1,13 @@
 /**
  * Node 20: pass `ws`'s WebSocket in (Node ≥ 22 has a global one). Run against `npm run demo`:
  *   npm run build:client && npx tsx packages/client/examples/node.ts
+ * (a demo on other ports: GATEWAY_URL=ws://localhost:<APP_PORT>/ws DEV_API_URL=http://localhost:<DEV_API_PORT>)
  */
 import { WebSocket } from 'ws';
 import { ClientError, createClient, type Position } from '@message-service/client';
 
-const API = 'http://localhost:8000';
+const API = process.env.DEV_API_URL ?? 'http://localhost:8000';
+const GATEWAY = process.env.GATEWAY_URL ?? 'ws://localhost:3000/ws';
 
 /** The dev API mints tokens; a real app gets them from its login. Called again after `unauthorized`. */
 async function token(): Promise<string> {
@@ -16,14 +18,14 @@ async function token(): Promise<string> {
 /** Where the app resumes from after a restart; a real app keeps it next to its message store. */
 let saved: Position | undefined;
 
-const client = createClient({ url: 'ws://localhost:3000/ws', token, WebSocket });
-client.on('state', (e) => console.log('connection:', e.state, e.retryInMs != null ? `(retry in ${e.retryInMs} ms)` : ''));
+const client = createClient({ url: GATEWAY, token, WebSocket });
+client.on('state', (e) => console.log('connection:', e.state, e.reason ?? '', e.retryInMs != null ? `(retry in ${e.retryInMs} ms)` : ''));
 
 const chat = client.chat(1, saved ? { since: saved } : {});
 chat.on('message', ({ message, seq }) => console.log(`#${seq ?? '-'} ${message.sender_id}: ${message.ciphertext}`));
 chat.on('edit', ({ edit }) => console.log(`edited ${edit.id}`));
 chat.on('delete', ({ id }) => console.log(`deleted ${id}`));
-chat.on('gap', ({ from, to, reason }) => console.log(`missed ${from.seq}..${to.seq} (${reason}): fetch from the main API`));
+chat.on('gap', ({ from, reason }) => console.log(`missed what came after #${from.seq} (${reason}): fetch it from the main API`));
 chat.on('event', ({ data, seq }) => console.log(`#${seq ?? '-'} system event: ${JSON.stringify(data)}`));
 chat.on('unregistered', ({ error, reason }) => console.log(`left chat 1 (${reason ?? error.code}): ${error.message}`));
 

@@ -97,7 +97,9 @@ export type GapReason = 'epoch_changed' | 'too_far_behind' | 'no_history' | 'mis
 
 /**
  * Broadcasts after `from` up to and including `to` were not delivered and will not be: fetch
- * them from the main API's history. `from` is the last position the app saw.
+ * them from the main API's history (by what the app has — its newest message — not by `seq`,
+ * which numbers the gateway's stream). `from` is the last position the app saw; with
+ * `epoch_changed`, `to` is in the new epoch.
  */
 export interface GapEvent extends ChatScoped {
   from: Position;
