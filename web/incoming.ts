@@ -56,15 +56,7 @@ export function onMessage(view: ChatView, message: ReceivedMessage): void {
   if (view.deleted.has(message.id) || view.entries.has(message.id)) return; // already from history
   // Its delete came first (a delete is broadcast before its message when the author's other
   // device was faster): applied now if the deleter is its sender, else ignored.
-  const deletedBy = view.pendingDeletes.get(message.id);
-  if (deletedBy !== undefined) {
-    view.pendingDeletes.delete(message.id);
-    if (deletedBy === String(message.sender_id)) {
-      view.remove(message.id);
-      return;
-    }
-    log(`${view.name}: ignored a delete of ${userName(message.sender_id)}'s message by ${userName(deletedBy)}`);
-  }
+  if (view.pendingDeletes.size > 0 && settleHeldDeletes(view, [message]).includes(message.id)) return;
   // A replay after a reconnect (before the chat's `registered`) brings what was written while
   // the page was away: older than now by up to that long. It is announced once, as a count.
   const replay = !view.registered;
@@ -125,12 +117,24 @@ export function acceptDelete(view: ChatView, id: string, deletedBy: UserId | und
   }
   if (entry) {
     if (String(deletedBy) === entry.senderId) return true;
-    log(`${view.name}: ignored a delete of ${userName(entry.senderId)}'s message by ${userName(deletedBy)}`);
+    logIgnoredDelete(view, entry.senderId, deletedBy);
     return false;
   }
   if (view.deleted.has(id)) return true; // gone here already (a replay)
   view.holdDelete(id, String(deletedBy));
   return false;
+}
+
+/** Settles the deletes held for `messages` (see `acceptDelete`): returns the ids deleted. */
+function settleHeldDeletes(view: ChatView, messages: ReadonlyArray<{ id: string; sender_id: string | number }>): string[] {
+  const { apply, ignore } = settlePendingDeletes(view.pendingDeletes, messages);
+  for (const id of apply) view.remove(id);
+  for (const { senderId, deletedBy } of ignore) logIgnoredDelete(view, senderId, deletedBy);
+  return apply;
+}
+
+function logIgnoredDelete(view: ChatView, senderId: UserId, deletedBy: UserId): void {
+  log(`${view.name}: ignored a delete of ${userName(senderId)}'s message by ${userName(deletedBy)}`);
 }
 
 export function onDelete(view: ChatView, id: string, deletedBy: UserId | undefined): void {
@@ -162,9 +166,7 @@ export async function loadHistory(view: ChatView, afterGap: boolean): Promise<vo
   }
   if (session !== s) return;
   // Deletes held for messages this page did not have: the stored copy says who sent each.
-  const { apply, ignore } = settlePendingDeletes(view.pendingDeletes, stored);
-  for (const id of apply) view.remove(id);
-  for (const { senderId, deletedBy } of ignore) log(`${view.name}: ignored a delete of ${userName(senderId)}'s message by ${userName(deletedBy)}`);
+  settleHeldDeletes(view, stored);
   // Entries changed (arrived, or edited live) after the request went out are newer than the
   // snapshot, and own writes not acked yet are not in it: both are kept (web/model.ts).
   const fresh = mergeHistory(view, stored, started, afterGap, (m) => entryFrom(m));

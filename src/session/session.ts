@@ -477,26 +477,24 @@ export class Session implements Connection, WriteTurnMark {
     const exp = jwtExpiryMs(reg.token);
     if (exp !== null) return deadlines.set(reg, exp);
     const ttl = this.ctx.config.authCacheTtlMs;
+    if (ttl === 0) return;
     // Counted from the main API's answer: a token accepted from the verify cache was last
     // verified when that entry was made, up to a TTL ago, so its re-verify is due when the entry expires.
     const verified = this.ctx.api.cachedUntil(reg.token, reg.chat) ?? Date.now() + ttl;
-    if (ttl > 0) deadlines.set(reg, verified + Math.random() * ttl * 0.1);
+    deadlines.set(reg, verified + Math.random() * ttl * 0.1);
   }
 
   /** The deadline `watchCredentials` set for `reg` has come (ctx.deadlines: within a second of it). */
   credentialsDue(reg: Registration): void {
     if (this.closed || this.chats.get(reg.chat) !== reg) return;
     const exp = jwtExpiryMs(reg.token);
-    if (exp === null) {
-      // A refresh under way for this chat verifies a new token: the old one's re-verify waits for it.
-      if (this.refreshing?.has(reg.chat)) return this.ctx.deadlines.set(reg, Date.now());
-      return void this.ctx.track(this.reverify(reg, reg.token));
-    }
-    if (Date.now() < exp) return this.watchCredentials(reg);
-    // A refresh under way for this chat may replace the token: look again once it has had its say
-    // (it re-arms the deadline when it switches), but not past UPSTREAM_TIMEOUT_MS after `exp`
-    // (a refresh covering many chats verifies them a few at a time, and may take longer).
-    if (this.refreshing?.has(reg.chat) && Date.now() < exp + this.ctx.config.upstreamTimeoutMs) return this.ctx.deadlines.set(reg, Date.now());
+    if (exp !== null && Date.now() < exp) return this.watchCredentials(reg);
+    // A refresh under way for this chat may replace the token: the old one's re-verify or expiry
+    // waits until it has had its say (it re-arms the deadline when it switches) — an expiry not
+    // past UPSTREAM_TIMEOUT_MS after `exp` (a refresh covering many chats verifies them a few at a
+    // time, and may take longer).
+    if (this.refreshing?.has(reg.chat) && (exp === null || Date.now() < exp + this.ctx.config.upstreamTimeoutMs)) return this.ctx.deadlines.set(reg, Date.now());
+    if (exp === null) return void this.ctx.track(this.reverify(reg, reg.token));
     this.ctx.connectionLogLimit.log(this.ctx.log, 'info', 'token-expired', { conn: this.id, chat: reg.chat }, 'token expired; registration ended');
     this.endRegistration(reg, 'token_expired');
   }
