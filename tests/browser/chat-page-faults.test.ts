@@ -315,7 +315,9 @@ describe('the chat page when things go wrong', () => {
     };
     // The first device's edit is slow at the main API: the second device's, made after it, is
     // saved (and numbered) first, so the first device's is the message's content in the end.
-    h.api.addFault({ op: 'edit', delayMs: 1500, times: 1 });
+    // 4 s: the second device's edit reaches the main API within it on a loaded machine too (a
+    // hover, a click and typing in Chromium once took longer than 1.5 s there).
+    h.api.addFault({ op: 'edit', delayMs: 4000, times: 1 });
     await edit(one, 'edit of device one, saved last');
     await sleep(300);
     await edit(two, 'edit of device two, saved first');
