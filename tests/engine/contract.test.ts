@@ -59,7 +59,7 @@ function recorder(): Recorder {
 /** The Redis engine's internals, to stall or crash one engine object without a second process. */
 interface RedisInternals {
   timer: NodeJS.Timeout | null;
-  entries: Map<string, unknown>;
+  presence: { entries: Map<string, unknown> };
   maintainPresence(): Promise<void>;
   cmd: { client(sub: 'ID'): Promise<number> };
   sub: { unsubscribe(channel: string): Promise<unknown>; disconnect(reconnect: boolean): void };
@@ -279,8 +279,8 @@ for (const kind of ['memory', 'redis'] as const) {
         const dying = await engine(recorder(), '900');
         assert.equal(await dying.join('z', 'ghost', 'd-1'), true);
         // Simulate a crash: the engine object stops refreshing without leaving.
-        (dying as unknown as { timer: NodeJS.Timeout }).timer && clearInterval((dying as unknown as { timer: NodeJS.Timeout }).timer);
-        (dying as unknown as { entries: Map<string, unknown> }).entries.clear();
+        clearInterval(internals(dying).timer!);
+        internals(dying).presence.entries.clear();
         await waitFor(() => watchers.some((w) => w.expired.length > 0), 4000, 'expiry reported');
         await new Promise((res) => setTimeout(res, 700));
         const reports = watchers.flatMap((w) => w.expired);

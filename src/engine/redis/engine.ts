@@ -1,49 +1,19 @@
 import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { RedisConfig } from '../../config/index.js';
 import { redactUrl } from '../../config/index.js';
 import type { Logger } from '../../log.js';
 import type { IdKey } from '../../protocol/ids.js';
 import { EngineUnavailableError, type Engine, type EngineEvents } from '../types.js';
-import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
+import type { CommandResult, ControlCommand } from '../control.js';
 import { STREAM_TTL_MS, newEpoch, type AppendAttempt, type AppendResult, type HistoryLimits, type Recovery, type RecoveryFailure, type StreamPosition } from '../stream.js';
 import { ANNOUNCED, LEAVE, SWEEP, WRITE_ENTRIES } from './scripts.js';
 import { APPEND, CONTAINS, CONTAINS_MAX_BYTES, RECOVER } from './stream-scripts.js';
 import { LogLimiter } from '../../util/log-limit.js';
+import { CONTROL_CHANNEL, CommandPlane } from './commands.js';
+import { CHANNEL_PREFIX, COMMAND_MARK, COMMAND_TIMEOUT_MS, KIND_PREFIX, channelOf, historyKey, leavingKey, presenceKey, streamKey, userPrefix, type Commands, type RedisLink } from './link.js';
+import { RedisPresence } from './presence.js';
 
-const CHANNEL_PREFIX = 'ms:chat:{';
-/** Commands for every instance (classic pub/sub: in a Cluster it reaches every node's subscribers). */
-const CONTROL_CHANNEL = 'ms:control';
-/**
- * Every command is also logged here (a stream; one key, so one Cluster slot: commands are rare)
- * before it is published: every instance reads the log on from where it last read, with each
- * probe and after an outage, and acts on what it did not hear (see `pollCommands`) — its
- * subscription was down, or lost without a sign. Bounded by COMMAND_LOG_MAX entries and
- * COMMAND_LOG_TTL_MS after the last command.
- */
-const COMMAND_LOG = 'ms:commands';
-const COMMAND_LOG_MAX = 10_000;
-const COMMAND_LOG_TTL_MS = 24 * 3600_000;
-/** Log entries read per call. */
-const COMMAND_LOG_PAGE = 500;
-/**
- * A command heard live is remembered (by its token) until the log is read past it, so it is not
- * acted on twice; one whose log entry never comes (the XADD failed) is forgotten after this long,
- * once a read of the log that began at least COMMAND_LOGGED_WITHIN_MS after it has succeeded.
- */
-const COMMAND_SEEN_MS = 60_000;
-/** A command's XADD goes out with its PUBLISH (in a Cluster to another node): logged within this of being heard. */
-const COMMAND_LOGGED_WITHIN_MS = 5000;
-/**
- * In a chat channel's payload header, a second field starting with `!` names a kind of
- * publication other than a frame for clients; `!` alone is a command. Connection ids never
- * start with it. An instance ignores a kind it does not know — so a later version can add kinds
- * without an older instance, mid rolling deploy, handing them to clients as frames.
- */
-const KIND_PREFIX = '!';
-const COMMAND_MARK = KIND_PREFIX;
-const COMMAND_TIMEOUT_MS = 2000;
 /**
  * How often the command connection is probed with a write: a Redis that is stalled, a replica
  * (READONLY), out of memory (OOM) or a Cluster that is down answers every command with an error
@@ -68,48 +38,15 @@ const PROBE_FAILURES_TO_RECONNECT = 3;
  * timeout (ioredis sends one batch at a time), so a probe times out on its own 2 s.
  */
 const PROBE_COMMANDS = ['set', 'info', 'xrevrange', 'xrange'];
-/** Presence entries refreshed per script call, at most. */
-const REFRESH_BATCH = 500;
 const NEWLINE = 0x0a;
 const SPACE = 0x20;
 
-type PresenceCommands = {
-  msLeave(chatKey: string, userKey: string, leavingKey: string, now: number, conn: string, user: string, held: number, announceBy: number, keyTtl: number): Promise<number>;
-  msSweep(chatKey: string, streamKey: string, leavingKey: string, now: number, userPrefix: string): Promise<[number, string, ...string[]]>;
-  msAnnounced(leavingKey: string, ...userDeadlinePairs: Array<string | number>): Promise<number>;
-  msWriteEntries(chatKey: string, now: number, expiresAt: number, keyTtl: number, userPrefix: string, ...userConnPairs: string[]): Promise<number[]>;
-  msAppend(streamKey: string, historyKey: string, ...args: Array<string | number | Buffer>): Promise<[number, string, number, string?]>;
-  msRecoverBuffer(streamKey: string, historyKey: string, ...args: Array<string | number>): Promise<[number, Buffer, Buffer, ...Buffer[]]>;
-  msContains(historyKey: string, key: string, historySize: number, maxBytes: number): Promise<number>;
-};
-type Commands = (Redis | Cluster) & PresenceCommands;
-
-interface PresenceEntry {
-  chat: IdKey;
-  user: IdKey;
-  conn: string;
-}
-const entryKey = (e: PresenceEntry) => `${e.chat}|${e.user}|${e.conn}`;
-const channelOf = (chat: IdKey) => `${CHANNEL_PREFIX}${chat}}`;
-const presenceKey = (chat: IdKey) => `ms:presence:{${chat}}`;
-const userPrefix = (chat: IdKey) => `ms:presence:{${chat}}:u:`;
-/** Users of the chat who went offline and whose `offline` is not confirmed sent yet (see LEAVE). */
-const leavingKey = (chat: IdKey) => `ms:presence:{${chat}}:leaving`;
-const streamKey = (chat: IdKey) => `ms:stream:{${chat}}`;
-const historyKey = (chat: IdKey) => `ms:history:{${chat}}`;
 /** `run_id:replid` from INFO's server and replication sections, as the stream scripts spell it. */
 const identityOf = (info: string) => {
   const run = /run_id:([0-9a-f]+)/.exec(info)?.[1];
   const replid = /master_replid:([0-9a-f]+)/.exec(info)?.[1];
   return run === undefined || replid === undefined ? '' : `${run}:${replid}`;
 };
-/** Stream id `a` comes after `b` (`<ms>-<n>`, compared as numbers). */
-function streamIdAfter(a: string, b: string): boolean {
-  const [am = 0, an = 0] = a.split('-').map(Number);
-  const [bm = 0, bn = 0] = b.split('-').map(Number);
-  return am !== bm ? am > bm : an > bn;
-}
-
 /** A Cluster's seed nodes, from REDIS_URL's comma-separated URLs. */
 function clusterSeeds(urls: readonly string[]): Array<{ host: string; port: number }> {
   return urls.map((u) => new URL(u)).map((u) => ({ host: u.hostname, port: Number(u.port || 6379) }));
@@ -125,19 +62,6 @@ function clusterNodeOptions(urls: readonly string[]): RedisOptions {
     protocol: 2,
     commandTimeout: COMMAND_TIMEOUT_MS,
   };
-}
-
-/** A command as published and logged: its envelope (reply channel, request number), the command, its token. */
-function decodeCommand(text: string): { envelope: { reply?: unknown; req?: unknown }; command: ControlCommand; token: string | null } | null {
-  let envelope: { reply?: unknown; req?: unknown; token?: unknown };
-  try {
-    envelope = JSON.parse(text) as typeof envelope;
-  } catch {
-    return null;
-  }
-  const command = parseControlCommand(envelope);
-  if (command === null) return null;
-  return { envelope, command, token: typeof envelope.token === 'string' ? envelope.token : null };
 }
 
 /** Replies that say the node is not (or not yet) the writable copy it was. */
@@ -175,19 +99,12 @@ export class RedisEngine implements Engine {
    */
   private readonly subscribed = new Map<IdKey, number>();
   private subscribeCalls = 0;
-  /** Our publications not yet delivered back to us, by id. */
   /** Publications awaiting our own delivery, oldest first (Map order), with when they were sent. */
   private readonly unechoed = new Map<string, { chat: IdKey; at: number; done: () => void }>();
   /** Settles what waited longer than COMMAND_TIMEOUT_MS; runs only while something waits (no timer per publication). */
   private echoSweep: NodeJS.Timeout | null = null;
   private readonly origin = randomBytes(9).toString('base64url');
   private publications = 0;
-  /** This instance's command requests waiting for the replies of the instances they reached. */
-  private readonly requests = new Map<number, { replies: number; connections: number; wake: () => void }>();
-  private requestCount = 0;
-  private readonly replyChannel = `ms:reply:{${this.origin}}`;
-  /** This instance's presence entries, refreshed every PRESENCE_TTL_MS / 3. */
-  private readonly entries = new Map<string, PresenceEntry>();
   /**
    * Which copy of the data the command connection is on — the Redis process's run_id and its
    * replication id (see epochHead in stream-scripts.ts) — read when the connection became ready
@@ -195,39 +112,14 @@ export class RedisEngine implements Engine {
    * error that says the node's role changed, and in a Cluster: the scripts then ask Redis itself.
    */
   private identity = '';
-  /**
-   * Entries whose leave (or join) failed — Redis unreachable or stalled — keyed like `entries`,
-   * with the leave's `held` (0 for a failed join: the entry is removed only if Redis has it): see
-   * `replayLeaves`.
-   */
-  private readonly failedLeaves = new Map<string, PresenceEntry & { held: 0 | 1 }>();
-  private leavesReplay: Promise<void> | null = null;
-  /** Per chat, users replayed leaves took offline, announced once the engine is ready again. */
-  private readonly leftOffline = new Map<IdKey, IdKey[]>();
-  /**
-   * Users whose last connection left through this instance, by `chat|user`, with the deadline
-   * their record in the chat's leaving set got (see LEAVE), until their `offline` went out.
-   */
-  private readonly leaving = new Map<string, number>();
-  /** Entries a refresh re-created (see refreshPresence) whose `online` is not announced yet. */
-  private restored: PresenceEntry[] = [];
   private pending: Array<{ op: 'subscribe' | 'unsubscribe'; chat: IdKey; done: (err?: Error) => void }> = [];
   private flushScheduled = false;
 
-  constructor(
-    private readonly config: RedisConfig,
-    private readonly presenceTtlMs: number,
-    private readonly log: Logger,
-    private readonly history: HistoryLimits = { size: 100, ttlMs: 300_000 },
-  ) {}
-
-  /**
-   * Presence keys outlive their entries, so a sweeper still finds expired entries of a dead
-   * instance; a key nobody refreshes for twice the TTL (no live member anywhere) just vanishes.
-   */
-  private get keyTtlMs(): number {
-    return 2 * this.presenceTtlMs;
-  }
+  private readonly logLimit = new LogLimiter();
+  /** What the command plane and presence see of this engine. */
+  private readonly link: RedisLink;
+  private readonly commands: CommandPlane;
+  private readonly presence: RedisPresence;
 
   /** The last probes answered (see PROBE_INTERVAL_MS); readiness needs it as well as the connections. */
   private responsive = true;
@@ -242,26 +134,30 @@ export class RedisEngine implements Engine {
   private losses = 0;
   private probing = false;
   private probeTimer: NodeJS.Timeout | null = null;
-  /**
-   * The id of the last command log entry this instance read (at first, where the log stood when
-   * it first connected: nothing before is its business). null until then.
-   */
-  private commandCursor: string | null = null;
-  /** A read of the log under way (one at a time), and when the last successful one began. */
-  private commandPoll: Promise<void> | null = null;
-  private commandPollStartedAt = 0;
-  /**
-   * Per subscribed chat, where the command log stood once this instance had subscribed to it: a
-   * revoke logged before was published before (its XADD precedes its PUBLISH), when this instance
-   * could not hear it and had nothing to revoke — registrations since were verified after it.
-   */
-  private readonly chatLogFloors = new Map<IdKey, string>();
   /** Echo probes sent (see `echo`), and the one waited for with what its arrival wakes. */
   private echoProbes = 0;
   private echoWaiting: { id: number; heard: () => void } | null = null;
-  /** Tokens of commands acted on and not yet met in the log, with when: see COMMAND_SEEN_MS. */
-  private readonly commandsSeen = new Map<string, { at: number; acted: number | null }>();
-  private readonly logLimit = new LogLimiter();
+
+  constructor(
+    private readonly config: RedisConfig,
+    private readonly presenceTtlMs: number,
+    private readonly log: Logger,
+    private readonly history: HistoryLimits = { size: 100, ttlMs: 300_000 },
+  ) {
+    this.link = {
+      cmd: () => this.cmd,
+      cluster: config.cluster,
+      connected: () => this.ready,
+      serving: () => this.isReady(),
+      connectionsUp: () => this.connectionsUp(),
+      closing: () => this.closing,
+      events: () => this.events,
+      whenReady: (command) => this.whenReady(command),
+      publishOn: (channel, payload) => (config.cluster ? this.cmd.spublish(channel, payload) : this.cmd.publish(channel, payload)) as Promise<number>,
+    };
+    this.commands = new CommandPlane(this.link, this.origin, `ms:reply:{${this.origin}}`, log, this.logLimit);
+    this.presence = new RedisPresence(this.link, presenceTtlMs);
+  }
 
   async start(events: EngineEvents): Promise<void> {
     this.events = events;
@@ -349,10 +245,10 @@ export class RedisEngine implements Engine {
       this.probeFailures = 0;
       // Best effort, outside the verdict: in a Cluster the log's shard may be down while the
       // others serve, and one shard must not turn every instance away.
-      await this.pollCommands(false).catch((err: Error) => this.logLimit.log(this.log, 'warn', 'command log read', { err: err.message }, 'command log not read: commands this instance did not hear wait for the next read'));
-      if (this.failedLeaves.size > 0 && this.ready) {
-        await this.replayLeaves();
-        this.announceLeftOffline();
+      await this.commands.poll(false).catch((err: Error) => this.logLimit.log(this.log, 'warn', 'command log read', { err: err.message }, 'command log not read: commands this instance did not hear wait for the next read'));
+      if (this.presence.owesLeaves && this.ready) {
+        await this.presence.replayLeaves();
+        this.presence.announceLeftOffline();
       }
     } catch (err) {
       if (ROLE_CHANGED.test((err as Error).message)) this.identity = '';
@@ -419,7 +315,7 @@ export class RedisEngine implements Engine {
     };
     const text = JSON.stringify({ probe: id });
     try {
-      const receivers = await (this.config.cluster ? this.cmd.spublish(this.replyChannel, text) : this.cmd.publish(this.replyChannel, text));
+      const receivers = await this.link.publishOn(this.commands.replyChannel, text);
       // Redis counts no subscriber of ours: the subscriber's link is gone (from Redis's side).
       if (!arrived && !this.config.cluster && receivers === 0) return false;
       // Timed from the publish's answer: a slow command link is not the subscriber's fault.
@@ -495,7 +391,7 @@ export class RedisEngine implements Engine {
 
   async unsubscribe(chat: IdKey): Promise<void> {
     this.subscribed.delete(chat);
-    this.chatLogFloors.delete(chat);
+    this.commands.forgetChat(chat);
     try {
       // Sent even while not ready: the subscriber connection may be up while the command one is
       // not, and a channel left subscribed there would stay. If it is down, the subscription went
@@ -513,8 +409,7 @@ export class RedisEngine implements Engine {
   /** Resolves once this instance delivered the publication itself (see Engine), at most after COMMAND_TIMEOUT_MS. */
   async publish(chat: IdKey, frame: Buffer, exceptConn: string | null): Promise<void> {
     await this.echoed(chat, exceptConn, (header) => {
-      const payload = Buffer.concat([header, frame]);
-      return this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload);
+      return this.link.publishOn(channelOf(chat), Buffer.concat([header, frame]));
     });
   }
 
@@ -536,184 +431,12 @@ export class RedisEngine implements Engine {
     return (await this.whenReady(() => this.cmd.msContains(historyKey(chat), key, this.history.size, CONTAINS_MAX_BYTES))) === 1;
   }
 
-  /**
-   * A chat's command goes on the chat's channel (so it keeps the chat's one order; marked by
-   * COMMAND_MARK in the header), others on CONTROL_CHANNEL. Each instance that acts on it
-   * replies on our reply channel with what it did, and PUBLISH tells how many instances got it,
-   * so we know when every answer is in. A Cluster's classic PUBLISH counts only one node's
-   * subscribers: there, a command for every instance cannot be counted (nulls).
-   */
-  async command(chat: IdKey | null, command: ControlCommand): Promise<CommandResult> {
-    const countable = chat !== null || !this.config.cluster;
-    const req = ++this.requestCount;
-    const token = `${this.origin}c${req}`;
-    const body = JSON.stringify(countable ? { ...command, token, reply: this.replyChannel, req } : { ...command, token });
-    const request = { replies: 0, connections: 0, wake: () => undefined };
-    if (countable) this.requests.set(req, request);
-    try {
-      // Logged too, in the same tick as the publish (one batch, sent in order, so the command
-      // keeps its place among the chat's publications): an instance that misses the publication
-      // (its subscription down) acts on it from the log once it is back. A command answered 503
-      // may still be acted on so: resending one is harmless.
-      // Best effort: the publish is the command (a Redis out of memory refuses the XADD, not the
-      // PUBLISH; a Cluster shard holding the log may be down while the chat's is not).
-      if (this.ready) {
-        this.cmd.xadd(COMMAND_LOG, 'MAXLEN', '~', COMMAND_LOG_MAX, '*', 'c', body).catch((err: Error) => {
-          this.logLimit.log(this.log, 'warn', 'command log', { err: err.message }, 'command not logged: an instance that cannot hear it now will not act on it later');
-        });
-        void this.cmd.pexpire(COMMAND_LOG, COMMAND_LOG_TTL_MS).catch(() => undefined);
-      }
-      const published = this.whenReady(() => {
-        if (chat === null) return this.cmd.publish(CONTROL_CHANNEL, body) as Promise<number>;
-        const payload = Buffer.from(`${this.origin}c${req} ${COMMAND_MARK}\n${body}`);
-        return (this.config.cluster ? this.cmd.spublish(channelOf(chat), payload) : this.cmd.publish(channelOf(chat), payload)) as Promise<number>;
-      });
-      const receivers = await published;
-      if (!countable) return { instances: null, connections: null };
-      if (request.replies < receivers) {
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, COMMAND_TIMEOUT_MS);
-          request.wake = () => {
-            if (request.replies >= receivers) (clearTimeout(timer), resolve());
-          };
-        });
-      }
-      if (request.replies < receivers) {
-        this.log.warn({ op: command.op, instances: receivers, replies: request.replies }, 'command: not every instance answered in time');
-        return { instances: receivers, connections: null };
-      }
-      return { instances: receivers, connections: request.connections };
-    } finally {
-      this.requests.delete(req);
-    }
-  }
-
-  /** Acts on a command from any instance (this one included) and replies with what it did. */
-  private onCommand(text: string): void {
-    const heard = this.actOnce(text);
-    if (heard === null) return;
-    const { reply, req } = heard.envelope;
-    const acted = heard.acted ?? 0;
-    if (typeof reply !== 'string' || !reply.startsWith('ms:reply:{') || typeof req !== 'number') return;
-    const answer = JSON.stringify({ req, connections: acted });
-    (this.config.cluster ? this.cmd.spublish(reply, answer) : this.cmd.publish(reply, answer)).catch((err: Error) =>
-      this.log.warn({ err: err.message }, 'command reply failed'),
-    );
-  }
-
-  /**
-   * Decodes a command heard live and acts on it unless the log brought it first. null: not a
-   * command this version knows; `acted`: the connections acted on, or null if acted on before.
-   */
-  private actOnce(text: string): { envelope: { reply?: unknown; req?: unknown }; acted: number | null } | null {
-    const decoded = decodeCommand(text);
-    if (decoded === null || this.events === null) return null;
-    const { envelope, command, token } = decoded;
-    if (token !== null) {
-      const seen = this.commandsSeen.get(token);
-      // Acted on from the log first: this publication still gets the answer, with what was done.
-      if (seen !== undefined) return { envelope, acted: seen.acted };
-      this.noteCommand(token, null);
-    }
-    return { envelope, acted: this.events.command(command) };
-  }
-
-  /** A command was acted on (`acted`: connections, when from the log) before it was met the other way. */
-  private noteCommand(token: string, acted: number | null): void {
-    const now = performance.now(); // monotonic: a clock set back must not keep every token
-    this.commandsSeen.set(token, { at: now, acted });
-    // Normally the log is read past it within a probe; an entry that never came (its XADD failed)
-    // is let go only once a read that surely would have met it has succeeded.
-    const before = Math.min(now - COMMAND_SEEN_MS, this.commandPollStartedAt - COMMAND_LOGGED_WITHIN_MS);
-    for (const [seen, { at }] of this.commandsSeen) {
-      if (at >= before) break;
-      this.commandsSeen.delete(seen);
-    }
-  }
-
-  /**
-   * Reads the command log on from `commandCursor` and acts on what this instance did not hear:
-   * with every probe (so a subscription lost without a sign — a Cluster's sharded subscriber
-   * remade behind the client's back — costs a command at most a probe interval), and after an
-   * outage. A command heard live is met here once and forgotten. A revoke acts only where this
-   * instance was subscribed to the chat before it was logged (see `chatLogFloors`). The first
-   * read only learns where the log stands. `trimCheck`: say so if entries not read were trimmed.
-   */
-  private pollCommands(trimCheck: boolean): Promise<void> {
-    this.commandPoll ??= this.readCommandLog(trimCheck).finally(() => (this.commandPoll = null));
-    return this.commandPoll;
-  }
-
-  private async readCommandLog(trimCheck: boolean): Promise<void> {
-    const startedAt = performance.now();
-    if (this.commandCursor === null) {
-      this.commandCursor = await this.commandLogHead();
-      this.commandPollStartedAt = startedAt;
-      return;
-    }
-    if (trimCheck) {
-      const oldest = (await this.cmd.xrange(COMMAND_LOG, '-', '+', 'COUNT', 1))[0];
-      if (oldest !== undefined && streamIdAfter(oldest[0], this.commandCursor) && (await this.cmd.xlen(COMMAND_LOG)) >= COMMAND_LOG_MAX) {
-        this.log.error({ from: this.commandCursor, oldest: oldest[0] }, 'server-API commands logged while redis was away were trimmed before this instance read them: some may not be applied here');
-      }
-    }
-    let acted = 0;
-    for (;;) {
-      const page: Array<[id: string, fields: string[]]> = await this.cmd.xrange(COMMAND_LOG, `(${this.commandCursor}`, '+', 'COUNT', COMMAND_LOG_PAGE);
-      for (const [id, fields] of page) {
-        this.commandCursor = id;
-        if (this.actOnLogged(id, fields[1] ?? '')) acted++;
-      }
-      if (page.length < COMMAND_LOG_PAGE) break;
-    }
-    this.commandPollStartedAt = startedAt;
-    if (acted > 0) this.log.warn({ commands: acted }, 'acted on server-API commands this instance did not hear when they were published');
+  command(chat: IdKey | null, command: ControlCommand): Promise<CommandResult> {
+    return this.commands.send(chat, command);
   }
 
   async readMissedCommands(): Promise<void> {
-    if (this.ready) await this.pollAfresh(false);
-  }
-
-  /** A read that begins now: one under way may have been answered before what is wanted was logged. */
-  private async pollAfresh(trimCheck: boolean): Promise<void> {
-    await this.commandPoll?.catch(() => undefined);
-    await this.pollCommands(trimCheck);
-  }
-
-  /** A command read from the log: true if acted on (it had not been heard live). */
-  private actOnLogged(id: string, text: string): boolean {
-    const decoded = decodeCommand(text);
-    if (decoded === null || this.events === null) return false;
-    const { command, token } = decoded;
-    if (token !== null && this.commandsSeen.delete(token)) return false; // heard live
-    if (command.op === 'revoke') {
-      const floor = this.chatLogFloors.get(command.chat);
-      if (floor === undefined || !streamIdAfter(id, floor)) return false;
-    }
-    // Its publication may still be on its way (a Cluster logs on another node): not acted on twice.
-    const acted = this.events.command(command);
-    if (token !== null) this.noteCommand(token, acted);
-    return true;
-  }
-
-  /** The command log's newest id ('0-0' when empty). */
-  private async commandLogHead(): Promise<string> {
-    return (await this.cmd.xrevrange(COMMAND_LOG, '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
-  }
-
-  /**
-   * Chats about to be subscribed (with their subscribe call): where the log stands is their floor
-   * (see `chatLogFloors`) — read in the same tick as the SUBSCRIBE; if it cannot be read, where
-   * this instance last read it (earlier: a revoke logged just before may then be acted on). Kept
-   * through an outage's resubscribe; a chat unsubscribed and subscribed again meanwhile takes its
-   * own call's.
-   */
-  private noteChatLogFloors(calls: ReadonlyArray<readonly [IdKey, number | undefined]>): void {
-    void this.commandLogHead()
-      .catch(() => this.commandCursor ?? '0-0')
-      .then((head) => {
-        for (const [chat, call] of calls) if (call !== undefined && this.subscribed.get(chat) === call && !this.chatLogFloors.has(chat)) this.chatLogFloors.set(chat, head);
-      });
+    if (this.ready) await this.commands.pollAfresh(false);
   }
 
   private onReply(text: string): void {
@@ -723,15 +446,8 @@ export class RedisEngine implements Engine {
     } catch {
       return;
     }
-    if (v.probe !== undefined) {
-      if (v.probe === this.echoWaiting?.id) this.echoWaiting.heard();
-      return;
-    }
-    const request = typeof v.req === 'number' ? this.requests.get(v.req) : undefined;
-    if (request === undefined || typeof v.connections !== 'number') return;
-    request.replies++;
-    request.connections += v.connections;
-    request.wake();
+    if (v.probe === undefined) this.commands.onReply(v.req, v.connections);
+    else if (v.probe === this.echoWaiting?.id) this.echoWaiting.heard();
   }
 
   async position(chat: IdKey): Promise<StreamPosition> {
@@ -774,130 +490,24 @@ export class RedisEngine implements Engine {
     return result;
   }
 
-  async join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
-    const entry = { chat, user, conn };
-    const key = entryKey(entry);
-    const pending = this.failedLeaves.get(key);
-    this.failedLeaves.delete(key); // joined again: an earlier leave must not take it away (sent before it)
-    let cameOnline: number[];
-    try {
-      // An earlier join of this connection timed out (a client retrying its register): its write
-      // may have run since, and this one would then find the user online and announce nothing.
-      // Undone first, on the same connection, so `cameOnline` tells the truth.
-      if (pending?.held === 0) await this.whenReady(() => this.removeEntry(pending));
-      cameOnline = await this.whenReady(() => this.writeEntries(chat, [entry], Date.now()));
-    } catch (err) {
-      // A write that timed out on a stalled Redis still runs when it wakes, for a member the hub
-      // never attached: a leave undoes it then (a no-op if it never ran; see `failedLeaves`).
-      this.failedLeaves.set(key, { ...entry, held: 0 });
-      throw err;
-    }
-    this.entries.set(key, entry);
-    return cameOnline.length === 1;
+  join(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
+    return this.presence.join(chat, user, conn);
   }
 
-  async leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
-    const entry = { chat, user, conn };
-    const key = entryKey(entry);
-    const held = this.entries.delete(key) ? 1 : 0;
-    try {
-      return (await this.whenReady(() => this.removeEntry({ ...entry, held }))) === 1;
-    } catch (err) {
-      // Its entry may outlast the outage in Redis (it then expires, and the sweep announces the
-      // user offline), be lost with Redis's data, or be removed by this very leave once a stalled
-      // Redis wakes (then nothing would ever announce it): run again once Redis serves.
-      if (held === 1) this.failedLeaves.set(key, { ...entry, held });
-      throw err;
-    }
+  leave(chat: IdKey, user: IdKey, conn: string): Promise<boolean> {
+    return this.presence.leave(chat, user, conn);
   }
 
-  /**
-   * Runs the leaves that failed during an outage or a stall: after a reconnect, and after a probe
-   * answers (a stall drops no connection). Those that took a user's last connection (Redis lost
-   * the entry, still had it, or the timed-out leave had removed it meanwhile) are kept in
-   * `leftOffline` as each one runs — so a round in which another leave fails loses none of them —
-   * and announced once ready. One round at a time: a leave run twice would find its entry gone.
-   */
-  private replayLeaves(): Promise<void> {
-    this.leavesReplay ??= Promise.all(
-      [...this.failedLeaves].map(async ([key, failed]) => {
-        const { chat, user, held } = failed;
-        const last = await this.removeEntry(failed);
-        if (this.failedLeaves.get(key) === failed) this.failedLeaves.delete(key);
-        // An undone join (held 0) was never announced online: its last entry leaving says nothing.
-        if (last !== 1 || held === 0) return;
-        const users = this.leftOffline.get(chat);
-        if (users === undefined) this.leftOffline.set(chat, [user]);
-        else users.push(user);
-      }),
-    ).then(
-      () => { this.leavesReplay = null; },
-      (err: unknown) => { this.leavesReplay = null; throw err; },
-    );
-    return this.leavesReplay;
+  settlePresence(deadline: number): Promise<void> {
+    return this.presence.settle(deadline);
   }
 
-  async settlePresence(deadline: number): Promise<void> {
-    while (this.failedLeaves.size > 0 && !this.closing && Date.now() < deadline) {
-      if (this.connectionsUp()) {
-        try {
-          await this.replayLeaves();
-          // Announced through a publish, which needs the engine ready (a recovery may still run).
-          while (!this.isReady() && Date.now() < deadline) await sleep(50);
-          this.announceLeftOffline();
-          return;
-        } catch {
-          // Still not serving (a stall past the command timeout): try again while time is left.
-        }
-      } else {
-        await sleep(100); // reconnecting: restoreAfterOutage may run them first
-      }
-    }
-  }
-
-  /** The LEAVE script for one entry: 1 if it took the user's last live connection (see scripts.ts for `held`). */
-  private async removeEntry({ chat, user, conn, held }: PresenceEntry & { held: 0 | 1 }): Promise<number> {
-    const now = Date.now();
-    // Its offline is confirmed sent (see offlineAnnounced) well within a TTL; past it a sweep announces it.
-    const deadline = now + this.presenceTtlMs;
-    const last = await this.cmd.msLeave(presenceKey(chat), userPrefix(chat) + user, leavingKey(chat), now, conn, user, held, deadline, this.keyTtlMs);
-    if (last === 1) {
-      this.leaving.delete(`${chat}|${user}`);
-      this.leaving.set(`${chat}|${user}`, deadline);
-      // Those whose offline never went out are the sweep's now: forgotten here.
-      for (const [key, at] of this.leaving) {
-        if (at > now) break;
-        this.leaving.delete(key);
-      }
-    }
-    return last;
-  }
-
-  /**
-   * The `offline` of these users went out: a sweep need not announce it (see LEAVE). Only the
-   * records of this instance's own leaves, and only while they are the ones it wrote (the user may
-   * have come and gone again through another instance meanwhile, whose record must stay). Best effort.
-   */
   offlineAnnounced(chat: IdKey, users: readonly IdKey[]): void {
-    const pairs: Array<string | number> = [];
-    for (const user of users) {
-      const deadline = this.leaving.get(`${chat}|${user}`);
-      if (deadline === undefined) continue;
-      this.leaving.delete(`${chat}|${user}`);
-      pairs.push(user, deadline);
-    }
-    if (!this.ready || pairs.length === 0) return;
-    this.cmd.msAnnounced(leavingKey(chat), ...pairs).catch(() => undefined);
+    this.presence.offlineAnnounced(chat, users);
   }
 
-  /** Publishes the `offline`s replayed leaves found (see `replayLeaves`). */
-  private announceLeftOffline(): void {
-    for (const [chat, users] of this.leftOffline) this.events?.presenceExpired(chat, users);
-    this.leftOffline.clear();
-  }
-
-  async online(chat: IdKey): Promise<IdKey[]> {
-    return this.whenReady(() => this.cmd.zrangebyscore(presenceKey(chat), Date.now(), '+inf'));
+  online(chat: IdKey): Promise<IdKey[]> {
+    return this.presence.online(chat);
   }
 
   async close(): Promise<void> {
@@ -907,8 +517,7 @@ export class RedisEngine implements Engine {
     if (this.echoSweep !== null) clearInterval(this.echoSweep);
     this.echoSweep = null;
     if (this.ready) {
-      // Entries whose leave did not run (or failed): remove them so nobody waits for the TTL.
-      await Promise.allSettled([...this.entries.values()].map((e) => this.leave(e.chat, e.user, e.conn)));
+      await this.presence.leaveAll();
       const chats = [...this.subscribed.keys()];
       this.subscribed.clear();
       await this.sendSubscription('unsubscribe', chats.map(channelOf)).catch(() => undefined);
@@ -923,8 +532,8 @@ export class RedisEngine implements Engine {
     if (this.events === null) return;
     const name = channel.toString('latin1');
     if (!name.startsWith(CHANNEL_PREFIX)) {
-      if (name === CONTROL_CHANNEL) this.onCommand(message.toString('utf8'));
-      else if (name === this.replyChannel) this.onReply(message.toString('utf8'));
+      if (name === CONTROL_CHANNEL) this.commands.onCommand(message.toString('utf8'));
+      else if (name === this.commands.replyChannel) this.onReply(message.toString('utf8'));
       return;
     }
     const chat = name.slice(CHANNEL_PREFIX.length, -1);
@@ -944,7 +553,7 @@ export class RedisEngine implements Engine {
     }
     const exceptConn = sp < 0 ? null : message.toString('latin1', sp + 1, end);
     if (exceptConn?.startsWith(KIND_PREFIX)) {
-      if (exceptConn === COMMAND_MARK) this.onCommand(message.toString('utf8', nl + 1));
+      if (exceptConn === COMMAND_MARK) this.commands.onCommand(message.toString('utf8', nl + 1));
       return;
     }
     this.events.deliver(chat, message.subarray(nl + 1), exceptConn);
@@ -1008,9 +617,9 @@ export class RedisEngine implements Engine {
       await this.subscribeControl();
       await this.sendSubscription('subscribe', [...this.subscribed.keys()].map(channelOf));
       // Best effort (the log's shard may be down in a Cluster): the next probe reads on from here.
-      await this.pollAfresh(true).catch((err: Error) => this.log.warn({ err: err.message }, 'command log not read after the outage: commands published meanwhile wait for the next read'));
-      await this.refreshPresence();
-      await this.replayLeaves();
+      await this.commands.pollAfresh(true).catch((err: Error) => this.log.warn({ err: err.message }, 'command log not read after the outage: commands published meanwhile wait for the next read'));
+      await this.presence.refresh();
+      await this.presence.replayLeaves();
     } catch (err) {
       // Connected but not serving (out of memory, a replica, still loading): tried again while
       // the connections stay up — a reconnect would try again too, but none may ever come.
@@ -1023,13 +632,13 @@ export class RedisEngine implements Engine {
     // A subscriber lost and back meanwhile has none of the subscriptions just made.
     if (this.losses !== losses) return void this.restoreAfterOutage();
     if (this.connectionsUp()) {
-      if (this.everReady) this.log.info({ chats: this.subscribed.size, presence: this.entries.size }, 'redis back: subscriptions and presence restored');
+      if (this.everReady) this.log.info({ chats: this.subscribed.size, presence: this.presence.size }, 'redis back: subscriptions and presence restored');
       this.everReady = true;
       this.setReady(true);
-      this.announceRestored(); // only now: the hub publishes `online`, which needs a ready engine
+      this.presence.announceRestored(); // only now: the hub publishes `online`, which needs a ready engine
       // A moment later: the other instances lost Redis too, and hear it only once they have
       // subscribed again (presence is not replayed); their reconnects may lag ours by a retry step.
-      setTimeout(() => !this.closing && this.announceLeftOffline(), LEFT_OFFLINE_DELAY_MS).unref();
+      setTimeout(() => !this.closing && this.presence.announceLeftOffline(), LEFT_OFFLINE_DELAY_MS).unref();
     }
   }
 
@@ -1073,8 +682,9 @@ export class RedisEngine implements Engine {
 
   /** The channels every instance listens on for as long as it runs: commands, and replies to its own. */
   private async subscribeControl(): Promise<void> {
-    if (this.sub !== null) await this.sub.subscribe(CONTROL_CHANNEL, this.replyChannel);
-    else await Promise.all([this.cmd.subscribe(CONTROL_CHANNEL), this.cmd.ssubscribe(this.replyChannel)]);
+    const replies = this.commands.replyChannel;
+    if (this.sub !== null) await this.sub.subscribe(CONTROL_CHANNEL, replies);
+    else await Promise.all([this.cmd.subscribe(CONTROL_CHANNEL), this.cmd.ssubscribe(replies)]);
   }
 
   /** The one place that picks plain (one command, many channels) or sharded (one per channel) pub/sub. */
@@ -1082,12 +692,6 @@ export class RedisEngine implements Engine {
     if (channels.length === 0) return Promise.resolve();
     if (this.sub !== null) return op === 'subscribe' ? this.sub.subscribe(...channels) : this.sub.unsubscribe(...channels);
     return Promise.all(channels.map((ch) => (op === 'subscribe' ? this.cmd.ssubscribe(ch) : this.cmd.sunsubscribe(ch))));
-  }
-
-  /** Adds or refreshes presence entries of one chat; the indexes of those whose user came online. */
-  private writeEntries(chat: IdKey, entries: readonly PresenceEntry[], now: number): Promise<number[]> {
-    const pairs = entries.flatMap((e) => [e.user, e.conn]);
-    return this.cmd.msWriteEntries(presenceKey(chat), now, now + this.presenceTtlMs, this.keyTtlMs, userPrefix(chat), ...pairs);
   }
 
   /** Batches subscribe/unsubscribe issued in one tick into as few commands as possible, in order. */
@@ -1111,7 +715,10 @@ export class RedisEngine implements Engine {
       let j = i;
       while (j < batch.length && batch[j]!.op === op) j++;
       const group = batch.slice(i, j);
-      if (op === 'subscribe') this.noteChatLogFloors(group.map((p) => [p.chat, this.subscribed.get(p.chat)] as const));
+      if (op === 'subscribe') {
+        const calls = new Map(group.map((p) => [p.chat, this.subscribed.get(p.chat)]));
+        this.commands.noteSubscribing([...calls.keys()], (chat) => calls.get(chat) !== undefined && this.subscribed.get(chat) === calls.get(chat));
+      }
       this.sendSubscription(op, group.map((p) => channelOf(p.chat))).then(
         () => group.forEach((p) => p.done()),
         (err: Error) => group.forEach((p) => p.done(err)),
@@ -1124,7 +731,7 @@ export class RedisEngine implements Engine {
   private async maintainPresence(): Promise<void> {
     if (!this.ready) return;
     try {
-      await this.refreshPresence().finally(() => this.announceRestored());
+      await this.presence.refresh().finally(() => this.presence.announceRestored());
       const now = Date.now();
       await Promise.all(
         [...this.subscribed.keys()].map(async (chat) => {
@@ -1136,47 +743,5 @@ export class RedisEngine implements Engine {
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'presence maintenance failed');
     }
-  }
-
-  /**
-   * Re-writes this instance's entries. Those it had to re-create after their user went offline
-   * for everyone (swept after a stall, or lost by Redis) while still connected are kept for
-   * `announceRestored`, also when another write of the round fails: their entries exist again,
-   * so no later refresh would report them.
-   */
-  private async refreshPresence(): Promise<void> {
-    const now = Date.now();
-    const byChat = new Map<IdKey, PresenceEntry[]>();
-    for (const e of this.entries.values()) {
-      const list = byChat.get(e.chat);
-      if (list === undefined) byChat.set(e.chat, [e]);
-      else list.push(e);
-    }
-    const calls: Array<Promise<void>> = [];
-    for (const [chat, list] of byChat) {
-      // One script call per chat (bounded, so a huge chat cannot hold Redis for long).
-      for (let at = 0; at < list.length; at += REFRESH_BATCH) {
-        const batch = list.slice(at, at + REFRESH_BATCH);
-        calls.push(
-          this.writeEntries(chat, batch, now).then((restored) => {
-            for (const i of restored) this.restored.push(batch[i]!);
-          }),
-        );
-      }
-    }
-    await Promise.all(calls);
-  }
-
-  private announceRestored(): void {
-    if (!this.ready || this.restored.length === 0) return;
-    const byChat = new Map<IdKey, IdKey[]>();
-    for (const e of this.restored.splice(0)) {
-      // Left meanwhile: its leave ran after the refresh in Redis and announces offline itself.
-      if (this.entries.get(entryKey(e)) !== e) continue;
-      const users = byChat.get(e.chat);
-      if (users === undefined) byChat.set(e.chat, [e.user]);
-      else users.push(e.user);
-    }
-    for (const [chat, users] of byChat) this.events?.presenceRestored(chat, users);
   }
 }
