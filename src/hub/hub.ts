@@ -135,7 +135,12 @@ export class Hub {
   /** The callbacks the engine drives. */
   engineEvents(onReadyChange: (ready: boolean) => void, onCommand: EngineEvents['command']): EngineEvents {
     return {
-      deliver: (chat, frame, exceptConn) => this.resync.receive(chat, frame, exceptConn),
+      deliver: (chat, frame, exceptConn) => {
+        // A publication still on its way when the chat's last local member left (the engine's
+        // unsubscribe not yet done): nobody to deliver it to, and passing it on would leave the
+        // chat a position that a later member's first broadcast would take for a gap.
+        if (this.subscriptions.has(chat)) this.resync.receive(chat, frame, exceptConn);
+      },
       presenceExpired: (chat, users) => {
         for (const user of users) void this.presence.announce(chat, user, 'offline', null);
       },

@@ -4,7 +4,8 @@ import { addOne, deleteOne, itemsOf, type OneOrSet } from '../util/one-or-set.js
 
 /**
  * Successful verifies of (token, chat), reused for AUTH_CACHE_TTL_MS and never past the JWT's
- * `exp`. Bounded: past `maxEntries` the oldest entry goes (Map keeps insertion order).
+ * `exp`. Bounded: expired entries go with the next `set`, and past `maxEntries` the oldest entry
+ * goes (Map keeps insertion order).
  */
 export class VerifyCache {
   private readonly entries = new Map<string, { user: IdKey; chat: IdKey; expiresAt: number }>();
@@ -45,12 +46,20 @@ export class VerifyCache {
 
   set(token: string, chat: IdKey, user: IdKey): void {
     if (this.ttlMs <= 0) return;
-    let expiresAt = this.now() + this.ttlMs;
+    const now = this.now();
+    let expiresAt = now + this.ttlMs;
     const exp = jwtExpiryMs(token);
     if (exp !== null) expiresAt = Math.min(expiresAt, exp);
-    if (expiresAt <= this.now()) return;
+    if (expiresAt <= now) return;
     const key = cacheKey(token, chat);
     this.remove(key);
+    // Expired entries at the head go first: insertion order is expiry order (a JWT's earlier
+    // `exp` only makes an entry expire sooner), so the cache holds about one TTL of verifies, not
+    // `maxEntries` of stale ones. Each entry is removed once: amortised O(1) per set.
+    for (const [oldKey, old] of this.entries) {
+      if (old.expiresAt > now) break;
+      this.remove(oldKey);
+    }
     this.entries.set(key, { user, chat, expiresAt });
     addOne(this.byUser, user, key);
     if (this.entries.size > this.maxEntries) {

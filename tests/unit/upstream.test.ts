@@ -72,6 +72,20 @@ describe('verify cache', () => {
     assert.equal(cache.get(expired, '1'), undefined);
   });
 
+  it('lets expired verifies go with the next one cached, not only at its cap', () => {
+    let now = 1_000_000;
+    const cache = new VerifyCache(30_000, 100, () => now);
+    for (let i = 0; i < 50; i++) cache.set(`t${i}`, '1', `u${i}`);
+    now += 20_000;
+    cache.set('later', '1', 'v');
+    now += 10_001; // the first 50 expired, `later` has not
+    cache.set('last', '1', 'w');
+    assert.equal(cache.size, 2);
+    assert.deepEqual([cache.get('later', '1'), cache.get('last', '1')], ['v', 'w']);
+    cache.forgetUser('u0', null); // its index entry went with it
+    assert.equal(cache.size, 2);
+  });
+
   it('is bounded and TTL 0 disables it', () => {
     const cache = new VerifyCache(30_000, 3);
     for (let i = 0; i < 10; i++) cache.set(`t${i}`, '1', 'u');
