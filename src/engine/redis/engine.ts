@@ -380,6 +380,7 @@ export class RedisEngine implements Engine {
     } catch (err) {
       if (this.subscribed.get(chat) === call) {
         this.subscribed.delete(chat);
+        this.commands.forgetChat(chat);
         // A timed-out SUBSCRIBE still runs once a slow Redis catches up, and would then stay
         // forever. This UNSUBSCRIBE goes on the same connection, so it runs after it, and before
         // any later subscribe of the chat (those are enqueued after it).
