@@ -82,6 +82,28 @@ describe('graceful shutdown and logs (real process, real signals)', () => {
     assert.doesNotMatch(gw.output, /connection lost/);
   });
 
+  // Node as PID 1 (a container without an init) ignores a signal nobody handles: the handler must
+  // be there from the first moment, not once the gateway has started (~1 s of module loading and
+  // start-up). Not PID 1 here, but the same handler decides: without it the default kills the process.
+  it('a SIGTERM during start-up is caught and acted on once started: the gateway drains and exits 0', async () => {
+    const gw = GatewayProcess.spawn({ APP_PORT: '0', AUTH_HOST: api.url });
+    const pid = gw.proc.pid!;
+    // SigCgt: the signals the process has handlers for. Node itself catches SIGTERM and SIGINT
+    // from its start (to restore the terminal, then die), but not SIGHUP (1: bit 0), which the
+    // gateway catches with them (its logs are not a terminal here): its bit tells the handlers are in.
+    const catchesSighup = () => {
+      const mask = /^SigCgt:\s*([0-9a-f]+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '0';
+      return (BigInt(`0x${mask}`) & 1n) !== 0n;
+    };
+    const until = Date.now() + 10_000;
+    while (!catchesSighup() && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+    assert.ok(catchesSighup(), 'stop signals caught');
+    assert.doesNotMatch(gw.output, /gateway listening/, 'caught before the gateway started');
+    gw.kill('SIGTERM');
+    assert.deepEqual(await gw.exited, { code: 0, signal: null });
+    assert.match(gw.output, /"signal":"SIGTERM"[^\n]*"msg":"shutting down"/);
+  });
+
   // npm runs a script as `sh -c '<script>'` and passes a SIGTERM or SIGINT it gets to that child
   // only: without `exec`, sh dies and the gateway keeps running as an orphan (port held, no drain)
   // while npm exits 143. `npm run dev` is tested as a real process (`npm start` is the same line
