@@ -188,7 +188,7 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
       // Caches first, everywhere (instances without the chat keep verifies too), then the registrations.
       await engine.command(null, { op: 'forget', user, chat });
       const result = await engine.command(chat, { op: 'revoke', chat, user });
-      log.info({ chat, registrations: result.connections, instances: result.instances }, 'server API: revoke');
+      log.info({ chat, user, registrations: result.connections, instances: result.instances }, 'server API: revoke');
       return { chat_id: wireId(chat), user_id: wireId(user), instances: result.instances, registrations: result.connections };
     },
   );
@@ -212,7 +212,7 @@ export async function createServerApi(opts: ServerApiOptions): Promise<FastifyIn
       requireAccepting();
       const user = idKey(req.params.user_id);
       const result = await engine.command(null, { op: 'disconnect', user, reason: req.body.reason ?? 'disconnected by the server' });
-      log.info({ connections: result.connections, instances: result.instances }, 'server API: disconnect');
+      log.info({ user, connections: result.connections, instances: result.instances }, 'server API: disconnect');
       return { user_id: wireId(user), instances: result.instances, connections: result.connections };
     },
   );

@@ -434,7 +434,7 @@ export class Session implements Connection, WriteTurnMark {
       if (user !== reg.user) this.endRegistration(reg, 'forbidden');
     } catch (err) {
       if (isAuthRefusal(err)) this.endRegistration(reg, err.code);
-      else if (!(err instanceof CancelledError)) this.ctx.log.warn({ conn: this.id, chat: reg.chat, err: (err as Error).message }, 'registration re-check failed');
+      else if (!(err instanceof CancelledError)) this.ctx.connectionLogLimit.log(this.ctx.log, 'warn', 'recheck-failed', { conn: this.id, chat: reg.chat, err: (err as Error).message }, 'registration re-check failed');
     }
   }
 
@@ -510,7 +510,7 @@ export class Session implements Connection, WriteTurnMark {
       if (reg.token !== token || this.chats.get(reg.chat) !== reg) return;
       if (isAuthRefusal(err)) this.endRegistration(reg, err.code);
       else if (!(err instanceof CancelledError)) {
-        this.ctx.log.warn({ conn: this.id, chat: reg.chat, err: (err as Error).message }, 'token re-verify failed; trying again');
+        this.ctx.connectionLogLimit.log(this.ctx.log, 'warn', 'reverify-failed', { conn: this.id, chat: reg.chat, err: (err as Error).message }, 'token re-verify failed; trying again');
         this.ctx.deadlines.set(reg, Date.now() + REVERIFY_RETRY_MS);
       }
     }
@@ -568,6 +568,8 @@ export class Session implements Connection, WriteTurnMark {
     const read = this.socket.bytesRead;
     if (read === this.readAtPing) {
       this.ctx.connectionLogLimit.log(this.ctx.log, 'info', 'no-pong', { conn: this.id }, 'no pong; connection dropped');
+      // Dropped without a close frame: the peer sees 1006, and so does the metric.
+      this.ctx.metrics.closes.inc({ code: '1006' });
       this.terminate();
       return;
     }
@@ -623,7 +625,11 @@ export class Session implements Connection, WriteTurnMark {
   }
 }
 
-/** A client-sent id as a log field: a string or number, bounded; anything else left out. */
+/**
+ * A client-sent id as a log field: a valid id as sent; anything else `<invalid>` (or left out when
+ * absent) — a client that puts a token where an id goes must not have it logged.
+ */
 function loggableId(value: unknown): string | undefined {
-  return typeof value === 'string' || typeof value === 'number' ? String(value).slice(0, 64) : undefined;
+  if (value === undefined) return undefined;
+  return parseId(value) ?? '<invalid>';
 }

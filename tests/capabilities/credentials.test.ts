@@ -154,6 +154,27 @@ for (const mode of ENGINE_MODES) {
       c.close();
       watcher.close();
     });
+
+    it('a main API failing the re-verifies keeps the registrations, and the failures cost a log line per 10 s, not one per registration', async () => {
+      const c = await h.connect();
+      const chats = Array.from({ length: 8 }, () => uniqueChat());
+      const opaque = h.api.mintOpaqueToken(1);
+      for (const chat of chats) await c.register(opaque, chat);
+      const lines = () => h.instances[0]!.logs.join('').split('\n').filter((l) => l.includes('"msg":"token re-verify failed; trying again"')).length;
+      const before = lines();
+      h.api.addFault({ op: 'verify', status: 503, times: 1000 });
+      try {
+        // 8 registrations, each re-verified within 600 ms: a failure each (retried 5 s later).
+        const failing = chats.map(verifies);
+        await waitFor(() => chats.every((chat, i) => verifies(chat) > failing[i]!), 5000, 'a failed re-verify of every registration');
+        await new Promise((r) => setTimeout(r, 300));
+        assert.ok(lines() - before <= 1, `${lines() - before} log lines`);
+        assert.equal(c.all({ type: 'unregistered' }).length, 0);
+      } finally {
+        h.api.clearFaults();
+      }
+      c.close();
+    });
   });
 }
 

@@ -177,12 +177,14 @@ describe('graceful shutdown and logs (real process, real signals)', () => {
     api.addFault({ op: 'verify', body: {}, times: 1 });
     await c.request({ type: 'register', token: good, chat_id: 82 }, { type: 'error' });
     c.sendRaw(`{"type":"register","token":"${good}"`); // malformed frame carrying a token
+    // A token where an id goes: not a valid id, so not logged (a debug line names the chat).
+    await c.request({ type: 'unregister', chat_id: good }, { type: 'error' });
     await c.request({ type: 'ping' }, { type: 'pong' });
     c.close();
     gw.kill('SIGTERM');
     await gw.exited;
     assert.ok(gw.output.length > 0);
-    for (const secret of [good, expired, 'plain-secret-token-value', good.split('.')[2]!]) {
+    for (const secret of [good, good.slice(0, 64), expired, 'plain-secret-token-value', good.split('.')[2]!]) {
       assert.ok(!gw.output.includes(secret), 'a token leaked into the logs');
     }
     for (const line of gw.output.trim().split('\n')) assert.doesNotThrow(() => JSON.parse(line), `not JSON: ${line}`);

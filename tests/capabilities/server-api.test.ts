@@ -78,6 +78,8 @@ for (const mode of ENGINE_MODES) {
       const answer = await call(h.instances[0]!, 'POST', `/api/v1/chats/${chat}/revoke`, { user_id: 1 });
       assert.equal(answer.status, 200);
       assert.deepEqual(answer.body, { chat_id: chat, user_id: 1, instances: mode === 'redis' ? 3 : 1, registrations: 3 });
+      // The audit line names who was revoked where.
+      assert.ok(h.instances[0]!.logs.join('').split('\n').some((l) => l.includes('"msg":"server API: revoke"') && l.includes(`"chat":"${chat}"`) && l.includes('"user":"1"')), 'revoke logged with chat and user');
       // Acted on before the answer: the unregistered frames are already on their way.
       for (const c of revoked) await c.next({ type: 'unregistered', chat_id: chat, reason: 'revoked' }, 2000);
       await watcher.next(presence(1, 'offline'));
@@ -179,6 +181,7 @@ for (const mode of ENGINE_MODES) {
       for (const i of spread) conns.push(await h.member(5, chat, i));
       const bystander = await h.member(6, chat, 0);
       const answer = await call(h.instances[0]!, 'POST', '/api/v1/users/5/disconnect', { reason: 'logged out everywhere' });
+      assert.ok(h.instances[0]!.logs.join('').split('\n').some((l) => l.includes('"msg":"server API: disconnect"') && l.includes('"user":"5"')), 'disconnect logged with the user');
       assert.equal(answer.status, 200);
       assert.deepEqual(answer.body, { user_id: 5, instances: mode === 'redis' ? 3 : 1, connections: 3 });
       for (const c of conns) assert.deepEqual(await c.closed, { code: 4403, reason: 'logged out everywhere' });
