@@ -81,14 +81,39 @@ export function readEnv(env: Env = process.env, dotenvPath = '.env'): Env {
   } catch (err) {
     throw new ConfigError('.env', `cannot be read: ${(err as Error).message}`);
   }
-  // parseEnv never throws: on Node 20 a malformed line (an unterminated quote) swallows the lines
-  // after it into one odd name, and the variables there would go unchecked — such names are
-  // refused. (Node 24 skips the broken line alone; the lines after it are read and checked.)
-  // Named by its line number only: the line may hold a password or key (`API_KEY secret`).
+  // parseEnv never refuses anything, and Node versions differ in what they make of a malformed
+  // line: Node 20 swallows the lines after an unterminated quote into one odd name, Node 24 skips
+  // a line without `=` (an `API_KEY secret` would leave the server API off without a word) and
+  // takes an unterminated quote into the value. So every line is checked first, the same on both.
+  // Named by its line number only: the line may hold a password or key.
+  const malformed = malformedLine(text);
+  if (malformed > 0) throw new ConfigError('.env', `line ${malformed} cannot be parsed: write NAME=value, one per line (quote a value that spans lines)`);
+  // Names parseEnv read that are not variable names (MY-VAR=1).
   for (const name of Object.keys(fromFile)) {
     if (!ENV_NAME.test(name)) throw new ConfigError('.env', `${lineOf(text, name)} cannot be parsed: write NAME=value, one per line (quote a value that spans lines)`);
   }
   return { ...fromFile, ...env };
+}
+
+/**
+ * The number of the first line of a `.env` text that is neither blank, a comment, nor
+ * `[export] NAME = value` — a quoted value may span lines, up to the line that closes its quote —
+ * or a quoted value never closed; 0 when every line is well formed.
+ */
+function malformedLine(text: string): number {
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!.trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const value = /^(?:export\s+)?[A-Za-z_][A-Za-z0-9_.-]*\s*=\s*(.*)$/.exec(line)?.[1];
+    if (value === undefined) return i + 1;
+    const quote = value[0];
+    if ((quote !== '"' && quote !== "'" && quote !== '`') || value.includes(quote, 1)) continue;
+    const closing = lines.findIndex((l, j) => j > i && l.includes(quote));
+    if (closing === -1) return i + 1;
+    i = closing;
+  }
+  return 0;
 }
 
 /**
