@@ -710,14 +710,25 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
   app.delete<MessageParams>(MESSAGE_PATH, { config: { op: 'delete' } }, async (req, reply) => {
     // Deleted already, by this caller: the gateway's resend after a lost answer. The body says
     // so (only to the deleter, in its chat), and the gateway broadcasts it if nobody heard it.
-    const tomb = deleted.get(req.params.message_id);
-    if (tomb !== undefined && String(tomb.chat_id) === req.params.chat_id) {
+    const deletedByCaller = async (): Promise<Tombstone | undefined> => {
+      const tomb = deleted.get(req.params.message_id);
+      if (tomb === undefined || String(tomb.chat_id) !== req.params.chat_id) return undefined;
       const sub = await authenticate(bearerToken(req));
-      if (String(tomb.deleted_by) === sub && isMember(req.params.chat_id, sub)) {
-        return reply.code(404).send({ error: 'deleted', deleted: true, chat_id: tomb.chat_id, deleted_by: tomb.deleted_by });
-      }
+      return String(tomb.deleted_by) === sub && isMember(req.params.chat_id, sub) ? tomb : undefined;
+    };
+    const said = (tomb: Tombstone) => reply.code(404).send({ error: 'deleted', deleted: true, chat_id: tomb.chat_id, deleted_by: tomb.deleted_by });
+    const before = await deletedByCaller();
+    if (before !== undefined) return said(before);
+    let message: StoredMessage;
+    try {
+      message = await authorizeChange(req);
+    } catch (err) {
+      // Two deletes at once: the other one deleted it while this one authenticated (as a
+      // database's transaction would tell, this one is answered "deleted", not "not found").
+      const meanwhile = await deletedByCaller();
+      if (meanwhile !== undefined) return said(meanwhile);
+      throw err;
     }
-    const message = await authorizeChange(req);
     messages.delete(message.id);
     deleted.set(message.id, { chat_id: message.chat_id, deleted_by: message.sender_id }); // tombstone: the id stays taken for save (409)
     return { id: message.id, deleted: true };

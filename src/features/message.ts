@@ -4,6 +4,7 @@ import { RequestError } from '../protocol/errors.js';
 import { wireId, type WireId } from '../protocol/ids.js';
 import * as out from '../protocol/outbound.js';
 import { defineFeature } from './feature.js';
+import { appearsInHistory } from './resend.js';
 import { EncryptedContent, OptionalChatId, authorRegistration } from './schemas.js';
 
 /**
@@ -14,6 +15,8 @@ import { EncryptedContent, OptionalChatId, authorRegistration } from './schemas.
  * broadcast (its instance died between the two), and this resend is broadcast in its place, so
  * what was saved still reaches the chat. With HISTORY_SIZE=0 there is nothing to check against
  * and a 409 is never broadcast.
+ *
+ * "At all" is asked for a moment, not once (see resend.ts).
  */
 export const message = defineFeature({
   type: 'message',
@@ -35,7 +38,7 @@ export const message = defineFeature({
     return session.enqueueWrite(reg, async () => {
       const { hub, api, engine, config } = session.ctx;
       const { duplicate, ownSaved } = await session.upstream((hold) => api.save(reg.token, chat, reg.user, json, hold));
-      const broadcast = !duplicate || (ownSaved && config.historySize > 0 && !(await engine.contains(chat, data.id).catch(() => false)));
+      const broadcast = !duplicate || (ownSaved && config.historySize > 0 && !(await appearsInHistory(engine, chat, data.id)));
       const position = broadcast ? await hub.append(chat, out.broadcast('message', chat, json), session.id, data.id) : null;
       session.send(out.ack('message', data.id, chat, duplicate, position));
       return duplicate ? ('duplicate' as const) : ('ok' as const);

@@ -172,6 +172,34 @@ describe('several gateway processes on one Redis behave as one', () => {
     again.close();
   });
 
+  // A resend racing the first send (the SDK resending on a new connection while the old one's save
+  // is still in flight): the first is saved (201) and broadcast by its instance, the resend gets 409
+  // on another; the chat sees the message once, whichever instance answers first.
+  it('the same message (or delete) sent at once through two instances is broadcast once', async () => {
+    const chat = ++chatSeq;
+    const receiver = await member(gateways[2]!, 60, chat);
+    const [first, second] = [await member(gateways[0]!, 61, chat), await member(gateways[1]!, 61, chat)];
+    const ids = Array.from({ length: 20 }, (_, i) => `twice-${chat}-${i}`);
+    for (const id of ids) {
+      const msg = { type: 'message', data: { id, ciphertext: 'x' } };
+      const acks = await Promise.all([first.request(msg, { type: 'ack', id }), second.request(msg, { type: 'ack', id })]);
+      assert.deepEqual(acks.map((a) => a.duplicate).sort(), [false, true]);
+    }
+    await receiver.next((f) => f.type === 'message' && (f.data as { id: string }).id === ids.at(-1), 3000);
+    await sleep(300);
+    const seen = receiver.all({ type: 'message' }).map((f) => (f.data as { id: string }).id);
+    assert.deepEqual(seen, ids, 'each message once, in order');
+    // The same for a delete: its resend's "deleted, by you" 404 about when the first one's 204.
+    for (const id of ids.slice(0, 8)) {
+      const del = { type: 'delete_message', data: { id } };
+      await Promise.all([first.request(del, { type: 'ack', id }), second.request(del, { type: 'ack', id })]);
+    }
+    await receiver.next((f) => f.type === 'delete_message' && (f.data as { id: string }).id === ids[7], 3000);
+    await sleep(300);
+    assert.deepEqual(receiver.all({ type: 'delete_message' }).map((f) => (f.data as { id: string }).id), ids.slice(0, 8), 'each delete once');
+    for (const c of [receiver, first, second]) c.close();
+  });
+
   it('graceful shutdown of one instance: the others see offline at once, not after the TTL', async () => {
     const chat = ++chatSeq;
     const leaving = await spawnGateway();
