@@ -1,15 +1,18 @@
 /**
- * The Redis engine's command plane: server-API commands (revoke, disconnect, publish…) reach
+ * The Redis engine's command plane: server-API commands (revoke, disconnect, forget) reach
  * every instance, which acts on each once and answers with what it did.
  */
 import type { Logger } from '../../log.js';
 import type { IdKey } from '../../protocol/ids.js';
-import { LogLimiter } from '../../util/log-limit.js';
+import type { LogLimiter } from '../../util/log-limit.js';
 import { parseControlCommand, type CommandResult, type ControlCommand } from '../control.js';
 import { COMMAND_MARK, COMMAND_TIMEOUT_MS, channelOf, type RedisLink } from './link.js';
 
 /** Commands for every instance (classic pub/sub: in a Cluster it reaches every node's subscribers). */
 export const CONTROL_CHANNEL = 'ms:control';
+/** Each instance's own channel for the answers to its commands (and its echo probes). */
+const REPLY_PREFIX = 'ms:reply:{';
+export const replyChannelOf = (origin: string) => `${REPLY_PREFIX}${origin}}`;
 /**
  * Every command is also logged here (a stream; one key, so one Cluster slot: commands are rare)
  * before it is published: every instance reads the log on from where it last read, with each
@@ -72,15 +75,18 @@ export class CommandPlane {
   /** Tokens of commands acted on and not yet met in the log, with when: see COMMAND_SEEN_MS. */
   private readonly seen = new Map<string, { at: number; acted: number | null }>();
 
+  /** Where other instances answer this one's commands. */
+  readonly replyChannel: string;
+
   constructor(
     private readonly link: RedisLink,
     /** This instance's random id: prefixes its command tokens. */
     private readonly origin: string,
-    /** Where other instances answer this one's commands. */
-    readonly replyChannel: string,
     private readonly log: Logger,
     private readonly logLimit: LogLimiter,
-  ) {}
+  ) {
+    this.replyChannel = replyChannelOf(origin);
+  }
 
   /**
    * A chat's command goes on the chat's channel (so it keeps the chat's one order; marked by
@@ -139,7 +145,7 @@ export class CommandPlane {
     if (heard === null) return;
     const { reply, req } = heard.envelope;
     const acted = heard.acted ?? 0;
-    if (typeof reply !== 'string' || !reply.startsWith('ms:reply:{') || typeof req !== 'number') return;
+    if (typeof reply !== 'string' || !reply.startsWith(REPLY_PREFIX) || typeof req !== 'number') return;
     this.link.publishOn(reply, JSON.stringify({ req, connections: acted })).catch((err: Error) => this.log.warn({ err: err.message }, 'command reply failed'));
   }
 
@@ -266,7 +272,7 @@ export class CommandPlane {
       });
   }
 
-  /** The chat was unsubscribed: a later subscription takes a floor of its own. */
+  /** The chat was unsubscribed, or its subscribe failed: a later subscription takes a floor of its own. */
   forgetChat(chat: IdKey): void {
     this.chatLogFloors.delete(chat);
   }

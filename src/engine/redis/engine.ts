@@ -155,7 +155,7 @@ export class RedisEngine implements Engine {
       whenReady: (command) => this.whenReady(command),
       publishOn: (channel, payload) => (config.cluster ? this.cmd.spublish(channel, payload) : this.cmd.publish(channel, payload)) as Promise<number>,
     };
-    this.commands = new CommandPlane(this.link, this.origin, `ms:reply:{${this.origin}}`, log, this.logLimit);
+    this.commands = new CommandPlane(this.link, this.origin, log, this.logLimit);
     this.presence = new RedisPresence(this.link, presenceTtlMs);
   }
 
@@ -500,7 +500,7 @@ export class RedisEngine implements Engine {
   }
 
   settlePresence(deadline: number): Promise<void> {
-    return this.presence.settle(deadline);
+    return this.presence.settleLeaves(deadline);
   }
 
   offlineAnnounced(chat: IdKey, users: readonly IdKey[]): void {

@@ -24,7 +24,7 @@ export const CHANNEL_PREFIX = 'ms:chat:{';
 export const channelOf = (chat: IdKey) => `${CHANNEL_PREFIX}${chat}}`;
 export const presenceKey = (chat: IdKey) => `ms:presence:{${chat}}`;
 export const userPrefix = (chat: IdKey) => `ms:presence:{${chat}}:u:`;
-/** Users of the chat who went offline and whose `offline` is not confirmed sent yet (see LEAVE). */
+/** Users of the chat who went offline and whose `offline` is not confirmed sent yet (see LEAVE in scripts.ts). */
 export const leavingKey = (chat: IdKey) => `ms:presence:{${chat}}:leaving`;
 export const streamKey = (chat: IdKey) => `ms:stream:{${chat}}`;
 export const historyKey = (chat: IdKey) => `ms:history:{${chat}}`;
@@ -37,7 +37,10 @@ export const historyKey = (chat: IdKey) => `ms:history:{${chat}}`;
  */
 export const KIND_PREFIX = '!';
 export const COMMAND_MARK = KIND_PREFIX;
-/** How long any one command may take before it counts as failed (ioredis's commandTimeout). */
+/**
+ * How long any one command may take before it counts as failed (ioredis's commandTimeout); also
+ * how long a publish waits for its own echo, and a command for the other instances' answers.
+ */
 export const COMMAND_TIMEOUT_MS = 2000;
 
 export interface RedisLink {

@@ -18,7 +18,7 @@ interface PresenceEntry {
 const entryKey = (e: PresenceEntry) => `${e.chat}|${e.user}|${e.conn}`;
 
 export class RedisPresence {
-  /** This instance's presence entries, refreshed every PRESENCE_TTL_MS / 3. */
+  /** This instance's presence entries, refreshed every PRESENCE_TTL_MS / 3 (by the engine's `maintainPresence`). */
   private readonly entries = new Map<string, PresenceEntry>();
   /**
    * Entries whose leave (or join) failed — Redis unreachable or stalled — keyed like `entries`,
@@ -31,7 +31,7 @@ export class RedisPresence {
   private readonly leftOffline = new Map<IdKey, IdKey[]>();
   /**
    * Users whose last connection left through this instance, by `chat|user`, with the deadline
-   * their record in the chat's leaving set got (see LEAVE), until their `offline` went out.
+   * their record in the chat's leaving set got (see LEAVE in scripts.ts), until their `offline` went out.
    */
   private readonly leaving = new Map<string, number>();
   /** Entries a refresh re-created (see refresh) whose `online` is not announced yet. */
@@ -102,8 +102,8 @@ export class RedisPresence {
   }
 
   /**
-   * Runs the leaves that failed during an outage or a stall: after a reconnect, and after a probe
-   * answers (a stall drops no connection). Those that took a user's last connection (Redis lost
+   * Runs the leaves that failed during an outage or a stall: after a reconnect (the engine's
+   * `restoreAfterOutage`), and after a probe answers (a stall drops no connection). Those that took a user's last connection (Redis lost
    * the entry, still had it, or the timed-out leave had removed it meanwhile) are kept in
    * `leftOffline` as each one runs — so a round in which another leave fails loses none of them —
    * and announced once ready. One round at a time: a leave run twice would find its entry gone.
@@ -128,7 +128,7 @@ export class RedisPresence {
   }
 
   /** Runs the failed leaves and announces their offlines, while time is left (shutdown). */
-  async settle(deadline: number): Promise<void> {
+  async settleLeaves(deadline: number): Promise<void> {
     while (this.failedLeaves.size > 0 && !this.link.closing() && Date.now() < deadline) {
       if (this.link.connectionsUp()) {
         try {
@@ -141,7 +141,7 @@ export class RedisPresence {
           // Still not serving (a stall past the command timeout): try again while time is left.
         }
       } else {
-        await sleep(100); // reconnecting: the recovery may run them first
+        await sleep(100); // reconnecting: the engine's restoreAfterOutage may run them first
       }
     }
   }
