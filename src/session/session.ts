@@ -402,10 +402,11 @@ export class Session implements Connection, WriteTurnMark {
     this.slots ??= new Slots(this.ctx.config.maxUpstreamPerConnection, (idle) => {
       if (this.slots === idle) this.slots = null;
     });
-    return this.slots.run(() =>
-      this.ctx.upstreamScheduler.run(party, anonymous, (hold) => {
+    return this.slots.run((holdSlot) =>
+      this.ctx.upstreamScheduler.run(party, anonymous, (holdPlace) => {
         if (this.closed || this.aborted) throw new CancelledError();
-        return call(hold);
+        // A body still streaming in after the answer keeps both the pool place and the connection's slot.
+        return call((drained) => (holdPlace(drained), holdSlot(drained)));
       }),
     );
   }

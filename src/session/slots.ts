@@ -1,9 +1,13 @@
 import { CancelledError } from '../protocol/errors.js';
+import type { Hold } from '../upstream/scheduler.js';
 import { whenSettled } from '../util/settled.js';
 
 /**
  * A connection's share of the main-API pool: at most `size` calls run at once, the rest wait
- * in order. When the connection closes, `cancel` drops every waiter before it costs a call.
+ * in order. When the connection closes, `cancel` drops every waiter before it costs a call. A
+ * call answered at its status line whose body still streams in (`hold`) keeps its slot until the
+ * body ends, as it keeps its place in the pool: otherwise a main API trickling the bodies of one
+ * connection's answers let it take every pool place, one answered call after another.
  */
 export class Slots {
   private running = 0;
@@ -16,7 +20,7 @@ export class Slots {
   ) {}
 
   /** Plain promise chains, not an async function: this runs for every main-API call (fewer ticks and promises). */
-  run<T>(work: () => Promise<T>): Promise<T> {
+  run<T>(work: (hold: Hold) => Promise<T>): Promise<T> {
     if (this.running < this.size) {
       this.running++;
       return this.start(work);
@@ -25,8 +29,16 @@ export class Slots {
     return new Promise<void>((resolve, reject) => (this.waiters ??= []).push({ resolve, reject })).then(() => this.start(work));
   }
 
-  private start<T>(work: () => Promise<T>): Promise<T> {
-    return whenSettled(work, () => this.finished());
+  private start<T>(work: (hold: Hold) => Promise<T>): Promise<T> {
+    let drained: Promise<unknown> | null = null;
+    return whenSettled(
+      () => work((p) => (drained = p)),
+      () => {
+        if (drained === null) return this.finished();
+        const finished = () => this.finished();
+        void drained.then(finished, finished);
+      },
+    );
   }
 
   private finished(): void {

@@ -158,8 +158,10 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       const headers: Record<string, string> = { authorization: `Bearer ${token}`, 'x-request-id': requestId, accept: 'application/json' };
       if (body !== undefined) headers['content-type'] = 'application/json';
       const payload = body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body);
-      // Only a verify's answer body is read, a save's 409 (what it says was saved) and a delete's 404 (whether it says "deleted").
-      const readBody = op === 'verify' ? () => true : op === 'save' ? (status: number) => status === 409 : op === 'delete' ? (status: number) => status === 404 : () => false;
+      // Only a verify's answer body is read (a 2xx: a refusal or an outage is its status, whatever
+      // page a proxy sends with it), a save's 409 (what it says was saved) and a delete's 404
+      // (whether it says "deleted").
+      const readBody = op === 'verify' ? ok : op === 'save' ? (status: number) => status === 409 : op === 'delete' ? (status: number) => status === 404 : () => false;
       const answer = await exchange({ method, path, headers, body: payload }, readBody, op === 'verify' ? MAX_ANSWER_BYTES : maxWriteAnswerBytes, op === 'verify', cancel, hold);
       outcome = String(answer.status);
       if (answer.status >= 500) logLimit.log(log, 'warn', `${op} ${answer.status}`, { op, status: answer.status, requestId }, 'main API error');
@@ -171,7 +173,7 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       }
       if (err instanceof AnswerTooLarge) {
         outcome = 'too_large';
-        log.error({ op, requestId }, err.message);
+        logLimit.log(log, 'error', `${op} too large`, { op, requestId }, err.message);
         throw new RequestError('internal', err.message);
       }
       outcome = isTimeout(err) ? 'timeout' : 'unreachable';
@@ -276,8 +278,6 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
     throw new RequestError(errorCodeForStatus(status), `main API refused ${op} (${status})`);
   }
 
-  const ok = (status: number) => status >= 200 && status < 300;
-
   function messagePath(chat: IdKey, messageId: string): string {
     return config.messagePath
       .replace('{chat_id}', encodeURIComponent(chat))
@@ -295,12 +295,12 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
       if (!ok(status)) fail('verify', status, token, chat);
       const user = userIdFromVerify(body);
       if (user === null) {
-        log.error({ op: 'verify', status }, 'main API verify answer has no usable user id');
+        logLimit.log(log, 'error', 'verify no user', { op: 'verify', status }, 'main API verify answer has no usable user id');
         throw new RequestError('internal', 'main API answered verify without a usable user id');
       }
       if (!answersFor(body, chat)) {
         // A misrouted or mixed-up answer about another chat admits nobody to this one.
-        log.error({ op: 'verify', status, chat }, 'main API verify answer names another chat');
+        logLimit.log(log, 'error', 'verify another chat', { op: 'verify', status, chat }, 'main API verify answer names another chat');
         throw new RequestError('internal', 'main API answered verify for another chat');
       }
       // An answer the server API revoked while it was on its way must not be cached.
@@ -341,6 +341,8 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   };
 }
 
+const ok = (status: number) => status >= 200 && status < 300;
+
 function isTimeout(err: unknown): boolean {
   const e = err as { name?: string; code?: string };
   return e.name === 'TimeoutError' || e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_BODY_TIMEOUT' || e.code === 'UND_ERR_CONNECT_TIMEOUT';
@@ -359,7 +361,8 @@ function savedAs(body: string, sender: IdKey, chat: IdKey): 'own' | 'elsewhere' 
   if (v === null) return 'unknown';
   const [savedChat, savedSender] = [parseId(v.chat_id), parseId(v.sender_id)];
   if ((savedChat !== null && savedChat !== chat) || (savedSender !== null && savedSender !== sender)) return 'elsewhere';
-  return savedChat === chat && savedSender === sender && v.deleted !== true ? 'own' : 'unknown';
+  // "Not deleted" only when it says so or says nothing: a "true", 1 or "1" must not bring it back.
+  return savedChat === chat && savedSender === sender && (v.deleted === undefined || v.deleted === false) ? 'own' : 'unknown';
 }
 
 /**

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it, beforeEach } from 'node:test';
-import { expectNone } from '../support/client.js';
-import { ENGINE_MODES, Harness, uniqueChat, useHarness } from '../support/harness.js';
+import { expectNone, sleep } from '../support/client.js';
+import { ENGINE_MODES, Harness, uniqueChat, useHarness, waitFor } from '../support/harness.js';
 
 for (const mode of ENGINE_MODES) {
   describe(`main API faults [${mode}]`, () => {
@@ -233,3 +233,66 @@ for (const mode of ENGINE_MODES) {
     });
   });
 }
+
+// The main-API client's reading of answers, and its pool: engine-independent (the memory engine).
+describe('main API answers that lie or hold on', () => {
+  const h = useHarness('memory', { UPSTREAM_TIMEOUT_MS: '3000', AUTH_CACHE_TTL_MS: '0', UPSTREAM_CONNECTIONS: '3', MAX_UPSTREAM_PER_CONNECTION: '2', RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000' });
+  beforeEach(() => h.api.clearFaults());
+  const lines = (msg: string) => h.instances[0]!.logs.join('').split('\n').filter((l) => l.includes(`"msg":"${msg}"`)).length;
+
+  it('a verify refused or failing with a page over 64 KiB is what its status says, not internal', async () => {
+    const page = `<html>${'x'.repeat(70_000)}</html>`;
+    const c = await h.connect();
+    for (const [status, code, retryable] of [[503, 'upstream_unavailable', true], [502, 'upstream_unavailable', true], [401, 'unauthorized', false], [403, 'forbidden', false]] as const) {
+      h.api.addFault({ op: 'verify', status, body: page, times: 1 });
+      const err = await c.request({ type: 'register', token: await h.token(1), chat_id: uniqueChat() }, { type: 'error' });
+      assert.deepEqual([err.code, err.retryable], [code, retryable], `verify ${status}`);
+    }
+    c.close();
+  });
+
+  it('a 409 that says the message was deleted — as true, "true", 1 or "1" — is never broadcast again', async () => {
+    for (const deleted of [true, 'true', 1, '1']) {
+      const { chat, a, b } = await h.pair();
+      const id = `gone-${chat}`;
+      h.api.addFault({ op: 'save', status: 409, body: { sender_id: 1, chat_id: chat, deleted }, times: 1 });
+      const ack = await a.request({ type: 'message', data: { id, ciphertext: 'x' } }, { type: 'ack' });
+      assert.equal(ack.duplicate, true);
+      await expectNone(b, { type: 'message' }, 900); // the resend's look in the history takes up to 750 ms
+      a.close();
+      b.close();
+    }
+  });
+
+  it('a verify answer without a user id costs a log line per 10 s, not one per register', async () => {
+    const before = lines('main API verify answer has no usable user id');
+    const c = await h.connect();
+    for (let i = 0; i < 5; i++) {
+      h.api.addFault({ op: 'verify', body: {}, times: 1 });
+      assert.equal((await c.request({ type: 'register', token: await h.token(1), chat_id: uniqueChat() }, { type: 'error' })).code, 'internal');
+    }
+    assert.equal(lines('main API verify answer has no usable user id') - before, 1);
+    c.close();
+  });
+
+  it('saves answered at once whose bodies then trickle hold the connection\'s own slots, not every place of the pool', async () => {
+    const chats = [uniqueChat(), uniqueChat(), uniqueChat()];
+    const a = await h.connect();
+    for (const chat of chats) await a.register(await h.token(1), chat);
+    const other = await h.member(2, uniqueChat());
+    // Every save is answered 200 at once, and its body never ends (until the 3 s deadline).
+    h.api.addFault({ op: 'save', trickleMs: 100 });
+    const saves = () => h.api.requests.filter((r) => r.op === 'save').map((r) => (r.body as { id: string }).id);
+    for (const chat of chats) a.send({ type: 'message', chat_id: chat, data: { id: `hold-${chat}`, ciphertext: 'x' } });
+    await waitFor(() => saves().length >= 2, 3000, 'the first two saves');
+    await sleep(300); // a third would be at the main API by now if the connection's slots were free
+    const ack = await other.request({ type: 'message', data: { id: `other-${chats[0]}`, ciphertext: 'x' } }, { type: 'ack' });
+    assert.equal(ack.duplicate, false);
+    // The pool's third place went to the other user: the connection's third save waited for its own slot.
+    assert.ok(saves().indexOf(`other-${chats[0]}`) < saves().indexOf(`hold-${chats[2]}`) || !saves().includes(`hold-${chats[2]}`), `order at the main API: ${saves().join(', ')}`);
+    await a.next({ type: 'ack', id: `hold-${chats[2]}` }, 6000); // once a slot is free again
+    h.api.clearFaults();
+    a.close();
+    other.close();
+  });
+});
