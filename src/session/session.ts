@@ -349,9 +349,17 @@ export class Session implements Connection, WriteTurnMark {
       throw new RequestError('rate_limited', `${max} writes are already waiting for the main API; wait for their acks`);
     }
     this.pendingWrites++;
+    const arrivedAt = performance.now();
     const run = this.enqueue(reg.chat, async () => {
       if (this.chats.get(reg.chat) !== reg) throw new RequestError('not_registered', 'not registered to this chat');
       this.requireEngine();
+      // Behind writes the main API is slow to answer, a write would wait for each in turn (up to
+      // MAX_PENDING_WRITES of them, each up to twice the timeout: minutes with a hanging main API,
+      // long past a client's own timeout, whose resends would then be refused as too many). One
+      // that waited its turn for UPSTREAM_TIMEOUT_MS is refused as a timeout would be, unsent.
+      if (performance.now() - arrivedAt >= this.ctx.config.upstreamTimeoutMs) {
+        throw new RequestError('upstream_unavailable', 'the main API is slow: earlier writes of this chat took too long; retry');
+      }
       try {
         return await task();
       } catch (err) {

@@ -31,9 +31,9 @@ interface Queue {
  * the pool always serves registered users — hundreds of sockets with junk tokens and a main API
  * slow to refuse them used to take every place, and every user's save waited behind them.
  *
- * A call that waited longer than `maxWaitMs` for its place is refused `upstream_unavailable`
- * (retryable; nothing was sent) rather than started late: UPSTREAM_TIMEOUT_MS bounds a call from
- * when it was asked for, queue included. Checked when a place frees, so at most one call's time late.
+ * A call that waited longer than `maxWaitMs` (UPSTREAM_TIMEOUT_MS) for its place is refused
+ * `upstream_unavailable` (retryable; nothing was sent) rather than started late; one that starts
+ * has UPSTREAM_TIMEOUT_MS of its own. Checked when a place frees, so at most one call's time late.
  */
 export class FairScheduler {
   private running = 0;

@@ -275,6 +275,23 @@ describe('main API answers that lie or hold on', () => {
     c.close();
   });
 
+  it('with the main API hanging, writes queued behind the first in their chat are refused when it times out, unsent', async () => {
+    const { chat, a, b } = await h.pair();
+    h.api.addFault({ op: 'save', hang: true });
+    const before = h.api.requests.filter((r) => r.op === 'save').length;
+    const ids = Array.from({ length: 5 }, (_, i) => `queued-${i}-${chat}`);
+    for (const id of ids) a.send({ type: 'message', data: { id, ciphertext: 'x' } });
+    // The first times out (3 s); the others waited that long for their turn: refused at once,
+    // not sent one after another (15 s, and on for as many as were queued).
+    for (const id of ids) assert.equal((await a.next({ type: 'error', id }, 6000)).code, 'upstream_unavailable');
+    assert.equal(h.api.requests.filter((r) => r.op === 'save').length - before, 1, 'only the first was sent');
+    h.api.clearFaults();
+    await a.request({ type: 'message', data: { id: ids[1], ciphertext: 'x' } }, { type: 'ack' });
+    await b.next({ type: 'message' });
+    a.close();
+    b.close();
+  });
+
   it('saves answered at once whose bodies then trickle hold the connection\'s own slots, not every place of the pool', async () => {
     const chats = [uniqueChat(), uniqueChat(), uniqueChat()];
     const a = await h.connect();
