@@ -780,13 +780,21 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
     return { chat_id: chatId, devices: list };
   });
 
-  app.get<ChatParams & { Querystring: { limit?: string } }>('/chats/:chat_id(.+)/messages', async (req) => {
+  // Pages back with `before` (the oldest id of the page before): a client that missed more than
+  // one page — a gap after a long time offline — fills all of it, not only the newest page.
+  app.get<ChatParams & { Querystring: { limit?: string; before?: string } }>('/chats/:chat_id(.+)/messages', async (req) => {
     await chatMember(req);
     const raw = req.query.limit;
     const limit = raw === undefined ? HISTORY_LIMIT : /^[1-9][0-9]{0,5}$/.test(raw) && Number(raw) <= HISTORY_LIMIT ? Number(raw) : refuse(400, `limit must be an integer 1-${HISTORY_LIMIT}`);
     const chatId = req.params.chat_id;
     const all = [...messages.values()].filter((m) => String(m.chat_id) === chatId);
-    return { chat_id: chatId, messages: all.slice(-limit), more: all.length > limit };
+    let end = all.length;
+    if (req.query.before !== undefined) {
+      end = all.findIndex((m) => m.id === req.query.before);
+      if (end < 0) refuse(404, 'before: no such message in this chat (deleted since? start again from the newest)');
+    }
+    const start = Math.max(0, end - limit);
+    return { chat_id: chatId, messages: all.slice(start, end), more: start > 0 };
   });
 
   // --- dev conveniences and fault knobs over HTTP ---------------------------------------------

@@ -575,6 +575,12 @@ describe('routes for clients: device keys and chat history', () => {
     assert.deepEqual([three.messages.map((m) => m.id), three.more], [[`h${HISTORY_LIMIT + 2}`, `h${HISTORY_LIMIT + 3}`, `h${HISTORY_LIMIT + 4}`], true]);
     assert.equal((await page(`?limit=${HISTORY_LIMIT + 5}`)).more, undefined, 'past the limit: 400');
     for (const bad of ['0', '-1', 'x', `${HISTORY_LIMIT + 1}`]) assert.equal((await call(`/chats/11/messages?limit=${bad}`, { method: 'GET', token })).status, 400, bad);
+    // Paging back with `before`: the page before the newest, then the rest, down to the first.
+    const older = await page(`?before=${all.messages[0]!.id}`);
+    assert.deepEqual([older.messages.map((m) => m.id), older.more], [['h0', 'h1', 'h2', 'h3', 'h4'], false]);
+    const middle = await page('?limit=2&before=h3');
+    assert.deepEqual([middle.messages.map((m) => m.id), middle.more], [['h1', 'h2'], true]);
+    assert.equal((await call('/chats/11/messages?before=nope', { method: 'GET', token })).status, 404);
     api.messages.clear();
     assert.deepEqual(await page('?limit=3'), { chat_id: '11', messages: [], more: false } as never);
   });
