@@ -567,11 +567,15 @@ function orderViolations(app: ChatApp, apps: ChatApp[]): string[] {
 export async function converge(apps: ChatApp[], timeoutMs: number, kills: readonly number[] = [], api?: DevApi): Promise<AppReport[]> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const reports = audit(apps, kills, api);
-    if (reports.every((r) => r.lostIds.length === 0) || Date.now() > deadline) return reports;
+    if (audit(apps, kills, api).every((r) => r.lostIds.length === 0) || Date.now() > deadline) break;
     await sleep(100);
   }
+  // A quiet moment more, and every gap fill finished: a late duplicate or a late broadcast is
+  // then in the report, not after it.
+  await Promise.all([sleep(QUIET_MS), ...apps.flatMap((a) => a.fills)]);
+  return audit(apps, kills, api);
 }
+const QUIET_MS = 1000;
 
 export function table(reports: AppReport[]): string {
   const head = ['user', 'reconnects', 'sent', 'acked', 'rejected', 'expected', 'delivered', 'filled(gap)', 'gaps', 'duplicated', 'lost', 'never-broadcast', 'order'];
