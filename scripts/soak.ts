@@ -25,12 +25,13 @@
 import { parseArgs } from 'node:util';
 import { Backend, ChatApp, converge, sleep, table, type AppReport, type EngineKind } from '../tests/sdk/fault-kit.js';
 
-const USAGE = `usage: npm run soak -- [--seconds N] [--redis | --cluster] [--instances N] [--clients N] [--chats N] [--rate N] [--seed N]
+const USAGE = `usage: npm run soak -- [--seconds N] [--redis | --cluster] [--instances N] [--clients N] [--chats N] [--rate N] [--fault-every MIN-MAX] [--seed N]
   --seconds N     how long to send (60)
   --redis         two (--instances) gateway processes on one redis-server; --cluster: a 3-master Redis Cluster
   --instances N   gateway processes with --redis / --cluster (2)
   --clients N     SDK apps (5)        --chats N   shared chats (2)
   --rate N        messages/s per client and chat (5)
+  --fault-every MIN-MAX   seconds between faults, drawn in that range (1-4)
   --seed N        the fault schedule (random unless given)
 exit status: 0 all good; 1 a message duplicated or lost (or worse); 3 only messages never broadcast`;
 
@@ -44,6 +45,7 @@ function options() {
       clients: { type: 'string', default: '5' },
       chats: { type: 'string', default: '2' },
       rate: { type: 'string', default: '5' },
+      'fault-every': { type: 'string', default: '1-4' },
       seed: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -68,6 +70,12 @@ const clientCount = Number(values.clients);
 const chatCount = Number(values.chats);
 const rate = Number(values.rate);
 const seed = Number(values.seed ?? Math.floor(Math.random() * 2 ** 31));
+const faultEvery = /^(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)$/.exec(values['fault-every']);
+const [faultMinMs, faultMaxMs] = faultEvery === null ? [NaN, NaN] : [Number(faultEvery[1]) * 1000, Number(faultEvery[2]) * 1000];
+if (!(faultMinMs > 0 && faultMaxMs >= faultMinMs)) {
+  console.error('soak: --fault-every must be MIN-MAX seconds, 0 < MIN <= MAX (e.g. 0.5-2)');
+  process.exit(2);
+}
 for (const [name, n] of Object.entries({ seconds, instances, clients: clientCount, chats: chatCount, rate, seed })) {
   if (!Number.isFinite(n) || n < (name === 'seed' ? 0 : 1)) {
     console.error(`soak: --${name} must be a positive number`);
@@ -158,7 +166,7 @@ async function main(): Promise<number> {
     for (const a of apps) a.startSending(rate);
     const end = started + seconds * 1000;
     while (Date.now() < end - 2000) {
-      await sleep(Math.min(between(1000, 4000), Math.max(0, end - Date.now())));
+      await sleep(Math.min(between(faultMinMs, faultMaxMs), Math.max(0, end - Date.now())));
       if (Date.now() >= end - 2000) break;
       await fault(b, faultNames[between(0, faultNames.length - 1)]!);
     }
