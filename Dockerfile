@@ -45,7 +45,7 @@ EXPOSE 3000
 # Shell form so ${APP_PORT} is read when the check runs; node's global fetch (no curl in slim).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD node -e "fetch('http://127.0.0.1:${APP_PORT:-3000}/healthz').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
-# main.ts drains on SIGTERM in at most SHUTDOWN_TIMEOUT_MS + UPSTREAM_TIMEOUT_MS + 4.25 s: give it
+# The gateway drains on SIGTERM in at most SHUTDOWN_TIMEOUT_MS + UPSTREAM_TIMEOUT_MS + 4.25 s: give it
 # + 5 s (20 s by default), e.g. `docker stop -t 20` or `stop_grace_period: 20s` in compose.
 # No init needed: main.ts catches the stop signals before it loads the gateway (node as PID 1
 # ignores a signal nobody handles); one during start-up drains it once started. Only Node's own

@@ -611,7 +611,7 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
         if (fault.earlyHints) reply.raw.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
         if (fault.delayMs) await sleep(fault.delayMs);
         if (fault.hang) await new Promise(() => {}); // never answers; close() destroys the socket
-        if (fault.trickleMs !== undefined) return trickle(reply, fault.trickleMs);
+        if (fault.trickleMs !== undefined) return trickle(reply, fault.trickleMs, fault.status ?? 200);
         if (fault.status !== undefined || fault.body !== undefined) return sendFault(reply, fault);
       }
     }
@@ -629,10 +629,10 @@ export async function startDevApi(opts: DevApiOptions = {}): Promise<DevApi> {
   });
 
   /** Headers now, then one body byte per `everyMs`, until the client goes away (or close() destroys the socket). */
-  async function trickle(reply: FastifyReply, everyMs: number): Promise<void> {
+  async function trickle(reply: FastifyReply, everyMs: number, status: number): Promise<void> {
     reply.hijack();
     const res = reply.raw;
-    res.writeHead(200, { 'content-type': 'application/json' });
+    res.writeHead(status, { 'content-type': 'application/json' });
     res.write('{');
     const timer = setInterval(() => res.write(' '), everyMs);
     res.once('close', () => clearInterval(timer));

@@ -325,7 +325,7 @@ const DRAIN = {
 } as const;
 
 /**
- * The longest a drain takes: the steps of `drainAndClose`, each bounded. `main.ts` exits the
+ * The longest a drain takes: the steps of `drainAndClose`, each bounded. `run.ts` exits the
  * process at this bound (plus a margin) whatever is still running; docs: README "Operations".
  */
 export function drainBoundMs(config: Pick<Config, 'shutdownTimeoutMs' | 'upstreamTimeoutMs'>): number {

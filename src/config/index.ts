@@ -97,8 +97,10 @@ export function readEnv(env: Env = process.env, dotenvPath = '.env'): Env {
 
 /**
  * The number of the first line of a `.env` text that is neither blank, a comment, nor
- * `[export] NAME = value` — a quoted value may span lines, up to the line that closes its quote —
- * or a quoted value never closed; 0 when every line is well formed.
+ * `[export] NAME = value` — a quoted value may span lines, up to the line that closes its quote
+ * (nothing but a comment after it) — or a quoted value never closed: one whose next quote is in
+ * another assignment (`NOTE='notes` then `REDIS_HOST='redis://…'`) is not closed by it, and
+ * would swallow that line; 0 when every line is well formed.
  */
 function malformedLine(text: string): number {
   const lines = text.split(/\r?\n/);
@@ -110,7 +112,8 @@ function malformedLine(text: string): number {
     const quote = value[0];
     if ((quote !== '"' && quote !== "'" && quote !== '`') || value.includes(quote, 1)) continue;
     const closing = lines.findIndex((l, j) => j > i && l.includes(quote));
-    if (closing === -1) return i + 1;
+    const after = closing === -1 ? '' : lines[closing]!.slice(lines[closing]!.indexOf(quote) + 1).trim();
+    if (closing === -1 || (after !== '' && !after.startsWith('#'))) return i + 1;
     i = closing;
   }
   return 0;

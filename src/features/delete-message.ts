@@ -31,9 +31,10 @@ export const deleteMessage = defineFeature({
     const reg = session.registration(chat);
     const { id } = frame.data;
     return session.enqueueWrite(reg, async () => {
-      const { hub, api, engine } = session.ctx;
+      const { hub, api, engine, config } = session.ctx;
       const { alreadyDeleted } = await session.upstream((hold) => api.remove(reg.token, chat, reg.user, id, hold));
-      const broadcast = !alreadyDeleted || !(await appearsInHistory(engine, chat, deleteKey(id)));
+      // Without a history there is nothing to look in: broadcast (a repeated delete changes nothing).
+      const broadcast = !alreadyDeleted || config.historySize === 0 || !(await appearsInHistory(engine, chat, deleteKey(id)));
       const position = broadcast ? await hub.append(chat, out.broadcast('delete_message', chat, { id, deleted_by: wireId(reg.user) }), session.id, deleteKey(id)) : null;
       session.send(out.ack('delete_message', id, chat, alreadyDeleted, position));
       return alreadyDeleted ? ('duplicate' as const) : ('ok' as const);

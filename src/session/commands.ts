@@ -32,7 +32,7 @@ export function createCommandHandler(targets: CommandTargets): (command: Control
         targets.api.forget(command.user, command.chat);
         const members = [...(targets.registry.members(command.chat) ?? [])].filter((m) => m.user === command.user);
         for (const member of members) member.revoke();
-        if (members.length > 0) targets.log.info({ chat: command.chat, registrations: members.length }, 'registrations revoked');
+        if (members.length > 0) targets.log.info({ chat: command.chat, user: command.user, registrations: members.length }, 'registrations revoked');
         return members.length;
       }
       case 'disconnect': {
@@ -45,7 +45,7 @@ export function createCommandHandler(targets: CommandTargets): (command: Control
         const theirs: Array<{ close(code: number, reason: string): void }> = [];
         for (const conn of targets.connections()) if (conn.user === command.user && !conn.closed) theirs.push(conn);
         for (const conn of theirs) conn.close(CLOSE.disconnected, command.reason);
-        if (theirs.length > 0) targets.log.info({ connections: theirs.length }, 'user disconnected by the server API');
+        if (theirs.length > 0) targets.log.info({ user: command.user, connections: theirs.length }, 'user disconnected by the server API');
         return theirs.length;
       }
     }

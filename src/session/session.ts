@@ -353,12 +353,12 @@ export class Session implements Connection, WriteTurnMark {
     const run = this.enqueue(reg.chat, async () => {
       if (this.chats.get(reg.chat) !== reg) throw new RequestError('not_registered', 'not registered to this chat');
       this.requireEngine();
-      // Behind writes the main API is slow to answer, a write would wait for each in turn (up to
-      // MAX_PENDING_WRITES of them, each up to twice the timeout: minutes with a hanging main API,
-      // long past a client's own timeout, whose resends would then be refused as too many). One
-      // that waited its turn for UPSTREAM_TIMEOUT_MS is refused as a timeout would be, unsent.
+      // Behind slow writes (a main API slow to answer, an engine failing while a publish is
+      // retried), a write would wait for each in turn (up to MAX_PENDING_WRITES of them: minutes
+      // with a hanging main API, long past a client's own timeout, whose resends would then be
+      // refused as too many). One that waited its turn for UPSTREAM_TIMEOUT_MS is refused, unsent.
       if (performance.now() - arrivedAt >= this.ctx.config.upstreamTimeoutMs) {
-        throw new RequestError('upstream_unavailable', 'the main API is slow: earlier writes of this chat took too long; retry');
+        throw new RequestError('upstream_unavailable', 'earlier writes of this chat are still pending; retry');
       }
       try {
         return await task();
@@ -423,7 +423,7 @@ export class Session implements Connection, WriteTurnMark {
   verify(token: string, chat: IdKey): Promise<IdKey> {
     this.verifying++;
     return whenSettled(
-      () => this.upstream(() => this.ctx.api.verify(token, chat, this.signal)),
+      () => this.upstream((hold) => this.ctx.api.verify(token, chat, this.signal, hold)),
       () => {
         if (--this.verifying === 0 && !this.aborted) this.closing = null;
       },

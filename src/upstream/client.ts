@@ -18,8 +18,8 @@ export type UpstreamOp = 'verify' | 'save' | 'edit' | 'delete';
  * from any call for a chat also forgets the cached verify of (token, chat).
  */
 export interface MainApi {
-  /** The verified user of `token` in `chat`. */
-  verify(token: string, chat: IdKey, signal?: AbortSignal): Promise<IdKey>;
+  /** The verified user of `token` in `chat`. `hold`: given the end of a body still streaming in after the answer (a refusal is taken at its status line). */
+  verify(token: string, chat: IdKey, signal?: AbortSignal, hold?: Hold): Promise<IdKey>;
   /** Whether a verify of (token, chat) would be answered from the cache, without asking the main API. */
   isCached(token: string, chat: IdKey): boolean;
   /** When the cached verify of (token, chat) expires (ms since the epoch): a TTL after the main API's answer. undefined when none is cached. */
@@ -287,11 +287,12 @@ export function createMainApi(config: Config, log: Logger, metrics: Metrics): Ma
   return {
     isCached: (token, chat) => cache.get(token, chat) !== undefined,
     cachedUntil: (token, chat) => cache.expiresAt(token, chat),
-    async verify(token, chat, signal) {
+    async verify(token, chat, signal, hold) {
       const cached = cache.get(token, chat);
       if (cached !== undefined) return cached;
       const asked = cache.revision;
-      const { status, body } = await call('verify', 'POST', config.authVerifyPath, token, { token, chat_id: wireId(chat) }, signal);
+      // A refusal is answered at its status line: its body, still streaming in, holds the place (`hold`).
+      const { status, body } = await call('verify', 'POST', config.authVerifyPath, token, { token, chat_id: wireId(chat) }, signal, hold);
       if (!ok(status)) fail('verify', status, token, chat);
       const user = userIdFromVerify(body);
       if (user === null) {

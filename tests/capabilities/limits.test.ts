@@ -260,7 +260,7 @@ for (const mode of ENGINE_MODES) {
       assert.ok(pings >= 1, 'the gateway sent WebSocket pings');
       assert.ok(elapsed < 6000, `dropped after ${elapsed} ms`);
       assert.equal((await silent.closed).code, 1006);
-      assert.equal(await metric(inst, 'message_service_connection_closes_total', { code: '1006' }), 1, 'the drop is counted');
+      assert.ok((await metric(inst, 'message_service_connection_closes_total', { code: '1006' })) >= 1, 'the drop is counted');
 
       await sleep(Math.max(0, started + 2500 - Date.now()));
       assert.ok(normalPings >= 2, `normal client saw ${normalPings} pings`);

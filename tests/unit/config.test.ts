@@ -156,6 +156,9 @@ describe('config', () => {
     // A quote never closed (both versions took it into the value, or dropped the rest), and a malformed last line.
     writeFileSync(file, 'APP_PORT=4000\nAPI_KEY="opkey-SECRET-0123456789\nLOG_LEVEL=info\n');
     assert.throws(() => loadConfig(readEnv({}, file)), (err: unknown) => err instanceof ConfigError && !err.message.includes('SECRET') && /^\.env: line 2 cannot be parsed/.test(err.message));
+    // A quote "closed" only by the next assignment's own quotes: the opening line is named.
+    writeFileSync(file, "NOTE='deploy notes\nREDIS_HOST='redis://redis:6379'\nAPP_PORT=3000\n");
+    assert.throws(() => loadConfig(readEnv({}, file)), /\.env: line 1 cannot be parsed/);
     writeFileSync(file, 'APP_PORT=4000\nLOG_LEVEL debug');
     assert.throws(() => loadConfig(readEnv({}, file)), /\.env: line 2 cannot be parsed/);
     // A quoted value that spans lines, a quote inside an unquoted value, comments and blank lines are fine.
