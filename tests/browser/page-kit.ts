@@ -29,7 +29,9 @@ export const logText = (page: Page) => page.$eval('#log', (e) => e.textContent ?
 export async function openAs(page: Page, url: string, user: string, chat?: number | string): Promise<void> {
   await page.goto(`${url}?user=${encodeURIComponent(user)}`);
   await page.waitForSelector('body[data-ready="true"]');
-  await eventually('the page to be open', () => state(page), (s) => s === 'open');
+  // Longer than other waits: the first page of a file comes while three Chromium files start at
+  // once beside the rest of the suite on two cores (one such page stayed "connecting" past 10 s).
+  await eventually('the page to be open', () => state(page), (s) => s === 'open', 3 * WAIT_MS);
   if (chat !== undefined) await openChat(page, chat);
 }
 
