@@ -1,6 +1,5 @@
 import { CancelledError } from '../protocol/errors.js';
-import type { Hold } from '../upstream/scheduler.js';
-import { whenSettled } from '../util/settled.js';
+import { whenReleased, type Hold } from '../util/settled.js';
 
 /**
  * A connection's share of the main-API pool: at most `size` calls run at once, the rest wait
@@ -30,15 +29,7 @@ export class Slots {
   }
 
   private start<T>(work: (hold: Hold) => Promise<T>): Promise<T> {
-    let drained: Promise<unknown> | null = null;
-    return whenSettled(
-      () => work((p) => (drained = p)),
-      () => {
-        if (drained === null) return this.finished();
-        const finished = () => this.finished();
-        void drained.then(finished, finished);
-      },
-    );
+    return whenReleased(work, () => this.finished());
   }
 
   private finished(): void {

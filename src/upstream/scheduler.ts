@@ -1,12 +1,8 @@
 import { RequestError } from '../protocol/errors.js';
-import { whenSettled } from '../util/settled.js';
+import { whenReleased, type Hold } from '../util/settled.js';
 
-/**
- * Given to a call: `hold(drained)` keeps its place in the pool after the call has answered, until
- * `drained` settles — a write answered at its status line whose body still streams in holds a
- * pool connection until the body ends (or its deadline cuts it).
- */
-export type Hold = (drained: Promise<unknown>) => void;
+/** Given to a call: `hold(drained)` keeps its place in the pool until `drained` settles (see util/settled.ts). */
+export type { Hold };
 
 interface Waiter {
   readonly start: () => void;
@@ -79,17 +75,7 @@ export class FairScheduler {
   }
 
   private start<T>(anonymous: boolean, call: (hold: Hold) => Promise<T>): Promise<T> {
-    let drained: Promise<unknown> | null = null;
-    return whenSettled(
-      () => call((p) => (drained = p)),
-      () => {
-        if (drained === null) this.release(anonymous);
-        else {
-          const release = () => this.release(anonymous);
-          void drained.then(release, release);
-        }
-      },
-    );
+    return whenReleased(call, () => this.release(anonymous));
   }
 
   /** A call's place is free again: the next waiting call in turn may take it. */
