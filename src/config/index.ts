@@ -69,8 +69,6 @@ const URL_PATH = /^\/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*(?:\?(?:
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 /** Real environment variables win over the optional `.env` file. */
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-
 export function readEnv(env: Env = process.env, dotenvPath = '.env'): Env {
   if (!existsSync(dotenvPath)) return env;
   let text: string;
@@ -84,14 +82,11 @@ export function readEnv(env: Env = process.env, dotenvPath = '.env'): Env {
   // parseEnv never refuses anything, and Node versions differ in what they make of a malformed
   // line: Node 20 swallows the lines after an unterminated quote into one odd name, Node 24 skips
   // a line without `=` (an `API_KEY secret` would leave the server API off without a word) and
-  // takes an unterminated quote into the value. So every line is checked first, the same on both.
-  // Named by its line number only: the line may hold a password or key.
+  // takes an unterminated quote into the value. So every line is checked first, the same on both
+  // (a name that is no variable name, `MY-VAR=1`, included). Named by its line number only: the
+  // line may hold a password or key.
   const malformed = malformedLine(text);
   if (malformed > 0) throw new ConfigError('.env', `line ${malformed} cannot be parsed: write NAME=value, one per line (quote a value that spans lines)`);
-  // Names parseEnv read that are not variable names (MY-VAR=1).
-  for (const name of Object.keys(fromFile)) {
-    if (!ENV_NAME.test(name)) throw new ConfigError('.env', `${lineOf(text, name)} cannot be parsed: write NAME=value, one per line (quote a value that spans lines)`);
-  }
   return { ...fromFile, ...env };
 }
 
@@ -107,7 +102,7 @@ function malformedLine(text: string): number {
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i]!.trim();
     if (line === '' || line.startsWith('#')) continue;
-    const value = /^(?:export\s+)?[A-Za-z_][A-Za-z0-9_.-]*\s*=\s*(.*)$/.exec(line)?.[1];
+    const value = /^(?:export\s+)?[A-Za-z_][A-Za-z0-9_]*\s*=\s*(.*)$/.exec(line)?.[1];
     if (value === undefined) return i + 1;
     const quote = value[0];
     if ((quote !== '"' && quote !== "'" && quote !== '`') || value.includes(quote, 1)) continue;
@@ -117,23 +112,6 @@ function malformedLine(text: string): number {
     i = closing;
   }
   return 0;
-}
-
-/**
- * "line <n>" of `.env` that set the odd name `name` (as parseEnv read it), or "a line": the last
- * line reading `[export] name =` (parseEnv keeps the last value; an earlier one may sit inside a
- * quoted value), else the first that begins with the name's first line (a name that swallowed lines).
- */
-function lineOf(text: string, name: string): string {
-  const start = name.split(/\r?\n/)[0]!.trim();
-  if (start === '') return 'a line';
-  const lines = text.split(/\r?\n/);
-  const escaped = start.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  const assigns = new RegExp(`^\\s*(?:export\\s+)?${escaped}\\s*=`);
-  let index = -1;
-  lines.forEach((line, i) => assigns.test(line) && (index = i));
-  if (index === -1) index = lines.findIndex((line) => line.trim().replace(/^export\s+/, '').startsWith(start));
-  return index === -1 ? 'a line' : `line ${index + 1}`;
 }
 
 /** The Redis variables the gateway reads; another `REDIS_*` is most likely a misspelt one. */
